@@ -1,0 +1,180 @@
+//! Client tokens (HS256 JWT) and what they allow.
+
+use std::collections::HashSet;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{Channel, NameError, UserId};
+
+/// Why a token was refused (401) or could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("missing token: pass ?token= or Authorization: Bearer")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(#[from] jsonwebtoken::errors::Error),
+    #[error("invalid token: sub {0}")]
+    BadSubject(NameError),
+}
+
+/// The claims of a client token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<String>>,
+}
+
+/// Who a verified client is and which channels it may subscribe to.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user: UserId,
+    pub permissions: Permissions,
+}
+
+/// The `channels` claim: exact names, and prefixes for entries ending in `*`.
+#[derive(Debug, Clone, Default)]
+pub struct Permissions {
+    patterns: Box<[Box<str>]>,
+}
+
+impl Permissions {
+    pub fn new(claim: &[String]) -> Self {
+        Permissions {
+            patterns: claim.iter().map(|s| s.as_str().into()).collect(),
+        }
+    }
+
+    pub fn allows(&self, channel: &Channel) -> bool {
+        let name = channel.as_str();
+        self.patterns.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => **p == *name,
+        })
+    }
+}
+
+/// Signs and verifies client tokens with one HS256 secret.
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl TokenKeys {
+    /// # Errors
+    /// When signing and verifying a sample token fails: a broken crypto backend shows at start,
+    /// not as a 500 on the first client.
+    pub fn new(secret: &str) -> Result<Self, Error> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["sub"]);
+        // An expired token is refused at once: no clock-skew grace.
+        validation.leeway = 0;
+        validation.validate_aud = false;
+        let keys = TokenKeys {
+            encoding: EncodingKey::from_secret(secret.as_bytes()),
+            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            validation,
+        };
+        let probe = keys.issue(&Claims {
+            sub: "self-test".into(),
+            exp: None,
+            channels: None,
+        })?;
+        keys.verify(&probe)?;
+        Ok(keys)
+    }
+
+    pub fn issue(&self, claims: &Claims) -> Result<String, Error> {
+        Ok(jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &self.encoding,
+        )?)
+    }
+
+    /// # Errors
+    /// Bad signature, another `alg`, expired, no `sub`, or a `sub` that is not a valid user id.
+    pub fn verify(&self, token: &str) -> Result<Identity, Error> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)?;
+        let user = UserId::new(&data.claims.sub).map_err(Error::BadSubject)?;
+        let permissions = Permissions::new(data.claims.channels.as_deref().unwrap_or_default());
+        Ok(Identity { user, permissions })
+    }
+}
+
+/// Constant-time comparison, so the API key cannot be guessed byte by byte from timings.
+pub fn keys_match(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = given.len() ^ expected.len();
+    for (i, e) in expected.iter().enumerate() {
+        diff |= usize::from(given.get(i).copied().unwrap_or(0) ^ e);
+    }
+    diff == 0
+}
+
+/// Tokens minted by `fanfare token` and the startup banner.
+pub fn claims(sub: &str, channels: Option<Vec<String>>, ttl_secs: Option<u64>) -> Claims {
+    Claims {
+        sub: sub.to_string(),
+        exp: ttl_secs.map(|t| jsonwebtoken::get_current_timestamp() + t),
+        channels,
+    }
+}
+
+/// Distinct entries of a comma-separated channel list, as `--channels a,b*` gives it.
+pub fn parse_channel_list(list: &str) -> Vec<String> {
+    let mut seen = HashSet::new();
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && seen.insert(s.to_string()))
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permissions_match_exact_and_prefix() {
+        let p = Permissions::new(&["news".into(), "room:*".into()]);
+        let ch = |s| Channel::new(s).unwrap();
+        assert!(p.allows(&ch("news")));
+        assert!(!p.allows(&ch("news2")));
+        assert!(p.allows(&ch("room:1")));
+        assert!(p.allows(&ch("room:")));
+        assert!(!p.allows(&ch("room")));
+        assert!(!Permissions::default().allows(&ch("news")));
+    }
+
+    #[test]
+    fn verify_roundtrip_and_refusals() {
+        let keys = TokenKeys::new("s3cret").unwrap();
+        let t = keys.issue(&claims("42", None, Some(60))).unwrap();
+        assert_eq!(keys.verify(&t).unwrap().user.as_str(), "42");
+        let other = TokenKeys::new("other").unwrap();
+        assert!(other.verify(&t).is_err());
+        let expired = keys
+            .issue(&Claims {
+                sub: "1".into(),
+                exp: Some(1),
+                channels: None,
+            })
+            .unwrap();
+        assert!(keys.verify(&expired).is_err());
+        let empty = keys.issue(&claims("", None, None)).unwrap();
+        assert!(matches!(keys.verify(&empty), Err(Error::BadSubject(_))));
+    }
+
+    #[test]
+    fn key_comparison() {
+        assert!(keys_match(b"abc", b"abc"));
+        assert!(!keys_match(b"abd", b"abc"));
+        assert!(!keys_match(b"ab", b"abc"));
+        assert!(!keys_match(b"abcd", b"abc"));
+        assert!(!keys_match(b"", b"abc"));
+    }
+}

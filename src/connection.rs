@@ -1,0 +1,199 @@
+//! One WebSocket connection: reads client frames, writes queued frames, pings, and closes with
+//! the right code. It runs on the worker that accepted it and talks only to that worker's hub.
+//!
+//! One task per connection: the outbox is forwarded into the socket (everything queued is
+//! written with one flush), while the same `select!` reads client frames, sends pings and
+//! watches for shutdown or a cut by the hub.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::{interval_at, timeout, Instant};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Permissions;
+use crate::error::CloseReason;
+use crate::hub::{self, Outbox, Registration};
+use crate::metrics::WorkerMetrics;
+use crate::protocol::{ClientMessage, ErrorCode, Frame};
+
+/// How long a closing connection may take to flush its close frame and hear the client's.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct Connection {
+    /// Unregisters from the hub when the connection ends, however it ends.
+    pub registration: Registration,
+    pub permissions: Permissions,
+    /// This connection's own handle on its outbox, for replies and pings, so they are ordered
+    /// with the messages the hub queues.
+    pub outbox: Outbox,
+    /// Frames to write, from the hub and from this task. The hub holds the other end.
+    pub frame_rx: mpsc::Receiver<Frame>,
+    /// Notified by the hub when the outbox overflowed: close with 1008.
+    pub cut: Arc<Notify>,
+    /// The worker's shutdown token: close with 1001.
+    pub shutdown: CancellationToken,
+    pub ping_interval: Duration,
+    pub metrics: Arc<WorkerMetrics>,
+}
+
+/// What to do after a client frame.
+enum Step {
+    Continue,
+    /// Stop; close with this reason, or just drop the socket (the client is gone or closed).
+    Stop(Option<CloseReason>),
+}
+
+impl Connection {
+    /// Serves the connection until it closes. `ws` is any WebSocket message stream and sink, so
+    /// the loop can be driven by a real socket or by channels in a test.
+    pub async fn run<S>(self, ws: S)
+    where
+        S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    {
+        let Connection {
+            registration,
+            permissions,
+            outbox,
+            frame_rx,
+            cut,
+            shutdown,
+            ping_interval,
+            metrics,
+        } = self;
+        WorkerMetrics::inc(&metrics.connections_opened);
+        let (mut sink, mut stream) = ws.split();
+        let reason = {
+            let frames = ReceiverStream::new(frame_rx).map(|f| Ok(f.to_message()));
+            let forward = frames.forward(&mut sink);
+            tokio::pin!(forward);
+            let mut ping = interval_at(Instant::now() + ping_interval, ping_interval);
+            let mut last_heard = Instant::now();
+            let session = Session {
+                registration: &registration,
+                permissions: &permissions,
+                outbox: &outbox,
+                metrics: &metrics,
+            };
+            loop {
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break Some(CloseReason::GoingAway),
+                    () = cut.notified() => break Some(CloseReason::SlowConsumer),
+                    // The frame stream never ends (this task holds a sender), so this is a
+                    // write error: the socket is gone.
+                    _ = &mut forward => break None,
+                    item = stream.next() => {
+                        last_heard = Instant::now();
+                        match session.on_frame(item) {
+                            Step::Continue => {}
+                            Step::Stop(reason) => break reason,
+                        }
+                    }
+                    _ = ping.tick() => {
+                        if last_heard.elapsed() >= 2 * ping_interval {
+                            WorkerMetrics::inc(&metrics.ping_timeouts);
+                            break Some(CloseReason::PingTimeout);
+                        }
+                        if outbox.offer(Frame::ping()).is_err() {
+                            break Some(CloseReason::SlowConsumer);
+                        }
+                    }
+                }
+            }
+        };
+        if let Some(reason) = reason {
+            // Unregister first: nothing more is queued while the close frame drains.
+            drop(registration);
+            let close = Message::Close(Some(CloseFrame {
+                code: reason.code().into(),
+                reason: reason.reason().into(),
+            }));
+            if timeout(CLOSE_TIMEOUT, sink.send(close)).await.is_ok() {
+                // Wait for the client's close frame so the TCP connection ends cleanly.
+                let _ = timeout(CLOSE_TIMEOUT, async {
+                    while let Some(Ok(_)) = stream.next().await {}
+                })
+                .await;
+            }
+        }
+    }
+}
+
+/// What handling a client frame needs.
+struct Session<'a> {
+    registration: &'a Registration,
+    permissions: &'a Permissions,
+    outbox: &'a Outbox,
+    metrics: &'a WorkerMetrics,
+}
+
+impl Session<'_> {
+    fn on_frame(&self, item: Option<Result<Message, WsError>>) -> Step {
+        let message = match item {
+            Some(Ok(m)) => m,
+            None => return Step::Stop(None),
+            Some(Err(WsError::Capacity(_))) => return self.refuse(CloseReason::TooBig),
+            Some(Err(WsError::Protocol(_) | WsError::Utf8(_))) => {
+                return self.refuse(CloseReason::ProtocolError)
+            }
+            Some(Err(_)) => return Step::Stop(None),
+        };
+        match message {
+            Message::Text(text) => self.on_text(text.as_str()),
+            Message::Binary(_) => self.refuse(CloseReason::Unsupported),
+            // tungstenite answers pings itself and completes the close handshake.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Step::Continue,
+            Message::Close(_) => Step::Stop(None),
+        }
+    }
+
+    fn refuse(&self, reason: CloseReason) -> Step {
+        WorkerMetrics::inc(&self.metrics.client_errors);
+        Step::Stop(Some(reason))
+    }
+
+    fn on_text(&self, text: &str) -> Step {
+        let reply = match ClientMessage::decode(text) {
+            Ok(ClientMessage::Subscribe(channel)) => {
+                if !self.permissions.allows(&channel) {
+                    WorkerMetrics::inc(&self.metrics.client_errors);
+                    Frame::error(
+                        ErrorCode::Forbidden,
+                        &format!("token does not allow channel {}", channel.as_str()),
+                    )
+                } else {
+                    let r = self.registration;
+                    if !hub::lock(&r.hub).subscribe(r.id, &channel) {
+                        // The hub cut this connection a moment ago; the cut branch closes it.
+                        return Step::Continue;
+                    }
+                    Frame::subscribed(&channel)
+                }
+            }
+            Ok(ClientMessage::Unsubscribe(channel)) => {
+                let r = self.registration;
+                hub::lock(&r.hub).unsubscribe(r.id, &channel);
+                Frame::unsubscribed(&channel)
+            }
+            Ok(ClientMessage::Ping) => Frame::pong(),
+            Err(e) => {
+                WorkerMetrics::inc(&self.metrics.client_errors);
+                Frame::error(ErrorCode::BadRequest, &e.to_string())
+            }
+        };
+        match self.outbox.offer(reply) {
+            Err(true) => {
+                self.metrics.slow_consumer_closes.fetch_add(1, Relaxed);
+                Step::Stop(Some(CloseReason::SlowConsumer))
+            }
+            _ => Step::Continue,
+        }
+    }
+}

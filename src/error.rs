@@ -1,0 +1,57 @@
+//! Errors that reach the wire, and the one place that maps them to close codes.
+
+/// Why the server closes a WebSocket; each has its code and reason text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The server shuts down (SIGTERM/SIGINT).
+    GoingAway,
+    /// The client was silent for twice the ping interval.
+    PingTimeout,
+    /// The outbound queue went over `--queue-limit`.
+    SlowConsumer,
+    /// The client sent a binary frame.
+    Unsupported,
+    /// The client sent a frame or message over `--max-message-bytes`.
+    TooBig,
+    /// The client broke the WebSocket protocol.
+    ProtocolError,
+}
+
+impl CloseReason {
+    pub fn code(self) -> u16 {
+        match self {
+            CloseReason::GoingAway | CloseReason::PingTimeout => 1001,
+            CloseReason::SlowConsumer => 1008,
+            CloseReason::Unsupported => 1003,
+            CloseReason::TooBig => 1009,
+            CloseReason::ProtocolError => 1002,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            CloseReason::GoingAway => "server shutting down",
+            CloseReason::PingTimeout => "ping timeout",
+            CloseReason::SlowConsumer => "slow consumer",
+            CloseReason::Unsupported => "binary frames are not supported",
+            CloseReason::TooBig => "message too big",
+            CloseReason::ProtocolError => "protocol error",
+        }
+    }
+}
+
+/// Failures of starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0} is required (the CLI generates one when it is missing)")]
+    MissingSecret(&'static str),
+    #[error("token signing self-test failed: {0}")]
+    Auth(#[from] crate::auth::Error),
+    #[error("cannot start worker thread: {0}")]
+    Thread(std::io::Error),
+}

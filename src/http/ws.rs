@@ -1,0 +1,168 @@
+//! `GET /ws`: checks the origin and the token, registers the connection with the worker's hub,
+//! and answers 101. The connection is registered before the 101 goes out, so a message
+//! published once the client sees the upgrade complete is already queued for it.
+//!
+//! The upgrade is taken here rather than by `warp::ws()`, so the WebSocket gets a small read
+//! buffer (warp's fixed 128 KiB would cost ~134 KB per idle connection).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+use warp::reply::Response;
+
+use super::reject::{json_error, ApiError};
+use crate::connection::Connection;
+use crate::hub::{self, Outbox, Registration};
+use crate::protocol::ConnId;
+use crate::worker::WorkerContext;
+
+/// Bytes read from the socket at a time. Client frames are small (subscribe, ping); larger ones
+/// still work, in several reads.
+const READ_BUFFER_BYTES: usize = 4096;
+
+pub fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Response {
+    if req.method() != Method::GET {
+        return json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET for /ws");
+    }
+    let headers = req.headers();
+    let key = match handshake_key(headers) {
+        Ok(k) => k,
+        Err((status, text)) => {
+            let mut resp = json_error(status, text);
+            if status == StatusCode::UPGRADE_REQUIRED {
+                resp.headers_mut()
+                    .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            }
+            return resp;
+        }
+    };
+    if let Err(e) = check_origin(headers, &ctx.config.allowed_origins) {
+        return e.into_response();
+    }
+    let identity = match token(&req).and_then(|t| ctx.keys.verify(t).map_err(|e| e.to_string())) {
+        Ok(identity) => identity,
+        Err(e) => return ApiError::Unauthorized(e).into_response(),
+    };
+
+    let id = ConnId {
+        worker: ctx.id,
+        seq: ctx.next_conn.fetch_add(1, Relaxed),
+    };
+    let (outbox, frame_rx, cut) = Outbox::new(ctx.config.queue_limit as usize);
+    hub::lock(&ctx.hub).register(id, identity.user, outbox.clone());
+    let connection = Connection {
+        registration: Registration {
+            id,
+            hub: ctx.hub.clone(),
+        },
+        permissions: identity.permissions,
+        outbox,
+        frame_rx,
+        cut,
+        shutdown: ctx.shutdown.clone(),
+        ping_interval: ctx.config.ping_interval(),
+        metrics: ctx.worker_metrics.clone(),
+    };
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .max_message_size(Some(ctx.config.max_message_bytes))
+        .max_frame_size(Some(ctx.config.max_message_bytes));
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    ctx.tracker.spawn(async move {
+        // On failure `connection` drops here and its registration with it.
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        // The accept loop serves plain TCP, so the upgraded IO is always this type; taking the
+        // socket back saves a box and a buffer per connection.
+        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            tracing::error!("upgraded connection is not a TCP stream");
+            return;
+        };
+        let stream = parts.io.into_inner();
+        let ws = if parts.read_buf.is_empty() {
+            WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await
+        } else {
+            let early = parts.read_buf.to_vec();
+            WebSocketStream::from_partially_read(stream, early, Role::Server, Some(config)).await
+        };
+        connection.run(ws).await;
+    });
+
+    let mut resp = Response::new("".into());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&key).expect("base64 is a valid header value"),
+    );
+    resp
+}
+
+/// The `Sec-WebSocket-Accept` value, or why the request is no WebSocket upgrade.
+fn handshake_key(headers: &HeaderMap) -> Result<String, (StatusCode, &'static str)> {
+    let has_token = |name, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)",
+        ));
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return Err((StatusCode::UPGRADE_REQUIRED, "WebSocket version 13 only"));
+    }
+    match headers.get(header::SEC_WEBSOCKET_KEY) {
+        Some(k) => Ok(derive_accept_key(k.as_bytes())),
+        None => Err((StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key")),
+    }
+}
+
+/// With an allow-list, a browser's `Origin` must be on it. Requests without `Origin` come from
+/// programs, not browsers, and the token alone decides for them.
+fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiError> {
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    match headers.get(header::ORIGIN).map(HeaderValue::to_str) {
+        None => Ok(()),
+        Some(Ok(origin)) if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) => Ok(()),
+        Some(origin) => Err(ApiError::Forbidden(format!(
+            "origin {} is not allowed",
+            origin.unwrap_or("?")
+        ))),
+    }
+}
+
+/// The token from `?token=` or `Authorization: Bearer`.
+fn token(req: &Request<Incoming>) -> Result<&str, String> {
+    let from_query = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+    let from_header = || {
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+    };
+    from_query
+        .or_else(from_header)
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| crate::auth::Error::Missing.to_string())
+}

@@ -1,0 +1,133 @@
+//! One worker: an OS thread with its own single-threaded tokio runtime, its own listener on the
+//! shared port, its own hub, and its bus task. A connection lives and dies on the worker that
+//! accepted it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::TokenKeys;
+use crate::bus::Delivery;
+use crate::config::Config;
+use crate::http;
+use crate::hub::{self, SharedHub};
+use crate::metrics::{Metrics, WorkerMetrics};
+use crate::protocol::WorkerId;
+use crate::router::Router;
+
+/// Deliveries the bus task hands to the hub under one lock.
+const BUS_BATCH: usize = 64;
+
+/// What a worker's handlers and connections share. Everything here is either immutable or
+/// owned by this worker (the hub), except the router, which reaches every worker's inbox.
+pub struct WorkerContext {
+    pub id: WorkerId,
+    pub config: Arc<Config>,
+    pub keys: Arc<TokenKeys>,
+    pub api_key: Arc<str>,
+    pub router: Arc<Router>,
+    pub hub: SharedHub,
+    pub metrics: Arc<Metrics>,
+    pub worker_metrics: Arc<WorkerMetrics>,
+    /// Cancelled on shutdown: the accept loop stops, HTTP connections finish, WebSockets close
+    /// with 1001.
+    pub shutdown: CancellationToken,
+    /// Every HTTP connection and WebSocket of this worker, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Numbers this worker's connections ([`crate::protocol::ConnId::seq`]).
+    pub next_conn: AtomicU64,
+}
+
+/// Runs the worker on the current thread until shutdown and the drain are done.
+pub fn run(
+    ctx: Arc<WorkerContext>,
+    listeners: Vec<std::net::TcpListener>,
+    inbox_rx: mpsc::Receiver<Delivery>,
+) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime can be built (fails only when the OS refuses an epoll fd)");
+    runtime.block_on(async move {
+        tokio::spawn(bus_task(
+            inbox_rx,
+            ctx.hub.clone(),
+            ctx.worker_metrics.clone(),
+        ));
+        for listener in listeners {
+            match TcpListener::from_std(listener) {
+                Ok(l) => {
+                    tokio::spawn(accept_loop(l, ctx.clone()));
+                }
+                Err(e) => tracing::error!(worker = ctx.id.0, "cannot register listener: {e}"),
+            }
+        }
+        ctx.shutdown.cancelled().await;
+        ctx.tracker.close();
+        let drain = ctx.config.shutdown_timeout();
+        if tokio::time::timeout(drain, ctx.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                worker = ctx.id.0,
+                open = ctx.tracker.len(),
+                "shutdown timeout: dropping connections still open"
+            );
+        }
+    });
+}
+
+/// Hands every delivery from this worker's inbox to its hub, a batch per lock.
+async fn bus_task(
+    mut inbox_rx: mpsc::Receiver<Delivery>,
+    hub: SharedHub,
+    metrics: Arc<WorkerMetrics>,
+) {
+    let mut batch = Vec::with_capacity(BUS_BATCH);
+    while inbox_rx.recv_many(&mut batch, BUS_BATCH).await > 0 {
+        metrics
+            .bus_received
+            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let mut hub = hub::lock(&hub);
+        for delivery in batch.drain(..) {
+            hub.deliver(&delivery);
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Arc<WorkerContext>) {
+    let routes = http::routes(ctx.clone());
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            () = ctx.shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                backoff = Duration::from_millis(5);
+                let _ = stream.set_nodelay(true);
+                ctx.tracker
+                    .spawn(http::serve_connection(stream, ctx.clone(), routes.clone()));
+            }
+            Err(e) => {
+                // Out of descriptors or memory: wait a little for connections to close.
+                tracing::warn!(worker = ctx.id.0, "accept failed: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// The address a worker's private listener got, if it has one.
+pub fn private_addr(l: &std::net::TcpListener) -> Option<SocketAddr> {
+    l.local_addr().ok()
+}
