@@ -66,6 +66,14 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
         bail!("--redis is not supported yet: this build runs on one machine only");
     }
     raise_fd_limit();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Handlers go in before "listening on": a signal sent as soon as that line shows is caught.
+    let signal = {
+        let _guard = runtime.enter();
+        shutdown_signal()?
+    };
     let generated = config.generate_missing_secrets();
     let server = Server::start(config.clone()).context("cannot start the server")?;
     let addr = server.local_addr();
@@ -74,10 +82,7 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(workers = config.workers(), "listening on {addr}");
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let signal = runtime.block_on(shutdown_signal());
+    let signal = runtime.block_on(signal);
     tracing::info!(
         "{signal}: closing connections (up to {}s)",
         config.shutdown_timeout
@@ -90,14 +95,17 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits for SIGINT (Ctrl-C) or SIGTERM and names it.
-async fn shutdown_signal() -> &'static str {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler can be installed");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-    }
+/// Installs the SIGINT (Ctrl-C) and SIGTERM handlers; the future names the first that comes.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        }
+    })
 }
 
 /// Each connection holds a descriptor: use all the process may have.

@@ -169,6 +169,14 @@ fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))
 }
 
+/// Like [`parse_json`], for a JSON object only: serde would also fill a struct from an array.
+fn parse_object<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => parse_json(body),
+        _ => Err(ApiError::BadRequest("body must be a JSON object".into())),
+    }
+}
+
 fn direct(user: &str, message: &RawValue) -> Result<Delivery, String> {
     let user = UserId::new(user).map_err(|e| format!("userId: {e}"))?;
     Ok(Delivery {
@@ -186,21 +194,21 @@ fn on_channel(channel: &str, message: &RawValue) -> Result<Delivery, String> {
 }
 
 fn parse_message(body: &[u8]) -> Result<Vec<Delivery>, ApiError> {
-    let b: DirectBody = parse_json(body)?;
+    let b: DirectBody = parse_object(body)?;
     Ok(vec![
         direct(&b.user_id, b.message).map_err(ApiError::BadRequest)?
     ])
 }
 
 fn parse_publish(body: &[u8]) -> Result<Vec<Delivery>, ApiError> {
-    let b: ChannelBody = parse_json(body)?;
+    let b: ChannelBody = parse_object(body)?;
     Ok(vec![
         on_channel(&b.channel, b.message).map_err(ApiError::BadRequest)?
     ])
 }
 
 fn parse_broadcast(body: &[u8]) -> Result<Vec<Delivery>, ApiError> {
-    let b: BroadcastBody = parse_json(body)?;
+    let b: BroadcastBody = parse_object(body)?;
     Ok(vec![Delivery {
         frame: Frame::direct(b.message),
         target: Target::All,
@@ -208,17 +216,22 @@ fn parse_broadcast(body: &[u8]) -> Result<Vec<Delivery>, ApiError> {
 }
 
 fn parse_batch(body: &[u8]) -> Result<Vec<Delivery>, ApiError> {
-    let items: Vec<BatchItem> = parse_json(body)?;
+    let items: Vec<&RawValue> = parse_json(body)?;
     items
         .iter()
         .enumerate()
-        .map(|(i, item)| {
+        .map(|(i, raw)| {
+            let in_item = |e: String| ApiError::BadRequest(format!("item {i}: {e}"));
+            let item: BatchItem = parse_object(raw.get().as_bytes()).map_err(|e| match e {
+                ApiError::BadRequest(m) => in_item(m),
+                other => other,
+            })?;
             match (&item.user_id, &item.channel) {
                 (Some(user), None) => direct(user, item.message),
                 (None, Some(channel)) => on_channel(channel, item.message),
                 _ => Err("needs exactly one of userId and channel".to_string()),
             }
-            .map_err(|e| ApiError::BadRequest(format!("item {i}: {e}")))
+            .map_err(in_item)
         })
         .collect()
 }

@@ -30,15 +30,15 @@ pub fn routes(
     // GET /: the console page.
     let console =
         warp::path::end().map(|| text(StatusCode::OK, CONSOLE_HTML, "text/html; charset=utf-8"));
-    warp::get().and(
-        healthz
-            .or(readyz)
-            .unify()
-            .or(metrics)
-            .unify()
-            .or(console)
-            .unify(),
-    )
+    // The path decides first, so an unknown path is a 404 whatever the method.
+    healthz
+        .or(readyz)
+        .unify()
+        .or(metrics)
+        .unify()
+        .or(console)
+        .unify()
+        .and(warp::get())
 }
 
 fn text(status: StatusCode, body: impl Into<String>, content_type: &'static str) -> Response {

@@ -1,0 +1,272 @@
+//! A real server on free ports and real WebSocket clients, so each test is setup → act → assert.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use fanfare::auth::{claims, Claims, TokenKeys};
+use fanfare::{Config, Server};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret";
+pub const API_KEY: &str = "test-api-key";
+/// Longest a test waits for something that should happen.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub server: Server,
+    pub addr: SocketAddr,
+    keys: TokenKeys,
+}
+
+impl TestServer {
+    /// Two workers, each with a private listener, on 127.0.0.1:0.
+    pub fn start() -> TestServer {
+        Self::start_with(|_| {})
+    }
+
+    pub fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = Config::new();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.workers = Some(2);
+        config.token_secret = Some(SECRET.into());
+        config.api_key = Some(API_KEY.into());
+        config.worker_listeners = true;
+        tweak(&mut config);
+        let server = Server::start(config).expect("server starts");
+        TestServer {
+            addr: server.local_addr(),
+            server,
+            keys: TokenKeys::new(SECRET).unwrap(),
+        }
+    }
+
+    pub fn token(&self, sub: &str, channels: &[&str]) -> String {
+        let channels =
+            (!channels.is_empty()).then(|| channels.iter().map(|c| c.to_string()).collect());
+        self.keys.issue(&claims(sub, channels, Some(600))).unwrap()
+    }
+
+    pub fn token_with(&self, claims: &Claims) -> String {
+        self.keys.issue(claims).unwrap()
+    }
+
+    /// A client on the shared port (whichever worker the kernel picks).
+    pub async fn connect(&self, sub: &str, channels: &[&str]) -> TestClient {
+        TestClient::connect(self.addr, &self.token(sub, channels)).await
+    }
+
+    /// A client on worker `w`, through that worker's private listener.
+    pub async fn connect_on(&self, w: usize, sub: &str, channels: &[&str]) -> TestClient {
+        TestClient::connect(self.server.worker_addrs()[w], &self.token(sub, channels)).await
+    }
+
+    /// POST with the API key; returns status and body.
+    pub async fn post(&self, path: &str, body: &str) -> (u16, String) {
+        let auth = format!("Bearer {API_KEY}");
+        http(
+            self.addr,
+            "POST",
+            path,
+            &[("Authorization", &auth)],
+            body.as_bytes(),
+        )
+        .await
+    }
+
+    /// POST that must be accepted.
+    pub async fn publish(&self, path: &str, body: Value) {
+        let (status, text) = self.post(path, &body.to_string()).await;
+        assert_eq!(status, 202, "{path} {body}: {text}");
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http(self.addr, "GET", path, &[], b"").await
+    }
+
+    /// The value of one metric line, e.g. `fanfare_connections` or `x{worker="1"}`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, text) = self.get("/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    /// Waits until `f` holds, at most [`PATIENCE`].
+    pub async fn eventually(&self, what: &str, mut f: impl FnMut(&Server) -> bool) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !f(&self.server) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request per connection.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req += &format!("{k}: {v}\r\n");
+    }
+    req += "\r\n";
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    // The server may answer (413) and close before reading the whole body.
+    let _ = s.write_all(&bytes).await;
+    let mut resp = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut resp)).await;
+    let text = String::from_utf8_lossy(&resp).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub struct TestClient {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl TestClient {
+    pub async fn connect(addr: SocketAddr, token: &str) -> TestClient {
+        Self::try_connect(addr, &format!("/ws?token={token}"), &[])
+            .await
+            .unwrap_or_else(|e| panic!("upgrade refused: {e:?}"))
+    }
+
+    /// A client whose socket receive buffer is tiny, so a server's writes back up quickly
+    /// when it stops reading.
+    pub async fn connect_small_buffer(addr: SocketAddr, token: &str) -> TestClient {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(&addr.into()).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let stream = TcpStream::from_std(socket.into()).unwrap();
+        let req = format!("ws://{addr}/ws?token={token}")
+            .into_client_request()
+            .unwrap();
+        let (ws, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+        TestClient { ws }
+    }
+
+    /// Upgrade with any path and extra headers; the error is the HTTP status and body.
+    pub async fn try_connect(
+        addr: SocketAddr,
+        path_and_query: &str,
+        headers: &[(&'static str, &str)],
+    ) -> Result<TestClient, (u16, String)> {
+        let mut req = format!("ws://{addr}{path_and_query}")
+            .into_client_request()
+            .unwrap();
+        for (k, v) in headers {
+            req.headers_mut()
+                .insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((ws, _)) => Ok(TestClient { ws }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).to_string())
+                    .unwrap_or_default();
+                Err((resp.status().as_u16(), body))
+            }
+            Err(e) => panic!("connect failed: {e}"),
+        }
+    }
+
+    pub async fn send_json(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    /// The next text frame as JSON (pings and pongs skipped).
+    pub async fn recv_json(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame")
+                .expect("connection ended")
+                .expect("read error");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The `message` of the next frame, which must be a message.
+    pub async fn recv_message(&mut self) -> Value {
+        let v = self.recv_json().await;
+        assert_eq!(v["type"], "message", "{v}");
+        v["message"].clone()
+    }
+
+    pub async fn subscribe(&mut self, channel: &str) {
+        self.send_json(serde_json::json!({"type": "subscribe", "channel": channel}))
+            .await;
+        let reply = self.recv_json().await;
+        assert_eq!(
+            reply,
+            serde_json::json!({"type": "subscribed", "channel": channel})
+        );
+    }
+
+    /// Asserts that no text frame arrives for `ms` milliseconds.
+    pub async fn expect_nothing_for(&mut self, ms: u64) {
+        let until = tokio::time::Instant::now() + Duration::from_millis(ms);
+        loop {
+            match tokio::time::timeout_at(until, self.ws.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+                Ok(other) => panic!("expected nothing, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until the server's close frame; returns its code and reason.
+    pub async fn recv_close(&mut self) -> (u16, String) {
+        loop {
+            let msg = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("timed out waiting for close");
+            match msg {
+                Some(Ok(Message::Close(Some(f)))) => return (f.code.into(), f.reason.to_string()),
+                Some(Ok(Message::Close(None))) => return (1005, String::new()),
+                Some(Ok(_)) => {}
+                other => panic!("connection ended without a close frame: {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The real binary: SIGTERM closes every WebSocket with 1001 and exits 0 in time; a server
+//! started without secrets prints generated ones; `fanfare token` mints a usable token.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestClient;
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fanfare");
+
+/// Starts `fanfare serve` on a free port; returns it, its address and its stderr lines so far.
+fn spawn_server(args: &[&str]) -> (Child, SocketAddr, Vec<String>) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "2"])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn fanfare");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = Vec::new();
+    let mut reader = BufReader::new(stderr);
+    let addr = loop {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "server exited early: {lines:?}"
+        );
+        lines.push(line.clone());
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in reader.lines() {});
+    (child, addr, lines)
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on a pid we spawned and have not yet reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not exit within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn token(secret: &str, sub: &str) -> String {
+    let out = Command::new(BIN)
+        .args([
+            "token",
+            "--secret",
+            secret,
+            "--sub",
+            sub,
+            "--channels",
+            "news,room:*",
+            "--ttl",
+            "60",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test]
+async fn sigterm_closes_websockets_with_1001_and_exits_0() {
+    let (mut child, addr, _) = spawn_server(&[
+        "--token-secret",
+        "s",
+        "--api-key",
+        "k",
+        "--shutdown-timeout",
+        "5",
+    ]);
+    let t = token("s", "42");
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(TestClient::connect(addr, &t).await);
+    }
+    clients[0].subscribe("room:1").await;
+    let started = Instant::now();
+    signal(&child, libc::SIGTERM);
+    for c in &mut clients {
+        assert_eq!(c.recv_close().await, (1001, "server shutting down".into()));
+    }
+    let status = wait_exit(&mut child, Duration::from_secs(6));
+    assert!(status.success(), "exit status {status}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting"
+    );
+}
+
+#[tokio::test]
+async fn sigint_with_a_client_that_never_closes_exits_within_the_timeout() {
+    let (mut child, addr, _) = spawn_server(&[
+        "--token-secret",
+        "s",
+        "--api-key",
+        "k",
+        "--shutdown-timeout",
+        "1",
+    ]);
+    // A raw upgrade that never reads nor answers the close frame.
+    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /ws?token={} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        token("s", "1")
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut raw, req.as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal(&child, libc::SIGINT);
+    let status = wait_exit(&mut child, Duration::from_secs(3));
+    assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test]
+async fn generated_secrets_are_printed_with_a_working_example() {
+    let (mut child, addr, lines) = spawn_server(&[]);
+    let banner = lines.join("");
+    let secret = banner
+        .split("--token-secret ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let key = banner
+        .split("--api-key ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    assert!(banner.contains("curl -X POST"), "{banner}");
+    let example = banner
+        .split("ws://")
+        .nth(1)
+        .unwrap()
+        .split("token=")
+        .nth(1)
+        .unwrap();
+    let example = example.split_whitespace().next().unwrap();
+    let mut c = TestClient::connect(addr, example).await;
+    let mut mine = TestClient::connect(addr, &token(secret, "42")).await;
+    let auth = format!("Bearer {key}");
+    let body = json!({"userId": "42", "message": "hello"}).to_string();
+    let (status, _) = common::http(
+        addr,
+        "POST",
+        "/message",
+        &[("Authorization", &auth)],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(c.recv_message().await, json!("hello"));
+    assert_eq!(mine.recv_message().await, json!("hello"));
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child, Duration::from_secs(12)).success());
+}
+
+#[test]
+fn environment_variables_configure_the_server() {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .env("FANFARE_LISTEN", "127.0.0.1:0")
+        .env("FANFARE_WORKERS", "1")
+        .env("FANFARE_TOKEN_SECRET", "env-secret")
+        .env("FANFARE_API_KEY", "env-key")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.contains("listening on 127.0.0.1:"), "{line}");
+    assert!(line.contains("workers=1"), "{line}");
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child, Duration::from_secs(12)).success());
+}
