@@ -96,6 +96,12 @@ impl Config {
             .unwrap_or_else(|| num_cpus::get().clamp(1, MAX_WORKERS))
     }
 
+    /// The configured node id, or a random one (fixed for the life of the process only if the
+    /// caller keeps the result).
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| random_hex(8))
+    }
+
     pub fn ping_interval(&self) -> Duration {
         Duration::from_secs(self.ping_interval)
     }

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Permissions;
 use crate::error::CloseReason;
 use crate::hub::{self, Outbox, Registration};
+use crate::interest::Interest;
 use crate::metrics::WorkerMetrics;
 use crate::protocol::{ClientMessage, ErrorCode, Frame};
 
@@ -29,6 +30,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Connection {
     /// Unregisters from the hub when the connection ends, however it ends.
     pub registration: Registration,
+    /// To wait, after subscribing, until other machines' messages for the channel reach us.
+    pub interest: Arc<Interest>,
     pub permissions: Permissions,
     /// This connection's own handle on its outbox, for replies and pings, so they are ordered
     /// with the messages the hub queues.
@@ -59,6 +62,7 @@ impl Connection {
     {
         let Connection {
             registration,
+            interest,
             permissions,
             outbox,
             frame_rx,
@@ -77,6 +81,7 @@ impl Connection {
             let mut last_heard = Instant::now();
             let session = Session {
                 registration: &registration,
+                interest: &interest,
                 permissions: &permissions,
                 outbox: &outbox,
                 metrics: &metrics,
@@ -91,7 +96,7 @@ impl Connection {
                     _ = &mut forward => break None,
                     item = stream.next() => {
                         last_heard = Instant::now();
-                        match session.on_frame(item) {
+                        match session.on_frame(item).await {
                             Step::Continue => {}
                             Step::Stop(reason) => break reason,
                         }
@@ -129,13 +134,14 @@ impl Connection {
 /// What handling a client frame needs.
 struct Session<'a> {
     registration: &'a Registration,
+    interest: &'a Interest,
     permissions: &'a Permissions,
     outbox: &'a Outbox,
     metrics: &'a WorkerMetrics,
 }
 
 impl Session<'_> {
-    fn on_frame(&self, item: Option<Result<Message, WsError>>) -> Step {
+    async fn on_frame(&self, item: Option<Result<Message, WsError>>) -> Step {
         let message = match item {
             Some(Ok(m)) => m,
             None => return Step::Stop(None),
@@ -146,7 +152,7 @@ impl Session<'_> {
             Some(Err(_)) => return Step::Stop(None),
         };
         match message {
-            Message::Text(text) => self.on_text(text.as_str()),
+            Message::Text(text) => self.on_text(text.as_str()).await,
             Message::Binary(_) => self.refuse(CloseReason::Unsupported),
             // tungstenite answers pings itself and completes the close handshake.
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Step::Continue,
@@ -159,7 +165,7 @@ impl Session<'_> {
         Step::Stop(Some(reason))
     }
 
-    fn on_text(&self, text: &str) -> Step {
+    async fn on_text(&self, text: &str) -> Step {
         let reply = match ClientMessage::decode(text) {
             Ok(ClientMessage::Subscribe(channel)) => {
                 if !self.permissions.allows(&channel) {
@@ -174,6 +180,8 @@ impl Session<'_> {
                         // The hub cut this connection a moment ago; the cut branch closes it.
                         return Step::Continue;
                     }
+                    // `subscribed` promises every later message, other machines' included.
+                    self.interest.remote_synced().await;
                     Frame::subscribed(&channel)
                 }
             }

@@ -52,6 +52,8 @@ pub enum StartError {
     MissingSecret(&'static str),
     #[error("token signing self-test failed: {0}")]
     Auth(#[from] crate::auth::Error),
+    #[error(transparent)]
+    Bridge(#[from] crate::bridge::Error),
     #[error("cannot start worker thread: {0}")]
     Thread(std::io::Error),
 }

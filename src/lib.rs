@@ -16,7 +16,9 @@
 //! - [`worker`]: one thread with its own runtime, listener, hub and bus task.
 //! - [`listener`]: SO_REUSEPORT sockets, one per worker.
 //! - [`http`]: hyper connections; `/ws` upgrades, the publish API, health and metrics.
-//! - [`router`]: the door for publishing: finds the workers with recipients.
+//! - [`router`]: the door for publishing: to the bridge, and to the workers with recipients.
+//! - [`bridge`]: one Redis link per process: publishes, and subscribes to what has local
+//!   recipients; what other machines publish goes to the local bus.
 //! - [`interest`]: which workers have a recipient for each user and channel.
 //! - [`bus`]: one bounded inbox per worker.
 //! - [`hub`]: a worker's registry (user → connections, channel → subscribers) and fan-out.
@@ -25,10 +27,9 @@
 //! - [`auth`]: client tokens (HS256) and channel permissions.
 //! - [`metrics`]: counters rendered for Prometheus.
 //! - [`error`]: close reasons and start-up errors.
-//!
-//! The Redis bridge (several machines) is not built yet: the router is where it plugs in.
 
 pub mod auth;
+pub mod bridge;
 pub mod bus;
 pub mod config;
 pub mod connection;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fanfare::auth::{claims, parse_channel_list, TokenKeys};
 use fanfare::config::Generated;
@@ -62,9 +62,6 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if config.redis.is_some() {
-        bail!("--redis is not supported yet: this build runs on one machine only");
-    }
     raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -4,7 +4,7 @@
 //! between workers on the hot path); `/metrics` sums them.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crate::protocol::Target;
@@ -36,6 +36,78 @@ impl WorkerMetrics {
     }
 }
 
+/// The Redis bridge's links and traffic.
+#[derive(Default, Debug)]
+pub struct BridgeMetrics {
+    pub publish_up: AtomicBool,
+    pub subscribe_up: AtomicBool,
+    /// Messages published to Redis.
+    pub published: AtomicU64,
+    /// Messages from other machines handed to the local bus.
+    pub received: AtomicU64,
+    /// Messages not sent to other machines because the publisher was down or behind.
+    pub dropped: AtomicU64,
+    /// Payloads from Redis that were not ours to read (another version, broken).
+    pub malformed: AtomicU64,
+    /// Times a link connected again after losing Redis.
+    pub reconnects: AtomicU64,
+    /// Live Redis subscriptions of this process.
+    pub subscriptions: AtomicI64,
+}
+
+impl BridgeMetrics {
+    pub fn is_up(&self) -> bool {
+        self.publish_up.load(Relaxed) && self.subscribe_up.load(Relaxed)
+    }
+
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP fanfare_bridge_up Whether each Redis link is connected.\n\
+             # TYPE fanfare_bridge_up gauge\n\
+             fanfare_bridge_up{{link=\"publish\"}} {}\n\
+             fanfare_bridge_up{{link=\"subscribe\"}} {}",
+            u8::from(self.publish_up.load(Relaxed)),
+            u8::from(self.subscribe_up.load(Relaxed)),
+        );
+        gauge(
+            out,
+            "fanfare_bridge_subscriptions",
+            "Live Redis subscriptions.",
+            self.subscriptions.load(Relaxed),
+        );
+        for (name, help, c) in [
+            (
+                "fanfare_bridge_published_total",
+                "Messages published to Redis.",
+                &self.published,
+            ),
+            (
+                "fanfare_bridge_received_total",
+                "Messages from other machines.",
+                &self.received,
+            ),
+            (
+                "fanfare_bridge_dropped_total",
+                "Messages not sent to other machines: Redis down or behind.",
+                &self.dropped,
+            ),
+            (
+                "fanfare_bridge_malformed_total",
+                "Unreadable payloads from Redis.",
+                &self.malformed,
+            ),
+            (
+                "fanfare_bridge_reconnects_total",
+                "Reconnections of a Redis link.",
+                &self.reconnects,
+            ),
+        ] {
+            counter(out, name, help, c.load(Relaxed));
+        }
+    }
+}
+
 /// HTTP answers that refused a request, by status.
 const REJECT_STATUSES: [u16; 7] = [400, 401, 403, 404, 405, 413, 426];
 
@@ -43,14 +115,17 @@ const REJECT_STATUSES: [u16; 7] = [400, 401, 403, 404, 405, 413, 426];
 #[derive(Debug)]
 pub struct Metrics {
     pub workers: Vec<Arc<WorkerMetrics>>,
+    /// Present with `--redis`.
+    pub bridge: Option<Arc<BridgeMetrics>>,
     accepted: [AtomicU64; 3],
     rejected: [AtomicU64; REJECT_STATUSES.len()],
 }
 
 impl Metrics {
-    pub fn new(workers: usize) -> Self {
+    pub fn new(workers: usize, bridge: Option<Arc<BridgeMetrics>>) -> Self {
         Metrics {
             workers: (0..workers).map(|_| Arc::default()).collect(),
+            bridge,
             accepted: Default::default(),
             rejected: Default::default(),
         }
@@ -163,6 +238,9 @@ impl Metrics {
                 "fanfare_rejected_requests_total{{status=\"{status}\"}} {}",
                 n.load(Relaxed)
             );
+        }
+        if let Some(bridge) = &self.bridge {
+            bridge.render(&mut out);
         }
         out
     }

@@ -185,6 +185,13 @@ impl Frame {
         Frame::text(v.to_string())
     }
 
+    /// A frame as another machine encoded it; `None` if the bytes are not UTF-8.
+    pub fn from_encoded(bytes: bytes::Bytes) -> Option<Self> {
+        Utf8Bytes::try_from(bytes)
+            .ok()
+            .map(|t| Frame(Arc::new(Message::Text(t))))
+    }
+
     /// A WebSocket ping, sent by the server every ping interval.
     pub fn ping() -> Self {
         Frame(Arc::new(Message::Ping(Default::default())))

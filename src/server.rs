@@ -9,15 +9,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::TokenKeys;
+use crate::bridge::{Bridge, BridgeConfig};
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::error::StartError;
 use crate::hub::{self, Hub, SharedHub};
 use crate::interest::Interest;
 use crate::listener;
-use crate::metrics::Metrics;
+use crate::metrics::{BridgeMetrics, Metrics};
 use crate::protocol::WorkerId;
-use crate::router::Router;
+use crate::router::{LocalRouter, Router};
 use crate::worker::{self, WorkerContext};
 
 /// A running server: its workers' threads and the token that stops them.
@@ -54,13 +55,40 @@ impl Server {
         let local_addr = shared[0].local_addr().map_err(listen_err(config.listen))?;
 
         let config = Arc::new(config);
-        let metrics = Arc::new(Metrics::new(workers));
-        let interest = Arc::new(Interest::default());
-        let (bus, inboxes) = Bus::new(workers);
-        let router = Arc::new(Router::new(interest.clone(), bus, metrics.clone()));
         let shutdown = CancellationToken::new();
+        let bridge_metrics = config
+            .redis
+            .as_ref()
+            .map(|_| Arc::new(BridgeMetrics::default()));
+        let metrics = Arc::new(Metrics::new(workers, bridge_metrics.clone()));
+        let interest = Arc::new(match config.redis {
+            Some(_) => Interest::with_remote(),
+            None => Interest::default(),
+        });
+        let (bus, inboxes) = Bus::new(workers);
+        let local = LocalRouter::new(interest.clone(), bus);
+        let mut threads = Vec::with_capacity(workers + 1);
+        let bridge = match (&config.redis, bridge_metrics) {
+            (Some(url), Some(bridge_metrics)) => {
+                let bridge_config = BridgeConfig {
+                    url: url.clone(),
+                    prefix: config.redis_prefix.clone(),
+                    node_id: config.node_id(),
+                };
+                let (bridge, thread) = Bridge::start(
+                    bridge_config,
+                    interest.clone(),
+                    local.clone(),
+                    bridge_metrics,
+                    shutdown.child_token(),
+                )?;
+                threads.push(thread);
+                Some(bridge)
+            }
+            _ => None,
+        };
+        let router = Arc::new(Router::new(local, bridge, metrics.clone()));
 
-        let mut threads = Vec::with_capacity(workers);
         let mut hubs = Vec::with_capacity(workers);
         let mut worker_addrs = Vec::new();
         for (i, (listener, inbox_rx)) in shared.into_iter().zip(inboxes).enumerate() {
@@ -84,6 +112,7 @@ impl Server {
                 keys: keys.clone(),
                 api_key: api_key.clone(),
                 router: router.clone(),
+                interest: interest.clone(),
                 hub: hub.clone(),
                 metrics: metrics.clone(),
                 worker_metrics,

@@ -17,6 +17,7 @@ use crate::bus::Delivery;
 use crate::config::Config;
 use crate::http;
 use crate::hub::{self, SharedHub};
+use crate::interest::Interest;
 use crate::metrics::{Metrics, WorkerMetrics};
 use crate::protocol::WorkerId;
 use crate::router::Router;
@@ -32,6 +33,8 @@ pub struct WorkerContext {
     pub keys: Arc<TokenKeys>,
     pub api_key: Arc<str>,
     pub router: Arc<Router>,
+    /// Read by connections to wait until the bridge has their Redis subscriptions.
+    pub interest: Arc<Interest>,
     pub hub: SharedHub,
     pub metrics: Arc<Metrics>,
     pub worker_metrics: Arc<WorkerMetrics>,

@@ -58,7 +58,7 @@ where
         let mut routes = routes.clone();
         async move {
             let resp = if req.uri().path() == "/ws" {
-                ws::upgrade(req, &ctx)
+                ws::upgrade(req, &ctx).await
             } else {
                 routes.call(req).await?
             };

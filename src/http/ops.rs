@@ -16,9 +16,17 @@ pub fn routes(
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static {
     // GET /healthz: 200 while this process serves.
     let healthz = warp::path!("healthz").map(|| text(StatusCode::OK, "ok\n", "text/plain"));
-    // GET /readyz: 200 when a message can reach every recipient. Without Redis this process is
-    // the whole cluster, so it is ready while it serves.
-    let readyz = warp::path!("readyz").map(|| text(StatusCode::OK, "ready\n", "text/plain"));
+    // GET /readyz: 200 when a message can reach every recipient: always without Redis (this
+    // process is the whole cluster), else while both bridge links are up.
+    let router = ctx.router.clone();
+    let readyz = warp::path!("readyz").map(move || match router.is_ready() {
+        true => text(StatusCode::OK, "ready\n", "text/plain"),
+        false => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: Redis unreachable, messages reach this machine only\n",
+            "text/plain",
+        ),
+    });
     // GET /metrics: Prometheus text format.
     let metrics = warp::path!("metrics").map(move || {
         text(

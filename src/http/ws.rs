@@ -1,6 +1,7 @@
 //! `GET /ws`: checks the origin and the token, registers the connection with the worker's hub,
-//! and answers 101. The connection is registered before the 101 goes out, so a message
-//! published once the client sees the upgrade complete is already queued for it.
+//! and answers 101. The connection is registered (and, with Redis, its user subscribed) before
+//! the 101 goes out, so a message published once the client sees the upgrade complete is
+//! already on its way to it.
 //!
 //! The upgrade is taken here rather than by `warp::ws()`, so the WebSocket gets a small read
 //! buffer (warp's fixed 128 KiB would cost ~134 KB per idle connection).
@@ -28,7 +29,7 @@ use crate::worker::WorkerContext;
 /// one grows the buffer as it comes. 4 KiB here measured ~3.8 KB more RSS per idle connection.
 const READ_BUFFER_BYTES: usize = 512;
 
-pub fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Response {
+pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Response {
     if req.method() != Method::GET {
         return json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET for /ws");
     }
@@ -60,11 +61,15 @@ pub fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Response
     };
     let (outbox, frame_rx, cut) = Outbox::new(ctx.config.queue_limit as usize);
     hub::lock(&ctx.hub).register(id, identity.user, outbox.clone());
+    let registration = Registration {
+        id,
+        hub: ctx.hub.clone(),
+    };
+    // With Redis, direct messages from other machines must find this user before the 101.
+    ctx.interest.remote_synced().await;
     let connection = Connection {
-        registration: Registration {
-            id,
-            hub: ctx.hub.clone(),
-        },
+        registration,
+        interest: ctx.interest.clone(),
         permissions: identity.permissions,
         outbox,
         frame_rx,

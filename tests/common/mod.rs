@@ -270,3 +270,107 @@ impl TestClient {
         }
     }
 }
+
+/// A private `redis-server` on a free port, killed with the test. Never skips: without the
+/// binary the test fails and says how to install it.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::on_port(port)
+    }
+
+    /// Starts (or restarts) Redis on `port`; returns once it answers PING.
+    pub fn on_port(port: u16) -> RedisServer {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run redis-server ({e}): install it with `apt-get install -y redis-server`")
+            });
+        let server = RedisServer {
+            port,
+            child: Some(child),
+        };
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while !server.answers() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    fn answers(&self) -> bool {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_ok()
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Subscribers of a Redis channel (PUBSUB NUMSUB).
+    pub fn numsub(&self, channel: &str) -> i64 {
+        let mut c = redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let (_, n): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query(&mut c)
+            .unwrap();
+        n
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl TestServer {
+    /// A server of a fleet: two workers, this Redis, this prefix and node id.
+    pub fn in_fleet(redis: &RedisServer, prefix: &str, node: &str) -> TestServer {
+        let (url, prefix, node) = (redis.url(), prefix.to_string(), node.to_string());
+        TestServer::start_with(move |c| {
+            c.redis = Some(url);
+            c.redis_prefix = prefix;
+            c.node_id = Some(node);
+        })
+    }
+
+    /// Waits until `/readyz` answers `status`.
+    pub async fn wait_readyz(&self, status: u16) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.get("/readyz").await.0 != status {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/readyz never became {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The subscribing link: one RESP2 pub/sub connection whose subscriptions mirror the interest
+//! table, feeding what arrives into the local bus.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::{PubSubSink, PubSubStream};
+use tokio::sync::oneshot;
+use tokio::time::{interval, timeout, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::wire::{self, Names};
+use super::{Backoff, PING_EVERY, RESPONSE_TIMEOUT};
+use crate::bus::Delivery;
+use crate::interest::{Interest, Topic};
+use crate::metrics::BridgeMetrics;
+use crate::protocol::Frame;
+use crate::router::LocalRouter;
+
+/// Channels per SUBSCRIBE / UNSUBSCRIBE command.
+const CHUNK: usize = 1000;
+
+pub(super) struct Subscriber {
+    pub client: redis::Client,
+    pub names: Names,
+    pub node_id: Arc<str>,
+    /// The truth about what this process wants; the Redis subscriptions follow it.
+    pub interest: Arc<Interest>,
+    /// Where received messages go: the bus inboxes of the workers with recipients.
+    pub local: LocalRouter,
+    pub metrics: Arc<BridgeMetrics>,
+    pub shutdown: CancellationToken,
+}
+
+/// Why the link went down.
+type Down = String;
+
+impl Subscriber {
+    pub async fn run(self, where_: &str) {
+        let mut backoff = Backoff::new();
+        let mut connected_before = false;
+        loop {
+            // A fresh connection subscribes to everything wanted, so pending changes are moot.
+            answer(self.interest.take_remote_changes().1);
+            let connecting = timeout(RESPONSE_TIMEOUT, self.client.get_async_pubsub());
+            let pubsub = tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                r = connecting => r,
+            };
+            let (mut sink, mut stream) = match pubsub {
+                Ok(Ok(p)) => p.split(),
+                failed => {
+                    let why = failed.map_or_else(
+                        |_| "timed out".into(),
+                        |r| r.err().map(|e| e.to_string()).unwrap_or_default(),
+                    );
+                    tracing::error!(
+                        "bridge: cannot connect the subscriber to {where_}: {why}; retrying"
+                    );
+                    self.wait_down(backoff.next()).await;
+                    continue;
+                }
+            };
+            let mut subscribed = HashSet::new();
+            let mut wanted: Vec<String> = self
+                .interest
+                .topics()
+                .iter()
+                .map(|t| self.names.topic(t))
+                .collect();
+            wanted.push(self.names.all());
+            if let Err(why) = change(&mut sink, &mut subscribed, wanted, Vec::new()).await {
+                tracing::warn!("bridge: cannot restore subscriptions on {where_}: {why}; retrying");
+                self.wait_down(backoff.next()).await;
+                continue;
+            }
+            if connected_before {
+                self.metrics.reconnects.fetch_add(1, Relaxed);
+            }
+            connected_before = true;
+            backoff.reset();
+            self.metrics
+                .subscriptions
+                .store(subscribed.len() as i64, Relaxed);
+            self.metrics.subscribe_up.store(true, Relaxed);
+            tracing::info!(
+                subscriptions = subscribed.len(),
+                "bridge: subscriber connected to {where_}"
+            );
+            let why = self.serve(&mut sink, &mut stream, &mut subscribed).await;
+            self.metrics.subscribe_up.store(false, Relaxed);
+            self.metrics.subscriptions.store(0, Relaxed);
+            match why {
+                None => return,
+                Some(why) => {
+                    tracing::warn!("bridge: subscriber lost {where_}: {why}; reconnecting")
+                }
+            }
+        }
+    }
+
+    /// Relays messages and follows interest changes until the link fails (returns why) or the
+    /// process stops (returns `None`).
+    async fn serve(
+        &self,
+        sink: &mut PubSubSink,
+        stream: &mut PubSubStream,
+        subscribed: &mut HashSet<String>,
+    ) -> Option<Down> {
+        let mut ping = interval(PING_EVERY);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return None,
+                () = self.interest.remote_changed() => {
+                    let (topics, waiters) = self.interest.take_remote_changes();
+                    let result = self.follow(sink, subscribed, topics).await;
+                    answer(waiters);
+                    if let Err(why) = result {
+                        return Some(why);
+                    }
+                }
+                msg = stream.next() => match msg {
+                    Some(msg) => self.relay(&msg).await,
+                    None => return Some("connection closed".into()),
+                },
+                _ = ping.tick() => {
+                    match timeout(RESPONSE_TIMEOUT, sink.ping::<redis::Value>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return Some(e.to_string()),
+                        Err(_) => return Some("no answer to PING within 2 s".into()),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Subscribes to the changed topics that now have a local recipient, and unsubscribes from
+    /// those that no longer do.
+    async fn follow(
+        &self,
+        sink: &mut PubSubSink,
+        subscribed: &mut HashSet<String>,
+        topics: Vec<Topic>,
+    ) -> Result<(), Down> {
+        let (mut add, mut remove) = (Vec::new(), Vec::new());
+        for topic in topics {
+            let name = self.names.topic(&topic);
+            let wanted = !self.interest.workers(&topic).is_empty();
+            match (wanted, subscribed.contains(&name)) {
+                (true, false) => add.push(name),
+                (false, true) => remove.push(name),
+                _ => {}
+            }
+        }
+        change(sink, subscribed, add, remove).await?;
+        self.metrics
+            .subscriptions
+            .store(subscribed.len() as i64, Relaxed);
+        Ok(())
+    }
+
+    /// Hands a message from another machine to the workers that have recipients.
+    async fn relay(&self, msg: &redis::Msg) {
+        let Some(target) = self.names.parse(msg.get_channel_name()) else {
+            return;
+        };
+        let Some(decoded) = wire::decode(msg.get_payload_bytes()) else {
+            self.metrics.malformed.fetch_add(1, Relaxed);
+            return;
+        };
+        if decoded.node_id == self.node_id.as_bytes() {
+            // Our own message: delivered locally when it was accepted.
+            return;
+        }
+        let Some(frame) = Frame::from_encoded(Bytes::copy_from_slice(decoded.frame)) else {
+            self.metrics.malformed.fetch_add(1, Relaxed);
+            return;
+        };
+        self.metrics.received.fetch_add(1, Relaxed);
+        self.local.deliver(Delivery { target, frame }).await;
+    }
+
+    /// While disconnected: wait `delay`, letting connections that wait for a subscription go
+    /// on at once (local delivery works; the reconnect subscribes to everything).
+    async fn wait_down(&self, delay: std::time::Duration) {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return,
+                () = self.shutdown.cancelled() => return,
+                () = self.interest.remote_changed() => answer(self.interest.take_remote_changes().1),
+            }
+        }
+    }
+}
+
+/// Applies subscription changes, a chunk of channels per command, and records them.
+async fn change(
+    sink: &mut PubSubSink,
+    subscribed: &mut HashSet<String>,
+    add: Vec<String>,
+    remove: Vec<String>,
+) -> Result<(), Down> {
+    for chunk in add.chunks(CHUNK) {
+        run(sink.subscribe(chunk)).await?;
+        subscribed.extend(chunk.iter().cloned());
+    }
+    for chunk in remove.chunks(CHUNK) {
+        run(sink.unsubscribe(chunk)).await?;
+        for name in chunk {
+            subscribed.remove(name);
+        }
+    }
+    Ok(())
+}
+
+async fn run(
+    command: impl std::future::Future<Output = redis::RedisResult<()>>,
+) -> Result<(), Down> {
+    match timeout(RESPONSE_TIMEOUT, command).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within 2 s".into()),
+    }
+}
+
+fn answer(waiters: Vec<oneshot::Sender<()>>) {
+    for w in waiters {
+        let _ = w.send(());
+    }
+}

@@ -1,0 +1,158 @@
+//! Several servers sharing one Redis act as one: every recipient on every machine gets each
+//! message exactly once, in order, and a machine gets nothing it has no recipient for.
+
+mod common;
+
+use common::{RedisServer, TestServer};
+use serde_json::json;
+
+async fn fleet(redis: &RedisServer) -> (TestServer, TestServer) {
+    let a = TestServer::in_fleet(redis, "fleet:", "a");
+    let b = TestServer::in_fleet(redis, "fleet:", "b");
+    a.wait_readyz(200).await;
+    b.wait_readyz(200).await;
+    (a, b)
+}
+
+#[tokio::test]
+async fn every_call_reaches_the_other_machine() {
+    let redis = RedisServer::start();
+    let (a, b) = fleet(&redis).await;
+    let mut on_b = b.connect("u", &["news"]).await;
+    on_b.subscribe("news").await;
+    let mut on_a = a.connect("v", &[]).await;
+
+    a.publish("/message", json!({"userId": "u", "message": 1}))
+        .await;
+    a.publish("/publish", json!({"channel": "news", "message": 2}))
+        .await;
+    a.publish("/broadcast", json!({"message": 3})).await;
+    a.publish("/batch", json!([{"userId": "u", "message": 4}, {"channel": "news", "message": 5}, {"userId": "v", "message": 6}]))
+        .await;
+    assert_eq!(
+        on_b.recv_json().await,
+        json!({"type": "message", "message": 1})
+    );
+    assert_eq!(
+        on_b.recv_json().await,
+        json!({"type": "message", "channel": "news", "message": 2})
+    );
+    for n in 3..=5 {
+        assert_eq!(on_b.recv_message().await, json!(n));
+    }
+    assert_eq!(on_a.recv_message().await, json!(3));
+    assert_eq!(on_a.recv_message().await, json!(6));
+    on_b.expect_nothing_for(200).await;
+    on_a.expect_nothing_for(0).await;
+}
+
+#[tokio::test]
+async fn user_on_two_machines_and_two_workers_gets_one_copy_each() {
+    let redis = RedisServer::start();
+    let (a, b) = fleet(&redis).await;
+    let mut clients = vec![
+        a.connect_on(0, "u", &[]).await,
+        a.connect_on(1, "u", &[]).await,
+        b.connect_on(0, "u", &[]).await,
+        b.connect_on(1, "u", &[]).await,
+    ];
+    a.publish("/message", json!({"userId": "u", "message": "from a"}))
+        .await;
+    b.publish("/message", json!({"userId": "u", "message": "from b"}))
+        .await;
+    for c in &mut clients {
+        let mut got = vec![c.recv_message().await, c.recv_message().await];
+        got.sort_by_key(|v| v.to_string());
+        assert_eq!(got, vec![json!("from a"), json!("from b")]);
+    }
+    for c in &mut clients {
+        c.expect_nothing_for(100).await;
+    }
+}
+
+#[tokio::test]
+async fn thousand_messages_from_one_machine_arrive_in_order_on_another() {
+    let redis = RedisServer::start();
+    let (a, b) = fleet(&redis).await;
+    let mut c = b.connect("u", &[]).await;
+    for i in 0..1000 {
+        a.publish("/message", json!({"userId": "u", "message": i}))
+            .await;
+    }
+    for i in 0..1000 {
+        assert_eq!(c.recv_message().await, json!(i));
+    }
+}
+
+#[tokio::test]
+async fn a_machine_gets_nothing_it_has_no_recipient_for() {
+    let redis = RedisServer::start();
+    let (a, b) = fleet(&redis).await;
+    let mut on_a = a.connect("only-on-a", &["room:*"]).await;
+    on_a.subscribe("room:a").await;
+    assert_eq!(redis.numsub("fleet:u:only-on-a"), 1);
+    assert_eq!(redis.numsub("fleet:c:room:a"), 1);
+    assert_eq!(redis.numsub("fleet:u:nobody"), 0);
+    assert_eq!(redis.numsub("fleet:all"), 2);
+
+    b.publish("/message", json!({"userId": "only-on-a", "message": 1}))
+        .await;
+    b.publish("/publish", json!({"channel": "room:a", "message": 2}))
+        .await;
+    a.publish("/message", json!({"userId": "only-on-a", "message": 3}))
+        .await;
+    for n in 1..=3 {
+        assert_eq!(on_a.recv_message().await, json!(n));
+    }
+    assert_eq!(b.metric("fanfare_bridge_received_total").await, 0.0);
+    assert_eq!(a.metric("fanfare_bridge_received_total").await, 2.0);
+
+    // The last local recipient leaving ends the subscription.
+    drop(on_a);
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while redis.numsub("fleet:u:only-on-a") + redis.numsub("fleet:c:room:a") > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "subscriptions were not dropped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(a.metric("fanfare_bridge_subscriptions").await, 1.0);
+}
+
+#[tokio::test]
+async fn two_prefixes_on_one_redis_do_not_see_each_other() {
+    let redis = RedisServer::start();
+    let a = TestServer::in_fleet(&redis, "one:", "a");
+    let b = TestServer::in_fleet(&redis, "two:", "b");
+    a.wait_readyz(200).await;
+    b.wait_readyz(200).await;
+    let mut on_b = b.connect("u", &["news"]).await;
+    on_b.subscribe("news").await;
+    a.publish("/message", json!({"userId": "u", "message": 1}))
+        .await;
+    a.publish("/publish", json!({"channel": "news", "message": 2}))
+        .await;
+    a.publish("/broadcast", json!({"message": 3})).await;
+    on_b.expect_nothing_for(300).await;
+    assert_eq!(b.metric("fanfare_bridge_received_total").await, 0.0);
+    // Same prefix, other node: it does arrive.
+    let c = TestServer::in_fleet(&redis, "two:", "c");
+    c.wait_readyz(200).await;
+    c.publish("/message", json!({"userId": "u", "message": 4}))
+        .await;
+    assert_eq!(on_b.recv_message().await, json!(4));
+}
+
+#[tokio::test]
+async fn a_bad_redis_url_stops_the_start() {
+    let mut config = fanfare::Config::new();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.token_secret = Some("s".into());
+    config.api_key = Some("k".into());
+    config.redis = Some("http://nope".into());
+    let err = fanfare::Server::start(config)
+        .err()
+        .expect("start must fail");
+    assert!(err.to_string().contains("--redis"), "{err}");
+}
