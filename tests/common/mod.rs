@@ -290,8 +290,15 @@ impl RedisServer {
 
     /// Starts (or restarts) Redis on `port`; returns once it answers PING.
     pub fn on_port(port: u16) -> RedisServer {
+        Self::bound(port, "127.0.0.1")
+    }
+
+    /// Redis listening on `port` of these space-separated addresses (loopback first).
+    pub fn bound(port: u16, addrs: &str) -> RedisServer {
         let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .args(["--protected-mode", "no", "--bind"])
+            .args(addrs.split(' '))
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {

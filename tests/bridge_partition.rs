@@ -1,0 +1,294 @@
+//! A silent partition between one server and Redis — packets dropped, no error, no reset —
+//! made with this test's own network namespace, a veth pair and an nftables DROP rule.
+//!
+//! Topology: Redis in the root namespace on 127.0.0.1 and on the veth's host end; server A in
+//! namespace `ff<pid>`, reaching Redis over the veth; server B in-process on loopback.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{http, RedisServer, TestClient, TestServer, API_KEY, SECRET};
+use serde_json::json;
+
+/// Runs a command that must succeed; says how to get the tool when it is missing.
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} ({e}): install it with `apt-get install -y iproute2 nftables`",
+                args[0]
+            )
+        });
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The namespace, its veth pair and the server inside; all removed on drop.
+struct IsolatedHost {
+    ns: String,
+    /// The veth's end in the root namespace (where Redis listens) and inside the namespace.
+    host_ip: String,
+    inner_ip: String,
+    server: Option<Child>,
+}
+
+impl IsolatedHost {
+    fn new() -> IsolatedHost {
+        let id = std::process::id() % 100_000;
+        let (ns, outer, inner) = (format!("ff{id}"), format!("ffh{id}"), format!("ffn{id}"));
+        let net = format!("10.251.{}", id % 250);
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        sh(&["ip", "netns", "add", &ns]);
+        let host = IsolatedHost {
+            ns: ns.clone(),
+            host_ip: format!("{net}.1"),
+            inner_ip: format!("{net}.2"),
+            server: None,
+        };
+        sh(&[
+            "ip", "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+        ]);
+        sh(&["ip", "link", "set", &inner, "netns", &ns]);
+        sh(&["ip", "addr", "add", &format!("{net}.1/30"), "dev", &outer]);
+        sh(&["ip", "link", "set", &outer, "up"]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "ip",
+            "addr",
+            "add",
+            &format!("{net}.2/30"),
+            "dev",
+            &inner,
+        ]);
+        sh(&[
+            "ip", "netns", "exec", &ns, "ip", "link", "set", &inner, "up",
+        ]);
+        sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
+        host
+    }
+
+    /// Starts `fanfare serve` inside the namespace; returns its address.
+    fn serve(&mut self, redis_url: &str) -> SocketAddr {
+        let listen = format!("{}:0", self.inner_ip);
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                env!("CARGO_BIN_EXE_fanfare"),
+                "serve",
+            ])
+            .args([
+                "--listen",
+                &listen,
+                "--workers",
+                "2",
+                "--token-secret",
+                SECRET,
+                "--api-key",
+                API_KEY,
+            ])
+            .args([
+                "--redis",
+                redis_url,
+                "--redis-prefix",
+                "p:",
+                "--node-id",
+                "isolated",
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap());
+        let addr = loop {
+            let mut line = String::new();
+            assert!(
+                lines.read_line(&mut line).unwrap() > 0,
+                "server in namespace exited"
+            );
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        std::thread::spawn(move || {
+            for l in lines.lines() {
+                eprintln!("[isolated] {}", l.unwrap_or_default())
+            }
+        });
+        self.server = Some(child);
+        addr
+    }
+
+    /// Drops every packet to and from Redis inside the namespace, silently.
+    fn partition(&self, redis_port: u16) {
+        let port = redis_port.to_string();
+        let nft = |rule: &[&str]| {
+            let mut args = vec!["ip", "netns", "exec", &self.ns, "nft"];
+            args.extend_from_slice(rule);
+            sh(&args);
+        };
+        nft(&["add", "table", "inet", "partition"]);
+        nft(&[
+            "add",
+            "chain",
+            "inet",
+            "partition",
+            "out",
+            "{ type filter hook output priority 0 ; }",
+        ]);
+        nft(&[
+            "add",
+            "chain",
+            "inet",
+            "partition",
+            "in",
+            "{ type filter hook input priority 0 ; }",
+        ]);
+        nft(&[
+            "add",
+            "rule",
+            "inet",
+            "partition",
+            "out",
+            "tcp",
+            "dport",
+            &port,
+            "drop",
+        ]);
+        nft(&[
+            "add",
+            "rule",
+            "inet",
+            "partition",
+            "in",
+            "tcp",
+            "sport",
+            &port,
+            "drop",
+        ]);
+    }
+
+    fn heal(&self) {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.ns,
+            "nft",
+            "delete",
+            "table",
+            "inet",
+            "partition",
+        ]);
+    }
+}
+
+impl Drop for IsolatedHost {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+async fn readyz(addr: SocketAddr) -> u16 {
+    http(addr, "GET", "/readyz", &[], b"").await.0
+}
+
+async fn publish(addr: SocketAddr, body: serde_json::Value) {
+    let auth = format!("Bearer {API_KEY}");
+    let (status, text) = http(
+        addr,
+        "POST",
+        "/message",
+        &[("Authorization", &auth)],
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 202, "{text}");
+}
+
+#[tokio::test]
+async fn silent_partition_is_noticed_and_healed() {
+    let mut host = IsolatedHost::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redis = RedisServer::bound(port, &format!("127.0.0.1 {}", host.host_ip));
+    let isolated = host.serve(&format!("redis://{}:{port}", host.host_ip));
+    let b = TestServer::in_fleet(&redis, "p:", "b");
+    b.wait_readyz(200).await;
+    let deadline = Instant::now() + common::PATIENCE;
+    while readyz(isolated).await != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "isolated server never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let token = |sub: &str| {
+        fanfare::auth::TokenKeys::new(SECRET)
+            .unwrap()
+            .issue(&fanfare::auth::claims(sub, None, None))
+            .unwrap()
+    };
+    let mut on_isolated = TestClient::connect(isolated, &token("far")).await;
+    b.publish("/message", json!({"userId": "far", "message": "before"}))
+        .await;
+    assert_eq!(on_isolated.recv_message().await, json!("before"));
+
+    host.partition(port);
+    let cut = Instant::now();
+    while readyz(isolated).await != 503 {
+        assert!(
+            cut.elapsed() < Duration::from_secs(5),
+            "partition not noticed within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Local delivery goes on.
+    publish(isolated, json!({"userId": "far", "message": "local"})).await;
+    assert_eq!(on_isolated.recv_message().await, json!("local"));
+
+    host.heal();
+    let healed = Instant::now();
+    while readyz(isolated).await != 200 {
+        assert!(
+            healed.elapsed() < common::PATIENCE,
+            "bridge never reconnected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reconnected = Instant::now();
+    // The same client connection gets cross-machine messages again.
+    loop {
+        b.publish("/message", json!({"userId": "far", "message": "after"}))
+            .await;
+        if let Ok(v) =
+            tokio::time::timeout(Duration::from_millis(100), on_isolated.recv_json()).await
+        {
+            assert_eq!(v["message"], "after");
+            break;
+        }
+        assert!(
+            reconnected.elapsed() < Duration::from_secs(2),
+            "no cross-machine delivery 2 s after reconnecting"
+        );
+    }
+}
