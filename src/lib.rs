@@ -27,8 +27,10 @@
 //! - [`auth`]: client tokens (HS256) and channel permissions.
 //! - [`metrics`]: counters rendered for Prometheus.
 //! - [`error`]: close reasons and start-up errors.
+//! - [`bench`]: `fanfare bench`, the load generator (a client of all the above).
 
 pub mod auth;
+pub mod bench;
 pub mod bridge;
 pub mod bus;
 pub mod config;

@@ -11,7 +11,15 @@ const BACKLOG: i32 = 4096;
 
 /// Binds `count` listeners to `addr`. With port 0, the first picks a free port and the others
 /// join it, so `--listen host:0` still gives one port for all workers.
+///
+/// # Errors
+/// Also when another process listens on `addr`, even with SO_REUSEPORT: joining it would
+/// silently split connections between two servers that do not know each other.
 pub fn bind_shared(addr: SocketAddr, count: usize) -> io::Result<Vec<TcpListener>> {
+    if addr.port() != 0 {
+        // A plain bind fails if anyone holds the address, with or without SO_REUSEPORT.
+        drop(bind(addr, false)?);
+    }
     let first = bind(addr, true)?;
     let real = first.local_addr()?;
     let mut listeners = vec![first];

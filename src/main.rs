@@ -1,4 +1,4 @@
-//! The `fanfare` command: `serve`, `token`.
+//! The `fanfare` command: `serve`, `bench`, `token`.
 
 use std::time::Duration;
 
@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Run the server
     Serve(Box<Config>),
+    /// Load-test one or more servers and report throughput, latency and losses
+    Bench(Box<fanfare::bench::BenchArgs>),
     /// Print a client token
     Token {
         /// HS256 secret (the server's --token-secret)
@@ -40,6 +42,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(config) => serve(*config),
+        Command::Bench(args) => {
+            let code = fanfare::bench::run(*args)?;
+            std::process::exit(code);
+        }
         Command::Token {
             secret,
             sub,

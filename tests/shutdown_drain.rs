@@ -200,3 +200,25 @@ fn environment_variables_configure_the_server() {
     signal(&child, libc::SIGTERM);
     assert!(wait_exit(&mut child, Duration::from_secs(12)).success());
 }
+
+#[test]
+fn a_second_server_on_the_same_port_is_refused() {
+    let (mut first, addr, _) = spawn_server(&["--token-secret", "s", "--api-key", "k"]);
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--token-secret",
+            "s",
+            "--api-key",
+            "k",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+    signal(&first, libc::SIGTERM);
+    assert!(wait_exit(&mut first, Duration::from_secs(12)).success());
+}

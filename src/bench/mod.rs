@@ -1,0 +1,450 @@
+//! `fanfare bench`: the load generator. Opens C authenticated WebSocket connections over one
+//! or more servers, publishes through the HTTP API of one or more servers, and measures what
+//! arrives: deliveries per second, end-to-end latency, lost, duplicated and reordered messages.
+//!
+//! The coordinating process publishes; the connections live in receiver processes (at most
+//! 15,000 each, as a process here may hold 20,000 descriptors), which it starts, feeds and
+//! whose results (HDR histograms included) it merges exactly.
+
+mod plan;
+mod publisher;
+mod receiver;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::Stdio;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use hdrhistogram::Histogram;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use plan::Plan;
+pub use plan::Scenario;
+use publisher::{Limit, Progress, Publishing};
+use receiver::{Outcome, Report, Share};
+
+/// Connections one receiver process holds at most.
+const PER_PROCESS: u64 = 15_000;
+
+#[derive(Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// Server(s) the connections go to, as host:port; repeatable (connection g goes to target
+    /// g mod T)
+    #[arg(
+        long = "target",
+        default_value = "127.0.0.1:8080",
+        value_delimiter = ','
+    )]
+    pub targets: Vec<String>,
+    /// Server(s) whose publish API gets the messages [default: the first target]; repeatable,
+    /// used round-robin by the publishing connections
+    #[arg(long = "publish-to", value_delimiter = ',')]
+    pub publish_to: Vec<String>,
+    /// The servers' --token-secret
+    #[arg(long, env = "FANFARE_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: String,
+    /// The servers' --api-key
+    #[arg(long, env = "FANFARE_API_KEY", hide_env_values = true)]
+    pub api_key: String,
+    #[arg(long, value_enum, default_value = "direct")]
+    pub scenario: Scenario,
+    /// WebSocket connections (C), one user each
+    #[arg(long, default_value_t = 1000)]
+    pub connections: u64,
+    /// Channels (K) of the channel scenario; each has C/K subscribers
+    #[arg(long, default_value_t = 10)]
+    pub channels: u64,
+    /// Messages per POST /batch in the batch scenario (B)
+    #[arg(long = "batch-size", default_value_t = 50)]
+    pub batch_size: u64,
+    /// Messages to publish [default: 10000 unless --duration is given]
+    #[arg(long, conflicts_with = "duration")]
+    pub messages: Option<u64>,
+    /// Publish for this many seconds instead of a number of messages
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Open loop: publish this many messages per second on a fixed schedule; latency counts
+    /// from the scheduled time. Without it: closed loop, as fast as the servers answer
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Publishing HTTP connections (requests in flight at most)
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Padding added to each message's payload, in bytes
+    #[arg(long = "payload-bytes", default_value_t = 0)]
+    pub payload_bytes: usize,
+    /// Seconds to wait for stragglers after the last publish
+    #[arg(long, default_value_t = 10.0)]
+    pub drain: f64,
+    /// Spread client sockets over source addresses 127.0.0.1 .. 127.0.0.N (loopback targets),
+    /// so one host does not run out of ports
+    #[arg(long = "source-addrs", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
+    pub source_addrs: u8,
+    /// Receiver processes [default: one per 15,000 connections]
+    #[arg(long)]
+    pub processes: Option<u64>,
+    /// PID of a server process to measure CPU of (repeatable): reports server CPU per delivery
+    #[arg(long = "server-pid", value_delimiter = ',')]
+    pub server_pids: Vec<u32>,
+    /// End with one JSON object on the last line
+    #[arg(long)]
+    pub json: bool,
+    /// Internal: run as receiver process number N
+    #[arg(long, hide = true)]
+    pub receiver: Option<u64>,
+}
+
+impl BenchArgs {
+    fn plan(&self) -> Plan {
+        Plan {
+            scenario: self.scenario,
+            connections: self.connections.max(1),
+            channels: self.channels.clamp(1, self.connections.max(1)),
+            batch: self.batch_size.max(1),
+        }
+    }
+
+    fn processes(&self) -> u64 {
+        self.processes
+            .unwrap_or_else(|| self.connections.div_ceil(PER_PROCESS))
+            .clamp(1, self.connections.max(1))
+    }
+
+    /// Connections of receiver `i`: `first..first + count`.
+    fn share_of(&self, i: u64) -> (u64, u64) {
+        let (c, p) = (self.connections, self.processes());
+        let first = i * c / p;
+        (first, (i + 1) * c / p - first)
+    }
+}
+
+fn resolve(addrs: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
+    addrs
+        .iter()
+        .map(|a| {
+            let a = a.trim_start_matches("http://").trim_start_matches("ws://");
+            let a = a.trim_end_matches('/');
+            a.to_socket_addrs()
+                .with_context(|| format!("bad address {a}"))?
+                .next()
+                .with_context(|| format!("{a} resolves to nothing"))
+        })
+        .collect()
+}
+
+/// CPU seconds (user + system) a process has used so far, from /proc.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ticks as f64 / per_second)
+}
+
+/// Runs the bench; returns the process exit code (1 when messages were lost or duplicated).
+pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
+    let targets = resolve(&args.targets)?;
+    if let Some(i) = args.receiver {
+        let (first, count) = args.share_of(i);
+        receiver::run(Share {
+            plan: args.plan(),
+            first,
+            count,
+            targets,
+            source_addrs: args.source_addrs,
+            secret: args.token_secret.clone(),
+            drain: Duration::from_secs_f64(args.drain),
+            publishers: args.concurrency.max(1),
+        })?;
+        return Ok(0);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(coordinate(args, targets))
+}
+
+struct Receiver {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result<i32> {
+    let publish_to = if args.publish_to.is_empty() {
+        vec![targets[0]]
+    } else {
+        resolve(&args.publish_to)?
+    };
+    let plan = args.plan();
+    let processes = args.processes();
+    let begun = Instant::now();
+    let say = |text: String| eprintln!("[{:6.1}s] {text}", begun.elapsed().as_secs_f64());
+    say(format!(
+        "{:?}: {} connections over {} server(s) in {processes} receiver process(es)",
+        plan.scenario,
+        args.connections,
+        targets.len()
+    ));
+
+    let exe = std::env::current_exe()?;
+    let mut receivers = Vec::new();
+    for i in 0..processes {
+        let mut child = tokio::process::Command::new(&exe)
+            .arg("bench")
+            .args(receiver_args(&args, i))
+            .env("FANFARE_TOKEN_SECRET", &args.token_secret)
+            .env("FANFARE_API_KEY", &args.api_key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let lines = BufReader::new(child.stdout.take().context("receiver stdout")?).lines();
+        receivers.push(Receiver { child, lines });
+    }
+
+    // Wait for every receiver to be connected, showing progress.
+    let mut connected = 0;
+    for (i, r) in receivers.iter_mut().enumerate() {
+        loop {
+            match next_report(r).await? {
+                Report::Ready {
+                    connected: c,
+                    errors,
+                } => {
+                    connected += c;
+                    if errors > 0 {
+                        say(format!("receiver {i}: {errors} connections failed"));
+                    }
+                    break;
+                }
+                Report::Progress { connected: c, .. } => {
+                    say(format!("receiver {i}: {c} connected"))
+                }
+                Report::Result(_) => bail!("receiver {i} ended early"),
+            }
+        }
+    }
+    say(format!("{connected} connected; publishing"));
+    if connected == 0 {
+        bail!("no connection could be opened");
+    }
+
+    let server_cpu_before: Vec<f64> = args
+        .server_pids
+        .iter()
+        .filter_map(|p| cpu_seconds(*p))
+        .collect();
+    let progress = Arc::new(Progress::default());
+    let limit = match (args.messages, args.duration) {
+        (_, Some(d)) => Limit::Duration(Duration::from_secs_f64(d)),
+        (m, None) => Limit::Messages(m.unwrap_or(10_000)),
+    };
+    let publishing = Publishing {
+        plan,
+        targets: publish_to,
+        api_key: args.api_key.clone(),
+        concurrency: args.concurrency.max(1),
+        rate: args.rate,
+        limit,
+        pad: "x".repeat(args.payload_bytes),
+    };
+    let ticker = {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = progress.messages.load(Relaxed);
+                eprintln!("           published {now} ({}/s)", now - last);
+                last = now;
+            }
+        })
+    };
+    let published = publisher::run(publishing, progress).await?;
+    ticker.abort();
+    say(format!(
+        "published {} messages in {:.2}s; draining",
+        published.messages,
+        published.elapsed.as_secs_f64()
+    ));
+
+    let mut total = Outcome::default();
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    for (i, r) in receivers.iter_mut().enumerate() {
+        let stdin = r.child.stdin.as_mut().context("receiver stdin")?;
+        let line = format!("{}\n", json!({"published": published.messages}));
+        stdin.write_all(line.as_bytes()).await?;
+        stdin.flush().await?;
+        say(format!(
+            "receiver {i}: told {} were published",
+            published.messages
+        ));
+    }
+    for (i, r) in receivers.iter_mut().enumerate() {
+        let outcome = loop {
+            match next_report(r).await? {
+                Report::Result(o) => break o,
+                Report::Progress { received, .. } => {
+                    say(format!("receiver {i}: {received} received"))
+                }
+                Report::Ready { .. } => {}
+            }
+        };
+        for (value, count) in &outcome.latency_us {
+            latency.saturating_record_n(*value, *count);
+        }
+        merge(&mut total, outcome);
+        let _ = r.child.wait().await;
+    }
+    let server_cpu: Option<f64> = (!args.server_pids.is_empty()).then(|| {
+        args.server_pids
+            .iter()
+            .filter_map(|p| cpu_seconds(*p))
+            .sum::<f64>()
+            - server_cpu_before.iter().sum::<f64>()
+    });
+    let bench_cpu = cpu_seconds(std::process::id()).unwrap_or(0.0) + total.cpu_seconds;
+
+    let window = total
+        .last_received_ns
+        .saturating_sub(published.started_ns)
+        .max(1) as f64
+        / 1e9;
+    let q = |p: f64| latency.value_at_quantile(p) as f64 / 1000.0;
+    let per_delivery_us = |cpu: f64| cpu * 1e6 / total.received.max(1) as f64;
+    let summary = json!({
+        "scenario": plan.scenario,
+        "connections": args.connections,
+        "connected": total.connected,
+        "connect_errors": total.connect_errors,
+        "disconnects": total.disconnects,
+        "published": published.messages,
+        "publish_errors": published.failed_requests,
+        "publish_seconds": published.elapsed.as_secs_f64(),
+        "publishes_per_second": published.messages as f64 / published.elapsed.as_secs_f64().max(1e-9),
+        "expected": total.expected,
+        "received": total.received,
+        "deliveries_per_second": total.received as f64 / window,
+        "latency_ms": {
+            "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
+            "max": latency.max() as f64 / 1000.0,
+        },
+        "lost": total.lost,
+        "duplicated": total.duplicated,
+        "reordered": total.reordered,
+        "bench_cpu_seconds": bench_cpu,
+        "bench_cpu_us_per_delivery": per_delivery_us(bench_cpu),
+        "server_cpu_seconds": server_cpu,
+        "server_cpu_us_per_delivery": server_cpu.map(per_delivery_us),
+        "deliveries_per_server_cpu_second": server_cpu.map(|c| total.received as f64 / c.max(1e-9)),
+    });
+    print_summary(&summary);
+    if args.json {
+        println!("{summary}");
+    }
+    let failed = total.lost > 0 || total.duplicated > 0 || published.failed_requests > 0;
+    Ok(i32::from(failed))
+}
+
+/// The arguments a receiver process gets: the coordinator's own, plus its number.
+fn receiver_args(args: &BenchArgs, i: u64) -> Vec<String> {
+    vec![
+        format!("--target={}", args.targets.join(",")),
+        format!(
+            "--scenario={}",
+            serde_json::to_value(args.scenario)
+                .unwrap()
+                .as_str()
+                .unwrap_or("direct")
+        ),
+        format!("--connections={}", args.connections),
+        format!("--channels={}", args.channels),
+        format!("--batch-size={}", args.batch_size),
+        format!("--drain={}", args.drain),
+        format!("--concurrency={}", args.concurrency),
+        format!("--source-addrs={}", args.source_addrs),
+        format!("--processes={}", args.processes()),
+        format!("--receiver={i}"),
+    ]
+}
+
+async fn next_report(r: &mut Receiver) -> anyhow::Result<Report> {
+    loop {
+        let line = r
+            .lines
+            .next_line()
+            .await?
+            .context("a receiver process died (see its error above)")?;
+        if let Ok(report) = serde_json::from_str(&line) {
+            return Ok(report);
+        }
+    }
+}
+
+fn merge(total: &mut Outcome, o: Outcome) {
+    total.connected += o.connected;
+    total.connect_errors += o.connect_errors;
+    total.disconnects += o.disconnects;
+    total.expected += o.expected;
+    total.received += o.received;
+    total.lost += o.lost;
+    total.duplicated += o.duplicated;
+    total.reordered += o.reordered;
+    total.last_received_ns = total.last_received_ns.max(o.last_received_ns);
+    total.cpu_seconds += o.cpu_seconds;
+}
+
+fn print_summary(s: &serde_json::Value) {
+    let f = |k: &str| s[k].as_f64().unwrap_or(0.0);
+    let l = |k: &str| s["latency_ms"][k].as_f64().unwrap_or(0.0);
+    println!("scenario       {}", s["scenario"].as_str().unwrap_or("?"));
+    println!(
+        "connections    {} of {} ({} failed, {} dropped during the run)",
+        s["connected"], s["connections"], s["connect_errors"], s["disconnects"]
+    );
+    println!(
+        "published      {} messages in {:.2}s = {:.0}/s ({} failed requests)",
+        s["published"],
+        f("publish_seconds"),
+        f("publishes_per_second"),
+        s["publish_errors"]
+    );
+    println!(
+        "delivered      {} of {} expected = {:.0}/s",
+        s["received"],
+        s["expected"],
+        f("deliveries_per_second")
+    );
+    println!(
+        "latency ms     p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+        l("p50"),
+        l("p90"),
+        l("p99"),
+        l("p999"),
+        l("max")
+    );
+    println!(
+        "lost {}  duplicated {}  reordered {}",
+        s["lost"], s["duplicated"], s["reordered"]
+    );
+    println!(
+        "bench CPU      {:.2}s = {:.2} µs per delivery",
+        f("bench_cpu_seconds"),
+        f("bench_cpu_us_per_delivery")
+    );
+    if !s["server_cpu_seconds"].is_null() {
+        println!(
+            "server CPU     {:.2}s = {:.2} µs per delivery = {:.0} deliveries per CPU-second",
+            f("server_cpu_seconds"),
+            f("server_cpu_us_per_delivery"),
+            f("deliveries_per_server_cpu_second")
+        );
+    }
+}

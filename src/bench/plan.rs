@@ -1,0 +1,140 @@
+//! What a run sends and who should receive it: the arithmetic every process of a run shares.
+//!
+//! Message `s` (a global sequence number) goes to user `s % C` (direct, batch), to channel
+//! `s % K` (channel), or to everyone (broadcast). Connection `g` is user `bench<g>` and, in the
+//! channel scenario, subscribes to channel `bench:<g % K>`. So each connection knows how many
+//! messages it must get, and in which order, from the total alone.
+
+use clap::ValueEnum;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// One message per user, through POST /message
+    Direct,
+    /// Direct messages through POST /batch, B per request
+    Batch,
+    /// Fan-out: K channels, C/K subscribers each, through POST /publish
+    Channel,
+    /// Every message to every connection, through POST /broadcast
+    Broadcast,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    pub scenario: Scenario,
+    pub connections: u64,
+    pub channels: u64,
+    pub batch: u64,
+}
+
+impl Plan {
+    pub fn user(g: u64) -> String {
+        format!("bench{g}")
+    }
+
+    pub fn channel_of(&self, g: u64) -> Option<String> {
+        (self.scenario == Scenario::Channel).then(|| format!("bench:{}", g % self.channels))
+    }
+
+    /// Messages per HTTP request.
+    pub fn per_request(&self) -> u64 {
+        match self.scenario {
+            Scenario::Batch => self.batch,
+            _ => 1,
+        }
+    }
+
+    /// Messages connection `g` must receive when `published` messages (0..published) went out.
+    pub fn expected(&self, g: u64, published: u64) -> u64 {
+        let share = |n: u64, i: u64| published / n + u64::from(i < published % n);
+        match self.scenario {
+            Scenario::Direct | Scenario::Batch => share(self.connections, g),
+            Scenario::Channel => share(self.channels, g % self.channels),
+            Scenario::Broadcast => published,
+        }
+    }
+
+    /// Path and body of the request carrying messages `first..first + per_request()`, sent by
+    /// publishing connection `publisher` at `sent_at_ns`.
+    pub fn request(
+        &self,
+        first: u64,
+        publisher: usize,
+        sent_at_ns: u64,
+        pad: &str,
+    ) -> (&'static str, String) {
+        let message =
+            |s: u64| format!(r#"{{"seq":{s},"p":{publisher},"t":{sent_at_ns},"pad":"{pad}"}}"#);
+        let to_user = |s: u64| {
+            format!(
+                r#"{{"userId":"{}","message":{}}}"#,
+                Self::user(s % self.connections),
+                message(s)
+            )
+        };
+        match self.scenario {
+            Scenario::Direct => ("/message", to_user(first)),
+            Scenario::Batch => {
+                let items: Vec<String> = (first..first + self.batch).map(to_user).collect();
+                ("/batch", format!("[{}]", items.join(",")))
+            }
+            Scenario::Channel => (
+                "/publish",
+                format!(
+                    r#"{{"channel":"bench:{}","message":{}}}"#,
+                    first % self.channels,
+                    message(first)
+                ),
+            ),
+            Scenario::Broadcast => ("/broadcast", format!(r#"{{"message":{}}}"#, message(first))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(scenario: Scenario) -> Plan {
+        Plan {
+            scenario,
+            connections: 10,
+            channels: 3,
+            batch: 4,
+        }
+    }
+
+    #[test]
+    fn expectations_add_up() {
+        for (scenario, per_message) in [
+            (Scenario::Direct, 1),
+            (Scenario::Batch, 1),
+            (Scenario::Channel, 10 / 3),
+            (Scenario::Broadcast, 10),
+        ] {
+            let p = plan(scenario);
+            let total: u64 = (0..10).map(|g| p.expected(g, 99)).sum();
+            if scenario == Scenario::Channel {
+                // 4 + 3 + 3 subscribers on channels 0, 1, 2; 33 messages each.
+                assert_eq!(total, 33 * 10);
+            } else {
+                assert_eq!(total, 99 * per_message, "{scenario:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn requests_are_valid_json() {
+        for s in [
+            Scenario::Direct,
+            Scenario::Batch,
+            Scenario::Channel,
+            Scenario::Broadcast,
+        ] {
+            let (_, body) = plan(s).request(8, 2, 123, "xx");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert!(body.contains(r#""seq":8"#), "{v}");
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The publishing side of a run: N keep-alive HTTP connections posting to the publish API,
+//! either as fast as the servers answer (closed loop) or on a schedule (open loop, `--rate`),
+//! where each message carries its intended send time so a stalled server cannot hide its tail.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+
+use super::plan::Plan;
+use super::receiver::now_ns;
+
+/// How much to publish.
+#[derive(Clone, Copy, Debug)]
+pub enum Limit {
+    Messages(u64),
+    Duration(Duration),
+}
+
+pub struct Publishing {
+    pub plan: Plan,
+    pub targets: Vec<SocketAddr>,
+    pub api_key: String,
+    pub concurrency: usize,
+    /// Messages per second; `None` is closed loop.
+    pub rate: Option<f64>,
+    pub limit: Limit,
+    pub pad: String,
+}
+
+/// Counters the progress line reads while publishing runs.
+#[derive(Default)]
+pub struct Progress {
+    pub messages: AtomicU64,
+    pub failed_requests: AtomicU64,
+}
+
+/// What was published: messages `0..messages` (every request that was started is finished).
+#[derive(Debug, Clone, Copy)]
+pub struct Published {
+    pub messages: u64,
+    pub failed_requests: u64,
+    pub elapsed: Duration,
+    pub started_ns: u64,
+}
+
+pub async fn run(p: Publishing, progress: Arc<Progress>) -> anyhow::Result<Published> {
+    let per_request = p.plan.per_request();
+    let max_requests = match (p.limit, p.rate) {
+        (Limit::Messages(m), _) => Some(m.div_ceil(per_request)),
+        (Limit::Duration(d), Some(rate)) => {
+            Some(((d.as_secs_f64() * rate) as u64 / per_request).max(1))
+        }
+        (Limit::Duration(_), None) => None,
+    };
+    let deadline = match p.limit {
+        Limit::Duration(d) => Some(Instant::now() + d),
+        Limit::Messages(_) => None,
+    };
+    let p = Arc::new(p);
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let started_ns = now_ns();
+    let mut tasks = Vec::new();
+    for j in 0..p.concurrency {
+        let (p, next, progress) = (p.clone(), next.clone(), progress.clone());
+        let target = p.targets[j % p.targets.len()];
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connect(target).await?;
+            let mut k = 0u64;
+            loop {
+                let (r, sent_at_ns) = match p.rate {
+                    None => {
+                        if deadline.is_some_and(|d| Instant::now() >= d) {
+                            break;
+                        }
+                        (next.fetch_add(1, Relaxed), now_ns())
+                    }
+                    Some(rate) => {
+                        let r = j as u64 + k * p.concurrency as u64;
+                        k += 1;
+                        let due = Duration::from_secs_f64((r * per_request) as f64 / rate);
+                        tokio::time::sleep_until((start + due).into()).await;
+                        (r, started_ns + due.as_nanos() as u64)
+                    }
+                };
+                if max_requests.is_some_and(|m| r >= m) {
+                    break;
+                }
+                let (path, body) = p.plan.request(r * per_request, j, sent_at_ns, &p.pad);
+                let ok = post(&mut sender, target, path, body, &p.api_key).await;
+                if !ok {
+                    progress.failed_requests.fetch_add(1, Relaxed);
+                    if sender.is_closed() {
+                        sender = connect(target).await?;
+                    }
+                }
+                progress.messages.fetch_add(per_request, Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(Published {
+        messages: progress.messages.load(Relaxed),
+        failed_requests: progress.failed_requests.load(Relaxed),
+        elapsed: start.elapsed(),
+        started_ns,
+    })
+}
+
+async fn connect(target: SocketAddr) -> anyhow::Result<http1::SendRequest<Full<Bytes>>> {
+    let stream = tokio::net::TcpStream::connect(target)
+        .await
+        .with_context(|| format!("cannot reach the publish API at {target}"))?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// One POST; true when it was accepted (202).
+async fn post(
+    sender: &mut http1::SendRequest<Full<Bytes>>,
+    target: SocketAddr,
+    path: &str,
+    body: String,
+    api_key: &str,
+) -> bool {
+    let request = Request::post(path)
+        .header("host", target.to_string())
+        .header("authorization", format!("Bearer {api_key}"))
+        .body(Full::new(Bytes::from(body)))
+        .expect("a request from valid parts");
+    if sender.ready().await.is_err() {
+        return false;
+    }
+    match sender.send_request(request).await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let _ = resp.into_body().collect().await;
+            if status != 202 {
+                eprintln!("bench: {path} answered {status}");
+            }
+            status == 202
+        }
+        Err(_) => false,
+    }
+}

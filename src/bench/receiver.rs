@@ -1,0 +1,309 @@
+//! A receiver process: holds its share of the run's connections, checks every message against
+//! the plan, and measures latency. It talks to the coordinating process over stdio, one JSON
+//! object per line: `ready` once connected, `progress` twice a second, `result` at the end;
+//! it reads one line `{"published": M}` once publishing is over.
+
+use std::cell::{Cell, RefCell};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncBufReadExt;
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::plan::Plan;
+use crate::auth::{claims, TokenKeys};
+
+/// Connections being opened at once by one receiver process.
+const CONNECT_CONCURRENCY: usize = 128;
+
+/// What one receiver process needs to know.
+pub struct Share {
+    pub plan: Plan,
+    /// Global indexes of this process's connections.
+    pub first: u64,
+    pub count: u64,
+    pub targets: Vec<SocketAddr>,
+    pub source_addrs: u8,
+    pub secret: String,
+    pub drain: Duration,
+    /// Publishing connections of the coordinator (the `p` of each payload).
+    pub publishers: usize,
+}
+
+/// Lines a receiver prints.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum Report {
+    Ready { connected: u64, errors: u64 },
+    Progress { connected: u64, received: u64 },
+    Result(Outcome),
+}
+
+/// What a receiver process saw, mergeable across processes.
+#[derive(Serialize, Deserialize, Debug, Default, Clone)]
+pub struct Outcome {
+    pub connected: u64,
+    pub connect_errors: u64,
+    /// Connections the server closed or lost during the run.
+    pub disconnects: u64,
+    pub expected: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    /// Wall-clock time of the last message received (ns since the epoch).
+    pub last_received_ns: u64,
+    pub cpu_seconds: f64,
+    /// Latency histogram in microseconds, as (value, count) pairs.
+    pub latency_us: Vec<(u64, u64)>,
+}
+
+/// What one connection received. Each publishing connection of the coordinator sends one
+/// request at a time, so its messages must arrive in increasing order: a repeat of the last
+/// one is a duplicate, an older one is out of order, and the newer ones are counted as unique.
+#[derive(Default, Clone)]
+struct ConnState {
+    connected: bool,
+    /// Last sequence number seen from each publisher.
+    last: Box<[Option<u64>]>,
+    unique: u64,
+    duplicated: u64,
+    reordered: u64,
+}
+
+struct Shared {
+    conns: RefCell<Vec<ConnState>>,
+    latency: RefCell<Histogram<u64>>,
+    received: Cell<u64>,
+    connected: Cell<u64>,
+    errors: Cell<u64>,
+    disconnects: Cell<u64>,
+    last_received_ns: Cell<u64>,
+}
+
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: &'a str,
+    message: Option<Payload>,
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    seq: u64,
+    t: u64,
+    p: usize,
+}
+
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn emit(report: &Report) {
+    println!(
+        "{}",
+        serde_json::to_string(report).expect("reports serialize")
+    );
+}
+
+pub fn run(share: Share) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, receive(share))
+}
+
+async fn receive(share: Share) -> anyhow::Result<()> {
+    let keys = TokenKeys::new(&share.secret)?;
+    let shared = Rc::new(Shared {
+        conns: RefCell::new(vec![
+            ConnState {
+                last: vec![None; share.publishers].into(),
+                ..ConnState::default()
+            };
+            share.count as usize
+        ]),
+        latency: RefCell::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
+        received: Cell::new(0),
+        connected: Cell::new(0),
+        errors: Cell::new(0),
+        disconnects: Cell::new(0),
+        last_received_ns: Cell::new(0),
+    });
+    let progress = {
+        let shared = shared.clone();
+        tokio::task::spawn_local(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                emit(&Report::Progress {
+                    connected: shared.connected.get(),
+                    received: shared.received.get(),
+                });
+            }
+        })
+    };
+    let share = Rc::new(share);
+    futures_util::stream::iter(0..share.count)
+        .for_each_concurrent(CONNECT_CONCURRENCY, |i| {
+            let (shared, share, keys) = (shared.clone(), share.clone(), &keys);
+            async move {
+                match open(&share, share.first + i, keys).await {
+                    Ok(ws) => {
+                        shared.conns.borrow_mut()[i as usize].connected = true;
+                        shared.connected.set(shared.connected.get() + 1);
+                        tokio::task::spawn_local(read(ws, i as usize, shared));
+                    }
+                    Err(e) => {
+                        if shared.errors.get() == 0 {
+                            eprintln!("bench: connect failed: {e:#}");
+                        }
+                        shared.errors.set(shared.errors.get() + 1);
+                    }
+                }
+            }
+        })
+        .await;
+    emit(&Report::Ready {
+        connected: shared.connected.get(),
+        errors: shared.errors.get(),
+    });
+
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let line = stdin
+        .next_line()
+        .await?
+        .context("coordinator closed stdin")?;
+    #[derive(Deserialize)]
+    struct Published {
+        published: u64,
+    }
+    let published = serde_json::from_str::<Published>(&line)?.published;
+    let expected: u64 = shared
+        .conns
+        .borrow()
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.connected)
+        .map(|(i, _)| share.plan.expected(share.first + i as u64, published))
+        .sum();
+    let deadline = Instant::now() + share.drain;
+    while shared.received.get() < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    progress.abort();
+
+    let mut outcome = Outcome {
+        connected: shared.connected.get(),
+        connect_errors: shared.errors.get(),
+        disconnects: shared.disconnects.get(),
+        expected,
+        received: shared.received.get(),
+        last_received_ns: shared.last_received_ns.get(),
+        cpu_seconds: super::cpu_seconds(std::process::id()).unwrap_or(0.0),
+        latency_us: shared
+            .latency
+            .borrow()
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect(),
+        ..Outcome::default()
+    };
+    for (i, c) in shared.conns.borrow().iter().enumerate() {
+        if !c.connected {
+            continue;
+        }
+        let want = share.plan.expected(share.first + i as u64, published);
+        outcome.lost += want.saturating_sub(c.unique);
+        outcome.duplicated += c.duplicated;
+        outcome.reordered += c.reordered;
+    }
+    emit(&Report::Result(outcome));
+    Ok(())
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Opens connection `g` (on target `g % T`, from source address `127.0.0.(1 + g % N)`), and
+/// subscribes it to its channel when the scenario has one.
+async fn open(share: &Share, g: u64, keys: &TokenKeys) -> anyhow::Result<Ws> {
+    let target = share.targets[(g % share.targets.len() as u64) as usize];
+    let channels = share.plan.channel_of(g).map(|c| vec![c]);
+    let token = keys.issue(&claims(&Plan::user(g), channels.clone(), None))?;
+    let socket = TcpSocket::new_v4()?;
+    if share.source_addrs > 1 && target.ip().is_loopback() {
+        let source = Ipv4Addr::new(127, 0, 0, 1 + (g % u64::from(share.source_addrs)) as u8);
+        socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
+    }
+    let stream = socket.connect(target).await.context("TCP connect")?;
+    stream.set_nodelay(true)?;
+    let request = format!("ws://{target}/ws?token={token}").into_client_request()?;
+    // Small buffers: the bench holds up to 15,000 connections per process.
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
+        .await
+        .context("WebSocket upgrade")?;
+    if let Some(channel) = channels.and_then(|mut c| c.pop()) {
+        let subscribe = serde_json::json!({"type": "subscribe", "channel": channel});
+        ws.send(Message::text(subscribe.to_string())).await?;
+        loop {
+            let reply = ws.next().await.context("closed before subscribed")??;
+            if let Message::Text(t) = reply {
+                anyhow::ensure!(
+                    t.as_str().contains("\"subscribed\""),
+                    "subscribe refused: {t}"
+                );
+                break;
+            }
+        }
+    }
+    Ok(ws)
+}
+
+async fn read(mut ws: Ws, i: usize, shared: Rc<Shared>) {
+    while let Some(msg) = ws.next().await {
+        let text = match msg {
+            Ok(Message::Text(t)) => t,
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => continue,
+        };
+        let Ok(Incoming {
+            kind: "message",
+            message: Some(p),
+        }) = serde_json::from_str::<Incoming>(text.as_str())
+        else {
+            continue;
+        };
+        let now = now_ns();
+        shared
+            .latency
+            .borrow_mut()
+            .saturating_record(now.saturating_sub(p.t).max(1000) / 1000);
+        shared.received.set(shared.received.get() + 1);
+        shared.last_received_ns.set(now);
+        let mut conns = shared.conns.borrow_mut();
+        let c = &mut conns[i];
+        let Some(last) = c.last.get_mut(p.p) else {
+            continue;
+        };
+        match *last {
+            Some(l) if p.seq == l => c.duplicated += 1,
+            Some(l) if p.seq < l => c.reordered += 1,
+            _ => {
+                c.unique += 1;
+                *last = Some(p.seq);
+            }
+        }
+    }
+    shared.disconnects.set(shared.disconnects.get() + 1);
+}

@@ -1,0 +1,129 @@
+//! `fanfare bench` against a real server: every scenario delivers everything exactly once, and
+//! the `--json` line is well formed. Correctness only; no timing is asserted.
+
+mod common;
+
+use std::process::Command;
+
+use common::{RedisServer, TestServer, API_KEY, SECRET};
+use serde_json::Value;
+
+fn bench(targets: &[&TestServer], args: &[&str]) -> (bool, Value) {
+    let list: Vec<String> = targets.iter().map(|t| t.addr.to_string()).collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_fanfare"))
+        .args([
+            "bench",
+            "--target",
+            &list.join(","),
+            "--token-secret",
+            SECRET,
+            "--api-key",
+            API_KEY,
+        ])
+        .args(["--json", "--drain", "10"])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    let v: Value = serde_json::from_str(last).unwrap_or_else(|e| {
+        panic!(
+            "last line is not JSON ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), v)
+}
+
+fn assert_clean(v: &Value, expected: u64) {
+    assert_eq!(v["expected"], expected, "{v}");
+    assert_eq!(v["received"], expected, "{v}");
+    for key in [
+        "lost",
+        "duplicated",
+        "reordered",
+        "connect_errors",
+        "publish_errors",
+    ] {
+        assert_eq!(v[key], 0, "{key} in {v}");
+    }
+    for key in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(v["latency_ms"][key].as_f64().unwrap() > 0.0, "{key} in {v}");
+    }
+    assert!(v["deliveries_per_second"].as_f64().unwrap() > 0.0);
+    assert!(v["bench_cpu_us_per_delivery"].as_f64().is_some());
+}
+
+#[test]
+fn every_scenario_delivers_everything_once() {
+    let s = TestServer::start();
+    for (scenario, extra, expected) in [
+        ("direct", vec![], 300),
+        ("batch", vec!["--batch-size", "7"], 301),
+        ("channel", vec!["--channels", "4"], 300 * 10),
+        ("broadcast", vec![], 300 * 40),
+    ] {
+        let mut args = vec![
+            "--scenario",
+            scenario,
+            "--connections",
+            "40",
+            "--messages",
+            "300",
+        ];
+        args.extend(extra);
+        let (ok, v) = bench(&[&s], &args);
+        assert!(ok, "{scenario}: {v}");
+        assert_eq!(v["scenario"], scenario);
+        assert_clean(&v, expected);
+    }
+}
+
+#[test]
+fn open_loop_over_two_receiver_processes_and_source_addresses() {
+    let s = TestServer::start();
+    let (ok, v) = bench(
+        &[&s],
+        &[
+            "--connections",
+            "60",
+            "--processes",
+            "2",
+            "--source-addrs",
+            "3",
+            "--messages",
+            "600",
+            "--rate",
+            "2000",
+        ],
+    );
+    assert!(ok, "{v}");
+    assert_clean(&v, 600);
+}
+
+#[tokio::test]
+async fn a_fleet_through_redis() {
+    let redis = RedisServer::start();
+    let a = TestServer::in_fleet(&redis, "b:", "a");
+    let b = TestServer::in_fleet(&redis, "b:", "b");
+    a.wait_readyz(200).await;
+    b.wait_readyz(200).await;
+    // Connection g goes to target g % 2 and channel g % 4: channels 1 and 3 live on b alone,
+    // so b gets their messages through Redis, and only theirs.
+    let (ok, v) = bench(
+        &[&a, &b],
+        &[
+            "--scenario",
+            "channel",
+            "--channels",
+            "4",
+            "--connections",
+            "40",
+            "--messages",
+            "200",
+        ],
+    );
+    assert!(ok, "{v}");
+    assert_clean(&v, 200 * 10);
+    assert_eq!(b.metric("fanfare_bridge_received_total").await, 100.0);
+}
