@@ -1,0 +1,33 @@
+//! Encoding a frame once per message, the Redis header around it, and decoding client frames.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use fanfare::bridge::wire;
+use fanfare::protocol::{Channel, ClientMessage, Frame};
+use serde_json::value::RawValue;
+
+fn encode(c: &mut Criterion) {
+    let small = RawValue::from_string(r#"{"seq":1,"t":1700000000000000000}"#.into()).unwrap();
+    let big = RawValue::from_string(format!(r#"{{"pad":"{}"}}"#, "x".repeat(4096))).unwrap();
+    let channel = Channel::new("room:42").unwrap();
+    let mut g = c.benchmark_group("protocol_encode");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("direct_small", |b| b.iter(|| Frame::direct(&small)));
+    g.bench_function("channel_small", |b| {
+        b.iter(|| Frame::channel(&channel, &small))
+    });
+    g.bench_function("direct_4k", |b| b.iter(|| Frame::direct(&big)));
+    let frame = Frame::direct(&small);
+    g.bench_function("redis_wire_encode", |b| {
+        b.iter(|| wire::encode("node-1", &frame))
+    });
+    let encoded = wire::encode("node-1", &frame);
+    g.bench_function("redis_wire_decode", |b| b.iter(|| wire::decode(&encoded)));
+    g.bench_function("per_recipient_clone", |b| b.iter(|| frame.to_message()));
+    g.bench_function("client_subscribe_decode", |b| {
+        b.iter(|| ClientMessage::decode(r#"{"type":"subscribe","channel":"room:42"}"#))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, encode);
+criterion_main!(benches);
