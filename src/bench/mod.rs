@@ -87,7 +87,8 @@ pub struct BenchArgs {
     /// Receiver processes [default: one per 15,000 connections]
     #[arg(long)]
     pub processes: Option<u64>,
-    /// PID of a server process to measure CPU of (repeatable): reports server CPU per delivery
+    /// PID of a server process to measure (repeatable): reports server CPU per delivery and RSS
+    /// per connection
     #[arg(long = "server-pid", value_delimiter = ',')]
     pub server_pids: Vec<u32>,
     /// End with one JSON object on the last line
@@ -148,8 +149,27 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / per_second)
 }
 
+/// Resident memory of a process, in bytes, from /proc.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+fn total_rss(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|p| rss_bytes(*p)).sum()
+}
+
 /// Runs the bench; returns the process exit code (1 when messages were lost or duplicated).
 pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
+    // Each connection holds a descriptor.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
     let targets = resolve(&args.targets)?;
     if let Some(i) = args.receiver {
         let (first, count) = args.share_of(i);
@@ -193,6 +213,7 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
         targets.len()
     ));
 
+    let rss_before = total_rss(&args.server_pids);
     let exe = std::env::current_exe()?;
     let mut receivers = Vec::new();
     for i in 0..processes {
@@ -231,10 +252,17 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
             }
         }
     }
-    say(format!("{connected} connected; publishing"));
     if connected == 0 {
         bail!("no connection could be opened");
     }
+    // Let the servers finish settling the new connections before reading their memory.
+    if !args.server_pids.is_empty() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let rss_per_connection = (!args.server_pids.is_empty()).then(|| {
+        total_rss(&args.server_pids).saturating_sub(rss_before) as f64 / connected as f64
+    });
+    say(format!("{connected} connected; publishing"));
 
     let server_cpu_before: Vec<f64> = args
         .server_pids
@@ -344,6 +372,7 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
         "server_cpu_seconds": server_cpu,
         "server_cpu_us_per_delivery": server_cpu.map(per_delivery_us),
         "deliveries_per_server_cpu_second": server_cpu.map(|c| total.received as f64 / c.max(1e-9)),
+        "server_rss_bytes_per_connection": rss_per_connection,
     });
     print_summary(&summary);
     if args.json {
@@ -439,6 +468,12 @@ fn print_summary(s: &serde_json::Value) {
         f("bench_cpu_seconds"),
         f("bench_cpu_us_per_delivery")
     );
+    if !s["server_rss_bytes_per_connection"].is_null() {
+        println!(
+            "server memory  {:.0} bytes RSS per connection (growth while connecting)",
+            f("server_rss_bytes_per_connection")
+        );
+    }
     if !s["server_cpu_seconds"].is_null() {
         println!(
             "server CPU     {:.2}s = {:.2} µs per delivery = {:.0} deliveries per CPU-second",
