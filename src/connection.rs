@@ -86,11 +86,15 @@ impl Connection {
                 outbox: &outbox,
                 metrics: &metrics,
             };
+            // Made once, not at every wake-up: a broadcast wakes every connection.
+            let shutting_down = shutdown.cancelled();
+            let cut_off = cut.notified();
+            tokio::pin!(shutting_down, cut_off);
             loop {
                 tokio::select! {
                     biased;
-                    () = shutdown.cancelled() => break Some(CloseReason::GoingAway),
-                    () = cut.notified() => break Some(CloseReason::SlowConsumer),
+                    () = &mut shutting_down => break Some(CloseReason::GoingAway),
+                    () = &mut cut_off => break Some(CloseReason::SlowConsumer),
                     // The frame stream never ends (this task holds a sender), so this is a
                     // write error: the socket is gone.
                     _ = &mut forward => break None,

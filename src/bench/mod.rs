@@ -259,9 +259,8 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
     if !args.server_pids.is_empty() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let rss_per_connection = (!args.server_pids.is_empty()).then(|| {
-        total_rss(&args.server_pids).saturating_sub(rss_before) as f64 / connected as f64
-    });
+    let rss_per_connection = (!args.server_pids.is_empty())
+        .then(|| total_rss(&args.server_pids).saturating_sub(rss_before) as f64 / connected as f64);
     say(format!("{connected} connected; publishing"));
 
     let server_cpu_before: Vec<f64> = args
