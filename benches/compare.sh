@@ -99,10 +99,12 @@ out=$(mktemp)
   row "direct, open loop 1000/s: p99.9 ms" direct_rate .latency_ms.p999 0
   row "direct, open loop 1000/s: server CPU µs per delivery" direct_rate .server_cpu_us_per_delivery 0
   row "direct: bench CPU µs per delivery" direct .bench_cpu_us_per_delivery 0
+  row "direct: bench share of bench + server CPU" direct .bench_cpu_share 0
   row "broadcast to $BROADCAST_CONNECTIONS: deliveries/s" broadcast .deliveries_per_second 1
   row "broadcast: deliveries per server CPU-second" broadcast .deliveries_per_server_cpu_second 1
   row "broadcast: p99 latency ms" broadcast .latency_ms.p99 0
   row "broadcast: bench CPU µs per delivery" broadcast .bench_cpu_us_per_delivery 0
+  row "broadcast: bench share of bench + server CPU" broadcast .bench_cpu_share 0
   row "idle connection ($IDLE): server RSS bytes" idle .server_rss_bytes_per_connection 0
   echo
   echo "fanfare with --redis (every message also published to Redis), direct: $(get fanfare_redis.direct .deliveries_per_second | xargs printf '%.0f') deliveries/s, $(get fanfare_redis.direct .server_cpu_us_per_delivery | xargs printf '%.1f') µs server CPU per delivery, p99 $(get fanfare_redis.direct .latency_ms.p99) ms."

@@ -191,9 +191,41 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     runtime.block_on(coordinate(args, targets))
 }
 
-struct Receiver {
-    child: tokio::process::Child,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+/// What the receivers last said, for the progress line.
+struct Status {
+    begun: Instant,
+    connected: Vec<u64>,
+    received: Vec<u64>,
+    last: (u64, u64),
+}
+
+impl Status {
+    fn update(&mut self, i: usize, report: &Report) {
+        match report {
+            Report::Ready { connected, .. } => self.connected[i] = *connected,
+            Report::Progress {
+                connected,
+                received,
+            } => {
+                self.connected[i] = *connected;
+                self.received[i] = *received;
+            }
+            Report::Result(o) => self.received[i] = o.received,
+        }
+    }
+
+    /// One line a second: connections, and messages sent and received in the last second.
+    fn print(&mut self, published: u64) {
+        let received: u64 = self.received.iter().sum();
+        eprintln!(
+            "[{:6.1}s] connected {} | published {published} (+{}/s) | received {received} (+{}/s)",
+            self.begun.elapsed().as_secs_f64(),
+            self.connected.iter().sum::<u64>(),
+            published - self.last.0,
+            received - self.last.1,
+        );
+        self.last = (published, received);
+    }
 }
 
 async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result<i32> {
@@ -204,18 +236,17 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
     };
     let plan = args.plan();
     let processes = args.processes();
-    let begun = Instant::now();
-    let say = |text: String| eprintln!("[{:6.1}s] {text}", begun.elapsed().as_secs_f64());
-    say(format!(
+    eprintln!(
         "{:?}: {} connections over {} server(s) in {processes} receiver process(es)",
         plan.scenario,
         args.connections,
         targets.len()
-    ));
+    );
 
     let rss_before = total_rss(&args.server_pids);
     let exe = std::env::current_exe()?;
-    let mut receivers = Vec::new();
+    let (report_tx, mut reports) = tokio::sync::mpsc::channel::<(usize, Report)>(1024);
+    let mut children = Vec::new();
     for i in 0..processes {
         let mut child = tokio::process::Command::new(&exe)
             .arg("bench")
@@ -226,34 +257,57 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()?;
-        let lines = BufReader::new(child.stdout.take().context("receiver stdout")?).lines();
-        receivers.push(Receiver { child, lines });
-    }
-
-    // Wait for every receiver to be connected, showing progress.
-    let mut connected = 0;
-    for (i, r) in receivers.iter_mut().enumerate() {
-        loop {
-            match next_report(r).await? {
-                Report::Ready {
-                    connected: c,
-                    errors,
-                } => {
-                    connected += c;
-                    if errors > 0 {
-                        say(format!("receiver {i}: {errors} connections failed"));
+        let mut lines = BufReader::new(child.stdout.take().context("receiver stdout")?).lines();
+        let report_tx = report_tx.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(report) = serde_json::from_str(&line) {
+                    if report_tx.send((i as usize, report)).await.is_err() {
+                        return;
                     }
-                    break;
                 }
-                Report::Progress { connected: c, .. } => {
-                    say(format!("receiver {i}: {c} connected"))
-                }
-                Report::Result(_) => bail!("receiver {i} ended early"),
             }
+        });
+        children.push(child);
+    }
+    drop(report_tx);
+    let n = children.len();
+    let mut status = Status {
+        begun: Instant::now(),
+        connected: vec![0; n],
+        received: vec![0; n],
+        last: (0, 0),
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let died = || anyhow::anyhow!("a receiver process died (see its error above)");
+
+    // Connecting.
+    let mut ready = 0;
+    let mut connect_errors = 0;
+    while ready < n {
+        tokio::select! {
+            r = reports.recv() => {
+                let (i, report) = r.ok_or_else(died)?;
+                status.update(i, &report);
+                match report {
+                    Report::Ready { errors, .. } => {
+                        ready += 1;
+                        connect_errors += errors;
+                    }
+                    Report::Result(_) => bail!("receiver {i} ended early"),
+                    Report::Progress { .. } => {}
+                }
+            }
+            _ = tick.tick() => status.print(0),
         }
     }
+    let connected: u64 = status.connected.iter().sum();
     if connected == 0 {
         bail!("no connection could be opened");
+    }
+    if connect_errors > 0 {
+        eprintln!("{connect_errors} connections failed");
     }
     // Let the servers finish settling the new connections before reading their memory.
     if !args.server_pids.is_empty() {
@@ -261,8 +315,9 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
     }
     let rss_per_connection = (!args.server_pids.is_empty())
         .then(|| total_rss(&args.server_pids).saturating_sub(rss_before) as f64 / connected as f64);
-    say(format!("{connected} connected; publishing"));
+    eprintln!("{connected} connected; publishing");
 
+    // Publishing.
     let server_cpu_before: Vec<f64> = args
         .server_pids
         .iter()
@@ -282,53 +337,49 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
         limit,
         pad: "x".repeat(args.payload_bytes),
     };
-    let ticker = {
-        let progress = progress.clone();
-        tokio::spawn(async move {
-            let mut last = 0;
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let now = progress.messages.load(Relaxed);
-                eprintln!("           published {now} ({}/s)", now - last);
-                last = now;
-            }
-        })
+    let run = publisher::run(publishing, progress.clone());
+    tokio::pin!(run);
+    let published = loop {
+        tokio::select! {
+            p = &mut run => break p?,
+            Some((i, report)) = reports.recv() => status.update(i, &report),
+            _ = tick.tick() => status.print(progress.messages.load(Relaxed)),
+        }
     };
-    let published = publisher::run(publishing, progress).await?;
-    ticker.abort();
-    say(format!(
-        "published {} messages in {:.2}s; draining",
+    eprintln!(
+        "published {} messages in {:.2}s; waiting for them to arrive",
         published.messages,
         published.elapsed.as_secs_f64()
-    ));
+    );
 
-    let mut total = Outcome::default();
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
-    for (i, r) in receivers.iter_mut().enumerate() {
-        let stdin = r.child.stdin.as_mut().context("receiver stdin")?;
+    // Draining.
+    for child in &mut children {
+        let stdin = child.stdin.as_mut().context("receiver stdin")?;
         let line = format!("{}\n", json!({"published": published.messages}));
         stdin.write_all(line.as_bytes()).await?;
         stdin.flush().await?;
-        say(format!(
-            "receiver {i}: told {} were published",
-            published.messages
-        ));
     }
-    for (i, r) in receivers.iter_mut().enumerate() {
-        let outcome = loop {
-            match next_report(r).await? {
-                Report::Result(o) => break o,
-                Report::Progress { received, .. } => {
-                    say(format!("receiver {i}: {received} received"))
+    let mut total = Outcome::default();
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let mut done = 0;
+    while done < n {
+        tokio::select! {
+            r = reports.recv() => {
+                let (i, report) = r.ok_or_else(died)?;
+                status.update(i, &report);
+                if let Report::Result(outcome) = report {
+                    for (value, count) in &outcome.latency_us {
+                        latency.saturating_record_n(*value, *count);
+                    }
+                    merge(&mut total, outcome);
+                    done += 1;
                 }
-                Report::Ready { .. } => {}
             }
-        };
-        for (value, count) in &outcome.latency_us {
-            latency.saturating_record_n(*value, *count);
+            _ = tick.tick() => status.print(published.messages),
         }
-        merge(&mut total, outcome);
-        let _ = r.child.wait().await;
+    }
+    for child in &mut children {
+        let _ = child.wait().await;
     }
     let server_cpu: Option<f64> = (!args.server_pids.is_empty()).then(|| {
         args.server_pids
@@ -368,6 +419,7 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
         "reordered": total.reordered,
         "bench_cpu_seconds": bench_cpu,
         "bench_cpu_us_per_delivery": per_delivery_us(bench_cpu),
+        "bench_cpu_share": server_cpu.map(|c| bench_cpu / (bench_cpu + c).max(1e-9)),
         "server_cpu_seconds": server_cpu,
         "server_cpu_us_per_delivery": server_cpu.map(per_delivery_us),
         "deliveries_per_server_cpu_second": server_cpu.map(|c| total.received as f64 / c.max(1e-9)),
@@ -401,19 +453,6 @@ fn receiver_args(args: &BenchArgs, i: u64) -> Vec<String> {
         format!("--processes={}", args.processes()),
         format!("--receiver={i}"),
     ]
-}
-
-async fn next_report(r: &mut Receiver) -> anyhow::Result<Report> {
-    loop {
-        let line = r
-            .lines
-            .next_line()
-            .await?
-            .context("a receiver process died (see its error above)")?;
-        if let Ok(report) = serde_json::from_str(&line) {
-            return Ok(report);
-        }
-    }
 }
 
 fn merge(total: &mut Outcome, o: Outcome) {
@@ -463,9 +502,13 @@ fn print_summary(s: &serde_json::Value) {
         s["lost"], s["duplicated"], s["reordered"]
     );
     println!(
-        "bench CPU      {:.2}s = {:.2} µs per delivery",
+        "bench CPU      {:.2}s = {:.2} µs per delivery{}",
         f("bench_cpu_seconds"),
-        f("bench_cpu_us_per_delivery")
+        f("bench_cpu_us_per_delivery"),
+        match s["bench_cpu_share"].as_f64() {
+            Some(share) => format!(" ({:.0}% of bench + server CPU)", share * 100.0),
+            None => String::new(),
+        }
     );
     if !s["server_rss_bytes_per_connection"].is_null() {
         println!(
