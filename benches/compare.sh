@@ -78,9 +78,9 @@ run_all node "$NODE_PORT" "$NODE_PIDS"
 
 get() { jq -r "$2" <<<"${R[$1]}"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "-"; else printf "%.1f×", a / b }'; }
-row() { # label, key, jq expr, higher-is-better (1) or lower (0)
-  local f n; f=$(get "fanfare.$2" "$3"); n=$(get "node.$2" "$3")
-  if [ "$4" = 1 ]; then r=$(ratio "$f" "$n"); else r=$(ratio "$n" "$f"); fi
+row() { # label, key, jq expr, higher-is-better (1), lower-is-better (0) or no ratio (-)
+  local f n r; f=$(get "fanfare.$2" "$3"); n=$(get "node.$2" "$3")
+  case "$4" in 1) r=$(ratio "$f" "$n") ;; 0) r=$(ratio "$n" "$f") ;; *) r="" ;; esac
   printf '| %s | %.2f | %.2f | %s |\n' "$1" "$f" "$n" "$r"
 }
 
@@ -99,12 +99,12 @@ out=$(mktemp)
   row "direct, open loop 1000/s: p99.9 ms" direct_rate .latency_ms.p999 0
   row "direct, open loop 1000/s: server CPU µs per delivery" direct_rate .server_cpu_us_per_delivery 0
   row "direct: bench CPU µs per delivery" direct .bench_cpu_us_per_delivery 0
-  row "direct: bench share of bench + server CPU" direct .bench_cpu_share 0
+  row "direct: bench share of bench + server CPU" direct .bench_cpu_share -
   row "broadcast to $BROADCAST_CONNECTIONS: deliveries/s" broadcast .deliveries_per_second 1
   row "broadcast: deliveries per server CPU-second" broadcast .deliveries_per_server_cpu_second 1
   row "broadcast: p99 latency ms" broadcast .latency_ms.p99 0
   row "broadcast: bench CPU µs per delivery" broadcast .bench_cpu_us_per_delivery 0
-  row "broadcast: bench share of bench + server CPU" broadcast .bench_cpu_share 0
+  row "broadcast: bench share of bench + server CPU" broadcast .bench_cpu_share -
   row "idle connection ($IDLE): server RSS bytes" idle .server_rss_bytes_per_connection 0
   echo
   echo "fanfare with --redis (every message also published to Redis), direct: $(get fanfare_redis.direct .deliveries_per_second | xargs printf '%.0f') deliveries/s, $(get fanfare_redis.direct .server_cpu_us_per_delivery | xargs printf '%.1f') µs server CPU per delivery, p99 $(get fanfare_redis.direct .latency_ms.p99) ms."
