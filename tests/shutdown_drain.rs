@@ -120,15 +120,7 @@ async fn sigint_with_a_client_that_never_closes_exits_within_the_timeout() {
         "1",
     ]);
     // A raw upgrade that never reads nor answers the close frame.
-    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "GET /ws?token={} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        token("s", "1")
-    );
-    tokio::io::AsyncWriteExt::write_all(&mut raw, req.as_bytes())
-        .await
-        .unwrap();
+    let _silent = common::silent_client(addr, &token("s", "1")).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     signal(&child, libc::SIGINT);
     let status = wait_exit(&mut child, Duration::from_secs(3));

@@ -125,14 +125,7 @@ async fn server_pings_and_closes_a_silent_client() {
     let s = TestServer::start_with(|c| c.ping_interval = 1);
     // A raw socket that completes the handshake, then never answers anything.
     let token = s.token("silent", &[]);
-    let mut raw = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    let req = format!(
-        "GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    tokio::io::AsyncWriteExt::write_all(&mut raw, req.as_bytes())
-        .await
-        .unwrap();
+    let mut raw = common::silent_client(s.addr, &token).await;
     // A client that reads (tungstenite answers pings as it reads) stays open meanwhile.
     let mut live = s.connect("live", &[]).await;
     let live = tokio::spawn(async move {

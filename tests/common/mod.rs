@@ -114,6 +114,18 @@ impl TestServer {
     }
 }
 
+/// A socket that completes the WebSocket upgrade and then does nothing at all: it never reads,
+/// never answers a ping or a close frame. The 101 response is left unread in the socket.
+pub async fn silent_client(addr: SocketAddr, token: &str) -> TcpStream {
+    let mut raw = TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    raw.write_all(req.as_bytes()).await.expect("write upgrade");
+    raw
+}
+
 /// A minimal HTTP/1.1 client: one request per connection.
 pub async fn http(
     addr: SocketAddr,
