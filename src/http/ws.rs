@@ -29,6 +29,11 @@ use crate::worker::WorkerContext;
 /// one grows the buffer as it comes. 4 KiB here measured ~3.8 KB more RSS per idle connection.
 const READ_BUFFER_BYTES: usize = 512;
 
+/// Bytes of encoded frames a connection gathers before it must write them out. Frames waiting
+/// beyond this stay in the outbox as shared pointers, counted against `--queue-limit`, so a
+/// slow client holds at most this much copied data (tungstenite's default is 128 KiB).
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
 pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Response {
     if req.method() != Method::GET {
         return json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET for /ws");
@@ -80,6 +85,7 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
     };
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_message_size(Some(ctx.config.max_message_bytes))
         .max_frame_size(Some(ctx.config.max_message_bytes));
     let on_upgrade = hyper::upgrade::on(&mut req);
