@@ -87,8 +87,16 @@ pub async fn run(p: Publishing, progress: Arc<Progress>) -> anyhow::Result<Publi
                         let r = j as u64 + k * p.concurrency as u64;
                         k += 1;
                         let due = Duration::from_secs_f64((r * per_request) as f64 / rate);
-                        tokio::time::sleep_until((start + due).into()).await;
-                        (r, started_ns + due.as_nanos() as u64)
+                        if Instant::now() >= start + due {
+                            // Late because the server held the previous request: count the
+                            // wait (no coordinated omission).
+                            (r, started_ns + due.as_nanos() as u64)
+                        } else {
+                            // On time: the timer's own lateness (up to 1 ms) is ours, not the
+                            // server's, so the clock starts when the request really goes out.
+                            tokio::time::sleep_until((start + due).into()).await;
+                            (r, now_ns())
+                        }
                     }
                 };
                 if max_requests.is_some_and(|m| r >= m) {
