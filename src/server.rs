@@ -103,7 +103,7 @@ impl Server {
             if config.worker_listeners {
                 let private = listener::bind_private()
                     .map_err(listen_err(SocketAddr::from(([127, 0, 0, 1], 0))))?;
-                worker_addrs.extend(worker::private_addr(&private));
+                worker_addrs.extend(private.local_addr().ok());
                 listeners.push(private);
             }
             let ctx = Arc::new(WorkerContext {

@@ -2,7 +2,6 @@
 //! shared port, its own hub, and its bus task. A connection lives and dies on the worker that
 //! accepted it.
 
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,9 +127,4 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<WorkerContext>) {
             }
         }
     }
-}
-
-/// The address a worker's private listener got, if it has one.
-pub fn private_addr(l: &std::net::TcpListener) -> Option<SocketAddr> {
-    l.local_addr().ok()
 }
