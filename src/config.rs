@@ -47,6 +47,10 @@ pub struct Config {
     #[arg(long, env = "FANFARE_QUEUE_LIMIT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_limit: u32,
 
+    /// Channels one connection may be subscribed to at once; more get a `forbidden` error
+    #[arg(long, env = "FANFARE_MAX_SUBSCRIPTIONS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_subscriptions: u32,
+
     /// Server WebSocket ping period in seconds; a client silent for twice this is closed
     #[arg(long, env = "FANFARE_PING_INTERVAL", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..))]
     pub ping_interval: u64,

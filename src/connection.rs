@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Permissions;
 use crate::error::CloseReason;
-use crate::hub::{self, Outbox, Registration};
+use crate::hub::{self, Outbox, Registration, Subscription};
 use crate::interest::Interest;
 use crate::metrics::WorkerMetrics;
 use crate::protocol::{ClientMessage, ErrorCode, Frame};
@@ -33,6 +33,8 @@ pub struct Connection {
     /// To wait, after subscribing, until other machines' messages for the channel reach us.
     pub interest: Arc<Interest>,
     pub permissions: Permissions,
+    /// Most channels this connection may be subscribed to at once (`--max-subscriptions`).
+    pub max_subscriptions: usize,
     /// This connection's own handle on its outbox, for replies and pings, so they are ordered
     /// with the messages the hub queues.
     pub outbox: Outbox,
@@ -64,6 +66,7 @@ impl Connection {
             registration,
             interest,
             permissions,
+            max_subscriptions,
             outbox,
             frame_rx,
             cut,
@@ -83,6 +86,7 @@ impl Connection {
                 registration: &registration,
                 interest: &interest,
                 permissions: &permissions,
+                max_subscriptions,
                 outbox: &outbox,
                 metrics: &metrics,
             };
@@ -140,6 +144,7 @@ struct Session<'a> {
     registration: &'a Registration,
     interest: &'a Interest,
     permissions: &'a Permissions,
+    max_subscriptions: usize,
     outbox: &'a Outbox,
     metrics: &'a WorkerMetrics,
 }
@@ -180,9 +185,18 @@ impl Session<'_> {
                     )
                 } else {
                     let r = self.registration;
-                    if !hub::lock(&r.hub).subscribe(r.id, &channel) {
+                    match hub::lock(&r.hub).subscribe(r.id, &channel, self.max_subscriptions) {
+                        Subscription::Active => {}
+                        Subscription::TooMany => {
+                            WorkerMetrics::inc(&self.metrics.client_errors);
+                            let detail = format!(
+                                "at most {} subscriptions per connection",
+                                self.max_subscriptions
+                            );
+                            return self.reply(Frame::error(ErrorCode::Forbidden, &detail));
+                        }
                         // The hub cut this connection a moment ago; the cut branch closes it.
-                        return Step::Continue;
+                        Subscription::Gone => return Step::Continue,
                     }
                     // `subscribed` promises every later message, other machines' included.
                     self.interest.remote_synced().await;
@@ -200,6 +214,11 @@ impl Session<'_> {
                 Frame::error(ErrorCode::BadRequest, &e.to_string())
             }
         };
+        self.reply(reply)
+    }
+
+    /// Queues a reply behind what is already queued; a full queue is a slow consumer.
+    fn reply(&self, reply: Frame) -> Step {
         match self.outbox.offer(reply) {
             Err(true) => {
                 self.metrics.slow_consumer_closes.fetch_add(1, Relaxed);

@@ -58,6 +58,17 @@ struct Member {
     channels: Vec<Channel>,
 }
 
+/// The outcome of [`Hub::subscribe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscription {
+    /// Subscribed now or before.
+    Active,
+    /// The connection already has as many subscriptions as it may.
+    TooMany,
+    /// The connection is no longer registered (it was just cut).
+    Gone,
+}
+
 /// What the hub did with one delivery.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Fanout {
@@ -132,14 +143,17 @@ impl Hub {
         }
     }
 
-    /// Subscribes a connection to `channel`. Returns false if the connection is no longer
-    /// registered (it was just cut). Subscribing twice is harmless.
-    pub fn subscribe(&mut self, id: ConnId, channel: &Channel) -> bool {
+    /// Subscribes a connection to `channel`, unless it already holds `limit` subscriptions.
+    /// Subscribing twice is harmless.
+    pub fn subscribe(&mut self, id: ConnId, channel: &Channel, limit: usize) -> Subscription {
         let Some(member) = self.members.get_mut(&id) else {
-            return false;
+            return Subscription::Gone;
         };
         if member.channels.contains(channel) {
-            return true;
+            return Subscription::Active;
+        }
+        if member.channels.len() >= limit {
+            return Subscription::TooMany;
         }
         member.channels.push(channel.clone());
         let outbox = member.outbox.clone();
@@ -153,7 +167,7 @@ impl Hub {
                 e.insert(HashMap::from([(id, outbox)]));
             }
         }
-        true
+        Subscription::Active
     }
 
     /// Ends a subscription; unsubscribing from a channel one is not in is harmless.
@@ -280,7 +294,11 @@ mod tests {
         h.register(id(1), u.clone(), a);
         h.register(id(2), u.clone(), b);
         let ch = Channel::new("c").unwrap();
-        assert!(h.subscribe(id(1), &ch));
+        assert_eq!(h.subscribe(id(1), &ch, 1), Subscription::Active);
+        let other = Channel::new("d").unwrap();
+        assert_eq!(h.subscribe(id(1), &other, 1), Subscription::TooMany);
+        assert_eq!(h.subscribe(id(1), &ch, 1), Subscription::Active);
+        assert_eq!(h.subscribe(id(9), &ch, 1), Subscription::Gone);
         assert_eq!(h.deliver(&delivery(Target::User(u.clone()))).queued, 2);
         assert_eq!(h.deliver(&delivery(Target::Channel(ch.clone()))).queued, 1);
         assert_eq!(h.deliver(&delivery(Target::All)).queued, 2);

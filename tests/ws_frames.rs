@@ -52,6 +52,27 @@ async fn payload_text_is_passed_through_unchanged() {
 }
 
 #[tokio::test]
+async fn subscriptions_per_connection_are_limited() {
+    let s = TestServer::start_with(|c| c.max_subscriptions = 3);
+    let mut c = s.connect("42", &["*"]).await;
+    for ch in ["a", "b", "c", "a"] {
+        c.subscribe(ch).await;
+    }
+    c.send_json(json!({"type": "subscribe", "channel": "d"}))
+        .await;
+    let reply = c.recv_json().await;
+    assert_eq!(reply["error"], "forbidden");
+    assert!(
+        reply["detail"].as_str().unwrap().contains("at most 3"),
+        "{reply}"
+    );
+    c.send_json(json!({"type": "unsubscribe", "channel": "a"}))
+        .await;
+    assert_eq!(c.recv_json().await["type"], "unsubscribed");
+    c.subscribe("d").await;
+}
+
+#[tokio::test]
 async fn no_channels_claim_means_no_channel() {
     let s = TestServer::start();
     let mut c = s.connect("42", &[]).await;

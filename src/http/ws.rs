@@ -76,6 +76,7 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
         registration,
         interest: ctx.interest.clone(),
         permissions: identity.permissions,
+        max_subscriptions: ctx.config.max_subscriptions as usize,
         outbox,
         frame_rx,
         cut,
