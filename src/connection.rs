@@ -228,3 +228,164 @@ impl Session<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The connection loop driven by channels instead of a socket, under paused time.
+
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+    use super::*;
+    use crate::hub::{Hub, SharedHub};
+    use crate::protocol::{ConnId, UserId, WorkerId};
+
+    /// A WebSocket whose client side is two channels.
+    struct FakeSocket {
+        from_client: UnboundedReceiver<Result<Message, WsError>>,
+        to_client: UnboundedSender<Message>,
+    }
+
+    impl Stream for FakeSocket {
+        type Item = Result<Message, WsError>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.from_client.poll_recv(cx)
+        }
+    }
+
+    impl Sink<Message> for FakeSocket {
+        type Error = WsError;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, m: Message) -> Result<(), WsError> {
+            let _ = self.to_client.send(m);
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    struct Client {
+        send: UnboundedSender<Result<Message, WsError>>,
+        recv: UnboundedReceiver<Message>,
+        hub: SharedHub,
+        outbox: Outbox,
+        cut: Arc<Notify>,
+        shutdown: CancellationToken,
+    }
+
+    const PING: Duration = Duration::from_secs(10);
+
+    fn start() -> Client {
+        let hub: SharedHub = Arc::new(std::sync::Mutex::new(Hub::new(
+            WorkerId(0),
+            Arc::default(),
+            Arc::default(),
+        )));
+        let id = ConnId {
+            worker: WorkerId(0),
+            seq: 1,
+        };
+        let (outbox, frame_rx, cut) = Outbox::new(8);
+        hub::lock(&hub).register(id, UserId::new("u").unwrap(), outbox.clone());
+        let shutdown = CancellationToken::new();
+        let connection = Connection {
+            registration: Registration {
+                id,
+                hub: hub.clone(),
+            },
+            interest: Arc::default(),
+            permissions: Permissions::new(&["news".into()]),
+            max_subscriptions: 10,
+            outbox: outbox.clone(),
+            frame_rx,
+            cut: cut.clone(),
+            shutdown: shutdown.clone(),
+            ping_interval: PING,
+            metrics: Arc::default(),
+        };
+        let (send, from_client) = unbounded_channel();
+        let (to_client, recv) = unbounded_channel();
+        tokio::spawn(connection.run(FakeSocket {
+            from_client,
+            to_client,
+        }));
+        Client {
+            send,
+            recv,
+            hub,
+            outbox,
+            cut,
+            shutdown,
+        }
+    }
+
+    fn close_code(m: &Message) -> Option<u16> {
+        match m {
+            Message::Close(Some(f)) => Some(f.code.into()),
+            _ => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_client_gets_a_ping_then_is_closed_after_twice_the_interval() {
+        let mut c = start();
+        let started = Instant::now();
+        assert!(matches!(c.recv.recv().await, Some(Message::Ping(_))));
+        assert_eq!(started.elapsed(), PING);
+        let close = c.recv.recv().await.unwrap();
+        assert_eq!(close_code(&close), Some(1001));
+        assert_eq!(started.elapsed(), 2 * PING);
+        assert_eq!(hub::lock(&c.hub).entries(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_talks_is_not_closed() {
+        let mut c = start();
+        for _ in 0..5 {
+            tokio::time::sleep(PING).await;
+            c.send.send(Ok(Message::Pong(Default::default()))).unwrap();
+            assert!(matches!(c.recv.recv().await, Some(Message::Ping(_))));
+        }
+        assert_eq!(hub::lock(&c.hub).connections(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replies_are_queued_with_messages_in_order() {
+        let mut c = start();
+        c.outbox.offer(Frame::pong()).unwrap();
+        c.send
+            .send(Ok(Message::text(
+                r#"{"type":"subscribe","channel":"news"}"#,
+            )))
+            .unwrap();
+        assert_eq!(
+            c.recv.recv().await.unwrap().to_text().unwrap(),
+            Frame::pong().as_str()
+        );
+        let reply = c.recv.recv().await.unwrap();
+        assert_eq!(
+            reply.to_text().unwrap(),
+            r#"{"type":"subscribed","channel":"news"}"#
+        );
+        c.send.send(Ok(Message::binary(vec![1]))).unwrap();
+        assert_eq!(close_code(&c.recv.recv().await.unwrap()), Some(1003));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cut_and_shutdown_close_with_their_codes() {
+        let mut cut = start();
+        cut.cut.notify_one();
+        assert_eq!(close_code(&cut.recv.recv().await.unwrap()), Some(1008));
+        let mut down = start();
+        down.shutdown.cancel();
+        assert_eq!(close_code(&down.recv.recv().await.unwrap()), Some(1001));
+    }
+}
