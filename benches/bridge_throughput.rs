@@ -1,0 +1,157 @@
+//! Messages per second through the Redis bridge alone, without HTTP or WebSockets: bridge A
+//! publishes, a private redis-server relays, bridge B (interested in the user) hands every
+//! message to its bus. Compare with `redis-benchmark -P 64 PUBLISH` on the same Redis, which
+//! this prints too.
+//!
+//!     cargo bench --bench bridge_throughput            # 1,000,000 messages
+//!     cargo bench --bench bridge_throughput -- 200000
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fanfare::bridge::{Bridge, BridgeConfig};
+use fanfare::bus::{Bus, Delivery};
+use fanfare::interest::{Interest, Topic};
+use fanfare::metrics::BridgeMetrics;
+use fanfare::protocol::{Frame, Target, UserId, WorkerId};
+use fanfare::router::LocalRouter;
+use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
+
+fn main() {
+    let n: u64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redis = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server (apt-get install -y redis-server)");
+    let _redis = KillOnDrop(redis);
+    std::thread::sleep(Duration::from_millis(300));
+    let url = format!("redis://127.0.0.1:{port}");
+    let shutdown = CancellationToken::new();
+    let user = UserId::new("u").unwrap();
+
+    let start_bridge = |node: &str, interested: bool| {
+        let interest = Arc::new(Interest::with_remote());
+        if interested {
+            interest.add(&Topic::User(user.clone()), WorkerId(0));
+        }
+        let (bus, mut inboxes) = Bus::new(1);
+        let metrics = Arc::new(BridgeMetrics::default());
+        let config = BridgeConfig {
+            url: url.clone(),
+            prefix: "tp:".into(),
+            node_id: node.into(),
+        };
+        let (bridge, _thread) = Bridge::start(
+            config,
+            interest.clone(),
+            LocalRouter::new(interest, bus),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .unwrap();
+        (bridge, metrics, inboxes.pop().unwrap())
+    };
+    let (a, a_metrics, _a_inbox) = start_bridge("a", false);
+    let (_b, b_metrics, mut b_inbox) = start_bridge("b", true);
+    while !(a_metrics.is_up() && b_metrics.is_up() && b_metrics.subscriptions.load(Relaxed) == 2) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let counted = std::thread::spawn(move || {
+        let mut got = 0u64;
+        let mut batch = Vec::with_capacity(1024);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            while got < n {
+                match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    b_inbox.recv_many(&mut batch, 1024),
+                )
+                .await
+                {
+                    Ok(k) if k > 0 => got += k as u64,
+                    _ => break,
+                }
+                batch.clear();
+            }
+        });
+        (got, Instant::now())
+    });
+
+    let payload = RawValue::from_string(r#"{"seq":1,"t":1700000000000000000}"#.into()).unwrap();
+    let delivery = Delivery {
+        target: Target::User(user),
+        frame: Frame::direct(&payload),
+    };
+    let started = Instant::now();
+    for i in 0..n {
+        // Stay under the publisher's queue (16,384): the bridge drops, never waits, by design.
+        while i - a_metrics.published.load(Relaxed) - a_metrics.dropped.load(Relaxed) >= 8192 {
+            // Sleep rather than spin: the cores are shared with both bridges and Redis.
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        a.publish(&delivery);
+    }
+    let (got, done) = counted.join().unwrap();
+    let secs = done.duration_since(started).as_secs_f64();
+    println!(
+        "bridge: {n} published, {got} relayed to the other process's bus in {secs:.2}s = {:.0} msg/s (dropped {})",
+        got as f64 / secs,
+        a_metrics.dropped.load(Relaxed)
+    );
+    shutdown.cancel();
+    let out = Command::new("redis-benchmark")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-n",
+            "400000",
+            "-P",
+            "64",
+            "-q",
+            "PUBLISH",
+            "tp:u:x",
+            &"x".repeat(60),
+        ])
+        .output();
+    if let Ok(out) = out {
+        let text = String::from_utf8_lossy(&out.stdout);
+        if let Some(last) = text.split('\r').last() {
+            println!("redis-benchmark -P 64 PUBLISH: {}", last.trim());
+        }
+    }
+}
+
+/// Stops the private redis-server however the run ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
