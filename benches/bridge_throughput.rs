@@ -140,7 +140,7 @@ fn main() {
         .output();
     if let Ok(out) = out {
         let text = String::from_utf8_lossy(&out.stdout);
-        if let Some(last) = text.split('\r').last() {
+        if let Some(last) = text.split('\r').next_back() {
             println!("redis-benchmark -P 64 PUBLISH: {}", last.trim());
         }
     }
