@@ -5,7 +5,6 @@
 //! written with one flush), while the same `select!` reads client frames, sends pings and
 //! watches for shutdown or a cut by the hub.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -221,7 +220,7 @@ impl Session<'_> {
     fn reply(&self, reply: Frame) -> Step {
         match self.outbox.offer(reply) {
             Err(true) => {
-                self.metrics.slow_consumer_closes.fetch_add(1, Relaxed);
+                WorkerMetrics::inc(&self.metrics.slow_consumer_closes);
                 Step::Stop(Some(CloseReason::SlowConsumer))
             }
             _ => Step::Continue,

@@ -43,7 +43,7 @@ async fn every_call_reaches_the_other_machine() {
     assert_eq!(on_a.recv_message().await, json!(3));
     assert_eq!(on_a.recv_message().await, json!(6));
     on_b.expect_nothing_for(200).await;
-    on_a.expect_nothing_for(0).await;
+    on_a.expect_nothing_for(100).await;
 }
 
 #[tokio::test]

@@ -439,10 +439,9 @@ fn receiver_args(args: &BenchArgs, i: u64) -> Vec<String> {
         format!("--target={}", args.targets.join(",")),
         format!(
             "--scenario={}",
-            serde_json::to_value(args.scenario)
-                .unwrap()
-                .as_str()
-                .unwrap_or("direct")
+            clap::ValueEnum::to_possible_value(&args.scenario)
+                .expect("every scenario has a name")
+                .get_name()
         ),
         format!("--connections={}", args.connections),
         format!("--channels={}", args.channels),

@@ -155,6 +155,21 @@ impl Bridge {
     }
 }
 
+/// Why a link went down, for the log.
+type Down = String;
+
+/// A Redis call that must answer within [`RESPONSE_TIMEOUT`]; a failure or silence is the link
+/// going down, described for the log.
+async fn within<T>(
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, Down> {
+    match tokio::time::timeout(RESPONSE_TIMEOUT, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", RESPONSE_TIMEOUT.as_secs())),
+    }
+}
+
 /// Capped exponential backoff between reconnection attempts.
 struct Backoff {
     next: Duration,

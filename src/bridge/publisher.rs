@@ -7,10 +7,10 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use tokio::sync::mpsc;
-use tokio::time::{interval, timeout, MissedTickBehavior};
+use tokio::time::{interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::{Backoff, Outgoing, PING_EVERY, RESPONSE_TIMEOUT};
+use super::{within, Backoff, Down, Outgoing, PING_EVERY, RESPONSE_TIMEOUT};
 use crate::metrics::BridgeMetrics;
 
 /// Most messages in one pipeline.
@@ -30,16 +30,12 @@ pub(super) async fn run(
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(RESPONSE_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let connecting = timeout(
-            RESPONSE_TIMEOUT,
-            client.get_multiplexed_async_connection_with_config(&config),
-        );
+        let connecting = within(client.get_multiplexed_async_connection_with_config(&config));
         let mut conn = tokio::select! {
             () = shutdown.cancelled() => return,
             r = connecting => match r {
-                Ok(Ok(conn)) => conn,
-                failed => {
-                    let why = failed.map_or_else(|_| "timed out".to_string(), |r| r.err().map(|e| e.to_string()).unwrap_or_default());
+                Ok(conn) => conn,
+                Err(why) => {
                     tracing::error!("bridge: cannot connect the publisher to {where_}: {why}; retrying");
                     drop_while_waiting(&mut publish_rx, backoff.next(), &metrics, &shutdown).await;
                     continue;
@@ -69,7 +65,7 @@ async fn serve(
     batch: &mut Vec<Outgoing>,
     metrics: &BridgeMetrics,
     shutdown: &CancellationToken,
-) -> Option<String> {
+) -> Option<Down> {
     let mut ping = interval(PING_EVERY);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -84,32 +80,23 @@ async fn serve(
                 for out in batch.drain(..) {
                     pipe.publish(out.channel, &out.payload[..]).ignore();
                 }
-                match timeout(RESPONSE_TIMEOUT, pipe.query_async::<()>(conn)).await {
-                    Ok(Ok(())) => {
+                match within(pipe.query_async::<()>(conn)).await {
+                    Ok(()) => {
                         metrics.published.fetch_add(n as u64, Relaxed);
                         ping.reset();
                     }
-                    failed => {
+                    Err(why) => {
                         metrics.dropped.fetch_add(n as u64, Relaxed);
-                        return Some(describe(failed));
+                        return Some(why);
                     }
                 }
             }
             _ = ping.tick() => {
-                let pong = timeout(RESPONSE_TIMEOUT, redis::cmd("PING").query_async::<()>(conn)).await;
-                if !matches!(pong, Ok(Ok(()))) {
-                    return Some(describe(pong));
+                if let Err(why) = within(redis::cmd("PING").query_async::<()>(conn)).await {
+                    return Some(why);
                 }
             }
         }
-    }
-}
-
-fn describe(r: Result<redis::RedisResult<()>, tokio::time::error::Elapsed>) -> String {
-    match r {
-        Err(_) => "no answer within 2 s".into(),
-        Ok(Err(e)) => e.to_string(),
-        Ok(Ok(())) => "ok".into(),
     }
 }
 

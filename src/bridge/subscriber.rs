@@ -9,11 +9,11 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
 use tokio::sync::oneshot;
-use tokio::time::{interval, timeout, MissedTickBehavior};
+use tokio::time::{interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::wire::{self, Names};
-use super::{Backoff, PING_EVERY, RESPONSE_TIMEOUT};
+use super::{within, Backoff, Down, PING_EVERY};
 use crate::bus::Delivery;
 use crate::interest::{Interest, Topic};
 use crate::metrics::BridgeMetrics;
@@ -35,9 +35,6 @@ pub(super) struct Subscriber {
     pub shutdown: CancellationToken,
 }
 
-/// Why the link went down.
-type Down = String;
-
 impl Subscriber {
     pub async fn run(self, where_: &str) {
         let mut backoff = Backoff::new();
@@ -45,18 +42,13 @@ impl Subscriber {
         loop {
             // A fresh connection subscribes to everything wanted, so pending changes are moot.
             answer(self.interest.take_remote_changes().1);
-            let connecting = timeout(RESPONSE_TIMEOUT, self.client.get_async_pubsub());
             let pubsub = tokio::select! {
                 () = self.shutdown.cancelled() => return,
-                r = connecting => r,
+                r = within(self.client.get_async_pubsub()) => r,
             };
             let (mut sink, mut stream) = match pubsub {
-                Ok(Ok(p)) => p.split(),
-                failed => {
-                    let why = failed.map_or_else(
-                        |_| "timed out".into(),
-                        |r| r.err().map(|e| e.to_string()).unwrap_or_default(),
-                    );
+                Ok(p) => p.split(),
+                Err(why) => {
                     tracing::error!(
                         "bridge: cannot connect the subscriber to {where_}: {why}; retrying"
                     );
@@ -129,10 +121,8 @@ impl Subscriber {
                     None => return Some("connection closed".into()),
                 },
                 _ = ping.tick() => {
-                    match timeout(RESPONSE_TIMEOUT, sink.ping::<redis::Value>()).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return Some(e.to_string()),
-                        Err(_) => return Some("no answer to PING within 2 s".into()),
+                    if let Err(why) = within(sink.ping::<redis::Value>()).await {
+                        return Some(why);
                     }
                 }
             }
@@ -208,26 +198,16 @@ async fn change(
     remove: Vec<String>,
 ) -> Result<(), Down> {
     for chunk in add.chunks(CHUNK) {
-        run(sink.subscribe(chunk)).await?;
+        within(sink.subscribe(chunk)).await?;
         subscribed.extend(chunk.iter().cloned());
     }
     for chunk in remove.chunks(CHUNK) {
-        run(sink.unsubscribe(chunk)).await?;
+        within(sink.unsubscribe(chunk)).await?;
         for name in chunk {
             subscribed.remove(name);
         }
     }
     Ok(())
-}
-
-async fn run(
-    command: impl std::future::Future<Output = redis::RedisResult<()>>,
-) -> Result<(), Down> {
-    match timeout(RESPONSE_TIMEOUT, command).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("no answer within 2 s".into()),
-    }
 }
 
 fn answer(waiters: Vec<oneshot::Sender<()>>) {
