@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use fanfare::bridge::{Bridge, BridgeConfig};
 use fanfare::bus::{Bus, Delivery};
-use fanfare::interest::{Interest, Topic};
 use fanfare::metrics::BridgeMetrics;
 use fanfare::protocol::{Frame, Target, UserId, WorkerId};
-use fanfare::router::LocalRouter;
+use fanfare::routes::{Routes, Topic};
+use fanfare::subscriptions::SubscriptionLog;
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
@@ -52,25 +52,23 @@ fn main() {
     let user = UserId::new("u").unwrap();
 
     let start_bridge = |node: &str, interested: bool| {
-        let interest = Arc::new(Interest::with_remote());
+        let log = Arc::new(SubscriptionLog::default());
+        let routes = Arc::new(Routes::new(1, Some(log.clone())));
         if interested {
-            interest.add(&Topic::User(user.clone()), WorkerId(0));
+            routes.add(&Topic::User(user.clone()), WorkerId(0));
         }
-        let (bus, mut inboxes) = Bus::new(1);
+        let (bus, mut inboxes) = Bus::new(routes, 1);
         let metrics = Arc::new(BridgeMetrics::default());
         let config = BridgeConfig {
             url: url.clone(),
             prefix: "tp:".into(),
             node_id: node.into(),
+            max_message_bytes: 65536,
         };
-        let (bridge, _thread) = Bridge::start(
-            config,
-            interest.clone(),
-            LocalRouter::new(interest, bus),
-            metrics.clone(),
-            shutdown.clone(),
-        )
-        .unwrap();
+        let (bridge, _thread) = Bridge::prepare(config, log, metrics.clone())
+            .unwrap()
+            .spawn(bus, shutdown.clone())
+            .unwrap();
         (bridge, metrics, inboxes.pop().unwrap())
     };
     let (a, a_metrics, _a_inbox) = start_bridge("a", false);
@@ -119,9 +117,10 @@ fn main() {
     let (got, done) = counted.join().unwrap();
     let secs = done.duration_since(started).as_secs_f64();
     println!(
-        "bridge: {n} published, {got} relayed to the other process's bus in {secs:.2}s = {:.0} msg/s (dropped {})",
+        "bridge: {n} published, {got} relayed to the other process's bus in {secs:.2}s = {:.0} msg/s (dropped by the publisher {}, by a full inbox {})",
         got as f64 / secs,
-        a_metrics.dropped.load(Relaxed)
+        a_metrics.dropped.load(Relaxed),
+        b_metrics.inbox_full.load(Relaxed)
     );
     shutdown.cancel();
     let out = Command::new("redis-benchmark")

@@ -18,11 +18,16 @@ fn encode(c: &mut Criterion) {
     g.bench_function("direct_4k", |b| b.iter(|| Frame::direct(&big)));
     let frame = Frame::direct(&small);
     g.bench_function("redis_wire_encode", |b| {
-        b.iter(|| wire::encode("node-1", &frame))
+        b.iter(|| wire::encode(42, small.get().as_bytes()))
     });
-    let encoded = wire::encode("node-1", &frame);
-    g.bench_function("redis_wire_decode", |b| b.iter(|| wire::decode(&encoded)));
-    g.bench_function("per_recipient_clone", |b| b.iter(|| frame.to_message()));
+    let encoded = wire::encode(42, small.get().as_bytes());
+    g.bench_function("redis_wire_decode_and_check", |b| {
+        b.iter(|| {
+            let d = wire::decode(&encoded).unwrap();
+            serde_json::from_slice::<&RawValue>(d.payload).map(Frame::direct)
+        })
+    });
+    g.bench_function("per_recipient_clone", |b| b.iter(|| frame.clone()));
     g.bench_function("client_subscribe_decode", |b| {
         b.iter(|| ClientMessage::decode(r#"{"type":"subscribe","channel":"room:42"}"#))
     });

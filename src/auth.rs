@@ -16,6 +16,8 @@ pub enum Error {
     Invalid(#[from] jsonwebtoken::errors::Error),
     #[error("invalid token: sub {0}")]
     BadSubject(NameError),
+    #[error("invalid token: expired")]
+    Expired,
 }
 
 /// The claims of a client token.
@@ -73,6 +75,7 @@ impl TokenKeys {
         validation.set_required_spec_claims(&["sub"]);
         // An expired token is refused at once: no clock-skew grace.
         validation.leeway = 0;
+        validation.validate_nbf = true;
         validation.validate_aud = false;
         let keys = TokenKeys {
             encoding: EncodingKey::from_secret(secret.as_bytes()),
@@ -100,6 +103,14 @@ impl TokenKeys {
     /// Bad signature, another `alg`, expired, no `sub`, or a `sub` that is not a valid user id.
     pub fn verify(&self, token: &str) -> Result<Identity, Error> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)?;
+        // jsonwebtoken lets `exp == now` pass; a token is valid strictly before its `exp`.
+        if data
+            .claims
+            .exp
+            .is_some_and(|exp| exp <= jsonwebtoken::get_current_timestamp())
+        {
+            return Err(Error::Expired);
+        }
         let user = UserId::new(&data.claims.sub).map_err(Error::BadSubject)?;
         let permissions = Permissions::new(data.claims.channels.as_deref().unwrap_or_default());
         Ok(Identity { user, permissions })
@@ -108,11 +119,17 @@ impl TokenKeys {
 
 /// Constant-time comparison, so the API key cannot be guessed byte by byte from timings.
 pub fn keys_match(given: &[u8], expected: &[u8]) -> bool {
-    let mut diff = given.len() ^ expected.len();
-    for (i, e) in expected.iter().enumerate() {
-        diff |= usize::from(given.get(i).copied().unwrap_or(0) ^ e);
-    }
-    diff == 0
+    subtle::ConstantTimeEq::ct_eq(given, expected).into()
+}
+
+/// The credentials of an `Authorization: Bearer <credentials>` value; the scheme is matched
+/// case-insensitively (RFC 7235).
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Tokens minted by `fanfare token` and the startup banner.
@@ -167,6 +184,55 @@ mod tests {
         assert!(keys.verify(&expired).is_err());
         let empty = keys.issue(&claims("", None, None)).unwrap();
         assert!(matches!(keys.verify(&empty), Err(Error::BadSubject(_))));
+    }
+
+    #[test]
+    fn expiry_is_strict_and_nbf_is_honoured() {
+        let keys = TokenKeys::new("s").unwrap();
+        let now = jsonwebtoken::get_current_timestamp();
+        let at_now = keys
+            .issue(&Claims {
+                sub: "1".into(),
+                exp: Some(now),
+                channels: None,
+            })
+            .unwrap();
+        assert!(matches!(keys.verify(&at_now), Err(Error::Expired)));
+        #[derive(Serialize)]
+        struct WithNbf {
+            sub: &'static str,
+            nbf: u64,
+        }
+        let header = Header::new(Algorithm::HS256);
+        let key = EncodingKey::from_secret(b"s");
+        let later = jsonwebtoken::encode(
+            &header,
+            &WithNbf {
+                sub: "1",
+                nbf: now + 60,
+            },
+            &key,
+        );
+        assert!(keys.verify(&later.unwrap()).is_err());
+        let earlier = jsonwebtoken::encode(
+            &header,
+            &WithNbf {
+                sub: "1",
+                nbf: now - 1,
+            },
+            &key,
+        );
+        assert!(keys.verify(&earlier.unwrap()).is_ok());
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer abc "), Some("abc"));
+        assert_eq!(bearer("BEARER  abc"), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer "), None);
+        assert_eq!(bearer("Bearerabc"), None);
     }
 
     #[test]

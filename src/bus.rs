@@ -1,13 +1,16 @@
-//! The local bus: one bounded inbox per worker, through which every published message reaches
-//! the hubs. Every message goes through an inbox, even to the worker that accepted it, so two
-//! messages accepted one after the other reach each recipient in that order.
+//! The local bus: one bounded inbox per worker, through which every message reaches the hubs,
+//! and only the workers the routing table names for it. Every message goes through an inbox,
+//! even to the worker that accepted it, so two messages accepted one after the other reach each
+//! recipient in that order.
+
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
 use crate::protocol::{Frame, Target, WorkerId};
+use crate::routes::Routes;
 
-/// Depth of each worker's inbox. When it is full the publisher waits: HTTP callers slow down
-/// instead of memory growing.
+/// Depth of each worker's inbox.
 pub const INBOX_CAPACITY: usize = 4096;
 
 /// One message on its way to the hubs: who gets it, and its encoded frame.
@@ -17,28 +20,79 @@ pub struct Delivery {
     pub frame: Frame,
 }
 
-/// The sending side, shared by every worker's router.
+/// The sending side, shared by the router and the bridge.
 #[derive(Clone)]
 pub struct Bus {
     /// One per worker; the receiver is that worker's bus task, which hands each delivery to its
     /// hub. Closed when the worker stops.
     inbox_tx: Vec<mpsc::Sender<Delivery>>,
+    routes: Arc<Routes>,
 }
 
 impl Bus {
     /// Makes the bus and the inbox receivers, one per worker, in worker order.
-    pub fn new(workers: usize) -> (Bus, Vec<mpsc::Receiver<Delivery>>) {
+    pub fn new(routes: Arc<Routes>, workers: usize) -> (Bus, Vec<mpsc::Receiver<Delivery>>) {
         let (inbox_tx, inbox_rx) = (0..workers).map(|_| mpsc::channel(INBOX_CAPACITY)).unzip();
-        (Bus { inbox_tx }, inbox_rx)
+        (Bus { inbox_tx, routes }, inbox_rx)
     }
 
-    pub fn workers(&self) -> usize {
-        self.inbox_tx.len()
+    pub fn routes(&self) -> &Arc<Routes> {
+        &self.routes
     }
 
-    /// Queues `delivery` for `worker`, waiting while its inbox is full. A worker that has
-    /// stopped (shutdown) is skipped: its connections are closing anyway.
-    pub async fn send(&self, worker: WorkerId, delivery: Delivery) {
-        let _ = self.inbox_tx[usize::from(worker.0)].send(delivery).await;
+    /// Queues `delivery` on every worker that has a recipient, behind everything queued before
+    /// it, waiting while an inbox is full: HTTP callers slow down instead of memory growing. A
+    /// worker that has stopped (shutdown) is skipped: its connections are closing anyway.
+    pub async fn deliver(&self, delivery: Delivery) {
+        for worker in self.routes.workers_for(&delivery.target).iter() {
+            let _ = self.inbox(worker).send(delivery.clone()).await;
+        }
+    }
+
+    /// Like [`deliver`](Self::deliver), but never waits: a worker whose inbox is full does not
+    /// get the message. Returns how many workers missed it, for the caller to count. For the
+    /// bridge, which must not stall every worker behind one.
+    pub fn try_deliver(&self, delivery: Delivery) -> u64 {
+        let mut missed = 0;
+        for worker in self.routes.workers_for(&delivery.target).iter() {
+            if let Err(mpsc::error::TrySendError::Full(_)) =
+                self.inbox(worker).try_send(delivery.clone())
+            {
+                missed += 1;
+            }
+        }
+        missed
+    }
+
+    fn inbox(&self, worker: WorkerId) -> &mpsc::Sender<Delivery> {
+        &self.inbox_tx[usize::from(worker.0)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::UserId;
+    use crate::routes::Topic;
+
+    #[tokio::test]
+    async fn a_full_inbox_is_skipped_and_counted_not_waited_for() {
+        let routes = Arc::new(Routes::new(2, None));
+        let user = UserId::new("u").unwrap();
+        routes.add(&Topic::User(user.clone()), WorkerId(0));
+        routes.add(&Topic::User(user.clone()), WorkerId(1));
+        let (bus, mut inboxes) = Bus::new(routes, 2);
+        let delivery = Delivery {
+            target: Target::User(user),
+            frame: Frame::pong(),
+        };
+        for _ in 0..INBOX_CAPACITY {
+            assert_eq!(bus.try_deliver(delivery.clone()), 0);
+        }
+        // Worker 1 catches up, worker 0 does not.
+        while inboxes[1].try_recv().is_ok() {}
+        assert_eq!(bus.try_deliver(delivery.clone()), 1);
+        assert_eq!(inboxes[1].len(), 1);
+        assert_eq!(inboxes[0].len(), INBOX_CAPACITY);
     }
 }

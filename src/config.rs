@@ -7,6 +7,11 @@ use clap::Args;
 use rand::RngCore;
 
 use crate::protocol::MAX_WORKERS;
+use crate::writer::QueueLimits;
+
+/// Longest duration any flag takes, in seconds (a day): far beyond any sensible setting, and far
+/// from the values where adding it to a clock overflows.
+pub const MAX_SECS: u64 = 86_400;
 
 /// Settings of `fanfare serve`. Each flag also reads `FANFARE_<FLAG>`.
 #[derive(Args, Clone, Debug)]
@@ -43,20 +48,34 @@ pub struct Config {
     #[arg(long, env = "FANFARE_MAX_MESSAGE_BYTES", default_value_t = 65536)]
     pub max_message_bytes: usize,
 
-    /// Outbound frames a connection may have queued before it is closed as a slow consumer
+    /// Frames that may wait for a connection whose socket is full before it is closed as a slow consumer
     #[arg(long, env = "FANFARE_QUEUE_LIMIT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_limit: u32,
+
+    /// Bytes that may wait for a connection whose socket is full (one frame always may)
+    #[arg(long, env = "FANFARE_QUEUE_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub queue_bytes: u64,
+
+    /// Most WebSocket connections this process holds; more get 503 [default: the file
+    /// descriptor limit less a tenth for HTTP and Redis]
+    #[arg(long, env = "FANFARE_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+
+    /// Seconds a client may take to send a request's headers, or its body (then 408); an idle
+    /// keep-alive connection is closed after it, and an upgrade must complete within it
+    #[arg(long, env = "FANFARE_REQUEST_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
+    pub request_timeout: u64,
 
     /// Channels one connection may be subscribed to at once; more get a `forbidden` error
     #[arg(long, env = "FANFARE_MAX_SUBSCRIPTIONS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_subscriptions: u32,
 
     /// Server WebSocket ping period in seconds; a client silent for twice this is closed
-    #[arg(long, env = "FANFARE_PING_INTERVAL", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "FANFARE_PING_INTERVAL", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
     pub ping_interval: u64,
 
     /// Grace period in seconds on SIGTERM/SIGINT
-    #[arg(long, env = "FANFARE_SHUTDOWN_TIMEOUT", default_value_t = 10)]
+    #[arg(long, env = "FANFARE_SHUTDOWN_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=MAX_SECS))]
     pub shutdown_timeout: u64,
 
     /// Allowed `Origin` of WebSocket upgrades (repeatable); when given, others get 403
@@ -83,15 +102,19 @@ pub enum Generated {
 impl Config {
     /// Defaults for every flag, as `fanfare serve` with no flags and no environment would have.
     pub fn new() -> Self {
+        Self::parse_args(&[]).expect("defaults parse")
+    }
+
+    /// The configuration `fanfare serve ARGS` would run with.
+    pub fn parse_args(args: &[&str]) -> Result<Self, clap::Error> {
         #[derive(clap::Parser)]
         struct Wrapper {
             #[command(flatten)]
             config: Config,
         }
         use clap::Parser;
-        Wrapper::try_parse_from(["fanfare"])
-            .expect("defaults parse")
-            .config
+        let argv = std::iter::once("fanfare").chain(args.iter().copied());
+        Wrapper::try_parse_from(argv).map(|w| w.config)
     }
 
     pub fn workers(&self) -> usize {
@@ -112,6 +135,32 @@ impl Config {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout)
+    }
+
+    pub fn queue_limits(&self) -> QueueLimits {
+        QueueLimits {
+            frames: self.queue_limit as usize,
+            bytes: usize::try_from(self.queue_bytes).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// `--max-connections`, or what the file descriptor limit allows with room for HTTP and
+    /// Redis connections.
+    pub fn max_connections(&self) -> usize {
+        match self.max_connections {
+            Some(n) => n as usize,
+            None => {
+                let fds = rlimit::getrlimit(rlimit::Resource::NOFILE)
+                    .map(|(soft, _)| soft)
+                    .unwrap_or(1024);
+                let fds = usize::try_from(fds).unwrap_or(usize::MAX);
+                fds.saturating_sub((fds / 10).max(64)).max(1)
+            }
+        }
     }
 
     /// Fills in a random token secret and API key where none was given, and says which.
@@ -139,4 +188,35 @@ pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut buf);
     buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::parse_args(args)
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        assert!(parse(&["--ping-interval", "99999999999"]).is_err());
+        assert!(parse(&["--shutdown-timeout", "18446744073709551615"]).is_err());
+        assert!(parse(&["--request-timeout", "0"]).is_err());
+        let c = parse(&["--ping-interval", "86400", "--request-timeout", "3"]).unwrap();
+        assert_eq!(c.request_timeout(), Duration::from_secs(3));
+        let _ = tokio::time::Instant::now() + 3 * c.ping_interval();
+    }
+
+    #[test]
+    fn default_connection_limit_leaves_descriptors_free() {
+        let c = Config::new();
+        assert!(c.max_connections() >= 1);
+        assert_eq!(
+            parse(&["--max-connections", "7"])
+                .unwrap()
+                .max_connections(),
+            7
+        );
+    }
 }

@@ -1,27 +1,32 @@
-//! One WebSocket connection: reads client frames, writes queued frames, pings, and closes with
-//! the right code. It runs on the worker that accepted it and talks only to that worker's hub.
+//! One WebSocket connection: reads client frames, answers them, pings, and closes with the
+//! right code. It runs on the worker that accepted it and talks only to that worker's hub; its
+//! frames go out through its [`Writer`], which the hub writes to as well.
 //!
-//! One task per connection: the outbox is forwarded into the socket (everything queued is
-//! written with one flush), while the same `select!` reads client frames, sends pings and
-//! watches for shutdown or a cut by the hub.
+//! One task per connection, one `select!`: shutdown, the writer (frames the socket refused, or
+//! a cut), client frames, the ping timer, and a subscription waiting for the bridge. No branch
+//! awaits anything but its own future, so a subscription that waits for Redis stops nothing
+//! else; only reading pauses meanwhile, so replies keep the order of the client's frames.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::{mpsc, Notify};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::time::{interval_at, timeout, Instant};
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Permissions;
 use crate::error::CloseReason;
-use crate::hub::{self, Outbox, Registration, Subscription};
-use crate::interest::Interest;
+use crate::hub::{self, Registration, Reservation};
 use crate::metrics::WorkerMetrics;
-use crate::protocol::{ClientMessage, ErrorCode, Frame};
+use crate::protocol::{Channel, ClientMessage, ErrorCode, Frame};
+use crate::subscriptions::{SubscriptionLog, Ticket};
+use crate::writer::{Flushed, Writer, WriterEvent};
 
 /// How long a closing connection may take to flush its close frame and hear the client's.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -29,300 +34,397 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Connection {
     /// Unregisters from the hub when the connection ends, however it ends.
     pub registration: Registration,
-    /// To wait, after subscribing, until other machines' messages for the channel reach us.
-    pub interest: Arc<Interest>,
+    /// Where this connection's frames go; the hub holds a clone.
+    pub writer: Arc<Writer>,
+    /// With Redis: to wait, after subscribing, until other machines' messages for the channel
+    /// reach this process.
+    pub log: Option<Arc<SubscriptionLog>>,
     pub permissions: Permissions,
     /// Most channels this connection may be subscribed to at once (`--max-subscriptions`).
     pub max_subscriptions: usize,
-    /// This connection's own handle on its outbox, for replies and pings, so they are ordered
-    /// with the messages the hub queues.
-    pub outbox: Outbox,
-    /// Frames to write, from the hub and from this task. The hub holds the other end.
-    pub frame_rx: mpsc::Receiver<Frame>,
-    /// Notified by the hub when the outbox overflowed: close with 1008.
-    pub cut: Arc<Notify>,
     /// The worker's shutdown token: close with 1001.
     pub shutdown: CancellationToken,
     pub ping_interval: Duration,
     pub metrics: Arc<WorkerMetrics>,
 }
 
+/// How the loop ended.
+enum End {
+    /// The server closes, with this reason.
+    Close(CloseReason),
+    /// The client sent its close frame: echo it.
+    ClientClosed,
+    /// The socket is gone.
+    Gone,
+}
+
 /// What to do after a client frame.
 enum Step {
     Continue,
-    /// Stop; close with this reason, or just drop the socket (the client is gone or closed).
-    Stop(Option<CloseReason>),
+    /// A subscription waits for the bridge: stop reading until it is confirmed.
+    Await(Ticket, Channel),
+    Stop(End),
 }
 
 impl Connection {
-    /// Serves the connection until it closes. `ws` is any WebSocket message stream and sink, so
-    /// the loop can be driven by a real socket or by channels in a test.
-    pub async fn run<S>(self, ws: S)
+    /// Serves the connection until it closes. `ws` reads the client's frames; anything it
+    /// writes (pongs, the close reply) must reach `self.writer` (see [`SocketIo`]).
+    pub async fn run<S>(self, mut ws: S)
     where
         S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
     {
+        WorkerMetrics::inc(&self.metrics.connections_opened);
+        let end = self.serve(&mut ws).await;
         let Connection {
             registration,
-            interest,
-            permissions,
-            max_subscriptions,
-            outbox,
-            frame_rx,
-            cut,
-            shutdown,
-            ping_interval,
+            writer,
             metrics,
+            ..
         } = self;
-        WorkerMetrics::inc(&metrics.connections_opened);
-        let (mut sink, mut stream) = ws.split();
-        let reason = {
-            let frames = ReceiverStream::new(frame_rx).map(|f| Ok(f.to_message()));
-            let forward = frames.forward(&mut sink);
-            tokio::pin!(forward);
-            let mut ping = interval_at(Instant::now() + ping_interval, ping_interval);
-            let mut last_heard = Instant::now();
-            let session = Session {
-                registration: &registration,
-                interest: &interest,
-                permissions: &permissions,
-                max_subscriptions,
-                outbox: &outbox,
-                metrics: &metrics,
-            };
-            // Made once, not at every wake-up: a broadcast wakes every connection.
-            let shutting_down = shutdown.cancelled();
-            let cut_off = cut.notified();
-            tokio::pin!(shutting_down, cut_off);
-            loop {
-                tokio::select! {
-                    biased;
-                    () = &mut shutting_down => break Some(CloseReason::GoingAway),
-                    () = &mut cut_off => break Some(CloseReason::SlowConsumer),
-                    // The frame stream never ends (this task holds a sender), so this is a
-                    // write error: the socket is gone.
-                    _ = &mut forward => break None,
-                    item = stream.next() => {
-                        last_heard = Instant::now();
-                        match session.on_frame(item).await {
-                            Step::Continue => {}
-                            Step::Stop(reason) => break reason,
-                        }
-                    }
-                    _ = ping.tick() => {
-                        if last_heard.elapsed() >= 2 * ping_interval {
-                            WorkerMetrics::inc(&metrics.ping_timeouts);
-                            break Some(CloseReason::PingTimeout);
-                        }
-                        if outbox.offer(Frame::ping()).is_err() {
-                            break Some(CloseReason::SlowConsumer);
-                        }
+        // Unregister first: nothing more is pushed while the close goes out.
+        drop(registration);
+        match end {
+            End::Close(reason) => {
+                if reason == CloseReason::SlowConsumer {
+                    WorkerMetrics::inc(&metrics.slow_consumer_closes);
+                }
+                writer.close(&Frame::close(reason));
+                // Wait for the client's close frame too, so the TCP connection ends cleanly.
+                let read_close = async { while let Some(Ok(_)) = ws.next().await {} };
+                let _ = timeout(
+                    CLOSE_TIMEOUT,
+                    futures_util::future::join(writer.drain(), read_close),
+                )
+                .await;
+            }
+            End::ClientClosed => {
+                // tungstenite queued the close reply; flushing hands it to the writer.
+                let _ = ws.flush().await;
+                let _ = timeout(CLOSE_TIMEOUT, writer.drain()).await;
+            }
+            End::Gone => {}
+        }
+        let unsent = writer.queued() as u64;
+        metrics
+            .dropped_closed
+            .fetch_add(unsent, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    async fn serve<S>(&self, ws: &mut S) -> End
+    where
+        S: Stream<Item = Result<Message, WsError>> + Unpin,
+    {
+        let mut ping = interval_at(Instant::now() + self.ping_interval, self.ping_interval);
+        let mut last_heard = Instant::now();
+        let mut awaiting: Option<(Ticket, Channel)> = None;
+        // Made once, not at every wake-up.
+        let shutting_down = self.shutdown.cancelled();
+        let writer = self.writer.run();
+        tokio::pin!(shutting_down, writer);
+        loop {
+            let step = tokio::select! {
+                biased;
+                () = &mut shutting_down => Step::Stop(End::Close(CloseReason::GoingAway)),
+                event = &mut writer => Step::Stop(match event {
+                    WriterEvent::SlowConsumer => End::Close(CloseReason::SlowConsumer),
+                    WriterEvent::Broken => End::Gone,
+                }),
+                () = confirmed(self.log.as_deref(), awaiting.as_ref().map(|a| a.0)) => {
+                    let (_, channel) = awaiting.take().expect("only awaited while set");
+                    last_heard = Instant::now();
+                    self.activate(&channel)
+                }
+                item = ws.next(), if awaiting.is_none() => {
+                    last_heard = Instant::now();
+                    self.on_frame(item)
+                }
+                _ = ping.tick() => {
+                    if awaiting.is_none() && last_heard.elapsed() >= 2 * self.ping_interval {
+                        WorkerMetrics::inc(&self.metrics.ping_timeouts);
+                        Step::Stop(End::Close(CloseReason::PingTimeout))
+                    } else {
+                        self.reply(Frame::ping())
                     }
                 }
-            }
-        };
-        if let Some(reason) = reason {
-            // Unregister first: nothing more is queued while the close frame drains.
-            drop(registration);
-            let close = Message::Close(Some(CloseFrame {
-                code: reason.code().into(),
-                reason: reason.reason().into(),
-            }));
-            if timeout(CLOSE_TIMEOUT, sink.send(close)).await.is_ok() {
-                // Wait for the client's close frame so the TCP connection ends cleanly.
-                let _ = timeout(CLOSE_TIMEOUT, async {
-                    while let Some(Ok(_)) = stream.next().await {}
-                })
-                .await;
+            };
+            match step {
+                Step::Continue => {}
+                Step::Await(ticket, channel) => awaiting = Some((ticket, channel)),
+                Step::Stop(end) => return end,
             }
         }
     }
-}
 
-/// What handling a client frame needs.
-struct Session<'a> {
-    registration: &'a Registration,
-    interest: &'a Interest,
-    permissions: &'a Permissions,
-    max_subscriptions: usize,
-    outbox: &'a Outbox,
-    metrics: &'a WorkerMetrics,
-}
-
-impl Session<'_> {
-    async fn on_frame(&self, item: Option<Result<Message, WsError>>) -> Step {
+    fn on_frame(&self, item: Option<Result<Message, WsError>>) -> Step {
         let message = match item {
             Some(Ok(m)) => m,
-            None => return Step::Stop(None),
+            None => return Step::Stop(End::Gone),
             Some(Err(WsError::Capacity(_))) => return self.refuse(CloseReason::TooBig),
-            Some(Err(WsError::Protocol(_) | WsError::Utf8(_))) => {
-                return self.refuse(CloseReason::ProtocolError)
-            }
-            Some(Err(_)) => return Step::Stop(None),
+            Some(Err(WsError::Utf8(_))) => return self.refuse(CloseReason::InvalidPayload),
+            Some(Err(WsError::Protocol(_))) => return self.refuse(CloseReason::ProtocolError),
+            Some(Err(_)) => return Step::Stop(End::Gone),
         };
         match message {
-            Message::Text(text) => self.on_text(text.as_str()).await,
+            Message::Text(text) => self.on_text(text.as_str()),
             Message::Binary(_) => self.refuse(CloseReason::Unsupported),
-            // tungstenite answers pings itself and completes the close handshake.
+            // tungstenite answers pings itself, through the writer.
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Step::Continue,
-            Message::Close(_) => Step::Stop(None),
+            Message::Close(_) => Step::Stop(End::ClientClosed),
         }
     }
 
     fn refuse(&self, reason: CloseReason) -> Step {
         WorkerMetrics::inc(&self.metrics.client_errors);
-        Step::Stop(Some(reason))
+        Step::Stop(End::Close(reason))
     }
 
-    async fn on_text(&self, text: &str) -> Step {
-        let reply = match ClientMessage::decode(text) {
-            Ok(ClientMessage::Subscribe(channel)) => {
-                if !self.permissions.allows(&channel) {
-                    WorkerMetrics::inc(&self.metrics.client_errors);
-                    Frame::error(
-                        ErrorCode::Forbidden,
-                        &format!("token does not allow channel {}", channel.as_str()),
-                    )
-                } else {
-                    let r = self.registration;
-                    match hub::lock(&r.hub).subscribe(r.id, &channel, self.max_subscriptions) {
-                        Subscription::Active => {}
-                        Subscription::TooMany => {
-                            WorkerMetrics::inc(&self.metrics.client_errors);
-                            let detail = format!(
-                                "at most {} subscriptions per connection",
-                                self.max_subscriptions
-                            );
-                            return self.reply(Frame::error(ErrorCode::Forbidden, &detail));
-                        }
-                        // The hub cut this connection a moment ago; the cut branch closes it.
-                        Subscription::Gone => return Step::Continue,
-                    }
-                    // `subscribed` promises every later message, other machines' included.
-                    self.interest.remote_synced().await;
-                    Frame::subscribed(&channel)
-                }
-            }
+    fn on_text(&self, text: &str) -> Step {
+        match ClientMessage::decode(text) {
+            Ok(ClientMessage::Subscribe(channel)) => self.subscribe(channel),
             Ok(ClientMessage::Unsubscribe(channel)) => {
-                let r = self.registration;
+                let r = &self.registration;
                 hub::lock(&r.hub).unsubscribe(r.id, &channel);
-                Frame::unsubscribed(&channel)
+                self.reply(Frame::unsubscribed(&channel))
             }
-            Ok(ClientMessage::Ping) => Frame::pong(),
+            Ok(ClientMessage::Ping) => self.reply(Frame::pong()),
             Err(e) => {
                 WorkerMetrics::inc(&self.metrics.client_errors);
-                Frame::error(ErrorCode::BadRequest, &e.to_string())
+                self.reply(Frame::error(ErrorCode::BadRequest, &e.to_string()))
             }
-        };
-        self.reply(reply)
+        }
     }
 
-    /// Queues a reply behind what is already queued; a full queue is a slow consumer.
-    fn reply(&self, reply: Frame) -> Step {
-        match self.outbox.offer(reply) {
-            Err(true) => {
-                WorkerMetrics::inc(&self.metrics.slow_consumer_closes);
-                Step::Stop(Some(CloseReason::SlowConsumer))
-            }
-            _ => Step::Continue,
+    fn subscribe(&self, channel: Channel) -> Step {
+        if !self.permissions.allows(&channel) {
+            WorkerMetrics::inc(&self.metrics.client_errors);
+            let detail = format!("token does not allow channel {}", channel.as_str());
+            return self.reply(Frame::error(ErrorCode::Forbidden, &detail));
         }
+        let r = &self.registration;
+        let reserved = hub::lock(&r.hub).reserve(r.id, &channel, self.max_subscriptions);
+        match reserved {
+            Reservation::Reserved => {}
+            Reservation::Already => return self.reply(Frame::subscribed(&channel)),
+            Reservation::TooMany => {
+                WorkerMetrics::inc(&self.metrics.client_errors);
+                let detail = format!(
+                    "at most {} subscriptions per connection",
+                    self.max_subscriptions
+                );
+                return self.reply(Frame::error(ErrorCode::Forbidden, &detail));
+            }
+            // The hub cut this connection a moment ago; the writer branch closes it.
+            Reservation::Gone => return Step::Continue,
+        }
+        // `subscribed` promises every later message, other machines' included.
+        match &self.log {
+            Some(log) => {
+                let ticket = log.ticket();
+                if log.is_applied(ticket) {
+                    self.activate(&channel)
+                } else {
+                    Step::Await(ticket, channel)
+                }
+            }
+            None => self.activate(&channel),
+        }
+    }
+
+    /// The channel's messages start flowing, right behind `subscribed`.
+    fn activate(&self, channel: &Channel) -> Step {
+        let r = &self.registration;
+        if !hub::lock(&r.hub).activate(r.id, channel, &Frame::subscribed(channel)) {
+            return Step::Continue;
+        }
+        self.flushed(self.writer.flush())
+    }
+
+    /// Sends a reply behind what is already queued.
+    fn reply(&self, frame: Frame) -> Step {
+        self.writer.push(&frame);
+        self.flushed(self.writer.flush())
+    }
+
+    fn flushed(&self, flushed: Flushed) -> Step {
+        match flushed {
+            Flushed::Ok => Step::Continue,
+            Flushed::Cut(dropped) => {
+                self.metrics
+                    .dropped_slow
+                    .fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
+                Step::Stop(End::Close(CloseReason::SlowConsumer))
+            }
+            // The writer branch sees the cut or the broken socket.
+            Flushed::Gone => Step::Continue,
+        }
+    }
+}
+
+/// Resolves once `ticket` is applied; never without a ticket (or without a bridge).
+async fn confirmed(log: Option<&SubscriptionLog>, ticket: Option<Ticket>) {
+    match (log, ticket) {
+        (Some(log), Some(ticket)) => log.applied(ticket).await,
+        _ => std::future::pending().await,
+    }
+}
+
+/// The socket as tungstenite sees it: reads come from the TCP stream; what tungstenite writes
+/// by itself (pongs, the reply to a client's close) goes through the connection's [`Writer`],
+/// in order with everything else and under the same limits — a client that floods pings and
+/// never reads is a slow consumer like any other.
+pub struct SocketIo {
+    pub read: OwnedReadHalf,
+    pub writer: Arc<Writer>,
+}
+
+impl AsyncRead for SocketIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SocketIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        // Always taken whole, so tungstenite only ever hands over whole frames; a cut or
+        // closing writer discards them.
+        self.writer.push_control(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    //! The connection loop driven by channels instead of a socket, under paused time.
+    //! The connection loop over a real loopback socket, with a tungstenite client on the other
+    //! end. Real time: under paused time the clock may jump ahead of a loopback write the
+    //! driver has not seen yet, so short real intervals it is.
 
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
-    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::WebSocketStream;
 
     use super::*;
     use crate::hub::{Hub, SharedHub};
     use crate::protocol::{ConnId, UserId, WorkerId};
-
-    /// A WebSocket whose client side is two channels.
-    struct FakeSocket {
-        from_client: UnboundedReceiver<Result<Message, WsError>>,
-        to_client: UnboundedSender<Message>,
-    }
-
-    impl Stream for FakeSocket {
-        type Item = Result<Message, WsError>;
-        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-            self.from_client.poll_recv(cx)
-        }
-    }
-
-    impl Sink<Message> for FakeSocket {
-        type Error = WsError;
-        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-            Poll::Ready(Ok(()))
-        }
-        fn start_send(self: Pin<&mut Self>, m: Message) -> Result<(), WsError> {
-            let _ = self.to_client.send(m);
-            Ok(())
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-            Poll::Ready(Ok(()))
-        }
-    }
+    use crate::routes::Routes;
+    use crate::writer::QueueLimits;
 
     struct Client {
-        send: UnboundedSender<Result<Message, WsError>>,
-        recv: UnboundedReceiver<Message>,
+        ws: WebSocketStream<TcpStream>,
         hub: SharedHub,
-        outbox: Outbox,
-        cut: Arc<Notify>,
+        writer: Arc<Writer>,
         shutdown: CancellationToken,
+        log: Arc<SubscriptionLog>,
+        metrics: Arc<WorkerMetrics>,
     }
 
-    const PING: Duration = Duration::from_secs(10);
+    /// A ping interval no test waits for.
+    const NEVER: Duration = Duration::from_secs(3600);
 
-    fn start() -> Client {
+    async fn start(frames: usize, with_log: bool) -> Client {
+        start_pinging(frames, with_log, NEVER).await
+    }
+
+    async fn start_pinging(frames: usize, with_log: bool, ping_interval: Duration) -> Client {
+        let log = Arc::new(SubscriptionLog::default());
+        let routes = Arc::new(Routes::new(1, with_log.then(|| log.clone())));
+        let metrics = Arc::<WorkerMetrics>::default();
         let hub: SharedHub = Arc::new(std::sync::Mutex::new(Hub::new(
             WorkerId(0),
-            Arc::default(),
-            Arc::default(),
+            routes,
+            metrics.clone(),
         )));
         let id = ConnId {
             worker: WorkerId(0),
             seq: 1,
         };
-        let (outbox, frame_rx, cut) = Outbox::new(8);
-        hub::lock(&hub).register(id, UserId::new("u").unwrap(), outbox.clone());
+        let writer = Arc::new(Writer::new(QueueLimits {
+            frames,
+            bytes: usize::MAX,
+        }));
+        hub::lock(&hub).register(id, UserId::new("u").unwrap(), writer.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // Small buffers both ways, so a client that stops reading fills them quickly.
+        let client = tokio::net::TcpSocket::new_v4().unwrap();
+        client.set_recv_buffer_size(4096).unwrap();
+        let client = client
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let (read, write) = server.into_split();
+        writer.attach(write);
         let shutdown = CancellationToken::new();
         let connection = Connection {
             registration: Registration {
                 id,
                 hub: hub.clone(),
             },
-            interest: Arc::default(),
+            writer: writer.clone(),
+            log: with_log.then(|| log.clone()),
             permissions: Permissions::new(&["news".into()]),
             max_subscriptions: 10,
-            outbox: outbox.clone(),
-            frame_rx,
-            cut: cut.clone(),
             shutdown: shutdown.clone(),
-            ping_interval: PING,
-            metrics: Arc::default(),
+            ping_interval,
+            metrics: metrics.clone(),
         };
-        let (send, from_client) = unbounded_channel();
-        let (to_client, recv) = unbounded_channel();
-        tokio::spawn(connection.run(FakeSocket {
-            from_client,
-            to_client,
-        }));
+        let io = SocketIo {
+            read,
+            writer: writer.clone(),
+        };
+        let server_ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+        tokio::spawn(connection.run(server_ws));
         Client {
-            send,
-            recv,
+            ws: WebSocketStream::from_raw_socket(client, Role::Client, None).await,
             hub,
-            outbox,
-            cut,
+            writer,
             shutdown,
+            log,
+            metrics,
+        }
+    }
+
+    impl Client {
+        async fn next(&mut self) -> Message {
+            self.ws.next().await.unwrap().unwrap()
+        }
+        async fn text(&mut self) -> String {
+            loop {
+                match self.next().await {
+                    Message::Text(t) => return t.to_string(),
+                    Message::Ping(_) => {}
+                    other => panic!("expected text, got {other:?}"),
+                }
+            }
+        }
+        /// The code of the server's close frame, whatever comes before it.
+        async fn close(&mut self) -> u16 {
+            loop {
+                if let Some(code) = close_code(&self.next().await) {
+                    return code;
+                }
+            }
+        }
+        async fn send(&mut self, text: &str) {
+            self.ws.send(Message::text(text)).await.unwrap();
         }
     }
 
@@ -333,58 +435,99 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn silent_client_gets_a_ping_then_is_closed_after_twice_the_interval() {
-        let mut c = start();
+        const PING: Duration = Duration::from_millis(200);
         let started = Instant::now();
-        assert!(matches!(c.recv.recv().await, Some(Message::Ping(_))));
-        assert_eq!(started.elapsed(), PING);
-        let close = c.recv.recv().await.unwrap();
-        assert_eq!(close_code(&close), Some(1001));
-        assert_eq!(started.elapsed(), 2 * PING);
+        let mut c = start_pinging(8, false, PING).await;
+        assert!(matches!(c.next().await, Message::Ping(_)));
+        assert!(started.elapsed() >= PING);
+        // tungstenite answers a ping only when it reads next: not reading is being silent.
+        tokio::time::sleep(3 * PING).await;
+        assert_eq!(c.close().await, 1001);
+        assert!(started.elapsed() >= 2 * PING);
         assert_eq!(hub::lock(&c.hub).entries(), 0);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_client_that_talks_is_not_closed() {
-        let mut c = start();
+        let mut c = start_pinging(8, false, Duration::from_millis(50)).await;
         for _ in 0..5 {
-            tokio::time::sleep(PING).await;
-            c.send.send(Ok(Message::Pong(Default::default()))).unwrap();
-            assert!(matches!(c.recv.recv().await, Some(Message::Ping(_))));
+            assert!(matches!(c.next().await, Message::Ping(_)));
         }
         assert_eq!(hub::lock(&c.hub).connections(), 1);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn replies_are_queued_with_messages_in_order() {
-        let mut c = start();
-        c.outbox.offer(Frame::pong()).unwrap();
-        c.send
-            .send(Ok(Message::text(
-                r#"{"type":"subscribe","channel":"news"}"#,
-            )))
-            .unwrap();
-        assert_eq!(
-            c.recv.recv().await.unwrap().to_text().unwrap(),
-            Frame::pong().as_str()
-        );
-        let reply = c.recv.recv().await.unwrap();
-        assert_eq!(
-            reply.to_text().unwrap(),
-            r#"{"type":"subscribed","channel":"news"}"#
-        );
-        c.send.send(Ok(Message::binary(vec![1]))).unwrap();
-        assert_eq!(close_code(&c.recv.recv().await.unwrap()), Some(1003));
+    #[tokio::test]
+    async fn replies_keep_order_and_bad_frames_get_their_close_codes() {
+        let mut c = start(8, false).await;
+        c.writer.push(&Frame::pong());
+        c.writer.flush();
+        c.send(r#"{"type":"subscribe","channel":"news"}"#).await;
+        c.send(r#"{"type":"subscribe","channel":"secret"}"#).await;
+        assert_eq!(c.text().await, Frame::pong().as_str());
+        assert_eq!(c.text().await, r#"{"type":"subscribed","channel":"news"}"#);
+        assert!(c.text().await.contains("forbidden"));
+        c.ws.send(Message::binary(vec![1])).await.unwrap();
+        assert_eq!(c.close().await, 1003);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn cut_and_shutdown_close_with_their_codes() {
-        let mut cut = start();
-        cut.cut.notify_one();
-        assert_eq!(close_code(&cut.recv.recv().await.unwrap()), Some(1008));
-        let mut down = start();
-        down.shutdown.cancel();
-        assert_eq!(close_code(&down.recv.recv().await.unwrap()), Some(1001));
+    #[tokio::test]
+    async fn subscribed_waits_for_the_bridge_while_writes_go_on() {
+        let mut c = start(64, true).await;
+        c.send(r#"{"type":"subscribe","channel":"news"}"#).await;
+        c.send(r#"{"type":"ping"}"#).await;
+        // The bridge has not confirmed: meanwhile other frames still flow.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c.writer
+            .push(&Frame::unsubscribed(&Channel::new("x").unwrap()));
+        c.writer.flush();
+        assert!(c.text().await.contains("unsubscribed"));
+        c.log.confirm(c.log.take().1);
+        assert_eq!(c.text().await, r#"{"type":"subscribed","channel":"news"}"#);
+        assert_eq!(c.text().await, r#"{"type":"pong"}"#);
+    }
+
+    #[tokio::test]
+    async fn a_client_close_is_echoed() {
+        let mut c = start(8, false).await;
+        c.ws.close(None).await.unwrap();
+        let echo = c.ws.next().await;
+        assert!(
+            matches!(echo, Some(Ok(Message::Close(_)))),
+            "expected the close echoed, got {echo:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn ping_flood_from_a_client_that_never_reads_is_a_slow_consumer() {
+        let c = start(16, false).await;
+        let (mut sink, _stream) = c.ws.split();
+        // Never read: pongs pile up behind a full socket until the queue limit cuts it.
+        let payload = vec![0u8; 125];
+        let mut sent = 0;
+        while c
+            .metrics
+            .slow_consumer_closes
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
+            sink.send(Message::Ping(payload.clone().into()))
+                .await
+                .unwrap();
+            sent += 1;
+            assert!(sent < 200_000, "never cut: {} queued", c.writer.queued());
+            if sent % 64 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(hub::lock(&c.hub).connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_with_1001() {
+        let mut c = start(8, false).await;
+        c.shutdown.cancel();
+        assert_eq!(c.close().await, 1001);
     }
 }

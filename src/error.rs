@@ -15,6 +15,8 @@ pub enum CloseReason {
     TooBig,
     /// The client broke the WebSocket protocol.
     ProtocolError,
+    /// A text frame was not valid UTF-8.
+    InvalidPayload,
 }
 
 impl CloseReason {
@@ -25,6 +27,7 @@ impl CloseReason {
             CloseReason::Unsupported => 1003,
             CloseReason::TooBig => 1009,
             CloseReason::ProtocolError => 1002,
+            CloseReason::InvalidPayload => 1007,
         }
     }
 
@@ -36,6 +39,7 @@ impl CloseReason {
             CloseReason::Unsupported => "binary frames are not supported",
             CloseReason::TooBig => "message too big",
             CloseReason::ProtocolError => "protocol error",
+            CloseReason::InvalidPayload => "text frame is not valid UTF-8",
         }
     }
 }

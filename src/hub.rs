@@ -1,88 +1,74 @@
 //! One worker's connection registry and fan-out: user → connections, channel → subscribers.
 //!
 //! A hub belongs to one worker and is touched only from that worker's thread (its bus task and
-//! its connections), so its mutex is never contended; it is a mutex only because warp's
-//! handlers must be `Send + Sync`. It knows nothing of Redis or of other workers: to send a
-//! message, use [`crate::router::Router::publish`], which finds the workers that have recipients.
+//! its connections), so its mutex is never contended; it is a mutex only because hyper's
+//! services must be `Send`. It knows nothing of Redis or of other workers: to send a message,
+//! use [`crate::router::Router::publish`], which finds the workers that have recipients.
 //!
-//! Ordering: frames are queued to each connection in the order [`Hub::deliver`] is called,
-//! which is the order of this worker's bus inbox. The hub never waits for a connection: a full
-//! queue cuts that connection (slow consumer) and delivery goes on to everyone else.
+//! Ordering: frames are pushed to each connection's [`Writer`] in the order
+//! [`Hub::deliver_batch`] is called with them, which is the order of this worker's bus inbox.
+//! The hub never waits for a connection: it writes what each socket takes and leaves the rest
+//! queued; a connection whose queue goes over its limits is cut (slow consumer) and delivery
+//! goes on to everyone else.
 
 use std::collections::hash_map::{Entry, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{mpsc, Notify};
-
 use crate::bus::Delivery;
-use crate::interest::{Interest, Topic};
 use crate::metrics::WorkerMetrics;
 use crate::protocol::{Channel, ConnId, Frame, Target, UserId, WorkerId};
-
-/// The hub's handle on one connection's bounded outbound queue.
-#[derive(Clone, Debug)]
-pub struct Outbox {
-    /// Frames to write; the receiver is the connection task. Bounded by `--queue-limit`.
-    frame_tx: mpsc::Sender<Frame>,
-    /// Notified when the hub cuts the connection (slow consumer); the connection task waits on
-    /// it and closes with 1008.
-    cut: Arc<Notify>,
-}
-
-impl Outbox {
-    /// A queue of `limit` frames; the receiver and the notifier go to the connection task.
-    pub fn new(limit: usize) -> (Outbox, mpsc::Receiver<Frame>, Arc<Notify>) {
-        let (frame_tx, frame_rx) = mpsc::channel(limit);
-        let cut = Arc::new(Notify::new());
-        let outbox = Outbox {
-            frame_tx,
-            cut: cut.clone(),
-        };
-        (outbox, frame_rx, cut)
-    }
-
-    /// Queues without waiting. `Err(true)` means the queue is full: the consumer is too slow.
-    /// `Err(false)` means the connection is gone.
-    pub fn offer(&self, frame: Frame) -> Result<(), bool> {
-        self.frame_tx.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => true,
-            mpsc::error::TrySendError::Closed(_) => false,
-        })
-    }
-}
+use crate::routes::{Routes, Topic};
+use crate::writer::{Flushed, Pushed, Writer};
 
 struct Member {
     user: UserId,
-    outbox: Outbox,
-    channels: Vec<Channel>,
+    writer: Arc<Writer>,
+    /// Channels this connection is subscribed to, or reserved while `subscribed` waits for
+    /// the bridge (false).
+    channels: Vec<(Channel, bool)>,
 }
 
-/// The outcome of [`Hub::subscribe`].
+/// Subscribers of one channel on this worker.
+#[derive(Default)]
+struct ChannelEntry {
+    /// Receive the channel's messages.
+    active: HashMap<ConnId, Arc<Writer>>,
+    /// Subscriptions waiting for the bridge: they keep the route, but receive nothing yet.
+    reserved: usize,
+}
+
+/// The outcome of [`Hub::reserve`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Subscription {
-    /// Subscribed now or before.
-    Active,
+pub enum Reservation {
+    /// Reserved now: call [`Hub::activate`] once other machines' messages reach this process.
+    Reserved,
+    /// Subscribed or reserved before; nothing changed.
+    Already,
     /// The connection already has as many subscriptions as it may.
     TooMany,
     /// The connection is no longer registered (it was just cut).
     Gone,
 }
 
-/// What the hub did with one delivery.
+/// What the hub did with a batch of deliveries.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Fanout {
-    pub queued: u64,
+    /// Frames pushed to connections (one per recipient of a message).
+    pub pushed: u64,
+    /// Connections cut as slow consumers.
     pub cut: u64,
 }
 
 pub struct Hub {
     worker: WorkerId,
-    interest: Arc<Interest>,
+    routes: Arc<Routes>,
     metrics: Arc<WorkerMetrics>,
     members: HashMap<ConnId, Member>,
-    users: HashMap<UserId, Vec<(ConnId, Outbox)>>,
-    channels: HashMap<Channel, HashMap<ConnId, Outbox>>,
+    users: HashMap<UserId, Vec<(ConnId, Arc<Writer>)>>,
+    channels: HashMap<Channel, ChannelEntry>,
+    /// Writers pushed to during the current batch; each is flushed once at its end.
+    dirty: Vec<(ConnId, Arc<Writer>)>,
 }
 
 /// A worker's hub as its connections and bus task share it.
@@ -95,30 +81,31 @@ pub fn lock(hub: &SharedHub) -> MutexGuard<'_, Hub> {
 }
 
 impl Hub {
-    pub fn new(worker: WorkerId, interest: Arc<Interest>, metrics: Arc<WorkerMetrics>) -> Self {
+    pub fn new(worker: WorkerId, routes: Arc<Routes>, metrics: Arc<WorkerMetrics>) -> Self {
         Hub {
             worker,
-            interest,
+            routes,
             metrics,
             members: HashMap::new(),
             users: HashMap::new(),
             channels: HashMap::new(),
+            dirty: Vec::new(),
         }
     }
 
     /// Adds a connection of `user`; from now on it receives that user's direct messages and
     /// broadcasts.
-    pub fn register(&mut self, id: ConnId, user: UserId, outbox: Outbox) {
+    pub fn register(&mut self, id: ConnId, user: UserId, writer: Arc<Writer>) {
         match self.users.entry(user.clone()) {
-            Entry::Occupied(mut e) => e.get_mut().push((id, outbox.clone())),
+            Entry::Occupied(mut e) => e.get_mut().push((id, writer.clone())),
             Entry::Vacant(e) => {
-                self.interest.add(&Topic::User(user.clone()), self.worker);
-                e.insert(vec![(id, outbox.clone())]);
+                self.routes.add(&Topic::User(user.clone()), self.worker);
+                e.insert(vec![(id, writer.clone())]);
             }
         }
         let member = Member {
             user,
-            outbox,
+            writer,
             channels: Vec::new(),
         };
         self.members.insert(id, member);
@@ -135,109 +122,149 @@ impl Hub {
             e.get_mut().retain(|(c, _)| *c != id);
             if e.get().is_empty() {
                 let (user, _) = e.remove_entry();
-                self.interest.remove(&Topic::User(user), self.worker);
+                self.routes.remove(&Topic::User(user), self.worker);
             }
         }
-        for channel in member.channels {
-            self.drop_subscriber(channel, id);
+        for (channel, active) in member.channels {
+            self.leave(channel, id, active);
         }
     }
 
-    /// Subscribes a connection to `channel`, unless it already holds `limit` subscriptions.
-    /// Subscribing twice is harmless.
-    pub fn subscribe(&mut self, id: ConnId, channel: &Channel, limit: usize) -> Subscription {
+    /// Starts a subscription of a connection to `channel`: the route is taken at once (so the
+    /// bridge subscribes), but no message is delivered until [`activate`](Self::activate).
+    pub fn reserve(&mut self, id: ConnId, channel: &Channel, limit: usize) -> Reservation {
         let Some(member) = self.members.get_mut(&id) else {
-            return Subscription::Gone;
+            return Reservation::Gone;
         };
-        if member.channels.contains(channel) {
-            return Subscription::Active;
+        if member.channels.iter().any(|(c, _)| c == channel) {
+            return Reservation::Already;
         }
         if member.channels.len() >= limit {
-            return Subscription::TooMany;
+            return Reservation::TooMany;
         }
-        member.channels.push(channel.clone());
-        let outbox = member.outbox.clone();
-        match self.channels.entry(channel.clone()) {
-            Entry::Occupied(mut e) => {
-                e.get_mut().insert(id, outbox);
-            }
-            Entry::Vacant(e) => {
-                self.interest
+        member.channels.push((channel.clone(), false));
+        self.channels
+            .entry(channel.clone())
+            .or_insert_with(|| {
+                self.routes
                     .add(&Topic::Channel(channel.clone()), self.worker);
-                e.insert(HashMap::from([(id, outbox)]));
-            }
-        }
-        Subscription::Active
+                ChannelEntry::default()
+            })
+            .reserved += 1;
+        Reservation::Reserved
     }
 
-    /// Ends a subscription; unsubscribing from a channel one is not in is harmless.
-    pub fn unsubscribe(&mut self, id: ConnId, channel: &Channel) {
+    /// Turns a reservation into a subscription and pushes `reply` (the `subscribed` frame) in
+    /// the same step, so every message of the channel after it, and none before, reaches the
+    /// connection. Returns false if the reservation is gone (unsubscribed or cut meanwhile).
+    pub fn activate(&mut self, id: ConnId, channel: &Channel, reply: &Frame) -> bool {
         let Some(member) = self.members.get_mut(&id) else {
-            return;
+            return false;
         };
-        let Some(pos) = member.channels.iter().position(|c| c == channel) else {
-            return;
+        let Some(slot) = member
+            .channels
+            .iter_mut()
+            .find(|(c, active)| c == channel && !*active)
+        else {
+            return false;
         };
-        let channel = member.channels.swap_remove(pos);
-        self.drop_subscriber(channel, id);
+        slot.1 = true;
+        let writer = member.writer.clone();
+        let entry = self
+            .channels
+            .get_mut(channel)
+            .expect("a reservation keeps its channel entry");
+        entry.reserved -= 1;
+        entry.active.insert(id, writer.clone());
+        writer.push(reply);
+        true
     }
 
-    fn drop_subscriber(&mut self, channel: Channel, id: ConnId) {
+    /// Ends a subscription or a reservation. Returns false if there was neither.
+    pub fn unsubscribe(&mut self, id: ConnId, channel: &Channel) -> bool {
+        let Some(member) = self.members.get_mut(&id) else {
+            return false;
+        };
+        let Some(pos) = member.channels.iter().position(|(c, _)| c == channel) else {
+            return false;
+        };
+        let (channel, active) = member.channels.swap_remove(pos);
+        self.leave(channel, id, active);
+        true
+    }
+
+    fn leave(&mut self, channel: Channel, id: ConnId, active: bool) {
         if let Entry::Occupied(mut e) = self.channels.entry(channel) {
-            e.get_mut().remove(&id);
-            if e.get().is_empty() {
+            let entry = e.get_mut();
+            if active {
+                entry.active.remove(&id);
+            } else {
+                entry.reserved -= 1;
+            }
+            if entry.active.is_empty() && entry.reserved == 0 {
                 let (channel, _) = e.remove_entry();
-                self.interest.remove(&Topic::Channel(channel), self.worker);
+                self.routes.remove(&Topic::Channel(channel), self.worker);
             }
         }
     }
 
-    /// Queues the delivery's frame to every local recipient. Never waits: a recipient whose
-    /// queue is full is cut as a slow consumer.
+    /// Hands one delivery to its local recipients; see [`deliver_batch`](Self::deliver_batch).
     pub fn deliver(&mut self, delivery: &Delivery) -> Fanout {
+        self.deliver_batch(std::slice::from_ref(delivery))
+    }
+
+    /// Pushes each delivery's frame to every local recipient, then flushes each touched
+    /// connection once: a burst for one connection goes out in one `writev`. Never waits.
+    pub fn deliver_batch(&mut self, batch: &[Delivery]) -> Fanout {
         let mut fanout = Fanout::default();
-        let mut slow = Vec::new();
-        let frame = &delivery.frame;
-        let mut offer = |id: &ConnId, outbox: &Outbox| match outbox.offer(frame.clone()) {
-            Ok(()) => fanout.queued += 1,
-            Err(true) => slow.push(*id),
-            Err(false) => {}
+        let mut refused = 0;
+        let dirty = &mut self.dirty;
+        let mut push = |id: &ConnId, writer: &Arc<Writer>, frame: &Frame| match writer.push(frame) {
+            Pushed::First => {
+                fanout.pushed += 1;
+                dirty.push((*id, writer.clone()));
+            }
+            Pushed::Queued => fanout.pushed += 1,
+            Pushed::Refused => refused += 1,
         };
-        match &delivery.target {
-            Target::User(user) => {
-                for (id, outbox) in self.users.get(user).into_iter().flatten() {
-                    offer(id, outbox);
+        for delivery in batch {
+            let frame = &delivery.frame;
+            match &delivery.target {
+                Target::User(user) => {
+                    for (id, writer) in self.users.get(user).into_iter().flatten() {
+                        push(id, writer, frame);
+                    }
                 }
-            }
-            Target::Channel(channel) => {
-                for (id, outbox) in self.channels.get(channel).into_iter().flatten() {
-                    offer(id, outbox);
+                Target::Channel(channel) => {
+                    let subscribers = self.channels.get(channel).map(|e| &e.active);
+                    for (id, writer) in subscribers.into_iter().flatten() {
+                        push(id, writer, frame);
+                    }
                 }
-            }
-            Target::All => {
-                for (id, member) in &self.members {
-                    offer(id, &member.outbox);
+                Target::All => {
+                    for (id, member) in &self.members {
+                        push(id, &member.writer, frame);
+                    }
                 }
             }
         }
-        self.metrics
-            .frames_delivered
-            .fetch_add(fanout.queued, Relaxed);
+        let mut dropped = 0;
+        let mut slow = Vec::new();
+        for (id, writer) in self.dirty.drain(..) {
+            if let Flushed::Cut(n) = writer.flush() {
+                dropped += n;
+                slow.push(id);
+            }
+        }
+        self.metrics.frames_pushed.fetch_add(fanout.pushed, Relaxed);
+        self.metrics.dropped_slow.fetch_add(dropped, Relaxed);
+        self.metrics.dropped_closed.fetch_add(refused, Relaxed);
         fanout.cut = slow.len() as u64;
         for id in slow {
-            self.cut(id);
-        }
-        fanout
-    }
-
-    /// Cuts a connection whose queue is full: unregisters it and tells its task to close 1008.
-    fn cut(&mut self, id: ConnId) {
-        if let Some(member) = self.members.get(&id) {
-            member.outbox.cut.notify_one();
-            WorkerMetrics::inc(&self.metrics.dropped_slow);
-            WorkerMetrics::inc(&self.metrics.slow_consumer_closes);
+            // The writer is cut: its connection task closes with 1008 and counts the close.
             self.unregister(id);
         }
+        fanout
     }
 
     pub fn connections(&self) -> usize {
@@ -266,9 +293,10 @@ impl Drop for Registration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::writer::QueueLimits;
 
     fn hub() -> Hub {
-        Hub::new(WorkerId(0), Arc::default(), Arc::default())
+        Hub::new(WorkerId(0), Arc::new(Routes::new(1, None)), Arc::default())
     }
 
     fn id(seq: u64) -> ConnId {
@@ -276,6 +304,14 @@ mod tests {
             worker: WorkerId(0),
             seq,
         }
+    }
+
+    /// A writer without a socket: everything pushed stays queued.
+    fn writer(frames: usize) -> Arc<Writer> {
+        Arc::new(Writer::new(QueueLimits {
+            frames,
+            bytes: usize::MAX,
+        }))
     }
 
     fn delivery(target: Target) -> Delivery {
@@ -289,44 +325,54 @@ mod tests {
     fn delivers_to_every_connection_of_a_user_and_cleans_up() {
         let mut h = hub();
         let u = UserId::new("u").unwrap();
-        let (a, mut a_rx, _) = Outbox::new(4);
-        let (b, mut b_rx, _) = Outbox::new(4);
-        h.register(id(1), u.clone(), a);
-        h.register(id(2), u.clone(), b);
+        let (a, b) = (writer(8), writer(8));
+        h.register(id(1), u.clone(), a.clone());
+        h.register(id(2), u.clone(), b.clone());
         let ch = Channel::new("c").unwrap();
-        assert_eq!(h.subscribe(id(1), &ch, 1), Subscription::Active);
+        assert_eq!(h.reserve(id(1), &ch, 1), Reservation::Reserved);
         let other = Channel::new("d").unwrap();
-        assert_eq!(h.subscribe(id(1), &other, 1), Subscription::TooMany);
-        assert_eq!(h.subscribe(id(1), &ch, 1), Subscription::Active);
-        assert_eq!(h.subscribe(id(9), &ch, 1), Subscription::Gone);
-        assert_eq!(h.deliver(&delivery(Target::User(u.clone()))).queued, 2);
-        assert_eq!(h.deliver(&delivery(Target::Channel(ch.clone()))).queued, 1);
-        assert_eq!(h.deliver(&delivery(Target::All)).queued, 2);
-        assert_eq!((a_rx.len(), b_rx.len()), (3, 2));
-        a_rx.close();
-        b_rx.close();
+        assert_eq!(h.reserve(id(1), &other, 1), Reservation::TooMany);
+        assert_eq!(h.reserve(id(1), &ch, 1), Reservation::Already);
+        assert_eq!(h.reserve(id(9), &ch, 1), Reservation::Gone);
+        // Reserved: the route is there, the messages are not yet.
+        assert!(!h.routes.workers(&Topic::Channel(ch.clone())).is_empty());
+        assert_eq!(h.deliver(&delivery(Target::Channel(ch.clone()))).pushed, 0);
+        assert!(h.activate(id(1), &ch, &Frame::subscribed(&ch)));
+        assert!(!h.activate(id(1), &ch, &Frame::subscribed(&ch)));
+        assert_eq!(h.deliver(&delivery(Target::User(u.clone()))).pushed, 2);
+        assert_eq!(h.deliver(&delivery(Target::Channel(ch.clone()))).pushed, 1);
+        assert_eq!(h.deliver(&delivery(Target::All)).pushed, 2);
+        assert_eq!((a.queued(), b.queued()), (4, 2));
         h.unregister(id(1));
         h.unregister(id(2));
         h.unregister(id(2));
         assert_eq!(h.entries(), 0);
-        assert!(h.interest.is_empty());
+        assert!(h.routes.is_empty());
     }
 
     #[test]
-    fn full_queue_cuts_only_that_connection() {
+    fn an_unsubscribed_reservation_is_never_activated() {
         let mut h = hub();
-        let (slow, _slow_rx, cut) = Outbox::new(1);
-        let (fast, mut fast_rx, _) = Outbox::new(8);
-        h.register(id(1), UserId::new("slow").unwrap(), slow);
-        h.register(id(2), UserId::new("fast").unwrap(), fast);
-        assert_eq!(h.deliver(&delivery(Target::All)).queued, 2);
+        let ch = Channel::new("c").unwrap();
+        h.register(id(1), UserId::new("u").unwrap(), writer(8));
+        assert_eq!(h.reserve(id(1), &ch, 4), Reservation::Reserved);
+        assert!(h.unsubscribe(id(1), &ch));
+        assert!(!h.unsubscribe(id(1), &ch));
+        assert!(!h.activate(id(1), &ch, &Frame::subscribed(&ch)));
+        assert_eq!(h.entries(), 2, "the member and its user, no channel");
+    }
+
+    #[test]
+    fn a_queue_over_the_limit_cuts_only_that_connection() {
+        let mut h = hub();
+        let (slow, fast) = (writer(1), writer(8));
+        h.register(id(1), UserId::new("slow").unwrap(), slow.clone());
+        h.register(id(2), UserId::new("fast").unwrap(), fast.clone());
+        assert_eq!(h.deliver(&delivery(Target::All)).pushed, 2);
         let f = h.deliver(&delivery(Target::All));
-        assert_eq!(f, Fanout { queued: 1, cut: 1 });
+        assert_eq!(f, Fanout { pushed: 2, cut: 1 });
         assert_eq!(h.connections(), 1);
-        assert_eq!(fast_rx.len(), 2);
-        let notified = cut.notified();
-        futures_util::pin_mut!(notified);
-        assert!(futures_util::FutureExt::now_or_never(notified).is_some());
-        fast_rx.close();
+        assert_eq!(fast.queued(), 2);
+        assert_eq!(h.metrics.dropped_slow.load(Relaxed), 2);
     }
 }

@@ -7,22 +7,29 @@
 //! ## Layout: data flows one way
 //!
 //! ```text
-//! publish:  http ─▶ router ─▶ bus ─▶ hub (each worker) ─▶ connection ─▶ socket
+//! publish:  http ─▶ router ─▶ bus ─▶ hub (each worker) ─▶ writer ─▶ socket
 //!                      └────▶ bridge ─▶ Redis ─▶ bridge (other processes) ─▶ bus ─▶ …
+//! control:  hub ─▶ routes ─▶ subscription log ─▶ bridge (Redis subscriptions)
+//!           bridge ─▶ subscription log (watch) ─▶ connection (`subscribed`, the 101)
 //! ```
 //!
 //! - [`config`]: every `fanfare serve` flag, its environment variable and default.
 //! - [`server`]: starts N workers on one port and stops them.
 //! - [`worker`]: one thread with its own runtime, listener, hub and bus task.
 //! - [`listener`]: SO_REUSEPORT sockets, one per worker.
-//! - [`http`]: hyper connections; `/ws` upgrades, the publish API, health and metrics.
-//! - [`router`]: the door for publishing: to the bridge, and to the workers with recipients.
+//! - [`http`]: hyper connections and one dispatcher: `/ws` upgrades, the publish API, health
+//!   and metrics; limits at the door.
+//! - [`router`]: the door for publishing: to the bridge, and to the bus.
 //! - [`bridge`]: one Redis link per process: publishes, and subscribes to what has local
-//!   recipients; what other machines publish goes to the local bus.
-//! - [`interest`]: which workers have a recipient for each user and channel.
-//! - [`bus`]: one bounded inbox per worker.
+//!   recipients; what other machines publish goes to the bus.
+//! - [`routes`]: the routing table: which workers have a recipient for each user and channel.
+//! - [`subscriptions`]: the seam between hubs and bridge: what this process wants from Redis,
+//!   and how far the bridge got.
+//! - [`bus`]: one bounded inbox per worker; hands each message to the workers the routes name.
 //! - [`hub`]: a worker's registry (user → connections, channel → subscribers) and fan-out.
-//! - [`connection`]: one WebSocket: reads, writes, pings, closes.
+//! - [`writer`]: one connection's outgoing frames: straight to the socket, queued only when
+//!   it is full, bounded.
+//! - [`connection`]: one WebSocket: reads, replies, pings, closes.
 //! - [`protocol`]: wire types and the ids `UserId`, `Channel`, `ConnId`; frames encoded once.
 //! - [`auth`]: client tokens (HS256) and channel permissions.
 //! - [`metrics`]: counters rendered for Prometheus.
@@ -38,13 +45,15 @@ pub mod connection;
 pub mod error;
 pub mod http;
 pub mod hub;
-pub mod interest;
 pub mod listener;
 pub mod metrics;
 pub mod protocol;
 pub mod router;
+pub mod routes;
 pub mod server;
+pub mod subscriptions;
 pub mod worker;
+pub mod writer;
 
 pub use config::Config;
 pub use server::Server;

@@ -18,10 +18,12 @@ pub struct WorkerMetrics {
     pub connections_opened: AtomicU64,
     /// Messages handed to this worker by the local bus.
     pub bus_received: AtomicU64,
-    /// Frames queued for a connection (one per recipient of a message).
-    pub frames_delivered: AtomicU64,
-    /// Frames dropped because the recipient's queue was full.
+    /// Frames pushed to a connection's writer (one per recipient of a message).
+    pub frames_pushed: AtomicU64,
+    /// Frames dropped because their connection was cut as a slow consumer.
     pub dropped_slow: AtomicU64,
+    /// Frames dropped because their connection closed or broke before they were written.
+    pub dropped_closed: AtomicU64,
     /// Connections closed as slow consumers.
     pub slow_consumer_closes: AtomicU64,
     /// Connections closed because the client was silent too long.
@@ -51,6 +53,10 @@ pub struct BridgeMetrics {
     pub malformed: AtomicU64,
     /// Times a link connected again after losing Redis.
     pub reconnects: AtomicU64,
+    /// Messages from other machines a worker missed because its inbox was full.
+    pub inbox_full: AtomicU64,
+    /// Another process holds this process's node id.
+    pub node_conflict: AtomicBool,
     /// Live Redis subscriptions of this process.
     pub subscriptions: AtomicI64,
 }
@@ -69,6 +75,12 @@ impl BridgeMetrics {
              fanfare_bridge_up{{link=\"subscribe\"}} {}",
             u8::from(self.publish_up.load(Relaxed)),
             u8::from(self.subscribe_up.load(Relaxed)),
+        );
+        gauge(
+            out,
+            "fanfare_bridge_node_id_conflict",
+            "1 while another process holds this process's --node-id.",
+            i64::from(self.node_conflict.load(Relaxed)),
         );
         gauge(
             out,
@@ -102,6 +114,11 @@ impl BridgeMetrics {
                 "Reconnections of a Redis link.",
                 &self.reconnects,
             ),
+            (
+                "fanfare_bridge_inbox_full_total",
+                "Messages from other machines a worker missed: its inbox was full.",
+                &self.inbox_full,
+            ),
         ] {
             counter(out, name, help, c.load(Relaxed));
         }
@@ -109,7 +126,7 @@ impl BridgeMetrics {
 }
 
 /// HTTP answers that refused a request, by status.
-const REJECT_STATUSES: [u16; 7] = [400, 401, 403, 404, 405, 413, 426];
+const REJECT_STATUSES: [u16; 11] = [400, 401, 403, 404, 405, 408, 413, 414, 426, 431, 503];
 
 /// Every metric of one process.
 #[derive(Debug)]
@@ -141,7 +158,7 @@ impl Metrics {
         self.accepted[i].fetch_add(1, Relaxed);
     }
 
-    /// An HTTP request answered with a 4xx.
+    /// An HTTP request refused (a 4xx, or a 503 at the connection limit).
     pub fn rejected(&self, status: u16) {
         if let Some(i) = REJECT_STATUSES.iter().position(|s| *s == status) {
             self.rejected[i].fetch_add(1, Relaxed);
@@ -184,15 +201,17 @@ impl Metrics {
         counter(
             &mut out,
             "fanfare_frames_delivered_total",
-            "Frames queued to connections, one per recipient.",
-            self.sum(|w| w.frames_delivered.load(Relaxed)),
+            "Frames handed to connections, one per recipient.",
+            self.sum(|w| w.frames_pushed.load(Relaxed)),
         );
         let _ = writeln!(
             out,
-            "# HELP fanfare_dropped_messages_total Frames not delivered, by reason.\n\
+            "# HELP fanfare_dropped_messages_total Frames handed to a connection and never written, by reason.\n\
              # TYPE fanfare_dropped_messages_total counter\n\
-             fanfare_dropped_messages_total{{reason=\"slow\"}} {}",
-            self.sum(|w| w.dropped_slow.load(Relaxed))
+             fanfare_dropped_messages_total{{reason=\"slow\"}} {}\n\
+             fanfare_dropped_messages_total{{reason=\"closed\"}} {}",
+            self.sum(|w| w.dropped_slow.load(Relaxed)),
+            self.sum(|w| w.dropped_closed.load(Relaxed)),
         );
         counter(
             &mut out,

@@ -1,14 +1,15 @@
 //! Wire types: identifiers, client → server messages, and server → client frames.
 //!
-//! Server frames are encoded once into a [`Frame`] whose bytes are shared (refcounted) by every
-//! recipient; nothing here runs per recipient.
+//! Server frames are encoded once, WebSocket header included, into a [`Frame`] whose bytes are
+//! shared (refcounted) by every recipient and written to each socket as they are; nothing here
+//! runs per recipient.
 
 use std::fmt;
 use std::sync::Arc;
 
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// Longest user id (`sub` claim, `userId` field) in bytes.
 pub const MAX_USER_ID_BYTES: usize = 256;
@@ -131,87 +132,154 @@ pub enum Target {
     All,
 }
 
-/// One encoded server → client WebSocket message, shared by every recipient. A thin pointer,
-/// so each connection's outbox slot is 8 bytes.
-#[derive(Clone, Debug)]
-pub struct Frame(Arc<Message>);
+/// One server → client WebSocket frame, encoded once (header and payload, unmasked as a server
+/// sends it) and shared by every recipient: each gets a refcount bump, and the bytes go to the
+/// socket as they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame(Bytes);
+
+const DIRECT_HEAD: &str = r#"{"type":"message","message":"#;
+const CHANNEL_HEAD: &str = r#"{"type":"message","channel":""#;
+const CHANNEL_MIDDLE: &str = r#"","message":"#;
+
+/// Opcodes of the frames a server sends.
+const OP_TEXT: u8 = 0x1;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
 
 impl Frame {
     /// `{"type":"message","message":<payload>}`; the payload's text is copied as it came, so
     /// numbers keep every digit.
     pub fn direct(payload: &RawValue) -> Self {
-        let p = payload.get();
-        let mut s = String::with_capacity(29 + p.len());
-        s.push_str(r#"{"type":"message","message":"#);
-        s.push_str(p);
-        s.push('}');
-        Frame::text(s)
+        Frame::text_parts(&[DIRECT_HEAD, payload.get(), "}"])
     }
 
     /// `{"type":"message","channel":"<c>","message":<payload>}`.
     pub fn channel(channel: &Channel, payload: &RawValue) -> Self {
-        let p = payload.get();
-        let mut s = String::with_capacity(42 + channel.as_str().len() + p.len());
-        s.push_str(r#"{"type":"message","channel":""#);
-        s.push_str(channel.as_str());
-        s.push_str(r#"","message":"#);
-        s.push_str(p);
-        s.push('}');
-        Frame::text(s)
+        Frame::text_parts(&[
+            CHANNEL_HEAD,
+            channel.as_str(),
+            CHANNEL_MIDDLE,
+            payload.get(),
+            "}",
+        ])
+    }
+
+    /// The published payload inside a frame built by [`Frame::message`] for `target`.
+    pub fn message_payload(&self, target: &Target) -> Option<&[u8]> {
+        let rest = match target {
+            Target::Channel(c) => self
+                .payload()
+                .strip_prefix(CHANNEL_HEAD.as_bytes())?
+                .strip_prefix(c.as_str().as_bytes())?
+                .strip_prefix(CHANNEL_MIDDLE.as_bytes())?,
+            Target::User(_) | Target::All => self.payload().strip_prefix(DIRECT_HEAD.as_bytes())?,
+        };
+        rest.strip_suffix(b"}")
+    }
+
+    /// The frame a message for `target` is: [`Frame::direct`] for a user or a broadcast,
+    /// [`Frame::channel`] for a channel.
+    pub fn message(target: &Target, payload: &RawValue) -> Self {
+        match target {
+            Target::Channel(c) => Frame::channel(c, payload),
+            Target::User(_) | Target::All => Frame::direct(payload),
+        }
     }
 
     pub fn subscribed(channel: &Channel) -> Self {
-        Frame::text(format!(
-            r#"{{"type":"subscribed","channel":"{}"}}"#,
-            channel.as_str()
-        ))
+        Frame::text_parts(&[
+            r#"{"type":"subscribed","channel":""#,
+            channel.as_str(),
+            r#""}"#,
+        ])
     }
 
     pub fn unsubscribed(channel: &Channel) -> Self {
-        Frame::text(format!(
-            r#"{{"type":"unsubscribed","channel":"{}"}}"#,
-            channel.as_str()
-        ))
+        Frame::text_parts(&[
+            r#"{"type":"unsubscribed","channel":""#,
+            channel.as_str(),
+            r#""}"#,
+        ])
     }
 
     pub fn pong() -> Self {
-        Frame(Arc::new(Message::Text(Utf8Bytes::from_static(
-            r#"{"type":"pong"}"#,
-        ))))
+        Frame::text_parts(&[r#"{"type":"pong"}"#])
     }
 
     pub fn error(code: ErrorCode, detail: &str) -> Self {
         let v = serde_json::json!({"type": "error", "error": code.as_str(), "detail": detail});
-        Frame::text(v.to_string())
-    }
-
-    /// A frame as another machine encoded it; `None` if the bytes are not UTF-8.
-    pub fn from_encoded(bytes: bytes::Bytes) -> Option<Self> {
-        Utf8Bytes::try_from(bytes)
-            .ok()
-            .map(|t| Frame(Arc::new(Message::Text(t))))
+        Frame::text_parts(&[&v.to_string()])
     }
 
     /// A WebSocket ping, sent by the server every ping interval.
     pub fn ping() -> Self {
-        Frame(Arc::new(Message::Ping(Default::default())))
+        Frame::encode(OP_PING, &[])
     }
 
-    fn text(s: String) -> Self {
-        Frame(Arc::new(Message::Text(s.into())))
+    /// A close frame with its code and reason.
+    pub fn close(reason: crate::error::CloseReason) -> Self {
+        let text = reason.reason();
+        let mut payload = Vec::with_capacity(2 + text.len());
+        payload.extend_from_slice(&reason.code().to_be_bytes());
+        payload.extend_from_slice(text.as_bytes());
+        Frame::encode(OP_CLOSE, &[&payload])
     }
 
-    /// The text of a text frame; empty for a ping.
-    pub fn as_str(&self) -> &str {
-        match &*self.0 {
-            Message::Text(t) => t.as_str(),
-            _ => "",
+    fn text_parts(parts: &[&str]) -> Self {
+        let parts: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
+        Frame::encode(OP_TEXT, &parts)
+    }
+
+    /// One final (FIN) frame of `opcode` whose payload is `parts` back to back: one allocation.
+    fn encode(opcode: u8, parts: &[&[u8]]) -> Self {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut buf = BytesMut::with_capacity(header_len(len) + len);
+        buf.put_u8(0x80 | opcode);
+        match len {
+            0..=125 => buf.put_u8(len as u8),
+            126..=0xFFFF => {
+                buf.put_u8(126);
+                buf.put_u16(len as u16);
+            }
+            _ => {
+                buf.put_u8(127);
+                buf.put_u64(len as u64);
+            }
         }
+        for p in parts {
+            buf.put_slice(p);
+        }
+        Frame(buf.freeze())
     }
 
-    /// The frame as a WebSocket message: a refcount bump, no copy of the payload.
-    pub fn to_message(&self) -> Message {
-        (*self.0).clone()
+    /// The whole frame as it goes on the wire.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// The payload: the JSON text of a text frame.
+    pub fn payload(&self) -> &[u8] {
+        let len = self.0.len();
+        let header = match self.0.get(1).map(|b| b & 0x7F) {
+            Some(126) => 4,
+            Some(127) => 10,
+            _ => 2,
+        };
+        &self.0[header.min(len)..]
+    }
+
+    /// The text of a text frame (every frame built here from `&str` is valid UTF-8).
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.payload()).unwrap_or_default()
+    }
+}
+
+fn header_len(payload: usize) -> usize {
+    match payload {
+        0..=125 => 2,
+        126..=0xFFFF => 4,
+        _ => 10,
     }
 }
 
@@ -295,6 +363,44 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
         assert_eq!(v["channel"], "room:1");
         assert!(f.as_str().contains("123456789012345678901234567890"));
+    }
+
+    #[test]
+    fn frames_are_whole_websocket_frames() {
+        use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+        for len in [0usize, 10, 125, 126, 1000, 65_535, 65_536, 100_000] {
+            let text = "x".repeat(len);
+            let f = Frame::error(ErrorCode::BadRequest, &text);
+            let mut cursor = std::io::Cursor::new(f.bytes().to_vec());
+            let (header, payload_len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+            assert!(header.is_final);
+            assert_eq!(payload_len as usize, f.payload().len());
+            assert_eq!(
+                cursor.position() as usize + f.payload().len(),
+                f.bytes().len()
+            );
+            let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+            assert_eq!(v["detail"].as_str().unwrap().len(), len);
+        }
+        assert_eq!(&Frame::ping().bytes()[..], &[0x89, 0]);
+        let close = Frame::close(crate::error::CloseReason::SlowConsumer);
+        assert_eq!(&close.bytes()[..4], &[0x88, 15, 0x03, 0xF0]);
+    }
+
+    #[test]
+    fn the_payload_comes_back_out_of_its_frame() {
+        let p = raw(r#"{"x":[1,2]}"#);
+        let c = Target::Channel(Channel::new("a:b").unwrap());
+        for t in [
+            Target::All,
+            Target::User(UserId::new("u").unwrap()),
+            c.clone(),
+        ] {
+            let f = Frame::message(&t, &p);
+            assert_eq!(f.message_payload(&t), Some(p.get().as_bytes()));
+        }
+        let other = Target::Channel(Channel::new("a:c").unwrap());
+        assert_eq!(Frame::message(&c, &p).message_payload(&other), None);
     }
 
     #[test]

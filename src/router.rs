@@ -1,57 +1,25 @@
 //! Where a published message goes. [`Router::publish`] is the door for publishing: the HTTP API
 //! calls it and nothing below it. It hands the message to the bridge (other machines) and to
-//! the bus inbox of every local worker that has a recipient (all workers for a broadcast).
+//! the bus, which queues it on every local worker that has a recipient.
 
 use std::sync::Arc;
 
 use crate::bridge::Bridge;
 use crate::bus::{Bus, Delivery};
-use crate::interest::{Interest, Topic};
 use crate::metrics::Metrics;
-use crate::protocol::{Target, WorkerSet};
-
-/// Delivery inside this process: interest table + bus. The bridge uses it for what arrives
-/// from other machines.
-#[derive(Clone)]
-pub struct LocalRouter {
-    interest: Arc<Interest>,
-    bus: Bus,
-}
-
-impl LocalRouter {
-    pub fn new(interest: Arc<Interest>, bus: Bus) -> Self {
-        LocalRouter { interest, bus }
-    }
-
-    /// The workers that should get a message for `target`.
-    pub fn workers_for(&self, target: &Target) -> WorkerSet {
-        match target {
-            Target::All => WorkerSet::all(self.bus.workers()),
-            Target::User(user) => self.interest.workers(&Topic::User(user.clone())),
-            Target::Channel(channel) => self.interest.workers(&Topic::Channel(channel.clone())),
-        }
-    }
-
-    /// Queues `delivery` on every worker that has a recipient, behind everything queued before
-    /// it. Waits while a worker's inbox is full.
-    pub async fn deliver(&self, delivery: Delivery) {
-        for worker in self.workers_for(&delivery.target).iter() {
-            self.bus.send(worker, delivery.clone()).await;
-        }
-    }
-}
+use crate::subscriptions::SubscriptionLog;
 
 pub struct Router {
-    local: LocalRouter,
+    bus: Bus,
     /// None in single-machine mode.
     bridge: Option<Bridge>,
     metrics: Arc<Metrics>,
 }
 
 impl Router {
-    pub fn new(local: LocalRouter, bridge: Option<Bridge>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(bus: Bus, bridge: Option<Bridge>, metrics: Arc<Metrics>) -> Self {
         Router {
-            local,
+            bus,
             bridge,
             metrics,
         }
@@ -64,12 +32,17 @@ impl Router {
         if let Some(bridge) = &self.bridge {
             bridge.publish(&delivery);
         }
-        self.local.deliver(delivery).await;
+        self.bus.deliver(delivery).await;
     }
 
-    /// A message accepted now reaches every recipient in the cluster: always without Redis,
-    /// and while both bridge links are up with it.
-    pub fn is_ready(&self) -> bool {
-        self.bridge.as_ref().is_none_or(Bridge::is_up)
+    /// Why a message accepted now might not reach every recipient in the cluster; `None` when
+    /// it will: always without Redis, and with it while the bridge is up and the node id ours.
+    pub fn not_ready(&self) -> Option<String> {
+        self.bridge.as_ref().and_then(Bridge::not_ready)
+    }
+
+    /// With Redis: the log connections wait on before they promise other machines' messages.
+    pub fn subscription_log(&self) -> Option<Arc<SubscriptionLog>> {
+        self.bridge.as_ref().map(|b| b.subscription_log().clone())
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -14,11 +15,12 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::error::StartError;
 use crate::hub::{self, Hub, SharedHub};
-use crate::interest::Interest;
 use crate::listener;
 use crate::metrics::{BridgeMetrics, Metrics};
 use crate::protocol::WorkerId;
-use crate::router::{LocalRouter, Router};
+use crate::router::Router;
+use crate::routes::Routes;
+use crate::subscriptions::SubscriptionLog;
 use crate::worker::{self, WorkerContext};
 
 /// A running server: its workers' threads and the token that stops them.
@@ -28,15 +30,18 @@ pub struct Server {
     shutdown: CancellationToken,
     threads: Vec<JoinHandle<()>>,
     hubs: Vec<SharedHub>,
-    interest: Arc<Interest>,
+    routes: Arc<Routes>,
     metrics: Arc<Metrics>,
 }
 
 impl Server {
-    /// Binds the listeners and starts the workers. Returns once every worker listens.
+    /// Binds the listeners and starts the workers. Returns once every worker listens. Every
+    /// check that can fail runs before the first thread starts, and a thread that cannot be
+    /// started stops the ones before it: a failed start leaves nothing running.
     ///
     /// # Errors
-    /// The address cannot be bound, a secret is missing, or the token self-test fails.
+    /// The address cannot be bound, a secret is missing, the token self-test fails, the Redis
+    /// settings are invalid, or a thread cannot be started.
     pub fn start(config: Config) -> Result<Server, StartError> {
         let secret = config
             .token_secret
@@ -49,74 +54,85 @@ impl Server {
             .ok_or(StartError::MissingSecret("--api-key"))?
             .into();
         let workers = config.workers();
-        let listen_err = |addr| move |source| StartError::Listen { addr, source };
-        let shared =
-            listener::bind_shared(config.listen, workers).map_err(listen_err(config.listen))?;
-        let local_addr = shared[0].local_addr().map_err(listen_err(config.listen))?;
-
-        let config = Arc::new(config);
-        let shutdown = CancellationToken::new();
         let bridge_metrics = config
             .redis
             .as_ref()
             .map(|_| Arc::new(BridgeMetrics::default()));
-        let metrics = Arc::new(Metrics::new(workers, bridge_metrics.clone()));
-        let interest = Arc::new(match config.redis {
-            Some(_) => Interest::with_remote(),
-            None => Interest::default(),
-        });
-        let (bus, inboxes) = Bus::new(workers);
-        let local = LocalRouter::new(interest.clone(), bus);
-        let mut threads = Vec::with_capacity(workers + 1);
-        let bridge = match (&config.redis, bridge_metrics) {
-            (Some(url), Some(bridge_metrics)) => {
-                let bridge_config = BridgeConfig {
+        let log = config
+            .redis
+            .as_ref()
+            .map(|_| Arc::new(SubscriptionLog::default()));
+        let prepared = match (&config.redis, &bridge_metrics, &log) {
+            (Some(url), Some(metrics), Some(log)) => Some(Bridge::prepare(
+                BridgeConfig {
                     url: url.clone(),
                     prefix: config.redis_prefix.clone(),
                     node_id: config.node_id(),
-                };
-                let (bridge, thread) = Bridge::start(
-                    bridge_config,
-                    interest.clone(),
-                    local.clone(),
-                    bridge_metrics,
-                    shutdown.child_token(),
-                )?;
-                threads.push(thread);
-                Some(bridge)
-            }
+                    max_message_bytes: config.max_message_bytes,
+                },
+                log.clone(),
+                metrics.clone(),
+            )?),
             _ => None,
         };
-        let router = Arc::new(Router::new(local, bridge, metrics.clone()));
+        let listen_err = |addr| move |source| StartError::Listen { addr, source };
+        let shared =
+            listener::bind_shared(config.listen, workers).map_err(listen_err(config.listen))?;
+        let local_addr = shared[0].local_addr().map_err(listen_err(config.listen))?;
+        let mut private = Vec::new();
+        if config.worker_listeners {
+            for _ in 0..workers {
+                let l = listener::bind_private()
+                    .map_err(listen_err(SocketAddr::from(([127, 0, 0, 1], 0))))?;
+                private.push(l);
+            }
+        }
+        let worker_addrs = private.iter().filter_map(|l| l.local_addr().ok()).collect();
+
+        let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::new(workers, bridge_metrics));
+        let routes = Arc::new(Routes::new(workers, log));
+        let (bus, inboxes) = Bus::new(routes.clone(), workers);
+        let connection_slots = Arc::new(Semaphore::new(
+            config.max_connections().min(Semaphore::MAX_PERMITS),
+        ));
+        let mut started = Started {
+            shutdown: CancellationToken::new(),
+            threads: Vec::with_capacity(workers + 1),
+        };
+        let bridge = match prepared {
+            Some(prepared) => {
+                let (bridge, thread) =
+                    prepared.spawn(bus.clone(), started.shutdown.child_token())?;
+                started.threads.push(thread);
+                Some(bridge)
+            }
+            None => None,
+        };
+        let router = Arc::new(Router::new(bus, bridge, metrics.clone()));
 
         let mut hubs = Vec::with_capacity(workers);
-        let mut worker_addrs = Vec::new();
+        let mut private = private.into_iter();
         for (i, (listener, inbox_rx)) in shared.into_iter().zip(inboxes).enumerate() {
             let id = WorkerId(i as u8);
             let worker_metrics = metrics.workers[i].clone();
             let hub: SharedHub = Arc::new(std::sync::Mutex::new(Hub::new(
                 id,
-                interest.clone(),
+                routes.clone(),
                 worker_metrics.clone(),
             )));
-            let mut listeners = vec![listener];
-            if config.worker_listeners {
-                let private = listener::bind_private()
-                    .map_err(listen_err(SocketAddr::from(([127, 0, 0, 1], 0))))?;
-                worker_addrs.extend(private.local_addr().ok());
-                listeners.push(private);
-            }
+            let listeners = std::iter::once(listener).chain(private.next()).collect();
             let ctx = Arc::new(WorkerContext {
                 id,
                 config: config.clone(),
                 keys: keys.clone(),
                 api_key: api_key.clone(),
                 router: router.clone(),
-                interest: interest.clone(),
                 hub: hub.clone(),
+                connection_slots: connection_slots.clone(),
                 metrics: metrics.clone(),
                 worker_metrics,
-                shutdown: shutdown.child_token(),
+                shutdown: started.shutdown.child_token(),
                 tracker: TaskTracker::new(),
                 next_conn: Default::default(),
             });
@@ -125,15 +141,16 @@ impl Server {
                 .name(format!("fanfare-worker-{i}"))
                 .spawn(move || worker::run(ctx, listeners, inbox_rx))
                 .map_err(StartError::Thread)?;
-            threads.push(thread);
+            started.threads.push(thread);
         }
+        let (shutdown, threads) = started.keep();
         Ok(Server {
             local_addr,
             worker_addrs,
             shutdown,
             threads,
             hubs,
-            interest,
+            routes,
             metrics,
         })
     }
@@ -152,10 +169,10 @@ impl Server {
         &self.metrics
     }
 
-    /// Entries left in every hub and in the interest table; 0 when no connection is open.
+    /// Entries left in every hub and in the routing table; 0 when no connection is open.
     pub fn registry_entries(&self) -> usize {
         let hubs: usize = self.hubs.iter().map(|h| hub::lock(h).entries()).sum();
-        hubs + self.interest.len()
+        hubs + self.routes.len()
     }
 
     /// Starts a graceful shutdown: stop accepting, close every WebSocket with 1001.
@@ -185,5 +202,30 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// Threads started so far; stopped and joined if the start fails before [`Started::keep`].
+struct Started {
+    shutdown: CancellationToken,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Started {
+    /// The start succeeded: the threads are the server's now.
+    fn keep(mut self) -> (CancellationToken, Vec<JoinHandle<()>>) {
+        (self.shutdown.clone(), std::mem::take(&mut self.threads))
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        self.shutdown.cancel();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -16,7 +16,6 @@ use crate::bus::Delivery;
 use crate::config::Config;
 use crate::http;
 use crate::hub::{self, SharedHub};
-use crate::interest::Interest;
 use crate::metrics::{Metrics, WorkerMetrics};
 use crate::protocol::WorkerId;
 use crate::router::Router;
@@ -32,9 +31,10 @@ pub struct WorkerContext {
     pub keys: Arc<TokenKeys>,
     pub api_key: Arc<str>,
     pub router: Arc<Router>,
-    /// Read by connections to wait until the bridge has their Redis subscriptions.
-    pub interest: Arc<Interest>,
     pub hub: SharedHub,
+    /// `--max-connections` permits, shared by every worker of the process; each WebSocket holds
+    /// one until it ends.
+    pub connection_slots: Arc<Semaphore>,
     pub metrics: Arc<Metrics>,
     pub worker_metrics: Arc<WorkerMetrics>,
     /// Cancelled on shutdown: the accept loop stops, HTTP connections finish, WebSockets close
@@ -86,7 +86,8 @@ pub fn run(
     });
 }
 
-/// Hands every delivery from this worker's inbox to its hub, a batch per lock.
+/// Hands every delivery from this worker's inbox to its hub, a batch per lock (and per flush of
+/// each connection it touches).
 async fn bus_task(
     mut inbox_rx: mpsc::Receiver<Delivery>,
     hub: SharedHub,
@@ -97,15 +98,12 @@ async fn bus_task(
         metrics
             .bus_received
             .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let mut hub = hub::lock(&hub);
-        for delivery in batch.drain(..) {
-            hub.deliver(&delivery);
-        }
+        hub::lock(&hub).deliver_batch(&batch);
+        batch.clear();
     }
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<WorkerContext>) {
-    let routes = http::routes(ctx.clone());
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -117,7 +115,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<WorkerContext>) {
                 backoff = Duration::from_millis(5);
                 let _ = stream.set_nodelay(true);
                 ctx.tracker
-                    .spawn(http::serve_connection(stream, ctx.clone(), routes.clone()));
+                    .spawn(http::serve_connection(stream, ctx.clone()));
             }
             Err(e) => {
                 // Out of descriptors or memory: wait a little for connections to close.

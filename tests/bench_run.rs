@@ -104,8 +104,8 @@ fn open_loop_over_two_receiver_processes_and_source_addresses() {
 #[tokio::test]
 async fn a_fleet_through_redis() {
     let redis = RedisServer::start();
-    let a = TestServer::in_fleet(&redis, "b:", "a");
-    let b = TestServer::in_fleet(&redis, "b:", "b");
+    let a = TestServer::in_fleet(&redis, "bench:", "a");
+    let b = TestServer::in_fleet(&redis, "bench:", "b");
     a.wait_readyz(200).await;
     b.wait_readyz(200).await;
     // Connection g goes to target g % 2 and channel g % 4: channels 1 and 3 live on b alone,

@@ -32,8 +32,8 @@ async fn until_delivered(from: &TestServer, user: &str, client: &mut TestClient)
 async fn redis_restart_is_survived_without_clients_reconnecting() {
     let mut redis = RedisServer::start();
     let port = redis.port;
-    let a = TestServer::in_fleet(&redis, "f:", "a");
-    let b = TestServer::in_fleet(&redis, "f:", "b");
+    let a = TestServer::in_fleet(&redis, "faults:", "a");
+    let b = TestServer::in_fleet(&redis, "faults:", "b");
     a.wait_readyz(200).await;
     b.wait_readyz(200).await;
     let mut local = a.connect("local", &[]).await;
@@ -64,9 +64,9 @@ async fn redis_restart_is_survived_without_clients_reconnecting() {
     a.wait_readyz(200).await;
     b.wait_readyz(200).await;
     // Every subscription is back: the user's, the channel's, and broadcast.
-    assert_eq!(redis.numsub("f:u:remote"), 1);
-    assert_eq!(redis.numsub("f:c:news"), 1);
-    assert_eq!(redis.numsub("f:all"), 2);
+    assert_eq!(redis.numsub("faults:u:remote"), 1);
+    assert_eq!(redis.numsub("faults:c:news"), 1);
+    assert_eq!(redis.numsub("faults:all"), 2);
     a.publish("/publish", json!({"channel": "news", "message": "back"}))
         .await;
     assert_eq!(remote.recv_message().await, json!("back"));

@@ -104,7 +104,7 @@ impl IsolatedHost {
                 "--redis",
                 redis_url,
                 "--redis-prefix",
-                "p:",
+                "part:",
                 "--node-id",
                 "isolated",
             ])
@@ -232,7 +232,7 @@ async fn silent_partition_is_noticed_and_healed() {
         .port();
     let redis = RedisServer::bound(port, &format!("127.0.0.1 {}", host.host_ip));
     let isolated = host.serve(&format!("redis://{}:{port}", host.host_ip));
-    let b = TestServer::in_fleet(&redis, "p:", "b");
+    let b = TestServer::in_fleet(&redis, "part:", "b");
     b.wait_readyz(200).await;
     let deadline = Instant::now() + common::PATIENCE;
     while readyz(isolated).await != 200 {

@@ -1,20 +1,27 @@
 //! The Redis bridge: one per process, relaying messages between the machines of a fleet.
 //!
 //! - The **publisher** sends every message this process accepts to Redis, on the channel of its
-//!   target, pipelined: whatever queued while one batch was in flight goes out as the next.
+//!   target, pipelined: whatever queued while one batch was in flight goes out as the next. It
+//!   also holds this process's claim on its `--node-id` (a key with an expiry, refreshed every
+//!   second): a second process with the same id goes unready and says so, loudly.
 //! - The **subscriber** holds one Redis subscription per user and channel that has a local
-//!   recipient (plus one for broadcasts), mirroring [`Interest`], and hands what arrives to the
-//!   local bus. A machine with no recipient for a message is sent nothing for it.
+//!   recipient (plus one for broadcasts), following the [`SubscriptionLog`], and hands what
+//!   arrives to the local bus — without ever waiting for a worker: a worker whose inbox is full
+//!   misses the message, and it is counted. A machine with no recipient for a message is sent
+//!   nothing for it.
 //!
 //! Redis pub/sub is **at most once**: what is published while a machine is cut off from Redis
 //! is lost for that machine. While a link is down, messages for other machines are dropped and
 //! counted (never queued without bound, never waited for), local delivery goes on, and the
 //! link reconnects with capped exponential backoff; the subscriber then restores every
-//! subscription from the interest table. Both links ping Redis every second, so a link that
+//! subscription from the routing table. Both links ping Redis every second, so a link that
 //! silently stops answering counts as down within [`RESPONSE_TIMEOUT`] + 1 s.
 //!
-//! The accepting machine delivers locally at once; its own messages coming back from Redis are
-//! recognised by the node id in their header and dropped, so nobody gets a copy twice.
+//! Redis is trusted (it is the fleet's own), yet what comes from it is checked: a payload over
+//! `--max-message-bytes` or not valid JSON is dropped and counted, and the frame is rebuilt
+//! here, so clients only ever get frames of the server's own shape. The accepting machine
+//! delivers locally at once; its own messages coming back from Redis are recognised by the
+//! random instance id in their header and dropped, so nobody gets a copy twice.
 
 mod publisher;
 mod subscriber;
@@ -29,16 +36,17 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::Delivery;
-use crate::interest::Interest;
+use crate::bus::{Bus, Delivery};
 use crate::metrics::BridgeMetrics;
-use crate::router::LocalRouter;
+use crate::subscriptions::SubscriptionLog;
 use wire::Names;
 
 /// Longest wait for Redis to answer a command or accept a connection; past it the link is down.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often each link pings Redis.
+/// How often each link pings Redis (and the publisher renews the node id claim).
 const PING_EVERY: Duration = Duration::from_secs(1);
+/// How long a node id claim lasts without renewal: a process that died frees its id after this.
+pub const CLAIM_TTL: Duration = Duration::from_secs(5);
 /// Messages waiting for the publisher; past this they are dropped and counted.
 const PUBLISH_QUEUE: usize = 16 * 1024;
 
@@ -48,6 +56,8 @@ pub enum Error {
     Url(#[from] redis::RedisError),
     #[error("--node-id must be 1 to {} bytes", wire::MAX_NODE_ID_BYTES)]
     NodeId,
+    #[error("--redis-prefix {0}")]
+    Prefix(String),
     #[error("cannot start the bridge thread: {0}")]
     Thread(std::io::Error),
 }
@@ -58,6 +68,8 @@ pub struct BridgeConfig {
     pub url: String,
     pub prefix: String,
     pub node_id: String,
+    /// Larger payloads from Redis are refused, like larger HTTP bodies.
+    pub max_message_bytes: usize,
 }
 
 /// One message for Redis: its channel and its encoded payload.
@@ -69,43 +81,135 @@ struct Outgoing {
 /// The process's handle on the bridge; the router publishes through it.
 pub struct Bridge {
     names: Names,
+    /// Drawn at start; marks this process's messages so it can drop them when they come back.
+    instance: u64,
     node_id: Arc<str>,
     /// To the publisher task; closed when the bridge stops.
     publish_tx: mpsc::Sender<Outgoing>,
+    log: Arc<SubscriptionLog>,
     metrics: Arc<BridgeMetrics>,
 }
 
+/// What the bridge thread runs, checked before the thread starts.
+pub struct Prepared {
+    bridge: Bridge,
+    client: redis::Client,
+    publish_rx: mpsc::Receiver<Outgoing>,
+    max_message_bytes: usize,
+    /// The URL without its password, for logs.
+    where_: String,
+}
+
 impl Bridge {
+    /// Checks the configuration; nothing runs yet (see [`Prepared::spawn`]), so a start that
+    /// fails later leaves no thread behind.
+    ///
+    /// # Errors
+    /// A `--redis` URL that does not parse, a node id that does not fit, a prefix that could
+    /// overlap another fleet's.
+    pub fn prepare(
+        config: BridgeConfig,
+        log: Arc<SubscriptionLog>,
+        metrics: Arc<BridgeMetrics>,
+    ) -> Result<Prepared, Error> {
+        if config.node_id.is_empty() || config.node_id.len() > wire::MAX_NODE_ID_BYTES {
+            return Err(Error::NodeId);
+        }
+        let names = Names::new(&config.prefix).map_err(Error::Prefix)?;
+        let client = redis::Client::open(config.url.as_str())?;
+        let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let bridge = Bridge {
+            names,
+            instance: rand::random(),
+            node_id: config.node_id.as_str().into(),
+            publish_tx,
+            log,
+            metrics,
+        };
+        Ok(Prepared {
+            bridge,
+            client,
+            publish_rx,
+            max_message_bytes: config.max_message_bytes,
+            where_: redact(&config.url),
+        })
+    }
+
+    /// Queues `delivery` for the other machines. Never waits: while the publisher is down or
+    /// behind, the message is dropped for them and counted.
+    pub fn publish(&self, delivery: &Delivery) {
+        if !self.metrics.publish_up.load(Relaxed) {
+            self.metrics.dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        let payload = delivery
+            .frame
+            .message_payload(&delivery.target)
+            .expect("published frames are built by Frame::message");
+        let outgoing = Outgoing {
+            channel: self.names.target(&delivery.target),
+            payload: wire::encode(self.instance, payload),
+        };
+        if self.publish_tx.try_send(outgoing).is_err() {
+            self.metrics.dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Why a message accepted now might not reach every machine, if it might not.
+    pub fn not_ready(&self) -> Option<String> {
+        if self.metrics.node_conflict.load(Relaxed) {
+            return Some(format!(
+                "another process holds --node-id {}; give each process its own",
+                self.node_id
+            ));
+        }
+        (!self.metrics.is_up())
+            .then(|| "Redis unreachable, messages reach this machine only".to_string())
+    }
+
+    /// The log whose changes the subscriber applies.
+    pub fn subscription_log(&self) -> &Arc<SubscriptionLog> {
+        &self.log
+    }
+}
+
+impl Prepared {
     /// Starts the bridge thread. An unreachable Redis is no error: the links retry until it
     /// answers, and `/readyz` says 503 meanwhile.
     ///
     /// # Errors
-    /// A `--redis` URL that does not parse, or a node id that does not fit the header.
-    pub fn start(
-        config: BridgeConfig,
-        interest: Arc<Interest>,
-        local: LocalRouter,
-        metrics: Arc<BridgeMetrics>,
+    /// The thread cannot be started.
+    pub fn spawn(
+        self,
+        bus: Bus,
         shutdown: CancellationToken,
     ) -> Result<(Bridge, JoinHandle<()>), Error> {
-        if config.node_id.is_empty() || config.node_id.len() > wire::MAX_NODE_ID_BYTES {
-            return Err(Error::NodeId);
-        }
-        let client = redis::Client::open(config.url.as_str())?;
-        let names = Names::new(&config.prefix);
-        let node_id: Arc<str> = config.node_id.as_str().into();
-        let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let Prepared {
+            bridge,
+            client,
+            publish_rx,
+            max_message_bytes,
+            where_,
+        } = self;
         let subscriber = subscriber::Subscriber {
             client: client.clone(),
-            names: names.clone(),
-            node_id: node_id.clone(),
-            interest,
-            local,
-            metrics: metrics.clone(),
+            names: bridge.names.clone(),
+            instance: bridge.instance,
+            log: bridge.log.clone(),
+            bus,
+            max_message_bytes,
+            metrics: bridge.metrics.clone(),
             shutdown: shutdown.clone(),
         };
-        let publisher_metrics = metrics.clone();
-        let where_ = redact(&config.url);
+        let publisher = publisher::Publisher {
+            client,
+            claim_key: bridge.names.node_claim(&bridge.node_id),
+            node_id: bridge.node_id.clone(),
+            instance: bridge.instance,
+            metrics: bridge.metrics.clone(),
+            shutdown,
+        };
+        let node_id = bridge.node_id.clone();
         let thread = std::thread::Builder::new()
             .name("fanfare-bridge".into())
             .spawn(move || {
@@ -116,53 +220,23 @@ impl Bridge {
                         "a tokio runtime can be built (fails only when the OS refuses an epoll fd)",
                     );
                 runtime.block_on(async {
-                    tracing::info!(node_id = %subscriber.node_id, "bridge connecting to {where_}");
-                    tokio::join!(
-                        publisher::run(client, publish_rx, publisher_metrics, shutdown, &where_),
-                        subscriber.run(&where_),
-                    );
+                    tracing::info!(%node_id, "bridge connecting to {where_}");
+                    tokio::join!(publisher.run(publish_rx, &where_), subscriber.run(&where_));
                 });
             })
             .map_err(Error::Thread)?;
-        let bridge = Bridge {
-            names,
-            node_id,
-            publish_tx,
-            metrics,
-        };
         Ok((bridge, thread))
-    }
-
-    /// Queues `delivery` for the other machines. Never waits: while the publisher is down or
-    /// behind, the message is dropped for them and counted.
-    pub fn publish(&self, delivery: &Delivery) {
-        if !self.metrics.publish_up.load(Relaxed) {
-            self.metrics.dropped.fetch_add(1, Relaxed);
-            return;
-        }
-        let outgoing = Outgoing {
-            channel: self.names.target(&delivery.target),
-            payload: wire::encode(&self.node_id, &delivery.frame),
-        };
-        if self.publish_tx.try_send(outgoing).is_err() {
-            self.metrics.dropped.fetch_add(1, Relaxed);
-        }
-    }
-
-    /// Both links are connected: a message accepted now reaches every machine.
-    pub fn is_up(&self) -> bool {
-        self.metrics.is_up()
     }
 }
 
 /// Why a link went down, for the log.
-type Down = String;
+type LinkDown = String;
 
 /// A Redis call that must answer within [`RESPONSE_TIMEOUT`]; a failure or silence is the link
 /// going down, described for the log.
 async fn within<T>(
     call: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, Down> {
+) -> Result<T, LinkDown> {
     match tokio::time::timeout(RESPONSE_TIMEOUT, call).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(e.to_string()),

@@ -1,24 +1,23 @@
-//! The subscribing link: one RESP2 pub/sub connection whose subscriptions mirror the interest
-//! table, feeding what arrives into the local bus.
+//! The subscribing link: one RESP2 pub/sub connection whose subscriptions follow the
+//! subscription log, feeding what arrives into the local bus without ever waiting for it.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
-use tokio::sync::oneshot;
+use serde_json::value::RawValue;
 use tokio::time::{interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::wire::{self, Names};
-use super::{within, Backoff, Down, PING_EVERY};
-use crate::bus::Delivery;
-use crate::interest::{Interest, Topic};
+use super::{within, Backoff, LinkDown, PING_EVERY};
+use crate::bus::{Bus, Delivery};
 use crate::metrics::BridgeMetrics;
 use crate::protocol::Frame;
-use crate::router::LocalRouter;
+use crate::routes::Topic;
+use crate::subscriptions::SubscriptionLog;
 
 /// Channels per SUBSCRIBE / UNSUBSCRIBE command.
 const CHUNK: usize = 1000;
@@ -26,11 +25,14 @@ const CHUNK: usize = 1000;
 pub(super) struct Subscriber {
     pub client: redis::Client,
     pub names: Names,
-    pub node_id: Arc<str>,
-    /// The truth about what this process wants; the Redis subscriptions follow it.
-    pub interest: Arc<Interest>,
-    /// Where received messages go: the bus inboxes of the workers with recipients.
-    pub local: LocalRouter,
+    /// This process's mark on its own messages.
+    pub instance: u64,
+    /// What changed in the routing table; the Redis subscriptions follow it.
+    pub log: Arc<SubscriptionLog>,
+    /// Where received messages go: the inboxes of the workers with recipients. Its routing
+    /// table is the truth about what this process wants.
+    pub bus: Bus,
+    pub max_message_bytes: usize,
     pub metrics: Arc<BridgeMetrics>,
     pub shutdown: CancellationToken,
 }
@@ -40,8 +42,9 @@ impl Subscriber {
         let mut backoff = Backoff::new();
         let mut connected_before = false;
         loop {
-            // A fresh connection subscribes to everything wanted, so pending changes are moot.
-            answer(self.interest.take_remote_changes().1);
+            // A fresh connection subscribes to everything wanted, so pending changes are moot;
+            // whoever waits for them is answered once this attempt succeeds or fails.
+            let (_, ticket) = self.log.take();
             let pubsub = tokio::select! {
                 () = self.shutdown.cancelled() => return,
                 r = within(self.client.get_async_pubsub()) => r,
@@ -52,19 +55,23 @@ impl Subscriber {
                     tracing::error!(
                         "bridge: cannot connect the subscriber to {where_}: {why}; retrying"
                     );
+                    self.log.confirm(ticket);
                     self.wait_down(backoff.next()).await;
                     continue;
                 }
             };
             let mut subscribed = HashSet::new();
             let mut wanted: Vec<String> = self
-                .interest
+                .bus
+                .routes()
                 .topics()
                 .iter()
                 .map(|t| self.names.topic(t))
                 .collect();
             wanted.push(self.names.all());
-            if let Err(why) = change(&mut sink, &mut subscribed, wanted, Vec::new()).await {
+            let restored = change(&mut sink, &mut subscribed, wanted, Vec::new()).await;
+            self.log.confirm(ticket);
+            if let Err(why) = restored {
                 tracing::warn!("bridge: cannot restore subscriptions on {where_}: {why}; retrying");
                 self.wait_down(backoff.next()).await;
                 continue;
@@ -101,23 +108,24 @@ impl Subscriber {
         sink: &mut PubSubSink,
         stream: &mut PubSubStream,
         subscribed: &mut HashSet<String>,
-    ) -> Option<Down> {
+    ) -> Option<LinkDown> {
         let mut ping = interval(PING_EVERY);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => return None,
-                () = self.interest.remote_changed() => {
-                    let (topics, waiters) = self.interest.take_remote_changes();
+                () = self.log.changed() => {
+                    let (topics, ticket) = self.log.take();
                     let result = self.follow(sink, subscribed, topics).await;
-                    answer(waiters);
+                    // Answered either way: on failure the reconnect subscribes to everything.
+                    self.log.confirm(ticket);
                     if let Err(why) = result {
                         return Some(why);
                     }
                 }
                 msg = stream.next() => match msg {
-                    Some(msg) => self.relay(&msg).await,
+                    Some(msg) => self.relay(&msg),
                     None => return Some("connection closed".into()),
                 },
                 _ = ping.tick() => {
@@ -136,11 +144,11 @@ impl Subscriber {
         sink: &mut PubSubSink,
         subscribed: &mut HashSet<String>,
         topics: Vec<Topic>,
-    ) -> Result<(), Down> {
+    ) -> Result<(), LinkDown> {
         let (mut add, mut remove) = (Vec::new(), Vec::new());
         for topic in topics {
             let name = self.names.topic(&topic);
-            let wanted = !self.interest.workers(&topic).is_empty();
+            let wanted = !self.bus.routes().workers(&topic).is_empty();
             match (wanted, subscribed.contains(&name)) {
                 (true, false) => add.push(name),
                 (false, true) => remove.push(name),
@@ -154,8 +162,9 @@ impl Subscriber {
         Ok(())
     }
 
-    /// Hands a message from another machine to the workers that have recipients.
-    async fn relay(&self, msg: &redis::Msg) {
+    /// Hands a message from another machine to the workers that have recipients, without
+    /// waiting: a worker whose inbox is full misses it (counted), the others do not wait.
+    fn relay(&self, msg: &redis::Msg) {
         let Some(target) = self.names.parse(msg.get_channel_name()) else {
             return;
         };
@@ -163,16 +172,23 @@ impl Subscriber {
             self.metrics.malformed.fetch_add(1, Relaxed);
             return;
         };
-        if decoded.node_id == self.node_id.as_bytes() {
+        if decoded.instance == self.instance {
             // Our own message: delivered locally when it was accepted.
             return;
         }
-        let Some(frame) = Frame::from_encoded(Bytes::copy_from_slice(decoded.frame)) else {
-            self.metrics.malformed.fetch_add(1, Relaxed);
-            return;
+        let payload = match (decoded.payload.len() <= self.max_message_bytes)
+            .then(|| serde_json::from_slice::<&RawValue>(decoded.payload))
+        {
+            Some(Ok(payload)) => payload,
+            _ => {
+                self.metrics.malformed.fetch_add(1, Relaxed);
+                return;
+            }
         };
         self.metrics.received.fetch_add(1, Relaxed);
-        self.local.deliver(Delivery { target, frame }).await;
+        let frame = Frame::message(&target, payload);
+        let missed = self.bus.try_deliver(Delivery { target, frame });
+        self.metrics.inbox_full.fetch_add(missed, Relaxed);
     }
 
     /// While disconnected: wait `delay`, letting connections that wait for a subscription go
@@ -184,7 +200,7 @@ impl Subscriber {
             tokio::select! {
                 () = &mut sleep => return,
                 () = self.shutdown.cancelled() => return,
-                () = self.interest.remote_changed() => answer(self.interest.take_remote_changes().1),
+                () = self.log.changed() => self.log.confirm(self.log.take().1),
             }
         }
     }
@@ -196,7 +212,7 @@ async fn change(
     subscribed: &mut HashSet<String>,
     add: Vec<String>,
     remove: Vec<String>,
-) -> Result<(), Down> {
+) -> Result<(), LinkDown> {
     for chunk in add.chunks(CHUNK) {
         within(sink.subscribe(chunk)).await?;
         subscribed.extend(chunk.iter().cloned());
@@ -208,10 +224,4 @@ async fn change(
         }
     }
     Ok(())
-}
-
-fn answer(waiters: Vec<oneshot::Sender<()>>) {
-    for w in waiters {
-        let _ = w.send(());
-    }
 }

@@ -1,29 +1,59 @@
-//! What travels through Redis: channel names under the prefix, and a small versioned header in
-//! front of the already-encoded frame, so receivers do no JSON work.
+//! What travels through Redis: channel and key names under the prefix, and a small versioned
+//! header in front of the message's JSON payload.
 //!
-//! Payload: `[version = 1][n = node id length][node id: n bytes][frame text]`.
+//! Payload: `[version = 2][instance: 8 bytes, big endian][payload JSON]`. The instance is a
+//! random number each process draws at start, so a process recognises its own messages even if
+//! two processes were given the same `--node-id`. The receiver rebuilds the frame from the
+//! Redis channel's target and the payload, so whatever arrives has the shape of a server frame.
+//!
+//! Names: `<prefix>u:<user>`, `<prefix>c:<channel>`, `<prefix>all`, and the key
+//! `<prefix>n:<node id>`. A prefix is zero or more segments of at least two characters, each
+//! ending in `:`; one-letter segments and `all` name kinds. So the kind of every name is the
+//! first one-letter segment (or the final `all`), and two different (prefix, topic) pairs never
+//! meet on one Redis channel: fleet `app:` never hears fleet `app:u:`, which is refused.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::interest::Topic;
-use crate::protocol::{Channel, Frame, Target, UserId};
+use crate::protocol::{Channel, Target, UserId};
+use crate::routes::Topic;
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+const HEADER: usize = 9;
 
-/// Longest node id, so its length fits the header's one byte.
+/// Longest node id.
 pub const MAX_NODE_ID_BYTES: usize = 255;
 
-/// Redis channel names: `<prefix>u:<user>`, `<prefix>c:<channel>`, `<prefix>all`.
+/// Redis names under one prefix.
 #[derive(Clone, Debug)]
 pub struct Names {
     prefix: String,
 }
 
 impl Names {
-    pub fn new(prefix: &str) -> Self {
-        Names {
-            prefix: prefix.to_string(),
+    /// # Errors
+    /// A prefix another fleet's names could overlap with, or with characters Redis users would
+    /// not expect in a name.
+    pub fn new(prefix: &str) -> Result<Self, String> {
+        let mut rest = prefix;
+        while !rest.is_empty() {
+            let Some((segment, tail)) = rest.split_once(':') else {
+                return Err(format!("{prefix:?} must end with ':' (e.g. \"{prefix}:\")"));
+            };
+            if segment.len() < 2 {
+                return Err(format!(
+                    "{prefix:?}: segment {segment:?} is too short; one-letter segments are \
+                     reserved for fanfare's own names (u: users, c: channels), so a prefix like \
+                     \"app:u:\" would overlap the fleet \"app:\""
+                ));
+            }
+            if !segment.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(format!("{prefix:?}: use printable ASCII without spaces"));
+            }
+            rest = tail;
         }
+        Ok(Names {
+            prefix: prefix.to_string(),
+        })
     }
 
     pub fn topic(&self, topic: &Topic) -> String {
@@ -35,14 +65,19 @@ impl Names {
 
     pub fn target(&self, target: &Target) -> String {
         match target {
-            Target::User(u) => self.topic(&Topic::User(u.clone())),
-            Target::Channel(c) => self.topic(&Topic::Channel(c.clone())),
+            Target::User(u) => format!("{}u:{}", self.prefix, u.as_str()),
+            Target::Channel(c) => format!("{}c:{}", self.prefix, c.as_str()),
             Target::All => self.all(),
         }
     }
 
     pub fn all(&self) -> String {
         format!("{}all", self.prefix)
+    }
+
+    /// The key a process holds while it uses `node_id`.
+    pub fn node_claim(&self, node_id: &str) -> String {
+        format!("{}n:{node_id}", self.prefix)
     }
 
     /// The target a Redis channel name stands for; `None` for a name not ours.
@@ -59,32 +94,30 @@ impl Names {
     }
 }
 
-pub fn encode(node_id: &str, frame: &Frame) -> Bytes {
-    let text = frame.as_str().as_bytes();
-    let mut buf = BytesMut::with_capacity(2 + node_id.len() + text.len());
+pub fn encode(instance: u64, payload: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(HEADER + payload.len());
     buf.put_u8(VERSION);
-    buf.put_u8(node_id.len() as u8);
-    buf.put_slice(node_id.as_bytes());
-    buf.put_slice(text);
+    buf.put_u64(instance);
+    buf.put_slice(payload);
     buf.freeze()
 }
 
-/// A received payload: who published it, and the frame.
-#[derive(Debug)]
+/// A received payload: which process published it, and the message.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Decoded<'a> {
-    pub node_id: &'a [u8],
-    pub frame: &'a [u8],
+    pub instance: u64,
+    pub payload: &'a [u8],
 }
 
 /// `None` for a payload of another version or a broken one.
-pub fn decode(payload: &[u8]) -> Option<Decoded<'_>> {
-    let [VERSION, n, rest @ ..] = payload else {
+pub fn decode(bytes: &[u8]) -> Option<Decoded<'_>> {
+    let (header, payload) = bytes.split_at_checked(HEADER)?;
+    let [VERSION, id @ ..] = header else {
         return None;
     };
-    let n = usize::from(*n);
-    (rest.len() >= n).then(|| Decoded {
-        node_id: &rest[..n],
-        frame: &rest[n..],
+    Some(Decoded {
+        instance: u64::from_be_bytes(id.try_into().ok()?),
+        payload,
     })
 }
 
@@ -94,7 +127,7 @@ mod tests {
 
     #[test]
     fn names_roundtrip() {
-        let n = Names::new("app:");
+        let n = Names::new("app:").unwrap();
         let u = Target::User(UserId::new("42").unwrap());
         let c = Target::Channel(Channel::new("room:1").unwrap());
         for t in [u, c, Target::All] {
@@ -106,14 +139,56 @@ mod tests {
     }
 
     #[test]
+    fn prefixes_that_could_overlap_are_refused() {
+        for ok in ["", "fanfare:", "app:prod:", "app:all:", "a-b.c:"] {
+            assert!(Names::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["fanfare:u:", "app:c:", "u:", "app", "app:x", "a b:", ":"] {
+            assert!(Names::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn no_two_fleets_share_a_channel() {
+        let prefixes = ["", "ab:", "ab:all:", "ab:cd:", "all:"];
+        let topics = [
+            Target::All,
+            Target::User(UserId::new("all").unwrap()),
+            Target::User(UserId::new("cd:u:x").unwrap()),
+            Target::User(UserId::new("x").unwrap()),
+            Target::Channel(Channel::new("all").unwrap()),
+            Target::Channel(Channel::new("u:x").unwrap()),
+        ];
+        let mut seen = std::collections::HashMap::new();
+        for p in prefixes {
+            let names = Names::new(p).unwrap();
+            for t in &topics {
+                let name = names.target(t);
+                if let Some(other) = seen.insert(name.clone(), (p, t.clone())) {
+                    panic!("{name} is both {other:?} and {:?}", (p, t));
+                }
+                // And each fleet reads back only its own.
+                for q in prefixes.iter().filter(|q| **q != p) {
+                    let theirs = Names::new(q).unwrap();
+                    assert!(
+                        theirs
+                            .parse(&name)
+                            .is_none_or(|t2| theirs.target(&t2) != name),
+                        "{q} would take {name}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn payload_roundtrip() {
-        let frame = Frame::pong();
-        let bytes = encode("node-a", &frame);
+        let bytes = encode(7, br#"{"a":1}"#);
         let d = decode(&bytes).unwrap();
-        assert_eq!(d.node_id, b"node-a");
-        assert_eq!(d.frame, frame.as_str().as_bytes());
-        assert!(decode(&[2, 0]).is_none());
-        assert!(decode(&[1, 5, b'a']).is_none());
+        assert_eq!(d.instance, 7);
+        assert_eq!(d.payload, br#"{"a":1}"#);
+        assert!(decode(&[1, 0, 0, 0, 0, 0, 0, 0, 0, b'1']).is_none());
+        assert!(decode(&[2, 5, b'a']).is_none());
         assert!(decode(&[]).is_none());
     }
 }

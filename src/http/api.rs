@@ -1,136 +1,91 @@
-//! The publish API: `POST /message`, `/publish`, `/broadcast`, `/batch`. Filters check the API
-//! key and read the body under the size limit; handlers validate everything before publishing
-//! anything, so a bad request delivers nothing.
+//! The publish API: `POST /message`, `/publish`, `/broadcast`, `/batch`. The key is checked and
+//! the body read under its size and time limits before anything is parsed; every item is
+//! validated before any is published, so a bad request delivers nothing.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes, BytesMut};
-use futures_util::{Stream, StreamExt};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::{header, Method, Request, StatusCode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use warp::http::StatusCode;
-use warp::reply::Response;
-use warp::{Filter, Rejection};
 
-use super::reject::ApiError;
-use crate::auth::keys_match;
+use super::reject::{json, ApiError};
+use super::Response;
+use crate::auth::{bearer, keys_match};
 use crate::bus::Delivery;
 use crate::protocol::{Channel, Frame, Target, UserId};
 use crate::worker::WorkerContext;
 
-/// The API routes, each behind the key check and the body limit.
-pub fn routes(
-    ctx: Arc<WorkerContext>,
-) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static {
-    let body = warp::post()
-        .and(api_key(ctx.clone()))
-        .and(limited_body(ctx.config.max_message_bytes));
-    let with_ctx = warp::any().map(move || ctx.clone());
-    let handle = |parse: fn(&[u8]) -> Result<Vec<Delivery>, ApiError>| {
-        move |ctx: Arc<WorkerContext>, body: Bytes| async move {
-            match parse(&body) {
-                Ok(deliveries) => {
-                    for d in deliveries {
-                        ctx.router.publish(d).await;
-                    }
-                    accepted()
-                }
-                Err(e) => e.into_response(),
+/// `POST /message | /publish | /broadcast | /batch`.
+pub async fn handle(req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Response {
+    match accept(req, ctx).await {
+        Ok(deliveries) => {
+            for d in deliveries {
+                ctx.router.publish(d).await;
             }
+            json(StatusCode::ACCEPTED, r#"{"ok":true}"#.into())
         }
-    };
-    let message = warp::path!("message")
-        .and(with_ctx.clone())
-        .and(body.clone())
-        .then(handle(parse_message));
-    let publish = warp::path!("publish")
-        .and(with_ctx.clone())
-        .and(body.clone())
-        .then(handle(parse_publish));
-    let broadcast = warp::path!("broadcast")
-        .and(with_ctx.clone())
-        .and(body.clone())
-        .then(handle(parse_broadcast));
-    let batch = warp::path!("batch")
-        .and(with_ctx)
-        .and(body)
-        .then(handle(parse_batch));
-    message
-        .or(publish)
-        .unify()
-        .or(broadcast)
-        .unify()
-        .or(batch)
-        .unify()
-}
-
-fn accepted() -> Response {
-    let mut resp = Response::new(r#"{"ok":true}"#.into());
-    *resp.status_mut() = StatusCode::ACCEPTED;
-    resp.headers_mut().insert(
-        warp::http::header::CONTENT_TYPE,
-        warp::http::HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-/// Passes only requests with `Authorization: Bearer <api-key>`.
-fn api_key(ctx: Arc<WorkerContext>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    warp::header::optional::<String>("authorization")
-        .and_then(move |auth: Option<String>| {
-            let ok = auth
-                .as_deref()
-                .and_then(|a| a.strip_prefix("Bearer "))
-                .is_some_and(|k| keys_match(k.trim().as_bytes(), ctx.api_key.as_bytes()));
-            async move {
-                if ok {
-                    Ok(())
-                } else {
-                    Err(warp::reject::custom(ApiError::Unauthorized(
-                        "missing or wrong API key: send Authorization: Bearer <api-key>".into(),
-                    )))
-                }
-            }
-        })
-        .untuple_one()
-}
-
-/// The whole body, or 413 as soon as it is known to exceed `max` bytes.
-fn limited_body(max: usize) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
-    warp::header::optional::<u64>("content-length")
-        .and(warp::body::stream())
-        .and_then(move |len: Option<u64>, stream| async move {
-            if len.is_some_and(|l| l > max as u64) {
-                return Err(warp::reject::custom(ApiError::TooLarge(max)));
-            }
-            read_limited(stream, max)
-                .await
-                .map_err(warp::reject::custom)
-        })
-}
-
-async fn read_limited<S, B>(stream: S, max: usize) -> Result<Bytes, ApiError>
-where
-    S: Stream<Item = Result<B, warp::Error>>,
-    B: Buf,
-{
-    futures_util::pin_mut!(stream);
-    let mut body = BytesMut::new();
-    while let Some(chunk) = stream.next().await {
-        let mut chunk =
-            chunk.map_err(|e| ApiError::BadRequest(format!("cannot read body: {e}")))?;
-        if body.len() + chunk.remaining() > max {
-            return Err(ApiError::TooLarge(max));
-        }
-        while chunk.has_remaining() {
-            let part = chunk.chunk();
-            body.extend_from_slice(part);
-            let n = part.len();
-            chunk.advance(n);
-        }
+        Err(e) => e.into_response(),
     }
-    Ok(body.freeze())
+}
+
+/// Checks method, key and body, and parses the body into what to publish.
+async fn accept(req: Request<Incoming>, ctx: &WorkerContext) -> Result<Vec<Delivery>, ApiError> {
+    if req.method() != Method::POST {
+        return Err(ApiError::MethodNotAllowed("POST"));
+    }
+    let key = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer);
+    if !key.is_some_and(|k| keys_match(k.as_bytes(), ctx.api_key.as_bytes())) {
+        return Err(ApiError::Unauthorized(
+            "missing or wrong API key: send Authorization: Bearer <api-key>".into(),
+        ));
+    }
+    let parse = match req.uri().path() {
+        "/message" => parse_message,
+        "/publish" => parse_publish,
+        "/broadcast" => parse_broadcast,
+        _ => parse_batch,
+    };
+    let body = read_body(
+        req,
+        ctx.config.max_message_bytes,
+        ctx.config.request_timeout(),
+    )
+    .await?;
+    parse(&body)
+}
+
+/// The whole body, or 413 as soon as it is known to exceed `max` bytes, or 408 if it does not
+/// arrive within `limit` (a client trickling bytes cannot hold a connection for ever).
+async fn read_body(
+    req: Request<Incoming>,
+    max: usize,
+    limit: std::time::Duration,
+) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(ApiError::TooLarge(max));
+    }
+    let body = Limited::new(req.into_body(), max);
+    match tokio::time::timeout(limit, body.collect()).await {
+        Err(_) => Err(ApiError::Timeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::TooLarge(max))
+        }
+        Ok(Err(e)) => Err(ApiError::BadRequest(format!("cannot read body: {e}"))),
+    }
 }
 
 #[derive(Deserialize)]
@@ -177,45 +132,43 @@ fn parse_object<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     }
 }
 
+fn delivery(target: Target, message: &RawValue) -> Delivery {
+    Delivery {
+        frame: Frame::message(&target, message),
+        target,
+    }
+}
+
 fn direct(user: &str, message: &RawValue) -> Result<Delivery, String> {
     let user = UserId::new(user).map_err(|e| format!("userId: {e}"))?;
-    Ok(Delivery {
-        frame: Frame::direct(message),
-        target: Target::User(user),
-    })
+    Ok(delivery(Target::User(user), message))
 }
 
 fn on_channel(channel: &str, message: &RawValue) -> Result<Delivery, String> {
     let channel = Channel::new(channel).map_err(|e| format!("channel: {e}"))?;
-    Ok(Delivery {
-        frame: Frame::channel(&channel, message),
-        target: Target::Channel(channel),
-    })
+    Ok(delivery(Target::Channel(channel), message))
 }
 
-fn parse_message(body: &[u8]) -> Result<Vec<Delivery>, ApiError> {
+pub fn parse_message(body: &[u8]) -> Result<Vec<Delivery>, ApiError> {
     let b: DirectBody = parse_object(body)?;
     Ok(vec![
         direct(&b.user_id, b.message).map_err(ApiError::BadRequest)?
     ])
 }
 
-fn parse_publish(body: &[u8]) -> Result<Vec<Delivery>, ApiError> {
+pub fn parse_publish(body: &[u8]) -> Result<Vec<Delivery>, ApiError> {
     let b: ChannelBody = parse_object(body)?;
     Ok(vec![
         on_channel(&b.channel, b.message).map_err(ApiError::BadRequest)?
     ])
 }
 
-fn parse_broadcast(body: &[u8]) -> Result<Vec<Delivery>, ApiError> {
+pub fn parse_broadcast(body: &[u8]) -> Result<Vec<Delivery>, ApiError> {
     let b: BroadcastBody = parse_object(body)?;
-    Ok(vec![Delivery {
-        frame: Frame::direct(b.message),
-        target: Target::All,
-    }])
+    Ok(vec![delivery(Target::All, b.message)])
 }
 
-fn parse_batch(body: &[u8]) -> Result<Vec<Delivery>, ApiError> {
+pub fn parse_batch(body: &[u8]) -> Result<Vec<Delivery>, ApiError> {
     let items: Vec<&RawValue> = parse_json(body)?;
     items
         .iter()

@@ -1,5 +1,12 @@
-//! HTTP: one hyper connection per accepted socket. `/ws` is upgraded by [`ws`]; every other
-//! path goes to the warp routes of [`api`] and [`ops`]. Every 4xx is counted here, once.
+//! HTTP: one hyper connection per accepted socket and one dispatcher, [`dispatch`], that sends
+//! each path to its handler: `/ws` to [`ws`], the publish API to [`api`], the operator
+//! endpoints to [`ops`]. Every refusal is an [`ApiError`] turned into JSON in one place, and
+//! every 4xx and 503 is counted here, once.
+//!
+//! Limits at the door: request headers must arrive within `--request-timeout` (an idle
+//! keep-alive connection is closed after it too), a body within it as well (else 408), the
+//! request target and the headers have size caps (414, 431), and `/ws` refuses upgrades past
+//! `--max-connections` (503).
 
 pub mod api;
 pub mod ops;
@@ -8,77 +15,116 @@ pub mod ws;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::Request;
+use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tower_service::Service;
-use warp::Filter;
+
+pub use reject::ApiError;
 
 use crate::worker::WorkerContext;
 
-/// A client must send its request headers within this time (slowloris guard).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+pub type Response = hyper::Response<Full<Bytes>>;
 
-/// The warp routes of one worker as a service.
-pub fn routes(
-    ctx: Arc<WorkerContext>,
-) -> impl Service<
-    Request<Incoming>,
-    Response = warp::reply::Response,
-    Error = Infallible,
-    Future: Send,
-> + Clone
-       + Send
-       + 'static {
-    let filter = api::routes(ctx.clone())
-        .or(ops::routes(ctx))
-        .unify()
-        .recover(reject::recover)
-        .unify();
-    warp::service(filter)
-}
+/// Longest request target read; longer gets 414.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Most request headers read; more gets 431 (hyper's own, bare 431 starts at twice this).
+pub const MAX_HEADERS: usize = 100;
+/// Most bytes of request headers read; more gets 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// Serves HTTP on one accepted socket until it closes, is upgraded, or the worker shuts down.
-pub async fn serve_connection<S>(stream: TcpStream, ctx: Arc<WorkerContext>, routes: S)
-where
-    S: Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
+pub async fn serve_connection(stream: TcpStream, ctx: Arc<WorkerContext>) {
     let shutdown = ctx.shutdown.clone();
+    let metrics = ctx.metrics.clone();
+    let request_timeout = ctx.config.request_timeout();
     let service = service_fn(move |req: Request<Incoming>| {
         let ctx = ctx.clone();
-        let mut routes = routes.clone();
         async move {
-            let resp = if req.uri().path() == "/ws" {
-                ws::upgrade(req, &ctx).await
-            } else {
-                routes.call(req).await?
-            };
-            if resp.status().is_client_error() {
-                ctx.metrics.rejected(resp.status().as_u16());
+            let resp = dispatch(req, &ctx).await;
+            let status = resp.status();
+            if status.is_client_error() || status == StatusCode::SERVICE_UNAVAILABLE {
+                ctx.metrics.rejected(status.as_u16());
             }
             Ok::<_, Infallible>(resp)
         }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(request_timeout)
+        .max_headers(2 * MAX_HEADERS)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
         () = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            conn.await
+        }
+    };
+    // Requests hyper refused before they reached `dispatch` (unparseable, or past its own
+    // limits) got hyper's bare answer; count them like ours.
+    if let Err(e) = result {
+        if e.is_parse_too_large() {
+            metrics.rejected(431);
+        } else if e.is_parse() {
+            metrics.rejected(400);
         }
     }
+}
+
+/// Sends a request to its handler.
+pub async fn dispatch(req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Response {
+    if let Err(e) = check_size(&req) {
+        return e.into_response();
+    }
+    match req.uri().path() {
+        "/ws" => ws::upgrade(req, ctx).await,
+        "/message" | "/publish" | "/broadcast" | "/batch" => api::handle(req, ctx).await,
+        path @ ("/healthz" | "/readyz" | "/metrics" | "/") => ops::handle(req.method(), path, ctx),
+        _ => ApiError::NotFound.into_response(),
+    }
+}
+
+fn check_size(req: &Request<Incoming>) -> Result<(), ApiError> {
+    let uri = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if uri > MAX_URI_BYTES {
+        return Err(ApiError::UriTooLong(MAX_URI_BYTES));
+    }
+    let headers = req.headers();
+    if headers.len() > MAX_HEADERS {
+        return Err(ApiError::HeadersTooLarge(format!(
+            "more than {MAX_HEADERS} headers"
+        )));
+    }
+    let bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if bytes > MAX_HEADER_BYTES {
+        return Err(ApiError::HeadersTooLarge(format!(
+            "headers are larger than {MAX_HEADER_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// A response with a body and its content type.
+pub fn response(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    content_type: &'static str,
+) -> Response {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
 }

@@ -1,68 +1,81 @@
-//! The one place where HTTP errors become a status and a JSON body `{"error": "..."}`.
+//! The one place where refused HTTP requests become a status and a JSON body `{"error": "..."}`.
 
-use std::convert::Infallible;
+use hyper::header::{self, HeaderValue};
+use hyper::StatusCode;
 
-use warp::http::StatusCode;
-use warp::reject::Rejection;
-use warp::reply::Response;
+use super::Response;
 
 /// A refused HTTP request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
+    /// 400: invalid JSON, missing or mistyped fields, bad names, not a WebSocket upgrade.
+    BadRequest(String),
     /// 401: missing or wrong API key, or a bad client token.
     Unauthorized(String),
     /// 403: the upgrade's `Origin` is not allowed.
     Forbidden(String),
-    /// 400: invalid JSON, missing or mistyped fields, bad names.
-    BadRequest(String),
+    /// 404: no such endpoint.
+    NotFound,
+    /// 405: the endpoint takes another method.
+    MethodNotAllowed(&'static str),
+    /// 408: the body did not arrive within `--request-timeout`.
+    Timeout,
     /// 413: body over `--max-message-bytes`.
     TooLarge(usize),
+    /// 414: request target longer than the server reads.
+    UriTooLong(usize),
+    /// 426: a WebSocket version other than 13.
+    UpgradeRequired,
+    /// 431: more or larger headers than the server reads.
+    HeadersTooLarge(String),
+    /// 503: the server cannot take this now (`--max-connections` reached).
+    Unavailable(String),
 }
-
-impl warp::reject::Reject for ApiError {}
 
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     pub fn into_response(self) -> Response {
         let status = self.status();
         let text = match self {
-            ApiError::Unauthorized(m) | ApiError::Forbidden(m) | ApiError::BadRequest(m) => m,
+            ApiError::BadRequest(m)
+            | ApiError::Unauthorized(m)
+            | ApiError::Forbidden(m)
+            | ApiError::HeadersTooLarge(m)
+            | ApiError::Unavailable(m) => m,
+            ApiError::NotFound => "no such endpoint".into(),
+            ApiError::MethodNotAllowed(method) => format!("use {method} here"),
+            ApiError::Timeout => "the request body did not arrive in time".into(),
             ApiError::TooLarge(max) => format!("body is larger than {max} bytes"),
+            ApiError::UriTooLong(max) => format!("request target is longer than {max} bytes"),
+            ApiError::UpgradeRequired => "WebSocket version 13 only".into(),
         };
-        json_error(status, &text)
+        let mut resp = json(status, serde_json::json!({ "error": text }).to_string());
+        if status == StatusCode::UPGRADE_REQUIRED {
+            resp.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
+        resp
     }
 }
 
-pub fn json_error(status: StatusCode, text: &str) -> Response {
-    let body = serde_json::json!({ "error": text }).to_string();
-    let mut resp = Response::new(body.into());
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        warp::http::header::CONTENT_TYPE,
-        warp::http::HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-/// Turns every rejection, warp's own included, into a JSON error.
-pub async fn recover(err: Rejection) -> Result<Response, Infallible> {
-    if let Some(e) = err.find::<ApiError>() {
-        return Ok(e.clone().into_response());
-    }
-    let (status, text) = if err.is_not_found() {
-        (StatusCode::NOT_FOUND, "no such endpoint")
-    } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
-        (StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-    } else {
-        (StatusCode::BAD_REQUEST, "bad request")
-    };
-    Ok(json_error(status, text))
+/// A response with a JSON body.
+pub fn json(status: StatusCode, body: String) -> Response {
+    super::response(status, body, "application/json")
 }

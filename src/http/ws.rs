@@ -3,8 +3,10 @@
 //! the 101 goes out, so a message published once the client sees the upgrade complete is
 //! already on its way to it.
 //!
-//! The upgrade is taken here rather than by `warp::ws()`, so the WebSocket gets a small read
-//! buffer (warp's fixed 128 KiB would cost ~134 KB per idle connection).
+//! The upgrade is taken by hand (hyper's upgrade, then tungstenite over the raw socket halves)
+//! so the WebSocket gets a 512-byte read buffer (tungstenite's default 128 KiB, which
+//! `warp::ws()` cannot change, measured ~134 KB per idle connection) and its frames go out
+//! through the connection's [`Writer`].
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -17,40 +19,28 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
-use warp::reply::Response;
 
-use super::reject::{json_error, ApiError};
-use crate::connection::Connection;
-use crate::hub::{self, Outbox, Registration};
+use super::reject::ApiError;
+use super::{response, Response};
+use crate::auth::bearer;
+use crate::connection::{Connection, SocketIo};
+use crate::hub::{self, Registration};
 use crate::protocol::ConnId;
 use crate::worker::WorkerContext;
+use crate::writer::Writer;
 
 /// Bytes read from the socket at a time. Client frames are small (subscribe, ping); a larger
 /// one grows the buffer as it comes. 4 KiB here measured ~3.8 KB more RSS per idle connection.
 const READ_BUFFER_BYTES: usize = 512;
 
-/// Bytes of encoded frames a connection gathers before it must write them out. Frames waiting
-/// beyond this stay in the outbox as shared pointers, counted against `--queue-limit`, so a
-/// slow client holds at most this much copied data (tungstenite's default is 128 KiB).
-const WRITE_BUFFER_BYTES: usize = 16 * 1024;
-
 pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Response {
     if req.method() != Method::GET {
-        return json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET for /ws");
+        return ApiError::MethodNotAllowed("GET").into_response();
     }
     let headers = req.headers();
     let key = match handshake_key(headers) {
         Ok(k) => k,
-        Err((status, text)) => {
-            let mut resp = json_error(status, text);
-            if status == StatusCode::UPGRADE_REQUIRED {
-                resp.headers_mut().insert(
-                    header::SEC_WEBSOCKET_VERSION,
-                    HeaderValue::from_static("13"),
-                );
-            }
-            return resp;
-        }
+        Err(e) => return e.into_response(),
     };
     if let Err(e) = check_origin(headers, &ctx.config.allowed_origins) {
         return e.into_response();
@@ -59,40 +49,48 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
         Ok(identity) => identity,
         Err(e) => return ApiError::Unauthorized(e).into_response(),
     };
+    let Ok(permit) = ctx.connection_slots.clone().try_acquire_owned() else {
+        return ApiError::Unavailable(format!(
+            "this server holds its maximum of {} connections (--max-connections); retry later or elsewhere",
+            ctx.config.max_connections()
+        ))
+        .into_response();
+    };
 
     let id = ConnId {
         worker: ctx.id,
         seq: ctx.next_conn.fetch_add(1, Relaxed),
     };
-    let (outbox, frame_rx, cut) = Outbox::new(ctx.config.queue_limit as usize);
-    hub::lock(&ctx.hub).register(id, identity.user, outbox.clone());
+    let writer = Arc::new(Writer::new(ctx.config.queue_limits()));
+    hub::lock(&ctx.hub).register(id, identity.user, writer.clone());
     let registration = Registration {
         id,
         hub: ctx.hub.clone(),
     };
     // With Redis, direct messages from other machines must find this user before the 101.
-    ctx.interest.remote_synced().await;
+    let log = ctx.router.subscription_log();
+    if let Some(log) = &log {
+        log.applied(log.ticket()).await;
+    }
     let connection = Connection {
         registration,
-        interest: ctx.interest.clone(),
+        writer: writer.clone(),
+        log,
         permissions: identity.permissions,
         max_subscriptions: ctx.config.max_subscriptions as usize,
-        outbox,
-        frame_rx,
-        cut,
         shutdown: ctx.shutdown.clone(),
         ping_interval: ctx.config.ping_interval(),
         metrics: ctx.worker_metrics.clone(),
     };
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_message_size(Some(ctx.config.max_message_bytes))
         .max_frame_size(Some(ctx.config.max_message_bytes));
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let request_timeout = ctx.config.request_timeout();
     ctx.tracker.spawn(async move {
-        // On failure `connection` drops here and its registration with it.
-        let Ok(upgraded) = on_upgrade.await else {
+        // On failure `connection` drops here, and its registration and slot with it.
+        let Ok(Ok(upgraded)) = tokio::time::timeout(request_timeout, on_upgrade).await else {
             return;
         };
         // The accept loop serves plain TCP, so the upgraded IO is always this type; taking the
@@ -105,20 +103,22 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
         // buffer go: an empty `Bytes` can still pin the whole 8 KiB allocation.
         let early = (!parts.read_buf.is_empty()).then(|| parts.read_buf.to_vec());
         drop(parts.read_buf);
-        let stream = parts.io.into_inner();
+        let (read, write) = parts.io.into_inner().into_split();
+        writer.attach(write);
+        let io = SocketIo { read, writer };
         let ws = match early {
-            None => WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await,
+            None => WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await,
             Some(early) => {
-                WebSocketStream::from_partially_read(stream, early, Role::Server, Some(config))
-                    .await
+                WebSocketStream::from_partially_read(io, early, Role::Server, Some(config)).await
             }
         };
         connection.run(ws).await;
+        drop(permit);
     });
 
-    let mut resp = Response::new("".into());
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let mut resp = response(StatusCode::SWITCHING_PROTOCOLS, "", "text/plain");
     let h = resp.headers_mut();
+    h.remove(header::CONTENT_TYPE);
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(
@@ -129,7 +129,7 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
 }
 
 /// The `Sec-WebSocket-Accept` value, or why the request is no WebSocket upgrade.
-fn handshake_key(headers: &HeaderMap) -> Result<String, (StatusCode, &'static str)> {
+fn handshake_key(headers: &HeaderMap) -> Result<String, ApiError> {
     let has_token = |name, token: &str| {
         headers.get_all(name).iter().any(|v| {
             v.to_str()
@@ -137,9 +137,8 @@ fn handshake_key(headers: &HeaderMap) -> Result<String, (StatusCode, &'static st
         })
     };
     if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            "expected a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)",
+        return Err(ApiError::BadRequest(
+            "expected a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)".into(),
         ));
     }
     if headers
@@ -147,11 +146,11 @@ fn handshake_key(headers: &HeaderMap) -> Result<String, (StatusCode, &'static st
         .map(|v| v.as_bytes())
         != Some(b"13")
     {
-        return Err((StatusCode::UPGRADE_REQUIRED, "WebSocket version 13 only"));
+        return Err(ApiError::UpgradeRequired);
     }
     match headers.get(header::SEC_WEBSOCKET_KEY) {
         Some(k) => Ok(derive_accept_key(k.as_bytes())),
-        None => Err((StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key")),
+        None => Err(ApiError::BadRequest("missing Sec-WebSocket-Key".into())),
     }
 }
 
@@ -181,7 +180,7 @@ fn token(req: &Request<Incoming>) -> Result<&str, String> {
         req.headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer)
     };
     from_query
         .or_else(from_header)

@@ -1,0 +1,418 @@
+//! The outgoing side of one WebSocket: frames are written straight to the socket while it can
+//! take them, and only what it refuses waits here.
+//!
+//! The hub and the connection task both write through the [`Writer`], on the worker's thread:
+//! the hub pushes message frames (a whole bus batch, then one [`Writer::flush`] per touched
+//! connection, so a burst costs one `writev`), the connection task pushes replies and the
+//! WebSocket control frames tungstenite produces (pongs, close replies), and waits for the
+//! socket to become writable when frames are left over.
+//!
+//! **Bounded**: frames the socket refused count against `--queue-limit` (frames) and
+//! `--queue-bytes` (bytes; a single frame is always accepted). A flush that leaves more than
+//! either is a slow consumer: the queued frames are dropped and counted, and the connection is
+//! closed with 1008. A reader that keeps up is never cut, however large the burst: the limit
+//! judges what the kernel's send buffer could not take, not how the server batches.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use bytes::{Buf, Bytes};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::Notify;
+
+use crate::protocol::Frame;
+
+/// Most buffers handed to one `writev`.
+const MAX_IOVECS: usize = 64;
+
+/// How much a connection may leave waiting for its socket.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueLimits {
+    pub frames: usize,
+    pub bytes: usize,
+}
+
+/// The outcome of [`Writer::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued, and the first push since the last flush: the caller must flush this writer.
+    First,
+    /// Queued behind other pushes not flushed yet.
+    Queued,
+    /// Not taken: the connection is cut, broken or closing.
+    Refused,
+}
+
+/// The outcome of [`Writer::flush`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything is in the socket, or what is left is within the limits.
+    Ok,
+    /// The limits were exceeded: the connection is cut as a slow consumer and this many frames
+    /// were dropped.
+    Cut(u64),
+    /// The connection is cut, broken or closed; nothing more is written.
+    Gone,
+}
+
+/// What the connection task hears from its writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterEvent {
+    /// Over the limits: close with 1008.
+    SlowConsumer,
+    /// Writing failed: the peer is gone.
+    Broken,
+}
+
+pub struct Writer {
+    /// Set once the upgrade completes. Before that (between registering the connection and the
+    /// 101 reaching the client) frames only queue, so the 101 is always first on the wire.
+    socket: OnceLock<OwnedWriteHalf>,
+    state: Mutex<State>,
+    limits: QueueLimits,
+    /// Wakes the connection task: frames wait for the socket, or the writer was cut or broke.
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// Frames the socket has not taken yet; the head may be partly written (already advanced).
+    queue: VecDeque<Bytes>,
+    queued_bytes: usize,
+    /// The head of `queue` is partly on the wire: it must be finished before anything else.
+    head_started: bool,
+    status: Status,
+    /// Pushed since the last flush: the hub flushes each such writer once per batch.
+    dirty: bool,
+}
+
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    #[default]
+    Open,
+    /// Over the limits; only the close frame may still be written.
+    Cut,
+    /// The close frame is queued; nothing more is accepted.
+    Closing,
+    /// A write failed.
+    Broken,
+}
+
+impl Writer {
+    pub fn new(limits: QueueLimits) -> Self {
+        Writer {
+            socket: OnceLock::new(),
+            state: Mutex::default(),
+            limits,
+            wake: Notify::new(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere leaves a queue that is still a valid queue.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Gives the writer its socket once the upgrade completed, and writes what queued before.
+    pub fn attach(&self, socket: OwnedWriteHalf) -> Flushed {
+        let _ = self.socket.set(socket);
+        self.flush()
+    }
+
+    /// Queues a frame behind everything pushed before; the caller then [`flush`](Self::flush)es
+    /// (once for many pushes). A frame pushed to a cut, broken or closing writer is refused: its
+    /// connection is on its way out, and the caller counts the frame as dropped.
+    pub fn push(&self, frame: &Frame) -> Pushed {
+        let mut s = self.state();
+        if s.status != Status::Open {
+            return Pushed::Refused;
+        }
+        s.push(frame.bytes().clone());
+        match std::mem::replace(&mut s.dirty, true) {
+            false => Pushed::First,
+            true => Pushed::Queued,
+        }
+    }
+
+    /// [`push`](Self::push) then [`flush`](Self::flush): for single frames (replies, pings).
+    pub fn send(&self, frame: &Frame) -> Flushed {
+        self.push(frame);
+        self.flush()
+    }
+
+    /// Writes what the socket takes now, without waiting, then checks the limits against what
+    /// is left. Costs no system call while the socket is known to be full.
+    pub fn flush(&self) -> Flushed {
+        let mut s = self.state();
+        s.dirty = false;
+        if s.status == Status::Broken {
+            return Flushed::Gone;
+        }
+        if let Some(socket) = self.socket.get() {
+            if let Err(e) = s.write_to(socket) {
+                tracing::debug!("write failed: {e}");
+                s.status = Status::Broken;
+                self.wake.notify_one();
+                return Flushed::Gone;
+            }
+        }
+        if s.queue.is_empty() {
+            return Flushed::Ok;
+        }
+        let over = s.queue.len() > self.limits.frames
+            || (s.queue.len() > 1 && s.queued_bytes > self.limits.bytes);
+        if s.status == Status::Open && over {
+            let dropped = s.cut();
+            self.wake.notify_one();
+            return Flushed::Cut(dropped);
+        }
+        self.wake.notify_one();
+        match s.status {
+            Status::Open | Status::Closing => Flushed::Ok,
+            Status::Cut | Status::Broken => Flushed::Gone,
+        }
+    }
+
+    /// Queues the close frame as the last one: after it nothing more is accepted. Allowed over
+    /// the limits (a slow consumer still gets its 1008 if its socket ever drains).
+    pub fn close(&self, frame: &Frame) {
+        let mut s = self.state();
+        if s.status == Status::Broken {
+            return;
+        }
+        s.push(frame.bytes().clone());
+        s.status = Status::Closing;
+        drop(s);
+        self.flush();
+    }
+
+    /// Queues raw bytes of whole frames tungstenite wrote (pongs, the close reply) and flushes.
+    pub fn push_control(&self, bytes: &[u8]) -> Flushed {
+        {
+            let mut s = self.state();
+            if s.status != Status::Open && s.status != Status::Closing {
+                return Flushed::Gone;
+            }
+            s.push(Bytes::copy_from_slice(bytes));
+        }
+        self.flush()
+    }
+
+    /// Resolves when the connection must end because of its writer; meanwhile writes whatever
+    /// waits as the socket becomes writable. For the connection task's `select!`.
+    pub async fn run(&self) -> WriterEvent {
+        loop {
+            match self.pending() {
+                Pending::Nothing => self.wake.notified().await,
+                Pending::Frames => {
+                    let Some(socket) = self.socket.get() else {
+                        self.wake.notified().await;
+                        continue;
+                    };
+                    // A cut (by the hub) must be heard while the socket stays full.
+                    tokio::select! {
+                        writable = socket.writable() => {
+                            if writable.is_err() {
+                                self.state().status = Status::Broken;
+                                return WriterEvent::Broken;
+                            }
+                            self.flush();
+                        }
+                        () = self.wake.notified() => {}
+                    }
+                }
+                Pending::Cut => return WriterEvent::SlowConsumer,
+                Pending::Broken => return WriterEvent::Broken,
+            }
+        }
+    }
+
+    fn pending(&self) -> Pending {
+        let s = self.state();
+        match s.status {
+            Status::Cut => Pending::Cut,
+            Status::Broken => Pending::Broken,
+            Status::Open | Status::Closing if s.queue.is_empty() => Pending::Nothing,
+            Status::Open | Status::Closing => Pending::Frames,
+        }
+    }
+
+    /// Writes what is queued until the queue is empty or the socket breaks (the close frame's
+    /// last stretch; the caller bounds it with a timeout).
+    pub async fn drain(&self) {
+        loop {
+            match self.pending() {
+                Pending::Nothing | Pending::Broken => return,
+                Pending::Frames | Pending::Cut => {}
+            }
+            let Some(socket) = self.socket.get() else {
+                return;
+            };
+            if socket.writable().await.is_err() {
+                return;
+            }
+            if self.flush() == Flushed::Gone && self.pending() == Pending::Broken {
+                return;
+            }
+        }
+    }
+
+    /// Frames still queued (not written); counted as dropped when the connection ends.
+    pub fn queued(&self) -> usize {
+        self.state().queue.len()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Nothing,
+    Frames,
+    Cut,
+    Broken,
+}
+
+impl State {
+    fn push(&mut self, bytes: Bytes) {
+        self.queued_bytes += bytes.len();
+        self.queue.push_back(bytes);
+    }
+
+    /// Drops every queued frame but a partly written head (so a close frame can still follow
+    /// on a frame boundary); returns how many were dropped.
+    fn cut(&mut self) -> u64 {
+        let keep = usize::from(self.head_started);
+        let dropped = self.queue.len() - keep;
+        for b in self.queue.drain(keep..) {
+            self.queued_bytes -= b.len();
+        }
+        self.status = Status::Cut;
+        dropped as u64
+    }
+
+    /// Writes queued frames with `writev` until the socket would block or the queue is empty.
+    fn write_to(&mut self, socket: &OwnedWriteHalf) -> io::Result<()> {
+        while !self.queue.is_empty() {
+            let slices: Vec<IoSlice<'_>> = self
+                .queue
+                .iter()
+                .take(MAX_IOVECS)
+                .map(|b| IoSlice::new(b))
+                .collect();
+            let mut written = match socket.try_write_vectored(&slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            self.queued_bytes -= written;
+            while written > 0 {
+                let head = self
+                    .queue
+                    .front_mut()
+                    .expect("written bytes came from the queue");
+                if written >= head.len() {
+                    written -= head.len();
+                    self.queue.pop_front();
+                    self.head_started = false;
+                } else {
+                    head.advance(written);
+                    self.head_started = true;
+                    written = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::tcp::OwnedReadHalf;
+    use tokio::net::{TcpListener, TcpStream};
+
+    async fn pair(limits: QueueLimits) -> (Writer, TcpStream, OwnedReadHalf) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (read, write) = server.into_split();
+        let writer = Writer::new(limits);
+        writer.attach(write);
+        (writer, client, read)
+    }
+
+    fn text(s: &str) -> Frame {
+        Frame::error(crate::protocol::ErrorCode::BadRequest, s)
+    }
+
+    #[tokio::test]
+    async fn frames_queue_until_attached_then_go_out_in_order() {
+        let writer = Writer::new(QueueLimits {
+            frames: 8,
+            bytes: 1 << 20,
+        });
+        assert_eq!(writer.push(&text("a")), Pushed::First);
+        assert_eq!(writer.push(&text("b")), Pushed::Queued);
+        assert_eq!(writer.flush(), Flushed::Ok);
+        assert_eq!(writer.queued(), 2);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (read, write) = server.into_split();
+        // Readiness arrives with the first poll of the driver; run() waits for it.
+        writer.attach(write);
+        tokio::select! {
+            _ = writer.run() => panic!("writer ended"),
+            () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+        }
+        assert_eq!(writer.queued(), 0);
+        let want = [text("a").bytes().clone(), text("b").bytes().clone()].concat();
+        let mut got = vec![0; want.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, want);
+        drop(read);
+    }
+
+    #[tokio::test]
+    async fn a_full_socket_queues_then_cuts_over_the_limit() {
+        let (writer, _client, _read) = pair(QueueLimits {
+            frames: 4,
+            bytes: usize::MAX,
+        })
+        .await;
+        let big = Frame::error(crate::protocol::ErrorCode::BadRequest, &"x".repeat(60_000));
+        let mut flushes = Vec::new();
+        for _ in 0..1000 {
+            writer.push(&big);
+            let f = writer.flush();
+            flushes.push(f);
+            if f != Flushed::Ok {
+                break;
+            }
+        }
+        // The kernel took some megabytes, then four frames waited, and the fifth cut.
+        let cut = flushes.iter().position(|f| matches!(f, Flushed::Cut(_)));
+        assert!(cut.is_some_and(|i| i > 4), "{flushes:?}");
+        assert!(matches!(flushes.last(), Some(Flushed::Cut(n)) if *n >= 4));
+        assert_eq!(writer.push(&big), Pushed::Refused);
+        assert_eq!(writer.run().await, WriterEvent::SlowConsumer);
+    }
+
+    #[tokio::test]
+    async fn bytes_limit_counts_but_one_frame_always_fits() {
+        let writer = Writer::new(QueueLimits {
+            frames: 100,
+            bytes: 10,
+        });
+        writer.push(&text("a frame longer than ten bytes"));
+        assert_eq!(writer.flush(), Flushed::Ok);
+        writer.push(&text("b"));
+        assert!(matches!(writer.flush(), Flushed::Cut(2)));
+    }
+}
