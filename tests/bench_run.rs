@@ -51,7 +51,10 @@ fn assert_clean(v: &Value, expected: u64) {
         assert!(v["latency_ms"][key].as_f64().unwrap() > 0.0, "{key} in {v}");
     }
     assert!(v["deliveries_per_second"].as_f64().unwrap() > 0.0);
-    assert!(v["bench_cpu_us_per_delivery"].as_f64().is_some());
+    assert!(
+        v["bench_cpu_us_per_delivery"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
 }
 
 #[test]

@@ -105,3 +105,123 @@ async fn redis_unreachable_at_start_is_retried() {
         .await;
     assert_eq!(on_a.recv_message().await, json!(2));
 }
+
+#[tokio::test]
+async fn a_subscribe_waiting_for_a_frozen_redis_stops_nothing_else() {
+    let redis = RedisServer::start();
+    let a = TestServer::in_fleet(&redis, "stall:", "a");
+    a.wait_readyz(200).await;
+    let mut c = a.connect("u", &["news"]).await;
+    redis.freeze(true);
+    c.send_json(json!({"type": "subscribe", "channel": "news"}))
+        .await;
+    // The subscription waits for Redis; the connection does not.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.publish("/message", json!({"userId": "u", "message": "meanwhile"}))
+        .await;
+    let first = tokio::time::timeout(Duration::from_secs(1), c.recv_json())
+        .await
+        .expect("a direct message waited behind the subscription");
+    assert_eq!(first["message"], "meanwhile");
+    // Redis stays silent: the bridge gives up on it, and the client is told it is subscribed.
+    assert_eq!(
+        c.recv_json().await,
+        json!({"type": "subscribed", "channel": "news"})
+    );
+    a.wait_readyz(503).await;
+    redis.freeze(false);
+    a.wait_readyz(200).await;
+    a.publish("/publish", json!({"channel": "news", "message": "live"}))
+        .await;
+    assert_eq!(c.recv_message().await, json!("live"));
+}
+
+/// Resident memory of this process (server and clients alike), in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test]
+async fn a_flood_from_redis_is_relayed_within_bounded_memory_and_checked() {
+    use fanfare::bridge::wire;
+    let redis = RedisServer::start();
+    let b = TestServer::start_with(|c| {
+        c.redis = Some(redis.url());
+        c.redis_prefix = "flood:".into();
+        c.node_id = Some("b".into());
+        c.max_message_bytes = 8192;
+    });
+    b.wait_readyz(200).await;
+    let mut reader = b.connect("u", &[]).await;
+    let url = redis.url();
+    // Publishes `payload` `count` times, 500 per pipeline.
+    let publish = move |payload: Vec<u8>, count: usize| {
+        let mut conn = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        for start in (0..count).step_by(500) {
+            let mut pipe = redis::pipe();
+            for _ in start..count.min(start + 500) {
+                pipe.publish("flood:all", &payload).ignore();
+            }
+            pipe.query::<()>(&mut conn).unwrap();
+        }
+    };
+
+    // Not JSON, and larger than --max-message-bytes: both refused and counted.
+    for bad in [
+        wire::encode(1, b"{not json"),
+        wire::encode(1, format!("\"{}\"", "x".repeat(9000)).as_bytes()),
+    ] {
+        let publish = publish.clone();
+        tokio::task::spawn_blocking(move || publish(bad.to_vec(), 1))
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + common::PATIENCE;
+    while b.metric("fanfare_bridge_malformed_total").await < 2.0 {
+        assert!(Instant::now() < deadline, "bad payloads are not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    reader.expect_nothing_for(100).await;
+
+    // 200 MB of broadcasts, faster than this machine relays them: memory stays bounded. The
+    // relay never waits for a worker; if it still falls behind, Redis's own output-buffer
+    // limit for subscribers cuts the link, which reconnects and resubscribes by itself.
+    const FLOOD: usize = 50_000;
+    let before = rss();
+    let payload = wire::encode(1, format!("\"{}\"", "f".repeat(4000)).as_bytes()).to_vec();
+    let flooding = tokio::task::spawn_blocking(move || publish(payload, FLOOD));
+    let mut peak = 0;
+    let deadline = Instant::now() + 3 * common::PATIENCE;
+    loop {
+        peak = peak.max(rss().saturating_sub(before));
+        let received = b.metric("fanfare_bridge_received_total").await;
+        let cut_by_redis = b.metric("fanfare_bridge_reconnects_total").await;
+        if received == FLOOD as f64 || cut_by_redis >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{received} of {FLOOD} relayed, then nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    flooding.await.unwrap();
+    b.wait_readyz(200).await;
+    peak = peak.max(rss().saturating_sub(before));
+    assert!(peak < 150 << 20, "memory grew by {} MB", peak >> 20);
+    // The bridge is still in service afterwards (broadcasts of the flood may still arrive).
+    drop(reader);
+    let mut fresh = b.connect("v", &[]).await;
+    b.publish("/message", json!({"userId": "v", "message": "after"}))
+        .await;
+    while fresh.recv_message().await != json!("after") {}
+}

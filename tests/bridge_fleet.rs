@@ -160,3 +160,77 @@ async fn a_bad_redis_url_stops_the_start() {
         .expect("start must fail");
     assert!(err.to_string().contains("--redis"), "{err}");
 }
+
+#[tokio::test]
+async fn a_burst_from_redis_does_not_cut_a_client_that_reads() {
+    let redis = RedisServer::start();
+    let a = TestServer::in_fleet(&redis, "burst:", "a");
+    let b = TestServer::start_with(|c| {
+        c.redis = Some(redis.url());
+        c.redis_prefix = "burst:".into();
+        c.node_id = Some("b".into());
+        c.queue_limit = 16;
+    });
+    a.wait_readyz(200).await;
+    b.wait_readyz(200).await;
+    let mut on_b = b.connect("u", &[]).await;
+    let reader = tokio::spawn(async move {
+        for n in 0..500 {
+            assert_eq!(on_b.recv_message().await, json!(n));
+        }
+    });
+    for n in 0..500 {
+        a.publish("/message", json!({"userId": "u", "message": n}))
+            .await;
+    }
+    reader.await.unwrap();
+    assert_eq!(b.metric("fanfare_slow_consumer_closes_total").await, 0.0);
+}
+
+#[tokio::test]
+async fn two_processes_with_one_node_id_are_told_and_still_deliver() {
+    let redis = RedisServer::start();
+    let first = TestServer::in_fleet(&redis, "twins:", "same");
+    first.wait_readyz(200).await;
+    let second = TestServer::in_fleet(&redis, "twins:", "same");
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    loop {
+        let (status, why) = second.get("/readyz").await;
+        if why.contains("--node-id same") {
+            assert_eq!(status, 503);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never told: {why}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(second.metric("fanfare_bridge_node_id_conflict").await, 1.0);
+    // Echoes are told apart by instance, not by node id: nothing is lost between them.
+    let mut on_first = first.connect("u", &[]).await;
+    let mut on_second = second.connect("v", &[]).await;
+    first
+        .publish("/message", json!({"userId": "v", "message": 1}))
+        .await;
+    second
+        .publish("/message", json!({"userId": "u", "message": 2}))
+        .await;
+    assert_eq!(on_second.recv_message().await, json!(1));
+    assert_eq!(on_first.recv_message().await, json!(2));
+    // When the first goes, its claim goes with it and the second is ready.
+    drop(on_first);
+    first.server.shutdown();
+    assert!(first.server.join(std::time::Duration::from_secs(5)));
+    second.wait_readyz(200).await;
+    assert_eq!(second.metric("fanfare_bridge_node_id_conflict").await, 0.0);
+}
+
+#[tokio::test]
+async fn a_prefix_that_could_overlap_another_fleet_stops_the_start() {
+    let mut config = fanfare::Config::new();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.token_secret = Some("s".into());
+    config.api_key = Some("k".into());
+    config.redis = Some("redis://127.0.0.1:1".into());
+    config.redis_prefix = "fanfare:u:".into();
+    let err = fanfare::Server::start(config).err().expect("refused");
+    assert!(err.to_string().contains("fanfare:u:"), "{err}");
+}

@@ -27,10 +27,11 @@ async fn thousand_messages_arrive_in_order_from_both_workers() {
     let s = TestServer::start_with(|c| c.queue_limit = 4096);
     let mut a = s.connect_on(0, "7", &[]).await;
     let mut b = s.connect_on(1, "7", &[]).await;
-    // Alternate the accepting worker: each POST lands on whichever worker the kernel picks.
+    // Alternate the accepting worker, through each worker's own listener.
     for i in 0..1000 {
-        s.publish("/message", json!({"userId": "7", "message": i}))
-            .await;
+        let body = json!({"userId": "7", "message": i}).to_string();
+        let worker = s.server.worker_addrs()[i % 2];
+        assert_eq!(common::post_to(worker, "/message", &body).await.0, 202);
     }
     for c in [&mut a, &mut b] {
         for i in 0..1000 {

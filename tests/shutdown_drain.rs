@@ -214,3 +214,71 @@ fn a_second_server_on_the_same_port_is_refused() {
     signal(&first, libc::SIGTERM);
     assert!(wait_exit(&mut first, Duration::from_secs(12)).success());
 }
+
+/// Threads of this process.
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+#[test]
+fn a_failed_start_leaves_no_thread_and_frees_the_port() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let before = threads();
+    let mut config = fanfare::Config::new();
+    config.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    config.workers = Some(2);
+    config.token_secret = Some("s".into());
+    config.api_key = Some("k".into());
+    config.redis = Some("redis://127.0.0.1:1".into());
+    config.redis_prefix = "no-colon".into();
+    assert!(fanfare::Server::start(config).is_err());
+    assert_eq!(threads(), before);
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port is free again");
+}
+
+#[tokio::test]
+async fn frames_a_closing_connection_could_not_send_are_counted() {
+    let s = common::TestServer::start_with(|c| {
+        c.queue_limit = 100_000;
+        c.queue_bytes = 1 << 30;
+        c.shutdown_timeout = 5;
+    });
+    let _stuck = common::TestClient::connect_small_buffer(
+        s.server.worker_addrs()[0],
+        &s.token("stuck", &[]),
+    )
+    .await;
+    let pad = "x".repeat(32 * 1024);
+    for n in 0..200 {
+        s.publish(
+            "/message",
+            json!({"userId": "stuck", "message": {"n": n, "pad": pad}}),
+        )
+        .await;
+    }
+    s.server.shutdown();
+    // The client never reads: its close frame cannot go out either, and after the close
+    // timeout every frame still queued is counted.
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    loop {
+        let text = s.server.metrics().render();
+        let dropped: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("fanfare_dropped_messages_total{reason=\"closed\"} "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        if dropped > 0.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "unsent frames not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

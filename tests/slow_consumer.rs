@@ -94,3 +94,68 @@ async fn slow_consumer_is_cut_and_others_keep_receiving() {
     );
     assert_eq!(s.metric("fanfare_connections").await, 1.0);
 }
+
+#[tokio::test]
+async fn a_client_that_floods_pings_and_never_reads_is_cut() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let s = TestServer::start_with(|c| c.queue_limit = 64);
+    let client =
+        TestClient::connect_small_buffer(s.server.worker_addrs()[0], &s.token("flood", &[])).await;
+    let mut other = s.connect_on(0, "other", &[]).await;
+    // Never read: each ping's pong waits behind a full socket, until the limit cuts it.
+    let (mut sink, _stream) = futures_util::StreamExt::split(client.ws);
+    let payload = vec![7u8; 125];
+    let mut sent = 0u64;
+    while s.metric("fanfare_slow_consumer_closes_total").await < 1.0 {
+        for _ in 0..500 {
+            if sink
+                .send(Message::Ping(payload.clone().into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            sent += 1;
+        }
+        assert!(
+            sent < 400_000,
+            "a ping flood that is never read is never cut"
+        );
+    }
+    s.publish(
+        "/message",
+        json!({"userId": "other", "message": "still here"}),
+    )
+    .await;
+    assert_eq!(other.recv_message().await, json!("still here"));
+}
+
+#[tokio::test]
+async fn a_client_that_reads_is_never_cut_for_a_burst() {
+    let s = TestServer::start_with(|c| c.queue_limit = 16);
+    let mut c = s.connect_on(0, "reader", &[]).await;
+    // Four pipelined /batch calls of 250 items each, all for one connection, while it reads.
+    let mut posts = Vec::new();
+    for start in (0..1000).step_by(250) {
+        let items: Vec<Value> = (start..start + 250)
+            .map(|n| json!({"userId": "reader", "message": n}))
+            .collect();
+        let addr = s.addr;
+        posts.push(tokio::spawn(async move {
+            let auth = format!("Bearer {}", common::API_KEY);
+            let body = serde_json::to_vec(&items).unwrap();
+            common::http(addr, "POST", "/batch", &[("Authorization", &auth)], &body).await
+        }));
+    }
+    let mut got = Vec::new();
+    for _ in 0..1000 {
+        got.push(c.recv_message().await.as_u64().unwrap());
+    }
+    for p in posts {
+        assert_eq!(p.await.unwrap().0, 202);
+    }
+    got.sort_unstable();
+    assert_eq!(got, (0..1000).collect::<Vec<_>>());
+    assert_eq!(s.metric("fanfare_slow_consumer_closes_total").await, 0.0);
+}

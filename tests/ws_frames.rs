@@ -186,3 +186,32 @@ async fn server_pings_and_closes_a_silent_client() {
     live.send_json(json!({"type": "ping"})).await;
     assert_eq!(live.recv_json().await, json!({"type": "pong"}));
 }
+
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close_frame() {
+    let s = TestServer::start();
+    let mut c = s.connect("42", &[]).await;
+    c.ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: 1000.into(),
+        reason: "bye".into(),
+    }))
+    .await
+    .unwrap();
+    // The close handshake completes: the server's close frame comes back with our code.
+    assert_eq!(c.recv_close().await.0, 1000);
+    s.eventually("the connection to be unregistered", |s| {
+        s.registry_entries() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_in_a_text_frame_closes_1007() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let s = TestServer::start();
+    let mut c = s.connect("42", &[]).await;
+    let bad = Frame::message(vec![b'"', 0xFF, 0xFE, b'"'], OpCode::Data(Data::Text), true);
+    c.ws.send(Message::Frame(bad)).await.unwrap();
+    assert_eq!(c.recv_close().await.0, 1007);
+}

@@ -70,15 +70,7 @@ impl TestServer {
 
     /// POST with the API key; returns status and body.
     pub async fn post(&self, path: &str, body: &str) -> (u16, String) {
-        let auth = format!("Bearer {API_KEY}");
-        http(
-            self.addr,
-            "POST",
-            path,
-            &[("Authorization", &auth)],
-            body.as_bytes(),
-        )
-        .await
+        post_to(self.addr, path, body).await
     }
 
     /// POST that must be accepted.
@@ -124,6 +116,19 @@ pub async fn silent_client(addr: SocketAddr, token: &str) -> TcpStream {
     );
     raw.write_all(req.as_bytes()).await.expect("write upgrade");
     raw
+}
+
+/// POST with the API key to any listener (e.g. one worker's); returns status and body.
+pub async fn post_to(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    let auth = format!("Bearer {API_KEY}");
+    http(
+        addr,
+        "POST",
+        path,
+        &[("Authorization", &auth)],
+        body.as_bytes(),
+    )
+    .await
 }
 
 /// A minimal HTTP/1.1 client: one request per connection.
@@ -340,6 +345,14 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) Redis: it keeps its sockets but answers nothing.
+    pub fn freeze(&self, frozen: bool) {
+        let child = self.child.as_ref().expect("running");
+        let sig = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill(2) on our own child's pid; no memory is shared.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
     }
 
     pub fn kill(&mut self) {
