@@ -35,6 +35,7 @@
 //! - [`metrics`]: counters rendered for Prometheus.
 //! - [`error`]: close reasons and start-up errors.
 //! - [`bench`]: `fanfare bench`, the load generator (a client of all the above).
+//! - [`fuzzing`]: entry points of the fuzz targets in `fuzz/`.
 
 pub mod auth;
 pub mod bench;
@@ -43,6 +44,7 @@ pub mod bus;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod fuzzing;
 pub mod http;
 pub mod hub;
 pub mod listener;

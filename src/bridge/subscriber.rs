@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
-use serde_json::value::RawValue;
 use tokio::time::{interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
@@ -15,7 +14,6 @@ use super::wire::{self, Names};
 use super::{within, Backoff, LinkDown, PING_EVERY};
 use crate::bus::{Bus, Delivery};
 use crate::metrics::BridgeMetrics;
-use crate::protocol::Frame;
 use crate::routes::Topic;
 use crate::subscriptions::SubscriptionLog;
 
@@ -176,17 +174,11 @@ impl Subscriber {
             // Our own message: delivered locally when it was accepted.
             return;
         }
-        let payload = match (decoded.payload.len() <= self.max_message_bytes)
-            .then(|| serde_json::from_slice::<&RawValue>(decoded.payload))
-        {
-            Some(Ok(payload)) => payload,
-            _ => {
-                self.metrics.malformed.fetch_add(1, Relaxed);
-                return;
-            }
+        let Some(frame) = wire::frame(&target, decoded.payload, self.max_message_bytes) else {
+            self.metrics.malformed.fetch_add(1, Relaxed);
+            return;
         };
         self.metrics.received.fetch_add(1, Relaxed);
-        let frame = Frame::message(&target, payload);
         let missed = self.bus.try_deliver(Delivery { target, frame });
         self.metrics.inbox_full.fetch_add(missed, Relaxed);
     }

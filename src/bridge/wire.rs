@@ -13,8 +13,9 @@
 //! meet on one Redis channel: fleet `app:` never hears fleet `app:u:`, which is refused.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::value::RawValue;
 
-use crate::protocol::{Channel, Target, UserId};
+use crate::protocol::{Channel, Frame, Target, UserId};
 use crate::routes::Topic;
 
 const VERSION: u8 = 2;
@@ -121,6 +122,16 @@ pub fn decode(bytes: &[u8]) -> Option<Decoded<'_>> {
     })
 }
 
+/// The frame a received message becomes: only a payload of at most `max` bytes that is one
+/// JSON value, in the server's own frame shape for `target`. `None` for anything else.
+pub fn frame(target: &Target, payload: &[u8], max: usize) -> Option<Frame> {
+    if payload.len() > max {
+        return None;
+    }
+    let payload: &RawValue = serde_json::from_slice(payload).ok()?;
+    Some(Frame::message(target, payload))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +190,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn only_json_within_the_limit_becomes_a_frame() {
+        let t = Target::All;
+        assert!(frame(&t, br#"{"a":1}"#, 7).is_some());
+        assert!(frame(&t, br#"{"a":1}"#, 6).is_none());
+        assert!(frame(&t, br#"{"a":1} {}"#, 100).is_none());
+        assert!(frame(&t, b"\"\xff\"", 100).is_none());
+        let f = frame(&t, b" [1, 2] ", 100).unwrap();
+        assert_eq!(f.as_str(), r#"{"type":"message","message":[1, 2]}"#);
     }
 
     #[test]

@@ -1,0 +1,102 @@
+//! Entry points of the fuzz targets in `fuzz/` (run with `cargo fuzz`), also replayed over
+//! their corpus by the test suite. Each takes arbitrary bytes, must never panic, and checks
+//! what must hold for any input that is accepted.
+
+use crate::auth::{bearer, TokenKeys};
+use crate::bridge::wire::{self, Names};
+use crate::http::api;
+use crate::protocol::{Channel, ClientMessage, Frame, Target, UserId};
+use crate::routes::Topic;
+
+/// A client's text frame: decoded or refused, never a panic.
+pub fn client_frame(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(ClientMessage::Subscribe(c) | ClientMessage::Unsubscribe(c)) =
+            ClientMessage::decode(text)
+        {
+            assert!(Channel::new(c.as_str()).is_ok());
+        }
+    }
+}
+
+/// Every publish body parser; whatever one accepts becomes frames that are valid JSON and
+/// carry the payload unchanged.
+pub fn publish_body(data: &[u8]) {
+    for parse in [
+        api::parse_message,
+        api::parse_publish,
+        api::parse_broadcast,
+        api::parse_batch,
+    ] {
+        for d in parse(data).into_iter().flatten() {
+            let frame: serde_json::Value =
+                serde_json::from_slice(d.frame.payload()).expect("a frame is JSON");
+            assert_eq!(frame["type"], "message");
+            let payload = d.frame.message_payload(&d.target).expect("payload inside");
+            assert!(serde_json::from_slice::<serde_json::Value>(payload).is_ok());
+        }
+    }
+}
+
+/// What arrives from Redis: a header and a payload, on a channel whose name may be anything.
+pub fn redis_wire(data: &[u8]) {
+    let names = Names::new("fz:").expect("a valid prefix");
+    let (name, payload) = data.split_at(
+        data.len()
+            .min(usize::from(data.first().copied().unwrap_or(0))),
+    );
+    if let Ok(name) = std::str::from_utf8(name) {
+        if let Some(target) = names.parse(name) {
+            assert_eq!(names.parse(&names.target(&target)), Some(target.clone()));
+            if let Some(d) = wire::decode(payload) {
+                if let Some(frame) = wire::frame(&target, d.payload, 4096) {
+                    assert!(serde_json::from_slice::<serde_json::Value>(frame.payload()).is_ok());
+                }
+            }
+        }
+        // Any prefix that is accepted keeps its names apart from the default fleet's.
+        if let Ok(theirs) = Names::new(name) {
+            let ours = Names::new("fanfare:").expect("the default prefix");
+            if name != "fanfare:" {
+                for t in [Target::All, Target::User(UserId::new("x").expect("valid"))] {
+                    assert_ne!(theirs.target(&t), ours.target(&t));
+                    assert!(ours.parse(&theirs.target(&t)).is_none());
+                }
+            }
+        }
+    }
+}
+
+/// User ids and channel names; an accepted channel makes frames that are valid JSON.
+pub fn names(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(user) = UserId::new(text) {
+        assert!(!user.as_str().is_empty());
+        let _ = Names::new("fz:")
+            .expect("a valid prefix")
+            .topic(&Topic::User(user));
+    }
+    if let Ok(channel) = Channel::new(text) {
+        let frame = Frame::subscribed(&channel);
+        let v: serde_json::Value = serde_json::from_str(frame.as_str()).expect("JSON");
+        assert_eq!(v["channel"].as_str(), Some(text));
+    }
+}
+
+/// Tokens and `Authorization` values: verified or refused, never a panic.
+pub fn token(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    thread_local! {
+        static KEYS: TokenKeys = TokenKeys::new("fuzz").expect("the crypto backend works");
+    }
+    KEYS.with(|keys| {
+        let _ = keys.verify(text);
+        if let Some(t) = bearer(text) {
+            let _ = keys.verify(t);
+        }
+    });
+}
