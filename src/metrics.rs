@@ -1,11 +1,19 @@
-//! Counters and gauges, rendered in the Prometheus text format by `GET /metrics`.
+//! Counters and gauges, rendered by `GET /metrics` with `prometheus-client`.
 //!
-//! Per-delivery counters live in each worker's own [`WorkerMetrics`] (no cache line shared
-//! between workers on the hot path); `/metrics` sums them.
+//! Per-delivery counters are plain atomics in each worker's own [`WorkerMetrics`] (no cache line
+//! shared between workers on the hot path, no registry lookup per message); a scrape reads them
+//! all into a snapshot that `prometheus-client` encodes.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::protocol::Target;
 
@@ -65,64 +73,6 @@ impl BridgeMetrics {
     pub fn is_up(&self) -> bool {
         self.publish_up.load(Relaxed) && self.subscribe_up.load(Relaxed)
     }
-
-    fn render(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "# HELP fanfare_bridge_up Whether each Redis link is connected.\n\
-             # TYPE fanfare_bridge_up gauge\n\
-             fanfare_bridge_up{{link=\"publish\"}} {}\n\
-             fanfare_bridge_up{{link=\"subscribe\"}} {}",
-            u8::from(self.publish_up.load(Relaxed)),
-            u8::from(self.subscribe_up.load(Relaxed)),
-        );
-        gauge(
-            out,
-            "fanfare_bridge_node_id_conflict",
-            "1 while another process holds this process's --node-id.",
-            i64::from(self.node_conflict.load(Relaxed)),
-        );
-        gauge(
-            out,
-            "fanfare_bridge_subscriptions",
-            "Live Redis subscriptions.",
-            self.subscriptions.load(Relaxed),
-        );
-        for (name, help, c) in [
-            (
-                "fanfare_bridge_published_total",
-                "Messages published to Redis.",
-                &self.published,
-            ),
-            (
-                "fanfare_bridge_received_total",
-                "Messages from other machines.",
-                &self.received,
-            ),
-            (
-                "fanfare_bridge_dropped_total",
-                "Messages not sent to other machines: Redis down or behind.",
-                &self.dropped,
-            ),
-            (
-                "fanfare_bridge_malformed_total",
-                "Unreadable payloads from Redis.",
-                &self.malformed,
-            ),
-            (
-                "fanfare_bridge_reconnects_total",
-                "Reconnections of a Redis link.",
-                &self.reconnects,
-            ),
-            (
-                "fanfare_bridge_inbox_full_total",
-                "Messages from other machines a worker missed: its inbox was full.",
-                &self.inbox_full,
-            ),
-        ] {
-            counter(out, name, help, c.load(Relaxed));
-        }
-    }
 }
 
 /// HTTP answers that refused a request, by status.
@@ -165,113 +115,157 @@ impl Metrics {
         }
     }
 
-    fn sum(&self, f: impl Fn(&WorkerMetrics) -> u64) -> u64 {
-        self.workers.iter().map(|w| f(w)).sum()
-    }
-
+    /// The exposition for `GET /metrics` (OpenMetrics text, which Prometheus reads).
     pub fn render(&self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Snapshot::take(self)));
         let mut out = String::with_capacity(4096);
-        let conns: i64 = self
-            .workers
-            .iter()
-            .map(|w| w.connections.load(Relaxed))
-            .sum();
-        gauge(
-            &mut out,
-            "fanfare_connections",
-            "Open WebSocket connections.",
-            conns,
-        );
-        let mut per_worker = |name: &str, help: &str, f: &dyn Fn(&WorkerMetrics) -> u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (i, w) in self.workers.iter().enumerate() {
-                let _ = writeln!(out, "{name}{{worker=\"{i}\"}} {}", f(w));
-            }
-        };
-        per_worker(
-            "fanfare_bus_received_total",
-            "Messages the local bus handed to each worker.",
-            &|w| w.bus_received.load(Relaxed),
-        );
-        per_worker(
-            "fanfare_connections_opened_total",
-            "WebSocket connections accepted by each worker.",
-            &|w| w.connections_opened.load(Relaxed),
-        );
-        counter(
-            &mut out,
-            "fanfare_frames_delivered_total",
-            "Frames handed to connections, one per recipient.",
-            self.sum(|w| w.frames_pushed.load(Relaxed)),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP fanfare_dropped_messages_total Frames handed to a connection and never written, by reason.\n\
-             # TYPE fanfare_dropped_messages_total counter\n\
-             fanfare_dropped_messages_total{{reason=\"slow\"}} {}\n\
-             fanfare_dropped_messages_total{{reason=\"closed\"}} {}",
-            self.sum(|w| w.dropped_slow.load(Relaxed)),
-            self.sum(|w| w.dropped_closed.load(Relaxed)),
-        );
-        counter(
-            &mut out,
-            "fanfare_slow_consumer_closes_total",
-            "Connections closed because their queue went over --queue-limit.",
-            self.sum(|w| w.slow_consumer_closes.load(Relaxed)),
-        );
-        counter(
-            &mut out,
-            "fanfare_ping_timeouts_total",
-            "Connections closed because the client was silent for twice the ping interval.",
-            self.sum(|w| w.ping_timeouts.load(Relaxed)),
-        );
-        counter(
-            &mut out,
-            "fanfare_client_errors_total",
-            "Client frames refused (bad_request, binary, oversize).",
-            self.sum(|w| w.client_errors.load(Relaxed)),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP fanfare_messages_accepted_total Messages accepted by the publish API.\n\
-             # TYPE fanfare_messages_accepted_total counter"
-        );
-        for (kind, n) in ["direct", "channel", "broadcast"]
-            .iter()
-            .zip(&self.accepted)
-        {
-            let _ = writeln!(
-                out,
-                "fanfare_messages_accepted_total{{kind=\"{kind}\"}} {}",
-                n.load(Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP fanfare_rejected_requests_total HTTP requests refused, by status.\n\
-             # TYPE fanfare_rejected_requests_total counter"
-        );
-        for (status, n) in REJECT_STATUSES.iter().zip(&self.rejected) {
-            let _ = writeln!(
-                out,
-                "fanfare_rejected_requests_total{{status=\"{status}\"}} {}",
-                n.load(Relaxed)
-            );
-        }
-        if let Some(bridge) = &self.bridge {
-            bridge.render(&mut out);
-        }
+        encode(&mut out, &registry).expect("writing to a String cannot fail");
         out
     }
 }
 
-fn gauge(out: &mut String, name: &str, help: &str, v: i64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+/// Every value at one instant, read from the atomics; what a scrape encodes.
+#[derive(Debug)]
+struct Snapshot {
+    gauges: Vec<(&'static str, &'static str, i64)>,
+    counters: Vec<(&'static str, &'static str, u64)>,
+    /// Counters with one label: name, help, label name, (label value, count) per series.
+    families: Vec<(&'static str, &'static str, &'static str, Vec<(String, u64)>)>,
 }
 
-fn counter(out: &mut String, name: &str, help: &str, v: u64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-    );
+impl Snapshot {
+    fn take(m: &Metrics) -> Snapshot {
+        let sum = |f: fn(&WorkerMetrics) -> &AtomicU64| -> u64 {
+            m.workers.iter().map(|w| f(w).load(Relaxed)).sum()
+        };
+        let per_worker = |f: fn(&WorkerMetrics) -> &AtomicU64| -> Vec<(String, u64)> {
+            let each = m.workers.iter().enumerate();
+            each.map(|(i, w)| (i.to_string(), f(w).load(Relaxed)))
+                .collect()
+        };
+        let connections = m.workers.iter().map(|w| w.connections.load(Relaxed)).sum();
+        let mut gauges = vec![(
+            "fanfare_connections",
+            "Open WebSocket connections.",
+            connections,
+        )];
+        let mut counters = vec![
+            ("fanfare_frames_delivered", "Frames handed to connections, one per recipient.", sum(|w| &w.frames_pushed)),
+            ("fanfare_slow_consumer_closes", "Connections closed because more than --queue-limit frames or --queue-bytes waited for their socket.", sum(|w| &w.slow_consumer_closes)),
+            ("fanfare_ping_timeouts", "Connections closed because the client was silent for twice the ping interval.", sum(|w| &w.ping_timeouts)),
+            ("fanfare_client_errors", "Client frames refused (bad_request, binary, oversize, not UTF-8).", sum(|w| &w.client_errors)),
+        ];
+        let accepted = ["direct", "channel", "broadcast"].iter().zip(&m.accepted);
+        let rejected = REJECT_STATUSES.iter().zip(&m.rejected);
+        let mut families = vec![
+            ("fanfare_bus_received", "Messages the local bus handed to each worker.", "worker", per_worker(|w| &w.bus_received)),
+            ("fanfare_connections_opened", "WebSocket connections accepted by each worker.", "worker", per_worker(|w| &w.connections_opened)),
+            ("fanfare_dropped_messages", "Frames handed to a connection and never written: slow = cut as a slow consumer, closed = still waiting when it closed.", "reason", vec![
+                ("slow".into(), sum(|w| &w.dropped_slow)),
+                ("closed".into(), sum(|w| &w.dropped_closed)),
+            ]),
+            ("fanfare_messages_accepted", "Messages accepted by the publish API.", "kind",
+                accepted.map(|(k, n)| (k.to_string(), n.load(Relaxed))).collect()),
+            ("fanfare_rejected_requests", "HTTP requests refused, by status.", "status",
+                rejected.map(|(s, n)| (s.to_string(), n.load(Relaxed))).collect()),
+        ];
+        if let Some(b) = &m.bridge {
+            gauges.push((
+                "fanfare_bridge_subscriptions",
+                "Live Redis subscriptions.",
+                b.subscriptions.load(Relaxed),
+            ));
+            gauges.push((
+                "fanfare_bridge_node_id_conflict",
+                "1 while another process holds this process's --node-id.",
+                i64::from(b.node_conflict.load(Relaxed)),
+            ));
+            counters.extend([
+                (
+                    "fanfare_bridge_published",
+                    "Messages published to Redis.",
+                    b.published.load(Relaxed),
+                ),
+                (
+                    "fanfare_bridge_received",
+                    "Messages from other machines.",
+                    b.received.load(Relaxed),
+                ),
+                (
+                    "fanfare_bridge_dropped",
+                    "Messages not sent to other machines: Redis down or behind.",
+                    b.dropped.load(Relaxed),
+                ),
+                (
+                    "fanfare_bridge_inbox_full",
+                    "Messages from other machines a worker missed: its inbox was full.",
+                    b.inbox_full.load(Relaxed),
+                ),
+                (
+                    "fanfare_bridge_malformed",
+                    "Payloads from Redis refused: another version, too large, not JSON.",
+                    b.malformed.load(Relaxed),
+                ),
+                (
+                    "fanfare_bridge_reconnects",
+                    "Reconnections of a Redis link.",
+                    b.reconnects.load(Relaxed),
+                ),
+            ]);
+            let up = |v: &AtomicBool| u64::from(v.load(Relaxed));
+            families.push((
+                "fanfare_bridge_up",
+                "Whether each Redis link is connected.",
+                "link",
+                vec![
+                    ("publish".into(), up(&b.publish_up)),
+                    ("subscribe".into(), up(&b.subscribe_up)),
+                ],
+            ));
+        }
+        Snapshot {
+            gauges,
+            counters,
+            families,
+        }
+    }
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, v) in &self.gauges {
+            let gauge = ConstGauge::new(*v);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        for (name, help, v) in &self.counters {
+            let counter = ConstCounter::new(*v);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        for (name, help, label, series) in &self.families {
+            // `fanfare_bridge_up` is a gauge; every other family counts.
+            let gauge = name.ends_with("_up");
+            let kind = if gauge {
+                MetricType::Gauge
+            } else {
+                MetricType::Counter
+            };
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            for (value, n) in series {
+                let labels = [(*label, value.as_str())];
+                let metric = family.encode_family(&labels)?;
+                if gauge {
+                    ConstGauge::new(*n as i64).encode(metric)?;
+                } else {
+                    ConstCounter::new(*n).encode(metric)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }

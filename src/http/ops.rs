@@ -30,7 +30,7 @@ pub fn handle(method: &Method, path: &str, ctx: &WorkerContext) -> Response {
         "/metrics" => response(
             StatusCode::OK,
             ctx.metrics.render(),
-            "text/plain; version=0.0.4",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
         _ => response(StatusCode::OK, CONSOLE_HTML, "text/html; charset=utf-8"),
     }
