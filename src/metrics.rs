@@ -130,9 +130,11 @@ impl Metrics {
 struct Snapshot {
     gauges: Vec<(&'static str, &'static str, i64)>,
     counters: Vec<(&'static str, &'static str, u64)>,
-    /// Counters with one label: name, help, label name, (label value, count) per series.
-    families: Vec<(&'static str, &'static str, &'static str, Vec<(String, u64)>)>,
+    families: Vec<Family>,
 }
+
+/// A metric with one label: name, help, label name, and (label value, value) per series.
+type Family = (&'static str, &'static str, &'static str, Vec<(String, u64)>);
 
 impl Snapshot {
     fn take(m: &Metrics) -> Snapshot {
