@@ -21,7 +21,7 @@ use crate::protocol::WorkerId;
 use crate::router::Router;
 use crate::routes::Routes;
 use crate::subscriptions::SubscriptionLog;
-use crate::worker::{self, WorkerContext};
+use crate::worker::{self, Shared, WorkerContext};
 
 /// A running server: its workers' threads and the token that stops them.
 pub struct Server {
@@ -76,9 +76,9 @@ impl Server {
             _ => None,
         };
         let listen_err = |addr| move |source| StartError::Listen { addr, source };
-        let shared =
+        let on_port =
             listener::bind_shared(config.listen, workers).map_err(listen_err(config.listen))?;
-        let local_addr = shared[0].local_addr().map_err(listen_err(config.listen))?;
+        let local_addr = on_port[0].local_addr().map_err(listen_err(config.listen))?;
         let mut private = Vec::new();
         if config.worker_listeners {
             for _ in 0..workers {
@@ -110,10 +110,18 @@ impl Server {
             None => None,
         };
         let router = Arc::new(Router::new(bus, bridge, metrics.clone()));
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            keys,
+            api_key,
+            router,
+            metrics: metrics.clone(),
+            connection_slots,
+        });
 
         let mut hubs = Vec::with_capacity(workers);
         let mut private = private.into_iter();
-        for (i, (listener, inbox_rx)) in shared.into_iter().zip(inboxes).enumerate() {
+        for (i, (listener, inbox_rx)) in on_port.into_iter().zip(inboxes).enumerate() {
             let id = WorkerId(i as u8);
             let worker_metrics = metrics.workers[i].clone();
             let hub: SharedHub = Arc::new(std::sync::Mutex::new(Hub::new(
@@ -124,13 +132,8 @@ impl Server {
             let listeners = std::iter::once(listener).chain(private.next()).collect();
             let ctx = Arc::new(WorkerContext {
                 id,
-                config: config.clone(),
-                keys: keys.clone(),
-                api_key: api_key.clone(),
-                router: router.clone(),
+                shared: shared.clone(),
                 hub: hub.clone(),
-                connection_slots: connection_slots.clone(),
-                metrics: metrics.clone(),
                 worker_metrics,
                 shutdown: started.shutdown.child_token(),
                 tracker: TaskTracker::new(),

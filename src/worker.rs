@@ -23,19 +23,26 @@ use crate::router::Router;
 /// Deliveries the bus task hands to the hub under one lock.
 const BUS_BATCH: usize = 64;
 
-/// What a worker's handlers and connections share. Everything here is either immutable or
-/// owned by this worker (the hub), except the router, which reaches every worker's inbox.
-pub struct WorkerContext {
-    pub id: WorkerId,
+/// What every worker of the process shares: settings, secrets, the door for publishing, the
+/// process-wide counters and connection limit. The publish API and the operator endpoints need
+/// nothing else.
+pub struct Shared {
     pub config: Arc<Config>,
     pub keys: Arc<TokenKeys>,
     pub api_key: Arc<str>,
+    /// Reaches every worker's inbox and the bridge.
     pub router: Arc<Router>,
-    pub hub: SharedHub,
-    /// `--max-connections` permits, shared by every worker of the process; each WebSocket holds
-    /// one until it ends.
-    pub connection_slots: Arc<Semaphore>,
     pub metrics: Arc<Metrics>,
+    /// `--max-connections` permits; each WebSocket holds one until it ends.
+    pub connection_slots: Arc<Semaphore>,
+}
+
+/// One worker's own state beside what it shares: its hub, counters, shutdown and tasks. The
+/// upgrade handler and the accept loop use it; everything else gets [`Shared`].
+pub struct WorkerContext {
+    pub id: WorkerId,
+    pub shared: Arc<Shared>,
+    pub hub: SharedHub,
     pub worker_metrics: Arc<WorkerMetrics>,
     /// Cancelled on shutdown: the accept loop stops, HTTP connections finish, WebSockets close
     /// with 1001.
@@ -72,7 +79,7 @@ pub fn run(
         }
         ctx.shutdown.cancelled().await;
         ctx.tracker.close();
-        let drain = ctx.config.shutdown_timeout();
+        let drain = ctx.shared.config.shutdown_timeout();
         if tokio::time::timeout(drain, ctx.tracker.wait())
             .await
             .is_err()

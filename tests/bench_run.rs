@@ -51,8 +51,9 @@ fn assert_clean(v: &Value, expected: u64) {
         assert!(v["latency_ms"][key].as_f64().unwrap() > 0.0, "{key} in {v}");
     }
     assert!(v["deliveries_per_second"].as_f64().unwrap() > 0.0);
+    // A number, never negative (a tiny run may measure 0: CPU time comes in 10 ms ticks).
     assert!(
-        v["bench_cpu_us_per_delivery"].as_f64().unwrap() > 0.0,
+        v["bench_cpu_us_per_delivery"].as_f64().unwrap() >= 0.0,
         "{v}"
     );
 }

@@ -3,7 +3,6 @@
 //! validated before any is published, so a bad request delivers nothing.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -17,10 +16,10 @@ use super::Response;
 use crate::auth::{bearer, keys_match};
 use crate::bus::Delivery;
 use crate::protocol::{Channel, Frame, Target, UserId};
-use crate::worker::WorkerContext;
+use crate::worker::Shared;
 
 /// `POST /message | /publish | /broadcast | /batch`.
-pub async fn handle(req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Response {
+pub async fn handle(req: Request<Incoming>, ctx: &Shared) -> Response {
     match accept(req, ctx).await {
         Ok(deliveries) => {
             for d in deliveries {
@@ -33,7 +32,7 @@ pub async fn handle(req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Respons
 }
 
 /// Checks method, key and body, and parses the body into what to publish.
-async fn accept(req: Request<Incoming>, ctx: &WorkerContext) -> Result<Vec<Delivery>, ApiError> {
+async fn accept(req: Request<Incoming>, ctx: &Shared) -> Result<Vec<Delivery>, ApiError> {
     if req.method() != Method::POST {
         return Err(ApiError::MethodNotAllowed("POST"));
     }

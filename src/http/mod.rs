@@ -42,15 +42,15 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Serves HTTP on one accepted socket until it closes, is upgraded, or the worker shuts down.
 pub async fn serve_connection(stream: TcpStream, ctx: Arc<WorkerContext>) {
     let shutdown = ctx.shutdown.clone();
-    let metrics = ctx.metrics.clone();
-    let request_timeout = ctx.config.request_timeout();
+    let metrics = ctx.shared.metrics.clone();
+    let request_timeout = ctx.shared.config.request_timeout();
     let service = service_fn(move |req: Request<Incoming>| {
         let ctx = ctx.clone();
         async move {
             let resp = dispatch(req, &ctx).await;
             let status = resp.status();
             if status.is_client_error() || status == StatusCode::SERVICE_UNAVAILABLE {
-                ctx.metrics.rejected(status.as_u16());
+                ctx.shared.metrics.rejected(status.as_u16());
             }
             Ok::<_, Infallible>(resp)
         }
@@ -87,8 +87,10 @@ pub async fn dispatch(req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Respo
     }
     match req.uri().path() {
         "/ws" => ws::upgrade(req, ctx).await,
-        "/message" | "/publish" | "/broadcast" | "/batch" => api::handle(req, ctx).await,
-        path @ ("/healthz" | "/readyz" | "/metrics" | "/") => ops::handle(req.method(), path, ctx),
+        "/message" | "/publish" | "/broadcast" | "/batch" => api::handle(req, &ctx.shared).await,
+        path @ ("/healthz" | "/readyz" | "/metrics" | "/") => {
+            ops::handle(req.method(), path, &ctx.shared)
+        }
         _ => ApiError::NotFound.into_response(),
     }
 }

@@ -5,12 +5,12 @@ use hyper::{Method, StatusCode};
 
 use super::reject::ApiError;
 use super::{response, Response};
-use crate::worker::WorkerContext;
+use crate::worker::Shared;
 
 const CONSOLE_HTML: &str = include_str!("console.html");
 
 /// Answers `path` (one of this module's), GET only.
-pub fn handle(method: &Method, path: &str, ctx: &WorkerContext) -> Response {
+pub fn handle(method: &Method, path: &str, ctx: &Shared) -> Response {
     if method != Method::GET && method != Method::HEAD {
         return ApiError::MethodNotAllowed("GET").into_response();
     }

@@ -42,17 +42,19 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
-    if let Err(e) = check_origin(headers, &ctx.config.allowed_origins) {
+    let shared = &ctx.shared;
+    if let Err(e) = check_origin(headers, &shared.config.allowed_origins) {
         return e.into_response();
     }
-    let identity = match token(&req).and_then(|t| ctx.keys.verify(t).map_err(|e| e.to_string())) {
+    let identity = match token(&req).and_then(|t| shared.keys.verify(t).map_err(|e| e.to_string()))
+    {
         Ok(identity) => identity,
         Err(e) => return ApiError::Unauthorized(e).into_response(),
     };
-    let Ok(permit) = ctx.connection_slots.clone().try_acquire_owned() else {
+    let Ok(permit) = shared.connection_slots.clone().try_acquire_owned() else {
         return ApiError::Unavailable(format!(
             "this server holds its maximum of {} connections (--max-connections); retry later or elsewhere",
-            ctx.config.max_connections()
+            shared.config.max_connections()
         ))
         .into_response();
     };
@@ -61,14 +63,14 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
         worker: ctx.id,
         seq: ctx.next_conn.fetch_add(1, Relaxed),
     };
-    let writer = Arc::new(Writer::new(ctx.config.queue_limits()));
+    let writer = Arc::new(Writer::new(shared.config.queue_limits()));
     hub::lock(&ctx.hub).register(id, identity.user, writer.clone());
     let registration = Registration {
         id,
         hub: ctx.hub.clone(),
     };
     // With Redis, direct messages from other machines must find this user before the 101.
-    let log = ctx.router.subscription_log();
+    let log = shared.router.subscription_log();
     if let Some(log) = &log {
         log.applied(log.ticket()).await;
     }
@@ -77,17 +79,17 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
         writer: writer.clone(),
         log,
         permissions: identity.permissions,
-        max_subscriptions: ctx.config.max_subscriptions as usize,
+        max_subscriptions: shared.config.max_subscriptions as usize,
         shutdown: ctx.shutdown.clone(),
-        ping_interval: ctx.config.ping_interval(),
+        ping_interval: shared.config.ping_interval(),
         metrics: ctx.worker_metrics.clone(),
     };
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
-        .max_message_size(Some(ctx.config.max_message_bytes))
-        .max_frame_size(Some(ctx.config.max_message_bytes));
+        .max_message_size(Some(shared.config.max_message_bytes))
+        .max_frame_size(Some(shared.config.max_message_bytes));
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let request_timeout = ctx.config.request_timeout();
+    let request_timeout = shared.config.request_timeout();
     ctx.tracker.spawn(async move {
         // On failure `connection` drops here, and its registration and slot with it.
         let Ok(Ok(upgraded)) = tokio::time::timeout(request_timeout, on_upgrade).await else {
