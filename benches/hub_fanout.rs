@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use fanfare::bus::{Bus, Delivery};
+use fanfare::bus::{Bus, Delivery, Envelope};
 use fanfare::hub::Hub;
 use fanfare::protocol::{ConnId, Frame, Target, UserId, WorkerId};
 use fanfare::routes::{Routes, Topic};
@@ -20,7 +20,12 @@ fn frame() -> Frame {
 
 /// A hub with `n` connections whose clients read everything on a thread of their own.
 fn hub_with(runtime: &tokio::runtime::Runtime, n: usize) -> Hub {
-    let mut hub = Hub::new(WorkerId(0), Arc::new(Routes::new(1, None)), Arc::default());
+    let mut hub = Hub::new(
+        WorkerId(0),
+        Arc::new(Routes::new(1, None)),
+        1,
+        Arc::default(),
+    );
     let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
     let mut clients = Vec::with_capacity(n);
@@ -132,7 +137,7 @@ fn lookup_and_handoff(c: &mut Criterion) {
     };
     c.bench_function("bus_handoff", |b| {
         b.iter(|| {
-            runtime.block_on(bus.deliver(delivery.clone()));
+            runtime.block_on(bus.deliver(Envelope::Message(delivery.clone())));
             inboxes[1].try_recv().unwrap()
         })
     });

@@ -18,13 +18,14 @@ fn encode(c: &mut Criterion) {
     g.bench_function("direct_4k", |b| b.iter(|| Frame::direct(&big)));
     let frame = Frame::direct(&small);
     g.bench_function("redis_wire_encode", |b| {
-        b.iter(|| wire::encode(42, small.get().as_bytes()))
+        b.iter(|| wire::encode(42, wire::Body::Message(small.get().as_bytes())))
     });
-    let encoded = wire::encode(42, small.get().as_bytes());
+    let encoded = wire::encode(42, wire::Body::Message(small.get().as_bytes()));
+    let target = fanfare::protocol::Target::All;
     g.bench_function("redis_wire_decode_and_check", |b| {
-        b.iter(|| {
-            let d = wire::decode(&encoded).unwrap();
-            serde_json::from_slice::<&RawValue>(d.payload).map(Frame::direct)
+        b.iter(|| match wire::decode(&encoded).unwrap().body {
+            wire::Body::Message(payload) => wire::frame(&target, payload, 65536),
+            wire::Body::Control(_) => None,
         })
     });
     g.bench_function("per_recipient_clone", |b| b.iter(|| frame.clone()));

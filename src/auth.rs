@@ -35,6 +35,8 @@ pub struct Claims {
 pub struct Identity {
     pub user: UserId,
     pub permissions: Permissions,
+    /// The token's `exp` (unix seconds): the connection ends then unless refreshed.
+    pub exp: Option<u64>,
 }
 
 /// The `channels` claim: exact names, and prefixes for entries ending in `*`.
@@ -113,7 +115,11 @@ impl TokenKeys {
         }
         let user = UserId::new(&data.claims.sub).map_err(Error::BadSubject)?;
         let permissions = Permissions::new(data.claims.channels.as_deref().unwrap_or_default());
-        Ok(Identity { user, permissions })
+        Ok(Identity {
+            user,
+            permissions,
+            exp: data.claims.exp,
+        })
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::protocol::{Frame, Target, WorkerId};
+use crate::protocol::{Control, Frame, Target, UserId, WorkerId};
 use crate::routes::Routes;
 
 /// Depth of each worker's inbox.
@@ -20,18 +20,35 @@ pub struct Delivery {
     pub frame: Frame,
 }
 
+/// What travels through an inbox: a message, or the backend's word for a user's connections.
+/// Both keep one order per inbox, so a `/disconnect` after a `/message` comes after it.
+#[derive(Clone, Debug)]
+pub enum Envelope {
+    Message(Delivery),
+    Control(UserId, Control),
+}
+
+impl Envelope {
+    fn target(&self) -> Target {
+        match self {
+            Envelope::Message(d) => d.target.clone(),
+            Envelope::Control(user, _) => Target::User(user.clone()),
+        }
+    }
+}
+
 /// The sending side, shared by the router and the bridge.
 #[derive(Clone)]
 pub struct Bus {
     /// One per worker; the receiver is that worker's bus task, which hands each delivery to its
     /// hub. Closed when the worker stops.
-    inbox_tx: Vec<mpsc::Sender<Delivery>>,
+    inbox_tx: Vec<mpsc::Sender<Envelope>>,
     routes: Arc<Routes>,
 }
 
 impl Bus {
     /// Makes the bus and the inbox receivers, one per worker, in worker order.
-    pub fn new(routes: Arc<Routes>, workers: usize) -> (Bus, Vec<mpsc::Receiver<Delivery>>) {
+    pub fn new(routes: Arc<Routes>, workers: usize) -> (Bus, Vec<mpsc::Receiver<Envelope>>) {
         let (inbox_tx, inbox_rx) = (0..workers).map(|_| mpsc::channel(INBOX_CAPACITY)).unzip();
         (Bus { inbox_tx, routes }, inbox_rx)
     }
@@ -40,23 +57,23 @@ impl Bus {
         &self.routes
     }
 
-    /// Queues `delivery` on every worker that has a recipient, behind everything queued before
+    /// Queues `envelope` on every worker that has a recipient, behind everything queued before
     /// it, waiting while an inbox is full: HTTP callers slow down instead of memory growing. A
     /// worker that has stopped (shutdown) is skipped: its connections are closing anyway.
-    pub async fn deliver(&self, delivery: Delivery) {
-        for worker in self.routes.workers_for(&delivery.target).iter() {
-            let _ = self.inbox(worker).send(delivery.clone()).await;
+    pub async fn deliver(&self, envelope: Envelope) {
+        for worker in self.routes.workers_for(&envelope.target()).iter() {
+            let _ = self.inbox(worker).send(envelope.clone()).await;
         }
     }
 
     /// Like [`deliver`](Self::deliver), but never waits: a worker whose inbox is full does not
-    /// get the message. Returns how many workers missed it, for the caller to count. For the
-    /// bridge, which must not stall every worker behind one.
-    pub fn try_deliver(&self, delivery: Delivery) -> u64 {
+    /// get it. Returns how many workers missed it, for the caller to count. For the bridge,
+    /// which must not stall every worker behind one.
+    pub fn try_deliver(&self, envelope: Envelope) -> u64 {
         let mut missed = 0;
-        for worker in self.routes.workers_for(&delivery.target).iter() {
+        for worker in self.routes.workers_for(&envelope.target()).iter() {
             if let Err(mpsc::error::TrySendError::Full(_)) =
-                self.inbox(worker).try_send(delivery.clone())
+                self.inbox(worker).try_send(envelope.clone())
             {
                 missed += 1;
             }
@@ -64,7 +81,7 @@ impl Bus {
         missed
     }
 
-    fn inbox(&self, worker: WorkerId) -> &mpsc::Sender<Delivery> {
+    fn inbox(&self, worker: WorkerId) -> &mpsc::Sender<Envelope> {
         &self.inbox_tx[usize::from(worker.0)]
     }
 }
@@ -72,7 +89,6 @@ impl Bus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::UserId;
     use crate::routes::Topic;
 
     #[tokio::test]
@@ -82,10 +98,10 @@ mod tests {
         routes.add(&Topic::User(user.clone()), WorkerId(0));
         routes.add(&Topic::User(user.clone()), WorkerId(1));
         let (bus, mut inboxes) = Bus::new(routes, 2);
-        let delivery = Delivery {
+        let delivery = Envelope::Message(Delivery {
             target: Target::User(user),
             frame: Frame::pong(),
-        };
+        });
         for _ in 0..INBOX_CAPACITY {
             assert_eq!(bus.try_deliver(delivery.clone()), 0);
         }

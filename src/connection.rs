@@ -1,35 +1,41 @@
-//! One WebSocket connection: reads client frames, answers them, pings, and closes with the
-//! right code. It runs on the worker that accepted it and talks only to that worker's hub; its
-//! frames go out through its [`Writer`], which the hub writes to as well.
+//! One WebSocket connection: reads client frames, answers them, pings, keeps to its token's
+//! lifetime, and closes with the right code. It runs on the worker that accepted it and talks
+//! only to that worker's hub; its frames go out through its [`Writer`], which the hub writes to
+//! as well.
 //!
-//! One task per connection, one `select!`: shutdown, the writer (frames the socket refused, or
-//! a cut), client frames, the ping timer, and a subscription waiting for the bridge. No branch
-//! awaits anything but its own future, so a subscription that waits for Redis stops nothing
-//! else; only reading pauses meanwhile, so replies keep the order of the client's frames.
+//! One task per connection, one `select!`: shutdown, the writer (frames the socket refused, a
+//! cut, the backend's commands), client frames, one timer (ping, `expiring`, expiry: whichever
+//! comes first), and subscriptions waiting for the bridge. No branch awaits anything but its
+//! own future, so a subscription that waits for Redis stops nothing else; only reading pauses
+//! meanwhile, so replies keep the order of the client's frames.
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::time::{interval_at, timeout, Instant};
+use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::Permissions;
-use crate::error::CloseReason;
+use crate::auth::{Identity, Permissions, TokenKeys};
+use crate::error::{CloseReason, DISCONNECT_CODE};
 use crate::hub::{self, Registration, Reservation};
 use crate::metrics::WorkerMetrics;
-use crate::protocol::{Channel, ClientMessage, ErrorCode, Frame};
+use crate::protocol::{Channel, ClientMessage, ErrorCode, Frame, UserId};
 use crate::subscriptions::{SubscriptionLog, Ticket};
-use crate::writer::{Flushed, Writer, WriterEvent};
+use crate::writer::{Command, Flushed, Writer, WriterEvent};
 
 /// How long a closing connection may take to flush its close frame and hear the client's.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long before its token's `exp` a connection is sent `expiring`.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30);
 
 pub struct Connection {
     /// Unregisters from the hub when the connection ends, however it ends.
@@ -39,9 +45,13 @@ pub struct Connection {
     /// With Redis: to wait, after subscribing, until other machines' messages for the channel
     /// reach this process.
     pub log: Option<Arc<SubscriptionLog>>,
+    /// Verifies the tokens of `refresh`.
+    pub keys: Arc<TokenKeys>,
+    /// Who connected: a refresh must name the same `sub`.
+    pub user: UserId,
+    /// The token's channels and lifetime at the start; a refresh replaces them.
     pub permissions: Permissions,
-    /// Most channels this connection may be subscribed to at once (`--max-subscriptions`).
-    pub max_subscriptions: usize,
+    pub exp: Option<u64>,
     /// The worker's shutdown token: close with 1001.
     pub shutdown: CancellationToken,
     pub ping_interval: Duration,
@@ -52,6 +62,8 @@ pub struct Connection {
 enum End {
     /// The server closes, with this reason.
     Close(CloseReason),
+    /// The backend closes it (`POST /disconnect`): 4003 and its reason.
+    Disconnect(Arc<str>),
     /// The client sent its close frame: echo it.
     ClientClosed,
     /// The socket is gone.
@@ -64,6 +76,51 @@ enum Step {
     /// A subscription waits for the bridge: stop reading until it is confirmed.
     Await(Ticket, Channel),
     Stop(End),
+}
+
+/// What a refresh can change: the channels allowed and the end of the connection's life.
+struct Token {
+    permissions: Permissions,
+    exp: Option<u64>,
+}
+
+/// The one timer of a connection: the next ping, the `expiring` warning, the expiry.
+struct Deadlines {
+    ping: Instant,
+    warn: Option<Instant>,
+    expire: Option<Instant>,
+}
+
+impl Deadlines {
+    fn new(ping_interval: Duration, exp: Option<u64>) -> Self {
+        let mut d = Deadlines {
+            ping: Instant::now() + ping_interval,
+            warn: None,
+            expire: None,
+        };
+        d.set_exp(exp);
+        d
+    }
+
+    /// Schedules the warning and the expiry for `exp` (unix seconds); none without one.
+    fn set_exp(&mut self, exp: Option<u64>) {
+        let now = Instant::now();
+        self.expire = exp.map(|exp| {
+            let at = UNIX_EPOCH + Duration::from_secs(exp);
+            now + at.duration_since(SystemTime::now()).unwrap_or_default()
+        });
+        self.warn = self
+            .expire
+            .map(|at| at.checked_sub(EXPIRY_WARNING).unwrap_or(now).max(now));
+    }
+
+    fn next(&self) -> Instant {
+        [Some(self.ping), self.warn, self.expire]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("the ping is always due")
+    }
 }
 
 impl Connection {
@@ -83,79 +140,108 @@ impl Connection {
         } = self;
         // Unregister first: nothing more is pushed while the close goes out.
         drop(registration);
-        match end {
+        let close = match end {
             End::Close(reason) => {
-                if reason == CloseReason::SlowConsumer {
-                    WorkerMetrics::inc(&metrics.slow_consumer_closes);
-                }
-                writer.close(&Frame::close(reason));
-                // Wait for the client's close frame too, so the TCP connection ends cleanly.
-                let read_close = async { while let Some(Ok(_)) = ws.next().await {} };
-                let _ = timeout(
-                    CLOSE_TIMEOUT,
-                    futures_util::future::join(writer.drain(), read_close),
-                )
-                .await;
+                let counter = match reason {
+                    CloseReason::SlowConsumer => Some(&metrics.slow_consumer_closes),
+                    CloseReason::TokenExpired => Some(&metrics.expired_closes),
+                    _ => None,
+                };
+                counter.map(WorkerMetrics::inc);
+                Some(Frame::close(reason.code(), reason.reason()))
+            }
+            End::Disconnect(why) => {
+                WorkerMetrics::inc(&metrics.disconnect_closes);
+                Some(Frame::close(DISCONNECT_CODE, &why))
             }
             End::ClientClosed => {
                 // tungstenite queued the close reply; flushing hands it to the writer.
                 let _ = ws.flush().await;
                 let _ = timeout(CLOSE_TIMEOUT, writer.drain()).await;
+                None
             }
-            End::Gone => {}
+            End::Gone => None,
+        };
+        if let Some(close) = close {
+            writer.close(&close);
+            // Wait for the client's close frame too, so the TCP connection ends cleanly.
+            let read_close = async { while let Some(Ok(_)) = ws.next().await {} };
+            let drain = futures_util::future::join(writer.drain(), read_close);
+            let _ = timeout(CLOSE_TIMEOUT, drain).await;
         }
-        let unsent = writer.queued() as u64;
         metrics
             .dropped_closed
-            .fetch_add(unsent, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(writer.queued() as u64, Relaxed);
     }
 
     async fn serve<S>(&self, ws: &mut S) -> End
     where
         S: Stream<Item = Result<Message, WsError>> + Unpin,
     {
-        let mut ping = interval_at(Instant::now() + self.ping_interval, self.ping_interval);
+        let mut token = Token {
+            permissions: self.permissions.clone(),
+            exp: self.exp,
+        };
+        let mut deadlines = Deadlines::new(self.ping_interval, self.exp);
         let mut last_heard = Instant::now();
-        let mut awaiting: Option<(Ticket, Channel)> = None;
+        // Subscriptions waiting for the bridge, oldest first; reading pauses while any waits.
+        let mut awaiting: VecDeque<(Ticket, Channel)> = VecDeque::new();
         // Made once, not at every wake-up.
         let shutting_down = self.shutdown.cancelled();
-        let writer = self.writer.run();
-        tokio::pin!(shutting_down, writer);
+        let timer = sleep_until(deadlines.next());
+        tokio::pin!(shutting_down, timer);
         loop {
             let step = tokio::select! {
                 biased;
                 () = &mut shutting_down => Step::Stop(End::Close(CloseReason::GoingAway)),
-                event = &mut writer => Step::Stop(match event {
-                    WriterEvent::SlowConsumer => End::Close(CloseReason::SlowConsumer),
-                    WriterEvent::Broken => End::Gone,
-                }),
-                () = confirmed(self.log.as_deref(), awaiting.as_ref().map(|a| a.0)) => {
-                    let (_, channel) = awaiting.take().expect("only awaited while set");
+                event = self.writer.next_event() => match event {
+                    WriterEvent::SlowConsumer => Step::Stop(End::Close(CloseReason::SlowConsumer)),
+                    WriterEvent::Broken => Step::Stop(End::Gone),
+                    WriterEvent::Command(Command::Disconnect(why)) => Step::Stop(End::Disconnect(why)),
+                    WriterEvent::Command(Command::Activate(channel)) => self.confirm_then_activate(channel),
+                },
+                () = confirmed(self.log.as_deref(), awaiting.front().map(|a| a.0)) => {
+                    let (_, channel) = awaiting.pop_front().expect("only awaited while set");
                     last_heard = Instant::now();
                     self.activate(&channel)
                 }
-                item = ws.next(), if awaiting.is_none() => {
+                item = ws.next(), if awaiting.is_empty() => {
                     last_heard = Instant::now();
-                    self.on_frame(item)
+                    let exp = token.exp;
+                    let step = self.on_frame(item, &mut token);
+                    if token.exp != exp {
+                        deadlines.set_exp(token.exp);
+                        timer.as_mut().reset(deadlines.next());
+                    }
+                    step
                 }
-                _ = ping.tick() => {
-                    if awaiting.is_none() && last_heard.elapsed() >= 2 * self.ping_interval {
+                () = &mut timer => {
+                    let now = Instant::now();
+                    let step = if deadlines.expire.is_some_and(|at| at <= now) {
+                        Step::Stop(End::Close(CloseReason::TokenExpired))
+                    } else if deadlines.warn.is_some_and(|at| at <= now) {
+                        deadlines.warn = None;
+                        self.reply(Frame::expiring(token.exp.expect("a warning needs an exp")))
+                    } else if awaiting.is_empty() && last_heard.elapsed() >= 2 * self.ping_interval {
                         WorkerMetrics::inc(&self.metrics.ping_timeouts);
                         Step::Stop(End::Close(CloseReason::PingTimeout))
                     } else {
+                        deadlines.ping = now + self.ping_interval;
                         self.reply(Frame::ping())
-                    }
+                    };
+                    timer.as_mut().reset(deadlines.next());
+                    step
                 }
             };
             match step {
                 Step::Continue => {}
-                Step::Await(ticket, channel) => awaiting = Some((ticket, channel)),
+                Step::Await(ticket, channel) => awaiting.push_back((ticket, channel)),
                 Step::Stop(end) => return end,
             }
         }
     }
 
-    fn on_frame(&self, item: Option<Result<Message, WsError>>) -> Step {
+    fn on_frame(&self, item: Option<Result<Message, WsError>>, token: &mut Token) -> Step {
         let message = match item {
             Some(Ok(m)) => m,
             None => return Step::Stop(End::Gone),
@@ -165,7 +251,7 @@ impl Connection {
             Some(Err(_)) => return Step::Stop(End::Gone),
         };
         match message {
-            Message::Text(text) => self.on_text(text.as_str()),
+            Message::Text(text) => self.on_text(text.as_str(), token),
             Message::Binary(_) => self.refuse(CloseReason::Unsupported),
             // tungstenite answers pings itself, through the writer.
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Step::Continue,
@@ -178,15 +264,16 @@ impl Connection {
         Step::Stop(End::Close(reason))
     }
 
-    fn on_text(&self, text: &str) -> Step {
+    fn on_text(&self, text: &str, token: &mut Token) -> Step {
         match ClientMessage::decode(text) {
-            Ok(ClientMessage::Subscribe(channel)) => self.subscribe(channel),
+            Ok(ClientMessage::Subscribe(channel)) => self.subscribe(channel, &token.permissions),
             Ok(ClientMessage::Unsubscribe(channel)) => {
                 let r = &self.registration;
                 hub::lock(&r.hub).unsubscribe(r.id, &channel);
                 self.reply(Frame::unsubscribed(&channel))
             }
             Ok(ClientMessage::Ping) => self.reply(Frame::pong()),
+            Ok(ClientMessage::Refresh(jwt)) => self.refresh(&jwt, token),
             Err(e) => {
                 WorkerMetrics::inc(&self.metrics.client_errors);
                 self.reply(Frame::error(ErrorCode::BadRequest, &e.to_string()))
@@ -194,29 +281,62 @@ impl Connection {
         }
     }
 
-    fn subscribe(&self, channel: Channel) -> Step {
-        if !self.permissions.allows(&channel) {
+    /// A new token: same `sub`, verified; its channels and `exp` replace the old ones, and
+    /// subscriptions it no longer allows end (the backend's own stay).
+    fn refresh(&self, jwt: &str, token: &mut Token) -> Step {
+        let identity = match self.keys.verify(jwt) {
+            Ok(Identity { user, .. }) if user != self.user => {
+                Err("the token is for another user".to_string())
+            }
+            Ok(identity) => Ok(identity),
+            Err(e) => Err(e.to_string()),
+        };
+        let identity = match identity {
+            Ok(identity) => identity,
+            Err(why) => {
+                WorkerMetrics::inc(&self.metrics.refreshes_refused);
+                return self.reply(Frame::error(ErrorCode::Forbidden, &why));
+            }
+        };
+        WorkerMetrics::inc(&self.metrics.refreshes_accepted);
+        token.permissions = identity.permissions;
+        token.exp = identity.exp;
+        self.writer.push(&Frame::refreshed(token.exp));
+        let r = &self.registration;
+        hub::lock(&r.hub).keep_allowed(r.id, &token.permissions);
+        self.flushed(self.writer.flush())
+    }
+
+    fn subscribe(&self, channel: Channel, permissions: &Permissions) -> Step {
+        if !permissions.allows(&channel) {
             WorkerMetrics::inc(&self.metrics.client_errors);
             let detail = format!("token does not allow channel {}", channel.as_str());
             return self.reply(Frame::error(ErrorCode::Forbidden, &detail));
         }
         let r = &self.registration;
-        let reserved = hub::lock(&r.hub).reserve(r.id, &channel, self.max_subscriptions);
-        match reserved {
+        let mut hub = hub::lock(&r.hub);
+        match hub.reserve(r.id, &channel, false) {
             Reservation::Reserved => {}
             Reservation::Already => return self.reply(Frame::subscribed(&channel)),
             Reservation::TooMany => {
                 WorkerMetrics::inc(&self.metrics.client_errors);
                 let detail = format!(
                     "at most {} subscriptions per connection",
-                    self.max_subscriptions
+                    hub.max_subscriptions()
                 );
+                drop(hub);
                 return self.reply(Frame::error(ErrorCode::Forbidden, &detail));
             }
             // The hub cut this connection a moment ago; the writer branch closes it.
             Reservation::Gone => return Step::Continue,
         }
-        // `subscribed` promises every later message, other machines' included.
+        drop(hub);
+        self.confirm_then_activate(channel)
+    }
+
+    /// `subscribed` promises every later message, other machines' included: activate now if
+    /// the bridge has the subscription (or there is no bridge), else once it has.
+    fn confirm_then_activate(&self, channel: Channel) -> Step {
         match &self.log {
             Some(log) => {
                 let ticket = log.ticket();
@@ -233,7 +353,7 @@ impl Connection {
     /// The channel's messages start flowing, right behind `subscribed`.
     fn activate(&self, channel: &Channel) -> Step {
         let r = &self.registration;
-        if !hub::lock(&r.hub).activate(r.id, channel, &Frame::subscribed(channel)) {
+        if !hub::lock(&r.hub).activate(r.id, channel) {
             return Step::Continue;
         }
         self.flushed(self.writer.flush())
@@ -249,9 +369,7 @@ impl Connection {
         match flushed {
             Flushed::Ok => Step::Continue,
             Flushed::Cut(dropped) => {
-                self.metrics
-                    .dropped_slow
-                    .fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.dropped_slow.fetch_add(dropped, Relaxed);
                 Step::Stop(End::Close(CloseReason::SlowConsumer))
             }
             // The writer branch sees the cut or the broken socket.
@@ -347,6 +465,7 @@ mod tests {
         let hub: SharedHub = Arc::new(std::sync::Mutex::new(Hub::new(
             WorkerId(0),
             routes,
+            10,
             metrics.clone(),
         )));
         let id = ConnId {
@@ -380,8 +499,10 @@ mod tests {
             },
             writer: writer.clone(),
             log: with_log.then(|| log.clone()),
+            keys: Arc::new(TokenKeys::new("test").unwrap()),
+            user: UserId::new("u").unwrap(),
             permissions: Permissions::new(&["news".into()]),
-            max_subscriptions: 10,
+            exp: None,
             shutdown: shutdown.clone(),
             ping_interval,
             metrics: metrics.clone(),
@@ -522,6 +643,28 @@ mod tests {
             }
         }
         assert_eq!(hub::lock(&c.hub).connections(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_warning_comes_30_s_before_exp_or_at_once() {
+        let unix = || {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        };
+        let d = Deadlines::new(Duration::from_secs(25), Some(unix() + 100));
+        let now = Instant::now();
+        let (warn, expire) = (d.warn.unwrap() - now, d.expire.unwrap() - now);
+        assert!(
+            warn > Duration::from_secs(68) && warn <= Duration::from_secs(70),
+            "{warn:?}"
+        );
+        assert_eq!(expire - warn, EXPIRY_WARNING);
+        assert_eq!(d.next(), now + Duration::from_secs(25), "the ping first");
+        let soon = Deadlines::new(Duration::from_secs(25), Some(unix() + 5));
+        assert_eq!(soon.warn, Some(now));
+        assert!(Deadlines::new(Duration::from_secs(25), None).warn.is_none());
     }
 
     #[tokio::test]

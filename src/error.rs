@@ -1,5 +1,8 @@
 //! Errors that reach the wire, and the one place that maps them to close codes.
 
+/// Code of the close the backend asks for with `POST /disconnect`; its reason is the backend's.
+pub const DISCONNECT_CODE: u16 = 4003;
+
 /// Why the server closes a WebSocket; each has its code and reason text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -17,6 +20,8 @@ pub enum CloseReason {
     ProtocolError,
     /// A text frame was not valid UTF-8.
     InvalidPayload,
+    /// The token's `exp` passed without a refresh.
+    TokenExpired,
 }
 
 impl CloseReason {
@@ -28,6 +33,7 @@ impl CloseReason {
             CloseReason::TooBig => 1009,
             CloseReason::ProtocolError => 1002,
             CloseReason::InvalidPayload => 1007,
+            CloseReason::TokenExpired => 4001,
         }
     }
 
@@ -40,6 +46,7 @@ impl CloseReason {
             CloseReason::TooBig => "message too big",
             CloseReason::ProtocolError => "protocol error",
             CloseReason::InvalidPayload => "text frame is not valid UTF-8",
+            CloseReason::TokenExpired => "token expired",
         }
     }
 }

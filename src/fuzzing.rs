@@ -5,7 +5,7 @@
 use crate::auth::{bearer, TokenKeys};
 use crate::bridge::wire::{self, Names};
 use crate::http::api;
-use crate::protocol::{Channel, ClientMessage, Frame, Target, UserId};
+use crate::protocol::{Channel, ClientMessage, Control, Frame, Target, UserId};
 use crate::routes::Topic;
 
 /// A client's text frame: decoded or refused, never a panic.
@@ -19,8 +19,8 @@ pub fn client_frame(data: &[u8]) {
     }
 }
 
-/// Every publish body parser; whatever one accepts becomes frames that are valid JSON and
-/// carry the payload unchanged.
+/// Every body parser of the API; whatever one accepts becomes frames that are valid JSON and
+/// carry the payload unchanged, or controls that survive the Redis wire.
 pub fn publish_body(data: &[u8]) {
     for parse in [
         api::parse_message,
@@ -36,6 +36,11 @@ pub fn publish_body(data: &[u8]) {
             assert!(serde_json::from_slice::<serde_json::Value>(payload).is_ok());
         }
     }
+    for path in ["/disconnect", "/subscribe", "/unsubscribe"] {
+        if let Ok((_, control)) = api::parse_control(path, data) {
+            assert_eq!(Control::decode(&control.encode()), Some(control));
+        }
+    }
 }
 
 /// What arrives from Redis: a header and a payload, on a channel whose name may be anything.
@@ -48,10 +53,19 @@ pub fn redis_wire(data: &[u8]) {
     if let Ok(name) = std::str::from_utf8(name) {
         if let Some(target) = names.parse(name) {
             assert_eq!(names.parse(&names.target(&target)), Some(target.clone()));
-            if let Some(d) = wire::decode(payload) {
-                if let Some(frame) = wire::frame(&target, d.payload, 4096) {
-                    assert!(serde_json::from_slice::<serde_json::Value>(frame.payload()).is_ok());
+            match wire::decode(payload).map(|d| d.body) {
+                Some(wire::Body::Message(body)) => {
+                    if let Some(frame) = wire::frame(&target, body, 4096) {
+                        let json = serde_json::from_slice::<serde_json::Value>(frame.payload());
+                        assert!(json.is_ok());
+                    }
                 }
+                Some(wire::Body::Control(body)) => {
+                    if let Some((_, control)) = wire::control(&target, body) {
+                        assert_eq!(Control::decode(&control.encode()), Some(control));
+                    }
+                }
+                None => {}
             }
         }
         // Any prefix that is accepted keeps its names apart from the default fleet's.

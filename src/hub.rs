@@ -15,18 +15,26 @@ use std::collections::hash_map::{Entry, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::bus::Delivery;
+use crate::auth::Permissions;
+use crate::bus::{Delivery, Envelope};
 use crate::metrics::WorkerMetrics;
-use crate::protocol::{Channel, ConnId, Frame, Target, UserId, WorkerId};
+use crate::protocol::{Channel, ConnId, Control, ErrorCode, Frame, Target, UserId, WorkerId};
 use crate::routes::{Routes, Topic};
-use crate::writer::{Flushed, Pushed, Writer};
+use crate::writer::{Command, Flushed, Pushed, Writer};
 
 struct Member {
     user: UserId,
     writer: Arc<Writer>,
-    /// Channels this connection is subscribed to, or reserved while `subscribed` waits for
-    /// the bridge (false).
-    channels: Vec<(Channel, bool)>,
+    channels: Vec<Membership>,
+}
+
+/// One channel of a connection.
+struct Membership {
+    channel: Channel,
+    /// Receiving; false while `subscribed` waits for the bridge.
+    active: bool,
+    /// Made by the backend (`POST /subscribe`): kept when a refreshed token no longer allows it.
+    by_server: bool,
 }
 
 /// Subscribers of one channel on this worker.
@@ -56,13 +64,42 @@ pub enum Reservation {
 pub struct Fanout {
     /// Frames pushed to connections (one per recipient of a message).
     pub pushed: u64,
+    /// Frames refused by connections on their way out.
+    pub refused: u64,
     /// Connections cut as slow consumers.
     pub cut: u64,
+}
+
+/// Pushes `frame` to one connection, remembering to flush it at the end of the batch.
+fn push(
+    dirty: &mut Vec<(ConnId, Arc<Writer>)>,
+    fanout: &mut Fanout,
+    id: ConnId,
+    writer: &Arc<Writer>,
+    frame: &Frame,
+) {
+    match writer.push(frame) {
+        Pushed::First => {
+            fanout.pushed += 1;
+            dirty.push((id, writer.clone()));
+        }
+        Pushed::Queued => fanout.pushed += 1,
+        Pushed::Refused => fanout.refused += 1,
+    }
+}
+
+/// Remembers to flush a writer something was pushed to outside [`push`].
+fn push_dirty(dirty: &mut Vec<(ConnId, Arc<Writer>)>, id: ConnId, writer: &Arc<Writer>) {
+    if !dirty.iter().any(|(d, _)| *d == id) {
+        dirty.push((id, writer.clone()));
+    }
 }
 
 pub struct Hub {
     worker: WorkerId,
     routes: Arc<Routes>,
+    /// `--max-subscriptions`: the backend's subscriptions count too.
+    max_subscriptions: usize,
     metrics: Arc<WorkerMetrics>,
     members: HashMap<ConnId, Member>,
     users: HashMap<UserId, Vec<(ConnId, Arc<Writer>)>>,
@@ -81,10 +118,16 @@ pub fn lock(hub: &SharedHub) -> MutexGuard<'_, Hub> {
 }
 
 impl Hub {
-    pub fn new(worker: WorkerId, routes: Arc<Routes>, metrics: Arc<WorkerMetrics>) -> Self {
+    pub fn new(
+        worker: WorkerId,
+        routes: Arc<Routes>,
+        max_subscriptions: usize,
+        metrics: Arc<WorkerMetrics>,
+    ) -> Self {
         Hub {
             worker,
             routes,
+            max_subscriptions,
             metrics,
             members: HashMap::new(),
             users: HashMap::new(),
@@ -125,24 +168,29 @@ impl Hub {
                 self.routes.remove(&Topic::User(user), self.worker);
             }
         }
-        for (channel, active) in member.channels {
-            self.leave(channel, id, active);
+        for m in member.channels {
+            self.leave(m.channel, id, m.active);
         }
     }
 
     /// Starts a subscription of a connection to `channel`: the route is taken at once (so the
     /// bridge subscribes), but no message is delivered until [`activate`](Self::activate).
-    pub fn reserve(&mut self, id: ConnId, channel: &Channel, limit: usize) -> Reservation {
+    pub fn reserve(&mut self, id: ConnId, channel: &Channel, by_server: bool) -> Reservation {
         let Some(member) = self.members.get_mut(&id) else {
             return Reservation::Gone;
         };
-        if member.channels.iter().any(|(c, _)| c == channel) {
+        if let Some(m) = member.channels.iter_mut().find(|m| m.channel == *channel) {
+            m.by_server |= by_server;
             return Reservation::Already;
         }
-        if member.channels.len() >= limit {
+        if member.channels.len() >= self.max_subscriptions {
             return Reservation::TooMany;
         }
-        member.channels.push((channel.clone(), false));
+        member.channels.push(Membership {
+            channel: channel.clone(),
+            active: false,
+            by_server,
+        });
         self.channels
             .entry(channel.clone())
             .or_insert_with(|| {
@@ -154,21 +202,21 @@ impl Hub {
         Reservation::Reserved
     }
 
-    /// Turns a reservation into a subscription and pushes `reply` (the `subscribed` frame) in
-    /// the same step, so every message of the channel after it, and none before, reaches the
-    /// connection. Returns false if the reservation is gone (unsubscribed or cut meanwhile).
-    pub fn activate(&mut self, id: ConnId, channel: &Channel, reply: &Frame) -> bool {
+    /// Turns a reservation into a subscription and pushes `subscribed` in the same step, so
+    /// every message of the channel after it, and none before, reaches the connection. Returns
+    /// false if the reservation is gone (unsubscribed or cut meanwhile).
+    pub fn activate(&mut self, id: ConnId, channel: &Channel) -> bool {
         let Some(member) = self.members.get_mut(&id) else {
             return false;
         };
-        let Some(slot) = member
+        let Some(m) = member
             .channels
             .iter_mut()
-            .find(|(c, active)| c == channel && !*active)
+            .find(|m| m.channel == *channel && !m.active)
         else {
             return false;
         };
-        slot.1 = true;
+        m.active = true;
         let writer = member.writer.clone();
         let entry = self
             .channels
@@ -176,7 +224,7 @@ impl Hub {
             .expect("a reservation keeps its channel entry");
         entry.reserved -= 1;
         entry.active.insert(id, writer.clone());
-        writer.push(reply);
+        writer.push(&Frame::subscribed(channel));
         true
     }
 
@@ -185,12 +233,29 @@ impl Hub {
         let Some(member) = self.members.get_mut(&id) else {
             return false;
         };
-        let Some(pos) = member.channels.iter().position(|(c, _)| c == channel) else {
+        let Some(pos) = member.channels.iter().position(|m| m.channel == *channel) else {
             return false;
         };
-        let (channel, active) = member.channels.swap_remove(pos);
-        self.leave(channel, id, active);
+        let m = member.channels.swap_remove(pos);
+        self.leave(m.channel, id, m.active);
         true
+    }
+
+    /// After a token refresh: ends every subscription the new permissions do not allow, except
+    /// the backend's own, and pushes `unsubscribed` for each.
+    pub fn keep_allowed(&mut self, id: ConnId, permissions: &Permissions) {
+        let Some(member) = self.members.get_mut(&id) else {
+            return;
+        };
+        let writer = member.writer.clone();
+        let (keep, drop): (Vec<_>, Vec<_>) = std::mem::take(&mut member.channels)
+            .into_iter()
+            .partition(|m| m.by_server || permissions.allows(&m.channel));
+        member.channels = keep;
+        for m in drop {
+            writer.push(&Frame::unsubscribed(&m.channel));
+            self.leave(m.channel, id, m.active);
+        }
     }
 
     fn leave(&mut self, channel: Channel, id: ConnId, active: bool) {
@@ -208,44 +273,20 @@ impl Hub {
         }
     }
 
-    /// Hands one delivery to its local recipients; see [`deliver_batch`](Self::deliver_batch).
+    /// Hands one message to its local recipients; see [`deliver_batch`](Self::deliver_batch).
     pub fn deliver(&mut self, delivery: &Delivery) -> Fanout {
-        self.deliver_batch(std::slice::from_ref(delivery))
+        self.deliver_batch(&[Envelope::Message(delivery.clone())])
     }
 
-    /// Pushes each delivery's frame to every local recipient, then flushes each touched
-    /// connection once: a burst for one connection goes out in one `writev`. Never waits.
-    pub fn deliver_batch(&mut self, batch: &[Delivery]) -> Fanout {
+    /// Pushes each message's frame to every local recipient and carries out each control, then
+    /// flushes each touched connection once: a burst for one connection goes out in one
+    /// `writev`. Never waits.
+    pub fn deliver_batch(&mut self, batch: &[Envelope]) -> Fanout {
         let mut fanout = Fanout::default();
-        let mut refused = 0;
-        let dirty = &mut self.dirty;
-        let mut push = |id: &ConnId, writer: &Arc<Writer>, frame: &Frame| match writer.push(frame) {
-            Pushed::First => {
-                fanout.pushed += 1;
-                dirty.push((*id, writer.clone()));
-            }
-            Pushed::Queued => fanout.pushed += 1,
-            Pushed::Refused => refused += 1,
-        };
-        for delivery in batch {
-            let frame = &delivery.frame;
-            match &delivery.target {
-                Target::User(user) => {
-                    for (id, writer) in self.users.get(user).into_iter().flatten() {
-                        push(id, writer, frame);
-                    }
-                }
-                Target::Channel(channel) => {
-                    let subscribers = self.channels.get(channel).map(|e| &e.active);
-                    for (id, writer) in subscribers.into_iter().flatten() {
-                        push(id, writer, frame);
-                    }
-                }
-                Target::All => {
-                    for (id, member) in &self.members {
-                        push(id, &member.writer, frame);
-                    }
-                }
+        for envelope in batch {
+            match envelope {
+                Envelope::Message(d) => self.fan_out(d, &mut fanout),
+                Envelope::Control(user, control) => self.control(user, control, &mut fanout),
             }
         }
         let mut dropped = 0;
@@ -258,13 +299,87 @@ impl Hub {
         }
         self.metrics.frames_pushed.fetch_add(fanout.pushed, Relaxed);
         self.metrics.dropped_slow.fetch_add(dropped, Relaxed);
-        self.metrics.dropped_closed.fetch_add(refused, Relaxed);
+        self.metrics
+            .dropped_closed
+            .fetch_add(fanout.refused, Relaxed);
         fanout.cut = slow.len() as u64;
         for id in slow {
             // The writer is cut: its connection task closes with 1008 and counts the close.
             self.unregister(id);
         }
         fanout
+    }
+
+    fn fan_out(&mut self, delivery: &Delivery, fanout: &mut Fanout) {
+        let frame = &delivery.frame;
+        let dirty = &mut self.dirty;
+        let mut push = |id: &ConnId, writer: &Arc<Writer>| push(dirty, fanout, *id, writer, frame);
+        match &delivery.target {
+            Target::User(user) => {
+                for (id, writer) in self.users.get(user).into_iter().flatten() {
+                    push(id, writer);
+                }
+            }
+            Target::Channel(channel) => {
+                let subscribers = self.channels.get(channel).map(|e| &e.active);
+                for (id, writer) in subscribers.into_iter().flatten() {
+                    push(id, writer);
+                }
+            }
+            Target::All => {
+                for (id, member) in &self.members {
+                    push(id, &member.writer);
+                }
+            }
+        }
+    }
+
+    /// The backend's word for every connection of `user` on this worker.
+    fn control(&mut self, user: &UserId, control: &Control, fanout: &mut Fanout) {
+        let Some(connections) = self.users.get(user).cloned() else {
+            return;
+        };
+        for (id, writer) in connections {
+            let reply = match control {
+                Control::Disconnect(reason) => {
+                    writer.command(Command::Disconnect(reason.clone()));
+                    self.unregister(id);
+                    None
+                }
+                Control::Unsubscribe(channel) => self
+                    .unsubscribe(id, channel)
+                    .then(|| Frame::unsubscribed(channel)),
+                Control::Subscribe(channel) => match self.reserve(id, channel, true) {
+                    Reservation::Reserved => {
+                        let ready = self.routes.log().is_none_or(|l| l.is_applied(l.ticket()));
+                        if ready {
+                            self.activate(id, channel);
+                            push_dirty(&mut self.dirty, id, &writer);
+                        } else {
+                            writer.command(Command::Activate(channel.clone()));
+                        }
+                        None
+                    }
+                    Reservation::Already => Some(Frame::subscribed(channel)),
+                    Reservation::TooMany => Some(Frame::error(
+                        ErrorCode::Forbidden,
+                        &format!(
+                            "the server could not subscribe you to {}: at most {} subscriptions per connection",
+                            channel.as_str(),
+                            self.max_subscriptions
+                        ),
+                    )),
+                    Reservation::Gone => None,
+                },
+            };
+            if let Some(frame) = reply {
+                push(&mut self.dirty, fanout, id, &writer, &frame);
+            }
+        }
+    }
+
+    pub fn max_subscriptions(&self) -> usize {
+        self.max_subscriptions
     }
 
     pub fn connections(&self) -> usize {
@@ -296,7 +411,12 @@ mod tests {
     use crate::writer::QueueLimits;
 
     fn hub() -> Hub {
-        Hub::new(WorkerId(0), Arc::new(Routes::new(1, None)), Arc::default())
+        Hub::new(
+            WorkerId(0),
+            Arc::new(Routes::new(1, None)),
+            1,
+            Arc::default(),
+        )
     }
 
     fn id(seq: u64) -> ConnId {
@@ -329,16 +449,16 @@ mod tests {
         h.register(id(1), u.clone(), a.clone());
         h.register(id(2), u.clone(), b.clone());
         let ch = Channel::new("c").unwrap();
-        assert_eq!(h.reserve(id(1), &ch, 1), Reservation::Reserved);
+        assert_eq!(h.reserve(id(1), &ch, false), Reservation::Reserved);
         let other = Channel::new("d").unwrap();
-        assert_eq!(h.reserve(id(1), &other, 1), Reservation::TooMany);
-        assert_eq!(h.reserve(id(1), &ch, 1), Reservation::Already);
-        assert_eq!(h.reserve(id(9), &ch, 1), Reservation::Gone);
+        assert_eq!(h.reserve(id(1), &other, false), Reservation::TooMany);
+        assert_eq!(h.reserve(id(1), &ch, false), Reservation::Already);
+        assert_eq!(h.reserve(id(9), &ch, false), Reservation::Gone);
         // Reserved: the route is there, the messages are not yet.
         assert!(!h.routes.workers(&Topic::Channel(ch.clone())).is_empty());
         assert_eq!(h.deliver(&delivery(Target::Channel(ch.clone()))).pushed, 0);
-        assert!(h.activate(id(1), &ch, &Frame::subscribed(&ch)));
-        assert!(!h.activate(id(1), &ch, &Frame::subscribed(&ch)));
+        assert!(h.activate(id(1), &ch));
+        assert!(!h.activate(id(1), &ch));
         assert_eq!(h.deliver(&delivery(Target::User(u.clone()))).pushed, 2);
         assert_eq!(h.deliver(&delivery(Target::Channel(ch.clone()))).pushed, 1);
         assert_eq!(h.deliver(&delivery(Target::All)).pushed, 2);
@@ -355,11 +475,58 @@ mod tests {
         let mut h = hub();
         let ch = Channel::new("c").unwrap();
         h.register(id(1), UserId::new("u").unwrap(), writer(8));
-        assert_eq!(h.reserve(id(1), &ch, 4), Reservation::Reserved);
+        assert_eq!(h.reserve(id(1), &ch, false), Reservation::Reserved);
         assert!(h.unsubscribe(id(1), &ch));
         assert!(!h.unsubscribe(id(1), &ch));
-        assert!(!h.activate(id(1), &ch, &Frame::subscribed(&ch)));
+        assert!(!h.activate(id(1), &ch));
         assert_eq!(h.entries(), 2, "the member and its user, no channel");
+    }
+
+    #[test]
+    fn the_backend_controls_every_connection_of_a_user() {
+        let mut h = hub();
+        let u = UserId::new("u").unwrap();
+        let (a, b) = (writer(8), writer(8));
+        h.register(id(1), u.clone(), a.clone());
+        h.register(id(2), u.clone(), b.clone());
+        let ch = Channel::new("c").unwrap();
+        let control = |c| Envelope::Control(u.clone(), c);
+        h.deliver_batch(&[control(Control::Subscribe(ch.clone()))]);
+        // No bridge: subscribed at once, even without a token that allows it.
+        assert_eq!(h.deliver(&delivery(Target::Channel(ch.clone()))).pushed, 2);
+        assert_eq!((a.queued(), b.queued()), (2, 2));
+        // A refreshed token that allows nothing keeps the backend's subscription.
+        h.keep_allowed(id(1), &Permissions::default());
+        assert_eq!(a.queued(), 2);
+        h.deliver_batch(&[control(Control::Unsubscribe(ch.clone()))]);
+        assert_eq!(h.deliver(&delivery(Target::Channel(ch.clone()))).pushed, 0);
+        assert_eq!((a.queued(), b.queued()), (3, 3), "unsubscribed for each");
+        h.deliver_batch(&[control(Control::Disconnect("bye".into()))]);
+        assert_eq!(h.connections(), 0);
+        assert_eq!(h.entries(), 0);
+    }
+
+    #[test]
+    fn a_refresh_ends_what_the_new_token_does_not_allow() {
+        let mut h = Hub::new(
+            WorkerId(0),
+            Arc::new(Routes::new(1, None)),
+            8,
+            Arc::default(),
+        );
+        let w = writer(8);
+        h.register(id(1), UserId::new("u").unwrap(), w.clone());
+        for c in ["keep", "drop"] {
+            let ch = Channel::new(c).unwrap();
+            h.reserve(id(1), &ch, false);
+            h.activate(id(1), &ch);
+        }
+        h.keep_allowed(id(1), &Permissions::new(&["keep".into()]));
+        assert_eq!(w.queued(), 3, "two subscribed, one unsubscribed");
+        let keep = Channel::new("keep").unwrap();
+        assert_eq!(h.deliver(&delivery(Target::Channel(keep))).pushed, 1);
+        let gone = Channel::new("drop").unwrap();
+        assert_eq!(h.deliver(&delivery(Target::Channel(gone))).pushed, 0);
     }
 
     #[test]
@@ -370,7 +537,14 @@ mod tests {
         h.register(id(2), UserId::new("fast").unwrap(), fast.clone());
         assert_eq!(h.deliver(&delivery(Target::All)).pushed, 2);
         let f = h.deliver(&delivery(Target::All));
-        assert_eq!(f, Fanout { pushed: 2, cut: 1 });
+        assert_eq!(
+            f,
+            Fanout {
+                pushed: 2,
+                refused: 0,
+                cut: 1
+            }
+        );
         assert_eq!(h.connections(), 1);
         assert_eq!(fast.queued(), 2);
         assert_eq!(h.metrics.dropped_slow.load(Relaxed), 2);

@@ -36,6 +36,13 @@ pub struct WorkerMetrics {
     pub slow_consumer_closes: AtomicU64,
     /// Connections closed because the client was silent too long.
     pub ping_timeouts: AtomicU64,
+    /// Connections closed at their token's `exp` (4001).
+    pub expired_closes: AtomicU64,
+    /// Connections closed by `POST /disconnect` (4003).
+    pub disconnect_closes: AtomicU64,
+    /// `refresh` frames accepted and refused.
+    pub refreshes_accepted: AtomicU64,
+    pub refreshes_refused: AtomicU64,
     /// Client frames answered with `bad_request` or closed for size/type.
     pub client_errors: AtomicU64,
 }
@@ -157,6 +164,8 @@ impl Snapshot {
             ("fanfare_slow_consumer_closes", "Connections closed because more than --queue-limit frames or --queue-bytes waited for their socket.", sum(|w| &w.slow_consumer_closes)),
             ("fanfare_ping_timeouts", "Connections closed because the client was silent for twice the ping interval.", sum(|w| &w.ping_timeouts)),
             ("fanfare_client_errors", "Client frames refused (bad_request, binary, oversize, not UTF-8).", sum(|w| &w.client_errors)),
+            ("fanfare_token_expired_closes", "Connections closed at their token's exp (4001).", sum(|w| &w.expired_closes)),
+            ("fanfare_disconnect_closes", "Connections closed by POST /disconnect (4003).", sum(|w| &w.disconnect_closes)),
         ];
         let accepted = ["direct", "channel", "broadcast"].iter().zip(&m.accepted);
         let rejected = REJECT_STATUSES.iter().zip(&m.rejected);
@@ -166,6 +175,10 @@ impl Snapshot {
             ("fanfare_dropped_messages", "Frames handed to a connection and never written: slow = cut as a slow consumer, closed = still waiting when it closed.", "reason", vec![
                 ("slow".into(), sum(|w| &w.dropped_slow)),
                 ("closed".into(), sum(|w| &w.dropped_closed)),
+            ]),
+            ("fanfare_refreshes", "Token refreshes, by result.", "result", vec![
+                ("accepted".into(), sum(|w| &w.refreshes_accepted)),
+                ("refused".into(), sum(|w| &w.refreshes_refused)),
             ]),
             ("fanfare_messages_accepted", "Messages accepted by the publish API.", "kind",
                 accepted.map(|(k, n)| (k.to_string(), n.load(Relaxed))).collect()),

@@ -217,13 +217,28 @@ impl Frame {
         Frame::encode(OP_PING, &[])
     }
 
-    /// A close frame with its code and reason.
-    pub fn close(reason: crate::error::CloseReason) -> Self {
-        let text = reason.reason();
-        let mut payload = Vec::with_capacity(2 + text.len());
-        payload.extend_from_slice(&reason.code().to_be_bytes());
-        payload.extend_from_slice(text.as_bytes());
-        Frame::encode(OP_CLOSE, &[&payload])
+    /// A close frame with its code and reason (at most 123 bytes, as a control frame allows).
+    pub fn close(code: u16, reason: &str) -> Self {
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        Frame::encode(OP_CLOSE, &[&code.to_be_bytes(), &reason.as_bytes()[..end]])
+    }
+
+    /// `{"type":"refreshed","exp":<unix seconds>}`, without `exp` for a token that has none.
+    pub fn refreshed(exp: Option<u64>) -> Self {
+        match exp {
+            Some(exp) => {
+                Frame::text_parts(&[r#"{"type":"refreshed","exp":"#, &exp.to_string(), "}"])
+            }
+            None => Frame::text_parts(&[r#"{"type":"refreshed"}"#]),
+        }
+    }
+
+    /// `{"type":"expiring","exp":<unix seconds>}`: refresh now or be closed at `exp`.
+    pub fn expiring(exp: u64) -> Self {
+        Frame::text_parts(&[r#"{"type":"expiring","exp":"#, &exp.to_string(), "}"])
     }
 
     fn text_parts(parts: &[&str]) -> Self {
@@ -283,6 +298,50 @@ fn header_len(payload: usize) -> usize {
     }
 }
 
+/// What the backend tells a user's connections through the server API (`POST /disconnect`,
+/// `/subscribe`, `/unsubscribe`); routed like a direct message to that user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Close every connection with 4003 and this reason.
+    Disconnect(Arc<str>),
+    /// Subscribe every connection, whatever its token allows.
+    Subscribe(Channel),
+    /// End every connection's subscription.
+    Unsubscribe(Channel),
+}
+
+/// Longest reason of a `POST /disconnect`, in bytes (it goes into a close frame).
+pub const MAX_DISCONNECT_REASON_BYTES: usize = 120;
+
+impl Control {
+    /// Compact form for the Redis wire: a letter, then the reason or the channel.
+    pub fn encode(&self) -> Vec<u8> {
+        let (kind, text) = match self {
+            Control::Disconnect(reason) => (b'd', &**reason),
+            Control::Subscribe(c) => (b's', c.as_str()),
+            Control::Unsubscribe(c) => (b'u', c.as_str()),
+        };
+        let mut out = Vec::with_capacity(1 + text.len());
+        out.push(kind);
+        out.extend_from_slice(text.as_bytes());
+        out
+    }
+
+    /// `None` for bytes [`Control::encode`] does not make.
+    pub fn decode(bytes: &[u8]) -> Option<Control> {
+        let (kind, text) = bytes.split_first()?;
+        let text = std::str::from_utf8(text).ok()?;
+        match kind {
+            b'd' if text.len() <= MAX_DISCONNECT_REASON_BYTES => {
+                Some(Control::Disconnect(text.into()))
+            }
+            b's' => Channel::new(text).ok().map(Control::Subscribe),
+            b'u' => Channel::new(text).ok().map(Control::Unsubscribe),
+            _ => None,
+        }
+    }
+}
+
 /// Codes of the `error` reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorCode {
@@ -305,6 +364,8 @@ pub enum ClientMessage {
     Subscribe(Channel),
     Unsubscribe(Channel),
     Ping,
+    /// A new token for this connection (section 8).
+    Refresh(String),
 }
 
 /// Why a client frame was not understood; answered with `bad_request`, the connection stays.
@@ -316,6 +377,8 @@ pub enum DecodeError {
     UnknownType,
     #[error("\"channel\" must be a string")]
     MissingChannel,
+    #[error("\"token\" must be a string")]
+    MissingToken,
     #[error(transparent)]
     BadChannel(#[from] NameError),
 }
@@ -328,6 +391,8 @@ impl ClientMessage {
             kind: std::borrow::Cow<'a, str>,
             #[serde(borrow, default)]
             channel: Option<std::borrow::Cow<'a, str>>,
+            #[serde(borrow, default)]
+            token: Option<std::borrow::Cow<'a, str>>,
         }
         let raw: Raw = serde_json::from_str(text).map_err(|_| DecodeError::NotJson)?;
         let channel = || -> Result<Channel, DecodeError> {
@@ -338,6 +403,10 @@ impl ClientMessage {
             "subscribe" => Ok(ClientMessage::Subscribe(channel()?)),
             "unsubscribe" => Ok(ClientMessage::Unsubscribe(channel()?)),
             "ping" => Ok(ClientMessage::Ping),
+            "refresh" => match raw.token {
+                Some(token) => Ok(ClientMessage::Refresh(token.into_owned())),
+                None => Err(DecodeError::MissingToken),
+            },
             _ => Err(DecodeError::UnknownType),
         }
     }
@@ -383,7 +452,7 @@ mod tests {
             assert_eq!(v["detail"].as_str().unwrap().len(), len);
         }
         assert_eq!(&Frame::ping().bytes()[..], &[0x89, 0]);
-        let close = Frame::close(crate::error::CloseReason::SlowConsumer);
+        let close = Frame::close(1008, "slow consumer");
         assert_eq!(&close.bytes()[..4], &[0x88, 15, 0x03, 0xF0]);
     }
 
@@ -401,6 +470,24 @@ mod tests {
         }
         let other = Target::Channel(Channel::new("a:c").unwrap());
         assert_eq!(Frame::message(&c, &p).message_payload(&other), None);
+    }
+
+    #[test]
+    fn controls_roundtrip_on_the_wire() {
+        let c = Channel::new("news").unwrap();
+        for control in [
+            Control::Disconnect("bye".into()),
+            Control::Disconnect("".into()),
+            Control::Subscribe(c.clone()),
+            Control::Unsubscribe(c),
+        ] {
+            assert_eq!(Control::decode(&control.encode()), Some(control));
+        }
+        assert_eq!(Control::decode(b"sa b"), None);
+        assert_eq!(Control::decode(b"x"), None);
+        assert_eq!(Control::decode(b""), None);
+        let long = [b"d".as_slice(), &[b'x'; 121]].concat();
+        assert_eq!(Control::decode(&long), None);
     }
 
     #[test]
@@ -430,6 +517,14 @@ mod tests {
         assert_eq!(
             ClientMessage::decode(r#"{"type":"ping"}"#),
             Ok(ClientMessage::Ping)
+        );
+        assert_eq!(
+            ClientMessage::decode(r#"{"type":"refresh","token":"t"}"#),
+            Ok(ClientMessage::Refresh("t".into()))
+        );
+        assert_eq!(
+            ClientMessage::decode(r#"{"type":"refresh"}"#),
+            Err(DecodeError::MissingToken)
         );
         assert_eq!(ClientMessage::decode("nope"), Err(DecodeError::NotJson));
         assert_eq!(

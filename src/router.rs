@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use crate::bridge::Bridge;
-use crate::bus::{Bus, Delivery};
+use crate::bus::{Bus, Delivery, Envelope};
 use crate::metrics::Metrics;
+use crate::protocol::{Control, UserId};
 use crate::subscriptions::SubscriptionLog;
 
 pub struct Router {
@@ -32,7 +33,16 @@ impl Router {
         if let Some(bridge) = &self.bridge {
             bridge.publish(&delivery);
         }
-        self.bus.deliver(delivery).await;
+        self.bus.deliver(Envelope::Message(delivery)).await;
+    }
+
+    /// The backend's word for every connection of `user`, on every machine that has one; in
+    /// order with the messages this process accepts.
+    pub async fn control(&self, user: UserId, control: Control) {
+        if let Some(bridge) = &self.bridge {
+            bridge.control(&user, &control);
+        }
+        self.bus.deliver(Envelope::Control(user, control)).await;
     }
 
     /// Why a message accepted now might not reach every recipient in the cluster; `None` when

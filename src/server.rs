@@ -127,6 +127,7 @@ impl Server {
             let hub: SharedHub = Arc::new(std::sync::Mutex::new(Hub::new(
                 id,
                 routes.clone(),
+                config.max_subscriptions as usize,
                 worker_metrics.clone(),
             )));
             let listeners = std::iter::once(listener).chain(private.next()).collect();

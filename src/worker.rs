@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::TokenKeys;
-use crate::bus::Delivery;
+use crate::bus::Envelope;
 use crate::config::Config;
 use crate::http;
 use crate::hub::{self, SharedHub};
@@ -57,7 +57,7 @@ pub struct WorkerContext {
 pub fn run(
     ctx: Arc<WorkerContext>,
     listeners: Vec<std::net::TcpListener>,
-    inbox_rx: mpsc::Receiver<Delivery>,
+    inbox_rx: mpsc::Receiver<Envelope>,
 ) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -96,7 +96,7 @@ pub fn run(
 /// Hands every delivery from this worker's inbox to its hub, a batch per lock (and per flush of
 /// each connection it touches).
 async fn bus_task(
-    mut inbox_rx: mpsc::Receiver<Delivery>,
+    mut inbox_rx: mpsc::Receiver<Envelope>,
     hub: SharedHub,
     metrics: Arc<WorkerMetrics>,
 ) {

@@ -15,13 +15,13 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::{Buf, Bytes};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
-use crate::protocol::Frame;
+use crate::protocol::{Channel, Frame};
 
 /// Most buffers handed to one `writev`.
 const MAX_IOVECS: usize = 64;
@@ -56,14 +56,30 @@ pub enum Flushed {
     Gone,
 }
 
+/// What the hub asks of a connection that only its task can do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Close with 4003 and this reason (`POST /disconnect`); the hub has unregistered it.
+    Disconnect(Arc<str>),
+    /// A subscription the backend made (`POST /subscribe`) is reserved: send `subscribed`
+    /// and let the channel's messages in once the bridge has it.
+    Activate(Channel),
+}
+
 /// What the connection task hears from its writer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriterEvent {
     /// Over the limits: close with 1008.
     SlowConsumer,
     /// Writing failed: the peer is gone.
     Broken,
+    /// The hub asks for something.
+    Command(Command),
 }
+
+/// Commands that may wait for a connection task (a backend calling `/subscribe` in a loop for
+/// one user); past this the connection is cut like a slow consumer.
+const MAX_COMMANDS: usize = 256;
 
 pub struct Writer {
     /// Set once the upgrade completes. Before that (between registering the connection and the
@@ -85,6 +101,8 @@ struct State {
     status: Status,
     /// Pushed since the last flush: the hub flushes each such writer once per batch.
     dirty: bool,
+    /// For the connection task, oldest first.
+    commands: std::collections::VecDeque<Command>,
 }
 
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,18 +217,39 @@ impl Writer {
         self.flush()
     }
 
-    /// Resolves when the connection must end because of its writer; meanwhile writes whatever
-    /// waits as the socket becomes writable. For the connection task's `select!`.
-    pub async fn run(&self) -> WriterEvent {
+    /// Hands a command to the connection task.
+    pub fn command(&self, command: Command) {
+        let mut s = self.state();
+        if s.commands.len() >= MAX_COMMANDS {
+            if s.status == Status::Open {
+                s.cut();
+            }
+        } else {
+            s.commands.push_back(command);
+        }
+        drop(s);
+        self.wake.notify_one();
+    }
+
+    /// The next thing the connection task must act on; meanwhile writes whatever waits as the
+    /// socket becomes writable. Cancel-safe: for the connection task's `select!`.
+    pub async fn next_event(&self) -> WriterEvent {
         loop {
-            match self.pending() {
-                Pending::Nothing => self.wake.notified().await,
-                Pending::Frames => {
-                    let Some(socket) = self.socket.get() else {
-                        self.wake.notified().await;
-                        continue;
-                    };
-                    // A cut (by the hub) must be heard while the socket stays full.
+            let pending = {
+                let mut s = self.state();
+                match s.status {
+                    Status::Cut => return WriterEvent::SlowConsumer,
+                    Status::Broken => return WriterEvent::Broken,
+                    Status::Open | Status::Closing => {}
+                }
+                if let Some(command) = s.commands.pop_front() {
+                    return WriterEvent::Command(command);
+                }
+                !s.queue.is_empty()
+            };
+            match self.socket.get() {
+                Some(socket) if pending => {
+                    // A cut or a command must be heard while the socket stays full.
                     tokio::select! {
                         writable = socket.writable() => {
                             if writable.is_err() {
@@ -222,19 +261,8 @@ impl Writer {
                         () = self.wake.notified() => {}
                     }
                 }
-                Pending::Cut => return WriterEvent::SlowConsumer,
-                Pending::Broken => return WriterEvent::Broken,
+                _ => self.wake.notified().await,
             }
-        }
-    }
-
-    fn pending(&self) -> Pending {
-        let s = self.state();
-        match s.status {
-            Status::Cut => Pending::Cut,
-            Status::Broken => Pending::Broken,
-            Status::Open | Status::Closing if s.queue.is_empty() => Pending::Nothing,
-            Status::Open | Status::Closing => Pending::Frames,
         }
     }
 
@@ -242,9 +270,11 @@ impl Writer {
     /// last stretch; the caller bounds it with a timeout).
     pub async fn drain(&self) {
         loop {
-            match self.pending() {
-                Pending::Nothing | Pending::Broken => return,
-                Pending::Frames | Pending::Cut => {}
+            {
+                let s = self.state();
+                if s.queue.is_empty() || s.status == Status::Broken {
+                    return;
+                }
             }
             let Some(socket) = self.socket.get() else {
                 return;
@@ -252,9 +282,7 @@ impl Writer {
             if socket.writable().await.is_err() {
                 return;
             }
-            if self.flush() == Flushed::Gone && self.pending() == Pending::Broken {
-                return;
-            }
+            self.flush();
         }
     }
 
@@ -262,14 +290,6 @@ impl Writer {
     pub fn queued(&self) -> usize {
         self.state().queue.len()
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pending {
-    Nothing,
-    Frames,
-    Cut,
-    Broken,
 }
 
 impl State {
@@ -368,7 +388,7 @@ mod tests {
         // Readiness arrives with the first poll of the driver; run() waits for it.
         writer.attach(write);
         tokio::select! {
-            _ = writer.run() => panic!("writer ended"),
+            _ = writer.next_event() => panic!("writer ended"),
             () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
         }
         assert_eq!(writer.queued(), 0);
@@ -401,7 +421,7 @@ mod tests {
         assert!(cut.is_some_and(|i| i > 4), "{flushes:?}");
         assert!(matches!(flushes.last(), Some(Flushed::Cut(n)) if *n >= 4));
         assert_eq!(writer.push(&big), Pushed::Refused);
-        assert_eq!(writer.run().await, WriterEvent::SlowConsumer);
+        assert_eq!(writer.next_event().await, WriterEvent::SlowConsumer);
     }
 
     #[tokio::test]

@@ -177,8 +177,11 @@ async fn a_flood_from_redis_is_relayed_within_bounded_memory_and_checked() {
 
     // Not JSON, and larger than --max-message-bytes: both refused and counted.
     for bad in [
-        wire::encode(1, b"{not json"),
-        wire::encode(1, format!("\"{}\"", "x".repeat(9000)).as_bytes()),
+        wire::encode(1, wire::Body::Message(b"{not json")),
+        wire::encode(
+            1,
+            wire::Body::Message(format!("\"{}\"", "x".repeat(9000)).as_bytes()),
+        ),
     ] {
         let publish = publish.clone();
         tokio::task::spawn_blocking(move || publish(bad.to_vec(), 1))
@@ -197,7 +200,11 @@ async fn a_flood_from_redis_is_relayed_within_bounded_memory_and_checked() {
     // limit for subscribers cuts the link, which reconnects and resubscribes by itself.
     const FLOOD: usize = 50_000;
     let before = rss();
-    let payload = wire::encode(1, format!("\"{}\"", "f".repeat(4000)).as_bytes()).to_vec();
+    let payload = wire::encode(
+        1,
+        wire::Body::Message(format!("\"{}\"", "f".repeat(4000)).as_bytes()),
+    )
+    .to_vec();
     let flooding = tokio::task::spawn_blocking(move || publish(payload, FLOOD));
     let mut peak = 0;
     let deadline = Instant::now() + 3 * common::PATIENCE;

@@ -234,3 +234,40 @@ async fn a_prefix_that_could_overlap_another_fleet_stops_the_start() {
     let err = fanfare::Server::start(config).err().expect("refused");
     assert!(err.to_string().contains("fanfare:u:"), "{err}");
 }
+
+#[tokio::test]
+async fn the_backends_controls_reach_only_the_machines_with_the_user() {
+    let redis = RedisServer::start();
+    let (a, b) = fleet(&redis).await;
+    let c = TestServer::in_fleet(&redis, "fleet:", "c");
+    c.wait_readyz(200).await;
+    let mut on_a = a.connect("42", &[]).await;
+    let mut on_b = b.connect("42", &[]).await;
+    let _elsewhere = c.connect("43", &[]).await;
+    // Only A and B subscribe to the user's channel, so only they hear the controls.
+    assert_eq!(redis.numsub("fleet:u:42"), 2);
+    a.publish("/subscribe", json!({"userId": "42", "channel": "vip"}))
+        .await;
+    for client in [&mut on_a, &mut on_b] {
+        assert_eq!(
+            client.recv_json().await,
+            json!({"type": "subscribed", "channel": "vip"})
+        );
+    }
+    b.publish("/publish", json!({"channel": "vip", "message": 1}))
+        .await;
+    for client in [&mut on_a, &mut on_b] {
+        assert_eq!(client.recv_message().await, json!(1));
+    }
+    a.publish("/unsubscribe", json!({"userId": "42", "channel": "vip"}))
+        .await;
+    for client in [&mut on_a, &mut on_b] {
+        assert_eq!(client.recv_json().await["type"], "unsubscribed");
+    }
+    a.publish("/disconnect", json!({"userId": "42", "reason": "logout"}))
+        .await;
+    for client in [&mut on_a, &mut on_b] {
+        assert_eq!(client.recv_close().await, (4003, "logout".into()));
+    }
+    assert_eq!(c.metric("fanfare_bridge_received_total").await, 0.0);
+}

@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, Delivery};
 use crate::metrics::BridgeMetrics;
+use crate::protocol::{Control, Target, UserId};
 use crate::subscriptions::SubscriptionLog;
 use wire::Names;
 
@@ -146,11 +147,34 @@ impl Bridge {
             .frame
             .message_payload(&delivery.target)
             .expect("published frames are built by Frame::message");
-        let outgoing = Outgoing {
-            channel: self.names.target(&delivery.target),
-            payload: wire::encode(self.instance, payload),
-        };
-        if self.publish_tx.try_send(outgoing).is_err() {
+        let channel = self.names.target(&delivery.target);
+        self.send(
+            channel,
+            wire::encode(self.instance, wire::Body::Message(payload)),
+        );
+    }
+
+    /// Queues the backend's word for `user` for the other machines, on the user's channel: only
+    /// machines with a connection of that user hear it. Never waits, like [`Bridge::publish`].
+    pub fn control(&self, user: &UserId, control: &Control) {
+        if !self.metrics.publish_up.load(Relaxed) {
+            self.metrics.dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        let channel = self.names.target(&Target::User(user.clone()));
+        let body = control.encode();
+        self.send(
+            channel,
+            wire::encode(self.instance, wire::Body::Control(&body)),
+        );
+    }
+
+    fn send(&self, channel: String, payload: Bytes) {
+        if self
+            .publish_tx
+            .try_send(Outgoing { channel, payload })
+            .is_err()
+        {
             self.metrics.dropped.fetch_add(1, Relaxed);
         }
     }

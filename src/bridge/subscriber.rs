@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::wire::{self, Names};
 use super::{within, Backoff, LinkDown, PING_EVERY};
-use crate::bus::{Bus, Delivery};
+use crate::bus::{Bus, Delivery, Envelope};
 use crate::metrics::BridgeMetrics;
 use crate::routes::Topic;
 use crate::subscriptions::SubscriptionLog;
@@ -174,12 +174,19 @@ impl Subscriber {
             // Our own message: delivered locally when it was accepted.
             return;
         }
-        let Some(frame) = wire::frame(&target, decoded.payload, self.max_message_bytes) else {
+        let envelope = match decoded.body {
+            wire::Body::Message(payload) => wire::frame(&target, payload, self.max_message_bytes)
+                .map(|frame| Envelope::Message(Delivery { target, frame })),
+            wire::Body::Control(body) => {
+                wire::control(&target, body).map(|(user, c)| Envelope::Control(user, c))
+            }
+        };
+        let Some(envelope) = envelope else {
             self.metrics.malformed.fetch_add(1, Relaxed);
             return;
         };
         self.metrics.received.fetch_add(1, Relaxed);
-        let missed = self.bus.try_deliver(Delivery { target, frame });
+        let missed = self.bus.try_deliver(envelope);
         self.metrics.inbox_full.fetch_add(missed, Relaxed);
     }
 

@@ -1,10 +1,12 @@
 //! What travels through Redis: channel and key names under the prefix, and a small versioned
 //! header in front of the message's JSON payload.
 //!
-//! Payload: `[version = 2][instance: 8 bytes, big endian][payload JSON]`. The instance is a
+//! Payload: `[version = 2][instance: 8 bytes, big endian][kind][body]`. The instance is a
 //! random number each process draws at start, so a process recognises its own messages even if
-//! two processes were given the same `--node-id`. The receiver rebuilds the frame from the
-//! Redis channel's target and the payload, so whatever arrives has the shape of a server frame.
+//! two processes were given the same `--node-id`. Kind 0 is a message, whose body is its JSON
+//! payload: the receiver rebuilds the frame from the Redis channel's target and the payload, so
+//! whatever arrives has the shape of a server frame. Kind 1 is the backend's word for a user
+//! ([`Control`], on that user's channel).
 //!
 //! Names: `<prefix>u:<user>`, `<prefix>c:<channel>`, `<prefix>all`, and the key
 //! `<prefix>n:<node id>`. A prefix is zero or more segments of at least two characters, each
@@ -15,11 +17,13 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::value::RawValue;
 
-use crate::protocol::{Channel, Frame, Target, UserId};
+use crate::protocol::{Channel, Control, Frame, Target, UserId};
 use crate::routes::Topic;
 
 const VERSION: u8 = 2;
-const HEADER: usize = 9;
+const HEADER: usize = 10;
+const MESSAGE: u8 = 0;
+const CONTROL: u8 = 1;
 
 /// Longest node id.
 pub const MAX_NODE_ID_BYTES: usize = 255;
@@ -95,31 +99,56 @@ impl Names {
     }
 }
 
-pub fn encode(instance: u64, payload: &[u8]) -> Bytes {
-    let mut buf = BytesMut::with_capacity(HEADER + payload.len());
+/// What travels: a message's JSON payload, or a control.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Body<'a> {
+    Message(&'a [u8]),
+    Control(&'a [u8]),
+}
+
+pub fn encode(instance: u64, body: Body<'_>) -> Bytes {
+    let (kind, bytes) = match body {
+        Body::Message(b) => (MESSAGE, b),
+        Body::Control(b) => (CONTROL, b),
+    };
+    let mut buf = BytesMut::with_capacity(HEADER + bytes.len());
     buf.put_u8(VERSION);
     buf.put_u64(instance);
-    buf.put_slice(payload);
+    buf.put_u8(kind);
+    buf.put_slice(bytes);
     buf.freeze()
 }
 
-/// A received payload: which process published it, and the message.
+/// A received payload: which process published it, and what.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Decoded<'a> {
     pub instance: u64,
-    pub payload: &'a [u8],
+    pub body: Body<'a>,
 }
 
-/// `None` for a payload of another version or a broken one.
+/// `None` for a payload of another version or kind, or a broken one.
 pub fn decode(bytes: &[u8]) -> Option<Decoded<'_>> {
-    let (header, payload) = bytes.split_at_checked(HEADER)?;
-    let [VERSION, id @ ..] = header else {
+    let (header, body) = bytes.split_at_checked(HEADER)?;
+    let [VERSION, id @ .., kind] = header else {
         return None;
+    };
+    let body = match *kind {
+        MESSAGE => Body::Message(body),
+        CONTROL => Body::Control(body),
+        _ => return None,
     };
     Some(Decoded {
         instance: u64::from_be_bytes(id.try_into().ok()?),
-        payload,
+        body,
     })
+}
+
+/// The control a received body is, if it is one for a user.
+pub fn control(target: &Target, body: &[u8]) -> Option<(UserId, Control)> {
+    match target {
+        Target::User(user) => Control::decode(body).map(|c| (user.clone(), c)),
+        Target::Channel(_) | Target::All => None,
+    }
 }
 
 /// The frame a received message becomes: only a payload of at most `max` bytes that is one
@@ -205,12 +234,18 @@ mod tests {
 
     #[test]
     fn payload_roundtrip() {
-        let bytes = encode(7, br#"{"a":1}"#);
+        let bytes = encode(7, Body::Message(br#"{"a":1}"#));
         let d = decode(&bytes).unwrap();
         assert_eq!(d.instance, 7);
-        assert_eq!(d.payload, br#"{"a":1}"#);
-        assert!(decode(&[1, 0, 0, 0, 0, 0, 0, 0, 0, b'1']).is_none());
+        assert_eq!(d.body, Body::Message(br#"{"a":1}"#));
+        let bytes = encode(8, Body::Control(b"snews"));
+        assert_eq!(decode(&bytes).unwrap().body, Body::Control(b"snews"));
+        assert!(decode(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, b'1']).is_none());
+        assert!(decode(&[2, 0, 0, 0, 0, 0, 0, 0, 0, 9, b'1']).is_none());
         assert!(decode(&[2, 5, b'a']).is_none());
         assert!(decode(&[]).is_none());
+        let user = Target::User(UserId::new("u").unwrap());
+        assert!(control(&user, b"dbye").is_some());
+        assert!(control(&Target::All, b"dbye").is_none());
     }
 }

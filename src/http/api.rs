@@ -1,6 +1,8 @@
-//! The publish API: `POST /message`, `/publish`, `/broadcast`, `/batch`. The key is checked and
-//! the body read under its size and time limits before anything is parsed; every item is
-//! validated before any is published, so a bad request delivers nothing.
+//! The API for the application's backend: publishing (`POST /message`, `/publish`,
+//! `/broadcast`, `/batch`) and control of a user's connections (`POST /disconnect`,
+//! `/subscribe`, `/unsubscribe`). The key is checked and the body read under its size and time
+//! limits before anything is parsed; every item is validated before any is published, so a bad
+//! request delivers nothing.
 
 use std::borrow::Cow;
 
@@ -15,24 +17,31 @@ use super::reject::{json, ApiError};
 use super::Response;
 use crate::auth::{bearer, keys_match};
 use crate::bus::Delivery;
-use crate::protocol::{Channel, Frame, Target, UserId};
+use crate::protocol::{Channel, Control, Frame, Target, UserId, MAX_DISCONNECT_REASON_BYTES};
 use crate::worker::Shared;
 
-/// `POST /message | /publish | /broadcast | /batch`.
+/// What an accepted request asks for.
+enum Accepted {
+    Publish(Vec<Delivery>),
+    Control(UserId, Control),
+}
+
+/// `POST /message | /publish | /broadcast | /batch | /disconnect | /subscribe | /unsubscribe`.
 pub async fn handle(req: Request<Incoming>, ctx: &Shared) -> Response {
     match accept(req, ctx).await {
-        Ok(deliveries) => {
+        Ok(Accepted::Publish(deliveries)) => {
             for d in deliveries {
                 ctx.router.publish(d).await;
             }
-            json(StatusCode::ACCEPTED, r#"{"ok":true}"#.into())
         }
-        Err(e) => e.into_response(),
+        Ok(Accepted::Control(user, control)) => ctx.router.control(user, control).await,
+        Err(e) => return e.into_response(),
     }
+    json(StatusCode::ACCEPTED, r#"{"ok":true}"#.into())
 }
 
-/// Checks method, key and body, and parses the body into what to publish.
-async fn accept(req: Request<Incoming>, ctx: &Shared) -> Result<Vec<Delivery>, ApiError> {
+/// Checks method, key and body, and parses the body into what to do.
+async fn accept(req: Request<Incoming>, ctx: &Shared) -> Result<Accepted, ApiError> {
     if req.method() != Method::POST {
         return Err(ApiError::MethodNotAllowed("POST"));
     }
@@ -46,19 +55,20 @@ async fn accept(req: Request<Incoming>, ctx: &Shared) -> Result<Vec<Delivery>, A
             "missing or wrong API key: send Authorization: Bearer <api-key>".into(),
         ));
     }
-    let parse = match req.uri().path() {
+    let path = req.uri().path().to_string();
+    let limit = ctx.config.request_timeout();
+    let body = read_body(req, ctx.config.max_message_bytes, limit).await?;
+    let publish = match path.as_str() {
         "/message" => parse_message,
         "/publish" => parse_publish,
         "/broadcast" => parse_broadcast,
-        _ => parse_batch,
+        "/batch" => parse_batch,
+        control => {
+            let (user, control) = parse_control(control, &body)?;
+            return Ok(Accepted::Control(user, control));
+        }
     };
-    let body = read_body(
-        req,
-        ctx.config.max_message_bytes,
-        ctx.config.request_timeout(),
-    )
-    .await?;
-    parse(&body)
+    publish(&body).map(Accepted::Publish)
 }
 
 /// The whole body, or 413 as soon as it is known to exceed `max` bytes, or 408 if it does not
@@ -117,6 +127,36 @@ struct BatchItem<'a> {
     channel: Option<Cow<'a, str>>,
     #[serde(borrow)]
     message: &'a RawValue,
+}
+
+/// The body of `/disconnect`, `/subscribe` or `/unsubscribe` (`path`); errors name the field.
+pub fn parse_control(path: &str, body: &[u8]) -> Result<(UserId, Control), ApiError> {
+    let body: serde_json::Map<String, serde_json::Value> = parse_object(body)?;
+    let bad =
+        |field: &str, e: &dyn std::fmt::Display| ApiError::BadRequest(format!("{field}: {e}"));
+    let text = |field: &str| match body.get(field) {
+        None => Err(bad(field, &"missing")),
+        Some(v) => v.as_str().ok_or_else(|| bad(field, &"must be a string")),
+    };
+    let user = text("userId").and_then(|u| UserId::new(u).map_err(|e| bad("userId", &e)))?;
+    let channel = || text("channel").and_then(|c| Channel::new(c).map_err(|e| bad("channel", &e)));
+    let control = match path {
+        "/disconnect" => {
+            let reason = match body.get("reason") {
+                None | Some(serde_json::Value::Null) => "",
+                Some(_) => text("reason")?,
+            };
+            if reason.len() > MAX_DISCONNECT_REASON_BYTES {
+                let limit = format!("at most {MAX_DISCONNECT_REASON_BYTES} bytes");
+                return Err(bad("reason", &limit));
+            }
+            Control::Disconnect(reason.into())
+        }
+        "/subscribe" => Control::Subscribe(channel()?),
+        "/unsubscribe" => Control::Unsubscribe(channel()?),
+        _ => return Err(ApiError::NotFound),
+    };
+    Ok((user, control))
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
@@ -200,6 +240,23 @@ mod tests {
         assert!(matches!(bad, Err(ApiError::BadRequest(m)) if m.starts_with("item 1:")));
         let both = parse_batch(br#"[{"userId":"1","channel":"c","message":1}]"#);
         assert!(both.is_err());
+    }
+
+    #[test]
+    fn control_bodies_name_the_field_that_is_wrong() {
+        let err = |path, body: &str| match parse_control(path, body.as_bytes()) {
+            Err(ApiError::BadRequest(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(err("/disconnect", r#"{"reason":"x"}"#).contains("userId"));
+        assert!(err("/disconnect", r#"{"userId":"1","reason":5}"#).starts_with("reason"));
+        assert!(err("/subscribe", r#"{"userId":1,"channel":"a"}"#).starts_with("userId"));
+        assert!(err("/subscribe", r#"{"userId":"1"}"#).starts_with("channel"));
+        assert!(err("/unsubscribe", r#"{"userId":"1","channel":"a b"}"#).starts_with("channel"));
+        let long = format!(r#"{{"userId":"1","reason":"{}"}}"#, "x".repeat(121));
+        assert!(err("/disconnect", &long).starts_with("reason"));
+        let (user, c) = parse_control("/disconnect", br#"{"userId":"1"}"#).unwrap();
+        assert_eq!((user.as_str(), c), ("1", Control::Disconnect("".into())));
     }
 
     #[test]

@@ -87,7 +87,8 @@ pub async fn dispatch(req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Respo
     }
     match req.uri().path() {
         "/ws" => ws::upgrade(req, ctx).await,
-        "/message" | "/publish" | "/broadcast" | "/batch" => api::handle(req, &ctx.shared).await,
+        "/message" | "/publish" | "/broadcast" | "/batch" | "/disconnect" | "/subscribe"
+        | "/unsubscribe" => api::handle(req, &ctx.shared).await,
         path @ ("/healthz" | "/readyz" | "/metrics" | "/") => {
             ops::handle(req.method(), path, &ctx.shared)
         }

@@ -64,7 +64,7 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
         seq: ctx.next_conn.fetch_add(1, Relaxed),
     };
     let writer = Arc::new(Writer::new(shared.config.queue_limits()));
-    hub::lock(&ctx.hub).register(id, identity.user, writer.clone());
+    hub::lock(&ctx.hub).register(id, identity.user.clone(), writer.clone());
     let registration = Registration {
         id,
         hub: ctx.hub.clone(),
@@ -78,8 +78,10 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
         registration,
         writer: writer.clone(),
         log,
+        keys: shared.keys.clone(),
+        user: identity.user,
         permissions: identity.permissions,
-        max_subscriptions: shared.config.max_subscriptions as usize,
+        exp: identity.exp,
         shutdown: ctx.shutdown.clone(),
         ping_interval: shared.config.ping_interval(),
         metrics: ctx.worker_metrics.clone(),
