@@ -29,6 +29,11 @@ fn encode(c: &mut Criterion) {
         })
     });
     g.bench_function("per_recipient_clone", |b| b.iter(|| frame.clone()));
+    // A refresh's cost is one verification: the HS256 signature and the claims.
+    let keys = fanfare::auth::TokenKeys::new("bench-secret").unwrap();
+    let claims = fanfare::auth::claims("42", Some(vec!["room:*".into()]), Some(600));
+    let token = keys.issue(&claims).unwrap();
+    g.bench_function("token_verify", |b| b.iter(|| keys.verify(&token).unwrap()));
     g.bench_function("client_subscribe_decode", |b| {
         b.iter(|| ClientMessage::decode(r#"{"type":"subscribe","channel":"room:42"}"#))
     });
