@@ -29,11 +29,10 @@ pub fn publish_body(data: &[u8]) {
         api::parse_batch,
     ] {
         for d in parse(data).into_iter().flatten() {
-            let frame: serde_json::Value =
-                serde_json::from_slice(d.frame.payload()).expect("a frame is JSON");
-            assert_eq!(frame["type"], "message");
+            assert!(is_json(d.frame.payload()), "a frame is JSON");
+            assert!(d.frame.payload().starts_with(br#"{"type":"message","#));
             let payload = d.frame.message_payload(&d.target).expect("payload inside");
-            assert!(serde_json::from_slice::<serde_json::Value>(payload).is_ok());
+            assert!(is_json(payload));
         }
     }
     for path in ["/disconnect", "/subscribe", "/unsubscribe"] {
@@ -56,8 +55,7 @@ pub fn redis_wire(data: &[u8]) {
             match wire::decode(payload).map(|d| d.body) {
                 Some(wire::Body::Message(body)) => {
                     if let Some(frame) = wire::frame(&target, body, 4096) {
-                        let json = serde_json::from_slice::<serde_json::Value>(frame.payload());
-                        assert!(json.is_ok());
+                        assert!(is_json(frame.payload()));
                     }
                 }
                 Some(wire::Body::Control(body)) => {
@@ -113,4 +111,10 @@ pub fn token(data: &[u8]) {
             let _ = keys.verify(t);
         }
     });
+}
+
+/// One JSON value, whatever the size of its numbers (JSON sets no range; payloads keep every
+/// digit, so a check through `f64` would call valid frames broken).
+fn is_json(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<&serde_json::value::RawValue>(bytes).is_ok()
 }
