@@ -21,6 +21,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::time::{sleep_until, timeout, Instant};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
@@ -73,8 +74,9 @@ enum End {
 /// What to do after a client frame.
 enum Step {
     Continue,
-    /// A subscription waits for the bridge: stop reading until it is confirmed.
-    Await(Ticket, Channel),
+    /// A subscription waits for the bridge until `Ticket`; a client's (true) pauses reading
+    /// meanwhile, so its `subscribed` keeps its place among the replies; the backend's does not.
+    Await(Ticket, Channel, bool),
     Stop(End),
 }
 
@@ -172,6 +174,9 @@ impl Connection {
         metrics
             .dropped_closed
             .fetch_add(writer.queued() as u64, Relaxed);
+        metrics
+            .dropped_slow
+            .fetch_add(writer.cut_dropped(), Relaxed);
     }
 
     async fn serve<S>(&self, ws: &mut S) -> End
@@ -184,8 +189,9 @@ impl Connection {
         };
         let mut deadlines = Deadlines::new(self.ping_interval, self.exp);
         let mut last_heard = Instant::now();
-        // Subscriptions waiting for the bridge, oldest first; reading pauses while any waits.
-        let mut awaiting: VecDeque<(Ticket, Channel)> = VecDeque::new();
+        // Subscriptions waiting for the bridge, oldest first (tickets only grow), each with
+        // whether it pauses reading (a client's does).
+        let mut awaiting: VecDeque<(Ticket, Channel, bool)> = VecDeque::new();
         // Made once, not at every wake-up.
         let shutting_down = self.shutdown.cancelled();
         let timer = sleep_until(deadlines.next());
@@ -198,14 +204,16 @@ impl Connection {
                     WriterEvent::SlowConsumer => Step::Stop(End::Close(CloseReason::SlowConsumer)),
                     WriterEvent::Broken => Step::Stop(End::Gone),
                     WriterEvent::Command(Command::Disconnect(why)) => Step::Stop(End::Disconnect(why)),
-                    WriterEvent::Command(Command::Activate(channel)) => self.confirm_then_activate(channel),
+                    WriterEvent::Command(Command::Activate(channel)) => {
+                        self.confirm_then_activate(channel, false)
+                    }
                 },
                 () = confirmed(self.log.as_deref(), awaiting.front().map(|a| a.0)) => {
-                    let (_, channel) = awaiting.pop_front().expect("only awaited while set");
+                    let (_, channel, _) = awaiting.pop_front().expect("only awaited while set");
                     last_heard = Instant::now();
                     self.activate(&channel)
                 }
-                item = ws.next(), if awaiting.is_empty() => {
+                item = ws.next(), if !awaiting.iter().any(|a| a.2) => {
                     last_heard = Instant::now();
                     let exp = token.exp;
                     let step = self.on_frame(item, &mut token);
@@ -222,7 +230,7 @@ impl Connection {
                     } else if deadlines.warn.is_some_and(|at| at <= now) {
                         deadlines.warn = None;
                         self.reply(Frame::expiring(token.exp.expect("a warning needs an exp")))
-                    } else if awaiting.is_empty() && last_heard.elapsed() >= 2 * self.ping_interval {
+                    } else if last_heard.elapsed() >= 2 * self.ping_interval {
                         WorkerMetrics::inc(&self.metrics.ping_timeouts);
                         Step::Stop(End::Close(CloseReason::PingTimeout))
                     } else {
@@ -235,7 +243,9 @@ impl Connection {
             };
             match step {
                 Step::Continue => {}
-                Step::Await(ticket, channel) => awaiting.push_back((ticket, channel)),
+                Step::Await(ticket, channel, pauses) => {
+                    awaiting.push_back((ticket, channel, pauses))
+                }
                 Step::Stop(end) => return end,
             }
         }
@@ -247,6 +257,10 @@ impl Connection {
             None => return Step::Stop(End::Gone),
             Some(Err(WsError::Capacity(_))) => return self.refuse(CloseReason::TooBig),
             Some(Err(WsError::Utf8(_))) => return self.refuse(CloseReason::InvalidPayload),
+            // The peer vanished without a close frame: nothing to answer.
+            Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
+                return Step::Stop(End::Gone)
+            }
             Some(Err(WsError::Protocol(_))) => return self.refuse(CloseReason::ProtocolError),
             Some(Err(_)) => return Step::Stop(End::Gone),
         };
@@ -318,6 +332,8 @@ impl Connection {
         match hub.reserve(r.id, &channel, false) {
             Reservation::Reserved => {}
             Reservation::Already => return self.reply(Frame::subscribed(&channel)),
+            // The backend subscribed this connection a moment ago; its `subscribed` answers.
+            Reservation::Pending => return Step::Continue,
             Reservation::TooMany => {
                 WorkerMetrics::inc(&self.metrics.client_errors);
                 let detail = format!(
@@ -331,19 +347,19 @@ impl Connection {
             Reservation::Gone => return Step::Continue,
         }
         drop(hub);
-        self.confirm_then_activate(channel)
+        self.confirm_then_activate(channel, true)
     }
 
     /// `subscribed` promises every later message, other machines' included: activate now if
     /// the bridge has the subscription (or there is no bridge), else once it has.
-    fn confirm_then_activate(&self, channel: Channel) -> Step {
+    fn confirm_then_activate(&self, channel: Channel, by_client: bool) -> Step {
         match &self.log {
             Some(log) => {
                 let ticket = log.ticket();
                 if log.is_applied(ticket) {
                     self.activate(&channel)
                 } else {
-                    Step::Await(ticket, channel)
+                    Step::Await(ticket, channel, by_client)
                 }
             }
             None => self.activate(&channel),
@@ -368,10 +384,7 @@ impl Connection {
     fn flushed(&self, flushed: Flushed) -> Step {
         match flushed {
             Flushed::Ok => Step::Continue,
-            Flushed::Cut(dropped) => {
-                self.metrics.dropped_slow.fetch_add(dropped, Relaxed);
-                Step::Stop(End::Close(CloseReason::SlowConsumer))
-            }
+            Flushed::Cut(_) => Step::Stop(End::Close(CloseReason::SlowConsumer)),
             // The writer branch sees the cut or the broken socket.
             Flushed::Gone => Step::Continue,
         }
@@ -604,6 +617,12 @@ mod tests {
             .push(&Frame::unsubscribed(&Channel::new("x").unwrap()));
         c.writer.flush();
         assert!(c.text().await.contains("unsubscribed"));
+        // Confirm once the connection has asked (its subscribe is read by the server task).
+        let asked = Instant::now();
+        while c.log.is_applied(c.log.ticket()) {
+            assert!(asked.elapsed() < Duration::from_secs(10), "never asked");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         c.log.confirm(c.log.take().1);
         assert_eq!(c.text().await, r#"{"type":"subscribed","channel":"news"}"#);
         assert_eq!(c.text().await, r#"{"type":"pong"}"#);

@@ -10,6 +10,10 @@ use crate::metrics::Metrics;
 use crate::protocol::{Control, UserId};
 use crate::subscriptions::SubscriptionLog;
 
+/// Other machines of the fleet cannot be reached now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unreachable;
+
 pub struct Router {
     bus: Bus,
     /// None in single-machine mode.
@@ -38,11 +42,18 @@ impl Router {
 
     /// The backend's word for every connection of `user`, on every machine that has one; in
     /// order with the messages this process accepts.
-    pub async fn control(&self, user: UserId, control: Control) {
+    ///
+    /// # Errors
+    /// The other machines cannot be reached (Redis down or the bridge's queue full): nothing
+    /// was done, here either, so the caller can retry the whole call.
+    pub async fn control(&self, user: UserId, control: Control) -> Result<(), Unreachable> {
         if let Some(bridge) = &self.bridge {
-            bridge.control(&user, &control);
+            if !bridge.control(&user, &control) {
+                return Err(Unreachable);
+            }
         }
         self.bus.deliver(Envelope::Control(user, control)).await;
+        Ok(())
     }
 
     /// Why a message accepted now might not reach every recipient in the cluster; `None` when

@@ -86,6 +86,11 @@ impl SubscriptionLog {
         (p.topics.drain().collect(), Ticket(p.seq))
     }
 
+    /// For the bridge, when it stops: nothing will be applied any more, so nobody may wait.
+    pub fn close(&self) {
+        self.confirm(Ticket(u64::MAX));
+    }
+
     /// For the bridge: everything up to `ticket` is applied.
     pub fn confirm(&self, ticket: Ticket) {
         self.applied_tx.send_if_modified(|applied| {
@@ -126,5 +131,8 @@ mod tests {
         log.applied(ticket).await;
         log.confirm(log.take().1);
         log.applied(later).await;
+        log.record(&t);
+        log.close();
+        log.applied(log.ticket()).await;
     }
 }

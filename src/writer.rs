@@ -103,6 +103,8 @@ struct State {
     dirty: bool,
     /// For the connection task, oldest first.
     commands: std::collections::VecDeque<Command>,
+    /// Frames dropped when the writer was cut; counted once, when the connection ends.
+    cut_dropped: u64,
 }
 
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,7 +177,9 @@ impl Writer {
                 return Flushed::Gone;
             }
         }
-        if s.queue.is_empty() {
+        // Before the upgrade completes nothing can be written, so nothing is judged yet: what
+        // waits then is bounded by the time an upgrade may take (`--request-timeout`).
+        if s.queue.is_empty() || self.socket.get().is_none() {
             return Flushed::Ok;
         }
         let over = s.queue.len() > self.limits.frames
@@ -205,11 +209,13 @@ impl Writer {
         self.flush();
     }
 
-    /// Queues raw bytes of whole frames tungstenite wrote (pongs, the close reply) and flushes.
+    /// Queues raw bytes of whole frames tungstenite wrote (pongs, the reply to a client's close)
+    /// and flushes. Refused once our own close frame is queued: nothing may follow it (not a
+    /// second close when the client echoes ours, nor pongs a closing client provokes).
     pub fn push_control(&self, bytes: &[u8]) -> Flushed {
         {
             let mut s = self.state();
-            if s.status != Status::Open && s.status != Status::Closing {
+            if s.status != Status::Open {
                 return Flushed::Gone;
             }
             s.push(Bytes::copy_from_slice(bytes));
@@ -290,6 +296,11 @@ impl Writer {
     pub fn queued(&self) -> usize {
         self.state().queue.len()
     }
+
+    /// Frames dropped because the writer was cut as a slow consumer.
+    pub fn cut_dropped(&self) -> u64 {
+        self.state().cut_dropped
+    }
 }
 
 impl State {
@@ -302,12 +313,13 @@ impl State {
     /// on a frame boundary); returns how many were dropped.
     fn cut(&mut self) -> u64 {
         let keep = usize::from(self.head_started);
-        let dropped = self.queue.len() - keep;
+        let dropped = (self.queue.len() - keep) as u64;
         for b in self.queue.drain(keep..) {
             self.queued_bytes -= b.len();
         }
         self.status = Status::Cut;
-        dropped as u64
+        self.cut_dropped += dropped;
+        dropped
     }
 
     /// Writes queued frames with `writev` until the socket would block or the queue is empty.
@@ -344,6 +356,49 @@ impl State {
         }
         Ok(())
     }
+}
+
+/// A writer whose socket is full (its peer never reads) for tests of the limits: it holds one
+/// large frame partly written. Keep the returned sockets alive as long as the writer.
+#[cfg(test)]
+pub(crate) async fn stuck(limits: QueueLimits) -> (Arc<Writer>, impl Sized) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = tokio::net::TcpSocket::new_v4().unwrap();
+    client.set_recv_buffer_size(4096).unwrap();
+    let client = client
+        .connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (server, _) = listener.accept().await.unwrap();
+    socket2::SockRef::from(&server)
+        .set_send_buffer_size(4096)
+        .unwrap();
+    let (read, write) = server.into_split();
+    let writer = Arc::new(Writer::new(limits));
+    writer.attach(write);
+    // Let the driver see the socket writable, then fill it.
+    write_ready(&writer).await;
+    let big = Frame::error(crate::protocol::ErrorCode::BadRequest, &"x".repeat(1 << 20));
+    writer.push(&big);
+    assert_eq!(writer.flush(), Flushed::Ok);
+    assert_eq!(
+        writer.queued(),
+        1,
+        "the socket took part of the frame, not all"
+    );
+    (writer, (client, read))
+}
+
+/// Waits until the driver has reported the attached socket writable once.
+#[cfg(test)]
+async fn write_ready(writer: &Writer) {
+    writer
+        .socket
+        .get()
+        .expect("attached")
+        .writable()
+        .await
+        .unwrap();
 }
 
 #[cfg(test)]
@@ -406,6 +461,7 @@ mod tests {
             bytes: usize::MAX,
         })
         .await;
+        write_ready(&writer).await;
         let big = Frame::error(crate::protocol::ErrorCode::BadRequest, &"x".repeat(60_000));
         let mut flushes = Vec::new();
         for _ in 0..1000 {
@@ -426,13 +482,46 @@ mod tests {
 
     #[tokio::test]
     async fn bytes_limit_counts_but_one_frame_always_fits() {
-        let writer = Writer::new(QueueLimits {
+        // The stuck writer already holds one frame of 1 MiB, far over the bytes limit.
+        let (writer, _keep) = stuck(QueueLimits {
             frames: 100,
             bytes: 10,
-        });
-        writer.push(&text("a frame longer than ten bytes"));
-        assert_eq!(writer.flush(), Flushed::Ok);
+        })
+        .await;
         writer.push(&text("b"));
-        assert!(matches!(writer.flush(), Flushed::Cut(2)));
+        // The partly written head stays (a close frame may follow it); the other is dropped.
+        assert!(matches!(writer.flush(), Flushed::Cut(1)));
+        assert_eq!(writer.cut_dropped(), 1);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_judged_before_the_socket_is_there() {
+        let writer = Writer::new(QueueLimits {
+            frames: 1,
+            bytes: 1,
+        });
+        for _ in 0..10 {
+            writer.push(&text("early"));
+            assert_eq!(writer.flush(), Flushed::Ok);
+        }
+        assert_eq!(writer.queued(), 10);
+    }
+
+    #[tokio::test]
+    async fn after_our_close_frame_nothing_else_goes_out() {
+        let (writer, _keep) = stuck(QueueLimits {
+            frames: 100,
+            bytes: usize::MAX,
+        })
+        .await;
+        writer.close(&Frame::close(1001, "bye"));
+        let pong = Frame::pong();
+        assert_eq!(writer.push_control(pong.bytes()), Flushed::Gone);
+        assert_eq!(writer.push(&pong), Pushed::Refused);
+        assert_eq!(
+            writer.queued(),
+            2,
+            "the partly written head, then the close"
+        );
     }
 }

@@ -146,6 +146,8 @@ async fn server_pings_and_closes_a_silent_client() {
     let s = TestServer::start_with(|c| c.ping_interval = 1);
     // A raw socket that completes the handshake, then never answers anything.
     let token = s.token("silent", &[]);
+    // Before the upgrade: the server's clock for this client starts after it.
+    let started = tokio::time::Instant::now();
     let mut raw = common::silent_client(s.addr, &token).await;
     // A client that reads (tungstenite answers pings as it reads) stays open meanwhile.
     let mut live = s.connect("live", &[]).await;
@@ -153,7 +155,6 @@ async fn server_pings_and_closes_a_silent_client() {
         live.expect_nothing_for(3000).await;
         live
     });
-    let started = tokio::time::Instant::now();
     let mut seen = Vec::new();
     let mut buf = [0u8; 512];
     loop {
@@ -214,4 +215,67 @@ async fn invalid_utf8_in_a_text_frame_closes_1007() {
     let bad = Frame::message(vec![b'"', 0xFF, 0xFE, b'"'], OpCode::Data(Data::Text), true);
     c.ws.send(Message::Frame(bad)).await.unwrap();
     assert_eq!(c.recv_close().await.0, 1007);
+}
+
+/// Reads raw bytes until a close frame (0x88) has fully arrived; returns everything read.
+async fn read_until_close(raw: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = tokio::time::timeout(
+            common::PATIENCE,
+            tokio::io::AsyncReadExt::read(raw, &mut buf),
+        )
+        .await
+        .expect("no close frame")
+        .unwrap();
+        assert!(n > 0, "closed without a close frame");
+        seen.extend_from_slice(&buf[..n]);
+        if let Some(i) = seen.windows(2).position(|w| w[0] == 0x88) {
+            if seen.len() >= i + 2 + usize::from(seen[i + 1] & 0x7F) {
+                return seen;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_server_sends_one_close_frame_and_nothing_after_it() {
+    use tokio::io::AsyncWriteExt;
+    let s = TestServer::start();
+    let token = s.token("42", &[]);
+    let mut raw = common::silent_client(s.addr, &token).await;
+    s.eventually("the upgrade", |s| s.registry_entries() > 0)
+        .await;
+    s.publish("/disconnect", json!({"userId": "42", "reason": "bye"}))
+        .await;
+    read_until_close(&mut raw).await;
+    // Echo the close (masked, as a client must), then flood pings while the server closes.
+    let mut out = vec![0x88, 0x82, 0, 0, 0, 0, 0x0F, 0xA3];
+    for _ in 0..200 {
+        out.extend_from_slice(&[0x89, 0x80, 0, 0, 0, 0]);
+    }
+    raw.write_all(&out).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(
+        common::PATIENCE,
+        tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut rest),
+    )
+    .await;
+    assert!(
+        rest.is_empty(),
+        "after its close frame the server sent {} more bytes: {:02x?}",
+        rest.len(),
+        &rest[..rest.len().min(16)]
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_vanishes_is_no_client_error() {
+    let s = TestServer::start();
+    let c = s.connect("42", &[]).await;
+    drop(c);
+    s.eventually("the connection to go", |s| s.registry_entries() == 0)
+        .await;
+    assert_eq!(s.metric("fanfare_client_errors_total").await, 0.0);
 }

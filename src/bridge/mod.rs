@@ -155,18 +155,19 @@ impl Bridge {
     }
 
     /// Queues the backend's word for `user` for the other machines, on the user's channel: only
-    /// machines with a connection of that user hear it. Never waits, like [`Bridge::publish`].
-    pub fn control(&self, user: &UserId, control: &Control) {
+    /// machines with a connection of that user hear it. Never waits. Unlike a message it is not
+    /// dropped quietly: false if it could not be queued (Redis down or the queue full), so the
+    /// caller can refuse it whole and the backend retry — a logout must not half happen.
+    pub fn control(&self, user: &UserId, control: &Control) -> bool {
         if !self.metrics.publish_up.load(Relaxed) {
-            self.metrics.dropped.fetch_add(1, Relaxed);
-            return;
+            return false;
         }
         let channel = self.names.target(&Target::User(user.clone()));
         let body = control.encode();
-        self.send(
-            channel,
-            wire::encode(self.instance, wire::Body::Control(&body)),
-        );
+        let payload = wire::encode(self.instance, wire::Body::Control(&body));
+        self.publish_tx
+            .try_send(Outgoing { channel, payload })
+            .is_ok()
     }
 
     fn send(&self, channel: String, payload: Bytes) {

@@ -103,6 +103,13 @@ impl Publisher {
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => return None,
+                // Before the queue: under steady load the queue is always ready, and the claim
+                // must still be renewed (it is also the link's ping).
+                _ = ping.tick() => {
+                    if let Err(why) = self.claim(conn).await {
+                        return Some(why);
+                    }
+                }
                 n = publish_rx.recv_many(batch, BATCH) => {
                     if n == 0 {
                         return None;
@@ -118,12 +125,6 @@ impl Publisher {
                             return Some(why);
                         }
                     };
-                }
-                // Renewing the claim is the link's ping.
-                _ = ping.tick() => {
-                    if let Err(why) = self.claim(conn).await {
-                        return Some(why);
-                    }
                 }
             }
         }

@@ -36,7 +36,13 @@ pub(super) struct Subscriber {
 }
 
 impl Subscriber {
+    /// Runs until shutdown; then answers every waiting ticket, since nothing more is applied.
     pub async fn run(self, where_: &str) {
+        self.relay_until_shutdown(where_).await;
+        self.log.close();
+    }
+
+    async fn relay_until_shutdown(&self, where_: &str) {
         let mut backoff = Backoff::new();
         let mut connected_before = false;
         loop {

@@ -34,7 +34,15 @@ pub async fn handle(req: Request<Incoming>, ctx: &Shared) -> Response {
                 ctx.router.publish(d).await;
             }
         }
-        Ok(Accepted::Control(user, control)) => ctx.router.control(user, control).await,
+        Ok(Accepted::Control(user, control)) => {
+            if ctx.router.control(user, control).await.is_err() {
+                return ApiError::Unavailable(
+                    "Redis is unreachable: the other machines cannot be told; nothing was done, retry"
+                        .into(),
+                )
+                .into_response();
+            }
+        }
         Err(e) => return e.into_response(),
     }
     json(StatusCode::ACCEPTED, r#"{"ok":true}"#.into())

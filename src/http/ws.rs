@@ -72,7 +72,9 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
     // With Redis, direct messages from other machines must find this user before the 101.
     let log = shared.router.subscription_log();
     if let Some(log) = &log {
-        log.applied(log.ticket()).await;
+        // The bridge answers within its Redis timeout; the bound is for a bridge that stopped.
+        let wait = shared.config.request_timeout();
+        let _ = tokio::time::timeout(wait, log.applied(log.ticket())).await;
     }
     let connection = Connection {
         registration,
