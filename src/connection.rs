@@ -445,7 +445,7 @@ mod tests {
     //! end. Real time: under paused time the clock may jump ahead of a loopback write the
     //! driver has not seen yet, so short real intervals it is.
 
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpStream;
     use tokio_tungstenite::tungstenite::protocol::Role;
     use tokio_tungstenite::WebSocketStream;
 
@@ -490,18 +490,7 @@ mod tests {
             bytes: usize::MAX,
         }));
         hub::lock(&hub).register(id, UserId::new("u").unwrap(), writer.clone());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        // Small buffers both ways, so a client that stops reading fills them quickly.
-        let client = tokio::net::TcpSocket::new_v4().unwrap();
-        client.set_recv_buffer_size(4096).unwrap();
-        let client = client
-            .connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        socket2::SockRef::from(&server)
-            .set_send_buffer_size(4096)
-            .unwrap();
+        let (client, server) = crate::writer::small_buffer_pair().await;
         let (read, write) = server.into_split();
         writer.attach(write);
         let shutdown = CancellationToken::new();

@@ -358,10 +358,10 @@ impl State {
     }
 }
 
-/// A writer whose socket is full (its peer never reads) for tests of the limits: it holds one
-/// large frame partly written. Keep the returned sockets alive as long as the writer.
+/// A loopback connection (client, server) with small socket buffers both ways, so a client that
+/// stops reading fills them quickly. For tests.
 #[cfg(test)]
-pub(crate) async fn stuck(limits: QueueLimits) -> (Arc<Writer>, impl Sized) {
+pub(crate) async fn small_buffer_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let client = tokio::net::TcpSocket::new_v4().unwrap();
     client.set_recv_buffer_size(4096).unwrap();
@@ -373,6 +373,14 @@ pub(crate) async fn stuck(limits: QueueLimits) -> (Arc<Writer>, impl Sized) {
     socket2::SockRef::from(&server)
         .set_send_buffer_size(4096)
         .unwrap();
+    (client, server)
+}
+
+/// A writer whose socket is full (its peer never reads) for tests of the limits: it holds one
+/// large frame partly written. Keep the returned sockets alive as long as the writer.
+#[cfg(test)]
+pub(crate) async fn stuck(limits: QueueLimits) -> (Arc<Writer>, impl Sized) {
+    let (client, server) = small_buffer_pair().await;
     let (read, write) = server.into_split();
     let writer = Arc::new(Writer::new(limits));
     writer.attach(write);
@@ -409,11 +417,7 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     async fn pair(limits: QueueLimits) -> (Writer, TcpStream, OwnedReadHalf) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
+        let (client, server) = small_buffer_pair().await;
         let (read, write) = server.into_split();
         let writer = Writer::new(limits);
         writer.attach(write);
@@ -472,9 +476,9 @@ mod tests {
                 break;
             }
         }
-        // The kernel took some megabytes, then four frames waited, and the fifth cut.
+        // The kernel took what its small buffers hold, then four frames waited; the fifth cut.
         let cut = flushes.iter().position(|f| matches!(f, Flushed::Cut(_)));
-        assert!(cut.is_some_and(|i| i > 4), "{flushes:?}");
+        assert!(cut.is_some_and(|i| i >= 4), "{flushes:?}");
         assert!(matches!(flushes.last(), Some(Flushed::Cut(n)) if *n >= 4));
         assert_eq!(writer.push(&big), Pushed::Refused);
         assert_eq!(writer.next_event().await, WriterEvent::SlowConsumer);
