@@ -24,6 +24,7 @@
 //! random instance id in their header and dropped, so nobody gets a copy twice.
 
 mod publisher;
+mod pubsub;
 mod subscriber;
 pub mod wire;
 
@@ -217,7 +218,7 @@ impl Prepared {
             where_,
         } = self;
         let subscriber = subscriber::Subscriber {
-            client: client.clone(),
+            connection: client.get_connection_info().clone(),
             names: bridge.names.clone(),
             instance: bridge.instance,
             log: bridge.log.clone(),
@@ -259,8 +260,8 @@ type LinkDown = String;
 
 /// A Redis call that must answer within [`RESPONSE_TIMEOUT`]; a failure or silence is the link
 /// going down, described for the log.
-async fn within<T>(
-    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+async fn within<T, E: std::fmt::Display>(
+    call: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, LinkDown> {
     match tokio::time::timeout(RESPONSE_TIMEOUT, call).await {
         Ok(Ok(v)) => Ok(v),

@@ -1,27 +1,27 @@
-//! The subscribing link: one RESP2 pub/sub connection whose subscriptions follow the
-//! subscription log, feeding what arrives into the local bus without ever waiting for it.
+//! The subscribing link: one RESP2 pub/sub connection of our own ([`pubsub`]) whose
+//! subscriptions follow the subscription log, feeding what arrives into the local bus without
+//! ever waiting for it.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
-use redis::aio::{PubSubSink, PubSubStream};
-use tokio::time::{interval, MissedTickBehavior};
+use tokio::time::{interval, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use super::pubsub::{self, Push};
 use super::wire::{self, Names};
-use super::{within, Backoff, LinkDown, PING_EVERY};
+use super::{within, Backoff, LinkDown, PING_EVERY, RESPONSE_TIMEOUT};
 use crate::bus::{Bus, Delivery, Envelope};
 use crate::metrics::BridgeMetrics;
 use crate::routes::Topic;
-use crate::subscriptions::SubscriptionLog;
+use crate::subscriptions::{SubscriptionLog, Ticket};
 
 /// Channels per SUBSCRIBE / UNSUBSCRIBE command.
 const CHUNK: usize = 1000;
 
 pub(super) struct Subscriber {
-    pub client: redis::Client,
+    pub connection: redis::ConnectionInfo,
     pub names: Names,
     /// This process's mark on its own messages.
     pub instance: u64,
@@ -35,6 +35,10 @@ pub(super) struct Subscriber {
     pub shutdown: CancellationToken,
 }
 
+/// Subscription changes sent and not yet confirmed, oldest first: how many channel
+/// confirmations each still waits for, and the ticket it answers.
+type Unconfirmed = VecDeque<(usize, Ticket)>;
+
 impl Subscriber {
     /// Runs until shutdown; then answers every waiting ticket, since nothing more is applied.
     pub async fn run(self, where_: &str) {
@@ -47,14 +51,17 @@ impl Subscriber {
         let mut connected_before = false;
         loop {
             // A fresh connection subscribes to everything wanted, so pending changes are moot;
-            // whoever waits for them is answered once this attempt succeeds or fails.
+            // whoever waits for them is answered once the restore is confirmed, or fails.
             let (_, ticket) = self.log.take();
-            let pubsub = tokio::select! {
+            // Room for the largest message plus the wire header.
+            let max_bulk = self.max_message_bytes + 64;
+            let connecting = within(pubsub::connect(&self.connection, max_bulk));
+            let connected = tokio::select! {
                 () = self.shutdown.cancelled() => return,
-                r = within(self.client.get_async_pubsub()) => r,
+                r = connecting => r,
             };
-            let (mut sink, mut stream) = match pubsub {
-                Ok(p) => p.split(),
+            let (mut reader, mut writer) = match connected {
+                Ok(halves) => halves,
                 Err(why) => {
                     tracing::error!(
                         "bridge: cannot connect the subscriber to {where_}: {why}; retrying"
@@ -73,82 +80,129 @@ impl Subscriber {
                 .map(|t| self.names.topic(t))
                 .collect();
             wanted.push(self.names.all());
-            let restored = change(&mut sink, &mut subscribed, wanted, Vec::new()).await;
-            self.log.confirm(ticket);
-            if let Err(why) = restored {
-                tracing::warn!("bridge: cannot restore subscriptions on {where_}: {why}; retrying");
-                self.wait_down(backoff.next()).await;
-                continue;
+            let mut unconfirmed = Unconfirmed::new();
+            let sent = change(&mut writer, &mut subscribed, wanted, Vec::new()).await;
+            match sent {
+                Ok(n) => unconfirmed.push_back((n, ticket)),
+                Err(why) => {
+                    self.log.confirm(ticket);
+                    tracing::warn!(
+                        "bridge: cannot restore subscriptions on {where_}: {why}; retrying"
+                    );
+                    self.wait_down(backoff.next()).await;
+                    continue;
+                }
             }
             if connected_before {
                 self.metrics.reconnects.fetch_add(1, Relaxed);
             }
             connected_before = true;
-            backoff.reset();
-            self.metrics
-                .subscriptions
-                .store(subscribed.len() as i64, Relaxed);
-            self.metrics.subscribe_up.store(true, Relaxed);
-            tracing::info!(
-                subscriptions = subscribed.len(),
-                "bridge: subscriber connected to {where_}"
-            );
-            let why = self.serve(&mut sink, &mut stream, &mut subscribed).await;
-            self.metrics.subscribe_up.store(false, Relaxed);
+            let why = self
+                .serve(
+                    &mut reader,
+                    &mut writer,
+                    &mut subscribed,
+                    &mut unconfirmed,
+                    where_,
+                )
+                .await;
+            // Whoever waits is answered: the reconnect subscribes to everything.
+            if let Some((_, last)) = unconfirmed.back() {
+                self.log.confirm(*last);
+            }
+            if self.metrics.subscribe_up.swap(false, Relaxed) {
+                backoff.reset();
+            }
             self.metrics.subscriptions.store(0, Relaxed);
             match why {
                 None => return,
                 Some(why) => {
-                    tracing::warn!("bridge: subscriber lost {where_}: {why}; reconnecting")
+                    tracing::warn!("bridge: subscriber lost {where_}: {why}; reconnecting");
+                    self.wait_down(backoff.next()).await;
                 }
             }
         }
     }
 
     /// Relays messages and follows interest changes until the link fails (returns why) or the
-    /// process stops (returns `None`).
+    /// process stops (returns `None`). The link is up once the restored subscriptions are
+    /// confirmed.
     async fn serve(
         &self,
-        sink: &mut PubSubSink,
-        stream: &mut PubSubStream,
+        reader: &mut pubsub::Reader,
+        writer: &mut pubsub::Writer,
         subscribed: &mut HashSet<String>,
+        unconfirmed: &mut Unconfirmed,
+        where_: &str,
     ) -> Option<LinkDown> {
         let mut ping = interval(PING_EVERY);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // When the oldest PING without its PONG went out.
+        let mut ping_sent: Option<Instant> = None;
         loop {
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => return None,
+                push = reader.next() => match push {
+                    Ok(Push::Message { channel, payload }) => self.relay(&channel, &payload),
+                    Ok(Push::Pong) => ping_sent = None,
+                    Ok(Push::Oversize) => {
+                        self.metrics.malformed.fetch_add(1, Relaxed);
+                    }
+                    Ok(Push::Confirmed) => {
+                        let Some(front) = unconfirmed.front_mut() else {
+                            return Some("a confirmation nobody asked for".into());
+                        };
+                        front.0 = front.0.saturating_sub(1);
+                        if front.0 == 0 {
+                            let (_, ticket) = unconfirmed.pop_front().expect("front exists");
+                            self.log.confirm(ticket);
+                            if !self.metrics.subscribe_up.swap(true, Relaxed) {
+                                tracing::info!(
+                                    subscriptions = subscribed.len(),
+                                    "bridge: subscriber connected to {where_}"
+                                );
+                            }
+                            self.metrics.subscriptions.store(subscribed.len() as i64, Relaxed);
+                        }
+                    }
+                    Err(why) => return Some(why),
+                },
                 () = self.log.changed() => {
                     let (topics, ticket) = self.log.take();
-                    let result = self.follow(sink, subscribed, topics).await;
-                    // Answered either way: on failure the reconnect subscribes to everything.
-                    self.log.confirm(ticket);
-                    if let Err(why) = result {
-                        return Some(why);
+                    match self.follow(writer, subscribed, topics).await {
+                        Ok(0) => self.log.confirm(ticket),
+                        Ok(n) => unconfirmed.push_back((n, ticket)),
+                        Err(why) => {
+                            self.log.confirm(ticket);
+                            return Some(why);
+                        }
                     }
                 }
-                msg = stream.next() => match msg {
-                    Some(msg) => self.relay(&msg),
-                    None => return Some("connection closed".into()),
-                },
                 _ = ping.tick() => {
-                    if let Err(why) = within(sink.ping::<redis::Value>()).await {
-                        return Some(why);
+                    if ping_sent.is_some_and(|at| at.elapsed() >= RESPONSE_TIMEOUT) {
+                        let secs = RESPONSE_TIMEOUT.as_secs();
+                        return Some(format!("no answer within {secs} s"));
+                    }
+                    if ping_sent.is_none() {
+                        if let Err(e) = writer.command(&[b"PING"]).await {
+                            return Some(e.to_string());
+                        }
+                        ping_sent = Some(Instant::now());
                     }
                 }
             }
         }
     }
 
-    /// Subscribes to the changed topics that now have a local recipient, and unsubscribes from
-    /// those that no longer do.
+    /// Sends SUBSCRIBE for the changed topics that now have a local recipient and UNSUBSCRIBE
+    /// for those that no longer do; returns how many confirmations to expect.
     async fn follow(
         &self,
-        sink: &mut PubSubSink,
+        writer: &mut pubsub::Writer,
         subscribed: &mut HashSet<String>,
         topics: Vec<Topic>,
-    ) -> Result<(), LinkDown> {
+    ) -> Result<usize, LinkDown> {
         let (mut add, mut remove) = (Vec::new(), Vec::new());
         for topic in topics {
             let name = self.names.topic(&topic);
@@ -159,20 +213,19 @@ impl Subscriber {
                 _ => {}
             }
         }
-        change(sink, subscribed, add, remove).await?;
-        self.metrics
-            .subscriptions
-            .store(subscribed.len() as i64, Relaxed);
-        Ok(())
+        change(writer, subscribed, add, remove).await
     }
 
     /// Hands a message from another machine to the workers that have recipients, without
     /// waiting: a worker whose inbox is full misses it (counted), the others do not wait.
-    fn relay(&self, msg: &redis::Msg) {
-        let Some(target) = self.names.parse(msg.get_channel_name()) else {
+    fn relay(&self, channel: &[u8], payload: &[u8]) {
+        let Some(target) = std::str::from_utf8(channel)
+            .ok()
+            .and_then(|c| self.names.parse(c))
+        else {
             return;
         };
-        let Some(decoded) = wire::decode(msg.get_payload_bytes()) else {
+        let Some(decoded) = wire::decode(payload) else {
             self.metrics.malformed.fetch_add(1, Relaxed);
             return;
         };
@@ -211,22 +264,32 @@ impl Subscriber {
     }
 }
 
-/// Applies subscription changes, a chunk of channels per command, and records them.
+/// Sends subscription changes, a chunk of channels per command, records them, and returns how
+/// many confirmations Redis will send (one per channel).
 async fn change(
-    sink: &mut PubSubSink,
+    writer: &mut pubsub::Writer,
     subscribed: &mut HashSet<String>,
     add: Vec<String>,
     remove: Vec<String>,
-) -> Result<(), LinkDown> {
-    for chunk in add.chunks(CHUNK) {
-        within(sink.subscribe(chunk)).await?;
-        subscribed.extend(chunk.iter().cloned());
-    }
-    for chunk in remove.chunks(CHUNK) {
-        within(sink.unsubscribe(chunk)).await?;
+) -> Result<usize, LinkDown> {
+    let expected = add.len() + remove.len();
+    let commands =
+        (add.chunks(CHUNK).map(|c| (true, c))).chain(remove.chunks(CHUNK).map(|c| (false, c)));
+    for (subscribe, chunk) in commands {
+        let verb: &[u8] = if subscribe {
+            b"SUBSCRIBE"
+        } else {
+            b"UNSUBSCRIBE"
+        };
+        let mut args = vec![verb];
+        args.extend(chunk.iter().map(|c| c.as_bytes()));
+        within(writer.command(&args)).await?;
         for name in chunk {
-            subscribed.remove(name);
+            match subscribe {
+                true => subscribed.insert(name.clone()),
+                false => subscribed.remove(name),
+            };
         }
     }
-    Ok(())
+    Ok(expected)
 }

@@ -1,0 +1,357 @@
+//! The subscribing link's own RESP2 connection: commands out, pushes in.
+//!
+//! Why not redis-rs's pub/sub: it reads the socket into an unbounded channel, so a relay that
+//! falls behind grows this process's memory without limit, and it parses every push into
+//! generic values. This reader reads only when the relay asks for the next push, at most
+//! [`READ_CHUNK`] at a time, so a backlog stays in Redis — whose `client-output-buffer-limit
+//! pubsub` cuts a subscriber that falls too far behind — and a message's channel and payload
+//! are handed out as slices of the read buffer, without a copy.
+
+use std::io;
+
+use bytes::{Buf, Bytes, BytesMut};
+use redis::{ConnectionAddr, ConnectionInfo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What Redis sends a subscriber.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Push {
+    /// A message published on a channel we subscribe to.
+    Message { channel: Bytes, payload: Bytes },
+    /// One channel of a SUBSCRIBE or UNSUBSCRIBE took effect (one per channel named).
+    Confirmed,
+    /// The answer to a PING.
+    Pong,
+    /// A message larger than the limit, skipped without being held.
+    Oversize,
+}
+
+/// Reads pushes; the other half of [`connect`].
+pub struct Reader {
+    read: OwnedReadHalf,
+    buf: BytesMut,
+    /// Longest bulk string held; a longer message is skipped as it streams by.
+    max_bulk: usize,
+    /// Bytes of an oversize message still to skip.
+    skip: usize,
+}
+
+/// Sends commands; the other half of [`connect`].
+pub struct Writer {
+    write: OwnedWriteHalf,
+}
+
+/// Connects to the Redis of `info` (TCP), authenticates if it has credentials, and returns the
+/// two halves.
+///
+/// # Errors
+/// The address is not TCP (TLS and Unix sockets are not supported here), the connection fails,
+/// or Redis refuses the credentials.
+pub async fn connect(info: &ConnectionInfo, max_bulk: usize) -> Result<(Reader, Writer), String> {
+    let (host, port) = match info.addr() {
+        ConnectionAddr::Tcp(host, port) => (host.as_str(), *port),
+        other => return Err(format!("{other:?}: only redis:// over TCP is supported")),
+    };
+    let stream = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    let mut reader = Reader {
+        read,
+        buf: BytesMut::with_capacity(READ_CHUNK),
+        max_bulk,
+        skip: 0,
+    };
+    let mut writer = Writer { write };
+    let settings = info.redis_settings();
+    if let Some(password) = settings.password() {
+        let mut auth: Vec<&[u8]> = vec![b"AUTH"];
+        auth.extend(settings.username().map(str::as_bytes));
+        auth.push(password.as_bytes());
+        writer.command(&auth).await.map_err(|e| e.to_string())?;
+        reader.simple_reply().await?;
+    }
+    Ok((reader, writer))
+}
+
+impl Writer {
+    /// Sends one command as a RESP array of bulk strings.
+    pub async fn command(&mut self, args: &[&[u8]]) -> io::Result<()> {
+        let mut out = Vec::with_capacity(16 + args.iter().map(|a| a.len() + 16).sum::<usize>());
+        out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a);
+            out.extend_from_slice(b"\r\n");
+        }
+        self.write.write_all(&out).await
+    }
+}
+
+impl Reader {
+    /// The next push. Cancel-safe: what was read stays in the buffer for the next call.
+    ///
+    /// # Errors
+    /// The connection closed or broke, Redis answered with an error, or it sent something a
+    /// subscriber does not expect.
+    pub async fn next(&mut self) -> Result<Push, String> {
+        loop {
+            if self.skip > 0 {
+                let n = self.skip.min(self.buf.len());
+                self.buf.advance(n);
+                self.skip -= n;
+                if self.skip == 0 {
+                    return Ok(Push::Oversize);
+                }
+            } else if let Some(push) = self.parse()? {
+                return Ok(push);
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn fill(&mut self) -> Result<(), String> {
+        self.buf.reserve(READ_CHUNK);
+        match self.read.read_buf(&mut self.buf).await {
+            Ok(0) => Err("connection closed".into()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The `+OK` of a command sent before subscribing.
+    async fn simple_reply(&mut self) -> Result<(), String> {
+        loop {
+            if let Some(end) = find_crlf(&self.buf, 0) {
+                let line = self.buf.split_to(end + 2);
+                return match line.first() {
+                    Some(b'+') => Ok(()),
+                    _ => Err(String::from_utf8_lossy(&line[1..end]).into_owned()),
+                };
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// One push from the buffer if it holds a whole one.
+    fn parse(&mut self) -> Result<Option<Push>, String> {
+        let Some((len, shape)) = frame(&self.buf, self.max_bulk)? else {
+            return Ok(None);
+        };
+        if shape == Shape::Oversize {
+            self.skip = len;
+            return Ok(None);
+        }
+        let mut frame = self.buf.split_to(len).freeze();
+        Ok(Some(match shape {
+            Shape::Message { channel, payload } => {
+                let channel_bytes = frame.slice(channel.0..channel.1);
+                let payload = frame.slice(payload.0..payload.1);
+                Push::Message {
+                    channel: channel_bytes,
+                    payload,
+                }
+            }
+            Shape::Confirmed => Push::Confirmed,
+            Shape::Pong => Push::Pong,
+            Shape::Oversize => unreachable!("skipped above"),
+            Shape::Error => {
+                frame.advance(1);
+                let text = String::from_utf8_lossy(&frame[..frame.len() - 2]);
+                return Err(format!("Redis: {text}"));
+            }
+        }))
+    }
+}
+
+/// What a whole push in the buffer is, with the byte ranges of a message's parts.
+#[derive(Debug, PartialEq, Eq)]
+enum Shape {
+    Message {
+        channel: (usize, usize),
+        payload: (usize, usize),
+    },
+    Confirmed,
+    Pong,
+    Error,
+    /// A message whose payload is over the limit: its whole length, to skip.
+    Oversize,
+}
+
+fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
+    buf.get(from..)?
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map(|i| from + i)
+}
+
+/// A decimal number running from `at` to the next CRLF; returns it and where the next line
+/// starts. `None` while the line is incomplete.
+fn number(buf: &[u8], at: usize) -> Result<Option<(i64, usize)>, String> {
+    let Some(end) = find_crlf(buf, at) else {
+        return Ok(None);
+    };
+    let text = std::str::from_utf8(&buf[at..end]).map_err(|_| "not a number".to_string())?;
+    let n = text
+        .parse()
+        .map_err(|_| format!("not a number: {text:?}"))?;
+    Ok(Some((n, end + 2)))
+}
+
+/// The length and shape of the whole push at the start of `buf`, or `None` if it has not all
+/// arrived. A subscriber is sent arrays of bulk strings and integers, `-errors`, and nothing
+/// else.
+fn frame(buf: &[u8], max_bulk: usize) -> Result<Option<(usize, Shape)>, String> {
+    let Some(first) = buf.first() else {
+        return Ok(None);
+    };
+    match first {
+        b'-' => Ok(find_crlf(buf, 1).map(|end| (end + 2, Shape::Error))),
+        b'*' => {
+            let Some((count, mut at)) = number(buf, 1)? else {
+                return Ok(None);
+            };
+            if !(1..=4).contains(&count) {
+                return Err(format!("unexpected push of {count} elements"));
+            }
+            let mut parts: Vec<(usize, usize)> = Vec::with_capacity(count as usize);
+            for _ in 0..count {
+                match buf.get(at) {
+                    None => return Ok(None),
+                    Some(b'$') => {
+                        let Some((len, start)) = number(buf, at + 1)? else {
+                            return Ok(None);
+                        };
+                        let len = usize::try_from(len).map_err(|_| "null bulk string")?;
+                        // Only a message's payload may be large: skip it, whole, as it comes.
+                        if len > max_bulk {
+                            let is_payload = parts.len() == 2 && count == 3;
+                            return match is_payload && &buf[parts[0].0..parts[0].1] == b"message" {
+                                true => Ok(Some((start + len + 2, Shape::Oversize))),
+                                false => Err(format!("a {len}-byte field is over the limit")),
+                            };
+                        }
+                        if buf.len() < start + len + 2 {
+                            return Ok(None);
+                        }
+                        parts.push((start, start + len));
+                        at = start + len + 2;
+                    }
+                    Some(b':') => {
+                        let Some((_, next)) = number(buf, at + 1)? else {
+                            return Ok(None);
+                        };
+                        parts.push((at, at));
+                        at = next;
+                    }
+                    Some(other) => {
+                        return Err(format!("unexpected RESP type {:?}", *other as char))
+                    }
+                }
+            }
+            let kind = &buf[parts[0].0..parts[0].1];
+            let shape = match (kind, parts.len()) {
+                (b"message", 3) => Shape::Message {
+                    channel: parts[1],
+                    payload: parts[2],
+                },
+                (b"subscribe" | b"unsubscribe", 3) => Shape::Confirmed,
+                (b"pong", _) => Shape::Pong,
+                _ => {
+                    let kind = String::from_utf8_lossy(kind);
+                    return Err(format!("unexpected push {kind:?}"));
+                }
+            };
+            Ok(Some((at, shape)))
+        }
+        other => Err(format!("unexpected RESP type {:?}", *other as char)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushes_are_recognised_only_when_whole() {
+        let msg = b"*3\r\n$7\r\nmessage\r\n$4\r\nfz:a\r\n$5\r\nhello\r\n";
+        for cut in 0..msg.len() {
+            assert_eq!(frame(&msg[..cut], 100), Ok(None), "{cut}");
+        }
+        let (len, shape) = frame(msg, 100).unwrap().unwrap();
+        assert_eq!(len, msg.len());
+        let Shape::Message { channel, payload } = shape else {
+            panic!("{shape:?}");
+        };
+        assert_eq!(&msg[channel.0..channel.1], b"fz:a");
+        assert_eq!(&msg[payload.0..payload.1], b"hello");
+        let sub = b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n";
+        assert_eq!(frame(sub, 100), Ok(Some((sub.len(), Shape::Confirmed))));
+        let pong = b"*2\r\n$4\r\npong\r\n$0\r\n\r\n";
+        assert_eq!(frame(pong, 100), Ok(Some((pong.len(), Shape::Pong))));
+        let err = b"-ERR nope\r\n";
+        assert_eq!(frame(err, 100), Ok(Some((err.len(), Shape::Error))));
+    }
+
+    #[test]
+    fn anything_else_is_a_broken_link() {
+        let oversize = b"*3\r\n$7\r\nmessage\r\n$4\r\nfz:a\r\n$500\r\n";
+        assert_eq!(
+            frame(oversize, 100),
+            Ok(Some((oversize.len() + 502, Shape::Oversize)))
+        );
+        assert!(frame(b"*3\r\n$7\r\nmessage\r\n$400\r\n", 100).is_err());
+        assert!(frame(b"*9\r\n", 100).is_err());
+        assert!(frame(b"+OK\r\n", 100).is_err());
+        assert!(frame(b"*1\r\n$5\r\nhello\r\n", 100).is_err());
+        assert!(frame(b"*2\r\n$-1\r\n", 100).is_err());
+        assert!(frame(b"*x\r\n", 100).is_err());
+    }
+
+    #[tokio::test]
+    async fn reads_what_a_real_redis_sends() {
+        // A fake Redis: it answers nothing, just sends a burst of pushes in odd-sized pieces.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut all = Vec::new();
+            all.extend_from_slice(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n");
+            let big = "b".repeat(5000);
+            all.extend_from_slice(
+                format!("*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$5000\r\n{big}\r\n").as_bytes(),
+            );
+            for i in 0..100 {
+                let p = format!("payload {i}");
+                all.extend_from_slice(
+                    format!("*3\r\n$7\r\nmessage\r\n$1\r\na\r\n${}\r\n{p}\r\n", p.len()).as_bytes(),
+                );
+            }
+            for piece in all.chunks(7) {
+                s.write_all(piece).await.unwrap();
+            }
+            s
+        });
+        let info: ConnectionInfo =
+            redis::IntoConnectionInfo::into_connection_info(format!("redis://127.0.0.1:{port}"))
+                .unwrap();
+        let (mut reader, _writer) = connect(&info, 1024).await.unwrap();
+        assert_eq!(reader.next().await.unwrap(), Push::Confirmed);
+        assert_eq!(reader.next().await.unwrap(), Push::Oversize);
+        for i in 0..100 {
+            let Push::Message { channel, payload } = reader.next().await.unwrap() else {
+                panic!("a message");
+            };
+            assert_eq!(&channel[..], b"a");
+            assert_eq!(payload, format!("payload {i}").as_bytes());
+        }
+        drop(server.await.unwrap());
+        assert!(reader.next().await.is_err());
+    }
+}
