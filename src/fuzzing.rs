@@ -79,6 +79,20 @@ pub fn redis_wire(data: &[u8]) {
     }
 }
 
+/// The RESP stream a subscriber reads: a push is recognised whole, or found incomplete, or
+/// refused; its parts lie inside what was read.
+pub fn redis_resp(data: &[u8]) {
+    use crate::bridge::pubsub::{frame, Shape};
+    if let Ok(Some((len, shape))) = frame(data, 1024) {
+        if shape != Shape::Oversize {
+            assert!(len <= data.len());
+        }
+        if let Shape::Message { channel, payload } = shape {
+            assert!(channel.0 <= channel.1 && payload.1 <= len);
+        }
+    }
+}
+
 /// User ids and channel names; an accepted channel makes frames that are valid JSON.
 pub fn names(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {

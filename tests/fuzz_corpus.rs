@@ -61,6 +61,11 @@ fn redis_wire() {
 }
 
 #[test]
+fn redis_resp() {
+    replay("redis_resp", 5_000, fuzzing::redis_resp);
+}
+
+#[test]
 fn names() {
     replay("names", 5_000, fuzzing::names);
 }

@@ -24,7 +24,7 @@
 //! random instance id in their header and dropped, so nobody gets a copy twice.
 
 mod publisher;
-mod pubsub;
+pub(crate) mod pubsub;
 mod subscriber;
 pub mod wire;
 

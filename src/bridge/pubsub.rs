@@ -172,7 +172,7 @@ impl Reader {
 
 /// What a whole push in the buffer is, with the byte ranges of a message's parts.
 #[derive(Debug, PartialEq, Eq)]
-enum Shape {
+pub(crate) enum Shape {
     Message {
         channel: (usize, usize),
         payload: (usize, usize),
@@ -207,7 +207,7 @@ fn number(buf: &[u8], at: usize) -> Result<Option<(i64, usize)>, String> {
 /// The length and shape of the whole push at the start of `buf`, or `None` if it has not all
 /// arrived. A subscriber is sent arrays of bulk strings and integers, `-errors`, and nothing
 /// else.
-fn frame(buf: &[u8], max_bulk: usize) -> Result<Option<(usize, Shape)>, String> {
+pub(crate) fn frame(buf: &[u8], max_bulk: usize) -> Result<Option<(usize, Shape)>, String> {
     let Some(first) = buf.first() else {
         return Ok(None);
     };
