@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use crate::history::Position;
 use crate::protocol::{Control, Frame, Target, UserId, WorkerId};
 use crate::routes::Routes;
 
@@ -18,6 +19,8 @@ pub const INBOX_CAPACITY: usize = 4096;
 pub struct Delivery {
     pub target: Target,
     pub frame: Frame,
+    /// For a topic with history: the message's offset in its epoch.
+    pub position: Option<Position>,
 }
 
 /// What travels through an inbox: a message, or the backend's word for a user's connections.
@@ -81,6 +84,32 @@ impl Bus {
         missed
     }
 
+    /// A place in every inbox, taken in worker order (so two callers cannot wait on each
+    /// other), for [`send_reserved`](Self::send_reserved). Waits while an inbox is full.
+    pub async fn reserve_all(&self) -> Vec<Option<mpsc::Permit<'_, Envelope>>> {
+        let mut permits = Vec::with_capacity(self.inbox_tx.len());
+        for tx in &self.inbox_tx {
+            permits.push(tx.reserve().await.ok());
+        }
+        permits
+    }
+
+    /// Queues `envelope` on the workers that have a recipient now, into places reserved
+    /// before: it never waits, so the caller may hold a lock (the history's, which orders a
+    /// topic's offsets) while the routing table is read and the message queued.
+    pub fn send_reserved(
+        &self,
+        permits: Vec<Option<mpsc::Permit<'_, Envelope>>>,
+        envelope: Envelope,
+    ) {
+        let workers = self.routes.workers_for(&envelope.target());
+        for (i, permit) in permits.into_iter().enumerate() {
+            if let Some(permit) = permit.filter(|_| workers.contains(WorkerId(i as u8))) {
+                permit.send(envelope.clone());
+            }
+        }
+    }
+
     fn inbox(&self, worker: WorkerId) -> &mpsc::Sender<Envelope> {
         &self.inbox_tx[usize::from(worker.0)]
     }
@@ -101,6 +130,7 @@ mod tests {
         let delivery = Envelope::Message(Delivery {
             target: Target::User(user),
             frame: Frame::pong(),
+            position: None,
         });
         for _ in 0..INBOX_CAPACITY {
             assert_eq!(bus.try_deliver(delivery.clone()), 0);

@@ -78,6 +78,14 @@ pub struct Config {
     #[arg(long, env = "FANFARE_SHUTDOWN_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=MAX_SECS))]
     pub shutdown_timeout: u64,
 
+    /// Messages kept per channel and per user for recovery (PROTOCOL section 7); 0 = off
+    #[arg(long, env = "FANFARE_HISTORY_SIZE", default_value_t = 0)]
+    pub history_size: u32,
+
+    /// Seconds a message stays recoverable
+    #[arg(long, env = "FANFARE_HISTORY_TTL", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
+    pub history_ttl: u64,
+
     /// Allowed `Origin` of WebSocket upgrades (repeatable); when given, others get 403
     #[arg(
         long = "allowed-origin",
@@ -135,6 +143,10 @@ impl Config {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout)
+    }
+
+    pub fn history_ttl(&self) -> Duration {
+        Duration::from_secs(self.history_ttl)
     }
 
     pub fn request_timeout(&self) -> Duration {

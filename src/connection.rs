@@ -27,9 +27,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Identity, Permissions, TokenKeys};
 use crate::error::{CloseReason, DISCONNECT_CODE};
-use crate::hub::{self, Registration, Reservation};
+use crate::history::{History, Recovery, Since};
+use crate::hub::{self, Registration, Reservation, Seen};
 use crate::metrics::WorkerMetrics;
-use crate::protocol::{Channel, ClientMessage, ErrorCode, Frame, UserId};
+use crate::protocol::{Channel, ClientMessage, ErrorCode, Frame, Target, UserId};
+use crate::routes::Topic;
 use crate::subscriptions::{SubscriptionLog, Ticket};
 use crate::writer::{Command, Flushed, Writer, WriterEvent};
 
@@ -48,6 +50,8 @@ pub struct Connection {
     pub log: Option<Arc<SubscriptionLog>>,
     /// Verifies the tokens of `refresh`.
     pub keys: Arc<TokenKeys>,
+    /// With `--history-size`: where channels stand, and what a resume missed.
+    pub history: Option<Arc<History>>,
     /// Who connected: a refresh must name the same `sub`.
     pub user: UserId,
     /// The token's channels and lifetime at the start; a refresh replaces them.
@@ -204,6 +208,9 @@ impl Connection {
                     WriterEvent::SlowConsumer => Step::Stop(End::Close(CloseReason::SlowConsumer)),
                     WriterEvent::Broken => Step::Stop(End::Gone),
                     WriterEvent::Command(Command::Disconnect(why)) => Step::Stop(End::Disconnect(why)),
+                    WriterEvent::Command(Command::Activate(channel)) if self.history.is_some() => {
+                        self.activate_at(&channel, None, false)
+                    }
                     WriterEvent::Command(Command::Activate(channel)) => {
                         self.confirm_then_activate(channel, false)
                     }
@@ -280,7 +287,9 @@ impl Connection {
 
     fn on_text(&self, text: &str, token: &mut Token) -> Step {
         match ClientMessage::decode(text) {
-            Ok(ClientMessage::Subscribe(channel)) => self.subscribe(channel, &token.permissions),
+            Ok(ClientMessage::Subscribe(channel, since)) => {
+                self.subscribe(channel, since, &token.permissions)
+            }
             Ok(ClientMessage::Unsubscribe(channel)) => {
                 let r = &self.registration;
                 hub::lock(&r.hub).unsubscribe(r.id, &channel);
@@ -321,7 +330,7 @@ impl Connection {
         self.flushed(self.writer.flush())
     }
 
-    fn subscribe(&self, channel: Channel, permissions: &Permissions) -> Step {
+    fn subscribe(&self, channel: Channel, since: Option<Since>, permissions: &Permissions) -> Step {
         if !permissions.allows(&channel) {
             WorkerMetrics::inc(&self.metrics.client_errors);
             let detail = format!("token does not allow channel {}", channel.as_str());
@@ -331,6 +340,10 @@ impl Connection {
         let mut hub = hub::lock(&r.hub);
         match hub.reserve(r.id, &channel, false) {
             Reservation::Reserved => {}
+            Reservation::Already if self.history.is_some() => {
+                drop(hub);
+                return self.activate_at(&channel, None, true);
+            }
             Reservation::Already => return self.reply(Frame::subscribed(&channel)),
             // The backend subscribed this connection a moment ago; its `subscribed` answers.
             Reservation::Pending => return Step::Continue,
@@ -347,7 +360,53 @@ impl Connection {
             Reservation::Gone => return Step::Continue,
         }
         drop(hub);
+        if self.history.is_some() {
+            return self.activate_at(&channel, since.as_ref(), false);
+        }
         self.confirm_then_activate(channel, true)
+    }
+
+    /// For a channel with history: under the topic's lock, takes where it stands (and what a
+    /// resume missed) and starts the subscription, so nothing published meanwhile is missed
+    /// or sent twice. `already`: the subscription exists; only say where it stands.
+    fn activate_at(&self, channel: &Channel, since: Option<&Since>, already: bool) -> Step {
+        let history = self.history.as_ref().expect("called with history");
+        let topic = Topic::Channel(channel.clone());
+        let now = std::time::Instant::now();
+        let mut locked = history.lock(&topic);
+        let position = locked.position(&topic, now);
+        let (recovered, missed) = match since.map(|s| locked.since(&topic, s, now)) {
+            None => (None, Vec::new()),
+            Some(Recovery::Recovered(missed)) => (Some(true), missed),
+            Some(Recovery::Lost) => (Some(false), Vec::new()),
+        };
+        let target = Target::Channel(channel.clone());
+        let mut frames = vec![Frame::subscribed_at(
+            channel,
+            &position.epoch,
+            position.offset,
+            recovered,
+        )];
+        frames.extend(
+            missed
+                .iter()
+                .map(|(offset, p)| Frame::message_at(&target, p, *offset)),
+        );
+        if already {
+            drop(locked);
+            return self.reply(frames.swap_remove(0));
+        }
+        let seen = Seen {
+            generation: position.generation,
+            next_offset: position.offset + 1,
+        };
+        let r = &self.registration;
+        let active = hub::lock(&r.hub).activate_with(r.id, channel, &frames, seen);
+        drop(locked);
+        match active {
+            true => self.flushed(self.writer.flush()),
+            false => Step::Continue,
+        }
     }
 
     /// `subscribed` promises every later message, other machines' included: activate now if
@@ -489,7 +548,12 @@ mod tests {
             frames,
             bytes: usize::MAX,
         }));
-        hub::lock(&hub).register(id, UserId::new("u").unwrap(), writer.clone());
+        hub::lock(&hub).register(
+            id,
+            UserId::new("u").unwrap(),
+            writer.clone(),
+            Seen::default(),
+        );
         let (client, server) = crate::writer::small_buffer_pair().await;
         let (read, write) = server.into_split();
         writer.attach(write);
@@ -502,6 +566,7 @@ mod tests {
             writer: writer.clone(),
             log: with_log.then(|| log.clone()),
             keys: Arc::new(TokenKeys::new("test").unwrap()),
+            history: None,
             user: UserId::new("u").unwrap(),
             permissions: Permissions::new(&["news".into()]),
             exp: None,

@@ -28,6 +28,21 @@ struct Member {
     channels: Vec<Membership>,
 }
 
+/// How far a recipient is in a topic with history: frames of this epoch below `next_offset`
+/// it already had from history (a resume), and are not sent again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Seen {
+    pub generation: u64,
+    pub next_offset: u64,
+}
+
+/// One connection as a recipient of a topic.
+#[derive(Clone)]
+struct Recipient {
+    writer: Arc<Writer>,
+    seen: Seen,
+}
+
 /// One channel of a connection.
 struct Membership {
     channel: Channel,
@@ -41,7 +56,7 @@ struct Membership {
 #[derive(Default)]
 struct ChannelEntry {
     /// Receive the channel's messages.
-    active: HashMap<ConnId, Arc<Writer>>,
+    active: HashMap<ConnId, Recipient>,
     /// Subscriptions waiting for the bridge: they keep the route, but receive nothing yet.
     reserved: usize,
 }
@@ -90,6 +105,16 @@ fn push(
     }
 }
 
+/// What a recipient whose position was lost is told before the topic's next message: where the
+/// topic stands now, not recovered.
+fn lost_position(target: &Target, p: &crate::history::Position) -> Frame {
+    let before = p.offset.saturating_sub(1);
+    match target {
+        Target::Channel(c) => Frame::subscribed_at(c, &p.epoch, before, Some(false)),
+        Target::User(_) | Target::All => Frame::connected(&p.epoch, before, Some(false)),
+    }
+}
+
 /// Remembers to flush a writer something was pushed to outside [`push`].
 fn push_dirty(dirty: &mut Vec<(ConnId, Arc<Writer>)>, id: ConnId, writer: &Arc<Writer>) {
     if !dirty.iter().any(|(d, _)| *d == id) {
@@ -102,9 +127,11 @@ pub struct Hub {
     routes: Arc<Routes>,
     /// `--max-subscriptions`: the backend's subscriptions count too.
     max_subscriptions: usize,
+    /// Channels have history: a `subscribed` carries the position, which the connection takes.
+    history: bool,
     metrics: Arc<WorkerMetrics>,
     members: HashMap<ConnId, Member>,
-    users: HashMap<UserId, Vec<(ConnId, Arc<Writer>)>>,
+    users: HashMap<UserId, Vec<(ConnId, Recipient)>>,
     channels: HashMap<Channel, ChannelEntry>,
     /// Writers pushed to during the current batch; each is flushed once at its end.
     dirty: Vec<(ConnId, Arc<Writer>)>,
@@ -130,6 +157,7 @@ impl Hub {
             worker,
             routes,
             max_subscriptions,
+            history: false,
             metrics,
             members: HashMap::new(),
             users: HashMap::new(),
@@ -139,13 +167,17 @@ impl Hub {
     }
 
     /// Adds a connection of `user`; from now on it receives that user's direct messages and
-    /// broadcasts.
-    pub fn register(&mut self, id: ConnId, user: UserId, writer: Arc<Writer>) {
+    /// broadcasts. `seen`: where it stands in the user's history, when there is one.
+    pub fn register(&mut self, id: ConnId, user: UserId, writer: Arc<Writer>, seen: Seen) {
+        let recipient = Recipient {
+            writer: writer.clone(),
+            seen,
+        };
         match self.users.entry(user.clone()) {
-            Entry::Occupied(mut e) => e.get_mut().push((id, writer.clone())),
+            Entry::Occupied(mut e) => e.get_mut().push((id, recipient)),
             Entry::Vacant(e) => {
                 self.routes.add(&Topic::User(user.clone()), self.worker);
-                e.insert(vec![(id, writer.clone())]);
+                e.insert(vec![(id, recipient)]);
             }
         }
         let member = Member {
@@ -211,6 +243,18 @@ impl Hub {
     /// every message of the channel after it, and none before, reaches the connection. Returns
     /// false if the reservation is gone (unsubscribed or cut meanwhile).
     pub fn activate(&mut self, id: ConnId, channel: &Channel) -> bool {
+        self.activate_with(id, channel, &[Frame::subscribed(channel)], Seen::default())
+    }
+
+    /// [`activate`](Self::activate) for a channel with history: `frames` are `subscribed` with
+    /// the position and what a resume recovered; `seen` says which live frames those cover.
+    pub fn activate_with(
+        &mut self,
+        id: ConnId,
+        channel: &Channel,
+        frames: &[Frame],
+        seen: Seen,
+    ) -> bool {
         let Some(member) = self.members.get_mut(&id) else {
             return false;
         };
@@ -228,8 +272,14 @@ impl Hub {
             .get_mut(channel)
             .expect("a reservation keeps its channel entry");
         entry.reserved -= 1;
-        entry.active.insert(id, writer.clone());
-        writer.push(&Frame::subscribed(channel));
+        let recipient = Recipient {
+            writer: writer.clone(),
+            seen,
+        };
+        entry.active.insert(id, recipient);
+        for frame in frames {
+            writer.push(frame);
+        }
         true
     }
 
@@ -314,24 +364,43 @@ impl Hub {
     }
 
     fn fan_out(&mut self, delivery: &Delivery, fanout: &mut Fanout) {
-        let frame = &delivery.frame;
         let dirty = &mut self.dirty;
-        let mut push = |id: &ConnId, writer: &Arc<Writer>| push(dirty, fanout, *id, writer, frame);
+        // Made once per delivery, if some recipient needs it.
+        let mut reset = None;
+        let mut deliver = |id: &ConnId, r: &mut Recipient| {
+            if let Some(p) = &delivery.position {
+                if r.seen.generation != p.generation {
+                    // The topic's history was lost since this recipient got its position:
+                    // say so before the topic's next message, never a silent gap.
+                    let frame = reset.get_or_insert_with(|| lost_position(&delivery.target, p));
+                    push(dirty, fanout, *id, &r.writer, frame);
+                    r.seen = Seen {
+                        generation: p.generation,
+                        next_offset: 0,
+                    };
+                }
+                if p.offset < r.seen.next_offset {
+                    // Already had it, from history.
+                    return;
+                }
+            }
+            push(dirty, fanout, *id, &r.writer, &delivery.frame);
+        };
         match &delivery.target {
             Target::User(user) => {
-                for (id, writer) in self.users.get(user).into_iter().flatten() {
-                    push(id, writer);
+                for (id, r) in self.users.get_mut(user).into_iter().flatten() {
+                    deliver(id, r);
                 }
             }
             Target::Channel(channel) => {
-                let subscribers = self.channels.get(channel).map(|e| &e.active);
-                for (id, writer) in subscribers.into_iter().flatten() {
-                    push(id, writer);
+                let subscribers = self.channels.get_mut(channel).map(|e| &mut e.active);
+                for (id, r) in subscribers.into_iter().flatten() {
+                    deliver(id, r);
                 }
             }
             Target::All => {
                 for (id, member) in &self.members {
-                    push(id, &member.writer);
+                    push(dirty, fanout, *id, &member.writer, &delivery.frame);
                 }
             }
         }
@@ -342,7 +411,7 @@ impl Hub {
         let Some(connections) = self.users.get(user).cloned() else {
             return;
         };
-        for (id, writer) in connections {
+        for (id, Recipient { writer, .. }) in connections {
             let reply = match control {
                 Control::Disconnect(reason) => {
                     writer.command(Command::Disconnect(reason.clone()));
@@ -355,7 +424,7 @@ impl Hub {
                 Control::Subscribe(channel) => match self.reserve(id, channel, true) {
                     Reservation::Reserved => {
                         let ready = self.routes.log().is_none_or(|l| l.is_applied(l.ticket()));
-                        if ready {
+                        if ready && !self.history {
                             self.activate(id, channel);
                             push_dirty(&mut self.dirty, id, &writer);
                         } else {
@@ -379,6 +448,13 @@ impl Hub {
                 push(&mut self.dirty, fanout, id, &writer, &frame);
             }
         }
+    }
+
+    /// Channels and users have history: backend subscriptions are activated by their
+    /// connection, which reads the position.
+    pub fn with_history(mut self) -> Self {
+        self.history = true;
+        self
     }
 
     pub fn max_subscriptions(&self) -> usize {
@@ -441,6 +517,7 @@ mod tests {
         Delivery {
             target,
             frame: Frame::pong(),
+            position: None,
         }
     }
 
@@ -449,8 +526,8 @@ mod tests {
         let mut h = hub();
         let u = UserId::new("u").unwrap();
         let (a, b) = (writer(8), writer(8));
-        h.register(id(1), u.clone(), a.clone());
-        h.register(id(2), u.clone(), b.clone());
+        h.register(id(1), u.clone(), a.clone(), Seen::default());
+        h.register(id(2), u.clone(), b.clone(), Seen::default());
         let ch = Channel::new("c").unwrap();
         assert_eq!(h.reserve(id(1), &ch, false), Reservation::Reserved);
         let other = Channel::new("d").unwrap();
@@ -478,7 +555,7 @@ mod tests {
     fn an_unsubscribed_reservation_is_never_activated() {
         let mut h = hub();
         let ch = Channel::new("c").unwrap();
-        h.register(id(1), UserId::new("u").unwrap(), writer(8));
+        h.register(id(1), UserId::new("u").unwrap(), writer(8), Seen::default());
         assert_eq!(h.reserve(id(1), &ch, false), Reservation::Reserved);
         assert!(h.unsubscribe(id(1), &ch));
         assert!(!h.unsubscribe(id(1), &ch));
@@ -491,8 +568,8 @@ mod tests {
         let mut h = hub();
         let u = UserId::new("u").unwrap();
         let (a, b) = (writer(8), writer(8));
-        h.register(id(1), u.clone(), a.clone());
-        h.register(id(2), u.clone(), b.clone());
+        h.register(id(1), u.clone(), a.clone(), Seen::default());
+        h.register(id(2), u.clone(), b.clone(), Seen::default());
         let ch = Channel::new("c").unwrap();
         let control = |c| Envelope::Control(u.clone(), c);
         h.deliver_batch(&[control(Control::Subscribe(ch.clone()))]);
@@ -511,6 +588,34 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_history_is_said_before_the_next_message_and_history_is_not_sent_twice() {
+        let mut h = hub();
+        let w = writer(16);
+        let u = UserId::new("u").unwrap();
+        let seen = Seen {
+            generation: 1,
+            next_offset: 4,
+        };
+        h.register(id(1), u.clone(), w.clone(), seen);
+        let at = |generation, offset| Delivery {
+            target: Target::User(u.clone()),
+            frame: Frame::pong(),
+            position: Some(crate::history::Position {
+                epoch: "e2".into(),
+                generation,
+                offset,
+            }),
+        };
+        // Offset 3 came with the resume: not again. Offset 4 is new.
+        assert_eq!(h.deliver(&at(1, 3)).pushed, 0);
+        assert_eq!(h.deliver(&at(1, 4)).pushed, 1);
+        // A new epoch: `connected` with recovered false first, then the message.
+        assert_eq!(h.deliver(&at(2, 1)).pushed, 2);
+        assert_eq!(w.queued(), 3);
+        assert_eq!(h.deliver(&at(2, 2)).pushed, 1);
+    }
+
+    #[test]
     fn a_refresh_ends_what_the_new_token_does_not_allow() {
         let mut h = Hub::new(
             WorkerId(0),
@@ -519,7 +624,7 @@ mod tests {
             Arc::default(),
         );
         let w = writer(8);
-        h.register(id(1), UserId::new("u").unwrap(), w.clone());
+        h.register(id(1), UserId::new("u").unwrap(), w.clone(), Seen::default());
         for c in ["keep", "drop"] {
             let ch = Channel::new(c).unwrap();
             h.reserve(id(1), &ch, false);
@@ -543,8 +648,18 @@ mod tests {
         })
         .await;
         let fast = writer(8);
-        h.register(id(1), UserId::new("slow").unwrap(), slow.clone());
-        h.register(id(2), UserId::new("fast").unwrap(), fast.clone());
+        h.register(
+            id(1),
+            UserId::new("slow").unwrap(),
+            slow.clone(),
+            Seen::default(),
+        );
+        h.register(
+            id(2),
+            UserId::new("fast").unwrap(),
+            fast.clone(),
+            Seen::default(),
+        );
         let f = h.deliver(&delivery(Target::All));
         assert_eq!(
             f,

@@ -25,6 +25,7 @@
 //! - [`routes`]: the routing table: which workers have a recipient for each user and channel.
 //! - [`subscriptions`]: the seam between hubs and bridge: what this process wants from Redis,
 //!   and how far the bridge got.
+//! - [`history`]: offsets, epochs and the messages kept for recovery (one machine).
 //! - [`bus`]: one bounded inbox per worker; hands each message to the workers the routes name.
 //! - [`hub`]: a worker's registry (user → connections, channel → subscribers) and fan-out.
 //! - [`writer`]: one connection's outgoing frames: straight to the socket, queued only when
@@ -45,6 +46,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod fuzzing;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod listener;

@@ -91,15 +91,22 @@ pub struct Metrics {
     pub workers: Vec<Arc<WorkerMetrics>>,
     /// Present with `--redis`.
     pub bridge: Option<Arc<BridgeMetrics>>,
+    /// Present with `--history-size`.
+    pub history: Option<Arc<crate::history::History>>,
     accepted: [AtomicU64; 3],
     rejected: [AtomicU64; REJECT_STATUSES.len()],
 }
 
 impl Metrics {
-    pub fn new(workers: usize, bridge: Option<Arc<BridgeMetrics>>) -> Self {
+    pub fn new(
+        workers: usize,
+        bridge: Option<Arc<BridgeMetrics>>,
+        history: Option<Arc<crate::history::History>>,
+    ) -> Self {
         Metrics {
             workers: (0..workers).map(|_| Arc::default()).collect(),
             bridge,
+            history,
             accepted: Default::default(),
             rejected: Default::default(),
         }
@@ -185,6 +192,19 @@ impl Snapshot {
             ("fanfare_rejected_requests", "HTTP requests refused, by status.", "status",
                 rejected.map(|(s, n)| (s.to_string(), n.load(Relaxed))).collect()),
         ];
+        if let Some(h) = &m.history {
+            let (bytes, topics) = h.usage();
+            gauges.push((
+                "fanfare_history_bytes",
+                "Payload bytes kept for recovery.",
+                bytes,
+            ));
+            gauges.push((
+                "fanfare_history_topics",
+                "Topics whose position is remembered.",
+                topics,
+            ));
+        }
         if let Some(b) = &m.bridge {
             gauges.push((
                 "fanfare_bridge_subscriptions",

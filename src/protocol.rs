@@ -187,6 +187,60 @@ impl Frame {
         }
     }
 
+    /// A message of a topic with history: `{"type":"message",("channel":"<c>",)"offset":N,
+    /// "message":<payload>}`. `payload` is JSON text already checked.
+    pub fn message_at(target: &Target, payload: &[u8], offset: u64) -> Self {
+        let offset = offset.to_string();
+        let mut parts: Vec<&[u8]> = vec![br#"{"type":"message","#];
+        if let Target::Channel(c) = target {
+            parts.extend([br#""channel":""#.as_slice(), c.as_str().as_bytes(), b"\","]);
+        }
+        parts.extend([
+            br#""offset":"#.as_slice(),
+            offset.as_bytes(),
+            br#","message":"#,
+            payload,
+            b"}",
+        ]);
+        Frame::encode(OP_TEXT, &parts)
+    }
+
+    /// `subscribed` for a channel with history: where it stands, and whether a resume worked.
+    pub fn subscribed_at(
+        channel: &Channel,
+        epoch: &str,
+        offset: u64,
+        recovered: Option<bool>,
+    ) -> Self {
+        let v = serde_json::json!({"type": "subscribed", "channel": channel.as_str()});
+        Frame::with_position(v, epoch, offset, recovered)
+    }
+
+    /// The first frame of a connection when history is on: where the user's direct messages
+    /// stand, and whether a resume worked.
+    pub fn connected(epoch: &str, offset: u64, recovered: Option<bool>) -> Self {
+        Frame::with_position(
+            serde_json::json!({"type": "connected"}),
+            epoch,
+            offset,
+            recovered,
+        )
+    }
+
+    fn with_position(
+        mut v: serde_json::Value,
+        epoch: &str,
+        offset: u64,
+        recovered: Option<bool>,
+    ) -> Self {
+        if let Some(recovered) = recovered {
+            v["recovered"] = recovered.into();
+        }
+        v["offset"] = offset.into();
+        v["epoch"] = epoch.into();
+        Frame::text_parts(&[&v.to_string()])
+    }
+
     pub fn subscribed(channel: &Channel) -> Self {
         Frame::text_parts(&[
             r#"{"type":"subscribed","channel":""#,
@@ -361,7 +415,8 @@ impl ErrorCode {
 /// A client → server text frame, decoded.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientMessage {
-    Subscribe(Channel),
+    /// Subscribe; with `since`, resume after that offset (section 7).
+    Subscribe(Channel, Option<crate::history::Since>),
     Unsubscribe(Channel),
     Ping,
     /// A new token for this connection (section 8).
@@ -393,6 +448,13 @@ impl ClientMessage {
             channel: Option<std::borrow::Cow<'a, str>>,
             #[serde(borrow, default)]
             token: Option<std::borrow::Cow<'a, str>>,
+            #[serde(default)]
+            since: Option<RawSince>,
+        }
+        #[derive(Deserialize)]
+        struct RawSince {
+            offset: u64,
+            epoch: String,
         }
         let raw: Raw = serde_json::from_str(text).map_err(|_| DecodeError::NotJson)?;
         let channel = || -> Result<Channel, DecodeError> {
@@ -400,7 +462,13 @@ impl ClientMessage {
             Ok(Channel::new(c)?)
         };
         match &*raw.kind {
-            "subscribe" => Ok(ClientMessage::Subscribe(channel()?)),
+            "subscribe" => {
+                let since = raw.since.map(|s| crate::history::Since {
+                    offset: s.offset,
+                    epoch: s.epoch,
+                });
+                Ok(ClientMessage::Subscribe(channel()?, since))
+            }
             "unsubscribe" => Ok(ClientMessage::Unsubscribe(channel()?)),
             "ping" => Ok(ClientMessage::Ping),
             "refresh" => match raw.token {
@@ -457,6 +525,30 @@ mod tests {
     }
 
     #[test]
+    fn frames_with_offsets_and_positions() {
+        let c = Channel::new("news").unwrap();
+        let f = Frame::message_at(&Target::Channel(c.clone()), b"{\"a\":1}", 42);
+        assert_eq!(
+            f.as_str(),
+            r#"{"type":"message","channel":"news","offset":42,"message":{"a":1}}"#
+        );
+        let f = Frame::message_at(&Target::User(UserId::new("u").unwrap()), b"7", 3);
+        assert_eq!(f.as_str(), r#"{"type":"message","offset":3,"message":7}"#);
+        let v: serde_json::Value =
+            serde_json::from_str(Frame::subscribed_at(&c, "e", 5, Some(true)).as_str()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"subscribed","channel":"news","recovered":true,"offset":5,"epoch":"e"})
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(Frame::connected("e", 0, None).as_str()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"connected","offset":0,"epoch":"e"})
+        );
+    }
+
+    #[test]
     fn the_payload_comes_back_out_of_its_frame() {
         let p = raw(r#"{"x":[1,2]}"#);
         let c = Target::Channel(Channel::new("a:b").unwrap());
@@ -508,7 +600,17 @@ mod tests {
         let c = Channel::new("news").unwrap();
         assert_eq!(
             ClientMessage::decode(r#"{"type":"subscribe","channel":"news"}"#),
-            Ok(ClientMessage::Subscribe(c.clone()))
+            Ok(ClientMessage::Subscribe(c.clone(), None))
+        );
+        let since = crate::history::Since {
+            offset: 41,
+            epoch: "e1".into(),
+        };
+        assert_eq!(
+            ClientMessage::decode(
+                r#"{"type":"subscribe","channel":"news","since":{"offset":41,"epoch":"e1"}}"#
+            ),
+            Ok(ClientMessage::Subscribe(c.clone(), Some(since)))
         );
         assert_eq!(
             ClientMessage::decode(r#"{"type":"unsubscribe","channel":"news"}"#),

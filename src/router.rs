@@ -3,11 +3,16 @@
 //! the bus, which queues it on every local worker that has a recipient.
 
 use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
 
 use crate::bridge::Bridge;
 use crate::bus::{Bus, Delivery, Envelope};
+use crate::history::History;
 use crate::metrics::Metrics;
-use crate::protocol::{Control, UserId};
+use crate::protocol::{Control, Frame, Target, UserId};
+use crate::routes::Topic;
 use crate::subscriptions::SubscriptionLog;
 
 /// Other machines of the fleet cannot be reached now.
@@ -18,26 +23,70 @@ pub struct Router {
     bus: Bus,
     /// None in single-machine mode.
     bridge: Option<Bridge>,
+    /// With `--history-size`: offsets and what is kept for recovery.
+    history: Option<Arc<History>>,
     metrics: Arc<Metrics>,
 }
 
 impl Router {
-    pub fn new(bus: Bus, bridge: Option<Bridge>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        bus: Bus,
+        bridge: Option<Bridge>,
+        history: Option<Arc<History>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Router {
             bus,
             bridge,
+            history,
             metrics,
         }
     }
 
     /// Accepts a message: when this returns, it is queued on every local worker that has a
-    /// recipient and handed to the bridge for the other machines.
-    pub async fn publish(&self, delivery: Delivery) {
+    /// recipient and handed to the bridge for the other machines. Returns its offset when its
+    /// topic has history.
+    pub async fn publish(&self, delivery: Delivery) -> Option<u64> {
         self.metrics.accepted(&delivery.target);
+        let topic = match &delivery.target {
+            Target::User(u) => Some(Topic::User(u.clone())),
+            Target::Channel(c) => Some(Topic::Channel(c.clone())),
+            Target::All => None,
+        };
+        if let (Some(history), Some(topic)) = (&self.history, topic) {
+            return Some(self.publish_at(history, &topic, delivery).await);
+        }
         if let Some(bridge) = &self.bridge {
             bridge.publish(&delivery);
         }
         self.bus.deliver(Envelope::Message(delivery)).await;
+        None
+    }
+
+    /// A message of a topic with history: its offset is taken and it is queued under the
+    /// topic's lock, so every recipient sees the topic's offsets in order.
+    async fn publish_at(&self, history: &History, topic: &Topic, delivery: Delivery) -> u64 {
+        let payload = delivery
+            .frame
+            .message_payload(&delivery.target)
+            .expect("published frames are built by Frame::message");
+        let permits = self.bus.reserve_all().await;
+        let mut locked = history.lock(topic);
+        let position = locked.append(topic, Bytes::copy_from_slice(payload), Instant::now());
+        let offset = position.offset;
+        let frame = Frame::message_at(&delivery.target, payload, offset);
+        let envelope = Envelope::Message(Delivery {
+            target: delivery.target.clone(),
+            frame,
+            position: Some(position),
+        });
+        self.bus.send_reserved(permits, envelope);
+        offset
+    }
+
+    /// With `--history-size`: where topics stand, for `subscribed` and `connected`.
+    pub fn history(&self) -> Option<&Arc<History>> {
+        self.history.as_ref()
     }
 
     /// The backend's word for every connection of `user`, on every machine that has one; in

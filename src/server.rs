@@ -14,6 +14,7 @@ use crate::bridge::{Bridge, BridgeConfig};
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::error::StartError;
+use crate::history::History;
 use crate::hub::{self, Hub, SharedHub};
 use crate::listener;
 use crate::metrics::{BridgeMetrics, Metrics};
@@ -54,6 +55,9 @@ impl Server {
             .ok_or(StartError::MissingSecret("--api-key"))?
             .into();
         let workers = config.workers();
+        if config.redis.is_some() && config.history_size > 0 {
+            return Err(StartError::HistoryWithRedis);
+        }
         let bridge_metrics = config
             .redis
             .as_ref()
@@ -90,7 +94,13 @@ impl Server {
         let worker_addrs = private.iter().filter_map(|l| l.local_addr().ok()).collect();
 
         let config = Arc::new(config);
-        let metrics = Arc::new(Metrics::new(workers, bridge_metrics));
+        let history = (config.history_size > 0).then(|| {
+            Arc::new(History::new(
+                config.history_size as usize,
+                config.history_ttl(),
+            ))
+        });
+        let metrics = Arc::new(Metrics::new(workers, bridge_metrics, history.clone()));
         let routes = Arc::new(Routes::new(workers, log));
         let (bus, inboxes) = Bus::new(routes.clone(), workers);
         let connection_slots = Arc::new(Semaphore::new(
@@ -109,7 +119,7 @@ impl Server {
             }
             None => None,
         };
-        let router = Arc::new(Router::new(bus, bridge, metrics.clone()));
+        let router = Arc::new(Router::new(bus, bridge, history.clone(), metrics.clone()));
         let shared = Arc::new(Shared {
             config: config.clone(),
             keys,
@@ -124,12 +134,17 @@ impl Server {
         for (i, (listener, inbox_rx)) in on_port.into_iter().zip(inboxes).enumerate() {
             let id = WorkerId(i as u8);
             let worker_metrics = metrics.workers[i].clone();
-            let hub: SharedHub = Arc::new(std::sync::Mutex::new(Hub::new(
+            let hub = Hub::new(
                 id,
                 routes.clone(),
                 config.max_subscriptions as usize,
                 worker_metrics.clone(),
-            )));
+            );
+            let hub = match history {
+                Some(_) => hub.with_history(),
+                None => hub,
+            };
+            let hub: SharedHub = Arc::new(std::sync::Mutex::new(hub));
             let listeners = std::iter::once(listener).chain(private.next()).collect();
             let ctx = Arc::new(WorkerContext {
                 id,

@@ -235,7 +235,13 @@ impl Subscriber {
         }
         let envelope = match decoded.body {
             wire::Body::Message(payload) => wire::frame(&target, payload, self.max_message_bytes)
-                .map(|frame| Envelope::Message(Delivery { target, frame })),
+                .map(|frame| {
+                    Envelope::Message(Delivery {
+                        target,
+                        frame,
+                        position: None,
+                    })
+                }),
             wire::Body::Control(body) => {
                 wire::control(&target, body).map(|(user, c)| Envelope::Control(user, c))
             }

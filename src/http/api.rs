@@ -22,17 +22,30 @@ use crate::worker::Shared;
 
 /// What an accepted request asks for.
 enum Accepted {
-    Publish(Vec<Delivery>),
+    /// Messages; `batch` answers with the offsets in a list.
+    Publish {
+        deliveries: Vec<Delivery>,
+        batch: bool,
+    },
     Control(UserId, Control),
 }
 
 /// `POST /message | /publish | /broadcast | /batch | /disconnect | /subscribe | /unsubscribe`.
 pub async fn handle(req: Request<Incoming>, ctx: &Shared) -> Response {
     match accept(req, ctx).await {
-        Ok(Accepted::Publish(deliveries)) => {
+        Ok(Accepted::Publish { deliveries, batch }) => {
+            let mut offsets = Vec::with_capacity(deliveries.len());
             for d in deliveries {
-                ctx.router.publish(d).await;
+                offsets.extend(ctx.router.publish(d).await);
             }
+            // With history, the offsets given: `{"ok":true,"offset":42}`, or for a batch
+            // `{"ok":true,"offsets":[…]}` in item order.
+            let body = match (batch, offsets.as_slice()) {
+                (_, []) => serde_json::json!({"ok": true}),
+                (false, [offset]) => serde_json::json!({"ok": true, "offset": offset}),
+                _ => serde_json::json!({"ok": true, "offsets": offsets}),
+            };
+            return json(StatusCode::ACCEPTED, body.to_string());
         }
         Ok(Accepted::Control(user, control)) => {
             if ctx.router.control(user, control).await.is_err() {
@@ -76,7 +89,8 @@ async fn accept(req: Request<Incoming>, ctx: &Shared) -> Result<Accepted, ApiErr
             return Ok(Accepted::Control(user, control));
         }
     };
-    publish(&body).map(Accepted::Publish)
+    let batch = path == "/batch";
+    publish(&body).map(|deliveries| Accepted::Publish { deliveries, batch })
 }
 
 /// The whole body, or 413 as soon as it is known to exceed `max` bytes, or 408 if it does not
@@ -183,6 +197,7 @@ fn delivery(target: Target, message: &RawValue) -> Delivery {
     Delivery {
         frame: Frame::message(&target, message),
         target,
+        position: None,
     }
 }
 

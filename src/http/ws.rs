@@ -24,8 +24,10 @@ use super::reject::ApiError;
 use super::{response, Response};
 use crate::auth::bearer;
 use crate::connection::{Connection, SocketIo};
-use crate::hub::{self, Registration};
-use crate::protocol::ConnId;
+use crate::history::{Recovery, Since};
+use crate::hub::{self, Registration, Seen};
+use crate::protocol::{ConnId, Frame, Target};
+use crate::routes::Topic;
 use crate::worker::WorkerContext;
 use crate::writer::Writer;
 
@@ -64,7 +66,42 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
         seq: ctx.next_conn.fetch_add(1, Relaxed),
     };
     let writer = Arc::new(Writer::new(shared.config.queue_limits()));
-    hub::lock(&ctx.hub).register(id, identity.user.clone(), writer.clone());
+    match shared.router.history() {
+        // Under the user's history lock: `connected` and what a resume missed go first, and
+        // every direct message after them follows live, none twice.
+        Some(history) => {
+            let topic = Topic::User(identity.user.clone());
+            let now = std::time::Instant::now();
+            let mut locked = history.lock(&topic);
+            let position = locked.position(&topic, now);
+            let (recovered, missed) = match since(&req) {
+                None => (None, Vec::new()),
+                Some(None) => (Some(false), Vec::new()),
+                Some(Some(since)) => match locked.since(&topic, &since, now) {
+                    Recovery::Recovered(missed) => (Some(true), missed),
+                    Recovery::Lost => (Some(false), Vec::new()),
+                },
+            };
+            writer.push(&Frame::connected(
+                &position.epoch,
+                position.offset,
+                recovered,
+            ));
+            let target = Target::User(identity.user.clone());
+            for (offset, payload) in &missed {
+                writer.push(&Frame::message_at(&target, payload, *offset));
+            }
+            let seen = Seen {
+                generation: position.generation,
+                next_offset: position.offset + 1,
+            };
+            hub::lock(&ctx.hub).register(id, identity.user.clone(), writer.clone(), seen);
+        }
+        None => {
+            let seen = Seen::default();
+            hub::lock(&ctx.hub).register(id, identity.user.clone(), writer.clone(), seen);
+        }
+    }
     let registration = Registration {
         id,
         hub: ctx.hub.clone(),
@@ -81,6 +118,7 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
         writer: writer.clone(),
         log,
         keys: shared.keys.clone(),
+        history: shared.router.history().cloned(),
         user: identity.user,
         permissions: identity.permissions,
         exp: identity.exp,
@@ -174,6 +212,23 @@ fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiError>
             origin.unwrap_or("?")
         ))),
     }
+}
+
+/// `?since=41&epoch=…`: absent (None), present but unusable (Some(None): not recovered), or a
+/// position to resume from.
+fn since(req: &Request<Incoming>) -> Option<Option<Since>> {
+    let query = req.uri().query()?;
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    };
+    let offset = param("since")?;
+    let epoch = param("epoch").filter(|e| !e.is_empty());
+    Some(offset.parse().ok().zip(epoch).map(|(offset, epoch)| Since {
+        offset,
+        epoch: epoch.to_string(),
+    }))
 }
 
 /// The token from `?token=` or `Authorization: Bearer`.

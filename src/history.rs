@@ -1,0 +1,300 @@
+//! History of topics (a channel, or a user's direct messages) for recovery, PROTOCOL section 7,
+//! kept in this process: one machine, no Redis.
+//!
+//! Each topic has an epoch (a random name for its sequence) and offsets 1, 2, 3, … one per
+//! message, with the last `--history-size` messages no older than `--history-ttl` kept. A
+//! topic's position (epoch and last offset) is remembered for 10 × the TTL after its last
+//! message, so a client that missed nothing is recovered that long; after that, or after a
+//! restart, the topic starts again under a new epoch.
+//!
+//! Ordering: [`History::lock`] hands out the lock of the topic's shard. The publisher holds it
+//! while it appends and queues the message on the bus, and a subscriber holds it while it takes
+//! its position (and what it missed) and starts receiving, so every message is either in what
+//! the subscriber read or delivered to it live — and the hub drops a live message the
+//! subscriber already got from history (see `min_offset` in the hub).
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::config::random_hex;
+use crate::routes::Topic;
+
+const SHARDS: usize = 16;
+/// How much longer than the TTL a topic's position is remembered.
+const POSITION_MEMORY: u32 = 10;
+
+/// Where a topic stands: its epoch and its last offset (0 before the first message).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: Arc<str>,
+    /// The epoch as a number, unique in this process: cheap to compare per recipient.
+    pub generation: u64,
+    pub offset: u64,
+}
+
+/// What a client that asks to resume gets.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recovery {
+    /// Every message after its offset, in order (possibly none).
+    Recovered(Vec<(u64, Bytes)>),
+    /// The history cannot fill the gap (another epoch, too old, evicted): reload.
+    Lost,
+}
+
+/// A client's "I have everything up to here".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Since {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+struct TopicHistory {
+    epoch: Arc<str>,
+    generation: u64,
+    last: u64,
+    /// (offset, accepted at, payload JSON), oldest first, at most `size`.
+    kept: VecDeque<(u64, Instant, Bytes)>,
+    last_message: Instant,
+}
+
+pub struct History {
+    size: usize,
+    ttl: Duration,
+    hasher: RandomState,
+    shards: [Mutex<HashMap<Topic, TopicHistory>>; SHARDS],
+    /// Payload bytes kept, for `/metrics`.
+    bytes: AtomicI64,
+    /// Topics whose position is remembered, for `/metrics`.
+    topics: AtomicI64,
+    /// Numbers the epochs.
+    generations: AtomicU64,
+}
+
+/// A topic's shard, locked: see the module's note on ordering.
+pub struct Locked<'a> {
+    history: &'a History,
+    shard: MutexGuard<'a, HashMap<Topic, TopicHistory>>,
+}
+
+impl std::fmt::Debug for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (bytes, topics) = self.usage();
+        write!(
+            f,
+            "History {{ size: {}, ttl: {:?}, bytes: {bytes}, topics: {topics} }}",
+            self.size, self.ttl
+        )
+    }
+}
+
+impl History {
+    pub fn new(size: usize, ttl: Duration) -> Self {
+        History {
+            size,
+            ttl,
+            hasher: RandomState::new(),
+            shards: Default::default(),
+            bytes: AtomicI64::new(0),
+            topics: AtomicI64::new(0),
+            generations: AtomicU64::new(1),
+        }
+    }
+
+    /// Locks the shard of `topic`. Never held across an `.await`.
+    pub fn lock(&self, topic: &Topic) -> Locked<'_> {
+        let i = (self.hasher.hash_one(topic) as usize) % SHARDS;
+        let shard = self.shards[i].lock().unwrap_or_else(|e| e.into_inner());
+        Locked {
+            history: self,
+            shard,
+        }
+    }
+
+    /// Payload bytes kept and topics remembered.
+    pub fn usage(&self) -> (i64, i64) {
+        (self.bytes.load(Relaxed), self.topics.load(Relaxed))
+    }
+}
+
+impl Locked<'_> {
+    /// Appends a message; returns where the topic stands with it (its offset is the message's).
+    pub fn append(&mut self, topic: &Topic, payload: Bytes, now: Instant) -> Position {
+        let h = self.history;
+        self.evict_expired(now);
+        let t = self.shard.entry(topic.clone()).or_insert_with(|| {
+            h.topics.fetch_add(1, Relaxed);
+            TopicHistory::new(h, now)
+        });
+        t.last += 1;
+        t.last_message = now;
+        h.bytes.fetch_add(payload.len() as i64, Relaxed);
+        t.kept.push_back((t.last, now, payload));
+        while t.kept.len() > h.size {
+            if let Some((_, _, p)) = t.kept.pop_front() {
+                h.bytes.fetch_sub(p.len() as i64, Relaxed);
+            }
+        }
+        t.position()
+    }
+
+    /// Where `topic` stands now; a topic never seen (or forgotten) starts a new epoch at 0.
+    pub fn position(&mut self, topic: &Topic, now: Instant) -> Position {
+        let h = self.history;
+        self.evict_expired(now);
+        let t = self.shard.entry(topic.clone()).or_insert_with(|| {
+            h.topics.fetch_add(1, Relaxed);
+            TopicHistory::new(h, now)
+        });
+        t.position()
+    }
+
+    /// What a client that has everything up to `since` missed, if the history still has all
+    /// of it.
+    pub fn since(&mut self, topic: &Topic, since: &Since, now: Instant) -> Recovery {
+        let ttl = self.history.ttl;
+        let Some(t) = self.shard.get(topic) else {
+            return Recovery::Lost;
+        };
+        if *since.epoch != *t.epoch || since.offset > t.last {
+            return Recovery::Lost;
+        }
+        let missed: Vec<_> = t
+            .kept
+            .iter()
+            .filter(|(offset, _, _)| *offset > since.offset)
+            .collect();
+        // Every offset after `since` must be kept, and none older than the TTL.
+        let complete = missed.len() as u64 == t.last - since.offset;
+        let fresh = missed
+            .iter()
+            .all(|(_, at, _)| now.duration_since(*at) <= ttl);
+        match complete && fresh {
+            true => Recovery::Recovered(
+                missed
+                    .into_iter()
+                    .map(|(o, _, p)| (*o, p.clone()))
+                    .collect(),
+            ),
+            false => Recovery::Lost,
+        }
+    }
+
+    /// Drops messages older than the TTL and positions older than 10 × the TTL, in this shard.
+    fn evict_expired(&mut self, now: Instant) {
+        let h = self.history;
+        let ttl = h.ttl;
+        self.shard.retain(|_, t| {
+            while t
+                .kept
+                .front()
+                .is_some_and(|(_, at, _)| now.duration_since(*at) > ttl)
+            {
+                if let Some((_, _, p)) = t.kept.pop_front() {
+                    h.bytes.fetch_sub(p.len() as i64, Relaxed);
+                }
+            }
+            let keep = now.duration_since(t.last_message) <= ttl * POSITION_MEMORY;
+            if !keep {
+                h.topics.fetch_sub(1, Relaxed);
+            }
+            keep
+        });
+    }
+}
+
+impl TopicHistory {
+    fn new(h: &History, now: Instant) -> Self {
+        TopicHistory {
+            epoch: random_hex(6).into(),
+            generation: h.generations.fetch_add(1, Relaxed),
+            last: 0,
+            kept: VecDeque::new(),
+            last_message: now,
+        }
+    }
+
+    fn position(&self) -> Position {
+        Position {
+            epoch: self.epoch.clone(),
+            generation: self.generation,
+            offset: self.last,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Channel;
+
+    fn topic() -> Topic {
+        Topic::Channel(Channel::new("news").unwrap())
+    }
+
+    #[test]
+    fn offsets_count_up_and_a_resume_gets_what_was_missed() {
+        let h = History::new(3, Duration::from_secs(60));
+        let t0 = Instant::now();
+        let mut l = h.lock(&topic());
+        let start = l.position(&topic(), t0);
+        assert_eq!(start.offset, 0);
+        for n in 1..=5u64 {
+            let p = l.append(&topic(), Bytes::from(n.to_string()), t0);
+            assert_eq!((p.offset, p.generation), (n, start.generation));
+        }
+        let at = |offset| Since {
+            offset,
+            epoch: start.epoch.to_string(),
+        };
+        let Recovery::Recovered(missed) = l.since(&topic(), &at(3), t0) else {
+            panic!("3 is still covered");
+        };
+        assert_eq!(missed.iter().map(|m| m.0).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!(l.since(&topic(), &at(5), t0), Recovery::Recovered(vec![]));
+        // Only 3 kept: from 1, messages 2 is gone.
+        assert_eq!(l.since(&topic(), &at(1), t0), Recovery::Lost);
+        assert_eq!(l.since(&topic(), &at(6), t0), Recovery::Lost, "the future");
+        let other = Since {
+            offset: 3,
+            epoch: "other".into(),
+        };
+        assert_eq!(l.since(&topic(), &other, t0), Recovery::Lost);
+        assert_eq!(h.usage(), (3, 1));
+    }
+
+    #[test]
+    fn old_messages_expire_and_old_positions_are_forgotten() {
+        let ttl = Duration::from_secs(10);
+        let h = History::new(100, ttl);
+        let t0 = Instant::now();
+        let mut l = h.lock(&topic());
+        l.append(&topic(), Bytes::from_static(b"1"), t0);
+        let epoch = l.position(&topic(), t0).epoch;
+        let since = Since {
+            offset: 0,
+            epoch: epoch.to_string(),
+        };
+        assert!(matches!(
+            l.since(&topic(), &since, t0 + ttl),
+            Recovery::Recovered(_)
+        ));
+        let later = t0 + ttl + Duration::from_secs(1);
+        assert_eq!(l.since(&topic(), &since, later), Recovery::Lost, "too old");
+        // Missed nothing: still recovered while the position is remembered.
+        let all = Since {
+            offset: 1,
+            epoch: epoch.to_string(),
+        };
+        assert_eq!(l.since(&topic(), &all, later), Recovery::Recovered(vec![]));
+        let forgotten = t0 + ttl * POSITION_MEMORY + Duration::from_secs(1);
+        let fresh = l.position(&topic(), forgotten);
+        assert_ne!(fresh.epoch, epoch, "a new sequence has a new epoch");
+        assert_eq!(fresh.offset, 0);
+        assert_eq!(h.usage(), (0, 1));
+    }
+}
