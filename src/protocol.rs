@@ -212,33 +212,25 @@ impl Frame {
         offset: u64,
         recovered: Option<bool>,
     ) -> Self {
-        let v = serde_json::json!({"type": "subscribed", "channel": channel.as_str()});
-        Frame::with_position(v, epoch, offset, recovered)
+        let head = format!(r#"{{"type":"subscribed","channel":"{}""#, channel.as_str());
+        Frame::with_position(&head, epoch, offset, recovered)
     }
 
     /// The first frame of a connection when history is on: where the user's direct messages
     /// stand, and whether a resume worked.
     pub fn connected(epoch: &str, offset: u64, recovered: Option<bool>) -> Self {
-        Frame::with_position(
-            serde_json::json!({"type": "connected"}),
-            epoch,
-            offset,
-            recovered,
-        )
+        Frame::with_position(r#"{"type":"connected""#, epoch, offset, recovered)
     }
 
-    fn with_position(
-        mut v: serde_json::Value,
-        epoch: &str,
-        offset: u64,
-        recovered: Option<bool>,
-    ) -> Self {
-        if let Some(recovered) = recovered {
-            v["recovered"] = recovered.into();
-        }
-        v["offset"] = offset.into();
-        v["epoch"] = epoch.into();
-        Frame::text_parts(&[&v.to_string()])
+    /// `head` (an open JSON object), then `recovered`, `offset` and `epoch`, in the order
+    /// PROTOCOL.md shows them. Epochs are hex, so nothing needs escaping.
+    fn with_position(head: &str, epoch: &str, offset: u64, recovered: Option<bool>) -> Self {
+        let recovered = match recovered {
+            Some(r) => format!(r#","recovered":{r}"#),
+            None => String::new(),
+        };
+        let tail = format!(r#"{recovered},"offset":{offset},"epoch":"{epoch}"}}"#);
+        Frame::text_parts(&[head, &tail])
     }
 
     pub fn subscribed(channel: &Channel) -> Self {

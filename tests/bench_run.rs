@@ -131,3 +131,23 @@ async fn a_fleet_through_redis() {
     assert_clean(&v, 200 * 10);
     assert_eq!(b.metric("fanfare_bridge_received_total").await, 100.0);
 }
+
+#[tokio::test]
+async fn the_bench_runs_against_a_server_with_history() {
+    let s = TestServer::start_with(|c| c.history_size = 100);
+    let (ok, v) = bench(
+        &[&s],
+        &[
+            "--scenario",
+            "channel",
+            "--connections",
+            "20",
+            "--channels",
+            "4",
+            "--messages",
+            "40",
+        ],
+    );
+    assert!(ok, "{v}");
+    assert_clean(&v, 200);
+}

@@ -259,6 +259,10 @@ async fn open(share: &Share, g: u64, keys: &TokenKeys) -> anyhow::Result<Ws> {
         loop {
             let reply = ws.next().await.context("closed before subscribed")??;
             if let Message::Text(t) = reply {
+                // With history on, `connected` comes first.
+                if t.as_str().starts_with(r#"{"type":"connected""#) {
+                    continue;
+                }
                 anyhow::ensure!(
                     t.as_str().contains("\"subscribed\""),
                     "subscribe refused: {t}"
