@@ -151,3 +151,31 @@ async fn the_bench_runs_against_a_server_with_history() {
     assert!(ok, "{v}");
     assert_clean(&v, 200);
 }
+
+#[tokio::test]
+async fn connections_that_churn_resume_without_loss_or_repeat() {
+    let s = TestServer::start_with(|c| c.history_size = 1000);
+    for scenario in ["direct", "channel"] {
+        let (ok, v) = bench(
+            &[&s],
+            &[
+                "--scenario",
+                scenario,
+                "--connections",
+                "40",
+                "--channels",
+                "4",
+                "--rate",
+                "400",
+                "--duration",
+                "2",
+                "--churn",
+                "25",
+            ],
+        );
+        assert!(ok, "{scenario}: {v}");
+        assert_clean(&v, v["expected"].as_u64().unwrap());
+        assert!(v["reconnects"].as_u64().unwrap() >= 10, "{scenario}: {v}");
+        assert_eq!(v["unrecovered"], 0, "{scenario}: {v}");
+    }
+}

@@ -87,6 +87,11 @@ pub struct BenchArgs {
     /// Receiver processes [default: one per 15,000 connections]
     #[arg(long)]
     pub processes: Option<u64>,
+    /// Every second, drop this percentage of the connections and reconnect them at once,
+    /// resuming where each left off (the servers need --history-size; not with broadcast):
+    /// lost must stay 0
+    #[arg(long, default_value_t = 0.0)]
+    pub churn: f64,
     /// PID of a server process to measure (repeatable): reports server CPU per delivery and RSS
     /// per connection
     #[arg(long = "server-pid", value_delimiter = ',')]
@@ -182,6 +187,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
             secret: args.token_secret.clone(),
             drain: Duration::from_secs_f64(args.drain),
             publishers: args.concurrency.max(1),
+            churn: args.churn,
         })?;
         return Ok(0);
     }
@@ -235,6 +241,10 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
         resolve(&args.publish_to)?
     };
     let plan = args.plan();
+    anyhow::ensure!(
+        args.churn == 0.0 || !matches!(args.scenario, plan::Scenario::Broadcast),
+        "--churn needs messages with history to resume from; broadcasts have none"
+    );
     let processes = args.processes();
     eprintln!(
         "{:?}: {} connections over {} server(s) in {processes} receiver process(es)",
@@ -403,6 +413,8 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
         "connected": total.connected,
         "connect_errors": total.connect_errors,
         "disconnects": total.disconnects,
+        "reconnects": total.reconnects,
+        "unrecovered": total.unrecovered,
         "published": published.messages,
         "publish_errors": published.failed_requests,
         "publish_seconds": published.elapsed.as_secs_f64(),
@@ -450,6 +462,7 @@ fn receiver_args(args: &BenchArgs, i: u64) -> Vec<String> {
         format!("--concurrency={}", args.concurrency),
         format!("--source-addrs={}", args.source_addrs),
         format!("--processes={}", args.processes()),
+        format!("--churn={}", args.churn),
         format!("--receiver={i}"),
     ]
 }
@@ -463,6 +476,8 @@ fn merge(total: &mut Outcome, o: Outcome) {
     total.lost += o.lost;
     total.duplicated += o.duplicated;
     total.reordered += o.reordered;
+    total.reconnects += o.reconnects;
+    total.unrecovered += o.unrecovered;
     total.last_received_ns = total.last_received_ns.max(o.last_received_ns);
     total.cpu_seconds += o.cpu_seconds;
 }
@@ -475,6 +490,12 @@ fn print_summary(s: &serde_json::Value) {
         "connections    {} of {} ({} failed, {} dropped during the run)",
         s["connected"], s["connections"], s["connect_errors"], s["disconnects"]
     );
+    if s["reconnects"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "churn          {} reconnects resumed, {} not recovered",
+            s["reconnects"], s["unrecovered"]
+        );
+    }
     println!(
         "published      {} messages in {:.2}s = {:.0}/s ({} failed requests)",
         s["published"],

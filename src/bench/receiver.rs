@@ -36,6 +36,8 @@ pub struct Share {
     pub drain: Duration,
     /// Publishing connections of the coordinator (the `p` of each payload).
     pub publishers: usize,
+    /// Percentage of the connections dropped and resumed every second.
+    pub churn: f64,
 }
 
 /// Lines a receiver prints.
@@ -59,6 +61,10 @@ pub struct Outcome {
     pub lost: u64,
     pub duplicated: u64,
     pub reordered: u64,
+    /// Connections dropped by `--churn` and opened again, resuming.
+    pub reconnects: u64,
+    /// Resumes the server answered with `recovered: false` (its history could not fill the gap).
+    pub unrecovered: u64,
     /// Wall-clock time of the last message received (ns since the epoch).
     pub last_received_ns: u64,
     pub cpu_seconds: f64,
@@ -77,6 +83,8 @@ struct ConnState {
     unique: u64,
     duplicated: u64,
     reordered: u64,
+    /// Where this connection stands in its topic (offset, epoch), to resume from.
+    resume: Option<(u64, String)>,
 }
 
 struct Shared {
@@ -87,6 +95,10 @@ struct Shared {
     errors: Cell<u64>,
     disconnects: Cell<u64>,
     last_received_ns: Cell<u64>,
+    reconnects: Cell<u64>,
+    unrecovered: Cell<u64>,
+    /// One per connection: notified to drop and resume it (`--churn`).
+    churn: Vec<Rc<tokio::sync::Notify>>,
 }
 
 #[derive(Deserialize)]
@@ -94,6 +106,9 @@ struct Incoming<'a> {
     #[serde(borrow, rename = "type")]
     kind: &'a str,
     message: Option<Payload>,
+    offset: Option<u64>,
+    epoch: Option<String>,
+    recovered: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -140,6 +155,9 @@ async fn receive(share: Share) -> anyhow::Result<()> {
         errors: Cell::new(0),
         disconnects: Cell::new(0),
         last_received_ns: Cell::new(0),
+        reconnects: Cell::new(0),
+        unrecovered: Cell::new(0),
+        churn: (0..share.count).map(|_| Rc::default()).collect(),
     });
     let progress = {
         let shared = shared.clone();
@@ -154,15 +172,19 @@ async fn receive(share: Share) -> anyhow::Result<()> {
         })
     };
     let share = Rc::new(share);
+    let keys = Rc::new(keys);
     futures_util::stream::iter(0..share.count)
         .for_each_concurrent(CONNECT_CONCURRENCY, |i| {
-            let (shared, share, keys) = (shared.clone(), share.clone(), &keys);
+            let (shared, share, keys) = (shared.clone(), share.clone(), keys.clone());
             async move {
-                match open(&share, share.first + i, keys).await {
-                    Ok(ws) => {
-                        shared.conns.borrow_mut()[i as usize].connected = true;
+                match open(&share, share.first + i, &keys, None).await {
+                    Ok((ws, reply)) => {
+                        let mut conns = shared.conns.borrow_mut();
+                        conns[i as usize].connected = true;
+                        conns[i as usize].resume = reply.and_then(|r| position(&r));
+                        drop(conns);
                         shared.connected.set(shared.connected.get() + 1);
-                        tokio::task::spawn_local(read(ws, i as usize, shared));
+                        tokio::task::spawn_local(read(ws, i as usize, shared, share, keys));
                     }
                     Err(e) => {
                         if shared.errors.get() == 0 {
@@ -177,6 +199,20 @@ async fn receive(share: Share) -> anyhow::Result<()> {
     emit(&Report::Ready {
         connected: shared.connected.get(),
         errors: shared.errors.get(),
+    });
+    let churning = (share.churn > 0.0).then(|| {
+        let shared = shared.clone();
+        let per_second = ((share.count as f64 * share.churn / 100.0).round() as usize).max(1);
+        tokio::task::spawn_local(async move {
+            let mut next = 0;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                for _ in 0..per_second {
+                    shared.churn[next % shared.churn.len()].notify_one();
+                    next += 1;
+                }
+            }
+        })
     });
 
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
@@ -197,6 +233,10 @@ async fn receive(share: Share) -> anyhow::Result<()> {
         .filter(|(_, c)| c.connected)
         .map(|(i, _)| share.plan.expected(share.first + i as u64, published))
         .sum();
+    // Publishing is over: churning stops, so the last resumes can catch up.
+    if let Some(churning) = churning {
+        churning.abort();
+    }
     let deadline = Instant::now() + share.drain;
     while shared.received.get() < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -207,6 +247,8 @@ async fn receive(share: Share) -> anyhow::Result<()> {
         connected: shared.connected.get(),
         connect_errors: shared.errors.get(),
         disconnects: shared.disconnects.get(),
+        reconnects: shared.reconnects.get(),
+        unrecovered: shared.unrecovered.get(),
         expected,
         received: shared.received.get(),
         last_received_ns: shared.last_received_ns.get(),
@@ -235,8 +277,14 @@ async fn receive(share: Share) -> anyhow::Result<()> {
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 /// Opens connection `g` (on target `g % T`, from source address `127.0.0.(1 + g % N)`), and
-/// subscribes it to its channel when the scenario has one.
-async fn open(share: &Share, g: u64, keys: &TokenKeys) -> anyhow::Result<Ws> {
+/// subscribes it to its channel when the scenario has one; with `resume`, from there. Returns
+/// the `subscribed` reply, if any.
+async fn open(
+    share: &Share,
+    g: u64,
+    keys: &TokenKeys,
+    resume: Option<&(u64, String)>,
+) -> anyhow::Result<(Ws, Option<String>)> {
     let target = share.targets[(g % share.targets.len() as u64) as usize];
     let channels = share.plan.channel_of(g).map(|c| vec![c]);
     let token = keys.issue(&claims(&Plan::user(g), channels.clone(), None))?;
@@ -247,14 +295,22 @@ async fn open(share: &Share, g: u64, keys: &TokenKeys) -> anyhow::Result<Ws> {
     }
     let stream = socket.connect(target).await.context("TCP connect")?;
     stream.set_nodelay(true)?;
-    let request = format!("ws://{target}/ws?token={token}").into_client_request()?;
+    let direct_resume = match (resume, channels.is_some()) {
+        (Some((offset, epoch)), false) => format!("&since={offset}&epoch={epoch}"),
+        _ => String::new(),
+    };
+    let request = format!("ws://{target}/ws?token={token}{direct_resume}").into_client_request()?;
     // Small buffers: the bench holds up to 15,000 connections per process.
     let config = WebSocketConfig::default().read_buffer_size(4096);
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
         .await
         .context("WebSocket upgrade")?;
+    let mut subscribed = None;
     if let Some(channel) = channels.and_then(|mut c| c.pop()) {
-        let subscribe = serde_json::json!({"type": "subscribe", "channel": channel});
+        let mut subscribe = serde_json::json!({"type": "subscribe", "channel": channel});
+        if let Some((offset, epoch)) = resume {
+            subscribe["since"] = serde_json::json!({"offset": offset, "epoch": epoch});
+        }
         ws.send(Message::text(subscribe.to_string())).await?;
         loop {
             let reply = ws.next().await.context("closed before subscribed")??;
@@ -267,26 +323,75 @@ async fn open(share: &Share, g: u64, keys: &TokenKeys) -> anyhow::Result<Ws> {
                     t.as_str().contains("\"subscribed\""),
                     "subscribe refused: {t}"
                 );
+                subscribed = Some(t.to_string());
                 break;
             }
         }
     }
-    Ok(ws)
+    Ok((ws, subscribed))
 }
 
-async fn read(mut ws: Ws, i: usize, shared: Rc<Shared>) {
-    while let Some(msg) = ws.next().await {
-        let text = match msg {
-            Ok(Message::Text(t)) => t,
-            Ok(Message::Close(_)) | Err(_) => break,
-            Ok(_) => continue,
+/// The (offset, epoch) of a `subscribed` or `connected` frame with a position.
+fn position(text: &str) -> Option<(u64, String)> {
+    let frame: Incoming = serde_json::from_str(text).ok()?;
+    Some((frame.offset?, frame.epoch?))
+}
+
+async fn read(mut ws: Ws, i: usize, shared: Rc<Shared>, share: Rc<Share>, keys: Rc<TokenKeys>) {
+    let by_channel = share.plan.channel_of(share.first + i as u64).is_some();
+    let churn = shared.churn[i].clone();
+    loop {
+        let msg = tokio::select! {
+            msg = ws.next() => msg,
+            () = churn.notified() => {
+                // Drop the connection and open it again where it left off.
+                let resume = shared.conns.borrow()[i].resume.clone();
+                let _ = ws.close(None).await;
+                match open(&share, share.first + i as u64, &keys, resume.as_ref()).await {
+                    Ok((again, reply)) => {
+                        ws = again;
+                        shared.reconnects.set(shared.reconnects.get() + 1);
+                        if let Some(reply) = reply {
+                            note_position(&shared, i, &reply);
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("bench: reconnect failed: {e:#}");
+                        break;
+                    }
+                }
+                continue;
+            }
         };
-        let Ok(Incoming {
-            kind: "message",
-            message: Some(p),
-        }) = serde_json::from_str::<Incoming>(text.as_str())
-        else {
+        let text = match msg {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+            Some(Ok(_)) => continue,
+        };
+        let Ok(frame) = serde_json::from_str::<Incoming>(text.as_str()) else {
             continue;
+        };
+        let p = match frame {
+            Incoming {
+                kind: "message",
+                message: Some(p),
+                offset,
+                ..
+            } => {
+                if let (Some(offset), Some(resume)) =
+                    (offset, shared.conns.borrow_mut()[i].resume.as_mut())
+                {
+                    resume.0 = offset;
+                }
+                p
+            }
+            Incoming {
+                kind: "connected", ..
+            } if !by_channel => {
+                note_position(&shared, i, text.as_str());
+                continue;
+            }
+            _ => continue,
         };
         let now = now_ns();
         shared
@@ -310,4 +415,18 @@ async fn read(mut ws: Ws, i: usize, shared: Rc<Shared>) {
         }
     }
     shared.disconnects.set(shared.disconnects.get() + 1);
+}
+
+/// Records where a `subscribed` or `connected` says the connection stands, and counts a resume
+/// the server could not recover.
+fn note_position(shared: &Shared, i: usize, text: &str) {
+    let Ok(frame) = serde_json::from_str::<Incoming>(text) else {
+        return;
+    };
+    if frame.recovered == Some(false) {
+        shared.unrecovered.set(shared.unrecovered.get() + 1);
+    }
+    if let (Some(offset), Some(epoch)) = (frame.offset, frame.epoch) {
+        shared.conns.borrow_mut()[i].resume = Some((offset, epoch));
+    }
 }
