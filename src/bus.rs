@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::history::Position;
+use crate::history::{Position, Since};
 use crate::protocol::{Control, Frame, Target, UserId, WorkerId};
 use crate::routes::Routes;
 
@@ -28,14 +28,16 @@ pub struct Delivery {
 #[derive(Clone, Debug)]
 pub enum Envelope {
     Message(Delivery),
-    Control(UserId, Control),
+    /// With history, a backend subscribe carries where the channel stood when it was
+    /// accepted: the subscription starts from there, so nothing published after it is missed.
+    Control(UserId, Control, Option<Since>),
 }
 
 impl Envelope {
     fn target(&self) -> Target {
         match self {
             Envelope::Message(d) => d.target.clone(),
-            Envelope::Control(user, _) => Target::User(user.clone()),
+            Envelope::Control(user, ..) => Target::User(user.clone()),
         }
     }
 }

@@ -84,6 +84,13 @@ enum Step {
     Stop(End),
 }
 
+/// Who asked for a subscription.
+#[derive(Clone, Copy)]
+enum Asked {
+    Client,
+    Backend,
+}
+
 /// What a refresh can change: the channels allowed and the end of the connection's life.
 struct Token {
     permissions: Permissions,
@@ -208,10 +215,10 @@ impl Connection {
                     WriterEvent::SlowConsumer => Step::Stop(End::Close(CloseReason::SlowConsumer)),
                     WriterEvent::Broken => Step::Stop(End::Gone),
                     WriterEvent::Command(Command::Disconnect(why)) => Step::Stop(End::Disconnect(why)),
-                    WriterEvent::Command(Command::Activate(channel)) if self.history.is_some() => {
-                        self.activate_at(&channel, None, false)
+                    WriterEvent::Command(Command::Activate(channel, since)) if self.history.is_some() => {
+                        self.activate_at(&channel, since.as_ref(), Asked::Backend)
                     }
-                    WriterEvent::Command(Command::Activate(channel)) => {
+                    WriterEvent::Command(Command::Activate(channel, _)) => {
                         self.confirm_then_activate(channel, false)
                     }
                 },
@@ -340,9 +347,16 @@ impl Connection {
         let mut hub = hub::lock(&r.hub);
         match hub.reserve(r.id, &channel, false) {
             Reservation::Reserved => {}
-            Reservation::Already if self.history.is_some() => {
+            // With history, `subscribed` says where the client is, and a `since` asks for a
+            // replay: neither fits a subscription that is already running, so say so.
+            Reservation::Already | Reservation::Pending if self.history.is_some() => {
                 drop(hub);
-                return self.activate_at(&channel, None, true);
+                WorkerMetrics::inc(&self.metrics.client_errors);
+                let detail = format!(
+                    "already subscribed to {}: unsubscribe first to subscribe again from an offset",
+                    channel.as_str()
+                );
+                return self.reply(Frame::error(ErrorCode::BadRequest, &detail));
             }
             Reservation::Already => return self.reply(Frame::subscribed(&channel)),
             // The backend subscribed this connection a moment ago; its `subscribed` answers.
@@ -361,15 +375,16 @@ impl Connection {
         }
         drop(hub);
         if self.history.is_some() {
-            return self.activate_at(&channel, since.as_ref(), false);
+            return self.activate_at(&channel, since.as_ref(), Asked::Client);
         }
         self.confirm_then_activate(channel, true)
     }
 
     /// For a channel with history: under the topic's lock, takes where it stands (and what a
     /// resume missed) and starts the subscription, so nothing published meanwhile is missed
-    /// or sent twice. `already`: the subscription exists; only say where it stands.
-    fn activate_at(&self, channel: &Channel, since: Option<&Since>, already: bool) -> Step {
+    /// or sent twice. A backend subscribe resumes from where the channel stood when it was
+    /// accepted; its `subscribed` says `recovered` only when that failed.
+    fn activate_at(&self, channel: &Channel, since: Option<&Since>, asked: Asked) -> Step {
         let history = self.history.as_ref().expect("called with history");
         let topic = Topic::Channel(channel.clone());
         let now = std::time::Instant::now();
@@ -377,7 +392,9 @@ impl Connection {
         let position = locked.position(&topic, now);
         let (recovered, missed) = match since.map(|s| locked.since(&topic, s, now)) {
             None => (None, Vec::new()),
-            Some(Recovery::Recovered(missed)) => (Some(true), missed),
+            Some(Recovery::Recovered(missed)) => {
+                (matches!(asked, Asked::Client).then_some(true), missed)
+            }
             Some(Recovery::Lost) => (Some(false), Vec::new()),
         };
         let target = Target::Channel(channel.clone());
@@ -392,10 +409,6 @@ impl Connection {
                 .iter()
                 .map(|(offset, p)| Frame::message_at(&target, p, *offset)),
         );
-        if already {
-            drop(locked);
-            return self.reply(frames.swap_remove(0));
-        }
         let seen = Seen {
             generation: position.generation,
             next_offset: position.offset + 1,

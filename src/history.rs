@@ -66,7 +66,7 @@ pub struct History {
     size: usize,
     ttl: Duration,
     hasher: RandomState,
-    shards: [Mutex<HashMap<Topic, TopicHistory>>; SHARDS],
+    shards: [Mutex<Shard>; SHARDS],
     /// Payload bytes kept, for `/metrics`.
     bytes: AtomicI64,
     /// Topics whose position is remembered, for `/metrics`.
@@ -75,10 +75,20 @@ pub struct History {
     generations: AtomicU64,
 }
 
+#[derive(Default)]
+struct Shard {
+    topics: HashMap<Topic, TopicHistory>,
+    /// When expired entries were last swept: at most once a second, not on every operation.
+    swept: Option<Instant>,
+}
+
+/// How often a shard is swept for expired messages and forgotten positions.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// A topic's shard, locked: see the module's note on ordering.
 pub struct Locked<'a> {
     history: &'a History,
-    shard: MutexGuard<'a, HashMap<Topic, TopicHistory>>,
+    shard: MutexGuard<'a, Shard>,
 }
 
 impl std::fmt::Debug for History {
@@ -126,10 +136,11 @@ impl Locked<'_> {
     pub fn append(&mut self, topic: &Topic, payload: Bytes, now: Instant) -> Position {
         let h = self.history;
         self.evict_expired(now);
-        let t = self.shard.entry(topic.clone()).or_insert_with(|| {
+        let t = self.shard.topics.entry(topic.clone()).or_insert_with(|| {
             h.topics.fetch_add(1, Relaxed);
             TopicHistory::new(h, now)
         });
+        t.drop_expired(h, now);
         t.last += 1;
         t.last_message = now;
         h.bytes.fetch_add(payload.len() as i64, Relaxed);
@@ -146,10 +157,11 @@ impl Locked<'_> {
     pub fn position(&mut self, topic: &Topic, now: Instant) -> Position {
         let h = self.history;
         self.evict_expired(now);
-        let t = self.shard.entry(topic.clone()).or_insert_with(|| {
+        let t = self.shard.topics.entry(topic.clone()).or_insert_with(|| {
             h.topics.fetch_add(1, Relaxed);
             TopicHistory::new(h, now)
         });
+        t.drop_expired(h, now);
         t.position()
     }
 
@@ -157,7 +169,7 @@ impl Locked<'_> {
     /// of it.
     pub fn since(&mut self, topic: &Topic, since: &Since, now: Instant) -> Recovery {
         let ttl = self.history.ttl;
-        let Some(t) = self.shard.get(topic) else {
+        let Some(t) = self.shard.topics.get(topic) else {
             return Recovery::Lost;
         };
         if *since.epoch != *t.epoch || since.offset > t.last {
@@ -184,21 +196,22 @@ impl Locked<'_> {
         }
     }
 
-    /// Drops messages older than the TTL and positions older than 10 × the TTL, in this shard.
+    /// Drops messages older than the TTL and positions older than 10 × the TTL, in this shard;
+    /// the whole shard at most once a second (the topic at hand is checked on every use).
     fn evict_expired(&mut self, now: Instant) {
+        if self
+            .shard
+            .swept
+            .is_some_and(|at| now.saturating_duration_since(at) < SWEEP_EVERY)
+        {
+            return;
+        }
+        self.shard.swept = Some(now);
         let h = self.history;
         let ttl = h.ttl;
-        self.shard.retain(|_, t| {
-            while t
-                .kept
-                .front()
-                .is_some_and(|(_, at, _)| now.duration_since(*at) > ttl)
-            {
-                if let Some((_, _, p)) = t.kept.pop_front() {
-                    h.bytes.fetch_sub(p.len() as i64, Relaxed);
-                }
-            }
-            let keep = now.duration_since(t.last_message) <= ttl * POSITION_MEMORY;
+        self.shard.topics.retain(|_, t| {
+            t.drop_expired(h, now);
+            let keep = now.saturating_duration_since(t.last_message) <= ttl * POSITION_MEMORY;
             if !keep {
                 h.topics.fetch_sub(1, Relaxed);
             }
@@ -215,6 +228,19 @@ impl TopicHistory {
             last: 0,
             kept: VecDeque::new(),
             last_message: now,
+        }
+    }
+
+    /// Drops this topic's messages older than the TTL.
+    fn drop_expired(&mut self, h: &History, now: Instant) {
+        while self
+            .kept
+            .front()
+            .is_some_and(|(_, at, _)| now.saturating_duration_since(*at) > h.ttl)
+        {
+            if let Some((_, _, p)) = self.kept.pop_front() {
+                h.bytes.fetch_sub(p.len() as i64, Relaxed);
+            }
         }
     }
 

@@ -277,9 +277,7 @@ impl Hub {
             seen,
         };
         entry.active.insert(id, recipient);
-        for frame in frames {
-            writer.push(frame);
-        }
+        writer.push_burst(frames);
         true
     }
 
@@ -341,7 +339,9 @@ impl Hub {
         for envelope in batch {
             match envelope {
                 Envelope::Message(d) => self.fan_out(d, &mut fanout),
-                Envelope::Control(user, control) => self.control(user, control, &mut fanout),
+                Envelope::Control(user, control, since) => {
+                    self.control(user, control, since.as_ref(), &mut fanout)
+                }
             }
         }
         let mut slow = Vec::new();
@@ -407,7 +407,13 @@ impl Hub {
     }
 
     /// The backend's word for every connection of `user` on this worker.
-    fn control(&mut self, user: &UserId, control: &Control, fanout: &mut Fanout) {
+    fn control(
+        &mut self,
+        user: &UserId,
+        control: &Control,
+        since: Option<&crate::history::Since>,
+        fanout: &mut Fanout,
+    ) {
         let Some(connections) = self.users.get(user).cloned() else {
             return;
         };
@@ -428,10 +434,13 @@ impl Hub {
                             self.activate(id, channel);
                             push_dirty(&mut self.dirty, id, &writer);
                         } else {
-                            writer.command(Command::Activate(channel.clone()));
+                            writer.command(Command::Activate(channel.clone(), since.cloned()));
                         }
                         None
                     }
+                    // With history a `subscribed` must say where the client is; an unchanged
+                    // subscription has nothing new to say.
+                    Reservation::Already if self.history => None,
                     Reservation::Already => Some(Frame::subscribed(channel)),
                     Reservation::Pending | Reservation::Gone => None,
                     Reservation::TooMany => Some(Frame::error(
@@ -571,7 +580,7 @@ mod tests {
         h.register(id(1), u.clone(), a.clone(), Seen::default());
         h.register(id(2), u.clone(), b.clone(), Seen::default());
         let ch = Channel::new("c").unwrap();
-        let control = |c| Envelope::Control(u.clone(), c);
+        let control = |c| Envelope::Control(u.clone(), c, None);
         h.deliver_batch(&[control(Control::Subscribe(ch.clone()))]);
         // No bridge: subscribed at once, even without a token that allows it.
         assert_eq!(h.deliver(&delivery(Target::Channel(ch.clone()))).pushed, 2);

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use crate::bridge::Bridge;
 use crate::bus::{Bus, Delivery, Envelope};
-use crate::history::History;
+use crate::history::{History, Since};
 use crate::metrics::Metrics;
 use crate::protocol::{Control, Frame, Target, UserId};
 use crate::routes::Topic;
@@ -101,7 +101,22 @@ impl Router {
                 return Err(Unreachable);
             }
         }
-        self.bus.deliver(Envelope::Control(user, control)).await;
+        // A backend subscribe starts where the channel stands now: whatever is published after
+        // this call returns is either delivered live or replayed when the connection activates.
+        let since = match (&self.history, &control) {
+            (Some(history), Control::Subscribe(channel)) => {
+                let topic = Topic::Channel(channel.clone());
+                let position = history.lock(&topic).position(&topic, Instant::now());
+                Some(Since {
+                    offset: position.offset,
+                    epoch: position.epoch.to_string(),
+                })
+            }
+            _ => None,
+        };
+        self.bus
+            .deliver(Envelope::Control(user, control, since))
+            .await;
         Ok(())
     }
 

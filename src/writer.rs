@@ -62,8 +62,9 @@ pub enum Command {
     /// Close with 4003 and this reason (`POST /disconnect`); the hub has unregistered it.
     Disconnect(Arc<str>),
     /// A subscription the backend made (`POST /subscribe`) is reserved: send `subscribed`
-    /// and let the channel's messages in once the bridge has it.
-    Activate(Channel),
+    /// and let the channel's messages in once the bridge has it; with history, from where the
+    /// channel stood when the backend asked.
+    Activate(Channel, Option<crate::history::Since>),
 }
 
 /// What the connection task hears from its writer.
@@ -105,6 +106,10 @@ struct State {
     commands: std::collections::VecDeque<Command>,
     /// Frames dropped when the writer was cut; counted once, when the connection ends.
     cut_dropped: u64,
+    /// Room above the limits for a replay pushed at once (a resume), until the queue empties:
+    /// a replay is a burst like any other and never cuts a client that reads.
+    burst_frames: usize,
+    burst_bytes: usize,
 }
 
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +160,21 @@ impl Writer {
         }
     }
 
+    /// Pushes frames that go out as one burst (`subscribed` and a replay): the limits grow by
+    /// their size until the queue has drained once.
+    pub fn push_burst(&self, frames: &[Frame]) {
+        let mut s = self.state();
+        if s.status != Status::Open {
+            return;
+        }
+        for frame in frames {
+            s.burst_frames += 1;
+            s.burst_bytes += frame.bytes().len();
+            s.push(frame.bytes().clone());
+        }
+        s.dirty = true;
+    }
+
     /// [`push`](Self::push) then [`flush`](Self::flush): for single frames (replies, pings).
     pub fn send(&self, frame: &Frame) -> Flushed {
         self.push(frame);
@@ -179,11 +199,16 @@ impl Writer {
         }
         // Before the upgrade completes nothing can be written, so nothing is judged yet: what
         // waits then is bounded by the time an upgrade may take (`--request-timeout`).
-        if s.queue.is_empty() || self.socket.get().is_none() {
+        if s.queue.is_empty() {
+            (s.burst_frames, s.burst_bytes) = (0, 0);
             return Flushed::Ok;
         }
-        let over = s.queue.len() > self.limits.frames
-            || (s.queue.len() > 1 && s.queued_bytes > self.limits.bytes);
+        if self.socket.get().is_none() {
+            return Flushed::Ok;
+        }
+        let over = s.queue.len() > self.limits.frames.saturating_add(s.burst_frames)
+            || (s.queue.len() > 1
+                && s.queued_bytes > self.limits.bytes.saturating_add(s.burst_bytes));
         if s.status == Status::Open && over {
             let dropped = s.cut();
             self.wake.notify_one();
@@ -496,6 +521,28 @@ mod tests {
         // The partly written head stays (a close frame may follow it); the other is dropped.
         assert!(matches!(writer.flush(), Flushed::Cut(1)));
         assert_eq!(writer.cut_dropped(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_burst_is_allowed_on_top_of_the_limits_until_it_drains() {
+        let (writer, _keep) = stuck(QueueLimits {
+            frames: 2,
+            bytes: usize::MAX,
+        })
+        .await;
+        let replay: Vec<Frame> = (0..50).map(|i| text(&i.to_string())).collect();
+        writer.push_burst(&replay);
+        assert_eq!(
+            writer.flush(),
+            Flushed::Ok,
+            "51 waiting, 50 of them a burst"
+        );
+        writer.push(&text("live"));
+        writer.push(&text("live"));
+        assert!(
+            matches!(writer.flush(), Flushed::Cut(_)),
+            "past the burst and the limit"
+        );
     }
 
     #[tokio::test]

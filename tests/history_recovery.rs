@@ -93,13 +93,6 @@ async fn a_gap_the_history_cannot_fill_is_said_so() {
         (reply["recovered"].as_bool(), reply["offset"].as_u64()),
         (Some(false), Some(50))
     );
-    // Another epoch means nothing either.
-    let other = subscribe_since(&mut back, "news", Some((45, "not-the-epoch"))).await;
-    assert_eq!(
-        other["recovered"],
-        json!(null),
-        "already subscribed: where it stands"
-    );
     post_offset(
         &s,
         "/publish",
@@ -244,4 +237,85 @@ fn history_with_redis_is_refused_until_it_is_supported() {
     config.history_size = 10;
     let err = fanfare::Server::start(config).err().expect("refused");
     assert!(err.to_string().contains("--history-size"), "{err}");
+}
+
+#[tokio::test]
+async fn a_backend_subscribe_misses_nothing_published_right_after_it() {
+    let s = with_history(100);
+    for round in 0..10 {
+        let channel = format!("vip{round}");
+        // The channel is already routed to worker 0, so messages race the subscribe there.
+        let mut steady = s.connect_on(0, "steady", &[&channel]).await;
+        steady.recv_json().await;
+        subscribe_since(&mut steady, &channel, None).await;
+        let mut c = s.connect_on(0, "42", &[]).await;
+        c.recv_json().await;
+        s.publish("/subscribe", json!({"userId": "42", "channel": channel}))
+            .await;
+        s.publish(
+            "/publish",
+            json!({"channel": channel, "message": "welcome"}),
+        )
+        .await;
+        let subscribed = c.recv_json().await;
+        assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+        assert_eq!(subscribed["recovered"], json!(null), "{subscribed}");
+        let m = c.recv_json().await;
+        assert_eq!(m["message"], "welcome", "round {round}: {m}");
+        assert_eq!(m["offset"], 1);
+        c.expect_nothing_for(50).await;
+    }
+}
+
+#[tokio::test]
+async fn a_subscribe_on_a_running_subscription_is_refused_not_ignored() {
+    let s = with_history(100);
+    let mut c = s.connect("42", &["news"]).await;
+    c.recv_json().await;
+    let epoch = subscribe_since(&mut c, "news", None).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.send_json(
+        json!({"type": "subscribe", "channel": "news", "since": {"offset": 0, "epoch": epoch}}),
+    )
+    .await;
+    let reply = c.recv_json().await;
+    assert_eq!(
+        (reply["type"].as_str(), reply["error"].as_str()),
+        (Some("error"), Some("bad_request")),
+        "{reply}"
+    );
+}
+
+#[tokio::test]
+async fn a_large_replay_never_cuts_a_client_that_reads() {
+    let s = TestServer::start_with(|c| {
+        c.history_size = 500;
+        c.queue_limit = 8;
+        c.queue_bytes = 16 * 1024;
+    });
+    let mut c = s.connect("42", &["big"]).await;
+    c.recv_json().await;
+    let epoch = subscribe_since(&mut c, "big", None).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    drop(c);
+    let pad = "x".repeat(8 * 1024);
+    for n in 1..=300 {
+        s.publish(
+            "/publish",
+            json!({"channel": "big", "message": {"n": n, "pad": pad}}),
+        )
+        .await;
+    }
+    let mut back = s.connect("42", &["big"]).await;
+    back.recv_json().await;
+    let reply = subscribe_since(&mut back, "big", Some((0, &epoch))).await;
+    assert_eq!(reply["recovered"], true);
+    for n in 1..=300u64 {
+        assert_eq!(back.recv_json().await["offset"], n);
+    }
+    assert_eq!(s.metric("fanfare_slow_consumer_closes_total").await, 0.0);
 }

@@ -243,7 +243,7 @@ impl Subscriber {
                     })
                 }),
             wire::Body::Control(body) => {
-                wire::control(&target, body).map(|(user, c)| Envelope::Control(user, c))
+                wire::control(&target, body).map(|(user, c)| Envelope::Control(user, c, None))
             }
         };
         let Some(envelope) = envelope else {
