@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::history::{Position, Since};
-use crate::protocol::{Control, Frame, Target, UserId, WorkerId};
+use crate::protocol::{Control, Frame, Target, UserId, WorkerId, WorkerSet};
 use crate::routes::Routes;
 
 /// Depth of each worker's inbox.
@@ -40,6 +40,12 @@ impl Envelope {
             Envelope::Control(user, ..) => Target::User(user.clone()),
         }
     }
+}
+
+/// Places in some inboxes, from [`Bus::reserve`].
+pub struct Reserved<'a> {
+    workers: WorkerSet,
+    permits: Vec<(WorkerId, mpsc::Permit<'a, Envelope>)>,
 }
 
 /// The sending side, shared by the router and the bridge.
@@ -86,27 +92,41 @@ impl Bus {
         missed
     }
 
-    /// A place in every inbox, taken in worker order (so two callers cannot wait on each
-    /// other), for [`send_reserved`](Self::send_reserved). Waits while an inbox is full.
-    pub async fn reserve_all(&self) -> Vec<Option<mpsc::Permit<'_, Envelope>>> {
+    /// A place in the inbox of each of `workers`, taken in worker order (so two callers cannot
+    /// wait on each other), for [`send_reserved`](Self::send_reserved). Waits while one of
+    /// those inboxes is full; the others are not waited for.
+    pub async fn reserve(&self, workers: WorkerSet) -> Reserved<'_> {
         let mut permits = Vec::with_capacity(self.inbox_tx.len());
-        for tx in &self.inbox_tx {
-            permits.push(tx.reserve().await.ok());
+        for worker in workers.iter() {
+            if let Ok(permit) = self.inbox(worker).reserve().await {
+                permits.push((worker, permit));
+            }
         }
-        permits
+        Reserved { workers, permits }
     }
 
-    /// Queues `envelope` on the workers that have a recipient now, into places reserved
-    /// before: it never waits, so the caller may hold a lock (the history's, which orders a
-    /// topic's offsets) while the routing table is read and the message queued.
-    pub fn send_reserved(
+    /// Whether `reserved` covers every worker with a recipient for `target` now; if not, the
+    /// workers to reserve instead.
+    pub fn check_reserved(
         &self,
-        permits: Vec<Option<mpsc::Permit<'_, Envelope>>>,
-        envelope: Envelope,
-    ) {
-        let workers = self.routes.workers_for(&envelope.target());
-        for (i, permit) in permits.into_iter().enumerate() {
-            if let Some(permit) = permit.filter(|_| workers.contains(WorkerId(i as u8))) {
+        reserved: &Reserved<'_>,
+        target: &Target,
+    ) -> Result<(), WorkerSet> {
+        let now = self.routes.workers_for(target);
+        match now.0 & !reserved.workers.0 {
+            0 => Ok(()),
+            _ => Err(WorkerSet(now.0 | reserved.workers.0)),
+        }
+    }
+
+    /// Queues `envelope` on the reserved workers that have a recipient now, without waiting,
+    /// so the caller may hold a lock (the history's, which orders a topic's offsets). A worker
+    /// that gained its first recipient after [`check_reserved`](Self::check_reserved) is left
+    /// out: that recipient takes its position under the same lock, after this message.
+    pub fn send_reserved(&self, reserved: Reserved<'_>, envelope: Envelope) {
+        let now = self.routes.workers_for(&envelope.target());
+        for (worker, permit) in reserved.permits {
+            if now.contains(worker) {
                 permit.send(envelope.clone());
             }
         }

@@ -4,8 +4,9 @@
 //! Each topic has an epoch (a random name for its sequence) and offsets 1, 2, 3, … one per
 //! message, with the last `--history-size` messages no older than `--history-ttl` kept. A
 //! topic's position (epoch and last offset) is remembered for 10 × the TTL after its last
-//! message, so a client that missed nothing is recovered that long; after that, or after a
-//! restart, the topic starts again under a new epoch.
+//! message, and for as long as it has a recipient, so a client that missed nothing is
+//! recovered that long; after that, or after a restart, the topic starts again under a new
+//! epoch.
 //!
 //! Ordering: [`History::lock`] hands out the lock of the topic's shard. The publisher holds it
 //! while it appends and queues the message on the bus, and a subscriber holds it while it takes
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::config::random_hex;
-use crate::routes::Topic;
+use crate::routes::{Routes, Topic};
 
 const SHARDS: usize = 16;
 /// How much longer than the TTL a topic's position is remembered.
@@ -65,6 +66,9 @@ struct TopicHistory {
 pub struct History {
     size: usize,
     ttl: Duration,
+    /// A topic with a recipient keeps its position however quiet it is: forgetting it would
+    /// announce a gap (`recovered: false`) where nothing was lost.
+    routes: Arc<Routes>,
     hasher: RandomState,
     shards: [Mutex<Shard>; SHARDS],
     /// Payload bytes kept, for `/metrics`.
@@ -103,10 +107,11 @@ impl std::fmt::Debug for History {
 }
 
 impl History {
-    pub fn new(size: usize, ttl: Duration) -> Self {
+    pub fn new(size: usize, ttl: Duration, routes: Arc<Routes>) -> Self {
         History {
             size,
             ttl,
+            routes,
             hasher: RandomState::new(),
             shards: Default::default(),
             bytes: AtomicI64::new(0),
@@ -209,9 +214,10 @@ impl Locked<'_> {
         self.shard.swept = Some(now);
         let h = self.history;
         let ttl = h.ttl;
-        self.shard.topics.retain(|_, t| {
+        self.shard.topics.retain(|topic, t| {
             t.drop_expired(h, now);
-            let keep = now.saturating_duration_since(t.last_message) <= ttl * POSITION_MEMORY;
+            let keep = now.saturating_duration_since(t.last_message) <= ttl * POSITION_MEMORY
+                || !h.routes.workers(topic).is_empty();
             if !keep {
                 h.topics.fetch_sub(1, Relaxed);
             }
@@ -264,7 +270,7 @@ mod tests {
 
     #[test]
     fn offsets_count_up_and_a_resume_gets_what_was_missed() {
-        let h = History::new(3, Duration::from_secs(60));
+        let h = History::new(3, Duration::from_secs(60), Arc::new(Routes::new(1, None)));
         let t0 = Instant::now();
         let mut l = h.lock(&topic());
         let start = l.position(&topic(), t0);
@@ -296,7 +302,8 @@ mod tests {
     #[test]
     fn old_messages_expire_and_old_positions_are_forgotten() {
         let ttl = Duration::from_secs(10);
-        let h = History::new(100, ttl);
+        let routes = Arc::new(Routes::new(1, None));
+        let h = History::new(100, ttl, routes.clone());
         let t0 = Instant::now();
         let mut l = h.lock(&topic());
         l.append(&topic(), Bytes::from_static(b"1"), t0);
@@ -318,7 +325,12 @@ mod tests {
         };
         assert_eq!(l.since(&topic(), &all, later), Recovery::Recovered(vec![]));
         let forgotten = t0 + ttl * POSITION_MEMORY + Duration::from_secs(1);
-        let fresh = l.position(&topic(), forgotten);
+        // While someone is subscribed, the position stays however quiet the topic is.
+        routes.add(&topic(), crate::protocol::WorkerId(0));
+        assert_eq!(l.position(&topic(), forgotten).epoch, epoch);
+        routes.remove(&topic(), crate::protocol::WorkerId(0));
+        let much_later = forgotten + SWEEP_EVERY;
+        let fresh = l.position(&topic(), much_later);
         assert_ne!(fresh.epoch, epoch, "a new sequence has a new epoch");
         assert_eq!(fresh.offset, 0);
         assert_eq!(h.usage(), (0, 1));

@@ -70,18 +70,28 @@ impl Router {
             .frame
             .message_payload(&delivery.target)
             .expect("published frames are built by Frame::message");
-        let permits = self.bus.reserve_all().await;
-        let mut locked = history.lock(topic);
-        let position = locked.append(topic, Bytes::copy_from_slice(payload), Instant::now());
-        let offset = position.offset;
-        let frame = Frame::message_at(&delivery.target, payload, offset);
-        let envelope = Envelope::Message(Delivery {
-            target: delivery.target.clone(),
-            frame,
-            position: Some(position),
-        });
-        self.bus.send_reserved(permits, envelope);
-        offset
+        // Room in the inboxes of the workers with a recipient, taken before the lock; if one
+        // gained a recipient meanwhile, again with it.
+        let mut workers = self.bus.routes().workers_for(&delivery.target);
+        loop {
+            let reserved = self.bus.reserve(workers).await;
+            let mut locked = history.lock(topic);
+            if let Err(more) = self.bus.check_reserved(&reserved, &delivery.target) {
+                drop(locked);
+                workers = more;
+                continue;
+            }
+            let position = locked.append(topic, Bytes::copy_from_slice(payload), Instant::now());
+            let offset = position.offset;
+            let frame = Frame::message_at(&delivery.target, payload, offset);
+            let envelope = Envelope::Message(Delivery {
+                target: delivery.target.clone(),
+                frame,
+                position: Some(position),
+            });
+            self.bus.send_reserved(reserved, envelope);
+            return offset;
+        }
     }
 
     /// With `--history-size`: where topics stand, for `subscribed` and `connected`.

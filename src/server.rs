@@ -94,14 +94,15 @@ impl Server {
         let worker_addrs = private.iter().filter_map(|l| l.local_addr().ok()).collect();
 
         let config = Arc::new(config);
+        let routes = Arc::new(Routes::new(workers, log));
         let history = (config.history_size > 0).then(|| {
             Arc::new(History::new(
                 config.history_size as usize,
                 config.history_ttl(),
+                routes.clone(),
             ))
         });
         let metrics = Arc::new(Metrics::new(workers, bridge_metrics, history.clone()));
-        let routes = Arc::new(Routes::new(workers, log));
         let (bus, inboxes) = Bus::new(routes.clone(), workers);
         let connection_slots = Arc::new(Semaphore::new(
             config.max_connections().min(Semaphore::MAX_PERMITS),
