@@ -140,12 +140,7 @@ impl Locked<'_> {
     /// Appends a message; returns where the topic stands with it (its offset is the message's).
     pub fn append(&mut self, topic: &Topic, payload: Bytes, now: Instant) -> Position {
         let h = self.history;
-        self.evict_expired(now);
-        let t = self.shard.topics.entry(topic.clone()).or_insert_with(|| {
-            h.topics.fetch_add(1, Relaxed);
-            TopicHistory::new(h, now)
-        });
-        t.drop_expired(h, now);
+        let t = self.topic(topic, now);
         t.last += 1;
         t.last_message = now;
         h.bytes.fetch_add(payload.len() as i64, Relaxed);
@@ -160,6 +155,11 @@ impl Locked<'_> {
 
     /// Where `topic` stands now; a topic never seen (or forgotten) starts a new epoch at 0.
     pub fn position(&mut self, topic: &Topic, now: Instant) -> Position {
+        self.topic(topic, now).position()
+    }
+
+    /// The topic's history, made if it has none, its expired messages dropped.
+    fn topic(&mut self, topic: &Topic, now: Instant) -> &mut TopicHistory {
         let h = self.history;
         self.evict_expired(now);
         let t = self.shard.topics.entry(topic.clone()).or_insert_with(|| {
@@ -167,7 +167,7 @@ impl Locked<'_> {
             TopicHistory::new(h, now)
         });
         t.drop_expired(h, now);
-        t.position()
+        t
     }
 
     /// What a client that has everything up to `since` missed, if the history still has all

@@ -21,6 +21,15 @@ async fn subscribe_since(c: &mut TestClient, channel: &str, since: Option<(u64, 
     reply
 }
 
+/// A client of `user` subscribed to `channel` from now; returns it and the channel's epoch.
+async fn subscribed(s: &TestServer, user: &str, channel: &str) -> (TestClient, String) {
+    let mut c = s.connect(user, &[channel]).await;
+    assert_eq!(c.recv_json().await["type"], "connected");
+    let reply = subscribe_since(&mut c, channel, None).await;
+    let epoch = reply["epoch"].as_str().unwrap().to_string();
+    (c, epoch)
+}
+
 async fn post_offset(s: &TestServer, path: &str, body: Value) -> u64 {
     let (status, text) = s.post(path, &body.to_string()).await;
     assert_eq!(status, 202, "{text}");
@@ -75,12 +84,7 @@ async fn a_channel_resumes_with_exactly_what_it_missed() {
 #[tokio::test]
 async fn a_gap_the_history_cannot_fill_is_said_so() {
     let s = with_history(10);
-    let mut c = s.connect("42", &["news"]).await;
-    c.recv_json().await;
-    let epoch = subscribe_since(&mut c, "news", None).await["epoch"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (c, epoch) = subscribed(&s, "42", "news").await;
     drop(c);
     for n in 1..=50 {
         post_offset(&s, "/publish", json!({"channel": "news", "message": n})).await;
@@ -270,12 +274,7 @@ async fn a_backend_subscribe_misses_nothing_published_right_after_it() {
 #[tokio::test]
 async fn a_subscribe_on_a_running_subscription_is_refused_not_ignored() {
     let s = with_history(100);
-    let mut c = s.connect("42", &["news"]).await;
-    c.recv_json().await;
-    let epoch = subscribe_since(&mut c, "news", None).await["epoch"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (mut c, epoch) = subscribed(&s, "42", "news").await;
     c.send_json(
         json!({"type": "subscribe", "channel": "news", "since": {"offset": 0, "epoch": epoch}}),
     )
@@ -295,12 +294,7 @@ async fn a_large_replay_never_cuts_a_client_that_reads() {
         c.queue_limit = 8;
         c.queue_bytes = 16 * 1024;
     });
-    let mut c = s.connect("42", &["big"]).await;
-    c.recv_json().await;
-    let epoch = subscribe_since(&mut c, "big", None).await["epoch"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (c, epoch) = subscribed(&s, "42", "big").await;
     drop(c);
     let pad = "x".repeat(8 * 1024);
     for n in 1..=300 {
