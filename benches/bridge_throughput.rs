@@ -110,6 +110,7 @@ fn main() {
     let delivery = Delivery {
         target: Target::User(user),
         frame: Frame::direct(&payload),
+        position: None,
     };
     let started = Instant::now();
     for i in 0..n {

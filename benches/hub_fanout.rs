@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fanfare::bus::{Bus, Delivery, Envelope};
-use fanfare::hub::Hub;
+use fanfare::hub::{Hub, Seen};
 use fanfare::protocol::{ConnId, Frame, Target, UserId, WorkerId};
 use fanfare::routes::{Routes, Topic};
 use fanfare::writer::{QueueLimits, Writer};
@@ -45,7 +45,12 @@ fn hub_with(runtime: &tokio::runtime::Runtime, n: usize) -> Hub {
             worker: WorkerId(0),
             seq,
         };
-        hub.register(id, UserId::new(&format!("u{seq}")).unwrap(), writer);
+        hub.register(
+            id,
+            UserId::new(&format!("u{seq}")).unwrap(),
+            writer,
+            Seen::default(),
+        );
         clients.push(client.into_std().unwrap());
     }
     std::thread::spawn(move || {
@@ -79,6 +84,7 @@ fn fanout(c: &mut Criterion) {
         let delivery = Delivery {
             target: Target::All,
             frame: frame(),
+            position: None,
         };
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::new("broadcast_written", n), &n, |b, _| {
@@ -89,6 +95,7 @@ fn fanout(c: &mut Criterion) {
     let delivery = Delivery {
         target: Target::User(UserId::new("u424").unwrap()),
         frame: frame(),
+        position: None,
     };
     group.throughput(Throughput::Elements(1));
     group.bench_function("direct_among_1000", |b| {
@@ -134,6 +141,7 @@ fn lookup_and_handoff(c: &mut Criterion) {
     let delivery = Delivery {
         target,
         frame: frame(),
+        position: None,
     };
     c.bench_function("bus_handoff", |b| {
         b.iter(|| {
