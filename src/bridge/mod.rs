@@ -228,7 +228,7 @@ impl Prepared {
             shutdown: shutdown.clone(),
         };
         let publisher = publisher::Publisher {
-            client,
+            connection: client.get_connection_info().clone(),
             claim_key: bridge.names.node_claim(&bridge.node_id),
             node_id: bridge.node_id.clone(),
             instance: bridge.instance,

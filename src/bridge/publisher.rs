@@ -1,17 +1,18 @@
-//! The publishing link: one Redis connection, one pipeline in flight at a time. It also holds
-//! this process's claim on its node id.
+//! The publishing link: one Redis connection of our own ([`pubsub`]), one pipeline in flight
+//! at a time: a batch of PUBLISH commands written at once, then their integer replies read
+//! back (redis-rs parsed each reply into a generic value, which cost the bridge more than
+//! Redis spends serving it). It also holds this process's claim on its node id.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::AsyncConnectionConfig;
 use tokio::sync::mpsc;
 use tokio::time::{interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::{within, Backoff, LinkDown, Outgoing, CLAIM_TTL, PING_EVERY, RESPONSE_TIMEOUT};
+use super::pubsub::{self, Reader, Writer};
+use super::{within, Backoff, LinkDown, Outgoing, CLAIM_TTL, PING_EVERY};
 use crate::metrics::BridgeMetrics;
 
 /// Most messages in one pipeline.
@@ -31,8 +32,14 @@ const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0";
 
+/// A connection of the publisher: commands out, integer replies in.
+struct Conn {
+    reader: Reader,
+    writer: Writer,
+}
+
 pub(super) struct Publisher {
-    pub client: redis::Client,
+    pub connection: redis::ConnectionInfo,
     /// `<prefix>n:<node id>`, holding the instance id of the process that uses the node id.
     pub claim_key: String,
     pub node_id: Arc<str>,
@@ -47,17 +54,12 @@ impl Publisher {
         let mut batch = Vec::with_capacity(BATCH);
         let mut connected_before = false;
         loop {
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(RESPONSE_TIMEOUT))
-                .set_response_timeout(Some(RESPONSE_TIMEOUT));
-            let connecting = within(
-                self.client
-                    .get_multiplexed_async_connection_with_config(&config),
-            );
+            // Replies are integers; no bulk string is ever read here.
+            let connecting = within(pubsub::connect(&self.connection, 0));
             let mut conn = tokio::select! {
                 () = self.shutdown.cancelled() => return,
                 r = connecting => match r {
-                    Ok(conn) => conn,
+                    Ok((reader, writer)) => Conn { reader, writer },
                     Err(why) => {
                         tracing::error!("bridge: cannot connect the publisher to {where_}: {why}; retrying");
                         self.drop_while_waiting(&mut publish_rx, backoff.next()).await;
@@ -93,12 +95,13 @@ impl Publisher {
     /// Publishes until the link fails (returns why) or the process stops (returns `None`).
     async fn serve(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         publish_rx: &mut mpsc::Receiver<Outgoing>,
         batch: &mut Vec<Outgoing>,
     ) -> Option<LinkDown> {
         let mut ping = interval(PING_EVERY);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut pipeline = Vec::new();
         loop {
             tokio::select! {
                 biased;
@@ -114,11 +117,11 @@ impl Publisher {
                     if n == 0 {
                         return None;
                     }
-                    let mut pipe = redis::pipe();
+                    pipeline.clear();
                     for out in batch.drain(..) {
-                        pipe.publish(out.channel, &out.payload[..]).ignore();
+                        pubsub::encode(&mut pipeline, &[b"PUBLISH", out.channel.as_bytes(), &out.payload]);
                     }
-                    match within(pipe.query_async::<()>(conn)).await {
+                    match within(conn.pipeline(&pipeline, n)).await {
                         Ok(()) => self.metrics.published.fetch_add(n as u64, Relaxed),
                         Err(why) => {
                             self.metrics.dropped.fetch_add(n as u64, Relaxed);
@@ -132,17 +135,18 @@ impl Publisher {
 
     /// Takes or renews the node id claim; a claim held by another process is a conflict, said
     /// loudly once and shown by `/readyz` until it is resolved.
-    async fn claim(&self, conn: &mut MultiplexedConnection) -> Result<(), LinkDown> {
-        let held: i64 = within(
-            redis::cmd("EVAL")
-                .arg(CLAIM)
-                .arg(1)
-                .arg(&self.claim_key)
-                .arg(self.instance)
-                .arg(CLAIM_TTL.as_millis() as u64)
-                .query_async(conn),
-        )
-        .await?;
+    async fn claim(&self, conn: &mut Conn) -> Result<(), LinkDown> {
+        let instance = self.instance.to_string();
+        let ttl = (CLAIM_TTL.as_millis() as u64).to_string();
+        let args: [&[u8]; 6] = [
+            b"EVAL",
+            CLAIM.as_bytes(),
+            b"1",
+            self.claim_key.as_bytes(),
+            instance.as_bytes(),
+            ttl.as_bytes(),
+        ];
+        let held = within(conn.call(&args)).await?;
         let conflict = held == 0;
         let was = self.metrics.node_conflict.swap(conflict, Relaxed);
         if conflict && !was {
@@ -157,15 +161,16 @@ impl Publisher {
         Ok(())
     }
 
-    async fn release(&self, conn: &mut MultiplexedConnection) {
-        let mut release = redis::cmd("EVAL");
-        release
-            .arg(RELEASE)
-            .arg(1)
-            .arg(&self.claim_key)
-            .arg(self.instance);
-        let _ = tokio::time::timeout(Duration::from_millis(500), release.query_async::<i64>(conn))
-            .await;
+    async fn release(&self, conn: &mut Conn) {
+        let instance = self.instance.to_string();
+        let args: [&[u8]; 5] = [
+            b"EVAL",
+            RELEASE.as_bytes(),
+            b"1",
+            self.claim_key.as_bytes(),
+            instance.as_bytes(),
+        ];
+        let _ = tokio::time::timeout(Duration::from_millis(500), conn.call(&args)).await;
     }
 
     /// While disconnected: wait `delay`, dropping (and counting) what is published meanwhile so
@@ -187,5 +192,22 @@ impl Publisher {
                 }
             }
         }
+    }
+}
+
+impl Conn {
+    /// One command and its integer reply.
+    async fn call(&mut self, args: &[&[u8]]) -> Result<i64, String> {
+        self.writer.command(args).await.map_err(|e| e.to_string())?;
+        self.reader.integer().await
+    }
+
+    /// Commands already encoded, written at once, and their `n` integer replies read back.
+    async fn pipeline(&mut self, encoded: &[u8], n: usize) -> Result<(), String> {
+        self.writer.raw(encoded).await.map_err(|e| e.to_string())?;
+        for _ in 0..n {
+            self.reader.integer().await?;
+        }
+        Ok(())
     }
 }

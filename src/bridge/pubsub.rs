@@ -1,4 +1,5 @@
-//! The subscribing link's own RESP2 connection: commands out, pushes in.
+//! The bridge's own RESP2 connections: commands out; pushes in (the subscriber) or integer
+//! replies in (the publisher's pipelines).
 //!
 //! Why not redis-rs's pub/sub: it reads the socket into an unbounded channel, so a relay that
 //! falls behind grows this process's memory without limit, and it parses every push into
@@ -80,17 +81,32 @@ pub async fn connect(info: &ConnectionInfo, max_bulk: usize) -> Result<(Reader, 
     Ok((reader, writer))
 }
 
+/// Appends one command, a RESP array of bulk strings, to `out`.
+pub fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
+    let mut number = itoa::Buffer::new();
+    out.push(b'*');
+    out.extend_from_slice(number.format(args.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for a in args {
+        out.push(b'$');
+        out.extend_from_slice(number.format(a.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 impl Writer {
-    /// Sends one command as a RESP array of bulk strings.
+    /// Sends one command.
     pub async fn command(&mut self, args: &[&[u8]]) -> io::Result<()> {
         let mut out = Vec::with_capacity(16 + args.iter().map(|a| a.len() + 16).sum::<usize>());
-        out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-        for a in args {
-            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            out.extend_from_slice(a);
-            out.extend_from_slice(b"\r\n");
-        }
+        encode(&mut out, args);
         self.write.write_all(&out).await
+    }
+
+    /// Sends commands already encoded with [`encode`], back to back (a pipeline).
+    pub async fn raw(&mut self, encoded: &[u8]) -> io::Result<()> {
+        self.write.write_all(encoded).await
     }
 }
 
@@ -122,6 +138,28 @@ impl Reader {
             Ok(0) => Err("connection closed".into()),
             Ok(_) => Ok(()),
             Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The integer reply of a command (PUBLISH, EVAL of the claim scripts).
+    ///
+    /// # Errors
+    /// The connection broke, Redis answered with an error, or the reply is not an integer.
+    pub async fn integer(&mut self) -> Result<i64, String> {
+        loop {
+            if let Some(end) = find_crlf(&self.buf, 0) {
+                let line = self.buf.split_to(end + 2);
+                let text = std::str::from_utf8(&line[1..end]).unwrap_or("?");
+                return match line.first() {
+                    Some(b':') => text.parse().map_err(|_| format!("not a number: {text:?}")),
+                    Some(b'-') => Err(format!("Redis: {text}")),
+                    _ => Err(format!(
+                        "unexpected reply {:?}",
+                        String::from_utf8_lossy(&line)
+                    )),
+                };
+            }
+            self.fill().await?;
         }
     }
 
@@ -312,6 +350,39 @@ mod tests {
         assert!(frame(b"*1\r\n$5\r\nhello\r\n", 100).is_err());
         assert!(frame(b"*2\r\n$-1\r\n", 100).is_err());
         assert!(frame(b"*x\r\n", 100).is_err());
+    }
+
+    #[test]
+    fn commands_are_encoded_as_resp_arrays() {
+        let mut out = Vec::new();
+        encode(&mut out, &[b"PUBLISH", b"fz:a", b"hi"]);
+        encode(&mut out, &[b"PING"]);
+        assert_eq!(
+            out,
+            b"*3\r\n$7\r\nPUBLISH\r\n$4\r\nfz:a\r\n$2\r\nhi\r\n*1\r\n$4\r\nPING\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn integer_replies_and_errors_are_read_back() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(b":2\r\n:0\r\n-ERR wrong type\r\n+OK\r\n")
+                .await
+                .unwrap();
+            s
+        });
+        let info: ConnectionInfo =
+            redis::IntoConnectionInfo::into_connection_info(format!("redis://127.0.0.1:{port}"))
+                .unwrap();
+        let (mut reader, _writer) = connect(&info, 0).await.unwrap();
+        assert_eq!(reader.integer().await, Ok(2));
+        assert_eq!(reader.integer().await, Ok(0));
+        assert_eq!(reader.integer().await, Err("Redis: ERR wrong type".into()));
+        assert!(reader.integer().await.is_err(), "+OK is not an integer");
+        drop(server.await.unwrap());
     }
 
     #[tokio::test]
