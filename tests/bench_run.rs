@@ -177,5 +177,9 @@ async fn connections_that_churn_resume_without_loss_or_repeat() {
         assert_clean(&v, v["expected"].as_u64().unwrap());
         assert!(v["reconnects"].as_u64().unwrap() >= 10, "{scenario}: {v}");
         assert_eq!(v["unrecovered"], 0, "{scenario}: {v}");
+        assert!(
+            v["resume_ms"]["max"].as_f64().unwrap() > 0.0,
+            "{scenario}: {v}"
+        );
     }
 }

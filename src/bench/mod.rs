@@ -414,6 +414,7 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
         "connect_errors": total.connect_errors,
         "disconnects": total.disconnects,
         "reconnects": total.reconnects,
+        "resume_ms": resume_ms(&mut total.resume_us),
         "unrecovered": total.unrecovered,
         "published": published.messages,
         "publish_errors": published.failed_requests,
@@ -467,6 +468,16 @@ fn receiver_args(args: &BenchArgs, i: u64) -> Vec<String> {
     ]
 }
 
+/// p50, p99 and max of the resume times, in milliseconds.
+fn resume_ms(us: &mut [u64]) -> serde_json::Value {
+    us.sort_unstable();
+    let at = |q: f64| {
+        let i = ((us.len() as f64 * q) as usize).min(us.len().saturating_sub(1));
+        us.get(i).map_or(0.0, |v| *v as f64 / 1000.0)
+    };
+    json!({"p50": at(0.5), "p99": at(0.99), "max": at(1.0)})
+}
+
 fn merge(total: &mut Outcome, o: Outcome) {
     total.connected += o.connected;
     total.connect_errors += o.connect_errors;
@@ -477,6 +488,7 @@ fn merge(total: &mut Outcome, o: Outcome) {
     total.duplicated += o.duplicated;
     total.reordered += o.reordered;
     total.reconnects += o.reconnects;
+    total.resume_us.extend(o.resume_us);
     total.unrecovered += o.unrecovered;
     total.last_received_ns = total.last_received_ns.max(o.last_received_ns);
     total.cpu_seconds += o.cpu_seconds;
@@ -492,8 +504,12 @@ fn print_summary(s: &serde_json::Value) {
     );
     if s["reconnects"].as_u64().unwrap_or(0) > 0 {
         println!(
-            "churn          {} reconnects resumed, {} not recovered",
-            s["reconnects"], s["unrecovered"]
+            "churn          {} reconnects resumed, {} not recovered; resume ms p50 {:.2}  p99 {:.2}  max {:.2}",
+            s["reconnects"],
+            s["unrecovered"],
+            s["resume_ms"]["p50"].as_f64().unwrap_or(0.0),
+            s["resume_ms"]["p99"].as_f64().unwrap_or(0.0),
+            s["resume_ms"]["max"].as_f64().unwrap_or(0.0)
         );
     }
     println!(

@@ -65,6 +65,10 @@ pub struct Outcome {
     pub reconnects: u64,
     /// Resumes the server answered with `recovered: false` (its history could not fill the gap).
     pub unrecovered: u64,
+    /// How long each resume took, from dropping the connection to the server's answer
+    /// (the upgrade for direct messages, `subscribed` for a channel), in microseconds.
+    #[serde(default)]
+    pub resume_us: Vec<u64>,
     /// Wall-clock time of the last message received (ns since the epoch).
     pub last_received_ns: u64,
     pub cpu_seconds: f64,
@@ -97,6 +101,7 @@ struct Shared {
     last_received_ns: Cell<u64>,
     reconnects: Cell<u64>,
     unrecovered: Cell<u64>,
+    resume_us: RefCell<Vec<u64>>,
     /// One per connection: notified to drop and resume it (`--churn`).
     churn: Vec<Rc<tokio::sync::Notify>>,
 }
@@ -157,6 +162,7 @@ async fn receive(share: Share) -> anyhow::Result<()> {
         last_received_ns: Cell::new(0),
         reconnects: Cell::new(0),
         unrecovered: Cell::new(0),
+        resume_us: RefCell::default(),
         churn: (0..share.count).map(|_| Rc::default()).collect(),
     });
     let progress = {
@@ -249,6 +255,7 @@ async fn receive(share: Share) -> anyhow::Result<()> {
         disconnects: shared.disconnects.get(),
         reconnects: shared.reconnects.get(),
         unrecovered: shared.unrecovered.get(),
+        resume_us: shared.resume_us.take(),
         expected,
         received: shared.received.get(),
         last_received_ns: shared.last_received_ns.get(),
@@ -346,11 +353,14 @@ async fn read(mut ws: Ws, i: usize, shared: Rc<Shared>, share: Rc<Share>, keys: 
             () = churn.notified() => {
                 // Drop the connection and open it again where it left off.
                 let resume = shared.conns.borrow()[i].resume.clone();
+                let dropped = Instant::now();
                 let _ = ws.close(None).await;
                 match open(&share, share.first + i as u64, &keys, resume.as_ref()).await {
                     Ok((again, reply)) => {
                         ws = again;
                         shared.reconnects.set(shared.reconnects.get() + 1);
+                        let took = dropped.elapsed().as_micros() as u64;
+                        shared.resume_us.borrow_mut().push(took);
                         if let Some(reply) = reply {
                             note_position(&shared, i, &reply);
                         }
