@@ -271,3 +271,42 @@ async fn the_backends_controls_reach_only_the_machines_with_the_user() {
     }
     assert_eq!(c.metric("fanfare_bridge_received_total").await, 0.0);
 }
+
+#[tokio::test]
+async fn the_urls_database_holds_the_node_claim_and_credentials_are_used() {
+    let redis = RedisServer::start();
+    let mut admin = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("sesame")
+        .query(&mut admin)
+        .unwrap();
+    let url = format!("redis://:sesame@127.0.0.1:{}/3", redis.port);
+    let (a_url, b_url) = (url.clone(), url.clone());
+    let a = TestServer::start_with(move |c| {
+        c.redis = Some(a_url);
+        c.redis_prefix = "db:".into();
+        c.node_id = Some("a".into());
+    });
+    let b = TestServer::start_with(move |c| {
+        c.redis = Some(b_url);
+        c.redis_prefix = "db:".into();
+        c.node_id = Some("b".into());
+    });
+    a.wait_readyz(200).await;
+    b.wait_readyz(200).await;
+    let mut on_b = b.connect("u", &[]).await;
+    a.publish("/message", json!({"userId": "u", "message": 1}))
+        .await;
+    assert_eq!(on_b.recv_message().await, json!(1));
+    let mut db3 = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let claim: Option<String> = redis::cmd("GET").arg("db:n:a").query(&mut db3).unwrap();
+    assert!(claim.is_some(), "the claim is in database 3");
+}

@@ -78,6 +78,15 @@ pub async fn connect(info: &ConnectionInfo, max_bulk: usize) -> Result<(Reader, 
         writer.command(&auth).await.map_err(|e| e.to_string())?;
         reader.simple_reply().await?;
     }
+    // The URL's database holds the keys (the node id claim); channels ignore it.
+    if settings.db() != 0 {
+        let db = settings.db().to_string();
+        writer
+            .command(&[b"SELECT", db.as_bytes()])
+            .await
+            .map_err(|e| e.to_string())?;
+        reader.simple_reply().await?;
+    }
     Ok((reader, writer))
 }
 
