@@ -223,6 +223,17 @@ async fn two_processes_with_one_node_id_are_told_and_still_deliver() {
     assert_eq!(second.metric("fanfare_bridge_node_id_conflict").await, 0.0);
 }
 
+#[test]
+fn a_redis_url_the_bridge_cannot_use_stops_the_start() {
+    let mut config = fanfare::Config::new();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.token_secret = Some("s".into());
+    config.api_key = Some("k".into());
+    config.redis = Some("redis+unix:///tmp/redis.sock".into());
+    let err = fanfare::Server::start(config).err().expect("refused");
+    assert!(err.to_string().contains("over TCP"), "{err}");
+}
+
 #[tokio::test]
 async fn a_prefix_that_could_overlap_another_fleet_stops_the_start() {
     let mut config = fanfare::Config::new();

@@ -60,6 +60,10 @@ pub enum Error {
     NodeId,
     #[error("--redis-prefix {0}")]
     Prefix(String),
+    #[error(
+        "--redis: only redis://host:port URLs over TCP are supported (no TLS, no Unix socket)"
+    )]
+    Transport,
     #[error("cannot start the bridge thread: {0}")]
     Thread(std::io::Error),
 }
@@ -119,6 +123,12 @@ impl Bridge {
         }
         let names = Names::new(&config.prefix).map_err(Error::Prefix)?;
         let client = redis::Client::open(config.url.as_str())?;
+        if !matches!(
+            client.get_connection_info().addr(),
+            redis::ConnectionAddr::Tcp(..)
+        ) {
+            return Err(Error::Transport);
+        }
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let bridge = Bridge {
             names,
