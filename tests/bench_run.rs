@@ -183,3 +183,25 @@ async fn connections_that_churn_resume_without_loss_or_repeat() {
         );
     }
 }
+
+#[tokio::test]
+async fn connections_with_expiring_tokens_refresh_and_stay() {
+    let s = TestServer::start();
+    let (ok, v) = bench(
+        &[&s],
+        &[
+            "--connections",
+            "40",
+            "--rate",
+            "100",
+            "--duration",
+            "3",
+            "--token-ttl",
+            "31",
+        ],
+    );
+    assert!(ok, "{v}");
+    assert_clean(&v, v["expected"].as_u64().unwrap());
+    assert!(v["refreshes"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(s.metric("fanfare_token_expired_closes_total").await, 0.0);
+}

@@ -92,6 +92,10 @@ pub struct BenchArgs {
     /// lost must stay 0
     #[arg(long, default_value_t = 0.0)]
     pub churn: f64,
+    /// Tokens that expire: connection g's token lives TTL + (g mod TTL) seconds, so expiries
+    /// spread over TTL seconds, and each connection refreshes it when told `expiring`
+    #[arg(long = "token-ttl")]
+    pub token_ttl: Option<u64>,
     /// PID of a server process to measure (repeatable): reports server CPU per delivery and RSS
     /// per connection
     #[arg(long = "server-pid", value_delimiter = ',')]
@@ -188,6 +192,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
             drain: Duration::from_secs_f64(args.drain),
             publishers: args.concurrency.max(1),
             churn: args.churn,
+            token_ttl: args.token_ttl,
         })?;
         return Ok(0);
     }
@@ -414,6 +419,7 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
         "connect_errors": total.connect_errors,
         "disconnects": total.disconnects,
         "reconnects": total.reconnects,
+        "refreshes": total.refreshes,
         "resume_ms": resume_ms(&mut total.resume_us),
         "unrecovered": total.unrecovered,
         "published": published.messages,
@@ -466,6 +472,9 @@ fn receiver_args(args: &BenchArgs, i: u64) -> Vec<String> {
         format!("--churn={}", args.churn),
         format!("--receiver={i}"),
     ]
+    .into_iter()
+    .chain(args.token_ttl.map(|t| format!("--token-ttl={t}")))
+    .collect()
 }
 
 /// p50, p99 and max of the resume times, in milliseconds.
@@ -488,6 +497,7 @@ fn merge(total: &mut Outcome, o: Outcome) {
     total.duplicated += o.duplicated;
     total.reordered += o.reordered;
     total.reconnects += o.reconnects;
+    total.refreshes += o.refreshes;
     total.resume_us.extend(o.resume_us);
     total.unrecovered += o.unrecovered;
     total.last_received_ns = total.last_received_ns.max(o.last_received_ns);

@@ -38,6 +38,8 @@ pub struct Share {
     pub publishers: usize,
     /// Percentage of the connections dropped and resumed every second.
     pub churn: f64,
+    /// Tokens expire: connection g's lives this + (g mod this) seconds, and is refreshed.
+    pub token_ttl: Option<u64>,
 }
 
 /// Lines a receiver prints.
@@ -63,6 +65,9 @@ pub struct Outcome {
     pub reordered: u64,
     /// Connections dropped by `--churn` and opened again, resuming.
     pub reconnects: u64,
+    /// Tokens refreshed after an `expiring` (`--token-ttl`).
+    #[serde(default)]
+    pub refreshes: u64,
     /// Resumes the server answered with `recovered: false` (its history could not fill the gap).
     pub unrecovered: u64,
     /// How long each resume took, from dropping the connection to the server's answer
@@ -100,6 +105,7 @@ struct Shared {
     disconnects: Cell<u64>,
     last_received_ns: Cell<u64>,
     reconnects: Cell<u64>,
+    refreshes: Cell<u64>,
     unrecovered: Cell<u64>,
     resume_us: RefCell<Vec<u64>>,
     /// One per connection: notified to drop and resume it (`--churn`).
@@ -161,6 +167,7 @@ async fn receive(share: Share) -> anyhow::Result<()> {
         disconnects: Cell::new(0),
         last_received_ns: Cell::new(0),
         reconnects: Cell::new(0),
+        refreshes: Cell::new(0),
         unrecovered: Cell::new(0),
         resume_us: RefCell::default(),
         churn: (0..share.count).map(|_| Rc::default()).collect(),
@@ -254,6 +261,7 @@ async fn receive(share: Share) -> anyhow::Result<()> {
         connect_errors: shared.errors.get(),
         disconnects: shared.disconnects.get(),
         reconnects: shared.reconnects.get(),
+        refreshes: shared.refreshes.get(),
         unrecovered: shared.unrecovered.get(),
         resume_us: shared.resume_us.take(),
         expected,
@@ -294,7 +302,7 @@ async fn open(
 ) -> anyhow::Result<(Ws, Option<String>)> {
     let target = share.targets[(g % share.targets.len() as u64) as usize];
     let channels = share.plan.channel_of(g).map(|c| vec![c]);
-    let token = keys.issue(&claims(&Plan::user(g), channels.clone(), None))?;
+    let token = token(share, g, keys)?;
     let socket = TcpSocket::new_v4()?;
     if share.source_addrs > 1 && target.ip().is_loopback() {
         let source = Ipv4Addr::new(127, 0, 0, 1 + (g % u64::from(share.source_addrs)) as u8);
@@ -336,6 +344,13 @@ async fn open(
         }
     }
     Ok((ws, subscribed))
+}
+
+/// Connection `g`'s token: it may subscribe to its channel, and with `--token-ttl` it expires.
+fn token(share: &Share, g: u64, keys: &TokenKeys) -> anyhow::Result<String> {
+    let channels = share.plan.channel_of(g).map(|c| vec![c]);
+    let ttl = share.token_ttl.map(|t| t + g % t.max(1));
+    Ok(keys.issue(&claims(&Plan::user(g), channels, ttl))?)
 }
 
 /// The (offset, epoch) of a `subscribed` or `connected` frame with a position.
@@ -399,6 +414,19 @@ async fn read(mut ws: Ws, i: usize, shared: Rc<Shared>, share: Rc<Share>, keys: 
                 kind: "connected", ..
             } if !by_channel => {
                 note_position(&shared, i, text.as_str());
+                continue;
+            }
+            Incoming {
+                kind: "expiring", ..
+            } => {
+                let refresh = token(&share, share.first + i as u64, &keys).map(|token| {
+                    serde_json::json!({"type": "refresh", "token": token}).to_string()
+                });
+                if let Ok(refresh) = refresh {
+                    if ws.send(Message::text(refresh)).await.is_ok() {
+                        shared.refreshes.set(shared.refreshes.get() + 1);
+                    }
+                }
                 continue;
             }
             _ => continue,
