@@ -37,7 +37,8 @@ use crate::writer::{Command, Flushed, Writer, WriterEvent};
 
 /// How long a closing connection may take to flush its close frame and hear the client's.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long before its token's `exp` a connection is sent `expiring`.
+/// How long before its token's `exp` a connection is sent `expiring` (at least; see
+/// [`WARNING_SPREAD`]).
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(30);
 
 pub struct Connection {
@@ -102,14 +103,23 @@ struct Deadlines {
     ping: Instant,
     warn: Option<Instant>,
     expire: Option<Instant>,
+    /// How much earlier than 30 s this connection is warned: tokens are issued in batches and
+    /// `exp` has whole seconds, so thousands may expire in the same second; spreading their
+    /// warnings (and so their refreshes) over a few seconds avoids a burst of work.
+    spread: Duration,
 }
 
+/// Warnings of tokens that expire in the same second are spread over this much.
+const WARNING_SPREAD: Duration = Duration::from_secs(5);
+
 impl Deadlines {
-    fn new(ping_interval: Duration, exp: Option<u64>) -> Self {
+    fn new(ping_interval: Duration, exp: Option<u64>, seq: u64) -> Self {
+        let spread_ms = WARNING_SPREAD.as_millis() as u64;
         let mut d = Deadlines {
             ping: Instant::now() + ping_interval,
             warn: None,
             expire: None,
+            spread: Duration::from_millis(seq.wrapping_mul(7919) % spread_ms),
         };
         d.set_exp(exp);
         d
@@ -122,9 +132,10 @@ impl Deadlines {
             let at = UNIX_EPOCH + Duration::from_secs(exp);
             now + at.duration_since(SystemTime::now()).unwrap_or_default()
         });
+        let early = EXPIRY_WARNING + self.spread;
         self.warn = self
             .expire
-            .map(|at| at.checked_sub(EXPIRY_WARNING).unwrap_or(now).max(now));
+            .map(|at| at.checked_sub(early).unwrap_or(now).max(now));
     }
 
     fn next(&self) -> Instant {
@@ -198,7 +209,7 @@ impl Connection {
             permissions: self.permissions.clone(),
             exp: self.exp,
         };
-        let mut deadlines = Deadlines::new(self.ping_interval, self.exp);
+        let mut deadlines = Deadlines::new(self.ping_interval, self.exp, self.registration.id.seq);
         let mut last_heard = Instant::now();
         // Subscriptions waiting for the bridge, oldest first (tickets only grow), each with
         // whether it pauses reading (a client's does).
@@ -739,7 +750,7 @@ mod tests {
                 .unwrap()
                 .as_secs()
         };
-        let d = Deadlines::new(Duration::from_secs(25), Some(unix() + 100));
+        let d = Deadlines::new(Duration::from_secs(25), Some(unix() + 100), 0);
         let now = Instant::now();
         let (warn, expire) = (d.warn.unwrap() - now, d.expire.unwrap() - now);
         assert!(
@@ -747,10 +758,23 @@ mod tests {
             "{warn:?}"
         );
         assert_eq!(expire - warn, EXPIRY_WARNING);
+        // Other connections are warned up to 5 s earlier, spread by their number.
+        let early: Vec<Duration> = (1..=100)
+            .map(|seq| {
+                let d = Deadlines::new(Duration::from_secs(25), Some(unix() + 100), seq);
+                d.expire.unwrap() - d.warn.unwrap()
+            })
+            .collect();
+        let spread = EXPIRY_WARNING + WARNING_SPREAD;
+        assert!(early.iter().all(|e| *e >= EXPIRY_WARNING && *e < spread));
+        let distinct: std::collections::HashSet<_> = early.iter().collect();
+        assert!(distinct.len() > 50);
         assert_eq!(d.next(), now + Duration::from_secs(25), "the ping first");
-        let soon = Deadlines::new(Duration::from_secs(25), Some(unix() + 5));
+        let soon = Deadlines::new(Duration::from_secs(25), Some(unix() + 5), 3);
         assert_eq!(soon.warn, Some(now));
-        assert!(Deadlines::new(Duration::from_secs(25), None).warn.is_none());
+        assert!(Deadlines::new(Duration::from_secs(25), None, 0)
+            .warn
+            .is_none());
     }
 
     #[tokio::test]

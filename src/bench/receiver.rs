@@ -302,7 +302,7 @@ async fn open(
 ) -> anyhow::Result<(Ws, Option<String>)> {
     let target = share.targets[(g % share.targets.len() as u64) as usize];
     let channels = share.plan.channel_of(g).map(|c| vec![c]);
-    let token = token(share, g, keys)?;
+    let token = token(share, g, keys, false)?;
     let socket = TcpSocket::new_v4()?;
     if share.source_addrs > 1 && target.ip().is_loopback() {
         let source = Ipv4Addr::new(127, 0, 0, 1 + (g % u64::from(share.source_addrs)) as u8);
@@ -346,10 +346,14 @@ async fn open(
     Ok((ws, subscribed))
 }
 
-/// Connection `g`'s token: it may subscribe to its channel, and with `--token-ttl` it expires.
-fn token(share: &Share, g: u64, keys: &TokenKeys) -> anyhow::Result<String> {
+/// Connection `g`'s token: it may subscribe to its channel, and with `--token-ttl` it expires,
+/// the first at TTL + (g mod TTL) seconds (so expiries spread over TTL seconds), a refreshed one
+/// a TTL later still (so a refresh always moves `exp`).
+fn token(share: &Share, g: u64, keys: &TokenKeys, refresh: bool) -> anyhow::Result<String> {
     let channels = share.plan.channel_of(g).map(|c| vec![c]);
-    let ttl = share.token_ttl.map(|t| t + g % t.max(1));
+    let ttl = share
+        .token_ttl
+        .map(|t| t + g % t.max(1) + if refresh { t } else { 0 });
     Ok(keys.issue(&claims(&Plan::user(g), channels, ttl))?)
 }
 
@@ -419,7 +423,7 @@ async fn read(mut ws: Ws, i: usize, shared: Rc<Shared>, share: Rc<Share>, keys: 
             Incoming {
                 kind: "expiring", ..
             } => {
-                let refresh = token(&share, share.first + i as u64, &keys).map(|token| {
+                let refresh = token(&share, share.first + i as u64, &keys, true).map(|token| {
                     serde_json::json!({"type": "refresh", "token": token}).to_string()
                 });
                 if let Ok(refresh) = refresh {
