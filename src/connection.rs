@@ -30,7 +30,7 @@ use crate::error::{CloseReason, DISCONNECT_CODE};
 use crate::history::{History, Recovery, Since};
 use crate::hub::{self, Registration, Reservation, Seen};
 use crate::metrics::WorkerMetrics;
-use crate::protocol::{Channel, ClientMessage, ErrorCode, Frame, Target, UserId};
+use crate::protocol::{Channel, ClientMessage, ErrorCode, Frame, UserId};
 use crate::routes::Topic;
 use crate::subscriptions::{SubscriptionLog, Ticket};
 use crate::writer::{Command, Flushed, Writer, WriterEvent};
@@ -408,18 +408,13 @@ impl Connection {
             }
             Some(Recovery::Lost) => (Some(false), Vec::new()),
         };
-        let target = Target::Channel(channel.clone());
         let mut frames = vec![Frame::subscribed_at(
             channel,
             &position.epoch,
             position.offset,
             recovered,
         )];
-        frames.extend(
-            missed
-                .iter()
-                .map(|(offset, p)| Frame::message_at(&target, p, *offset)),
-        );
+        frames.extend(missed);
         let seen = Seen {
             generation: position.generation,
             next_offset: position.offset + 1,

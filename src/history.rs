@@ -20,9 +20,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
 use crate::config::random_hex;
+use crate::protocol::Frame;
 use crate::routes::{Routes, Topic};
 
 const SHARDS: usize = 16;
@@ -41,8 +40,8 @@ pub struct Position {
 /// What a client that asks to resume gets.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Recovery {
-    /// Every message after its offset, in order (possibly none).
-    Recovered(Vec<(u64, Bytes)>),
+    /// Every message after its offset, in order (possibly none), as the frames sent live.
+    Recovered(Vec<Frame>),
     /// The history cannot fill the gap (another epoch, too old, evicted): reload.
     Lost,
 }
@@ -58,8 +57,9 @@ struct TopicHistory {
     epoch: Arc<str>,
     generation: u64,
     last: u64,
-    /// (offset, accepted at, payload JSON), oldest first, at most `size`.
-    kept: VecDeque<(u64, Instant, Bytes)>,
+    /// (offset, accepted at, the frame as it was sent), oldest first, at most `size`. A replay
+    /// sends the same shared bytes again: nothing is copied or encoded twice.
+    kept: VecDeque<(u64, Instant, Frame)>,
     last_message: Instant,
 }
 
@@ -71,7 +71,7 @@ pub struct History {
     routes: Arc<Routes>,
     hasher: RandomState,
     shards: [Mutex<Shard>; SHARDS],
-    /// Payload bytes kept, for `/metrics`.
+    /// Frame bytes kept, for `/metrics`.
     bytes: AtomicI64,
     /// Topics whose position is remembered, for `/metrics`.
     topics: AtomicI64,
@@ -130,27 +130,34 @@ impl History {
         }
     }
 
-    /// Payload bytes kept and topics remembered.
+    /// Frame bytes kept and topics remembered.
     pub fn usage(&self) -> (i64, i64) {
         (self.bytes.load(Relaxed), self.topics.load(Relaxed))
     }
 }
 
 impl Locked<'_> {
-    /// Appends a message; returns where the topic stands with it (its offset is the message's).
-    pub fn append(&mut self, topic: &Topic, payload: Bytes, now: Instant) -> Position {
+    /// Appends a message: `frame` makes its frame for the offset it gets. Returns where the
+    /// topic stands with it (its offset is the message's) and the frame.
+    pub fn append(
+        &mut self,
+        topic: &Topic,
+        frame: impl FnOnce(u64) -> Frame,
+        now: Instant,
+    ) -> (Position, Frame) {
         let h = self.history;
         let t = self.topic(topic, now);
         t.last += 1;
         t.last_message = now;
-        h.bytes.fetch_add(payload.len() as i64, Relaxed);
-        t.kept.push_back((t.last, now, payload));
+        let frame = frame(t.last);
+        h.bytes.fetch_add(frame.bytes().len() as i64, Relaxed);
+        t.kept.push_back((t.last, now, frame.clone()));
         while t.kept.len() > h.size {
-            if let Some((_, _, p)) = t.kept.pop_front() {
-                h.bytes.fetch_sub(p.len() as i64, Relaxed);
+            if let Some((_, _, f)) = t.kept.pop_front() {
+                h.bytes.fetch_sub(f.bytes().len() as i64, Relaxed);
             }
         }
-        t.position()
+        (t.position(), frame)
     }
 
     /// Where `topic` stands now; a topic never seen (or forgotten) starts a new epoch at 0.
@@ -191,12 +198,7 @@ impl Locked<'_> {
             .iter()
             .all(|(_, at, _)| now.duration_since(*at) <= ttl);
         match complete && fresh {
-            true => Recovery::Recovered(
-                missed
-                    .into_iter()
-                    .map(|(o, _, p)| (*o, p.clone()))
-                    .collect(),
-            ),
+            true => Recovery::Recovered(missed.into_iter().map(|(_, _, f)| f.clone()).collect()),
             false => Recovery::Lost,
         }
     }
@@ -244,8 +246,8 @@ impl TopicHistory {
             .front()
             .is_some_and(|(_, at, _)| now.saturating_duration_since(*at) > h.ttl)
         {
-            if let Some((_, _, p)) = self.kept.pop_front() {
-                h.bytes.fetch_sub(p.len() as i64, Relaxed);
+            if let Some((_, _, f)) = self.kept.pop_front() {
+                h.bytes.fetch_sub(f.bytes().len() as i64, Relaxed);
             }
         }
     }
@@ -268,6 +270,11 @@ mod tests {
         Topic::Channel(Channel::new("news").unwrap())
     }
 
+    fn frame(offset: u64, payload: &str) -> Frame {
+        let target = crate::protocol::Target::Channel(Channel::new("news").unwrap());
+        Frame::message_at(&target, payload.as_bytes(), offset)
+    }
+
     #[test]
     fn offsets_count_up_and_a_resume_gets_what_was_missed() {
         let h = History::new(3, Duration::from_secs(60), Arc::new(Routes::new(1, None)));
@@ -276,7 +283,7 @@ mod tests {
         let start = l.position(&topic(), t0);
         assert_eq!(start.offset, 0);
         for n in 1..=5u64 {
-            let p = l.append(&topic(), Bytes::from(n.to_string()), t0);
+            let (p, _) = l.append(&topic(), |o| frame(o, &n.to_string()), t0);
             assert_eq!((p.offset, p.generation), (n, start.generation));
         }
         let at = |offset| Since {
@@ -286,7 +293,7 @@ mod tests {
         let Recovery::Recovered(missed) = l.since(&topic(), &at(3), t0) else {
             panic!("3 is still covered");
         };
-        assert_eq!(missed.iter().map(|m| m.0).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!(missed, [frame(4, "4"), frame(5, "5")]);
         assert_eq!(l.since(&topic(), &at(5), t0), Recovery::Recovered(vec![]));
         // Only 3 kept: from 1, messages 2 is gone.
         assert_eq!(l.since(&topic(), &at(1), t0), Recovery::Lost);
@@ -296,7 +303,10 @@ mod tests {
             epoch: "other".into(),
         };
         assert_eq!(l.since(&topic(), &other, t0), Recovery::Lost);
-        assert_eq!(h.usage(), (3, 1));
+        let kept: usize = (3..=5u64)
+            .map(|n| frame(n, &n.to_string()).bytes().len())
+            .sum();
+        assert_eq!(h.usage(), (kept as i64, 1));
     }
 
     #[test]
@@ -306,7 +316,7 @@ mod tests {
         let h = History::new(100, ttl, routes.clone());
         let t0 = Instant::now();
         let mut l = h.lock(&topic());
-        l.append(&topic(), Bytes::from_static(b"1"), t0);
+        l.append(&topic(), |o| frame(o, "1"), t0);
         let epoch = l.position(&topic(), t0).epoch;
         let since = Since {
             offset: 0,

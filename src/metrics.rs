@@ -196,7 +196,7 @@ impl Snapshot {
             let (bytes, topics) = h.usage();
             gauges.push((
                 "fanfare_history_bytes",
-                "Payload bytes kept for recovery.",
+                "Frame bytes kept for recovery.",
                 bytes,
             ));
             gauges.push((

@@ -5,8 +5,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-
 use crate::bridge::Bridge;
 use crate::bus::{Bus, Delivery, Envelope};
 use crate::history::{History, Since};
@@ -81,11 +79,15 @@ impl Router {
                 workers = more;
                 continue;
             }
-            let position = locked.append(topic, Bytes::copy_from_slice(payload), Instant::now());
+            let target = &delivery.target;
+            let (position, frame) = locked.append(
+                topic,
+                |offset| Frame::message_at(target, payload, offset),
+                Instant::now(),
+            );
             let offset = position.offset;
-            let frame = Frame::message_at(&delivery.target, payload, offset);
             let envelope = Envelope::Message(Delivery {
-                target: delivery.target.clone(),
+                target: target.clone(),
                 frame,
                 position: Some(position),
             });

@@ -290,14 +290,15 @@ async fn a_subscribe_on_a_running_subscription_is_refused_not_ignored() {
 #[tokio::test]
 async fn a_large_replay_never_cuts_a_client_that_reads() {
     let s = TestServer::start_with(|c| {
-        c.history_size = 500;
+        c.history_size = 1000;
         c.queue_limit = 8;
         c.queue_bytes = 16 * 1024;
     });
     let (c, epoch) = subscribed(&s, "42", "big").await;
     drop(c);
-    let pad = "x".repeat(8 * 1024);
-    for n in 1..=300 {
+    // 16 MB: more than the kernel's buffers take at once.
+    let pad = "x".repeat(16 * 1024);
+    for n in 1..=1000 {
         s.publish(
             "/publish",
             json!({"channel": "big", "message": {"n": n, "pad": pad}}),
@@ -308,7 +309,36 @@ async fn a_large_replay_never_cuts_a_client_that_reads() {
     back.recv_json().await;
     let reply = subscribe_since(&mut back, "big", Some((0, &epoch))).await;
     assert_eq!(reply["recovered"], true);
-    for n in 1..=300u64 {
+    for n in 1..=1000u64 {
+        assert_eq!(back.recv_json().await["offset"], n);
+    }
+    assert_eq!(s.metric("fanfare_slow_consumer_closes_total").await, 0.0);
+}
+
+#[tokio::test]
+async fn a_large_direct_replay_at_connect_never_cuts_a_client_that_reads() {
+    let s = TestServer::start_with(|c| {
+        c.history_size = 1000;
+        c.queue_limit = 8;
+        c.queue_bytes = 16 * 1024;
+    });
+    let mut c = s.connect("42", &[]).await;
+    let epoch = c.recv_json().await["epoch"].as_str().unwrap().to_string();
+    drop(c);
+    // 16 MB: more than the kernel's buffers take at once.
+    let pad = "x".repeat(16 * 1024);
+    for n in 1..=1000 {
+        s.publish(
+            "/message",
+            json!({"userId": "42", "message": {"n": n, "pad": pad}}),
+        )
+        .await;
+    }
+    // A small receive buffer: the replay cannot all sit in the kernel, most of it waits.
+    let resume = format!("{}&since=0&epoch={epoch}", s.token("42", &[]));
+    let mut back = TestClient::connect_small_buffer(s.addr, &resume).await;
+    assert_eq!(back.recv_json().await["recovered"], true);
+    for n in 1..=1000u64 {
         assert_eq!(back.recv_json().await["offset"], n);
     }
     assert_eq!(s.metric("fanfare_slow_consumer_closes_total").await, 0.0);

@@ -26,7 +26,7 @@ use crate::auth::bearer;
 use crate::connection::{Connection, SocketIo};
 use crate::history::{Recovery, Since};
 use crate::hub::{self, Registration, Seen};
-use crate::protocol::{ConnId, Frame, Target};
+use crate::protocol::{ConnId, Frame};
 use crate::routes::Topic;
 use crate::worker::WorkerContext;
 use crate::writer::Writer;
@@ -82,15 +82,9 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
                     Recovery::Lost => (Some(false), Vec::new()),
                 },
             };
-            writer.push(&Frame::connected(
-                &position.epoch,
-                position.offset,
-                recovered,
-            ));
-            let target = Target::User(identity.user.clone());
-            for (offset, payload) in &missed {
-                writer.push(&Frame::message_at(&target, payload, *offset));
-            }
+            // One burst, on top of the limits: a replay never cuts a client that reads.
+            let connected = Frame::connected(&position.epoch, position.offset, recovered);
+            writer.push_burst(&[&[connected], missed.as_slice()].concat());
             let seen = Seen {
                 generation: position.generation,
                 next_offset: position.offset + 1,
