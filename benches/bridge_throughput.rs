@@ -64,6 +64,7 @@ fn main() {
             prefix: "tp:".into(),
             node_id: node.into(),
             max_message_bytes: 65536,
+            history: None,
         };
         let (bridge, _thread) = Bridge::prepare(config, log, metrics.clone())
             .unwrap()

@@ -31,6 +31,9 @@ pub enum Envelope {
     /// With history, a backend subscribe carries where the channel stood when it was
     /// accepted: the subscription starts from there, so nothing published after it is missed.
     Control(UserId, Control, Option<Since>),
+    /// With history in Redis: this machine missed messages of the topic that Redis no longer
+    /// has (a long outage); its recipients are told where it stands, not recovered.
+    Lost(Target, Position),
 }
 
 impl Envelope {
@@ -38,6 +41,7 @@ impl Envelope {
         match self {
             Envelope::Message(d) => d.target.clone(),
             Envelope::Control(user, ..) => Target::User(user.clone()),
+            Envelope::Lost(target, _) => target.clone(),
         }
     }
 }

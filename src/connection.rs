@@ -7,9 +7,13 @@
 //! cut, the backend's commands), client frames, one timer (ping, `expiring`, expiry: whichever
 //! comes first), and subscriptions waiting for the bridge. No branch awaits anything but its
 //! own future, so a subscription that waits for Redis stops nothing else; only reading pauses
-//! meanwhile, so replies keep the order of the client's frames.
+//! meanwhile, so replies keep the order of the client's frames. With history in Redis, a
+//! subscription then reads where its channel stands (and what a resume missed) from Redis,
+//! its live messages held by the hub meanwhile; reading pauses until a client's own read is
+//! answered, for the same reason.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
@@ -17,6 +21,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::stream::FuturesUnordered;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::OwnedReadHalf;
@@ -26,11 +31,13 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Identity, Permissions, TokenKeys};
+use crate::bridge::history::Read;
 use crate::error::{CloseReason, DISCONNECT_CODE};
-use crate::history::{History, Recovery, Since};
+use crate::history::{Recovery, Since};
 use crate::hub::{self, Registration, Reservation, Seen};
 use crate::metrics::WorkerMetrics;
 use crate::protocol::{Channel, ClientMessage, ErrorCode, Frame, UserId};
+use crate::router::{HistoryStore, Router, Unreachable};
 use crate::routes::Topic;
 use crate::subscriptions::{SubscriptionLog, Ticket};
 use crate::writer::{Command, Flushed, Writer, WriterEvent};
@@ -52,7 +59,9 @@ pub struct Connection {
     /// Verifies the tokens of `refresh`.
     pub keys: Arc<TokenKeys>,
     /// With `--history-size`: where channels stand, and what a resume missed.
-    pub history: Option<Arc<History>>,
+    pub history: Option<HistoryStore>,
+    /// Reads the history when it is in Redis.
+    pub router: Arc<Router>,
     /// Who connected: a refresh must name the same `sub`.
     pub user: UserId,
     /// The token's channels and lifetime at the start; a refresh replaces them.
@@ -81,9 +90,22 @@ enum Step {
     Continue,
     /// A subscription waits for the bridge until `Ticket`; a client's (true) pauses reading
     /// meanwhile, so its `subscribed` keeps its place among the replies; the backend's does not.
-    Await(Ticket, Channel, bool),
+    /// With history in Redis, its read follows.
+    Await(Ticket, Channel, bool, Option<Resume>),
+    /// With history in Redis: read where the channel stands, its messages held meanwhile.
+    Read(Channel, Resume),
     Stop(End),
 }
+
+/// A subscription to a channel with history in Redis, until its read answers.
+#[derive(Clone)]
+struct Resume {
+    since: Option<Since>,
+    asked: Asked,
+}
+
+/// A read of a channel's history in Redis, answered with what it was for.
+type Reading = Pin<Box<dyn Future<Output = (Channel, Resume, Result<Read, Unreachable>)> + Send>>;
 
 /// Who asked for a subscription.
 #[derive(Clone, Copy)]
@@ -213,7 +235,10 @@ impl Connection {
         let mut last_heard = Instant::now();
         // Subscriptions waiting for the bridge, oldest first (tickets only grow), each with
         // whether it pauses reading (a client's does).
-        let mut awaiting: VecDeque<(Ticket, Channel, bool)> = VecDeque::new();
+        let mut awaiting: VecDeque<(Ticket, Channel, bool, Option<Resume>)> = VecDeque::new();
+        let mut reads: FuturesUnordered<Reading> = FuturesUnordered::new();
+        // Reads a client's subscribe waits for: reading the client pauses meanwhile.
+        let mut client_reads = 0usize;
         // Made once, not at every wake-up.
         let shutting_down = self.shutdown.cancelled();
         let timer = sleep_until(deadlines.next());
@@ -226,6 +251,10 @@ impl Connection {
                     WriterEvent::SlowConsumer => Step::Stop(End::Close(CloseReason::SlowConsumer)),
                     WriterEvent::Broken => Step::Stop(End::Gone),
                     WriterEvent::Command(Command::Disconnect(why)) => Step::Stop(End::Disconnect(why)),
+                    WriterEvent::Command(Command::Activate(channel, since)) if matches!(self.history, Some(HistoryStore::Redis)) => {
+                        let resume = Resume { since, asked: Asked::Backend };
+                        self.confirm_then_read(channel, resume)
+                    }
                     WriterEvent::Command(Command::Activate(channel, since)) if self.history.is_some() => {
                         self.activate_at(&channel, since.as_ref(), Asked::Backend)
                     }
@@ -234,11 +263,20 @@ impl Connection {
                     }
                 },
                 () = confirmed(self.log.as_deref(), awaiting.front().map(|a| a.0)) => {
-                    let (_, channel, _) = awaiting.pop_front().expect("only awaited while set");
+                    let (_, channel, _, resume) = awaiting.pop_front().expect("only awaited while set");
                     last_heard = Instant::now();
-                    self.activate(&channel)
+                    match resume {
+                        Some(resume) => self.read(channel, resume),
+                        None => self.activate(&channel),
+                    }
                 }
-                item = ws.next(), if !awaiting.iter().any(|a| a.2) => {
+                Some((channel, resume, read)) = reads.next(), if !reads.is_empty() => {
+                    if matches!(resume.asked, Asked::Client) {
+                        client_reads -= 1;
+                    }
+                    self.caught_up(&channel, &resume, read)
+                }
+                item = ws.next(), if client_reads == 0 && !awaiting.iter().any(|a| a.2) => {
                     last_heard = Instant::now();
                     let exp = token.exp;
                     let step = self.on_frame(item, &mut token);
@@ -268,8 +306,20 @@ impl Connection {
             };
             match step {
                 Step::Continue => {}
-                Step::Await(ticket, channel, pauses) => {
-                    awaiting.push_back((ticket, channel, pauses))
+                Step::Await(ticket, channel, pauses, resume) => {
+                    awaiting.push_back((ticket, channel, pauses, resume))
+                }
+                Step::Read(channel, resume) => {
+                    if matches!(resume.asked, Asked::Client) {
+                        client_reads += 1;
+                    }
+                    let router = self.router.clone();
+                    let topic = Topic::Channel(channel.clone());
+                    let since = resume.since.clone();
+                    reads.push(Box::pin(async move {
+                        let read = router.read_history(topic, since).await;
+                        (channel, resume, read)
+                    }));
                 }
                 Step::Stop(end) => return end,
             }
@@ -385,10 +435,78 @@ impl Connection {
             Reservation::Gone => return Step::Continue,
         }
         drop(hub);
-        if self.history.is_some() {
-            return self.activate_at(&channel, since.as_ref(), Asked::Client);
+        match self.history {
+            Some(HistoryStore::Redis) => {
+                let asked = Asked::Client;
+                self.confirm_then_read(channel, Resume { since, asked })
+            }
+            Some(HistoryStore::Local(_)) => {
+                self.activate_at(&channel, since.as_ref(), Asked::Client)
+            }
+            None => self.confirm_then_activate(channel, true),
         }
-        self.confirm_then_activate(channel, true)
+    }
+
+    /// With history in Redis: once the bridge has the subscription (so every later message
+    /// reaches this process), the channel's messages start flowing, held, and its position is
+    /// read; [`caught_up`](Self::caught_up) merges the two.
+    fn confirm_then_read(&self, channel: Channel, resume: Resume) -> Step {
+        let pauses = matches!(resume.asked, Asked::Client);
+        match &self.log {
+            Some(log) if !log.is_applied(log.ticket()) => {
+                Step::Await(log.ticket(), channel, pauses, Some(resume))
+            }
+            _ => self.read(channel, resume),
+        }
+    }
+
+    fn read(&self, channel: Channel, resume: Resume) -> Step {
+        let r = &self.registration;
+        match hub::lock(&r.hub).activate_catching_up(r.id, &channel) {
+            true => Step::Read(channel, resume),
+            false => Step::Continue,
+        }
+    }
+
+    /// A read answered: `subscribed` with where the channel stands (and `recovered` for a
+    /// resume), what was missed, then what arrived meanwhile and is newer. Without an answer
+    /// (Redis unreachable) `subscribed` has no position and a resume is not recovered.
+    fn caught_up(
+        &self,
+        channel: &Channel,
+        resume: &Resume,
+        read: Result<Read, Unreachable>,
+    ) -> Step {
+        let client = matches!(resume.asked, Asked::Client);
+        let (frames, seen) = match read {
+            Ok(read) => {
+                let recovered = match read.recovered {
+                    Some(true) => client.then_some(true),
+                    other => other,
+                };
+                let p = &read.position;
+                let mut frames = vec![Frame::subscribed_at(channel, &p.epoch, p.offset, recovered)];
+                frames.extend(read.missed);
+                let seen = Seen {
+                    generation: p.generation,
+                    next_offset: p.offset + 1,
+                };
+                (frames, seen)
+            }
+            Err(Unreachable) => {
+                let recovered = resume.since.as_ref().map(|_| false);
+                (
+                    vec![Frame::subscribed_unpositioned(channel, recovered)],
+                    Seen::default(),
+                )
+            }
+        };
+        let r = &self.registration;
+        let topic = Topic::Channel(channel.clone());
+        match hub::lock(&r.hub).caught_up(r.id, &topic, &frames, seen) {
+            true => self.flushed(self.writer.flush()),
+            false => Step::Continue,
+        }
     }
 
     /// For a channel with history: under the topic's lock, takes where it stands (and what a
@@ -396,7 +514,9 @@ impl Connection {
     /// or sent twice. A backend subscribe resumes from where the channel stood when it was
     /// accepted; its `subscribed` says `recovered` only when that failed.
     fn activate_at(&self, channel: &Channel, since: Option<&Since>, asked: Asked) -> Step {
-        let history = self.history.as_ref().expect("called with history");
+        let Some(HistoryStore::Local(history)) = &self.history else {
+            unreachable!("called with history in this process");
+        };
         let topic = Topic::Channel(channel.clone());
         let now = std::time::Instant::now();
         let mut locked = history.lock(&topic);
@@ -437,7 +557,7 @@ impl Connection {
                 if log.is_applied(ticket) {
                     self.activate(&channel)
                 } else {
-                    Step::Await(ticket, channel, by_client)
+                    Step::Await(ticket, channel, by_client, None)
                 }
             }
             None => self.activate(&channel),
@@ -553,6 +673,13 @@ mod tests {
         let log = Arc::new(SubscriptionLog::default());
         let routes = Arc::new(Routes::new(1, with_log.then(|| log.clone())));
         let metrics = Arc::<WorkerMetrics>::default();
+        let (bus, _) = crate::bus::Bus::new(routes.clone(), 1);
+        let router = Arc::new(Router::new(
+            bus,
+            None,
+            None,
+            Arc::new(crate::metrics::Metrics::new(1, None, None)),
+        ));
         let hub: SharedHub = Arc::new(std::sync::Mutex::new(Hub::new(
             WorkerId(0),
             routes,
@@ -586,6 +713,7 @@ mod tests {
             log: with_log.then(|| log.clone()),
             keys: Arc::new(TokenKeys::new("test").unwrap()),
             history: None,
+            router,
             user: UserId::new("u").unwrap(),
             permissions: Permissions::new(&["news".into()]),
             exp: None,

@@ -67,6 +67,4 @@ pub enum StartError {
     Bridge(#[from] crate::bridge::Error),
     #[error("cannot start worker thread: {0}")]
     Thread(std::io::Error),
-    #[error("--history-size with --redis is not available yet: history is kept by one machine only; run without --redis, or without history")]
-    HistoryWithRedis,
 }

@@ -58,7 +58,13 @@ pub fn redis_wire(data: &[u8]) {
                         assert!(is_json(frame.payload()));
                     }
                 }
-                Some(wire::Body::Control(body)) => {
+                Some(wire::Body::Positioned(at, body)) => {
+                    assert!(wire::is_epoch(at.epoch));
+                    if let Some(frame) = wire::frame_at(&target, body, at.offset, 4096) {
+                        assert!(is_json(frame.payload()));
+                    }
+                }
+                Some(wire::Body::Control(body) | wire::Body::ControlFrom(_, body)) => {
                     if let Some((_, control)) = wire::control(&target, body) {
                         assert_eq!(Control::decode(&control.encode()), Some(control));
                     }

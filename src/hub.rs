@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::auth::Permissions;
 use crate::bus::{Delivery, Envelope};
+use crate::history::Position;
 use crate::metrics::WorkerMetrics;
 use crate::protocol::{Channel, ConnId, Control, ErrorCode, Frame, Target, UserId, WorkerId};
 use crate::routes::{Routes, Topic};
@@ -41,6 +42,23 @@ pub struct Seen {
 struct Recipient {
     writer: Arc<Writer>,
     seen: Seen,
+    /// With history in Redis, while the connection reads where it stands: what arrived
+    /// meanwhile, merged by offset once the read answers (see [`Hub::caught_up`]).
+    held: Option<Vec<Envelope>>,
+}
+
+/// Most live messages held for one recipient while its history read is pending; past it the
+/// connection is cut like a slow consumer (and resumes).
+const MAX_HELD: usize = 10_000;
+
+impl Recipient {
+    fn new(writer: Arc<Writer>, seen: Seen, catching_up: bool) -> Self {
+        Recipient {
+            writer,
+            seen,
+            held: catching_up.then(Vec::new),
+        }
+    }
 }
 
 /// One channel of a connection.
@@ -105,13 +123,68 @@ fn push(
     }
 }
 
-/// What a recipient whose position was lost is told before the topic's next message: where the
-/// topic stands now, not recovered.
-fn lost_position(target: &Target, p: &crate::history::Position) -> Frame {
-    let before = p.offset.saturating_sub(1);
+/// What a recipient whose position was lost is told: where the topic stands (everything up to
+/// `p` is behind it), not recovered.
+fn lost_position(target: &Target, p: &Position) -> Frame {
     match target {
-        Target::Channel(c) => Frame::subscribed_at(c, &p.epoch, before, Some(false)),
-        Target::User(_) | Target::All => Frame::connected(&p.epoch, before, Some(false)),
+        Target::Channel(c) => Frame::subscribed_at(c, &p.epoch, p.offset, Some(false)),
+        Target::User(_) | Target::All => Frame::connected(&p.epoch, p.offset, Some(false)),
+    }
+}
+
+/// Gives one recipient a message or a lost position of a topic it receives, keeping its
+/// offsets in order: what it already had (from history) is not sent again, and a gap is said
+/// (`recovered: false` with where the topic stands) before the message after it, never
+/// silent.
+fn offer(
+    dirty: &mut Vec<(ConnId, Arc<Writer>)>,
+    fanout: &mut Fanout,
+    id: ConnId,
+    r: &mut Recipient,
+    envelope: &Envelope,
+) {
+    match envelope {
+        Envelope::Message(d) => {
+            if let Some(p) = &d.position {
+                let same_epoch = r.seen.generation == p.generation;
+                if same_epoch && p.offset < r.seen.next_offset {
+                    // Already had it, from history.
+                    return;
+                }
+                // Another epoch (the history was lost), or offsets skipped (this machine missed
+                // messages it could not recover).
+                if !same_epoch || (r.seen.next_offset != 0 && p.offset > r.seen.next_offset) {
+                    let before = Position {
+                        offset: p.offset.saturating_sub(1),
+                        ..p.clone()
+                    };
+                    push(
+                        dirty,
+                        fanout,
+                        id,
+                        &r.writer,
+                        &lost_position(&d.target, &before),
+                    );
+                }
+                r.seen = Seen {
+                    generation: p.generation,
+                    next_offset: p.offset + 1,
+                };
+            }
+            push(dirty, fanout, id, &r.writer, &d.frame);
+        }
+        Envelope::Lost(target, p) => {
+            // Only a recipient not already past the lost stretch (by its own read) is told.
+            if r.seen.generation == p.generation && r.seen.next_offset > p.offset {
+                return;
+            }
+            push(dirty, fanout, id, &r.writer, &lost_position(target, p));
+            r.seen = Seen {
+                generation: p.generation,
+                next_offset: p.offset + 1,
+            };
+        }
+        Envelope::Control(..) => {}
     }
 }
 
@@ -135,6 +208,8 @@ pub struct Hub {
     channels: HashMap<Channel, ChannelEntry>,
     /// Writers pushed to during the current batch; each is flushed once at its end.
     dirty: Vec<(ConnId, Arc<Writer>)>,
+    /// Connections whose held messages overflowed during the current batch: cut at its end.
+    overflowed: Vec<ConnId>,
 }
 
 /// A worker's hub as its connections and bus task share it.
@@ -163,16 +238,32 @@ impl Hub {
             users: HashMap::new(),
             channels: HashMap::new(),
             dirty: Vec::new(),
+            overflowed: Vec::new(),
         }
     }
 
     /// Adds a connection of `user`; from now on it receives that user's direct messages and
     /// broadcasts. `seen`: where it stands in the user's history, when there is one.
     pub fn register(&mut self, id: ConnId, user: UserId, writer: Arc<Writer>, seen: Seen) {
-        let recipient = Recipient {
-            writer: writer.clone(),
-            seen,
-        };
+        self.register_as(id, user, writer, Recipient::new, seen, false);
+    }
+
+    /// [`register`](Self::register) with history in Redis: the user's direct messages are held
+    /// until [`caught_up`](Self::caught_up) says where the connection stands.
+    pub fn register_catching_up(&mut self, id: ConnId, user: UserId, writer: Arc<Writer>) {
+        self.register_as(id, user, writer, Recipient::new, Seen::default(), true);
+    }
+
+    fn register_as(
+        &mut self,
+        id: ConnId,
+        user: UserId,
+        writer: Arc<Writer>,
+        recipient: fn(Arc<Writer>, Seen, bool) -> Recipient,
+        seen: Seen,
+        catching_up: bool,
+    ) {
+        let recipient = recipient(writer.clone(), seen, catching_up);
         match self.users.entry(user.clone()) {
             Entry::Occupied(mut e) => e.get_mut().push((id, recipient)),
             Entry::Vacant(e) => {
@@ -246,6 +337,42 @@ impl Hub {
         self.activate_with(id, channel, &[Frame::subscribed(channel)], Seen::default())
     }
 
+    /// [`activate`](Self::activate) with history in Redis: the channel's messages are held
+    /// until [`caught_up`](Self::caught_up) says where the connection stands.
+    pub fn activate_catching_up(&mut self, id: ConnId, channel: &Channel) -> bool {
+        self.activate_as(id, channel, &[], Seen::default(), true)
+    }
+
+    /// Ends the catching up of a connection on `topic`: pushes `frames` (`subscribed` or
+    /// `connected`, and what its read recovered) as one burst, then what was held meanwhile
+    /// that they do not cover. False if the connection no longer receives the topic.
+    pub fn caught_up(&mut self, id: ConnId, topic: &Topic, frames: &[Frame], seen: Seen) -> bool {
+        let recipient = match topic {
+            Topic::User(u) => self
+                .users
+                .get_mut(u)
+                .and_then(|rs| rs.iter_mut().find(|(c, _)| *c == id))
+                .map(|(_, r)| r),
+            Topic::Channel(c) => self.channels.get_mut(c).and_then(|e| e.active.get_mut(&id)),
+        };
+        let Some(r) = recipient else {
+            return false;
+        };
+        let Some(held) = r.held.take() else {
+            return false;
+        };
+        r.writer.push_burst(frames);
+        r.seen = seen;
+        let mut fanout = Fanout::default();
+        for envelope in &held {
+            offer(&mut self.dirty, &mut fanout, id, r, envelope);
+        }
+        // The caller flushes this one writer.
+        self.dirty.clear();
+        self.metrics.frames_pushed.fetch_add(fanout.pushed, Relaxed);
+        true
+    }
+
     /// [`activate`](Self::activate) for a channel with history: `frames` are `subscribed` with
     /// the position and what a resume recovered; `seen` says which live frames those cover.
     pub fn activate_with(
@@ -254,6 +381,17 @@ impl Hub {
         channel: &Channel,
         frames: &[Frame],
         seen: Seen,
+    ) -> bool {
+        self.activate_as(id, channel, frames, seen, false)
+    }
+
+    fn activate_as(
+        &mut self,
+        id: ConnId,
+        channel: &Channel,
+        frames: &[Frame],
+        seen: Seen,
+        catching_up: bool,
     ) -> bool {
         let Some(member) = self.members.get_mut(&id) else {
             return false;
@@ -272,11 +410,9 @@ impl Hub {
             .get_mut(channel)
             .expect("a reservation keeps its channel entry");
         entry.reserved -= 1;
-        let recipient = Recipient {
-            writer: writer.clone(),
-            seen,
-        };
-        entry.active.insert(id, recipient);
+        entry
+            .active
+            .insert(id, Recipient::new(writer.clone(), seen, catching_up));
         writer.push_burst(frames);
         true
     }
@@ -338,13 +474,15 @@ impl Hub {
         let mut fanout = Fanout::default();
         for envelope in batch {
             match envelope {
-                Envelope::Message(d) => self.fan_out(d, &mut fanout),
+                Envelope::Message(Delivery { target, .. }) | Envelope::Lost(target, _) => {
+                    self.fan_out(target, envelope, &mut fanout)
+                }
                 Envelope::Control(user, control, since) => {
                     self.control(user, control, since.as_ref(), &mut fanout)
                 }
             }
         }
-        let mut slow = Vec::new();
+        let mut slow = std::mem::take(&mut self.overflowed);
         for (id, writer) in self.dirty.drain(..) {
             if let Flushed::Cut(_) = writer.flush() {
                 slow.push(id);
@@ -363,30 +501,23 @@ impl Hub {
         fanout
     }
 
-    fn fan_out(&mut self, delivery: &Delivery, fanout: &mut Fanout) {
+    /// A message (or a lost position) of `target` to each of its recipients here.
+    fn fan_out(&mut self, target: &Target, envelope: &Envelope, fanout: &mut Fanout) {
         let dirty = &mut self.dirty;
-        // Made once per delivery, if some recipient needs it.
-        let mut reset = None;
+        let overflowed = &mut self.overflowed;
         let mut deliver = |id: &ConnId, r: &mut Recipient| {
-            if let Some(p) = &delivery.position {
-                if r.seen.generation != p.generation {
-                    // The topic's history was lost since this recipient got its position:
-                    // say so before the topic's next message, never a silent gap.
-                    let frame = reset.get_or_insert_with(|| lost_position(&delivery.target, p));
-                    push(dirty, fanout, *id, &r.writer, frame);
-                    r.seen = Seen {
-                        generation: p.generation,
-                        next_offset: 0,
-                    };
+            if let Some(held) = &mut r.held {
+                if held.len() >= MAX_HELD {
+                    r.writer.cut();
+                    overflowed.push(*id);
+                } else {
+                    held.push(envelope.clone());
                 }
-                if p.offset < r.seen.next_offset {
-                    // Already had it, from history.
-                    return;
-                }
+                return;
             }
-            push(dirty, fanout, *id, &r.writer, &delivery.frame);
+            offer(dirty, fanout, *id, r, envelope);
         };
-        match &delivery.target {
+        match target {
             Target::User(user) => {
                 for (id, r) in self.users.get_mut(user).into_iter().flatten() {
                     deliver(id, r);
@@ -399,8 +530,10 @@ impl Hub {
                 }
             }
             Target::All => {
-                for (id, member) in &self.members {
-                    push(dirty, fanout, *id, &member.writer, &delivery.frame);
+                if let Envelope::Message(d) = envelope {
+                    for (id, member) in &self.members {
+                        push(dirty, fanout, *id, &member.writer, &d.frame);
+                    }
                 }
             }
         }

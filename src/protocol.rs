@@ -233,6 +233,29 @@ impl Frame {
         Frame::text_parts(&[head, &tail])
     }
 
+    /// `subscribed` for a channel with history whose position cannot be read now (Redis
+    /// unreachable): no offset, no epoch, and a resume is not recovered.
+    pub fn subscribed_unpositioned(channel: &Channel, recovered: Option<bool>) -> Self {
+        let tail = match recovered {
+            Some(r) => format!(r#"","recovered":{r}}}"#),
+            None => r#""}"#.to_string(),
+        };
+        Frame::text_parts(&[
+            r#"{"type":"subscribed","channel":""#,
+            channel.as_str(),
+            &tail,
+        ])
+    }
+
+    /// `connected` when the user's position cannot be read now (see
+    /// [`subscribed_unpositioned`](Self::subscribed_unpositioned)).
+    pub fn connected_unpositioned(recovered: Option<bool>) -> Self {
+        match recovered {
+            Some(r) => Frame::text_parts(&[&format!(r#"{{"type":"connected","recovered":{r}}}"#)]),
+            None => Frame::text_parts(&[r#"{"type":"connected"}"#]),
+        }
+    }
+
     pub fn subscribed(channel: &Channel) -> Self {
         Frame::text_parts(&[
             r#"{"type":"subscribed","channel":""#,

@@ -1,11 +1,15 @@
 //! Where a published message goes. [`Router::publish`] is the door for publishing: the HTTP API
 //! calls it and nothing below it. It hands the message to the bridge (other machines) and to
-//! the bus, which queues it on every local worker that has a recipient.
+//! the bus, which queues it on every local worker that has a recipient. With history in Redis,
+//! a message of a topic with history goes to Redis only, which gives its offset and relays it
+//! to every machine, this one included, in one order.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::bridge::history::Read;
 use crate::bridge::Bridge;
+pub use crate::bridge::Unreachable;
 use crate::bus::{Bus, Delivery, Envelope};
 use crate::history::{History, Since};
 use crate::metrics::Metrics;
@@ -13,9 +17,21 @@ use crate::protocol::{Control, Frame, Target, UserId};
 use crate::routes::Topic;
 use crate::subscriptions::SubscriptionLog;
 
-/// Other machines of the fleet cannot be reached now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Unreachable;
+/// Where topics with history are kept.
+#[derive(Clone)]
+pub enum HistoryStore {
+    /// In this process (no Redis).
+    Local(Arc<History>),
+    /// In Redis, read through the bridge ([`Router::read_history`]).
+    Redis,
+}
+
+/// A `/batch` (or single publish) that Redis did not take whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotTaken {
+    /// The offsets of the items taken, in order: the first `offsets.len()` items.
+    pub offsets: Vec<u64>,
+}
 
 pub struct Router {
     bus: Bus,
@@ -41,16 +57,28 @@ impl Router {
         }
     }
 
-    /// Accepts a message: when this returns, it is queued on every local worker that has a
-    /// recipient and handed to the bridge for the other machines. Returns its offset when its
-    /// topic has history.
-    pub async fn publish(&self, delivery: Delivery) -> Option<u64> {
+    /// Accepts messages, in order: when this returns, each is queued on every local worker that
+    /// has a recipient and handed to the bridge for the other machines. Returns the offsets of
+    /// those whose topic has history.
+    ///
+    /// # Errors
+    /// With history in Redis, Redis did not take them all (unreachable, or refused): the
+    /// first ones, whose offsets it names, were taken; the others were not, or in the
+    /// case of a link that broke while they were in flight, not knowingly.
+    pub async fn publish(&self, deliveries: Vec<Delivery>) -> Result<Vec<u64>, NotTaken> {
+        if let Some(bridge) = self.bridge.as_ref().filter(|b| b.has_history()) {
+            return self.append_all(bridge, deliveries).await;
+        }
+        let mut offsets = Vec::new();
+        for delivery in deliveries {
+            offsets.extend(self.publish_one(delivery).await);
+        }
+        Ok(offsets)
+    }
+
+    async fn publish_one(&self, delivery: Delivery) -> Option<u64> {
         self.metrics.accepted(&delivery.target);
-        let topic = match &delivery.target {
-            Target::User(u) => Some(Topic::User(u.clone())),
-            Target::Channel(c) => Some(Topic::Channel(c.clone())),
-            Target::All => None,
-        };
+        let topic = topic_of(&delivery.target);
         if let (Some(history), Some(topic)) = (&self.history, topic) {
             return Some(self.publish_at(history, &topic, delivery).await);
         }
@@ -59,6 +87,50 @@ impl Router {
         }
         self.bus.deliver(Envelope::Message(delivery)).await;
         None
+    }
+
+    /// With history in Redis: every message of a topic with history is appended there, all
+    /// queued at once (one pipeline, Redis's order is theirs), and delivered here when Redis
+    /// relays it. Broadcasts have no history and go as before.
+    async fn append_all(
+        &self,
+        bridge: &Bridge,
+        deliveries: Vec<Delivery>,
+    ) -> Result<Vec<u64>, NotTaken> {
+        let mut pending = Vec::with_capacity(deliveries.len());
+        let mut whole = true;
+        for delivery in deliveries {
+            let Some(topic) = topic_of(&delivery.target) else {
+                self.publish_one(delivery).await;
+                continue;
+            };
+            let payload = delivery
+                .frame
+                .message_payload(&delivery.target)
+                .expect("published frames are built by Frame::message");
+            let payload = delivery.frame.bytes().slice_ref(payload);
+            match bridge.append(topic, payload) {
+                Ok(answer) => pending.push((delivery.target, answer)),
+                Err(_) => {
+                    whole = false;
+                    break;
+                }
+            }
+        }
+        let mut offsets = Vec::with_capacity(pending.len());
+        for (target, answer) in pending {
+            match answer.await {
+                Ok(offset) if whole => {
+                    self.metrics.accepted(&target);
+                    offsets.push(offset);
+                }
+                _ => whole = false,
+            }
+        }
+        match whole {
+            true => Ok(offsets),
+            false => Err(NotTaken { offsets }),
+        }
     }
 
     /// A message of a topic with history: its offset is taken and it is queued under the
@@ -96,9 +168,28 @@ impl Router {
         }
     }
 
-    /// With `--history-size`: where topics stand, for `subscribed` and `connected`.
-    pub fn history(&self) -> Option<&Arc<History>> {
-        self.history.as_ref()
+    /// With `--history-size`: where topics with history are kept.
+    pub fn history(&self) -> Option<HistoryStore> {
+        match (&self.history, &self.bridge) {
+            (Some(h), _) => Some(HistoryStore::Local(h.clone())),
+            (None, Some(b)) if b.has_history() => Some(HistoryStore::Redis),
+            _ => None,
+        }
+    }
+
+    /// With history in Redis: where `topic` stands, and with `since` what was missed.
+    ///
+    /// # Errors
+    /// Redis cannot be read now.
+    pub async fn read_history(
+        &self,
+        topic: Topic,
+        since: Option<Since>,
+    ) -> Result<Read, Unreachable> {
+        match &self.bridge {
+            Some(bridge) => bridge.read(topic, since).await,
+            None => Err(Unreachable),
+        }
     }
 
     /// The backend's word for every connection of `user`, on every machine that has one; in
@@ -108,8 +199,26 @@ impl Router {
     /// The other machines cannot be reached (Redis down or the bridge's queue full): nothing
     /// was done, here either, so the caller can retry the whole call.
     pub async fn control(&self, user: UserId, control: Control) -> Result<(), Unreachable> {
+        if let Some(bridge) = self.bridge.as_ref().filter(|b| b.has_history()) {
+            // Through Redis, for this machine too: in order with the messages Redis relays.
+            let since = match &control {
+                Control::Subscribe(channel) => {
+                    let topic = Topic::Channel(channel.clone());
+                    let read = bridge.read(topic, None).await?;
+                    Some(Since {
+                        offset: read.position.offset,
+                        epoch: read.position.epoch.to_string(),
+                    })
+                }
+                _ => None,
+            };
+            return match bridge.control(&user, &control, since.as_ref()) {
+                true => Ok(()),
+                false => Err(Unreachable),
+            };
+        }
         if let Some(bridge) = &self.bridge {
-            if !bridge.control(&user, &control) {
+            if !bridge.control(&user, &control, None) {
                 return Err(Unreachable);
             }
         }
@@ -141,5 +250,13 @@ impl Router {
     /// With Redis: the log connections wait on before they promise other machines' messages.
     pub fn subscription_log(&self) -> Option<Arc<SubscriptionLog>> {
         self.bridge.as_ref().map(|b| b.subscription_log().clone())
+    }
+}
+
+fn topic_of(target: &Target) -> Option<Topic> {
+    match target {
+        Target::User(u) => Some(Topic::User(u.clone())),
+        Target::Channel(c) => Some(Topic::Channel(c.clone())),
+        Target::All => None,
     }
 }

@@ -22,6 +22,16 @@ pub enum Topic {
     Channel(Channel),
 }
 
+impl Topic {
+    /// Who a message of this topic is for.
+    pub fn target(&self) -> Target {
+        match self {
+            Topic::User(u) => Target::User(u.clone()),
+            Topic::Channel(c) => Target::Channel(c.clone()),
+        }
+    }
+}
+
 const SHARDS: usize = 16;
 
 /// The process-wide routing table. Sharded so that workers registering connections at the same

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::TokenKeys;
-use crate::bridge::{Bridge, BridgeConfig};
+use crate::bridge::{Bridge, BridgeConfig, HistorySettings};
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::error::StartError;
@@ -55,9 +55,6 @@ impl Server {
             .ok_or(StartError::MissingSecret("--api-key"))?
             .into();
         let workers = config.workers();
-        if config.redis.is_some() && config.history_size > 0 {
-            return Err(StartError::HistoryWithRedis);
-        }
         let bridge_metrics = config
             .redis
             .as_ref()
@@ -73,6 +70,10 @@ impl Server {
                     prefix: config.redis_prefix.clone(),
                     node_id: config.node_id(),
                     max_message_bytes: config.max_message_bytes,
+                    history: (config.history_size > 0).then(|| HistorySettings {
+                        size: config.history_size,
+                        ttl_ms: config.history_ttl().as_millis() as u64,
+                    }),
                 },
                 log.clone(),
                 metrics.clone(),
@@ -95,7 +96,8 @@ impl Server {
 
         let config = Arc::new(config);
         let routes = Arc::new(Routes::new(workers, log));
-        let history = (config.history_size > 0).then(|| {
+        // With Redis, the history is kept there (see the bridge); here only without.
+        let history = (config.history_size > 0 && config.redis.is_none()).then(|| {
             Arc::new(History::new(
                 config.history_size as usize,
                 config.history_ttl(),
@@ -141,9 +143,9 @@ impl Server {
                 config.max_subscriptions as usize,
                 worker_metrics.clone(),
             );
-            let hub = match history {
-                Some(_) => hub.with_history(),
-                None => hub,
+            let hub = match config.history_size > 0 {
+                true => hub.with_history(),
+                false => hub,
             };
             let hub: SharedHub = Arc::new(std::sync::Mutex::new(hub));
             let listeners = std::iter::once(listener).chain(private.next()).collect();

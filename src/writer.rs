@@ -221,6 +221,16 @@ impl Writer {
         }
     }
 
+    /// Cuts the writer as a slow consumer from outside: the hub, when live frames piled up past
+    /// the limit while a resume's history read was pending.
+    pub fn cut(&self) {
+        let mut s = self.state();
+        if s.status == Status::Open {
+            s.cut();
+            self.wake.notify_one();
+        }
+    }
+
     /// Queues the close frame as the last one: after it nothing more is accepted. Allowed over
     /// the limits (a slow consumer still gets its 1008 if its socket ever drains).
     pub fn close(&self, frame: &Frame) {

@@ -231,18 +231,6 @@ async fn resubscribing_while_messages_flow_misses_nothing_and_repeats_nothing() 
     assert!(rounds > 3);
 }
 
-#[test]
-fn history_with_redis_is_refused_until_it_is_supported() {
-    let mut config = fanfare::Config::new();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.token_secret = Some("s".into());
-    config.api_key = Some("k".into());
-    config.redis = Some("redis://127.0.0.1:1".into());
-    config.history_size = 10;
-    let err = fanfare::Server::start(config).err().expect("refused");
-    assert!(err.to_string().contains("--history-size"), "{err}");
-}
-
 #[tokio::test]
 async fn a_backend_subscribe_misses_nothing_published_right_after_it() {
     let s = with_history(100);

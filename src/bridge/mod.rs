@@ -23,6 +23,8 @@
 //! delivers locally at once; its own messages coming back from Redis are recognised by the
 //! random instance id in their header and dropped, so nobody gets a copy twice.
 
+mod catchup;
+pub mod history;
 mod publisher;
 pub(crate) mod pubsub;
 mod subscriber;
@@ -34,14 +36,21 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, Delivery};
+use crate::history::Since;
 use crate::metrics::BridgeMetrics;
 use crate::protocol::{Control, Target, UserId};
+use crate::routes::Topic;
 use crate::subscriptions::SubscriptionLog;
+pub use publisher::HistorySettings;
 use wire::Names;
+
+/// Other machines, or the history in Redis, cannot be reached now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unreachable;
 
 /// Longest wait for Redis to answer a command or accept a connection; past it the link is down.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -76,12 +85,27 @@ pub struct BridgeConfig {
     pub node_id: String,
     /// Larger payloads from Redis are refused, like larger HTTP bodies.
     pub max_message_bytes: usize,
+    /// With `--history-size`: topics have history, kept in Redis.
+    pub history: Option<HistorySettings>,
 }
 
-/// One message for Redis: its channel and its encoded payload.
-struct Outgoing {
-    channel: String,
-    payload: Bytes,
+/// What the publisher link does for the rest of the process. A request whose sender is
+/// dropped unanswered failed (Redis down, refused, or the link broke before its reply).
+enum Request {
+    /// PUBLISH; nobody waits for it.
+    Publish { channel: String, payload: Bytes },
+    /// The append script for a message of a topic with history: its offset.
+    Append {
+        topic: Topic,
+        payload: Bytes,
+        reply: oneshot::Sender<u64>,
+    },
+    /// The read script: where a topic stands, and what a `since` missed.
+    Read {
+        topic: Topic,
+        since: Option<Since>,
+        reply: oneshot::Sender<history::Read>,
+    },
 }
 
 /// The process's handle on the bridge; the router publishes through it.
@@ -91,7 +115,9 @@ pub struct Bridge {
     instance: u64,
     node_id: Arc<str>,
     /// To the publisher task; closed when the bridge stops.
-    publish_tx: mpsc::Sender<Outgoing>,
+    publish_tx: mpsc::Sender<Request>,
+    /// Topics have history, in Redis.
+    history: Option<HistorySettings>,
     log: Arc<SubscriptionLog>,
     metrics: Arc<BridgeMetrics>,
 }
@@ -100,7 +126,7 @@ pub struct Bridge {
 pub struct Prepared {
     bridge: Bridge,
     client: redis::Client,
-    publish_rx: mpsc::Receiver<Outgoing>,
+    publish_rx: mpsc::Receiver<Request>,
     max_message_bytes: usize,
     /// The URL without its password, for logs.
     where_: String,
@@ -135,6 +161,7 @@ impl Bridge {
             instance: rand::random(),
             node_id: config.node_id.as_str().into(),
             publish_tx,
+            history: config.history,
             log,
             metrics,
         };
@@ -168,23 +195,97 @@ impl Bridge {
     /// Queues the backend's word for `user` for the other machines, on the user's channel: only
     /// machines with a connection of that user hear it. Never waits. Unlike a message it is not
     /// dropped quietly: false if it could not be queued (Redis down or the queue full), so the
-    /// caller can refuse it whole and the backend retry — a logout must not half happen.
-    pub fn control(&self, user: &UserId, control: &Control) -> bool {
+    /// caller can refuse it whole and the backend retry — a logout must not half happen. A
+    /// subscribe to a channel with history carries where the channel stood (`since`).
+    pub fn control(&self, user: &UserId, control: &Control, since: Option<&Since>) -> bool {
         if !self.metrics.publish_up.load(Relaxed) {
             return false;
         }
         let channel = self.names.target(&Target::User(user.clone()));
         let body = control.encode();
-        let payload = wire::encode(self.instance, wire::Body::Control(&body));
+        let body = match since {
+            Some(s) => wire::Body::ControlFrom(
+                wire::At {
+                    offset: s.offset,
+                    epoch: &s.epoch,
+                },
+                &body,
+            ),
+            None => wire::Body::Control(&body),
+        };
+        let payload = wire::encode(self.instance, body);
         self.publish_tx
-            .try_send(Outgoing { channel, payload })
+            .try_send(Request::Publish { channel, payload })
             .is_ok()
+    }
+
+    /// Topics have history kept in Redis: their messages and the backend's controls reach this
+    /// machine's clients when Redis relays them, in Redis's order.
+    pub fn has_history(&self) -> bool {
+        self.history.is_some()
+    }
+
+    /// Appends a message to its topic's history in Redis, which publishes it to every machine
+    /// (this one included); returns its offset.
+    ///
+    /// # Errors
+    /// Redis is unreachable, behind, or refused it: the message may or may not have been
+    /// taken if the link broke while it was in flight.
+    pub fn append(
+        &self,
+        topic: Topic,
+        payload: Bytes,
+    ) -> Result<impl std::future::Future<Output = Result<u64, Unreachable>>, Unreachable> {
+        self.ask(|reply| Request::Append {
+            topic,
+            payload,
+            reply,
+        })
+    }
+
+    /// Where `topic` stands in Redis, and with `since` what was missed after it.
+    ///
+    /// # Errors
+    /// Redis is unreachable, behind, or refused the read.
+    pub async fn read(
+        &self,
+        topic: Topic,
+        since: Option<Since>,
+    ) -> Result<history::Read, Unreachable> {
+        self.ask(|reply| Request::Read {
+            topic,
+            since,
+            reply,
+        })?
+        .await
+    }
+
+    /// Queues a request at once (so requests keep their order in Redis); the future answers.
+    fn ask<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<impl std::future::Future<Output = Result<T, Unreachable>>, Unreachable> {
+        if !self.metrics.publish_up.load(Relaxed) {
+            return Err(Unreachable);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.publish_tx
+            .try_send(request(tx))
+            .map_err(|_| Unreachable)?;
+        // The link answers or drops the request within its own timeout; this bound is for a
+        // bridge that stopped.
+        Ok(async move {
+            match tokio::time::timeout(RESPONSE_TIMEOUT * 2, rx).await {
+                Ok(Ok(answer)) => Ok(answer),
+                _ => Err(Unreachable),
+            }
+        })
     }
 
     fn send(&self, channel: String, payload: Bytes) {
         if self
             .publish_tx
-            .try_send(Outgoing { channel, payload })
+            .try_send(Request::Publish { channel, payload })
             .is_err()
         {
             self.metrics.dropped.fetch_add(1, Relaxed);
@@ -227,10 +328,14 @@ impl Prepared {
             max_message_bytes,
             where_,
         } = self;
+        let (seeds_tx, seeds) = mpsc::unbounded_channel();
         let subscriber = subscriber::Subscriber {
             connection: client.get_connection_info().clone(),
             names: bridge.names.clone(),
             instance: bridge.instance,
+            history: bridge.history.is_some(),
+            seeds,
+            requests: bridge.publish_tx.clone(),
             log: bridge.log.clone(),
             bus,
             max_message_bytes,
@@ -239,6 +344,10 @@ impl Prepared {
         };
         let publisher = publisher::Publisher {
             connection: client.get_connection_info().clone(),
+            names: bridge.names.clone(),
+            history: bridge.history,
+            max_message_bytes,
+            seeds: seeds_tx,
             claim_key: bridge.names.node_claim(&bridge.node_id),
             node_id: bridge.node_id.clone(),
             instance: bridge.instance,

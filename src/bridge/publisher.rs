@@ -1,7 +1,8 @@
 //! The publishing link: one Redis connection of our own ([`pubsub`]), one pipeline in flight
-//! at a time: a batch of PUBLISH commands written at once, then their integer replies read
-//! back (redis-rs parsed each reply into a generic value, which cost the bridge more than
-//! Redis spends serving it). It also holds this process's claim on its node id.
+//! at a time: a batch of commands written at once, then their replies read back in order
+//! (redis-rs parsed each reply into a generic value, which cost the bridge more than Redis
+//! spends serving it). Commands: PUBLISH, and with history the append and read scripts, whose
+//! callers wait for their answer. It also holds this process's claim on its node id.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -11,9 +12,14 @@ use tokio::sync::mpsc;
 use tokio::time::{interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::pubsub::{self, Reader, Writer};
-use super::{within, Backoff, LinkDown, Outgoing, CLAIM_TTL, PING_EVERY};
+use super::history::{self, APPEND, READ};
+use super::pubsub::{self, Reader, Reply, Writer};
+use super::wire::{self, Names};
+use super::{within, Backoff, LinkDown, Request, CLAIM_TTL, PING_EVERY};
+use crate::config::random_hex;
+use crate::history::Position;
 use crate::metrics::BridgeMetrics;
+use crate::routes::Topic;
 
 /// Most messages in one pipeline.
 const BATCH: usize = 1024;
@@ -32,14 +38,31 @@ const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0";
 
-/// A connection of the publisher: commands out, integer replies in.
+/// A connection of the publisher: commands out, replies in.
 struct Conn {
     reader: Reader,
     writer: Writer,
+    /// SHA1 of the append and read scripts, loaded on this connection's Redis.
+    append: String,
+    read: String,
+}
+
+/// How topics with history are kept in Redis.
+#[derive(Clone, Copy, Debug)]
+pub struct HistorySettings {
+    /// `--history-size`: messages kept per topic (about: the stream is trimmed lazily).
+    pub size: u32,
+    /// `--history-ttl` in milliseconds.
+    pub ttl_ms: u64,
 }
 
 pub(super) struct Publisher {
     pub connection: redis::ConnectionInfo,
+    pub names: Names,
+    pub history: Option<HistorySettings>,
+    pub max_message_bytes: usize,
+    /// Positions read for connections, for the subscriber: where its relay of a topic starts.
+    pub seeds: mpsc::UnboundedSender<(Topic, Position)>,
     /// `<prefix>n:<node id>`, holding the instance id of the process that uses the node id.
     pub claim_key: String,
     pub node_id: Arc<str>,
@@ -49,7 +72,7 @@ pub(super) struct Publisher {
 }
 
 impl Publisher {
-    pub async fn run(&self, mut publish_rx: mpsc::Receiver<Outgoing>, where_: &str) {
+    pub async fn run(&self, mut publish_rx: mpsc::Receiver<Request>, where_: &str) {
         let mut backoff = Backoff::new();
         let mut batch = Vec::with_capacity(BATCH);
         let mut connected_before = false;
@@ -59,7 +82,14 @@ impl Publisher {
             let mut conn = tokio::select! {
                 () = self.shutdown.cancelled() => return,
                 r = connecting => match r {
-                    Ok((reader, writer)) => Conn { reader, writer },
+                    Ok((reader, writer)) => match Conn::new(reader, writer).await {
+                        Ok(conn) => conn,
+                        Err(why) => {
+                            tracing::error!("bridge: cannot load the history scripts on {where_}: {why}; retrying");
+                            self.drop_while_waiting(&mut publish_rx, backoff.next()).await;
+                            continue;
+                        }
+                    },
                     Err(why) => {
                         tracing::error!("bridge: cannot connect the publisher to {where_}: {why}; retrying");
                         self.drop_while_waiting(&mut publish_rx, backoff.next()).await;
@@ -96,8 +126,8 @@ impl Publisher {
     async fn serve(
         &self,
         conn: &mut Conn,
-        publish_rx: &mut mpsc::Receiver<Outgoing>,
-        batch: &mut Vec<Outgoing>,
+        publish_rx: &mut mpsc::Receiver<Request>,
+        batch: &mut Vec<Request>,
     ) -> Option<LinkDown> {
         let mut ping = interval(PING_EVERY);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -118,19 +148,134 @@ impl Publisher {
                         return None;
                     }
                     pipeline.clear();
-                    for out in batch.drain(..) {
-                        pubsub::encode(&mut pipeline, &[b"PUBLISH", out.channel.as_bytes(), &out.payload]);
+                    for request in batch.iter() {
+                        self.encode(conn, request, &mut pipeline);
                     }
-                    match within(conn.pipeline(&pipeline, n)).await {
-                        Ok(()) => self.metrics.published.fetch_add(n as u64, Relaxed),
-                        Err(why) => {
-                            self.metrics.dropped.fetch_add(n as u64, Relaxed);
-                            return Some(why);
-                        }
-                    };
+                    let publishes = batch.iter().filter(|r| matches!(r, Request::Publish { .. })).count();
+                    let mut answered = 0;
+                    if let Err(why) = within(self.pipeline(conn, &pipeline, batch, &mut answered)).await {
+                        // Whoever waits for an answer is told by its dropped sender.
+                        batch.clear();
+                        self.metrics.dropped.fetch_add((publishes - answered) as u64, Relaxed);
+                        return Some(why);
+                    }
                 }
             }
         }
+    }
+
+    fn encode(&self, conn: &Conn, request: &Request, out: &mut Vec<u8>) {
+        let settings = self
+            .history
+            .unwrap_or(HistorySettings { size: 0, ttl_ms: 0 });
+        let ttl = settings.ttl_ms.to_string();
+        let new_epoch = random_hex(6);
+        match request {
+            Request::Publish { channel, payload } => {
+                pubsub::encode(out, &[b"PUBLISH", channel.as_bytes(), payload]);
+            }
+            Request::Append { topic, payload, .. } => {
+                let (position, stream) = self.names.history(topic);
+                let channel = self.names.topic(topic);
+                let header = wire::positioned_header(self.instance);
+                let size = settings.size.to_string();
+                let args: [&[u8]; 11] = [
+                    b"EVALSHA",
+                    conn.append.as_bytes(),
+                    b"2",
+                    position.as_bytes(),
+                    stream.as_bytes(),
+                    channel.as_bytes(),
+                    &header,
+                    payload,
+                    new_epoch.as_bytes(),
+                    size.as_bytes(),
+                    ttl.as_bytes(),
+                ];
+                pubsub::encode(out, &args);
+            }
+            Request::Read { topic, since, .. } => {
+                let (position, stream) = self.names.history(topic);
+                let offset = since.as_ref().map(|s| s.offset.to_string());
+                let args: [&[u8]; 9] = [
+                    b"EVALSHA",
+                    conn.read.as_bytes(),
+                    b"2",
+                    position.as_bytes(),
+                    stream.as_bytes(),
+                    offset.as_deref().unwrap_or("").as_bytes(),
+                    since.as_ref().map_or("", |s| s.epoch.as_str()).as_bytes(),
+                    new_epoch.as_bytes(),
+                    ttl.as_bytes(),
+                ];
+                pubsub::encode(out, &args);
+            }
+        }
+    }
+
+    /// Writes the encoded `batch` and answers each request from its reply. A Redis error
+    /// fails its request only, except a missing script (Redis restarted under us): then the
+    /// link is remade, which loads them again.
+    async fn pipeline(
+        &self,
+        conn: &mut Conn,
+        encoded: &[u8],
+        batch: &mut Vec<Request>,
+        answered: &mut usize,
+    ) -> Result<(), String> {
+        conn.writer.raw(encoded).await.map_err(|e| e.to_string())?;
+        let max_reply = self.max_reply();
+        for request in batch.drain(..) {
+            let reply = conn.reader.reply(max_reply).await?;
+            *answered += usize::from(matches!(request, Request::Publish { .. }));
+            if let Reply::Error(e) = &reply {
+                if e.starts_with("NOSCRIPT") {
+                    return Err(format!("Redis: {e}"));
+                }
+                tracing::warn!("bridge: Redis refused a command: {e}");
+            }
+            match (request, reply) {
+                (Request::Publish { .. }, Reply::Integer(_)) => {
+                    self.metrics.published.fetch_add(1, Relaxed);
+                }
+                (Request::Publish { .. }, _) => {
+                    self.metrics.dropped.fetch_add(1, Relaxed);
+                }
+                (Request::Append { reply: tx, .. }, Reply::Integer(offset)) => {
+                    self.metrics.published.fetch_add(1, Relaxed);
+                    let _ = tx.send(offset as u64);
+                }
+                (
+                    Request::Read {
+                        topic,
+                        since,
+                        reply: tx,
+                    },
+                    Reply::Bulks(parts),
+                ) => {
+                    let target = topic.target();
+                    let max = self.max_message_bytes;
+                    match history::parse_read(&parts, &target, since.as_ref(), max) {
+                        Some(read) => {
+                            let _ = self.seeds.send((topic, read.position.clone()));
+                            let _ = tx.send(read);
+                        }
+                        None => {
+                            self.metrics.malformed.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+                // Refused or malformed: the dropped sender tells the caller.
+                (Request::Append { .. } | Request::Read { .. }, _) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The largest reply read back: a read of a whole history.
+    fn max_reply(&self) -> usize {
+        let size = self.history.map_or(0, |h| h.size as usize);
+        (size + 4).saturating_mul(self.max_message_bytes + 64)
     }
 
     /// Takes or renews the node id claim; a claim held by another process is a conflict, said
@@ -175,7 +320,7 @@ impl Publisher {
 
     /// While disconnected: wait `delay`, dropping (and counting) what is published meanwhile so
     /// nobody waits and nothing piles up.
-    async fn drop_while_waiting(&self, publish_rx: &mut mpsc::Receiver<Outgoing>, delay: Duration) {
+    async fn drop_while_waiting(&self, publish_rx: &mut mpsc::Receiver<Request>, delay: Duration) {
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
         let mut dropped = Vec::new();
@@ -187,8 +332,8 @@ impl Publisher {
                     if n == 0 {
                         return;
                     }
-                    self.metrics.dropped.fetch_add(n as u64, Relaxed);
-                    dropped.clear();
+                    let lost = dropped.drain(..).filter(|r| matches!(r, Request::Publish { .. }));
+                    self.metrics.dropped.fetch_add(lost.count() as u64, Relaxed);
                 }
             }
         }
@@ -196,18 +341,36 @@ impl Publisher {
 }
 
 impl Conn {
+    /// Loads the history scripts (always: they are small, and a Redis that restarted has
+    /// forgotten them).
+    async fn new(mut reader: Reader, mut writer: Writer) -> Result<Self, String> {
+        let mut sha = Vec::new();
+        for script in [APPEND, READ] {
+            writer
+                .command(&[b"SCRIPT", b"LOAD", script.as_bytes()])
+                .await
+                .map_err(|e| e.to_string())?;
+            match within(reader.reply(1024)).await? {
+                Reply::Bulks(parts) => match parts.first() {
+                    Some(Some(hash)) => sha.push(String::from_utf8_lossy(hash).into_owned()),
+                    _ => return Err("SCRIPT LOAD answered no hash".into()),
+                },
+                other => return Err(format!("SCRIPT LOAD answered {other:?}")),
+            }
+        }
+        let read = sha.pop().expect("two scripts loaded");
+        let append = sha.pop().expect("two scripts loaded");
+        Ok(Conn {
+            reader,
+            writer,
+            append,
+            read,
+        })
+    }
+
     /// One command and its integer reply.
     async fn call(&mut self, args: &[&[u8]]) -> Result<i64, String> {
         self.writer.command(args).await.map_err(|e| e.to_string())?;
         self.reader.integer().await
-    }
-
-    /// Commands already encoded, written at once, and their `n` integer replies read back.
-    async fn pipeline(&mut self, encoded: &[u8], n: usize) -> Result<(), String> {
-        self.writer.raw(encoded).await.map_err(|e| e.to_string())?;
-        for _ in 0..n {
-            self.reader.integer().await?;
-        }
-        Ok(())
     }
 }

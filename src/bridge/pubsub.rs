@@ -172,6 +172,34 @@ impl Reader {
         }
     }
 
+    /// The reply of a command on a connection that does not subscribe: a Redis error is a
+    /// reply like any other (the command failed, the link is fine).
+    ///
+    /// # Errors
+    /// The connection broke, or the reply is of a shape the bridge never asks for (nested
+    /// arrays), or over `max` bytes.
+    pub async fn reply(&mut self, max: usize) -> Result<Reply, String> {
+        loop {
+            if let Some((len, shape)) = reply_frame(&self.buf, max)? {
+                let frame = self.buf.split_to(len).freeze();
+                let text =
+                    |(a, b): (usize, usize)| String::from_utf8_lossy(&frame[a..b]).into_owned();
+                return Ok(match shape {
+                    ReplyShape::Integer(n) => Reply::Integer(n),
+                    ReplyShape::Status => Reply::Status,
+                    ReplyShape::Error(range) => Reply::Error(text(range)),
+                    ReplyShape::Bulks(parts) => Reply::Bulks(
+                        parts
+                            .into_iter()
+                            .map(|p| p.map(|(a, b)| frame.slice(a..b)))
+                            .collect(),
+                    ),
+                });
+            }
+            self.fill().await?;
+        }
+    }
+
     /// The `+OK` of a command sent before subscribing.
     async fn simple_reply(&mut self) -> Result<(), String> {
         loop {
@@ -214,6 +242,84 @@ impl Reader {
                 return Err(format!("Redis: {text}"));
             }
         }))
+    }
+}
+
+/// A reply to a command: what the publisher's commands answer. A single bulk string is a
+/// one-element `Bulks`; a null is `None`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    Integer(i64),
+    Status,
+    Error(String),
+    Bulks(Vec<Option<Bytes>>),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum ReplyShape {
+    Integer(i64),
+    Status,
+    Error((usize, usize)),
+    Bulks(Vec<Option<(usize, usize)>>),
+}
+
+/// A bulk string at `at`: its byte range (`None` for a null) and where the next element
+/// starts; `None` while it has not all arrived.
+#[allow(clippy::type_complexity)]
+fn bulk(buf: &[u8], at: usize) -> Result<Option<(Option<(usize, usize)>, usize)>, String> {
+    let Some((len, start)) = number(buf, at + 1)? else {
+        return Ok(None);
+    };
+    if len < 0 {
+        return Ok(Some((None, start)));
+    }
+    let end = start + len as usize;
+    Ok((buf.len() >= end + 2).then_some((Some((start, end)), end + 2)))
+}
+
+/// The length and shape of the whole reply at the start of `buf`, or `None` if it has not all
+/// arrived.
+fn reply_frame(buf: &[u8], max: usize) -> Result<Option<(usize, ReplyShape)>, String> {
+    let Some(first) = buf.first() else {
+        return Ok(None);
+    };
+    let line = |shape: fn((usize, usize)) -> ReplyShape| {
+        Ok(find_crlf(buf, 1).map(|end| (end + 2, shape((1, end)))))
+    };
+    match first {
+        b'+' => line(|_| ReplyShape::Status),
+        b'-' => line(ReplyShape::Error),
+        b':' => Ok(number(buf, 1)?.map(|(n, next)| (next, ReplyShape::Integer(n)))),
+        b'$' => Ok(bulk(buf, 0)?.map(|(part, next)| (next, ReplyShape::Bulks(vec![part])))),
+        b'*' => {
+            let Some((count, mut at)) = number(buf, 1)? else {
+                return Ok(None);
+            };
+            let mut parts = Vec::with_capacity(count.clamp(0, 1024) as usize);
+            for _ in 0..count.max(0) {
+                if at > max {
+                    return Err(format!("a reply over {max} bytes"));
+                }
+                match buf.get(at) {
+                    None => return Ok(None),
+                    Some(b'$') => {
+                        let Some((part, next)) = bulk(buf, at)? else {
+                            return Ok(None);
+                        };
+                        parts.push(part);
+                        at = next;
+                    }
+                    Some(other) => {
+                        return Err(format!(
+                            "unexpected RESP type {:?} in a reply",
+                            *other as char
+                        ))
+                    }
+                }
+            }
+            Ok(Some((at, ReplyShape::Bulks(parts))))
+        }
+        other => Err(format!("unexpected RESP type {:?}", *other as char)),
     }
 }
 
@@ -324,6 +430,28 @@ pub(crate) fn frame(buf: &[u8], max_bulk: usize) -> Result<Option<(usize, Shape)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replies_are_recognised_only_when_whole() {
+        let cases: [(&[u8], ReplyShape); 5] = [
+            (b":42\r\n", ReplyShape::Integer(42)),
+            (b"+OK\r\n", ReplyShape::Status),
+            (b"-NOSCRIPT x\r\n", ReplyShape::Error((1, 11))),
+            (b"$3\r\nabc\r\n", ReplyShape::Bulks(vec![Some((4, 7))])),
+            (
+                b"*3\r\n$1\r\na\r\n$-1\r\n$0\r\n\r\n",
+                ReplyShape::Bulks(vec![Some((8, 9)), None, Some((20, 20))]),
+            ),
+        ];
+        for (bytes, shape) in cases {
+            assert_eq!(reply_frame(bytes, 100), Ok(Some((bytes.len(), shape))));
+            for cut in 0..bytes.len() {
+                assert_eq!(reply_frame(&bytes[..cut], 100), Ok(None), "{cut}");
+            }
+        }
+        assert!(reply_frame(b"*1\r\n*1\r\n:1\r\n", 100).is_err());
+        assert!(reply_frame(b"*2\r\n$3\r\nabc\r\n$1\r\na\r\n", 5).is_err());
+    }
 
     #[test]
     fn pushes_are_recognised_only_when_whole() {

@@ -1,21 +1,41 @@
 //! The subscribing link: one RESP2 pub/sub connection of our own ([`pubsub`]) whose
 //! subscriptions follow the subscription log, feeding what arrives into the local bus without
-//! ever waiting for it.
+//! ever waiting for it. With history, messages go through the [`Catchup`], which fills gaps
+//! from Redis's history (reads sent through the publisher's link) before later messages.
 
 use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{interval, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use super::catchup::{Catchup, Step};
+use super::history::{self as redis_history, Read};
 use super::pubsub::{self, Push};
 use super::wire::{self, Names};
-use super::{within, Backoff, LinkDown, PING_EVERY, RESPONSE_TIMEOUT};
+use super::{within, Backoff, LinkDown, Request, PING_EVERY, RESPONSE_TIMEOUT};
 use crate::bus::{Bus, Delivery, Envelope};
+use crate::history::{Position, Since};
 use crate::metrics::BridgeMetrics;
+use crate::protocol::Target;
 use crate::routes::Topic;
 use crate::subscriptions::{SubscriptionLog, Ticket};
+
+/// A read of a gap in flight, answered with what it asked.
+type Fill = Pin<Box<dyn Future<Output = (Topic, Since, Option<Read>)> + Send>>;
+
+/// What the relay remembers across reconnects.
+#[derive(Default)]
+struct Relay {
+    catchup: Catchup,
+    fills: FuturesUnordered<Fill>,
+    steps: Vec<Step>,
+}
 
 /// Channels per SUBSCRIBE / UNSUBSCRIBE command.
 const CHUNK: usize = 1000;
@@ -25,6 +45,13 @@ pub(super) struct Subscriber {
     pub names: Names,
     /// This process's mark on its own messages.
     pub instance: u64,
+    /// Topics have history in Redis: their messages (and controls) are relayed even when this
+    /// process published them, since it does not deliver them itself.
+    pub history: bool,
+    /// Positions connections read, from the publisher.
+    pub seeds: mpsc::UnboundedReceiver<(Topic, Position)>,
+    /// The publisher's queue, for reading gaps.
+    pub requests: mpsc::Sender<Request>,
     /// What changed in the routing table; the Redis subscriptions follow it.
     pub log: Arc<SubscriptionLog>,
     /// Where received messages go: the inboxes of the workers with recipients. Its routing
@@ -41,12 +68,13 @@ type Unconfirmed = VecDeque<(usize, Ticket)>;
 
 impl Subscriber {
     /// Runs until shutdown; then answers every waiting ticket, since nothing more is applied.
-    pub async fn run(self, where_: &str) {
+    pub async fn run(mut self, where_: &str) {
         self.relay_until_shutdown(where_).await;
         self.log.close();
     }
 
-    async fn relay_until_shutdown(&self, where_: &str) {
+    async fn relay_until_shutdown(&mut self, where_: &str) {
+        let mut relay = Relay::default();
         let mut backoff = Backoff::new();
         let mut connected_before = false;
         loop {
@@ -103,6 +131,7 @@ impl Subscriber {
                     &mut writer,
                     &mut subscribed,
                     &mut unconfirmed,
+                    &mut relay,
                     where_,
                 )
                 .await;
@@ -128,11 +157,12 @@ impl Subscriber {
     /// process stops (returns `None`). The link is up once the restored subscriptions are
     /// confirmed.
     async fn serve(
-        &self,
+        &mut self,
         reader: &mut pubsub::Reader,
         writer: &mut pubsub::Writer,
         subscribed: &mut HashSet<String>,
         unconfirmed: &mut Unconfirmed,
+        relay: &mut Relay,
         where_: &str,
     ) -> Option<LinkDown> {
         let mut ping = interval(PING_EVERY);
@@ -144,7 +174,7 @@ impl Subscriber {
                 biased;
                 () = self.shutdown.cancelled() => return None,
                 push = reader.next() => match push {
-                    Ok(Push::Message { channel, payload }) => self.relay(&channel, &payload),
+                    Ok(Push::Message { channel, payload }) => self.relay(&channel, &payload, relay),
                     Ok(Push::Pong) => ping_sent = None,
                     Ok(Push::Oversize) => {
                         self.metrics.malformed.fetch_add(1, Relaxed);
@@ -162,15 +192,29 @@ impl Subscriber {
                                     subscriptions = subscribed.len(),
                                     "bridge: subscriber connected to {where_}"
                                 );
+                                // Subscribed again: what each topic missed meanwhile can be
+                                // read now without a seam.
+                                let routes = self.bus.routes();
+                                relay.catchup.retain(|t| !routes.workers(t).is_empty());
+                                relay.catchup.reconnected(&mut relay.steps);
+                                self.run_steps(relay);
                             }
                             self.metrics.subscriptions.store(subscribed.len() as i64, Relaxed);
                         }
                     }
                     Err(why) => return Some(why),
                 },
+                Some((topic, position)) = self.seeds.recv() => {
+                    let subscribed = !self.bus.routes().workers(&topic).is_empty();
+                    relay.catchup.seed(topic, position, subscribed);
+                }
+                Some((topic, since, read)) = relay.fills.next(), if !relay.fills.is_empty() => {
+                    relay.catchup.filled(&topic, &since, read, &mut relay.steps);
+                    self.run_steps(relay);
+                }
                 () = self.log.changed() => {
                     let (topics, ticket) = self.log.take();
-                    match self.follow(writer, subscribed, topics).await {
+                    match self.follow(writer, subscribed, topics, relay).await {
                         Ok(0) => self.log.confirm(ticket),
                         Ok(n) => unconfirmed.push_back((n, ticket)),
                         Err(why) => {
@@ -180,6 +224,8 @@ impl Subscriber {
                     }
                 }
                 _ = ping.tick() => {
+                    relay.catchup.retry(&mut relay.steps);
+                    self.run_steps(relay);
                     if ping_sent.is_some_and(|at| at.elapsed() >= RESPONSE_TIMEOUT) {
                         let secs = RESPONSE_TIMEOUT.as_secs();
                         return Some(format!("no answer within {secs} s"));
@@ -202,6 +248,7 @@ impl Subscriber {
         writer: &mut pubsub::Writer,
         subscribed: &mut HashSet<String>,
         topics: Vec<Topic>,
+        relay: &mut Relay,
     ) -> Result<usize, LinkDown> {
         let (mut add, mut remove) = (Vec::new(), Vec::new());
         for topic in topics {
@@ -209,7 +256,10 @@ impl Subscriber {
             let wanted = !self.bus.routes().workers(&topic).is_empty();
             match (wanted, subscribed.contains(&name)) {
                 (true, false) => add.push(name),
-                (false, true) => remove.push(name),
+                (false, true) => {
+                    relay.catchup.forget(&topic);
+                    remove.push(name);
+                }
                 _ => {}
             }
         }
@@ -218,7 +268,7 @@ impl Subscriber {
 
     /// Hands a message from another machine to the workers that have recipients, without
     /// waiting: a worker whose inbox is full misses it (counted), the others do not wait.
-    fn relay(&self, channel: &[u8], payload: &[u8]) {
+    fn relay(&self, channel: &[u8], payload: &[u8], relay: &mut Relay) {
         let Some(target) = std::str::from_utf8(channel)
             .ok()
             .and_then(|c| self.names.parse(c))
@@ -229,35 +279,90 @@ impl Subscriber {
             self.metrics.malformed.fetch_add(1, Relaxed);
             return;
         };
-        if decoded.instance == self.instance {
-            // Our own message: delivered locally when it was accepted.
-            return;
-        }
+        // Our own message was delivered locally when it was accepted; with history, messages
+        // and controls are delivered only as Redis relays them (in its order), ours included.
+        let own = decoded.instance == self.instance;
+        let max = self.max_message_bytes;
         let envelope = match decoded.body {
-            wire::Body::Message(payload) => wire::frame(&target, payload, self.max_message_bytes)
-                .map(|frame| {
-                    Envelope::Message(Delivery {
-                        target,
-                        frame,
-                        position: None,
-                    })
-                }),
+            _ if own && !self.history => return,
+            wire::Body::Message(_) if own => return,
+            wire::Body::Message(payload) => wire::frame(&target, payload, max).map(|frame| {
+                Envelope::Message(Delivery {
+                    target,
+                    frame,
+                    position: None,
+                })
+            }),
+            wire::Body::Positioned(at, payload) => {
+                let (Some(topic), Some(frame)) = (
+                    topic_of(&target),
+                    wire::frame_at(&target, payload, at.offset, max),
+                ) else {
+                    self.metrics.malformed.fetch_add(1, Relaxed);
+                    return;
+                };
+                self.metrics.received.fetch_add(1, Relaxed);
+                let delivery = Delivery {
+                    target,
+                    frame,
+                    position: Some(redis_history::position(at.epoch, at.offset)),
+                };
+                relay.catchup.message(topic, delivery, &mut relay.steps);
+                self.run_steps(relay);
+                return;
+            }
             wire::Body::Control(body) => {
                 wire::control(&target, body).map(|(user, c)| Envelope::Control(user, c, None))
             }
+            wire::Body::ControlFrom(at, body) => wire::control(&target, body).map(|(user, c)| {
+                let since = Since {
+                    offset: at.offset,
+                    epoch: at.epoch.to_string(),
+                };
+                Envelope::Control(user, c, Some(since))
+            }),
         };
         let Some(envelope) = envelope else {
             self.metrics.malformed.fetch_add(1, Relaxed);
             return;
         };
         self.metrics.received.fetch_add(1, Relaxed);
+        self.deliver(envelope);
+    }
+
+    fn deliver(&self, envelope: Envelope) {
         let missed = self.bus.try_deliver(envelope);
         self.metrics.inbox_full.fetch_add(missed, Relaxed);
     }
 
+    /// Relays what the catch-up let through and sends the reads it asks for.
+    fn run_steps(&self, relay: &mut Relay) {
+        for step in relay.steps.drain(..) {
+            match step {
+                Step::Relay(envelope) => self.deliver(envelope),
+                Step::Fill(topic, since) => {
+                    let (reply, answer) = oneshot::channel();
+                    let request = Request::Read {
+                        topic: topic.clone(),
+                        since: Some(since.clone()),
+                        reply,
+                    };
+                    let sent = self.requests.try_send(request).is_ok();
+                    relay.fills.push(Box::pin(async move {
+                        let read = match sent {
+                            true => answer.await.ok(),
+                            false => None,
+                        };
+                        (topic, since, read)
+                    }));
+                }
+            }
+        }
+    }
+
     /// While disconnected: wait `delay`, letting connections that wait for a subscription go
     /// on at once (local delivery works; the reconnect subscribes to everything).
-    async fn wait_down(&self, delay: std::time::Duration) {
+    async fn wait_down(&mut self, delay: std::time::Duration) {
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
         loop {
@@ -265,8 +370,18 @@ impl Subscriber {
                 () = &mut sleep => return,
                 () = self.shutdown.cancelled() => return,
                 () = self.log.changed() => self.log.confirm(self.log.take().1),
+                // No read succeeds while Redis is down; nothing to remember.
+                Some(_) = self.seeds.recv() => {}
             }
         }
+    }
+}
+
+fn topic_of(target: &Target) -> Option<Topic> {
+    match target {
+        Target::User(u) => Some(Topic::User(u.clone())),
+        Target::Channel(c) => Some(Topic::Channel(c.clone())),
+        Target::All => None,
     }
 }
 

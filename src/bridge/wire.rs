@@ -6,7 +6,10 @@
 //! two processes were given the same `--node-id`. Kind 0 is a message, whose body is its JSON
 //! payload: the receiver rebuilds the frame from the Redis channel's target and the payload, so
 //! whatever arrives has the shape of a server frame. Kind 1 is the backend's word for a user
-//! ([`Control`], on that user's channel).
+//! ([`Control`], on that user's channel). With history in Redis, kind 2 is a message with its
+//! place in its topic, `<offset> <epoch> <JSON payload>` (written by the append script, which
+//! alone knows the offset), and kind 3 a backend subscribe with the channel's position when it
+//! was accepted, `<offset> <epoch> <control>`.
 //!
 //! Names: `<prefix>u:<user>`, `<prefix>c:<channel>`, `<prefix>all`, and the key
 //! `<prefix>n:<node id>`. A prefix is zero or more segments of at least two characters, each
@@ -24,6 +27,10 @@ const VERSION: u8 = 2;
 const HEADER: usize = 10;
 const MESSAGE: u8 = 0;
 const CONTROL: u8 = 1;
+const POSITIONED: u8 = 2;
+const CONTROL_FROM: u8 = 3;
+/// Longest epoch accepted from Redis (ours are 12 hex digits).
+const MAX_EPOCH: usize = 32;
 
 /// Longest node id.
 pub const MAX_NODE_ID_BYTES: usize = 255;
@@ -80,6 +87,19 @@ impl Names {
         format!("{}all", self.prefix)
     }
 
+    /// A topic's history: the key of its position (a hash: epoch `e`, last offset `o`) and of
+    /// its stream of kept messages. Kinds `o:` and `h:`, then the topic's own name.
+    pub fn history(&self, topic: &Topic) -> (String, String) {
+        let tail = match topic {
+            Topic::User(u) => format!("u:{}", u.as_str()),
+            Topic::Channel(c) => format!("c:{}", c.as_str()),
+        };
+        (
+            format!("{}o:{tail}", self.prefix),
+            format!("{}h:{tail}", self.prefix),
+        )
+    }
+
     /// The key a process holds while it uses `node_id`.
     pub fn node_claim(&self, node_id: &str) -> String {
         format!("{}n:{node_id}", self.prefix)
@@ -99,24 +119,65 @@ impl Names {
     }
 }
 
-/// What travels: a message's JSON payload, or a control.
+/// What travels: a message's JSON payload, or a control, with their place in the topic's
+/// history when it has one.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Body<'a> {
     Message(&'a [u8]),
     Control(&'a [u8]),
+    Positioned(At<'a>, &'a [u8]),
+    ControlFrom(At<'a>, &'a [u8]),
+}
+
+/// A place in a topic's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct At<'a> {
+    pub offset: u64,
+    pub epoch: &'a str,
 }
 
 pub fn encode(instance: u64, body: Body<'_>) -> Bytes {
-    let (kind, bytes) = match body {
-        Body::Message(b) => (MESSAGE, b),
-        Body::Control(b) => (CONTROL, b),
+    let (kind, at, bytes) = match body {
+        Body::Message(b) => (MESSAGE, None, b),
+        Body::Control(b) => (CONTROL, None, b),
+        Body::Positioned(at, b) => (POSITIONED, Some(at), b),
+        Body::ControlFrom(at, b) => (CONTROL_FROM, Some(at), b),
     };
-    let mut buf = BytesMut::with_capacity(HEADER + bytes.len());
-    buf.put_u8(VERSION);
-    buf.put_u64(instance);
-    buf.put_u8(kind);
+    let mut buf = BytesMut::with_capacity(HEADER + 40 + bytes.len());
+    buf.put_slice(&header(instance, kind));
+    if let Some(at) = at {
+        buf.put_slice(format!("{} {} ", at.offset, at.epoch).as_bytes());
+    }
     buf.put_slice(bytes);
     buf.freeze()
+}
+
+/// The header of a positioned message, which the append script completes with the offset,
+/// the epoch and the payload.
+pub fn positioned_header(instance: u64) -> [u8; HEADER] {
+    header(instance, POSITIONED)
+}
+
+fn header(instance: u64, kind: u8) -> [u8; HEADER] {
+    let mut h = [0; HEADER];
+    h[0] = VERSION;
+    h[1..9].copy_from_slice(&instance.to_be_bytes());
+    h[9] = kind;
+    h
+}
+
+/// An epoch as fanfare makes them: hex digits, so it needs no escaping in a frame.
+pub fn is_epoch(epoch: &str) -> bool {
+    (1..=MAX_EPOCH).contains(&epoch.len()) && epoch.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// `<offset> <epoch> <rest>`.
+fn positioned(body: &[u8]) -> Option<(At<'_>, &[u8])> {
+    let mut parts = body.splitn(3, |b| *b == b' ');
+    let offset = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let epoch = std::str::from_utf8(parts.next()?).ok()?;
+    let rest = parts.next()?;
+    is_epoch(epoch).then_some((At { offset, epoch }, rest))
 }
 
 /// A received payload: which process published it, and what.
@@ -135,6 +196,8 @@ pub fn decode(bytes: &[u8]) -> Option<Decoded<'_>> {
     let body = match *kind {
         MESSAGE => Body::Message(body),
         CONTROL => Body::Control(body),
+        POSITIONED => positioned(body).map(|(at, b)| Body::Positioned(at, b))?,
+        CONTROL_FROM => positioned(body).map(|(at, b)| Body::ControlFrom(at, b))?,
         _ => return None,
     };
     Some(Decoded {
@@ -159,6 +222,15 @@ pub fn frame(target: &Target, payload: &[u8], max: usize) -> Option<Frame> {
     }
     let payload: &RawValue = serde_json::from_slice(payload).ok()?;
     Some(Frame::message(target, payload))
+}
+
+/// [`frame`] for a message of a topic with history, at `offset`.
+pub fn frame_at(target: &Target, payload: &[u8], offset: u64, max: usize) -> Option<Frame> {
+    if payload.len() > max {
+        return None;
+    }
+    let payload: &RawValue = serde_json::from_slice(payload).ok()?;
+    Some(Frame::message_at(target, payload.get().as_bytes(), offset))
 }
 
 #[cfg(test)]
@@ -244,6 +316,27 @@ mod tests {
         assert!(decode(&[2, 0, 0, 0, 0, 0, 0, 0, 0, 9, b'1']).is_none());
         assert!(decode(&[2, 5, b'a']).is_none());
         assert!(decode(&[]).is_none());
+        let at = At {
+            offset: 42,
+            epoch: "0a1b",
+        };
+        let bytes = encode(9, Body::Positioned(at, br#"{"a":1}"#));
+        assert_eq!(bytes[..HEADER], positioned_header(9));
+        assert_eq!(&bytes[HEADER..], b"42 0a1b {\"a\":1}");
+        assert_eq!(
+            decode(&bytes).unwrap().body,
+            Body::Positioned(at, br#"{"a":1}"#)
+        );
+        let bytes = encode(9, Body::ControlFrom(at, b"snews"));
+        assert_eq!(
+            decode(&bytes).unwrap().body,
+            Body::ControlFrom(at, b"snews")
+        );
+        for bad in ["x 0a {}", "1 zz {}", "1  {}", "1 0a", "-1 0a {}"] {
+            let mut b = header(9, POSITIONED).to_vec();
+            b.extend_from_slice(bad.as_bytes());
+            assert!(decode(&b).is_none(), "{bad}");
+        }
         let user = Target::User(UserId::new("u").unwrap());
         assert!(control(&user, b"dbye").is_some());
         assert!(control(&Target::All, b"dbye").is_none());

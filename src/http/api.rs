@@ -18,6 +18,7 @@ use super::Response;
 use crate::auth::{bearer, keys_match};
 use crate::bus::Delivery;
 use crate::protocol::{Channel, Control, Frame, Target, UserId, MAX_DISCONNECT_REASON_BYTES};
+use crate::router::NotTaken;
 use crate::worker::Shared;
 
 /// What an accepted request asks for.
@@ -34,10 +35,19 @@ enum Accepted {
 pub async fn handle(req: Request<Incoming>, ctx: &Shared) -> Response {
     match accept(req, ctx).await {
         Ok(Accepted::Publish { deliveries, batch }) => {
-            let mut offsets = Vec::with_capacity(deliveries.len());
-            for d in deliveries {
-                offsets.extend(ctx.router.publish(d).await);
-            }
+            let offsets = match ctx.router.publish(deliveries).await {
+                Ok(offsets) => offsets,
+                Err(NotTaken { offsets }) => {
+                    let what = match batch {
+                        true => format!(
+                            "the history store (Redis) took only the first {} items, offsets {offsets:?}; retry the others",
+                            offsets.len()
+                        ),
+                        false => "the history store (Redis) is unreachable: nothing was delivered; retry".into(),
+                    };
+                    return ApiError::Unavailable(what).into_response();
+                }
+            };
             // With history, the offsets given: `{"ok":true,"offset":42}`, or for a batch
             // `{"ok":true,"offsets":[…]}` in item order.
             let body = match (batch, offsets.as_slice()) {

@@ -27,6 +27,7 @@ use crate::connection::{Connection, SocketIo};
 use crate::history::{Recovery, Since};
 use crate::hub::{self, Registration, Seen};
 use crate::protocol::{ConnId, Frame};
+use crate::router::{HistoryStore, Router};
 use crate::routes::Topic;
 use crate::worker::WorkerContext;
 use crate::writer::Writer;
@@ -66,10 +67,11 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
         seq: ctx.next_conn.fetch_add(1, Relaxed),
     };
     let writer = Arc::new(Writer::new(shared.config.queue_limits()));
-    match shared.router.history() {
+    let history = shared.router.history();
+    match &history {
         // Under the user's history lock: `connected` and what a resume missed go first, and
         // every direct message after them follows live, none twice.
-        Some(history) => {
+        Some(HistoryStore::Local(history)) => {
             let topic = Topic::User(identity.user.clone());
             let now = std::time::Instant::now();
             let mut locked = history.lock(&topic);
@@ -91,6 +93,11 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
             };
             hub::lock(&ctx.hub).register(id, identity.user.clone(), writer.clone(), seen);
         }
+        // Direct messages are held until the read below says where the user stands.
+        Some(HistoryStore::Redis) => {
+            let user = identity.user.clone();
+            hub::lock(&ctx.hub).register_catching_up(id, user, writer.clone());
+        }
         None => {
             let seen = Seen::default();
             hub::lock(&ctx.hub).register(id, identity.user.clone(), writer.clone(), seen);
@@ -107,12 +114,20 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
         let wait = shared.config.request_timeout();
         let _ = tokio::time::timeout(wait, log.applied(log.ticket())).await;
     }
+    if let Some(HistoryStore::Redis) = history {
+        // Subscribed: every direct message from now on reaches the hub (held), so the read
+        // and the live messages meet without a gap.
+        let topic = Topic::User(identity.user.clone());
+        let (frames, seen) = connected_from_redis(&shared.router, &topic, since(&req)).await;
+        hub::lock(&ctx.hub).caught_up(id, &topic, &frames, seen);
+    }
     let connection = Connection {
         registration,
         writer: writer.clone(),
         log,
         keys: shared.keys.clone(),
-        history: shared.router.history().cloned(),
+        history: shared.router.history(),
+        router: shared.router.clone(),
         user: identity.user,
         permissions: identity.permissions,
         exp: identity.exp,
@@ -205,6 +220,31 @@ fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiError>
             "origin {} is not allowed",
             origin.unwrap_or("?")
         ))),
+    }
+}
+
+/// With history in Redis: `connected` with where the user's direct messages stand (and what a
+/// resume missed), and what the hub may skip of the held live messages. Without an answer
+/// (Redis unreachable) `connected` has no position and a resume is not recovered.
+async fn connected_from_redis(
+    router: &Router,
+    topic: &Topic,
+    since: Option<Option<Since>>,
+) -> (Vec<Frame>, Seen) {
+    let asked = since.as_ref().map(|_| false);
+    match router.read_history(topic.clone(), since.flatten()).await {
+        Ok(read) => {
+            let p = &read.position;
+            let recovered = read.recovered.or(asked);
+            let mut frames = vec![Frame::connected(&p.epoch, p.offset, recovered)];
+            frames.extend(read.missed);
+            let seen = Seen {
+                generation: p.generation,
+                next_offset: p.offset + 1,
+            };
+            (frames, seen)
+        }
+        Err(_) => (vec![Frame::connected_unpositioned(asked)], Seen::default()),
     }
 }
 

@@ -1,0 +1,310 @@
+//! The subscriber's memory of each topic with history it relays: where the topic stood in the
+//! last message relayed. A message further on than the next offset reveals a gap (published
+//! while this machine's link was down or cut off): the topic's live messages are held, the gap
+//! is read from Redis's history and relayed, then what was held, in offset order. After a
+//! reconnect every topic is read this way, so the machine's clients miss nothing Redis kept,
+//! without reconnecting. What Redis no longer has is said to the recipients (`Lost`), never
+//! skipped silently.
+
+use std::collections::hash_map::{Entry, HashMap};
+
+use super::history::Read;
+use crate::bus::{Delivery, Envelope};
+use crate::history::{Position, Since};
+use crate::routes::Topic;
+
+/// Most live messages held for one topic while its gap is read; past it the gap is given up
+/// (and said).
+const MAX_HELD: usize = 10_000;
+
+/// What the subscriber does next.
+#[derive(Debug)]
+pub enum Step {
+    /// Hand it to the local bus.
+    Relay(Envelope),
+    /// Read what the topic has after `since` (answer with [`Catchup::filled`]).
+    Fill(Topic, Since),
+}
+
+#[derive(Default)]
+pub struct Catchup {
+    topics: HashMap<Topic, Track>,
+}
+
+struct Track {
+    /// The offset of the last message relayed (or read, for a topic that had none yet).
+    position: Position,
+    /// While a gap is being read: the live messages that came since, in order.
+    held: Option<Vec<Delivery>>,
+    /// A read for the gap is in flight.
+    asking: bool,
+}
+
+impl Track {
+    fn since(&self) -> Since {
+        Since {
+            offset: self.position.offset,
+            epoch: self.position.epoch.to_string(),
+        }
+    }
+}
+
+impl Catchup {
+    /// A live message of `topic`, which carries its position.
+    pub fn message(&mut self, topic: Topic, d: Delivery, out: &mut Vec<Step>) {
+        let Some(p) = d.position.clone() else {
+            out.push(Step::Relay(Envelope::Message(d)));
+            return;
+        };
+        let t = match self.topics.entry(topic) {
+            Entry::Vacant(e) => {
+                e.insert(Track {
+                    position: p,
+                    held: None,
+                    asking: false,
+                });
+                out.push(Step::Relay(Envelope::Message(d)));
+                return;
+            }
+            Entry::Occupied(e) => {
+                let (topic, t) = (e.key().clone(), e.into_mut());
+                if t.position.generation != p.generation {
+                    // A new epoch: the recipients are told by the hub; nothing to read.
+                    *t = Track {
+                        position: p,
+                        held: None,
+                        asking: false,
+                    };
+                    out.push(Step::Relay(Envelope::Message(d)));
+                    return;
+                }
+                if t.held.is_none() && p.offset > t.position.offset + 1 {
+                    t.held = Some(Vec::new());
+                    t.asking = true;
+                    out.push(Step::Fill(topic, t.since()));
+                }
+                t
+            }
+        };
+        match &mut t.held {
+            Some(held) if held.len() < MAX_HELD => held.push(d),
+            Some(held) => {
+                // The history did not answer in time: the gap is given up, and said.
+                let held = std::mem::take(held);
+                let first = held.first().and_then(|h| h.position.as_ref());
+                let lost = Position {
+                    offset: first.map_or(1, |f| f.offset).saturating_sub(1),
+                    ..p
+                };
+                out.push(Step::Relay(Envelope::Lost(d.target.clone(), lost)));
+                t.held = None;
+                t.asking = false;
+                for h in held.into_iter().chain([d]) {
+                    relay(t, h, out);
+                }
+            }
+            None => relay(t, d, out),
+        }
+    }
+
+    /// Where a topic stood when a connection of this machine read it: the start of its relay
+    /// if nothing was relayed yet (so a gap before its first live message is noticed).
+    /// `subscribed`: the topic has a recipient here (only those are remembered).
+    pub fn seed(&mut self, topic: Topic, position: Position, subscribed: bool) {
+        if subscribed {
+            self.topics.entry(topic).or_insert(Track {
+                position,
+                held: None,
+                asking: false,
+            });
+        }
+    }
+
+    /// The answer to a [`Step::Fill`] that asked from `since`; `None` if the read failed (it is
+    /// asked again by [`retry`](Self::retry)).
+    pub fn filled(
+        &mut self,
+        topic: &Topic,
+        since: &Since,
+        read: Option<Read>,
+        out: &mut Vec<Step>,
+    ) {
+        let Some(t) = self.topics.get_mut(topic) else {
+            return;
+        };
+        t.asking = false;
+        let Some(read) = read else {
+            return;
+        };
+        let current = t.position.offset == since.offset && *t.position.epoch == *since.epoch;
+        let Some(held) = t.held.take().filter(|_| current) else {
+            // An answer for a gap since given up or replaced: the next retry asks again.
+            return;
+        };
+        let target = topic.target();
+        if read.recovered == Some(true) {
+            for (frame, offset) in read.missed.into_iter().zip(since.offset + 1..) {
+                let position = Position {
+                    offset,
+                    ..read.position.clone()
+                };
+                out.push(Step::Relay(Envelope::Message(Delivery {
+                    target: target.clone(),
+                    frame,
+                    position: Some(position),
+                })));
+            }
+        } else {
+            out.push(Step::Relay(Envelope::Lost(target, read.position.clone())));
+        }
+        t.position = read.position;
+        for d in held {
+            self.message(topic.clone(), d, out);
+        }
+    }
+
+    /// The link is back: every topic is read from where it stood, before its live messages.
+    pub fn reconnected(&mut self, out: &mut Vec<Step>) {
+        for (topic, t) in &mut self.topics {
+            t.held.get_or_insert_with(Vec::new);
+            if !t.asking {
+                t.asking = true;
+                out.push(Step::Fill(topic.clone(), t.since()));
+            }
+        }
+    }
+
+    /// Asks again for every gap whose read failed.
+    pub fn retry(&mut self, out: &mut Vec<Step>) {
+        for (topic, t) in &mut self.topics {
+            if t.held.is_some() && !t.asking {
+                t.asking = true;
+                out.push(Step::Fill(topic.clone(), t.since()));
+            }
+        }
+    }
+
+    /// This machine no longer relays `topic`.
+    pub fn forget(&mut self, topic: &Topic) {
+        self.topics.remove(topic);
+    }
+
+    /// Keeps only the topics `keep` says are still relayed.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Topic) -> bool) {
+        self.topics.retain(|topic, _| keep(topic));
+    }
+}
+
+/// Relays a message in order: a duplicate too (a recipient that read its own position may still
+/// need it; the hub drops what each recipient already has).
+fn relay(t: &mut Track, d: Delivery, out: &mut Vec<Step>) {
+    if let Some(p) = &d.position {
+        t.position.offset = t.position.offset.max(p.offset);
+    }
+    out.push(Step::Relay(Envelope::Message(d)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bridge::history::position;
+    use crate::protocol::{Channel, Frame};
+
+    fn topic() -> Topic {
+        Topic::Channel(Channel::new("news").unwrap())
+    }
+
+    fn msg(epoch: &str, offset: u64) -> Delivery {
+        let target = topic().target();
+        Delivery {
+            frame: Frame::message_at(&target, offset.to_string().as_bytes(), offset),
+            target,
+            position: Some(position(epoch, offset)),
+        }
+    }
+
+    /// What the steps relay, as (offset, lost?) pairs, and the fills they ask.
+    fn seen(steps: Vec<Step>) -> (Vec<(u64, bool)>, Vec<u64>) {
+        let (mut relayed, mut fills) = (Vec::new(), Vec::new());
+        for s in steps {
+            match s {
+                Step::Relay(Envelope::Message(d)) => {
+                    relayed.push((d.position.unwrap().offset, false))
+                }
+                Step::Relay(Envelope::Lost(_, p)) => relayed.push((p.offset, true)),
+                Step::Relay(other) => panic!("{other:?}"),
+                Step::Fill(_, since) => fills.push(since.offset),
+            }
+        }
+        (relayed, fills)
+    }
+
+    fn read(epoch: &str, last: u64, missed: Option<std::ops::RangeInclusive<u64>>) -> Read {
+        let target = topic().target();
+        Read {
+            position: position(epoch, last),
+            recovered: Some(missed.is_some()),
+            missed: missed
+                .into_iter()
+                .flatten()
+                .map(|o| Frame::message_at(&target, o.to_string().as_bytes(), o))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_gap_is_filled_from_history_before_later_messages() {
+        let mut c = Catchup::default();
+        let mut out = Vec::new();
+        c.message(topic(), msg("0a", 1), &mut out);
+        c.message(topic(), msg("0a", 2), &mut out);
+        c.message(topic(), msg("0a", 5), &mut out);
+        c.message(topic(), msg("0a", 6), &mut out);
+        assert_eq!(
+            seen(std::mem::take(&mut out)),
+            (vec![(1, false), (2, false)], vec![2])
+        );
+        let since = Since {
+            offset: 2,
+            epoch: "0a".into(),
+        };
+        c.filled(&topic(), &since, Some(read("0a", 5, Some(3..=5))), &mut out);
+        let offsets: Vec<_> = seen(out).0.into_iter().map(|(o, _)| o).collect();
+        // 5 comes twice (read, then held live): the hub keeps one per recipient.
+        assert_eq!(offsets, [3, 4, 5, 5, 6]);
+    }
+
+    #[test]
+    fn a_gap_the_history_lost_is_said_and_a_failed_read_is_asked_again() {
+        let mut c = Catchup::default();
+        let mut out = Vec::new();
+        c.seed(topic(), position("0a", 7), true);
+        c.reconnected(&mut out);
+        assert_eq!(seen(std::mem::take(&mut out)), (vec![], vec![7]));
+        c.message(topic(), msg("0a", 20), &mut out);
+        assert!(out.is_empty(), "held while the gap is read");
+        let since = Since {
+            offset: 7,
+            epoch: "0a".into(),
+        };
+        c.filled(&topic(), &since, None, &mut out);
+        c.retry(&mut out);
+        assert_eq!(seen(std::mem::take(&mut out)), (vec![], vec![7]));
+        c.filled(&topic(), &since, Some(read("0a", 20, None)), &mut out);
+        assert_eq!(seen(out), (vec![(20, true), (20, false)], vec![]));
+    }
+
+    #[test]
+    fn a_new_epoch_starts_over_and_unsubscribed_topics_are_not_seeded() {
+        let mut c = Catchup::default();
+        let mut out = Vec::new();
+        c.seed(topic(), position("0a", 3), false);
+        c.message(topic(), msg("0a", 9), &mut out);
+        c.message(topic(), msg("0b", 1), &mut out);
+        c.message(topic(), msg("0b", 2), &mut out);
+        assert_eq!(
+            seen(out),
+            (vec![(9, false), (1, false), (2, false)], vec![])
+        );
+    }
+}

@@ -1,0 +1,189 @@
+//! History kept in Redis, so offsets are the same on every machine (PROTOCOL section 7).
+//!
+//! Each topic has two keys (see [`Names::history`](super::wire::Names::history)): a hash with
+//! its epoch `e` and last offset `o`, and a stream of its kept messages, one entry per offset
+//! (id `0-<offset>`, fields `t` = Redis time in ms, `d` = the JSON payload), trimmed to about
+//! `--history-size` entries. A publish is one script call that takes the next offset, appends
+//! the message and PUBLISHes it with its offset and epoch, atomically: every machine hears a
+//! topic's messages in offset order, the publishing one included, which delivers its own
+//! messages when Redis echoes them, not before (so two machines publishing to one topic cannot
+//! deliver in two orders). The stream expires `--history-ttl` after its last message, the hash
+//! 10 × that after its last message or read; a hash that is gone (expired, or a Redis that lost
+//! its data) starts a new epoch.
+
+use bytes::Bytes;
+
+use super::wire;
+use crate::history::{Position, Since};
+use crate::protocol::{Frame, Target};
+
+/// Takes the next offset, keeps the message, publishes it. KEYS: position, stream. ARGV:
+/// channel, wire header, payload, epoch if a new one is needed, size, TTL in ms. Returns the
+/// offset.
+pub const APPEND: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
+local t = redis.call('TIME')
+local ms = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '0-' .. offset, 't', ms, 'd', ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ARGV[6] * 10)
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. offset .. ' ' .. epoch .. ' ' .. ARGV[3])
+return offset";
+
+/// Where a topic stands and, for a `since`, what was missed. KEYS: position, stream. ARGV:
+/// since offset (empty for none), since epoch, epoch if a new one is needed, TTL in ms.
+/// Returns epoch, last offset, then with a `since`: "1" and the missed payloads in order, or
+/// "0" when the history cannot fill the gap.
+pub const READ: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+local last = 0
+if epoch then
+  last = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
+else
+  epoch = ARGV[3]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4] * 10)
+local out = {epoch, tostring(last)}
+if ARGV[1] == '' then return out end
+local since = tonumber(ARGV[1])
+if ARGV[2] ~= epoch or since == nil or since > last then
+  out[3] = '0'
+  return out
+end
+out[3] = '1'
+if since == last then return out end
+local first = '0-' .. (since + 1)
+local entries = redis.call('XRANGE', KEYS[2], first, '+')
+local t = redis.call('TIME')
+local oldest = t[1] * 1000 + math.floor(t[2] / 1000) - ARGV[4]
+if #entries ~= last - since or entries[1][1] ~= first or tonumber(entries[1][2][2]) < oldest then
+  out[3] = '0'
+  return out
+end
+for i = 1, #entries do out[3 + i] = entries[i][2][4] end
+return out";
+
+/// What a read of a topic's history found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Read {
+    pub position: Position,
+    /// With a `since`: whether everything after it was kept (then `missed` holds it).
+    pub recovered: Option<bool>,
+    /// The missed messages, as the frames sent live.
+    pub missed: Vec<Frame>,
+}
+
+/// A position whose epoch came from Redis; its generation is derived from the epoch, so
+/// every worker and the bridge agree on it without sharing state.
+pub fn position(epoch: &str, offset: u64) -> Position {
+    let digits = &epoch[..epoch.len().min(16)];
+    let generation = u64::from_str_radix(digits, 16).unwrap_or(0).max(1);
+    Position {
+        epoch: epoch.into(),
+        generation,
+        offset,
+    }
+}
+
+/// Reads the reply of [`READ`] for `target`; `None` if it is not one (counted as malformed by
+/// the caller). A kept payload that is not a valid message makes the gap unrecoverable.
+pub fn parse_read(
+    reply: &[Option<Bytes>],
+    target: &Target,
+    since: Option<&Since>,
+    max_message_bytes: usize,
+) -> Option<Read> {
+    let text = |i: usize| {
+        reply
+            .get(i)?
+            .as_deref()
+            .and_then(|b| std::str::from_utf8(b).ok())
+    };
+    let epoch = text(0).filter(|e| wire::is_epoch(e))?;
+    let last: u64 = text(1)?.parse().ok()?;
+    let position = position(epoch, last);
+    let (Some(since), Some(flag)) = (since, text(2)) else {
+        return Some(Read {
+            position,
+            recovered: since.map(|_| false),
+            missed: Vec::new(),
+        });
+    };
+    let payloads = &reply[3..];
+    let missed: Option<Vec<Frame>> = (flag == "1")
+        .then(|| {
+            payloads
+                .iter()
+                .zip(since.offset + 1..)
+                .map(|(p, offset)| wire::frame_at(target, p.as_deref()?, offset, max_message_bytes))
+                .collect()
+        })
+        .flatten();
+    Some(match missed {
+        Some(missed) => Read {
+            position,
+            recovered: Some(true),
+            missed,
+        },
+        None => Read {
+            position,
+            recovered: Some(false),
+            missed: Vec::new(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Channel;
+
+    fn bulks(parts: &[&str]) -> Vec<Option<Bytes>> {
+        parts
+            .iter()
+            .map(|p| Some(Bytes::copy_from_slice(p.as_bytes())))
+            .collect()
+    }
+
+    #[test]
+    fn a_read_reply_becomes_frames_at_their_offsets() {
+        let t = Target::Channel(Channel::new("news").unwrap());
+        let since = Since {
+            offset: 4,
+            epoch: "0a".into(),
+        };
+        let r = parse_read(&bulks(&["0a", "6", "1", "5", "[6]"]), &t, Some(&since), 100).unwrap();
+        assert_eq!(r.position, position("0a", 6));
+        assert_eq!(r.recovered, Some(true));
+        assert_eq!(
+            r.missed,
+            [
+                Frame::message_at(&t, b"5", 5),
+                Frame::message_at(&t, b"[6]", 6)
+            ]
+        );
+        let lost = parse_read(&bulks(&["0a", "6", "0"]), &t, Some(&since), 100).unwrap();
+        assert_eq!((lost.recovered, lost.missed.len()), (Some(false), 0));
+        let broken = parse_read(&bulks(&["0a", "6", "1", "5", "{"]), &t, Some(&since), 100);
+        assert_eq!(broken.unwrap().recovered, Some(false));
+        let plain = parse_read(&bulks(&["0a", "6"]), &t, None, 100).unwrap();
+        assert_eq!(plain.recovered, None);
+        assert!(parse_read(&bulks(&["not hex", "6"]), &t, None, 100).is_none());
+        assert!(parse_read(&bulks(&["0a", "x"]), &t, None, 100).is_none());
+    }
+
+    #[test]
+    fn generations_follow_epochs() {
+        assert_eq!(position("00", 1).generation, 1);
+        assert_ne!(position("0a", 1).generation, position("0b", 1).generation);
+        assert_eq!(position("0a", 1).generation, position("0a", 9).generation);
+    }
+}

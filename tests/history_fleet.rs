@@ -1,0 +1,265 @@
+//! History and recovery across a fleet (PROTOCOL.md section 7 with `--redis`): offsets are the
+//! same on every machine, a client resumes anywhere, two machines publishing to one topic are
+//! seen in one order, and a publish that Redis cannot take gets 503, never a silent loss.
+
+mod common;
+
+use common::{RedisServer, TestClient, TestServer};
+use serde_json::{json, Value};
+
+fn machine(redis: &RedisServer, node: &str) -> TestServer {
+    machine_with(redis, node, 200)
+}
+
+fn machine_with(redis: &RedisServer, node: &str, size: u32) -> TestServer {
+    let (url, node) = (redis.url(), node.to_string());
+    TestServer::start_with(move |c| {
+        c.redis = Some(url);
+        c.redis_prefix = "hf:".into();
+        c.node_id = Some(node);
+        c.history_size = size;
+    })
+}
+
+async fn subscribe_since(c: &mut TestClient, channel: &str, since: Option<(u64, &str)>) -> Value {
+    let mut frame = json!({"type": "subscribe", "channel": channel});
+    if let Some((offset, epoch)) = since {
+        frame["since"] = json!({"offset": offset, "epoch": epoch});
+    }
+    c.send_json(frame).await;
+    let reply = c.recv_json().await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    reply
+}
+
+async fn connected(s: &TestServer, user: &str, channels: &[&str]) -> (TestClient, Value) {
+    let mut c = s.connect(user, channels).await;
+    let hello = c.recv_json().await;
+    assert_eq!(hello["type"], "connected", "{hello}");
+    (c, hello)
+}
+
+async fn post_offset(s: &TestServer, path: &str, body: Value) -> u64 {
+    let (status, text) = s.post(path, &body.to_string()).await;
+    assert_eq!(status, 202, "{text}");
+    serde_json::from_str::<Value>(&text).unwrap()["offset"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no offset in {text}"))
+}
+
+/// The next `n` messages, as (offset, message) pairs.
+async fn next_messages(c: &mut TestClient, n: usize) -> Vec<(u64, Value)> {
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        let m = c.recv_json().await;
+        assert_eq!(m["type"], "message", "{m}");
+        got.push((m["offset"].as_u64().unwrap(), m["message"].clone()));
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_client_resumes_on_another_machine_with_exactly_what_it_missed() {
+    let redis = RedisServer::start();
+    let (a, b) = (machine(&redis, "a"), machine(&redis, "b"));
+    let (mut c, hello) = connected(&a, "42", &["news"]).await;
+    assert_eq!(hello["offset"], 0);
+    let user_epoch = hello["epoch"].as_str().unwrap().to_string();
+    let first = subscribe_since(&mut c, "news", None).await;
+    let epoch = first["epoch"].as_str().unwrap().to_string();
+    for n in 1..=3u64 {
+        let offset = post_offset(&b, "/publish", json!({"channel": "news", "message": n})).await;
+        assert_eq!(offset, n);
+        assert_eq!(next_messages(&mut c, 1).await, [(n, json!(n))]);
+    }
+    let direct = post_offset(&a, "/message", json!({"userId": "42", "message": "d1"})).await;
+    assert_eq!(direct, 1);
+    assert_eq!(next_messages(&mut c, 1).await, [(1, json!("d1"))]);
+    drop(c);
+    for n in 4..=103u64 {
+        post_offset(&a, "/publish", json!({"channel": "news", "message": n})).await;
+        post_offset(&b, "/message", json!({"userId": "42", "message": n})).await;
+    }
+    // Back on the other machine, with both positions.
+    let token = b.token("42", &["news"]);
+    let path = format!("/ws?token={token}&since=1&epoch={user_epoch}");
+    let mut back = TestClient::try_connect(b.addr, &path, &[]).await.unwrap();
+    let hello = back.recv_json().await;
+    assert_eq!(
+        hello,
+        json!({"type": "connected", "recovered": true, "offset": 101, "epoch": user_epoch})
+    );
+    let missed: Vec<_> = (4..=103u64).map(|n| (n - 2, json!(n))).collect();
+    assert_eq!(next_messages(&mut back, 100).await, missed);
+    let reply = subscribe_since(&mut back, "news", Some((3, &epoch))).await;
+    assert_eq!(
+        reply,
+        json!({"type": "subscribed", "channel": "news", "recovered": true, "offset": 103, "epoch": epoch})
+    );
+    let missed: Vec<_> = (4..=103u64).map(|n| (n, json!(n))).collect();
+    assert_eq!(next_messages(&mut back, 100).await, missed);
+    post_offset(
+        &a,
+        "/publish",
+        json!({"channel": "news", "message": "live"}),
+    )
+    .await;
+    assert_eq!(next_messages(&mut back, 1).await, [(104, json!("live"))]);
+    back.expect_nothing_for(100).await;
+}
+
+#[tokio::test]
+async fn what_the_history_no_longer_has_is_not_recovered_and_says_where_it_stands() {
+    let redis = RedisServer::start();
+    let (a, b) = (machine_with(&redis, "a", 10), machine_with(&redis, "b", 10));
+    let (mut c, _) = connected(&a, "7", &["room"]).await;
+    let epoch = subscribe_since(&mut c, "room", None).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    drop(c);
+    // Far more than the 10 kept (the stream is trimmed in blocks, so well past it).
+    let batch: Vec<_> = (0..500)
+        .map(|n| json!({"channel": "room", "message": n}))
+        .collect();
+    let (status, text) = a.post("/batch", &json!(batch).to_string()).await;
+    assert_eq!(status, 202, "{text}");
+    let (mut back, _) = connected(&b, "7", &["room", "nothing"]).await;
+    let reply = subscribe_since(&mut back, "room", Some((1, &epoch))).await;
+    assert_eq!(
+        reply,
+        json!({"type": "subscribed", "channel": "room", "recovered": false, "offset": 500, "epoch": epoch})
+    );
+    let reply = subscribe_since(&mut back, "nothing", Some((1, "ffff"))).await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_eq!(reply["offset"], 0, "{reply}");
+    post_offset(
+        &b,
+        "/publish",
+        json!({"channel": "room", "message": "next"}),
+    )
+    .await;
+    assert_eq!(next_messages(&mut back, 1).await, [(501, json!("next"))]);
+}
+
+#[tokio::test]
+async fn two_machines_publishing_to_one_topic_are_seen_in_one_order_everywhere() {
+    const EACH: u64 = 300;
+    let redis = RedisServer::start();
+    let (a, b) = (machine(&redis, "a"), machine(&redis, "b"));
+    let mut clients = Vec::new();
+    for (s, user) in [(&a, "1"), (&a, "2"), (&b, "3"), (&b, "4")] {
+        let (mut c, _) = connected(s, user, &["race"]).await;
+        subscribe_since(&mut c, "race", None).await;
+        clients.push(c);
+    }
+    let publisher = |s: &TestServer, tag: &'static str| {
+        let addr = s.addr;
+        tokio::spawn(async move {
+            for n in 0..EACH {
+                let body = json!({"channel": "race", "message": format!("{tag}{n}")});
+                let (status, text) = common::post_to(addr, "/publish", &body.to_string()).await;
+                assert_eq!(status, 202, "{text}");
+            }
+        })
+    };
+    let (pa, pb) = (publisher(&a, "a"), publisher(&b, "b"));
+    pa.await.unwrap();
+    pb.await.unwrap();
+    let mut orders = Vec::new();
+    for c in &mut clients {
+        let got = next_messages(c, 2 * EACH as usize).await;
+        let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, (1..=2 * EACH).collect::<Vec<_>>());
+        orders.push(got);
+        c.expect_nothing_for(50).await;
+    }
+    assert!(
+        orders.windows(2).all(|w| w[0] == w[1]),
+        "one order everywhere"
+    );
+    // Each machine's own messages in the order it accepted them.
+    for tag in ["a", "b"] {
+        let own: Vec<String> = orders[0]
+            .iter()
+            .filter_map(|(_, m)| m.as_str().filter(|s| s.starts_with(tag)).map(String::from))
+            .collect();
+        let expected: Vec<String> = (0..EACH).map(|n| format!("{tag}{n}")).collect();
+        assert_eq!(own, expected);
+    }
+}
+
+#[tokio::test]
+async fn a_publish_redis_cannot_take_gets_503_and_the_retry_is_delivered_once() {
+    let mut redis = RedisServer::start();
+    let port = redis.port;
+    let a = machine(&redis, "a");
+    let (mut c, _) = connected(&a, "9", &["news"]).await;
+    subscribe_since(&mut c, "news", None).await;
+    post_offset(
+        &a,
+        "/publish",
+        json!({"channel": "news", "message": "before"}),
+    )
+    .await;
+    assert_eq!(next_messages(&mut c, 1).await, [(1, json!("before"))]);
+    redis.kill();
+    a.wait_readyz(503).await;
+    let (status, text) = a
+        .post(
+            "/publish",
+            &json!({"channel": "news", "message": "during"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("retry"), "{text}");
+    let (status, text) = a
+        .post(
+            "/message",
+            &json!({"userId": "9", "message": "direct"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 503, "{text}");
+    // Broadcasts have no history: delivered here, as without history.
+    let (status, _) = a
+        .post("/broadcast", &json!({"message": "all"}).to_string())
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(c.recv_json().await["message"], "all");
+    let _redis = RedisServer::on_port(port);
+    a.wait_readyz(200).await;
+    // The new Redis lost everything: each topic of the connection says so (new epoch, not
+    // recovered) as soon as the machine finds out, and before the topic's next message.
+    let offset = post_offset(
+        &a,
+        "/publish",
+        json!({"channel": "news", "message": "during"}),
+    )
+    .await;
+    assert_eq!(offset, 1);
+    let (mut resets, mut message): (Vec<Value>, Option<Value>) = (Vec::new(), None);
+    while resets.len() < 2 || message.is_none() {
+        let frame = c.recv_json().await;
+        match frame["type"].as_str() {
+            Some("message") => {
+                assert!(resets.iter().any(|r| r["type"] == "subscribed"), "{frame}");
+                message = Some(frame);
+            }
+            _ => resets.push(frame),
+        }
+    }
+    let message = message.unwrap();
+    assert_eq!(
+        (&message["offset"], &message["message"]),
+        (&json!(1), &json!("during"))
+    );
+    resets.sort_by_key(|r| r["type"].to_string());
+    assert_eq!(resets.len(), 2, "{resets:?}");
+    for (reset, kind) in resets.iter().zip(["connected", "subscribed"]) {
+        assert_eq!(reset["type"], kind, "{reset}");
+        assert_eq!(reset["recovered"], false, "{reset}");
+        assert_eq!(reset["offset"], 0, "{reset}");
+    }
+    assert_ne!(resets[1]["epoch"], json!(null));
+    c.expect_nothing_for(200).await;
+}
