@@ -7,18 +7,21 @@ mod common;
 use common::{RedisServer, TestClient, TestServer};
 use serde_json::{json, Value};
 
-fn machine(redis: &RedisServer, node: &str) -> TestServer {
-    machine_with(redis, node, 200)
+async fn machine(redis: &RedisServer, node: &str) -> TestServer {
+    machine_with(redis, node, 200).await
 }
 
-fn machine_with(redis: &RedisServer, node: &str, size: u32) -> TestServer {
+/// A machine of the fleet, once it reaches Redis (before, a client would get no position).
+async fn machine_with(redis: &RedisServer, node: &str, size: u32) -> TestServer {
     let (url, node) = (redis.url(), node.to_string());
-    TestServer::start_with(move |c| {
+    let s = TestServer::start_with(move |c| {
         c.redis = Some(url);
         c.redis_prefix = "hf:".into();
         c.node_id = Some(node);
         c.history_size = size;
-    })
+    });
+    s.wait_readyz(200).await;
+    s
 }
 
 async fn subscribe_since(c: &mut TestClient, channel: &str, since: Option<(u64, &str)>) -> Value {
@@ -61,7 +64,7 @@ async fn next_messages(c: &mut TestClient, n: usize) -> Vec<(u64, Value)> {
 #[tokio::test]
 async fn a_client_resumes_on_another_machine_with_exactly_what_it_missed() {
     let redis = RedisServer::start();
-    let (a, b) = (machine(&redis, "a"), machine(&redis, "b"));
+    let (a, b) = (machine(&redis, "a").await, machine(&redis, "b").await);
     let (mut c, hello) = connected(&a, "42", &["news"]).await;
     assert_eq!(hello["offset"], 0);
     let user_epoch = hello["epoch"].as_str().unwrap().to_string();
@@ -111,7 +114,10 @@ async fn a_client_resumes_on_another_machine_with_exactly_what_it_missed() {
 #[tokio::test]
 async fn what_the_history_no_longer_has_is_not_recovered_and_says_where_it_stands() {
     let redis = RedisServer::start();
-    let (a, b) = (machine_with(&redis, "a", 10), machine_with(&redis, "b", 10));
+    let (a, b) = (
+        machine_with(&redis, "a", 10).await,
+        machine_with(&redis, "b", 10).await,
+    );
     let (mut c, _) = connected(&a, "7", &["room"]).await;
     let epoch = subscribe_since(&mut c, "room", None).await["epoch"]
         .as_str()
@@ -146,7 +152,7 @@ async fn what_the_history_no_longer_has_is_not_recovered_and_says_where_it_stand
 async fn two_machines_publishing_to_one_topic_are_seen_in_one_order_everywhere() {
     const EACH: u64 = 300;
     let redis = RedisServer::start();
-    let (a, b) = (machine(&redis, "a"), machine(&redis, "b"));
+    let (a, b) = (machine(&redis, "a").await, machine(&redis, "b").await);
     let mut clients = Vec::new();
     for (s, user) in [(&a, "1"), (&a, "2"), (&b, "3"), (&b, "4")] {
         let (mut c, _) = connected(s, user, &["race"]).await;
@@ -193,7 +199,7 @@ async fn two_machines_publishing_to_one_topic_are_seen_in_one_order_everywhere()
 async fn a_publish_redis_cannot_take_gets_503_and_the_retry_is_delivered_once() {
     let mut redis = RedisServer::start();
     let port = redis.port;
-    let a = machine(&redis, "a");
+    let a = machine(&redis, "a").await;
     let (mut c, _) = connected(&a, "9", &["news"]).await;
     subscribe_since(&mut c, "news", None).await;
     post_offset(
@@ -226,6 +232,13 @@ async fn a_publish_redis_cannot_take_gets_503_and_the_retry_is_delivered_once() 
         .await;
     assert_eq!(status, 202);
     assert_eq!(c.recv_json().await["message"], "all");
+    // Where the user stands cannot be read: said, not guessed.
+    let path = format!("/ws?token={}&since=1&epoch=ab", a.token("9", &[]));
+    let mut blind = TestClient::try_connect(a.addr, &path, &[]).await.unwrap();
+    assert_eq!(
+        blind.recv_json().await,
+        json!({"type": "connected", "recovered": false})
+    );
     let _redis = RedisServer::on_port(port);
     a.wait_readyz(200).await;
     // The new Redis lost everything: each topic of the connection says so (new epoch, not
