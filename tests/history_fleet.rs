@@ -276,3 +276,43 @@ async fn a_publish_redis_cannot_take_gets_503_and_the_retry_is_delivered_once() 
     assert_ne!(resets[1]["epoch"], json!(null));
     c.expect_nothing_for(200).await;
 }
+
+#[tokio::test]
+async fn a_redis_restart_that_kept_its_data_loses_nothing_and_keeps_the_epoch() {
+    let dir = std::env::temp_dir().join(format!("fanfare-aof-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = RedisServer::persistent(port, &dir);
+    let (a, b) = (machine(&redis, "a").await, machine(&redis, "b").await);
+    let (mut stays, _) = connected(&a, "1", &["news"]).await;
+    let epoch = subscribe_since(&mut stays, "news", None).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for n in 1..=5u64 {
+        post_offset(&b, "/publish", json!({"channel": "news", "message": n})).await;
+    }
+    assert_eq!(next_messages(&mut stays, 5).await.last().unwrap().0, 5);
+    redis.kill();
+    a.wait_readyz(503).await;
+    b.wait_readyz(503).await;
+    redis = RedisServer::persistent(port, &dir);
+    a.wait_readyz(200).await;
+    b.wait_readyz(200).await;
+    post_offset(&b, "/publish", json!({"channel": "news", "message": 6})).await;
+    // Same epoch, next offset, and nothing said in between.
+    assert_eq!(next_messages(&mut stays, 1).await, [(6, json!(6))]);
+    let (mut back, _) = connected(&b, "2", &["news"]).await;
+    let reply = subscribe_since(&mut back, "news", Some((2, &epoch))).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(reply["epoch"], epoch.as_str(), "{reply}");
+    let missed: Vec<_> = (3..=6u64).map(|n| (n, json!(n))).collect();
+    assert_eq!(next_messages(&mut back, 4).await, missed);
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -136,6 +136,9 @@ impl Publisher {
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => return None,
+                // Idle, a closed connection is noticed at once, not at the next ping: while it
+                // looks up, /readyz would say 200 and history publishes fail.
+                why = conn.reader.closed() => return Some(why),
                 // Before the queue: under steady load the queue is always ready, and the claim
                 // must still be renewed (it is also the link's ping).
                 _ = ping.tick() => {

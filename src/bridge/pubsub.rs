@@ -141,6 +141,15 @@ impl Reader {
         }
     }
 
+    /// Resolves when the connection closes or breaks, for a connection with no command in
+    /// flight: anything Redis sends then is unexpected, and ends the link too. Cancel-safe.
+    pub async fn closed(&mut self) -> String {
+        match self.fill().await {
+            Ok(()) => "Redis sent something nobody asked for".into(),
+            Err(why) => why,
+        }
+    }
+
     async fn fill(&mut self) -> Result<(), String> {
         self.buf.reserve(READ_CHUNK);
         match self.read.read_buf(&mut self.buf).await {

@@ -312,8 +312,28 @@ impl RedisServer {
 
     /// Redis listening on `port` of these space-separated addresses (loopback first).
     pub fn bound(port: u16, addrs: &str) -> RedisServer {
+        Self::spawn(port, addrs, &["--save", "", "--appendonly", "no"])
+    }
+
+    /// Redis that keeps its data in `dir` (append-only file, written through): started again
+    /// on the same port and directory after a kill, it has everything it acknowledged.
+    pub fn persistent(port: u16, dir: &std::path::Path) -> RedisServer {
+        let dir = dir.to_str().unwrap();
+        let args = [
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ];
+        Self::spawn(port, "127.0.0.1", &[&args[..], &["--dir", dir]].concat())
+    }
+
+    fn spawn(port: u16, addrs: &str, persistence: &[&str]) -> RedisServer {
         let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .args(["--port", &port.to_string()])
+            .args(persistence)
             .args(["--protected-mode", "no", "--bind"])
             .args(addrs.split(' '))
             .stdout(std::process::Stdio::null())
