@@ -316,3 +316,108 @@ async fn a_redis_restart_that_kept_its_data_loses_nothing_and_keeps_the_epoch() 
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn resubscribing_anywhere_while_two_machines_publish_misses_nothing_and_repeats_nothing() {
+    const N: u64 = 400;
+    let redis = RedisServer::start();
+    let (a, b) = (machine(&redis, "a").await, machine(&redis, "b").await);
+    let (mut steady, _) = connected(&b, "7", &["live"]).await;
+    subscribe_since(&mut steady, "live", None).await;
+    let addrs = [a.addr, b.addr];
+    let publisher = tokio::spawn(async move {
+        for n in 1..=N {
+            let body = json!({"channel": "live", "message": n}).to_string();
+            let addr = addrs[n as usize % 2];
+            let (status, text) = common::post_to(addr, "/publish", &body).await;
+            assert_eq!(status, 202, "{text}");
+        }
+    });
+    let mut seen: Vec<u64> = Vec::new();
+    let mut resume: Option<(u64, String)> = None;
+    let mut rounds = 0;
+    while seen.last().copied() != Some(N) {
+        rounds += 1;
+        assert!(rounds < 1000, "never caught up");
+        let machine = [&a, &b][rounds % 2];
+        let (mut c, _) = connected(machine, "42", &["live"]).await;
+        let since = resume.as_ref().map(|(o, e)| (*o, e.as_str()));
+        let reply = subscribe_since(&mut c, "live", since).await;
+        if resume.is_some() {
+            assert_eq!(reply["recovered"], true, "{reply}");
+        }
+        let epoch = reply["epoch"].as_str().unwrap().to_string();
+        for _ in 0..20 {
+            if seen.last().copied() == Some(N) {
+                break;
+            }
+            let m = c.recv_json().await;
+            assert_eq!(m["type"], "message", "{m}");
+            seen.push(m["offset"].as_u64().unwrap());
+        }
+        resume = seen.last().map(|o| (*o, epoch));
+    }
+    publisher.await.unwrap();
+    let offsets: Vec<u64> = next_messages(&mut steady, N as usize)
+        .await
+        .into_iter()
+        .map(|(o, _)| o)
+        .collect();
+    assert_eq!(offsets, (1..=N).collect::<Vec<_>>());
+    let first = seen[0];
+    assert_eq!(
+        seen,
+        (first..=N).collect::<Vec<_>>(),
+        "a gap or a repeat at a seam"
+    );
+    assert!(rounds > 3);
+}
+
+#[tokio::test]
+async fn a_backend_subscribe_through_another_machine_misses_nothing_published_right_after_it() {
+    let redis = RedisServer::start();
+    let (a, b) = (machine(&redis, "a").await, machine(&redis, "b").await);
+    for round in 0..5 {
+        let channel = format!("vip{round}");
+        let (mut steady, _) = connected(&b, "steady", &[&channel]).await;
+        subscribe_since(&mut steady, &channel, None).await;
+        post_offset(
+            &a,
+            "/publish",
+            json!({"channel": channel, "message": "old"}),
+        )
+        .await;
+        let (mut c, _) = connected(&b, "42", &[]).await;
+        a.publish("/subscribe", json!({"userId": "42", "channel": channel}))
+            .await;
+        post_offset(
+            &a,
+            "/publish",
+            json!({"channel": channel, "message": "welcome"}),
+        )
+        .await;
+        let subscribed = c.recv_json().await;
+        assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+        assert_eq!(subscribed["recovered"], json!(null), "{subscribed}");
+        assert_eq!(
+            next_messages(&mut c, 1).await,
+            [(2, json!("welcome"))],
+            "round {round}"
+        );
+        c.expect_nothing_for(50).await;
+    }
+}
+
+#[tokio::test]
+async fn the_backends_word_comes_in_order_with_the_messages_before_it() {
+    let redis = RedisServer::start();
+    let a = machine(&redis, "a").await;
+    for round in 0..5 {
+        let (mut c, _) = connected(&a, "42", &[]).await;
+        post_offset(&a, "/message", json!({"userId": "42", "message": round})).await;
+        a.publish("/disconnect", json!({"userId": "42", "reason": "bye"}))
+            .await;
+        assert_eq!(next_messages(&mut c, 1).await[0].1, json!(round));
+        assert_eq!(c.recv_close().await.0, 4003);
+    }
+}
