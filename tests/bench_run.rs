@@ -185,6 +185,49 @@ async fn connections_that_churn_resume_without_loss_or_repeat() {
 }
 
 #[tokio::test]
+async fn connections_that_churn_resume_on_the_other_machine_of_a_fleet() {
+    let redis = RedisServer::start();
+    let fleet: Vec<TestServer> = ["a", "b"]
+        .iter()
+        .map(|node| {
+            let (url, node) = (redis.url(), node.to_string());
+            TestServer::start_with(move |c| {
+                c.redis = Some(url);
+                c.redis_prefix = "churn:".into();
+                c.node_id = Some(node);
+                c.history_size = 1000;
+            })
+        })
+        .collect();
+    for s in &fleet {
+        s.wait_readyz(200).await;
+    }
+    for scenario in ["direct", "channel"] {
+        let (ok, v) = bench(
+            &[&fleet[0], &fleet[1]],
+            &[
+                "--scenario",
+                scenario,
+                "--connections",
+                "40",
+                "--channels",
+                "4",
+                "--rate",
+                "400",
+                "--duration",
+                "2",
+                "--churn",
+                "25",
+            ],
+        );
+        assert!(ok, "{scenario}: {v}");
+        assert_clean(&v, v["expected"].as_u64().unwrap());
+        assert!(v["reconnects"].as_u64().unwrap() >= 10, "{scenario}: {v}");
+        assert_eq!(v["unrecovered"], 0, "{scenario}: {v}");
+    }
+}
+
+#[tokio::test]
 async fn connections_with_expiring_tokens_refresh_and_stay() {
     let s = TestServer::start();
     let (ok, v) = bench(

@@ -88,8 +88,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub processes: Option<u64>,
     /// Every second, drop this percentage of the connections and reconnect them at once,
-    /// resuming where each left off (the servers need --history-size; not with broadcast):
-    /// lost must stay 0
+    /// resuming where each left off, on the next target (the servers need --history-size;
+    /// not with broadcast): lost must stay 0
     #[arg(long, default_value_t = 0.0)]
     pub churn: f64,
     /// Tokens that expire: connection g's token lives TTL + (g mod TTL) seconds, so expiries

@@ -190,7 +190,7 @@ async fn receive(share: Share) -> anyhow::Result<()> {
         .for_each_concurrent(CONNECT_CONCURRENCY, |i| {
             let (shared, share, keys) = (shared.clone(), share.clone(), keys.clone());
             async move {
-                match open(&share, share.first + i, &keys, None).await {
+                match open(&share, share.first + i, &keys, None, 0).await {
                     Ok((ws, reply)) => {
                         let mut conns = shared.conns.borrow_mut();
                         conns[i as usize].connected = true;
@@ -291,16 +291,18 @@ async fn receive(share: Share) -> anyhow::Result<()> {
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
-/// Opens connection `g` (on target `g % T`, from source address `127.0.0.(1 + g % N)`), and
-/// subscribes it to its channel when the scenario has one; with `resume`, from there. Returns
-/// the `subscribed` reply, if any.
+/// Opens connection `g` (on target `(g + hop) % T`, from source address `127.0.0.(1 + g % N)`),
+/// and subscribes it to its channel when the scenario has one; with `resume`, from there.
+/// `hop` counts its reconnects, so a churned connection resumes on the next target: with a
+/// fleet, on another machine. Returns the `subscribed` reply, if any.
 async fn open(
     share: &Share,
     g: u64,
     keys: &TokenKeys,
     resume: Option<&(u64, String)>,
+    hop: u64,
 ) -> anyhow::Result<(Ws, Option<String>)> {
-    let target = share.targets[(g % share.targets.len() as u64) as usize];
+    let target = share.targets[((g + hop) % share.targets.len() as u64) as usize];
     let channels = share.plan.channel_of(g).map(|c| vec![c]);
     let token = token(share, g, keys, false)?;
     let socket = TcpSocket::new_v4()?;
@@ -366,6 +368,7 @@ fn position(text: &str) -> Option<(u64, String)> {
 async fn read(mut ws: Ws, i: usize, shared: Rc<Shared>, share: Rc<Share>, keys: Rc<TokenKeys>) {
     let by_channel = share.plan.channel_of(share.first + i as u64).is_some();
     let churn = shared.churn[i].clone();
+    let mut hops = 0;
     loop {
         let msg = tokio::select! {
             msg = ws.next() => msg,
@@ -374,7 +377,8 @@ async fn read(mut ws: Ws, i: usize, shared: Rc<Shared>, share: Rc<Share>, keys: 
                 let resume = shared.conns.borrow()[i].resume.clone();
                 let dropped = Instant::now();
                 let _ = ws.close(None).await;
-                match open(&share, share.first + i as u64, &keys, resume.as_ref()).await {
+                hops += 1;
+                match open(&share, share.first + i as u64, &keys, resume.as_ref(), hops).await {
                     Ok((again, reply)) => {
                         ws = again;
                         shared.reconnects.set(shared.reconnects.get() + 1);
