@@ -31,6 +31,9 @@ pub enum HistoryStore {
 pub struct NotTaken {
     /// The offsets of the items taken, in order: the first `offsets.len()` items.
     pub offsets: Vec<u64>,
+    /// The link broke while the next item was in flight: Redis may have taken it (and later
+    /// ones) without answering, so a retry may deliver it twice.
+    pub maybe_taken: bool,
 }
 
 pub struct Router {
@@ -118,18 +121,22 @@ impl Router {
             }
         }
         let mut offsets = Vec::with_capacity(pending.len());
+        let mut maybe_taken = false;
         for (target, answer) in pending {
             match answer.await {
-                Ok(offset) if whole => {
+                Ok(offset) if !maybe_taken => {
                     self.metrics.accepted(&target);
                     offsets.push(offset);
                 }
-                _ => whole = false,
+                _ => maybe_taken = true,
             }
         }
-        match whole {
+        match whole && !maybe_taken {
             true => Ok(offsets),
-            false => Err(NotTaken { offsets }),
+            false => Err(NotTaken {
+                offsets,
+                maybe_taken,
+            }),
         }
     }
 

@@ -218,7 +218,12 @@ async fn a_publish_redis_cannot_take_gets_503_and_the_retry_is_delivered_once() 
         )
         .await;
     assert_eq!(status, 503, "{text}");
+    assert!(text.contains("it was not taken"), "{text}");
     assert!(text.contains("retry"), "{text}");
+    let batch = json!([{"channel": "news", "message": 1}, {"userId": "9", "message": 2}]);
+    let (status, text) = a.post("/batch", &batch.to_string()).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("no item was taken"), "{text}");
     let (status, text) = a
         .post(
             "/message",

@@ -10,18 +10,25 @@
 //!   misses the message, and it is counted. A machine with no recipient for a message is sent
 //!   nothing for it.
 //!
-//! Redis pub/sub is **at most once**: what is published while a machine is cut off from Redis
-//! is lost for that machine. While a link is down, messages for other machines are dropped and
-//! counted (never queued without bound, never waited for), local delivery goes on, and the
-//! link reconnects with capped exponential backoff; the subscriber then restores every
-//! subscription from the routing table. Both links ping Redis every second, so a link that
-//! silently stops answering counts as down within [`RESPONSE_TIMEOUT`] + 1 s.
+//! Without history, Redis pub/sub is **at most once**: what is published while a machine is cut
+//! off from Redis is lost for that machine. While a link is down, messages for other machines
+//! are dropped and counted (never queued without bound, never waited for), local delivery goes
+//! on, and the link reconnects with capped exponential backoff; the subscriber then restores
+//! every subscription from the routing table. Both links ping Redis every second, so a link
+//! that silently stops answering counts as down within [`RESPONSE_TIMEOUT`] + 1 s.
+//!
+//! With history (`--history-size`), topics are kept in Redis ([`history`]): a message is
+//! appended and published by one script, which gives its offset; every machine, this one
+//! included, delivers it as Redis relays it, and the subscriber fills any gap (a reconnect, a
+//! dropped push) from the history before later messages (`catchup`). A publish Redis cannot
+//! take is refused (503), not delivered here and lost elsewhere.
 //!
 //! Redis is trusted (it is the fleet's own), yet what comes from it is checked: a payload over
 //! `--max-message-bytes` or not valid JSON is dropped and counted, and the frame is rebuilt
-//! here, so clients only ever get frames of the server's own shape. The accepting machine
-//! delivers locally at once; its own messages coming back from Redis are recognised by the
-//! random instance id in their header and dropped, so nobody gets a copy twice.
+//! here, so clients only ever get frames of the server's own shape. Without history the
+//! accepting machine delivers locally at once; its own messages coming back from Redis are
+//! recognised by the random instance id in their header and dropped, so nobody gets a copy
+//! twice.
 
 mod catchup;
 pub mod history;

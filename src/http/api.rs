@@ -37,14 +37,24 @@ pub async fn handle(req: Request<Incoming>, ctx: &Shared) -> Response {
         Ok(Accepted::Publish { deliveries, batch }) => {
             let offsets = match ctx.router.publish(deliveries).await {
                 Ok(offsets) => offsets,
-                Err(NotTaken { offsets }) => {
-                    let what = match batch {
-                        true => format!(
-                            "the history store (Redis) took only the first {} items, offsets {offsets:?}; retry the others",
-                            offsets.len()
-                        ),
-                        false => "the history store (Redis) is unreachable: nothing was delivered; retry".into(),
+                Err(NotTaken {
+                    offsets,
+                    maybe_taken,
+                }) => {
+                    let taken = match (batch, offsets.len()) {
+                        (false, _) => "it was not taken".to_string(),
+                        (true, 0) => "no item was taken".to_string(),
+                        (true, n) => {
+                            format!("only the first {n} items were taken (offsets {offsets:?})")
+                        }
                     };
+                    let next = match maybe_taken {
+                        true => "; the link to Redis broke while the next was on its way, so it may have been taken too and a retry may deliver it twice",
+                        false => ", nothing else was delivered",
+                    };
+                    let what = format!(
+                        "the history store (Redis) cannot be written now: {taken}{next}; retry"
+                    );
                     return ApiError::Unavailable(what).into_response();
                 }
             };
