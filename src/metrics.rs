@@ -74,6 +74,10 @@ pub struct BridgeMetrics {
     pub node_conflict: AtomicBool,
     /// Live Redis subscriptions of this process.
     pub subscriptions: AtomicI64,
+    /// With history: reads of a topic's history to fill a gap (a reconnect, a dropped push).
+    pub gap_reads: AtomicU64,
+    /// With history: gaps Redis no longer had, said to the topic's recipients.
+    pub gaps_lost: AtomicU64,
 }
 
 impl BridgeMetrics {
@@ -246,6 +250,16 @@ impl Snapshot {
                     "fanfare_bridge_reconnects",
                     "Reconnections of a Redis link.",
                     b.reconnects.load(Relaxed),
+                ),
+                (
+                    "fanfare_bridge_gap_reads",
+                    "History reads to fill a gap in what Redis relayed (after a reconnect).",
+                    b.gap_reads.load(Relaxed),
+                ),
+                (
+                    "fanfare_bridge_gaps_lost",
+                    "Gaps Redis's history no longer had, said to recipients (recovered: false).",
+                    b.gaps_lost.load(Relaxed),
                 ),
             ]);
             let up = |v: &AtomicBool| u64::from(v.load(Relaxed));

@@ -426,3 +426,32 @@ async fn the_backends_word_comes_in_order_with_the_messages_before_it() {
         assert_eq!(c.recv_close().await.0, 4003);
     }
 }
+
+#[tokio::test]
+async fn a_quiet_topic_with_a_recipient_keeps_its_position_in_redis() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let a = TestServer::start_with(move |c| {
+        c.redis = Some(url);
+        c.redis_prefix = "hf:".into();
+        c.node_id = Some("a".into());
+        c.history_size = 10;
+        c.history_ttl = 1;
+    });
+    a.wait_readyz(200).await;
+    let (mut c, _) = connected(&a, "1", &["quiet"]).await;
+    subscribe_since(&mut c, "quiet", None).await;
+    post_offset(&a, "/publish", json!({"channel": "quiet", "message": 1})).await;
+    // Remembered 10 × the TTL after the last message (10 s); the machine with a recipient
+    // pushes that back every TTL.
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("hf:o:c:quiet")
+        .query(&mut conn)
+        .unwrap();
+    assert!(ttl > 8000, "position expires in {ttl} ms: not kept alive");
+}

@@ -8,6 +8,8 @@
 
 use std::collections::hash_map::{Entry, HashMap};
 
+use tokio::time::{Duration, Instant};
+
 use super::history::Read;
 use crate::bus::{Delivery, Envelope};
 use crate::history::{Position, Since};
@@ -38,6 +40,8 @@ struct Track {
     held: Option<Vec<Delivery>>,
     /// A read for the gap is in flight.
     asking: bool,
+    /// When its position's expiry in Redis was last pushed back.
+    touched: Instant,
 }
 
 impl Track {
@@ -62,6 +66,7 @@ impl Catchup {
                     position: p,
                     held: None,
                     asking: false,
+                    touched: Instant::now(),
                 });
                 out.push(Step::Relay(Envelope::Message(d)));
                 return;
@@ -74,6 +79,7 @@ impl Catchup {
                         position: p,
                         held: None,
                         asking: false,
+                        touched: t.touched,
                     };
                     out.push(Step::Relay(Envelope::Message(d)));
                     return;
@@ -116,6 +122,7 @@ impl Catchup {
                 position,
                 held: None,
                 asking: false,
+                touched: Instant::now(),
             });
         }
     }
@@ -187,6 +194,22 @@ impl Catchup {
     /// This machine no longer relays `topic`.
     pub fn forget(&mut self, topic: &Topic) {
         self.topics.remove(topic);
+    }
+
+    /// Up to `max` topics relayed here whose position was last kept alive `every` ago or more;
+    /// they count as kept alive from `now`.
+    pub fn due(&mut self, now: Instant, every: Duration, max: usize) -> Vec<Topic> {
+        let mut due = Vec::new();
+        for (topic, t) in &mut self.topics {
+            if due.len() == max {
+                break;
+            }
+            if now.saturating_duration_since(t.touched) >= every {
+                t.touched = now;
+                due.push(topic.clone());
+            }
+        }
+        due
     }
 
     /// Keeps only the topics `keep` says are still relayed.
@@ -292,6 +315,23 @@ mod tests {
         assert_eq!(seen(std::mem::take(&mut out)), (vec![], vec![7]));
         c.filled(&topic(), &since, Some(read("0a", 20, None)), &mut out);
         assert_eq!(seen(out), (vec![(20, true), (20, false)], vec![]));
+    }
+
+    #[test]
+    fn positions_are_kept_alive_once_per_period_a_bounded_number_at_a_time() {
+        let mut c = Catchup::default();
+        for n in 0..5 {
+            let t = Topic::Channel(Channel::new(&format!("c{n}")).unwrap());
+            c.seed(t, position("0a", 1), true);
+        }
+        let start = Instant::now();
+        let every = Duration::from_secs(10);
+        assert!(c.due(start, every, 3).is_empty(), "just read: alive");
+        let later = start + every;
+        assert_eq!(c.due(later, every, 3).len(), 3);
+        assert_eq!(c.due(later, every, 3).len(), 2, "the others next");
+        assert!(c.due(later, every, 3).is_empty());
+        assert_eq!(c.due(later + every, every, 10).len(), 5);
     }
 
     #[test]

@@ -8,14 +8,18 @@
 //! topic's messages in offset order, the publishing one included, which delivers its own
 //! messages when Redis echoes them, not before (so two machines publishing to one topic cannot
 //! deliver in two orders). The stream expires `--history-ttl` after its last message, the hash
-//! 10 × that after its last message or read; a hash that is gone (expired, or a Redis that lost
-//! its data) starts a new epoch.
+//! 10 × that after its last message or read, and a topic with a recipient on some machine is
+//! touched by that machine's bridge every TTL, so its position lasts however quiet it is. A hash
+//! that is gone (expired, or a Redis that lost its data) starts a new epoch.
 
 use bytes::Bytes;
 
 use super::wire;
 use crate::history::{Position, Since};
 use crate::protocol::{Frame, Target};
+
+/// How much longer than the TTL a topic's position is remembered (as in the process).
+pub const POSITION_MEMORY: u64 = 10;
 
 /// Takes the next offset, keeps the message, publishes it. KEYS: position, stream. ARGV:
 /// channel, wire header, payload, epoch if a new one is needed, size, TTL in ms. Returns the

@@ -113,6 +113,8 @@ enum Request {
         since: Option<Since>,
         reply: oneshot::Sender<history::Read>,
     },
+    /// Extends the memory of a topic's position: it has a recipient here, however quiet.
+    Touch(Topic),
 }
 
 /// The process's handle on the bridge; the router publishes through it.
@@ -343,6 +345,9 @@ impl Prepared {
             history: bridge.history.is_some(),
             seeds,
             requests: bridge.publish_tx.clone(),
+            touch_every: bridge
+                .history
+                .map(|h| Duration::from_millis(h.ttl_ms.max(1000))),
             log: bridge.log.clone(),
             bus,
             max_message_bytes,

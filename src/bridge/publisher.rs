@@ -197,6 +197,11 @@ impl Publisher {
                 ];
                 pubsub::encode(out, &args);
             }
+            Request::Touch(topic) => {
+                let (position, _) = self.names.history(topic);
+                let memory = (settings.ttl_ms * history::POSITION_MEMORY).to_string();
+                pubsub::encode(out, &[b"PEXPIRE", position.as_bytes(), memory.as_bytes()]);
+            }
             Request::Read { topic, since, .. } => {
                 let (position, stream) = self.names.history(topic);
                 let offset = since.as_ref().map(|s| s.offset.to_string());
@@ -269,7 +274,7 @@ impl Publisher {
                     }
                 }
                 // Refused or malformed: the dropped sender tells the caller.
-                (Request::Append { .. } | Request::Read { .. }, _) => {}
+                (Request::Append { .. } | Request::Read { .. } | Request::Touch(_), _) => {}
             }
         }
         Ok(())

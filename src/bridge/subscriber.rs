@@ -39,6 +39,8 @@ struct Relay {
 
 /// Channels per SUBSCRIBE / UNSUBSCRIBE command.
 const CHUNK: usize = 1000;
+/// Most topic positions kept alive per second (see [`Catchup::due`]).
+const TOUCH_PER_SECOND: usize = 2000;
 
 pub(super) struct Subscriber {
     pub connection: redis::ConnectionInfo,
@@ -50,8 +52,10 @@ pub(super) struct Subscriber {
     pub history: bool,
     /// Positions connections read, from the publisher.
     pub seeds: mpsc::UnboundedReceiver<(Topic, Position)>,
-    /// The publisher's queue, for reading gaps.
+    /// The publisher's queue, for reading gaps and keeping positions.
     pub requests: mpsc::Sender<Request>,
+    /// With history: how often the positions of the topics relayed here are kept alive.
+    pub touch_every: Option<std::time::Duration>,
     /// What changed in the routing table; the Redis subscriptions follow it.
     pub log: Arc<SubscriptionLog>,
     /// Where received messages go: the inboxes of the workers with recipients. Its routing
@@ -225,6 +229,15 @@ impl Subscriber {
                 }
                 _ = ping.tick() => {
                     relay.catchup.retry(&mut relay.steps);
+                    if let Some(every) = self.touch_every {
+                        // Spread over the TTL, a bounded number a second; best effort (a
+                        // position lasts ten rounds).
+                        for topic in relay.catchup.due(Instant::now(), every, TOUCH_PER_SECOND) {
+                            if self.requests.try_send(Request::Touch(topic)).is_err() {
+                                break;
+                            }
+                        }
+                    }
                     self.run_steps(relay);
                     if ping_sent.is_some_and(|at| at.elapsed() >= RESPONSE_TIMEOUT) {
                         let secs = RESPONSE_TIMEOUT.as_secs();
@@ -339,8 +352,14 @@ impl Subscriber {
     fn run_steps(&self, relay: &mut Relay) {
         for step in relay.steps.drain(..) {
             match step {
-                Step::Relay(envelope) => self.deliver(envelope),
+                Step::Relay(envelope) => {
+                    if let Envelope::Lost(..) = envelope {
+                        self.metrics.gaps_lost.fetch_add(1, Relaxed);
+                    }
+                    self.deliver(envelope)
+                }
                 Step::Fill(topic, since) => {
+                    self.metrics.gap_reads.fetch_add(1, Relaxed);
                     let (reply, answer) = oneshot::channel();
                     let request = Request::Read {
                         topic: topic.clone(),
