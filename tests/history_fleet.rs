@@ -146,6 +146,26 @@ async fn what_the_history_no_longer_has_is_not_recovered_and_says_where_it_stand
     )
     .await;
     assert_eq!(next_messages(&mut back, 1).await, [(501, json!("next"))]);
+    // The same for direct messages, at connect.
+    let user_epoch = hello_epoch(&a, "8").await;
+    let batch: Vec<_> = (0..500)
+        .map(|n| json!({"userId": "8", "message": n}))
+        .collect();
+    let (status, text) = b.post("/batch", &json!(batch).to_string()).await;
+    assert_eq!(status, 202, "{text}");
+    let path = format!("/ws?token={}&since=1&epoch={user_epoch}", b.token("8", &[]));
+    let mut late = TestClient::try_connect(b.addr, &path, &[]).await.unwrap();
+    assert_eq!(
+        late.recv_json().await,
+        json!({"type": "connected", "recovered": false, "offset": 500, "epoch": user_epoch})
+    );
+    late.expect_nothing_for(100).await;
+}
+
+/// The epoch of `user`'s direct messages, from a connection that then closes.
+async fn hello_epoch(s: &TestServer, user: &str) -> String {
+    let (_, hello) = connected(s, user, &[]).await;
+    hello["epoch"].as_str().unwrap().to_string()
 }
 
 #[tokio::test]
