@@ -228,7 +228,7 @@ impl Snapshot {
                 ),
                 (
                     "fanfare_bridge_received",
-                    "Messages from other machines.",
+                    "Messages relayed from Redis (with history, this machine's own too).",
                     b.received.load(Relaxed),
                 ),
                 (

@@ -149,6 +149,11 @@ impl Catchup {
             return;
         };
         let target = topic.target();
+        // Redis lost the epoch the held messages belong to: they are not worth relaying.
+        let held: Vec<Delivery> = held
+            .into_iter()
+            .filter(|d| d.position.as_ref().map(|p| p.generation) == Some(read.position.generation))
+            .collect();
         if read.recovered == Some(true) {
             for (frame, offset) in read.missed.into_iter().zip(since.offset + 1..) {
                 let position = Position {
@@ -315,6 +320,30 @@ mod tests {
         assert_eq!(seen(std::mem::take(&mut out)), (vec![], vec![7]));
         c.filled(&topic(), &since, Some(read("0a", 20, None)), &mut out);
         assert_eq!(seen(out), (vec![(20, true), (20, false)], vec![]));
+    }
+
+    #[test]
+    fn messages_held_for_an_epoch_redis_lost_are_dropped_after_saying_so() {
+        let mut c = Catchup::default();
+        let mut out = Vec::new();
+        c.message(topic(), msg("0a", 1), &mut out);
+        c.message(topic(), msg("0a", 4), &mut out);
+        out.clear();
+        let since = Since {
+            offset: 1,
+            epoch: "0a".into(),
+        };
+        let mut lost = read("0b", 0, None);
+        lost.recovered = Some(false);
+        c.filled(&topic(), &since, Some(lost), &mut out);
+        assert_eq!(seen(out), (vec![(0, true)], vec![]));
+        let mut out = Vec::new();
+        c.message(topic(), msg("0b", 1), &mut out);
+        assert_eq!(
+            seen(out),
+            (vec![(1, false)], vec![]),
+            "the new epoch goes on"
+        );
     }
 
     #[test]
