@@ -475,3 +475,99 @@ async fn a_quiet_topic_with_a_recipient_keeps_its_position_in_redis() {
         .unwrap();
     assert!(ttl > 8000, "position expires in {ttl} ms: not kept alive");
 }
+
+fn redis_cmd(port: u16, args: &[&str]) {
+    let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    let _: redis::Value = cmd.query(&mut c).unwrap();
+}
+
+async fn machine_at(url: String, node: &str) -> TestServer {
+    let node = node.to_string();
+    let s = TestServer::start_with(move |c| {
+        c.redis = Some(url);
+        c.redis_prefix = "hf:".into();
+        c.node_id = Some(node);
+        c.history_size = 100;
+    });
+    s.wait_readyz(200).await;
+    s
+}
+
+/// Only the subscribing link is down (Redis refuses its SUBSCRIBE), the publishing one is up:
+/// a client that connects then reads its position, and the catch-up must start there.
+#[tokio::test]
+async fn a_position_read_while_only_the_subscriber_is_down_is_caught_up_from() {
+    let redis = RedisServer::start();
+    let port = redis.port;
+    redis_cmd(
+        port,
+        &["ACL", "SETUSER", "a", "on", ">pw", "~*", "&*", "+@all"],
+    );
+    let a = machine_at(format!("redis://a:pw@127.0.0.1:{port}"), "a").await;
+    let b = machine_at(redis.url(), "b").await;
+    redis_cmd(port, &["ACL", "SETUSER", "a", "resetchannels"]);
+    redis_cmd(port, &["CLIENT", "KILL", "USER", "a"]);
+    a.wait_readyz(503).await;
+    // The publisher reconnects at once (50 ms backoff); the subscriber cannot.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let hello = loop {
+        let (_, hello) = connected(&a, "9", &[]).await;
+        if hello["offset"] == 0 {
+            break hello;
+        }
+        assert!(std::time::Instant::now() < deadline, "{hello}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let path = format!(
+        "/ws?token={}&since=0&epoch={}",
+        a.token("9", &[]),
+        hello["epoch"].as_str().unwrap()
+    );
+    let mut c = TestClient::try_connect(a.addr, &path, &[]).await.unwrap();
+    assert_eq!(c.recv_json().await["recovered"], true);
+    for n in 1..=3u64 {
+        post_offset(&b, "/message", json!({"userId": "9", "message": n})).await;
+    }
+    redis_cmd(port, &["ACL", "SETUSER", "a", "allchannels"]);
+    a.wait_readyz(200).await;
+    let got = next_messages(&mut c, 3).await;
+    assert_eq!(got, [(1, json!(1)), (2, json!(2)), (3, json!(3))]);
+}
+
+/// Messages still on their way when a machine unsubscribes a topic must not leave a stale
+/// memory of it, which would make a later subscriber's next message look like a gap.
+#[tokio::test]
+async fn messages_arriving_after_an_unsubscribe_do_not_mislead_a_later_subscriber() {
+    let redis = RedisServer::start();
+    let (a, b) = (machine(&redis, "a").await, machine(&redis, "b").await);
+    let (mut c1, _) = connected(&a, "1", &["x"]).await;
+    subscribe_since(&mut c1, "x", None).await;
+    let baddr = b.addr;
+    let flood = tokio::spawn(async move {
+        for _ in 0..30 {
+            let batch: Vec<_> = (0..200)
+                .map(|n| json!({"channel": "x", "message": n}))
+                .collect();
+            common::post_to(baddr, "/batch", &json!(batch).to_string()).await;
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    c1.send_json(json!({"type": "unsubscribe", "channel": "x"}))
+        .await;
+    flood.await.unwrap();
+    drop(c1);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (mut c2, _) = connected(&a, "2", &["x"]).await;
+    let at = subscribe_since(&mut c2, "x", None).await["offset"]
+        .as_u64()
+        .unwrap();
+    post_offset(&b, "/publish", json!({"channel": "x", "message": "next"})).await;
+    assert_eq!(next_messages(&mut c2, 1).await, [(at + 1, json!("next"))]);
+}

@@ -24,27 +24,39 @@ const MAX_HELD: usize = 10_000;
 pub enum Step {
     /// Hand it to the local bus.
     Relay(Envelope),
-    /// Read what the topic has after `since` (answer with [`Catchup::filled`]).
-    Fill(Topic, Since),
+    /// Read what the topic has after `since` (answer with [`Catchup::filled`], with the id).
+    Fill(Topic, Since, u64),
 }
 
 #[derive(Default)]
 pub struct Catchup {
     topics: HashMap<Topic, Track>,
+    /// Numbers the reads, so an answer is matched to the gap it was asked for.
+    fills: u64,
 }
 
 struct Track {
     /// The offset of the last message relayed (or read, for a topic that had none yet).
     position: Position,
-    /// While a gap is being read: the live messages that came since, in order.
-    held: Option<Vec<Delivery>>,
-    /// A read for the gap is in flight.
-    asking: bool,
+    /// While a gap is being read: what came since (messages, and the backend's controls, which
+    /// keep their place among them), in order.
+    held: Option<Vec<Envelope>>,
+    /// The read in flight for the gap, if any.
+    asking: Option<u64>,
     /// When its position's expiry in Redis was last pushed back.
     touched: Instant,
 }
 
 impl Track {
+    fn new(position: Position, touched: Instant) -> Self {
+        Track {
+            position,
+            held: None,
+            asking: None,
+            touched,
+        }
+    }
+
     fn since(&self) -> Since {
         Since {
             offset: self.position.offset,
@@ -60,56 +72,56 @@ impl Catchup {
             out.push(Step::Relay(Envelope::Message(d)));
             return;
         };
-        let t = match self.topics.entry(topic) {
+        let t = match self.topics.entry(topic.clone()) {
             Entry::Vacant(e) => {
-                e.insert(Track {
-                    position: p,
-                    held: None,
-                    asking: false,
-                    touched: Instant::now(),
-                });
+                e.insert(Track::new(p, Instant::now()));
                 out.push(Step::Relay(Envelope::Message(d)));
                 return;
             }
-            Entry::Occupied(e) => {
-                let (topic, t) = (e.key().clone(), e.into_mut());
-                if t.position.generation != p.generation {
-                    // A new epoch: the recipients are told by the hub; nothing to read.
-                    *t = Track {
-                        position: p,
-                        held: None,
-                        asking: false,
-                        touched: t.touched,
-                    };
-                    out.push(Step::Relay(Envelope::Message(d)));
-                    return;
-                }
-                if t.held.is_none() && p.offset > t.position.offset + 1 {
-                    t.held = Some(Vec::new());
-                    t.asking = true;
-                    out.push(Step::Fill(topic, t.since()));
-                }
-                t
-            }
+            Entry::Occupied(e) => e.into_mut(),
         };
+        if t.position.generation != p.generation {
+            // A new epoch: the recipients are told by the hub; nothing to read.
+            *t = Track::new(p, t.touched);
+            out.push(Step::Relay(Envelope::Message(d)));
+            return;
+        }
+        if t.held.is_none() && p.offset > t.position.offset + 1 {
+            t.held = Some(Vec::new());
+            self.fills += 1;
+            t.asking = Some(self.fills);
+            out.push(Step::Fill(topic, t.since(), self.fills));
+        }
         match &mut t.held {
-            Some(held) if held.len() < MAX_HELD => held.push(d),
+            Some(held) if held.len() < MAX_HELD => held.push(Envelope::Message(d)),
             Some(held) => {
                 // The history did not answer in time: the gap is given up, and said.
                 let held = std::mem::take(held);
-                let first = held.first().and_then(|h| h.position.as_ref());
+                let first = held.iter().find_map(|h| match h {
+                    Envelope::Message(m) => m.position.as_ref().map(|p| p.offset),
+                    _ => None,
+                });
                 let lost = Position {
-                    offset: first.map_or(1, |f| f.offset).saturating_sub(1),
+                    offset: first.unwrap_or(p.offset).saturating_sub(1),
                     ..p
                 };
                 out.push(Step::Relay(Envelope::Lost(d.target.clone(), lost)));
                 t.held = None;
-                t.asking = false;
-                for h in held.into_iter().chain([d]) {
+                t.asking = None;
+                for h in held.into_iter().chain([Envelope::Message(d)]) {
                     relay(t, h, out);
                 }
             }
-            None => relay(t, d, out),
+            None => relay(t, Envelope::Message(d), out),
+        }
+    }
+
+    /// The backend's word for a user (`topic`): it keeps its place after the messages held
+    /// for the topic, if any.
+    pub fn control(&mut self, topic: &Topic, control: Envelope, out: &mut Vec<Step>) {
+        match self.topics.get_mut(topic).and_then(|t| t.held.as_mut()) {
+            Some(held) if held.len() < MAX_HELD => held.push(control),
+            _ => out.push(Step::Relay(control)),
         }
     }
 
@@ -118,20 +130,19 @@ impl Catchup {
     /// `subscribed`: the topic has a recipient here (only those are remembered).
     pub fn seed(&mut self, topic: Topic, position: Position, subscribed: bool) {
         if subscribed {
-            self.topics.entry(topic).or_insert(Track {
-                position,
-                held: None,
-                asking: false,
-                touched: Instant::now(),
-            });
+            self.topics
+                .entry(topic)
+                .or_insert_with(|| Track::new(position, Instant::now()));
         }
     }
 
-    /// The answer to a [`Step::Fill`] that asked from `since`; `None` if the read failed (it is
-    /// asked again by [`retry`](Self::retry)).
+    /// The answer to [`Step::Fill`] `id`, which asked from `since`; `None` if the read failed
+    /// (it is asked again by [`retry`](Self::retry)). An answer to a read since superseded
+    /// (a newer gap, a reconnect) is ignored.
     pub fn filled(
         &mut self,
         topic: &Topic,
+        id: u64,
         since: &Since,
         read: Option<Read>,
         out: &mut Vec<Step>,
@@ -139,21 +150,17 @@ impl Catchup {
         let Some(t) = self.topics.get_mut(topic) else {
             return;
         };
-        t.asking = false;
+        if t.asking != Some(id) {
+            return;
+        }
+        t.asking = None;
         let Some(read) = read else {
             return;
         };
-        let current = t.position.offset == since.offset && *t.position.epoch == *since.epoch;
-        let Some(held) = t.held.take().filter(|_| current) else {
-            // An answer for a gap since given up or replaced: the next retry asks again.
+        let Some(held) = t.held.take() else {
             return;
         };
         let target = topic.target();
-        // Redis lost the epoch the held messages belong to: they are not worth relaying.
-        let held: Vec<Delivery> = held
-            .into_iter()
-            .filter(|d| d.position.as_ref().map(|p| p.generation) == Some(read.position.generation))
-            .collect();
         if read.recovered == Some(true) {
             for (frame, offset) in read.missed.into_iter().zip(since.offset + 1..) {
                 let position = Position {
@@ -169,36 +176,39 @@ impl Catchup {
         } else {
             out.push(Step::Relay(Envelope::Lost(target, read.position.clone())));
         }
+        let generation = read.position.generation;
         t.position = read.position;
-        for d in held {
-            self.message(topic.clone(), d, out);
+        for envelope in held {
+            match envelope {
+                // Redis lost the epoch these belong to: said above, not worth relaying.
+                Envelope::Message(d)
+                    if d.position.as_ref().map(|p| p.generation) != Some(generation) => {}
+                Envelope::Message(d) => self.message(topic.clone(), d, out),
+                control => self.control(topic, control, out),
+            }
         }
     }
 
-    /// The link is back: every topic is read from where it stood, before its live messages.
+    /// The link is back: every topic is read from where it stood, before its live messages
+    /// (a read still in flight may have run before the link came back: asked again).
     pub fn reconnected(&mut self, out: &mut Vec<Step>) {
         for (topic, t) in &mut self.topics {
             t.held.get_or_insert_with(Vec::new);
-            if !t.asking {
-                t.asking = true;
-                out.push(Step::Fill(topic.clone(), t.since()));
-            }
+            self.fills += 1;
+            t.asking = Some(self.fills);
+            out.push(Step::Fill(topic.clone(), t.since(), self.fills));
         }
     }
 
     /// Asks again for every gap whose read failed.
     pub fn retry(&mut self, out: &mut Vec<Step>) {
         for (topic, t) in &mut self.topics {
-            if t.held.is_some() && !t.asking {
-                t.asking = true;
-                out.push(Step::Fill(topic.clone(), t.since()));
+            if t.held.is_some() && t.asking.is_none() {
+                self.fills += 1;
+                t.asking = Some(self.fills);
+                out.push(Step::Fill(topic.clone(), t.since(), self.fills));
             }
         }
-    }
-
-    /// This machine no longer relays `topic`.
-    pub fn forget(&mut self, topic: &Topic) {
-        self.topics.remove(topic);
     }
 
     /// Up to `max` topics relayed here whose position was last kept alive `every` ago or more;
@@ -217,19 +227,27 @@ impl Catchup {
         due
     }
 
+    /// This machine no longer relays `topic`.
+    pub fn forget(&mut self, topic: &Topic) {
+        self.topics.remove(topic);
+    }
+
     /// Keeps only the topics `keep` says are still relayed.
     pub fn retain(&mut self, mut keep: impl FnMut(&Topic) -> bool) {
         self.topics.retain(|topic, _| keep(topic));
     }
 }
 
-/// Relays a message in order: a duplicate too (a recipient that read its own position may still
+/// Relays in order: a duplicate message too (a recipient that read its own position may still
 /// need it; the hub drops what each recipient already has).
-fn relay(t: &mut Track, d: Delivery, out: &mut Vec<Step>) {
-    if let Some(p) = &d.position {
+fn relay(t: &mut Track, envelope: Envelope, out: &mut Vec<Step>) {
+    if let Envelope::Message(Delivery {
+        position: Some(p), ..
+    }) = &envelope
+    {
         t.position.offset = t.position.offset.max(p.offset);
     }
-    out.push(Step::Relay(Envelope::Message(d)));
+    out.push(Step::Relay(envelope));
 }
 
 #[cfg(test)]
@@ -251,8 +269,10 @@ mod tests {
         }
     }
 
-    /// What the steps relay, as (offset, lost?) pairs, and the fills they ask.
-    fn seen(steps: Vec<Step>) -> (Vec<(u64, bool)>, Vec<u64>) {
+    /// What the steps relay, as (offset, lost?) pairs (a control as (0, false)), and the
+    /// fills they ask, as (since, id).
+    #[allow(clippy::type_complexity)]
+    fn seen(steps: Vec<Step>) -> (Vec<(u64, bool)>, Vec<(u64, u64)>) {
         let (mut relayed, mut fills) = (Vec::new(), Vec::new());
         for s in steps {
             match s {
@@ -260,11 +280,18 @@ mod tests {
                     relayed.push((d.position.unwrap().offset, false))
                 }
                 Step::Relay(Envelope::Lost(_, p)) => relayed.push((p.offset, true)),
-                Step::Relay(other) => panic!("{other:?}"),
-                Step::Fill(_, since) => fills.push(since.offset),
+                Step::Relay(Envelope::Control(..)) => relayed.push((0, false)),
+                Step::Fill(_, since, id) => fills.push((since.offset, id)),
             }
         }
         (relayed, fills)
+    }
+
+    fn since(offset: u64) -> Since {
+        Since {
+            offset,
+            epoch: "0a".into(),
+        }
     }
 
     fn read(epoch: &str, last: u64, missed: Option<std::ops::RangeInclusive<u64>>) -> Read {
@@ -288,15 +315,17 @@ mod tests {
         c.message(topic(), msg("0a", 2), &mut out);
         c.message(topic(), msg("0a", 5), &mut out);
         c.message(topic(), msg("0a", 6), &mut out);
-        assert_eq!(
-            seen(std::mem::take(&mut out)),
-            (vec![(1, false), (2, false)], vec![2])
+        let (relayed, fills) = seen(std::mem::take(&mut out));
+        assert_eq!((relayed, fills.len()), (vec![(1, false), (2, false)], 1));
+        let (from, id) = fills[0];
+        assert_eq!(from, 2);
+        c.filled(
+            &topic(),
+            id,
+            &since(2),
+            Some(read("0a", 5, Some(3..=5))),
+            &mut out,
         );
-        let since = Since {
-            offset: 2,
-            epoch: "0a".into(),
-        };
-        c.filled(&topic(), &since, Some(read("0a", 5, Some(3..=5))), &mut out);
         let offsets: Vec<_> = seen(out).0.into_iter().map(|(o, _)| o).collect();
         // 5 comes twice (read, then held live): the hub keeps one per recipient.
         assert_eq!(offsets, [3, 4, 5, 5, 6]);
@@ -308,18 +337,67 @@ mod tests {
         let mut out = Vec::new();
         c.seed(topic(), position("0a", 7), true);
         c.reconnected(&mut out);
-        assert_eq!(seen(std::mem::take(&mut out)), (vec![], vec![7]));
+        let (_, fills) = seen(std::mem::take(&mut out));
+        assert_eq!(fills.len(), 1);
         c.message(topic(), msg("0a", 20), &mut out);
         assert!(out.is_empty(), "held while the gap is read");
-        let since = Since {
-            offset: 7,
-            epoch: "0a".into(),
-        };
-        c.filled(&topic(), &since, None, &mut out);
+        c.filled(&topic(), fills[0].1, &since(7), None, &mut out);
         c.retry(&mut out);
-        assert_eq!(seen(std::mem::take(&mut out)), (vec![], vec![7]));
-        c.filled(&topic(), &since, Some(read("0a", 20, None)), &mut out);
+        let (_, fills) = seen(std::mem::take(&mut out));
+        assert_eq!(fills.len(), 1);
+        c.filled(
+            &topic(),
+            fills[0].1,
+            &since(7),
+            Some(read("0a", 20, None)),
+            &mut out,
+        );
         assert_eq!(seen(out), (vec![(20, true), (20, false)], vec![]));
+    }
+
+    #[test]
+    fn an_answer_to_a_superseded_read_is_ignored_and_the_backends_word_keeps_its_place() {
+        let mut c = Catchup::default();
+        let mut out = Vec::new();
+        c.message(topic(), msg("0a", 1), &mut out);
+        c.message(topic(), msg("0a", 3), &mut out);
+        let (_, first) = seen(std::mem::take(&mut out));
+        // The link drops and comes back while the first read is out: asked again.
+        c.reconnected(&mut out);
+        let (_, second) = seen(std::mem::take(&mut out));
+        assert_ne!(first[0].1, second[0].1);
+        let user = Topic::User(crate::protocol::UserId::new("u").unwrap());
+        let control = Envelope::Control(
+            crate::protocol::UserId::new("u").unwrap(),
+            crate::protocol::Control::Disconnect("bye".into()),
+            None,
+        );
+        // Not held: relayed at once. Held topics keep it after their messages.
+        c.control(&user, control.clone(), &mut out);
+        assert_eq!(seen(std::mem::take(&mut out)).0, [(0, false)]);
+        c.control(&topic(), control, &mut out);
+        c.message(topic(), msg("0a", 4), &mut out);
+        assert!(out.is_empty());
+        c.filled(
+            &topic(),
+            first[0].1,
+            &since(1),
+            Some(read("0a", 3, Some(2..=3))),
+            &mut out,
+        );
+        assert!(out.is_empty(), "a stale answer");
+        c.filled(
+            &topic(),
+            second[0].1,
+            &since(1),
+            Some(read("0a", 3, Some(2..=3))),
+            &mut out,
+        );
+        let (relayed, _) = seen(out);
+        assert_eq!(
+            relayed,
+            [(2, false), (3, false), (3, false), (0, false), (4, false)]
+        );
     }
 
     #[test]
@@ -328,14 +406,10 @@ mod tests {
         let mut out = Vec::new();
         c.message(topic(), msg("0a", 1), &mut out);
         c.message(topic(), msg("0a", 4), &mut out);
-        out.clear();
-        let since = Since {
-            offset: 1,
-            epoch: "0a".into(),
-        };
+        let (_, fills) = seen(std::mem::take(&mut out));
         let mut lost = read("0b", 0, None);
         lost.recovered = Some(false);
-        c.filled(&topic(), &since, Some(lost), &mut out);
+        c.filled(&topic(), fills[0].1, &since(1), Some(lost), &mut out);
         assert_eq!(seen(out), (vec![(0, true)], vec![]));
         let mut out = Vec::new();
         c.message(topic(), msg("0b", 1), &mut out);

@@ -27,7 +27,7 @@ use crate::routes::Topic;
 use crate::subscriptions::{SubscriptionLog, Ticket};
 
 /// A read of a gap in flight, answered with what it asked.
-type Fill = Pin<Box<dyn Future<Output = (Topic, Since, Option<Read>)> + Send>>;
+type Fill = Pin<Box<dyn Future<Output = (Topic, u64, Since, Option<Read>)> + Send>>;
 
 /// What the relay remembers across reconnects.
 #[derive(Default)]
@@ -99,7 +99,7 @@ impl Subscriber {
                         "bridge: cannot connect the subscriber to {where_}: {why}; retrying"
                     );
                     self.log.confirm(ticket);
-                    self.wait_down(backoff.next()).await;
+                    self.wait_down(backoff.next(), &mut relay).await;
                     continue;
                 }
             };
@@ -121,7 +121,7 @@ impl Subscriber {
                     tracing::warn!(
                         "bridge: cannot restore subscriptions on {where_}: {why}; retrying"
                     );
-                    self.wait_down(backoff.next()).await;
+                    self.wait_down(backoff.next(), &mut relay).await;
                     continue;
                 }
             }
@@ -151,7 +151,7 @@ impl Subscriber {
                 None => return,
                 Some(why) => {
                     tracing::warn!("bridge: subscriber lost {where_}: {why}; reconnecting");
-                    self.wait_down(backoff.next()).await;
+                    self.wait_down(backoff.next(), &mut relay).await;
                 }
             }
         }
@@ -212,8 +212,8 @@ impl Subscriber {
                     let subscribed = !self.bus.routes().workers(&topic).is_empty();
                     relay.catchup.seed(topic, position, subscribed);
                 }
-                Some((topic, since, read)) = relay.fills.next(), if !relay.fills.is_empty() => {
-                    relay.catchup.filled(&topic, &since, read, &mut relay.steps);
+                Some((topic, id, since, read)) = relay.fills.next(), if !relay.fills.is_empty() => {
+                    relay.catchup.filled(&topic, id, &since, read, &mut relay.steps);
                     self.run_steps(relay);
                 }
                 () = self.log.changed() => {
@@ -315,6 +315,11 @@ impl Subscriber {
                     return;
                 };
                 self.metrics.received.fetch_add(1, Relaxed);
+                // On its way while the topic was unsubscribed here: nobody to give it to, and
+                // no track to make (it would outlive the subscription).
+                if self.bus.routes().workers(&topic).is_empty() {
+                    return;
+                }
                 let delivery = Delivery {
                     target,
                     frame,
@@ -340,7 +345,16 @@ impl Subscriber {
             return;
         };
         self.metrics.received.fetch_add(1, Relaxed);
-        self.deliver(envelope);
+        match (&envelope, self.history) {
+            // With history, the backend's word keeps its place among the user's messages,
+            // also while a gap in them is read.
+            (Envelope::Control(user, ..), true) => {
+                let topic = Topic::User(user.clone());
+                relay.catchup.control(&topic, envelope, &mut relay.steps);
+                self.run_steps(relay);
+            }
+            _ => self.deliver(envelope),
+        }
     }
 
     fn deliver(&self, envelope: Envelope) {
@@ -358,7 +372,7 @@ impl Subscriber {
                     }
                     self.deliver(envelope)
                 }
-                Step::Fill(topic, since) => {
+                Step::Fill(topic, since, id) => {
                     self.metrics.gap_reads.fetch_add(1, Relaxed);
                     let (reply, answer) = oneshot::channel();
                     let request = Request::Read {
@@ -372,7 +386,7 @@ impl Subscriber {
                             true => answer.await.ok(),
                             false => None,
                         };
-                        (topic, since, read)
+                        (topic, id, since, read)
                     }));
                 }
             }
@@ -381,7 +395,7 @@ impl Subscriber {
 
     /// While disconnected: wait `delay`, letting connections that wait for a subscription go
     /// on at once (local delivery works; the reconnect subscribes to everything).
-    async fn wait_down(&mut self, delay: std::time::Duration) {
+    async fn wait_down(&mut self, delay: std::time::Duration, relay: &mut Relay) {
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
         loop {
@@ -389,8 +403,12 @@ impl Subscriber {
                 () = &mut sleep => return,
                 () = self.shutdown.cancelled() => return,
                 () = self.log.changed() => self.log.confirm(self.log.take().1),
-                // No read succeeds while Redis is down; nothing to remember.
-                Some(_) = self.seeds.recv() => {}
+                // The publishing link may be up while this one is not: a position a connection
+                // read now is where the catch-up must start for its topic.
+                Some((topic, position)) = self.seeds.recv() => {
+                    let subscribed = !self.bus.routes().workers(&topic).is_empty();
+                    relay.catchup.seed(topic, position, subscribed);
+                }
             }
         }
     }
