@@ -102,6 +102,8 @@ enum Step {
 struct Resume {
     since: Option<Since>,
     asked: Asked,
+    /// The hub's number for this activation, once it holds the channel's messages.
+    activation: u64,
 }
 
 /// A read of a channel's history in Redis, answered with what it was for.
@@ -252,7 +254,7 @@ impl Connection {
                     WriterEvent::Broken => Step::Stop(End::Gone),
                     WriterEvent::Command(Command::Disconnect(why)) => Step::Stop(End::Disconnect(why)),
                     WriterEvent::Command(Command::Activate(channel, since)) if matches!(self.history, Some(HistoryStore::Redis)) => {
-                        let resume = Resume { since, asked: Asked::Backend };
+                        let resume = Resume { since, asked: Asked::Backend, activation: 0 };
                         self.confirm_then_read(channel, resume)
                     }
                     WriterEvent::Command(Command::Activate(channel, since)) if self.history.is_some() => {
@@ -438,7 +440,15 @@ impl Connection {
         match self.history {
             Some(HistoryStore::Redis) => {
                 let asked = Asked::Client;
-                self.confirm_then_read(channel, Resume { since, asked })
+                let activation = 0;
+                self.confirm_then_read(
+                    channel,
+                    Resume {
+                        since,
+                        asked,
+                        activation,
+                    },
+                )
             }
             Some(HistoryStore::Local(_)) => {
                 self.activate_at(&channel, since.as_ref(), Asked::Client)
@@ -463,8 +473,14 @@ impl Connection {
     fn read(&self, channel: Channel, resume: Resume) -> Step {
         let r = &self.registration;
         match hub::lock(&r.hub).activate_catching_up(r.id, &channel) {
-            true => Step::Read(channel, resume),
-            false => Step::Continue,
+            Some(activation) => Step::Read(
+                channel,
+                Resume {
+                    activation,
+                    ..resume
+                },
+            ),
+            None => Step::Continue,
         }
     }
 
@@ -503,7 +519,7 @@ impl Connection {
         };
         let r = &self.registration;
         let topic = Topic::Channel(channel.clone());
-        match hub::lock(&r.hub).caught_up(r.id, &topic, &frames, seen) {
+        match hub::lock(&r.hub).caught_up(r.id, &topic, resume.activation, &frames, seen) {
             true => self.flushed(self.writer.flush()),
             false => Step::Continue,
         }

@@ -42,9 +42,10 @@ pub struct Seen {
 struct Recipient {
     writer: Arc<Writer>,
     seen: Seen,
-    /// With history in Redis, while the connection reads where it stands: what arrived
-    /// meanwhile, merged by offset once the read answers (see [`Hub::caught_up`]).
-    held: Option<Vec<Envelope>>,
+    /// With history in Redis, while the connection reads where it stands: which activation
+    /// waits (a later one must not take an earlier one's answer), and what arrived meanwhile,
+    /// merged by offset once the read answers (see [`Hub::caught_up`]).
+    held: Option<(u64, Vec<Envelope>)>,
 }
 
 /// Most live messages held for one recipient while its history read is pending; past it the
@@ -52,11 +53,11 @@ struct Recipient {
 const MAX_HELD: usize = 10_000;
 
 impl Recipient {
-    fn new(writer: Arc<Writer>, seen: Seen, catching_up: bool) -> Self {
+    fn new(writer: Arc<Writer>, seen: Seen, catching_up: Option<u64>) -> Self {
         Recipient {
             writer,
             seen,
-            held: catching_up.then(Vec::new),
+            held: catching_up.map(|activation| (activation, Vec::new())),
         }
     }
 }
@@ -143,48 +144,54 @@ fn offer(
     r: &mut Recipient,
     envelope: &Envelope,
 ) {
+    let (notice, frame) = admit(r, envelope);
+    for frame in notice.as_ref().into_iter().chain(frame) {
+        push(dirty, fanout, id, &r.writer, frame);
+    }
+}
+
+/// What [`offer`] sends: a notice of a gap or of a lost history, if one is due, then the
+/// message's frame unless the recipient already has it.
+fn admit<'a>(r: &mut Recipient, envelope: &'a Envelope) -> (Option<Frame>, Option<&'a Frame>) {
     match envelope {
         Envelope::Message(d) => {
-            if let Some(p) = &d.position {
-                let same_epoch = r.seen.generation == p.generation;
-                if same_epoch && p.offset < r.seen.next_offset {
-                    // Already had it, from history.
-                    return;
-                }
-                // Another epoch (the history was lost), or offsets skipped (this machine missed
-                // messages it could not recover).
-                if !same_epoch || (r.seen.next_offset != 0 && p.offset > r.seen.next_offset) {
+            let Some(p) = &d.position else {
+                return (None, Some(&d.frame));
+            };
+            let same_epoch = r.seen.generation == p.generation;
+            if same_epoch && p.offset < r.seen.next_offset {
+                // Already had it, from history.
+                return (None, None);
+            }
+            // Another epoch (the history was lost), or offsets skipped (this machine missed
+            // messages it could not recover).
+            let notice = (!same_epoch
+                || (r.seen.next_offset != 0 && p.offset > r.seen.next_offset))
+                .then(|| {
                     let before = Position {
                         offset: p.offset.saturating_sub(1),
                         ..p.clone()
                     };
-                    push(
-                        dirty,
-                        fanout,
-                        id,
-                        &r.writer,
-                        &lost_position(&d.target, &before),
-                    );
-                }
-                r.seen = Seen {
-                    generation: p.generation,
-                    next_offset: p.offset + 1,
-                };
-            }
-            push(dirty, fanout, id, &r.writer, &d.frame);
-        }
-        Envelope::Lost(target, p) => {
-            // Only a recipient not already past the lost stretch (by its own read) is told.
-            if r.seen.generation == p.generation && r.seen.next_offset > p.offset {
-                return;
-            }
-            push(dirty, fanout, id, &r.writer, &lost_position(target, p));
+                    lost_position(&d.target, &before)
+                });
             r.seen = Seen {
                 generation: p.generation,
                 next_offset: p.offset + 1,
             };
+            (notice, Some(&d.frame))
         }
-        Envelope::Control(..) => {}
+        Envelope::Lost(target, p) => {
+            // Only a recipient not already past the lost stretch (by its own read) is told.
+            if r.seen.generation == p.generation && r.seen.next_offset > p.offset {
+                return (None, None);
+            }
+            r.seen = Seen {
+                generation: p.generation,
+                next_offset: p.offset + 1,
+            };
+            (Some(lost_position(target, p)), None)
+        }
+        Envelope::Control(..) => (None, None),
     }
 }
 
@@ -210,6 +217,8 @@ pub struct Hub {
     dirty: Vec<(ConnId, Arc<Writer>)>,
     /// Connections whose held messages overflowed during the current batch: cut at its end.
     overflowed: Vec<ConnId>,
+    /// Numbers the activations that wait for a history read.
+    activations: u64,
 }
 
 /// A worker's hub as its connections and bus task share it.
@@ -239,19 +248,28 @@ impl Hub {
             channels: HashMap::new(),
             dirty: Vec::new(),
             overflowed: Vec::new(),
+            activations: 0,
         }
     }
 
     /// Adds a connection of `user`; from now on it receives that user's direct messages and
     /// broadcasts. `seen`: where it stands in the user's history, when there is one.
     pub fn register(&mut self, id: ConnId, user: UserId, writer: Arc<Writer>, seen: Seen) {
-        self.register_as(id, user, writer, Recipient::new, seen, false);
+        self.register_as(id, user, writer, seen, None);
     }
 
     /// [`register`](Self::register) with history in Redis: the user's direct messages are held
-    /// until [`caught_up`](Self::caught_up) says where the connection stands.
-    pub fn register_catching_up(&mut self, id: ConnId, user: UserId, writer: Arc<Writer>) {
-        self.register_as(id, user, writer, Recipient::new, Seen::default(), true);
+    /// until [`caught_up`](Self::caught_up) says where the connection stands. Returns the
+    /// activation to name there.
+    pub fn register_catching_up(&mut self, id: ConnId, user: UserId, writer: Arc<Writer>) -> u64 {
+        let activation = self.next_activation();
+        self.register_as(id, user, writer, Seen::default(), Some(activation));
+        activation
+    }
+
+    fn next_activation(&mut self) -> u64 {
+        self.activations += 1;
+        self.activations
     }
 
     fn register_as(
@@ -259,11 +277,10 @@ impl Hub {
         id: ConnId,
         user: UserId,
         writer: Arc<Writer>,
-        recipient: fn(Arc<Writer>, Seen, bool) -> Recipient,
         seen: Seen,
-        catching_up: bool,
+        catching_up: Option<u64>,
     ) {
-        let recipient = recipient(writer.clone(), seen, catching_up);
+        let recipient = Recipient::new(writer.clone(), seen, catching_up);
         match self.users.entry(user.clone()) {
             Entry::Occupied(mut e) => e.get_mut().push((id, recipient)),
             Entry::Vacant(e) => {
@@ -338,15 +355,26 @@ impl Hub {
     }
 
     /// [`activate`](Self::activate) with history in Redis: the channel's messages are held
-    /// until [`caught_up`](Self::caught_up) says where the connection stands.
-    pub fn activate_catching_up(&mut self, id: ConnId, channel: &Channel) -> bool {
-        self.activate_as(id, channel, &[], Seen::default(), true)
+    /// until [`caught_up`](Self::caught_up) says where the connection stands. Returns the
+    /// activation to name there, or `None` if the reservation is gone.
+    pub fn activate_catching_up(&mut self, id: ConnId, channel: &Channel) -> Option<u64> {
+        let activation = self.next_activation();
+        self.activate_as(id, channel, &[], Seen::default(), Some(activation))
+            .then_some(activation)
     }
 
-    /// Ends the catching up of a connection on `topic`: pushes `frames` (`subscribed` or
-    /// `connected`, and what its read recovered) as one burst, then what was held meanwhile
-    /// that they do not cover. False if the connection no longer receives the topic.
-    pub fn caught_up(&mut self, id: ConnId, topic: &Topic, frames: &[Frame], seen: Seen) -> bool {
+    /// Ends the catching up of `activation` on `topic`: pushes `frames` (`subscribed` or
+    /// `connected`, and what its read recovered), then what was held meanwhile that they do not
+    /// cover, as one burst (a replay never cuts a client that reads). False if the connection
+    /// no longer waits for this activation (unsubscribed, or subscribed again since).
+    pub fn caught_up(
+        &mut self,
+        id: ConnId,
+        topic: &Topic,
+        activation: u64,
+        frames: &[Frame],
+        seen: Seen,
+    ) -> bool {
         let recipient = match topic {
             Topic::User(u) => self
                 .users
@@ -358,18 +386,21 @@ impl Hub {
         let Some(r) = recipient else {
             return false;
         };
-        let Some(held) = r.held.take() else {
+        if r.held.as_ref().map(|(a, _)| *a) != Some(activation) {
             return false;
-        };
-        r.writer.push_burst(frames);
-        r.seen = seen;
-        let mut fanout = Fanout::default();
-        for envelope in &held {
-            offer(&mut self.dirty, &mut fanout, id, r, envelope);
         }
-        // The caller flushes this one writer.
-        self.dirty.clear();
-        self.metrics.frames_pushed.fetch_add(fanout.pushed, Relaxed);
+        let (_, held) = r.held.take().expect("checked above");
+        r.seen = seen;
+        let mut burst = frames.to_vec();
+        for envelope in &held {
+            let (notice, frame) = admit(r, envelope);
+            burst.extend(notice);
+            burst.extend(frame.cloned());
+        }
+        r.writer.push_burst(&burst);
+        self.metrics
+            .frames_pushed
+            .fetch_add(burst.len() as u64, Relaxed);
         true
     }
 
@@ -382,7 +413,7 @@ impl Hub {
         frames: &[Frame],
         seen: Seen,
     ) -> bool {
-        self.activate_as(id, channel, frames, seen, false)
+        self.activate_as(id, channel, frames, seen, None)
     }
 
     fn activate_as(
@@ -391,7 +422,7 @@ impl Hub {
         channel: &Channel,
         frames: &[Frame],
         seen: Seen,
-        catching_up: bool,
+        catching_up: Option<u64>,
     ) -> bool {
         let Some(member) = self.members.get_mut(&id) else {
             return false;
@@ -506,7 +537,7 @@ impl Hub {
         let dirty = &mut self.dirty;
         let overflowed = &mut self.overflowed;
         let mut deliver = |id: &ConnId, r: &mut Recipient| {
-            if let Some(held) = &mut r.held {
+            if let Some((_, held)) = &mut r.held {
                 if held.len() >= MAX_HELD {
                     r.writer.cut();
                     overflowed.push(*id);
@@ -691,6 +722,33 @@ mod tests {
         h.unregister(id(2));
         assert_eq!(h.entries(), 0);
         assert!(h.routes.is_empty());
+    }
+
+    #[test]
+    fn a_read_answers_only_the_activation_that_asked_for_it() {
+        let mut h = hub();
+        let ch = Channel::new("news").unwrap();
+        let w = writer(64);
+        h.register(id(1), UserId::new("u").unwrap(), w.clone(), Seen::default());
+        assert_eq!(h.reserve(id(1), &ch, true), Reservation::Reserved);
+        let first = h.activate_catching_up(id(1), &ch).unwrap();
+        assert!(h.unsubscribe(id(1), &ch));
+        assert_eq!(h.reserve(id(1), &ch, false), Reservation::Reserved);
+        let second = h.activate_catching_up(id(1), &ch).unwrap();
+        let topic = Topic::Channel(ch.clone());
+        let frames = [Frame::subscribed(&ch)];
+        assert!(!h.caught_up(id(1), &topic, first, &frames, Seen::default()));
+        assert_eq!(
+            w.queued(),
+            0,
+            "the earlier read's answer is not this subscription's"
+        );
+        assert!(h.caught_up(id(1), &topic, second, &frames, Seen::default()));
+        assert_eq!(w.queued(), 1);
+        assert!(
+            !h.caught_up(id(1), &topic, second, &frames, Seen::default()),
+            "once"
+        );
     }
 
     #[test]

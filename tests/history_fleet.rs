@@ -571,3 +571,46 @@ async fn messages_arriving_after_an_unsubscribe_do_not_mislead_a_later_subscribe
     post_offset(&b, "/publish", json!({"channel": "x", "message": "next"})).await;
     assert_eq!(next_messages(&mut c2, 1).await, [(at + 1, json!("next"))]);
 }
+
+/// Redis comes back with less than it relayed (an older snapshot; likewise a lagging replica
+/// or `appendfsync everysec` after a crash): the machines notice when they catch up, the topic
+/// moves to a new epoch and its subscribers are told, instead of offsets being given twice.
+#[tokio::test]
+async fn a_redis_back_from_an_older_snapshot_moves_the_topic_to_a_new_epoch() {
+    let dir = std::env::temp_dir().join(format!("fanfare-rdb-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = RedisServer::snapshotting(port, &dir);
+    let (a, b) = (machine(&redis, "a").await, machine(&redis, "b").await);
+    let (mut c, _) = connected(&a, "1", &["news"]).await;
+    let epoch = subscribe_since(&mut c, "news", None).await["epoch"].clone();
+    for n in 1..=5u64 {
+        post_offset(&b, "/publish", json!({"channel": "news", "message": n})).await;
+        if n == 3 {
+            redis_cmd(port, &["SAVE"]);
+        }
+    }
+    assert_eq!(next_messages(&mut c, 5).await.last().unwrap().0, 5);
+    redis.kill();
+    a.wait_readyz(503).await;
+    b.wait_readyz(503).await;
+    redis = RedisServer::snapshotting(port, &dir);
+    let reset = c.recv_json().await;
+    assert_eq!(reset["type"], "subscribed", "{reset}");
+    assert_eq!(reset["recovered"], false, "{reset}");
+    assert_eq!(reset["offset"], 3, "{reset}");
+    assert_ne!(reset["epoch"], epoch, "{reset}");
+    b.wait_readyz(200).await;
+    for n in 6..=8u64 {
+        post_offset(&b, "/publish", json!({"channel": "news", "message": n})).await;
+    }
+    let got = next_messages(&mut c, 3).await;
+    assert_eq!(got, [(4, json!(6)), (5, json!(7)), (6, json!(8))]);
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
+}

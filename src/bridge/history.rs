@@ -41,9 +41,15 @@ redis.call('PUBLISH', ARGV[1], ARGV[2] .. offset .. ' ' .. epoch .. ' ' .. ARGV[
 return offset";
 
 /// Where a topic stands and, for a `since`, what was missed. KEYS: position, stream. ARGV:
-/// since offset (empty for none), since epoch, epoch if a new one is needed, TTL in ms.
-/// Returns epoch, last offset, then with a `since`: "1" and the missed payloads in order, or
-/// "0" when the history cannot fill the gap.
+/// since offset (empty for none), since epoch, epoch if a new one is needed, TTL in ms, and
+/// "1" when the `since` is a machine's own (the last offset Redis relayed to it). Returns
+/// epoch, last offset, then with a `since`: "1" and the missed payloads in order, or "0" when
+/// the history cannot fill the gap.
+///
+/// A machine's `since` beyond the last offset in the same epoch means Redis came back with
+/// less than it had relayed (an older snapshot, a lagging replica): its offsets would be given
+/// out again, so the topic moves to a new epoch (offsets go on from the last one). A client's
+/// `since` is not trusted that far: it only gets "0".
 pub const READ: &str = r"
 local epoch = redis.call('HGET', KEYS[1], 'e')
 local last = 0
@@ -59,6 +65,10 @@ local out = {epoch, tostring(last)}
 if ARGV[1] == '' then return out end
 local since = tonumber(ARGV[1])
 if ARGV[2] ~= epoch or since == nil or since > last then
+  if ARGV[5] == '1' and ARGV[2] == epoch and since ~= nil and since > last then
+    redis.call('HSET', KEYS[1], 'e', ARGV[3])
+    out[1] = ARGV[3]
+  end
   out[3] = '0'
   return out
 end

@@ -111,6 +111,9 @@ enum Request {
     Read {
         topic: Topic,
         since: Option<Since>,
+        /// `since` is where this machine's relay of the topic stands (the catch-up's), not a
+        /// client's: see [`history::READ`].
+        relayed: bool,
         reply: oneshot::Sender<history::Read>,
     },
     /// Extends the memory of a topic's position: it has a recipient here, however quiet.
@@ -264,6 +267,7 @@ impl Bridge {
         self.ask(|reply| Request::Read {
             topic,
             since,
+            relayed: false,
             reply,
         })?
         .await

@@ -202,10 +202,15 @@ impl Publisher {
                 let memory = (settings.ttl_ms * history::POSITION_MEMORY).to_string();
                 pubsub::encode(out, &[b"PEXPIRE", position.as_bytes(), memory.as_bytes()]);
             }
-            Request::Read { topic, since, .. } => {
+            Request::Read {
+                topic,
+                since,
+                relayed,
+                ..
+            } => {
                 let (position, stream) = self.names.history(topic);
                 let offset = since.as_ref().map(|s| s.offset.to_string());
-                let args: [&[u8]; 9] = [
+                let args: [&[u8]; 10] = [
                     b"EVALSHA",
                     conn.read.as_bytes(),
                     b"2",
@@ -215,6 +220,7 @@ impl Publisher {
                     since.as_ref().map_or("", |s| s.epoch.as_str()).as_bytes(),
                     new_epoch.as_bytes(),
                     ttl.as_bytes(),
+                    if *relayed { b"1" } else { b"0" },
                 ];
                 pubsub::encode(out, &args);
             }
@@ -258,6 +264,7 @@ impl Publisher {
                         topic,
                         since,
                         reply: tx,
+                        ..
                     },
                     Reply::Bulks(parts),
                 ) => {

@@ -378,6 +378,7 @@ impl Subscriber {
                     let request = Request::Read {
                         topic: topic.clone(),
                         since: Some(since.clone()),
+                        relayed: true,
                         reply,
                     };
                     let sent = self.requests.try_send(request).is_ok();

@@ -68,6 +68,7 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
     };
     let writer = Arc::new(Writer::new(shared.config.queue_limits()));
     let history = shared.router.history();
+    let mut activation = 0;
     match &history {
         // Under the user's history lock: `connected` and what a resume missed go first, and
         // every direct message after them follows live, none twice.
@@ -96,7 +97,7 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
         // Direct messages are held until the read below says where the user stands.
         Some(HistoryStore::Redis) => {
             let user = identity.user.clone();
-            hub::lock(&ctx.hub).register_catching_up(id, user, writer.clone());
+            activation = hub::lock(&ctx.hub).register_catching_up(id, user, writer.clone());
         }
         None => {
             let seen = Seen::default();
@@ -119,7 +120,7 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
         // and the live messages meet without a gap.
         let topic = Topic::User(identity.user.clone());
         let (frames, seen) = connected_from_redis(&shared.router, &topic, since(&req)).await;
-        hub::lock(&ctx.hub).caught_up(id, &topic, &frames, seen);
+        hub::lock(&ctx.hub).caught_up(id, &topic, activation, &frames, seen);
     }
     let connection = Connection {
         registration,

@@ -330,6 +330,14 @@ impl RedisServer {
         Self::spawn(port, "127.0.0.1", &[&args[..], &["--dir", dir]].concat())
     }
 
+    /// Redis that keeps only what `SAVE` snapshots into `dir`: started again after a kill, it
+    /// has the last snapshot, older than what it had acknowledged.
+    pub fn snapshotting(port: u16, dir: &std::path::Path) -> RedisServer {
+        let dir = dir.to_str().unwrap();
+        let args = ["--save", "", "--appendonly", "no", "--dir", dir];
+        Self::spawn(port, "127.0.0.1", &args)
+    }
+
     fn spawn(port: u16, addrs: &str, persistence: &[&str]) -> RedisServer {
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string()])
