@@ -34,6 +34,10 @@ pub enum Envelope {
     /// With history in Redis: this machine missed messages of the topic that Redis no longer
     /// has (a long outage); its recipients are told where it stands, not recovered.
     Lost(Target, Position),
+    /// With history in Redis: what this machine missed of a topic, read back from Redis after
+    /// a gap, in order. Each recipient gets it as one burst (a replay never cuts a client that
+    /// reads).
+    Replay(Target, Arc<[Delivery]>),
 }
 
 impl Envelope {
@@ -41,7 +45,7 @@ impl Envelope {
         match self {
             Envelope::Message(d) => d.target.clone(),
             Envelope::Control(user, ..) => Target::User(user.clone()),
-            Envelope::Lost(target, _) => target.clone(),
+            Envelope::Lost(target, _) | Envelope::Replay(target, _) => target.clone(),
         }
     }
 }

@@ -144,9 +144,35 @@ fn offer(
     r: &mut Recipient,
     envelope: &Envelope,
 ) {
+    if let Envelope::Replay(..) = envelope {
+        let mut burst = Vec::new();
+        admit_all(r, envelope, &mut burst);
+        fanout.pushed += burst.len() as u64;
+        r.writer.push_burst(&burst);
+        push_dirty(dirty, id, &r.writer);
+        return;
+    }
     let (notice, frame) = admit(r, envelope);
     for frame in notice.as_ref().into_iter().chain(frame) {
         push(dirty, fanout, id, &r.writer, frame);
+    }
+}
+
+/// [`admit`] for any envelope, a replay's messages each in turn: the frames to send.
+fn admit_all(r: &mut Recipient, envelope: &Envelope, out: &mut Vec<Frame>) {
+    match envelope {
+        Envelope::Replay(_, deliveries) => {
+            for d in deliveries.iter() {
+                let (notice, frame) = admit_message(r, d);
+                out.extend(notice);
+                out.extend(frame.cloned());
+            }
+        }
+        other => {
+            let (notice, frame) = admit(r, other);
+            out.extend(notice);
+            out.extend(frame.cloned());
+        }
     }
 }
 
@@ -154,32 +180,7 @@ fn offer(
 /// message's frame unless the recipient already has it.
 fn admit<'a>(r: &mut Recipient, envelope: &'a Envelope) -> (Option<Frame>, Option<&'a Frame>) {
     match envelope {
-        Envelope::Message(d) => {
-            let Some(p) = &d.position else {
-                return (None, Some(&d.frame));
-            };
-            let same_epoch = r.seen.generation == p.generation;
-            if same_epoch && p.offset < r.seen.next_offset {
-                // Already had it, from history.
-                return (None, None);
-            }
-            // Another epoch (the history was lost), or offsets skipped (this machine missed
-            // messages it could not recover).
-            let notice = (!same_epoch
-                || (r.seen.next_offset != 0 && p.offset > r.seen.next_offset))
-                .then(|| {
-                    let before = Position {
-                        offset: p.offset.saturating_sub(1),
-                        ..p.clone()
-                    };
-                    lost_position(&d.target, &before)
-                });
-            r.seen = Seen {
-                generation: p.generation,
-                next_offset: p.offset + 1,
-            };
-            (notice, Some(&d.frame))
-        }
+        Envelope::Message(d) => admit_message(r, d),
         Envelope::Lost(target, p) => {
             // Only a recipient not already past the lost stretch (by its own read) is told.
             if r.seen.generation == p.generation && r.seen.next_offset > p.offset {
@@ -191,8 +192,34 @@ fn admit<'a>(r: &mut Recipient, envelope: &'a Envelope) -> (Option<Frame>, Optio
             };
             (Some(lost_position(target, p)), None)
         }
-        Envelope::Control(..) => (None, None),
+        Envelope::Control(..) | Envelope::Replay(..) => (None, None),
     }
+}
+
+fn admit_message<'a>(r: &mut Recipient, d: &'a Delivery) -> (Option<Frame>, Option<&'a Frame>) {
+    let Some(p) = &d.position else {
+        return (None, Some(&d.frame));
+    };
+    let same_epoch = r.seen.generation == p.generation;
+    if same_epoch && p.offset < r.seen.next_offset {
+        // Already had it, from history.
+        return (None, None);
+    }
+    // Another epoch (the history was lost), or offsets skipped (this machine missed messages
+    // it could not recover).
+    let notice =
+        (!same_epoch || (r.seen.next_offset != 0 && p.offset > r.seen.next_offset)).then(|| {
+            let before = Position {
+                offset: p.offset.saturating_sub(1),
+                ..p.clone()
+            };
+            lost_position(&d.target, &before)
+        });
+    r.seen = Seen {
+        generation: p.generation,
+        next_offset: p.offset + 1,
+    };
+    (notice, Some(&d.frame))
 }
 
 /// Remembers to flush a writer something was pushed to outside [`push`].
@@ -393,9 +420,7 @@ impl Hub {
         r.seen = seen;
         let mut burst = frames.to_vec();
         for envelope in &held {
-            let (notice, frame) = admit(r, envelope);
-            burst.extend(notice);
-            burst.extend(frame.cloned());
+            admit_all(r, envelope, &mut burst);
         }
         r.writer.push_burst(&burst);
         self.metrics
@@ -505,9 +530,9 @@ impl Hub {
         let mut fanout = Fanout::default();
         for envelope in batch {
             match envelope {
-                Envelope::Message(Delivery { target, .. }) | Envelope::Lost(target, _) => {
-                    self.fan_out(target, envelope, &mut fanout)
-                }
+                Envelope::Message(Delivery { target, .. })
+                | Envelope::Lost(target, _)
+                | Envelope::Replay(target, _) => self.fan_out(target, envelope, &mut fanout),
                 Envelope::Control(user, control, since) => {
                     self.control(user, control, since.as_ref(), &mut fanout)
                 }
@@ -836,6 +861,35 @@ mod tests {
         assert_eq!(h.deliver(&delivery(Target::Channel(keep))).pushed, 1);
         let gone = Channel::new("drop").unwrap();
         assert_eq!(h.deliver(&delivery(Target::Channel(gone))).pushed, 0);
+    }
+
+    #[tokio::test]
+    async fn a_replay_goes_out_as_one_burst_and_cuts_nobody() {
+        let mut h = hub();
+        let limits = QueueLimits {
+            frames: 4,
+            bytes: usize::MAX,
+        };
+        let (stuck, _keep) = crate::writer::stuck(limits).await;
+        let u = UserId::new("u").unwrap();
+        h.register(id(1), u.clone(), stuck.clone(), Seen::default());
+        let target = Target::User(u);
+        let at = |offset| Delivery {
+            frame: Frame::message_at(&target, b"1", offset),
+            target: target.clone(),
+            position: Some(crate::bridge::history::position("0a", offset)),
+        };
+        let missed: Vec<Delivery> = (1..=20).map(at).collect();
+        let f = h.deliver_batch(&[Envelope::Replay(target.clone(), missed.into())]);
+        assert_eq!((f.pushed, f.cut), (21, 0), "a notice (new epoch), then 20");
+        assert_eq!(h.connections(), 1);
+        // The same frames one by one are over the limit.
+        let f = h.deliver_batch(
+            &(21..=40)
+                .map(|o| Envelope::Message(at(o)))
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(f.cut, 1);
     }
 
     #[tokio::test]

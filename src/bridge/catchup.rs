@@ -162,16 +162,21 @@ impl Catchup {
         };
         let target = topic.target();
         if read.recovered == Some(true) {
-            for (frame, offset) in read.missed.into_iter().zip(since.offset + 1..) {
-                let position = Position {
-                    offset,
-                    ..read.position.clone()
-                };
-                out.push(Step::Relay(Envelope::Message(Delivery {
+            let missed: Vec<Delivery> = read
+                .missed
+                .into_iter()
+                .zip(since.offset + 1..)
+                .map(|(frame, offset)| Delivery {
                     target: target.clone(),
                     frame,
-                    position: Some(position),
-                })));
+                    position: Some(Position {
+                        offset,
+                        ..read.position.clone()
+                    }),
+                })
+                .collect();
+            if !missed.is_empty() {
+                out.push(Step::Relay(Envelope::Replay(target, missed.into())));
             }
         } else {
             out.push(Step::Relay(Envelope::Lost(target, read.position.clone())));
@@ -281,6 +286,11 @@ mod tests {
                 }
                 Step::Relay(Envelope::Lost(_, p)) => relayed.push((p.offset, true)),
                 Step::Relay(Envelope::Control(..)) => relayed.push((0, false)),
+                Step::Relay(Envelope::Replay(_, missed)) => relayed.extend(
+                    missed
+                        .iter()
+                        .map(|d| (d.position.as_ref().unwrap().offset, false)),
+                ),
                 Step::Fill(_, since, id) => fills.push((since.offset, id)),
             }
         }
