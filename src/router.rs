@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::bridge::history::Read;
-use crate::bridge::Bridge;
 pub use crate::bridge::Unreachable;
+use crate::bridge::{Bridge, Fate};
 use crate::bus::{Bus, Delivery, Envelope};
 use crate::history::{History, Since};
 use crate::metrics::Metrics;
@@ -26,14 +26,11 @@ pub enum HistoryStore {
     Redis,
 }
 
-/// A `/batch` (or single publish) that Redis did not take whole.
+/// A publish (or `/batch`) that Redis did not take whole: what became of each of its messages
+/// with history, in order. Those not queued at all are `Refused`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotTaken {
-    /// The offsets of the items taken, in order: the first `offsets.len()` items.
-    pub offsets: Vec<u64>,
-    /// The link broke while the next item was in flight: Redis may have taken it (and later
-    /// ones) without answering, so a retry may deliver it twice.
-    pub maybe_taken: bool,
+    pub fates: Vec<Fate>,
 }
 
 pub struct Router {
@@ -101,7 +98,6 @@ impl Router {
         deliveries: Vec<Delivery>,
     ) -> Result<Vec<u64>, NotTaken> {
         let mut pending = Vec::with_capacity(deliveries.len());
-        let mut whole = true;
         for delivery in deliveries {
             let Some(topic) = topic_of(&delivery.target) else {
                 self.publish_one(delivery).await;
@@ -112,32 +108,33 @@ impl Router {
                 .message_payload(&delivery.target)
                 .expect("published frames are built by Frame::message");
             let payload = delivery.frame.bytes().slice_ref(payload);
-            match bridge.append(topic, payload) {
-                Ok(answer) => pending.push((delivery.target, answer)),
-                Err(_) => {
-                    whole = false;
-                    break;
-                }
-            }
+            // Once one cannot be queued, none after it is: what was taken stays a prefix
+            // unless Redis itself refuses one in the middle (said per message).
+            let answer = match pending.last() {
+                Some((_, None)) => None,
+                _ => bridge.append(topic, payload).ok(),
+            };
+            pending.push((delivery.target, answer));
         }
-        let mut offsets = Vec::with_capacity(pending.len());
-        let mut maybe_taken = false;
+        let mut fates = Vec::with_capacity(pending.len());
         for (target, answer) in pending {
-            match answer.await {
-                Ok(offset) if !maybe_taken => {
-                    self.metrics.accepted(&target);
-                    offsets.push(offset);
-                }
-                _ => maybe_taken = true,
+            let fate = match answer {
+                Some(answer) => answer.await,
+                None => Fate::Refused,
+            };
+            if let Fate::Taken(_) = fate {
+                self.metrics.accepted(&target);
             }
+            fates.push(fate);
         }
-        match whole && !maybe_taken {
-            true => Ok(offsets),
-            false => Err(NotTaken {
-                offsets,
-                maybe_taken,
-            }),
-        }
+        let offsets: Option<Vec<u64>> = fates
+            .iter()
+            .map(|f| match f {
+                Fate::Taken(offset) => Some(*offset),
+                Fate::Refused | Fate::Unknown => None,
+            })
+            .collect();
+        offsets.ok_or(NotTaken { fates })
     }
 
     /// A message of a topic with history: its offset is taken and it is queued under the

@@ -59,6 +59,17 @@ use wire::Names;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unreachable;
 
+/// What became of a message appended to its topic's history in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Kept and published, at this offset.
+    Taken(u64),
+    /// Redis answered with an error: not taken.
+    Refused,
+    /// The link broke (or Redis went silent) while it was on its way: it may have been taken.
+    Unknown,
+}
+
 /// Longest wait for Redis to answer a command or accept a connection; past it the link is down.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often each link pings Redis (and the publisher renews the node id claim).
@@ -105,7 +116,8 @@ enum Request {
     Append {
         topic: Topic,
         payload: Bytes,
-        reply: oneshot::Sender<u64>,
+        /// Its offset, or `None` if Redis refused it (not taken). Dropped unanswered: unknown.
+        reply: oneshot::Sender<Option<u64>>,
     },
     /// The read script: where a topic stands, and what a `since` missed.
     Read {
@@ -237,21 +249,27 @@ impl Bridge {
         self.history.is_some()
     }
 
-    /// Appends a message to its topic's history in Redis, which publishes it to every machine
-    /// (this one included); returns its offset.
+    /// Queues a message for its topic's history in Redis, which publishes it to every machine
+    /// (this one included); the future says what became of it.
     ///
     /// # Errors
-    /// Redis is unreachable, behind, or refused it: the message may or may not have been
-    /// taken if the link broke while it was in flight.
+    /// Redis is unreachable or behind: not queued, not taken.
     pub fn append(
         &self,
         topic: Topic,
         payload: Bytes,
-    ) -> Result<impl std::future::Future<Output = Result<u64, Unreachable>>, Unreachable> {
-        self.ask(|reply| Request::Append {
+    ) -> Result<impl std::future::Future<Output = Fate>, Unreachable> {
+        let answer = self.ask(|reply| Request::Append {
             topic,
             payload,
             reply,
+        })?;
+        Ok(async move {
+            match answer.await {
+                Ok(Some(offset)) => Fate::Taken(offset),
+                Ok(None) => Fate::Refused,
+                Err(Unreachable) => Fate::Unknown,
+            }
         })
     }
 

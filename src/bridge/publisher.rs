@@ -257,7 +257,10 @@ impl Publisher {
                 }
                 (Request::Append { reply: tx, .. }, Reply::Integer(offset)) => {
                     self.metrics.published.fetch_add(1, Relaxed);
-                    let _ = tx.send(offset as u64);
+                    let _ = tx.send(Some(offset as u64));
+                }
+                (Request::Append { reply: tx, .. }, Reply::Error(_)) => {
+                    let _ = tx.send(None);
                 }
                 (
                     Request::Read {

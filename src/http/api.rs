@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 use super::reject::{json, ApiError};
 use super::Response;
 use crate::auth::{bearer, keys_match};
+use crate::bridge::Fate;
 use crate::bus::Delivery;
 use crate::protocol::{Channel, Control, Frame, Target, UserId, MAX_DISCONNECT_REASON_BYTES};
 use crate::router::NotTaken;
@@ -37,26 +38,7 @@ pub async fn handle(req: Request<Incoming>, ctx: &Shared) -> Response {
         Ok(Accepted::Publish { deliveries, batch }) => {
             let offsets = match ctx.router.publish(deliveries).await {
                 Ok(offsets) => offsets,
-                Err(NotTaken {
-                    offsets,
-                    maybe_taken,
-                }) => {
-                    let taken = match (batch, offsets.len()) {
-                        (false, _) => "it was not taken".to_string(),
-                        (true, 0) => "no item was taken".to_string(),
-                        (true, n) => {
-                            format!("only the first {n} items were taken (offsets {offsets:?})")
-                        }
-                    };
-                    let next = match maybe_taken {
-                        true => "; the link to Redis broke while the next was on its way, so it may have been taken too and a retry may deliver it twice",
-                        false => ", nothing else was delivered",
-                    };
-                    let what = format!(
-                        "the history store (Redis) cannot be written now: {taken}{next}; retry"
-                    );
-                    return ApiError::Unavailable(what).into_response();
-                }
+                Err(NotTaken { fates }) => return not_taken(&fates, batch),
             };
             // With history, the offsets given: `{"ok":true,"offset":42}`, or for a batch
             // `{"ok":true,"offsets":[…]}` in item order.
@@ -79,6 +61,37 @@ pub async fn handle(req: Request<Incoming>, ctx: &Shared) -> Response {
         Err(e) => return e.into_response(),
     }
     json(StatusCode::ACCEPTED, r#"{"ok":true}"#.into())
+}
+
+/// 503 for messages Redis did not take whole: what became of each (with history), so the
+/// caller retries exactly those not taken. `offsets` has the offset of each message with
+/// history in order (`null` if not taken), `unknown` the indices of those that may or may not
+/// have been taken (the link broke while they were on their way).
+fn not_taken(fates: &[Fate], batch: bool) -> Response {
+    let offsets: Vec<Option<u64>> = fates
+        .iter()
+        .map(|f| match f {
+            Fate::Taken(offset) => Some(*offset),
+            Fate::Refused | Fate::Unknown => None,
+        })
+        .collect();
+    let unknown: Vec<usize> = (0..fates.len())
+        .filter(|i| fates[*i] == Fate::Unknown)
+        .collect();
+    let taken = offsets.iter().flatten().count();
+    let mut error = match (batch, fates) {
+        (false, [Fate::Unknown]) => "the link to the history store (Redis) broke while the message was on its way: it may have been delivered, and a retry may deliver it twice".to_string(),
+        (false, _) => "the history store (Redis) cannot be written now: the message was not delivered; retry".to_string(),
+        (true, _) => format!(
+            "the history store (Redis) took {taken} of {} messages (offsets: null = not taken); retry those not taken",
+            fates.len()
+        ),
+    };
+    if batch && !unknown.is_empty() {
+        error.push_str("; those listed in unknown may have been taken too (the link broke while they were on their way)");
+    }
+    let body = serde_json::json!({"error": error, "offsets": offsets, "unknown": unknown});
+    json(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
 }
 
 /// Checks method, key and body, and parses the body into what to do.
