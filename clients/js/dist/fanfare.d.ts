@@ -1,0 +1,180 @@
+/** Where the connection stands. */
+export type State = "connecting" | "connected" | "disconnected" | "closed";
+/** A message as the application gets it, once. */
+export interface Message {
+    /** The channel, or undefined for a direct message to this user. */
+    channel?: string;
+    /** Its place in its topic (with history on the server). */
+    offset?: number;
+    /** The published JSON value. */
+    message: unknown;
+}
+/** A gap the server could not fill: the application should reload what it shows. */
+export interface Lost {
+    /** The channel, or undefined for the user's direct messages. */
+    channel?: string;
+    /** Where the topic stands now; what follows is live. Undefined if the server could not say. */
+    offset?: number;
+    epoch?: string;
+}
+/** The server's `subscribed` reply. */
+export interface Subscribed {
+    channel: string;
+    recovered?: boolean;
+    offset?: number;
+    epoch?: string;
+}
+/** An `error` frame from the server, or a failure of the client itself. */
+export interface ClientError {
+    code: string;
+    detail: string;
+}
+/** Why the client stopped for good (it will not reconnect by itself). */
+export interface Closed {
+    code: number;
+    reason: string;
+}
+export interface Events {
+    state: State;
+    message: Message;
+    subscribed: Subscribed;
+    unsubscribed: {
+        channel: string;
+    };
+    lost: Lost;
+    error: ClientError;
+    closed: Closed;
+}
+/** The constructor of a WebSocket implementation (the browser's, Node's, or the `ws` package). */
+export type WebSocketLike = new (url: string) => WebSocket;
+export interface Options {
+    /** The server's WebSocket endpoint, e.g. `wss://push.example.com/ws`. */
+    url: string;
+    /** A token; or give `getToken`. */
+    token?: string;
+    /** Called for every connection attempt and when the token expires (preferred to `token`). */
+    getToken?: () => string | Promise<string>;
+    /** Channels to subscribe to from the start. */
+    channels?: string[];
+    /** Defaults to the global WebSocket. */
+    WebSocket?: WebSocketLike;
+    /** First reconnect delay, in ms (default 250); doubles per failed attempt... */
+    minReconnectDelay?: number;
+    /** ...up to this (default 10,000). Each delay is jittered between half and all of it. */
+    maxReconnectDelay?: number;
+    /** How often to ping the server, in ms (default 20,000). */
+    pingInterval?: number;
+    /** A ping not answered within this is a dead connection, in ms (default 10,000). */
+    pingTimeout?: number;
+    /** A connection not open within this is given up and tried again, in ms (default 10,000). */
+    connectTimeout?: number;
+}
+/** Where a topic (a channel, or the user's direct messages) stands for this client. */
+interface Position {
+    offset?: number;
+    epoch?: string;
+}
+type Listener<T> = (value: T) => void;
+export declare class FanfareClient {
+    private readonly options;
+    private readonly getToken;
+    /** A `getToken` was given: an expired token can be replaced. */
+    private readonly refreshable;
+    private readonly WebSocketImpl;
+    private readonly listeners;
+    /** Wanted channels, each with where the application is in it. */
+    private readonly channels;
+    private direct;
+    private ws?;
+    private current;
+    /** Failed attempts in a row (reset once a connection opens). */
+    private attempts;
+    private reconnectTimer?;
+    private pingTimer?;
+    private pongDeadline?;
+    private openDeadline?;
+    private stopped;
+    constructor(options: Options);
+    /** Listens to an event; returns a function that stops listening. */
+    on<K extends keyof Events>(event: K, listener: Listener<Events[K]>): () => void;
+    get state(): State;
+    /** Connects, and keeps connecting until `close()`. */
+    connect(): void;
+    /** Closes for good (no reconnect). */
+    close(): void;
+    /** Subscribes to a channel, now if connected and after every reconnect. */
+    subscribe(channel: string): void;
+    unsubscribe(channel: string): void;
+    /** Where each topic stands for the application (to keep across page loads, for example). */
+    positions(): {
+        direct: Position;
+        channels: Record<string, Position>;
+    };
+    private open;
+    private onFrame;
+    /** `connected` or `subscribed`: where a topic stands, and whether a resume worked. */
+    private onPosition;
+    private onMessage;
+    /** Done with `ws` (closed, dead, or never opened): close it without waiting for it to
+     * confirm, and decide what next. Once per socket. */
+    private abandon;
+    private onClose;
+    /** The next attempt after a jittered, capped, exponential delay; a refused upgrade (never
+     * opened) counts as a failure, so a server that refuses us is not hammered. */
+    private scheduleReconnect;
+    private refresh;
+    private startPings;
+    /** Any frame from the server shows the connection is alive. */
+    private alive;
+    private stopTimers;
+    private send;
+    private setState;
+    private emit;
+}
+/** A refused call of the publish or control API: its HTTP status and the server's words. */
+export declare class FanfareError extends Error {
+    readonly status: number;
+    readonly body: unknown;
+    constructor(status: number, body: unknown);
+}
+export interface BackendOptions {
+    /** The server's base URL, e.g. `http://127.0.0.1:8080`. */
+    url: string;
+    apiKey: string;
+    /** Defaults to the global fetch. */
+    fetch?: typeof fetch;
+}
+/** One item of `batch`: a direct message or a channel message. */
+export type BatchItem = {
+    userId: string;
+    message: unknown;
+} | {
+    channel: string;
+    message: unknown;
+};
+/** The answer to a publish: with history, the offset(s) given. */
+export interface Published {
+    ok: true;
+    offset?: number;
+    offsets?: number[];
+}
+/** The publish and control API, for a Node.js backend (or any with fetch). */
+export declare class FanfareBackend {
+    private readonly options;
+    private readonly fetchImpl;
+    constructor(options: BackendOptions);
+    /** To every connection of `userId`. */
+    message(userId: string, message: unknown): Promise<Published>;
+    /** To every subscriber of `channel`. */
+    publish(channel: string, message: unknown): Promise<Published>;
+    /** To every connection. */
+    broadcast(message: unknown): Promise<Published>;
+    /** Several at once, in order. */
+    batch(items: BatchItem[]): Promise<Published>;
+    /** Closes every connection of `userId` (code 4003): a logout. */
+    disconnect(userId: string, reason?: string): Promise<Published>;
+    subscribe(userId: string, channel: string): Promise<Published>;
+    unsubscribe(userId: string, channel: string): Promise<Published>;
+    private post;
+}
+export {};

@@ -1,0 +1,519 @@
+// fanfare's client for browsers and Node.js (>= 20), and a small helper for backends.
+//
+// The client keeps one WebSocket to a fanfare server and makes the server's guarantees hold on
+// the application's side (docs/PROTOCOL.md sections 3, 7 and 8):
+// - it reconnects after any break, with capped, jittered exponential backoff, and subscribes
+//   again to every channel, each from the last offset it delivered (and the user's direct
+//   messages from theirs), so nothing is missed across a reconnect;
+// - it delivers each message once (a repeat at a seam is dropped by offset);
+// - a gap the server cannot fill is an explicit `lost` event: the application reloads;
+// - it notices a dead connection (a ping the server does not answer in time) and reconnects;
+// - it refreshes its token when the server says it is expiring, and asks for a new one when
+//   the server refuses an expired one.
+//
+// No runtime dependency: it uses the platform's WebSocket (or the one given).
+
+/** Where the connection stands. */
+export type State = "connecting" | "connected" | "disconnected" | "closed";
+
+/** A message as the application gets it, once. */
+export interface Message {
+  /** The channel, or undefined for a direct message to this user. */
+  channel?: string;
+  /** Its place in its topic (with history on the server). */
+  offset?: number;
+  /** The published JSON value. */
+  message: unknown;
+}
+
+/** A gap the server could not fill: the application should reload what it shows. */
+export interface Lost {
+  /** The channel, or undefined for the user's direct messages. */
+  channel?: string;
+  /** Where the topic stands now; what follows is live. Undefined if the server could not say. */
+  offset?: number;
+  epoch?: string;
+}
+
+/** The server's `subscribed` reply. */
+export interface Subscribed {
+  channel: string;
+  recovered?: boolean;
+  offset?: number;
+  epoch?: string;
+}
+
+/** An `error` frame from the server, or a failure of the client itself. */
+export interface ClientError {
+  code: string;
+  detail: string;
+}
+
+/** Why the client stopped for good (it will not reconnect by itself). */
+export interface Closed {
+  code: number;
+  reason: string;
+}
+
+export interface Events {
+  state: State;
+  message: Message;
+  subscribed: Subscribed;
+  unsubscribed: { channel: string };
+  lost: Lost;
+  error: ClientError;
+  closed: Closed;
+}
+
+/** The constructor of a WebSocket implementation (the browser's, Node's, or the `ws` package). */
+export type WebSocketLike = new (url: string) => WebSocket;
+
+export interface Options {
+  /** The server's WebSocket endpoint, e.g. `wss://push.example.com/ws`. */
+  url: string;
+  /** A token; or give `getToken`. */
+  token?: string;
+  /** Called for every connection attempt and when the token expires (preferred to `token`). */
+  getToken?: () => string | Promise<string>;
+  /** Channels to subscribe to from the start. */
+  channels?: string[];
+  /** Defaults to the global WebSocket. */
+  WebSocket?: WebSocketLike;
+  /** First reconnect delay, in ms (default 250); doubles per failed attempt... */
+  minReconnectDelay?: number;
+  /** ...up to this (default 10,000). Each delay is jittered between half and all of it. */
+  maxReconnectDelay?: number;
+  /** How often to ping the server, in ms (default 20,000). */
+  pingInterval?: number;
+  /** A ping not answered within this is a dead connection, in ms (default 10,000). */
+  pingTimeout?: number;
+  /** A connection not open within this is given up and tried again, in ms (default 10,000). */
+  connectTimeout?: number;
+}
+
+/** Where a topic (a channel, or the user's direct messages) stands for this client. */
+interface Position {
+  offset?: number;
+  epoch?: string;
+}
+
+type Listener<T> = (value: T) => void;
+
+// Close codes (docs/PROTOCOL.md).
+const NORMAL = 1000;
+const SLOW_CONSUMER = 1008;
+const TOKEN_EXPIRED = 4001;
+const DISCONNECTED_BY_BACKEND = 4003;
+/** Ours: the connection stopped answering pings. */
+const DEAD = 4000;
+
+export class FanfareClient {
+  private readonly options: Required<Omit<Options, "token" | "getToken" | "channels" | "WebSocket">>;
+  private readonly getToken: () => string | Promise<string>;
+  /** A `getToken` was given: an expired token can be replaced. */
+  private readonly refreshable: boolean;
+  private readonly WebSocketImpl: WebSocketLike;
+  private readonly listeners = new Map<keyof Events, Set<Listener<never>>>();
+  /** Wanted channels, each with where the application is in it. */
+  private readonly channels = new Map<string, Position>();
+  private direct: Position = {};
+  private ws?: WebSocket;
+  private current: State = "disconnected";
+  /** Failed attempts in a row (reset once a connection opens). */
+  private attempts = 0;
+  private reconnectTimer?: ReturnType<typeof setTimeout>;
+  private pingTimer?: ReturnType<typeof setInterval>;
+  private pongDeadline?: ReturnType<typeof setTimeout>;
+  private openDeadline?: ReturnType<typeof setTimeout>;
+  private stopped = true;
+
+  constructor(options: Options) {
+    const token = options.token;
+    if (!options.getToken && token === undefined) {
+      throw new Error("fanfare: give a token or getToken");
+    }
+    this.getToken = options.getToken ?? (() => token as string);
+    this.refreshable = options.getToken !== undefined;
+    const Impl = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketLike }).WebSocket;
+    if (!Impl) {
+      throw new Error("fanfare: no WebSocket here; pass one as options.WebSocket");
+    }
+    this.WebSocketImpl = Impl;
+    this.options = {
+      url: options.url,
+      minReconnectDelay: options.minReconnectDelay ?? 250,
+      maxReconnectDelay: options.maxReconnectDelay ?? 10_000,
+      pingInterval: options.pingInterval ?? 20_000,
+      pingTimeout: options.pingTimeout ?? 10_000,
+      connectTimeout: options.connectTimeout ?? 10_000,
+    };
+    for (const channel of options.channels ?? []) {
+      this.channels.set(channel, {});
+    }
+  }
+
+  /** Listens to an event; returns a function that stops listening. */
+  on<K extends keyof Events>(event: K, listener: Listener<Events[K]>): () => void {
+    let set = this.listeners.get(event);
+    if (!set) this.listeners.set(event, (set = new Set()));
+    const stored = listener as Listener<never>;
+    set.add(stored);
+    return () => set.delete(stored);
+  }
+
+  get state(): State {
+    return this.current;
+  }
+
+  /** Connects, and keeps connecting until `close()`. */
+  connect(): void {
+    if (!this.stopped) return;
+    this.stopped = false;
+    void this.open();
+  }
+
+  /** Closes for good (no reconnect). */
+  close(): void {
+    this.stopped = true;
+    clearTimeout(this.reconnectTimer);
+    clearTimeout(this.openDeadline);
+    this.stopTimers();
+    const ws = this.ws;
+    this.ws = undefined;
+    ws?.close(NORMAL);
+    this.setState("closed");
+  }
+
+  /** Subscribes to a channel, now if connected and after every reconnect. */
+  subscribe(channel: string): void {
+    if (this.channels.has(channel)) return;
+    this.channels.set(channel, {});
+    this.send({ type: "subscribe", channel });
+  }
+
+  unsubscribe(channel: string): void {
+    if (!this.channels.delete(channel)) return;
+    this.send({ type: "unsubscribe", channel });
+  }
+
+  /** Where each topic stands for the application (to keep across page loads, for example). */
+  positions(): { direct: Position; channels: Record<string, Position> } {
+    return { direct: { ...this.direct }, channels: Object.fromEntries(this.channels) };
+  }
+
+  private async open(): Promise<void> {
+    if (this.stopped) return;
+    this.setState("connecting");
+    let token: string;
+    try {
+      token = await this.getToken();
+    } catch (e) {
+      this.emit("error", { code: "token", detail: `getToken failed: ${String(e)}` });
+      this.scheduleReconnect();
+      return;
+    }
+    if (this.stopped) return;
+    const url = new URL(this.options.url);
+    url.searchParams.set("token", token);
+    if (this.direct.offset !== undefined && this.direct.epoch !== undefined) {
+      url.searchParams.set("since", String(this.direct.offset));
+      url.searchParams.set("epoch", this.direct.epoch);
+    }
+    const ws = new this.WebSocketImpl(url.toString());
+    this.ws = ws;
+    let opened = false;
+    // A handshake that never ends (a lost SYN; some WebSocket implementations also never say
+    // when the server hangs up during it) is given up.
+    this.openDeadline = setTimeout(() => this.abandon(ws, 1006, "connect timeout", false), this.options.connectTimeout);
+    ws.onopen = () => {
+      clearTimeout(this.openDeadline);
+      opened = true;
+      this.attempts = 0;
+      this.setState("connected");
+      for (const [channel, at] of this.channels) {
+        this.send(subscribeFrame(channel, at));
+      }
+      this.startPings();
+    };
+    ws.onmessage = (e: MessageEvent) => {
+      this.alive();
+      if (typeof e.data === "string") this.onFrame(e.data);
+    };
+    ws.onclose = (e: CloseEvent) => this.abandon(ws, e.code, e.reason, opened);
+    // An error is always followed by a close, which decides what happens next.
+    ws.onerror = () => {};
+  }
+
+  private onFrame(text: string): void {
+    let frame: Record<string, unknown>;
+    try {
+      frame = JSON.parse(text);
+    } catch {
+      this.emit("error", { code: "bad_frame", detail: text.slice(0, 200) });
+      return;
+    }
+    switch (frame.type) {
+      case "message":
+        return this.onMessage(frame);
+      case "connected":
+        return this.onPosition(undefined, frame, this.direct);
+      case "subscribed": {
+        const channel = frame.channel as string;
+        const at = this.channels.get(channel);
+        if (!at) return; // unsubscribed meanwhile
+        this.onPosition(channel, frame, at);
+        this.emit("subscribed", {
+          channel,
+          recovered: frame.recovered as boolean | undefined,
+          offset: frame.offset as number | undefined,
+          epoch: frame.epoch as string | undefined,
+        });
+        return;
+      }
+      case "unsubscribed": {
+        const channel = frame.channel as string;
+        // The backend (or a refreshed token) ended it: do not subscribe again on reconnect.
+        this.channels.delete(channel);
+        this.emit("unsubscribed", { channel });
+        return;
+      }
+      case "expiring":
+        return void this.refresh();
+      case "error":
+        this.emit("error", { code: String(frame.error), detail: String(frame.detail ?? "") });
+        return;
+      default:
+        // pong, refreshed: liveness is all they say.
+        return;
+    }
+  }
+
+  /** `connected` or `subscribed`: where a topic stands, and whether a resume worked. */
+  private onPosition(channel: string | undefined, frame: Record<string, unknown>, at: Position): void {
+    const offset = frame.offset as number | undefined;
+    const epoch = frame.epoch as string | undefined;
+    if (frame.recovered === false) {
+      this.emit("lost", { channel, offset, epoch });
+    }
+    // A position the server could not read leaves ours as it was: a later resume still asks
+    // from where the application really is.
+    if (epoch !== undefined && offset !== undefined) {
+      const resumed = frame.recovered === true;
+      // A recovered resume keeps our offset: the missed messages follow this frame.
+      if (!resumed || at.epoch !== epoch) at.offset = offset;
+      at.epoch = epoch;
+    }
+  }
+
+  private onMessage(frame: Record<string, unknown>): void {
+    const channel = frame.channel as string | undefined;
+    const at = channel === undefined ? this.direct : this.channels.get(channel);
+    if (!at) return; // a channel unsubscribed meanwhile
+    const offset = frame.offset as number | undefined;
+    if (offset !== undefined) {
+      if (at.offset !== undefined && offset <= at.offset) return; // already delivered
+      at.offset = offset;
+    }
+    this.emit("message", { channel, offset, message: frame.message });
+  }
+
+  /** Done with `ws` (closed, dead, or never opened): close it without waiting for it to
+   * confirm, and decide what next. Once per socket. */
+  private abandon(ws: WebSocket, code: number, reason: string, opened: boolean): void {
+    if (this.ws !== ws) return;
+    this.ws = undefined;
+    clearTimeout(this.openDeadline);
+    this.stopTimers();
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    try {
+      ws.close(code >= 3000 && code < 5000 ? code : NORMAL);
+    } catch {
+      // Already closing.
+    }
+    this.onClose(code, reason, opened);
+  }
+
+  private onClose(code: number, reason: string, opened: boolean): void {
+    if (this.stopped) return;
+    if (code === DISCONNECTED_BY_BACKEND) {
+      // The backend logged this user out: reconnecting would undo it.
+      this.stopped = true;
+      this.setState("closed");
+      this.emit("closed", { code, reason });
+      return;
+    }
+    this.setState("disconnected");
+    if (code === TOKEN_EXPIRED && !this.refreshable) {
+      // The same token would be refused again.
+      this.stopped = true;
+      this.setState("closed");
+      this.emit("closed", { code, reason });
+      return;
+    }
+    if (opened && (code === SLOW_CONSUMER || code === TOKEN_EXPIRED || code === DEAD)) {
+      // Reconnect at once (with a fresh token for 4001): the resume fills the gap.
+      this.attempts = 0;
+    }
+    this.scheduleReconnect();
+  }
+
+  /** The next attempt after a jittered, capped, exponential delay; a refused upgrade (never
+   * opened) counts as a failure, so a server that refuses us is not hammered. */
+  private scheduleReconnect(): void {
+    if (this.stopped) return;
+    const { minReconnectDelay: min, maxReconnectDelay: max } = this.options;
+    const ceiling = Math.min(max, min * 2 ** this.attempts);
+    const delay = ceiling / 2 + Math.random() * (ceiling / 2);
+    this.attempts += 1;
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = setTimeout(() => void this.open(), delay);
+  }
+
+  private async refresh(): Promise<void> {
+    try {
+      const token = await this.getToken();
+      this.send({ type: "refresh", token });
+    } catch (e) {
+      this.emit("error", { code: "token", detail: `getToken failed: ${String(e)}` });
+    }
+  }
+
+  private startPings(): void {
+    this.stopTimers();
+    this.pingTimer = setInterval(() => {
+      this.send({ type: "ping" });
+      if (this.pongDeadline === undefined) {
+        const ws = this.ws;
+        this.pongDeadline = setTimeout(() => ws && this.abandon(ws, DEAD, "no pong", true), this.options.pingTimeout);
+      }
+    }, this.options.pingInterval);
+  }
+
+  /** Any frame from the server shows the connection is alive. */
+  private alive(): void {
+    clearTimeout(this.pongDeadline);
+    this.pongDeadline = undefined;
+  }
+
+  private stopTimers(): void {
+    clearInterval(this.pingTimer);
+    this.alive();
+  }
+
+  private send(frame: object): void {
+    if (this.ws && this.ws.readyState === 1) this.ws.send(JSON.stringify(frame));
+  }
+
+  private setState(state: State): void {
+    if (this.current === state) return;
+    this.current = state;
+    this.emit("state", state);
+  }
+
+  private emit<K extends keyof Events>(event: K, value: Events[K]): void {
+    for (const listener of this.listeners.get(event) ?? []) {
+      try {
+        (listener as Listener<Events[K]>)(value);
+      } catch (e) {
+        // One listener's bug must not stop delivery to the others.
+        console.error(e);
+      }
+    }
+  }
+}
+
+function subscribeFrame(channel: string, at: Position): object {
+  return at.offset !== undefined && at.epoch !== undefined
+    ? { type: "subscribe", channel, since: { offset: at.offset, epoch: at.epoch } }
+    : { type: "subscribe", channel };
+}
+
+/** A refused call of the publish or control API: its HTTP status and the server's words. */
+export class FanfareError extends Error {
+  constructor(
+    readonly status: number,
+    readonly body: unknown,
+  ) {
+    super(`fanfare: HTTP ${status}: ${typeof body === "string" ? body : JSON.stringify(body)}`);
+  }
+}
+
+export interface BackendOptions {
+  /** The server's base URL, e.g. `http://127.0.0.1:8080`. */
+  url: string;
+  apiKey: string;
+  /** Defaults to the global fetch. */
+  fetch?: typeof fetch;
+}
+
+/** One item of `batch`: a direct message or a channel message. */
+export type BatchItem = { userId: string; message: unknown } | { channel: string; message: unknown };
+
+/** The answer to a publish: with history, the offset(s) given. */
+export interface Published {
+  ok: true;
+  offset?: number;
+  offsets?: number[];
+}
+
+/** The publish and control API, for a Node.js backend (or any with fetch). */
+export class FanfareBackend {
+  private readonly fetchImpl: typeof fetch;
+
+  constructor(private readonly options: BackendOptions) {
+    this.fetchImpl = options.fetch ?? fetch;
+  }
+
+  /** To every connection of `userId`. */
+  message(userId: string, message: unknown): Promise<Published> {
+    return this.post("/message", { userId, message });
+  }
+
+  /** To every subscriber of `channel`. */
+  publish(channel: string, message: unknown): Promise<Published> {
+    return this.post("/publish", { channel, message });
+  }
+
+  /** To every connection. */
+  broadcast(message: unknown): Promise<Published> {
+    return this.post("/broadcast", { message });
+  }
+
+  /** Several at once, in order. */
+  batch(items: BatchItem[]): Promise<Published> {
+    return this.post("/batch", items);
+  }
+
+  /** Closes every connection of `userId` (code 4003): a logout. */
+  disconnect(userId: string, reason?: string): Promise<Published> {
+    return this.post("/disconnect", reason === undefined ? { userId } : { userId, reason });
+  }
+
+  subscribe(userId: string, channel: string): Promise<Published> {
+    return this.post("/subscribe", { userId, channel });
+  }
+
+  unsubscribe(userId: string, channel: string): Promise<Published> {
+    return this.post("/unsubscribe", { userId, channel });
+  }
+
+  private async post<T>(path: string, body: unknown): Promise<T> {
+    const response = await this.fetchImpl(new URL(path, this.options.url), {
+      method: "POST",
+      headers: {
+        Authorization: `Bearer ${this.options.apiKey}`,
+        "Content-Type": "application/json",
+      },
+      body: JSON.stringify(body),
+    });
+    const text = await response.text();
+    let parsed: unknown = text;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      // Not JSON: keep the text.
+    }
+    if (!response.ok) throw new FanfareError(response.status, parsed);
+    return parsed as T;
+  }
+}
