@@ -89,7 +89,7 @@ pub async fn dispatch(req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Respo
         "/ws" => ws::upgrade(req, ctx).await,
         "/message" | "/publish" | "/broadcast" | "/batch" | "/disconnect" | "/subscribe"
         | "/unsubscribe" => api::handle(req, &ctx.shared).await,
-        path @ ("/healthz" | "/readyz" | "/metrics" | "/") => {
+        path @ ("/healthz" | "/readyz" | "/metrics" | "/" | "/fanfare.js") => {
             ops::handle(req.method(), path, &ctx.shared)
         }
         _ => ApiError::NotFound.into_response(),

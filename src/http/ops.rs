@@ -1,5 +1,6 @@
 //! Endpoints for operators and first-time users, no key needed: `GET /healthz`, `/readyz`,
-//! `/metrics`, and `/`, a console page to try the server.
+//! `/metrics`, `/`, a console page to try the server, and `/fanfare.js`, the JavaScript
+//! client it is built on (clients/js, its committed build).
 
 use hyper::{Method, StatusCode};
 
@@ -8,6 +9,7 @@ use super::{response, Response};
 use crate::worker::Shared;
 
 const CONSOLE_HTML: &str = include_str!("console.html");
+const CLIENT_JS: &str = include_str!("../../clients/js/dist/fanfare.js");
 
 /// Answers `path` (one of this module's), GET only.
 pub fn handle(method: &Method, path: &str, ctx: &Shared) -> Response {
@@ -32,6 +34,7 @@ pub fn handle(method: &Method, path: &str, ctx: &Shared) -> Response {
             ctx.metrics.render(),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
+        "/fanfare.js" => response(StatusCode::OK, CLIENT_JS, "text/javascript; charset=utf-8"),
         _ => response(StatusCode::OK, CONSOLE_HTML, "text/html; charset=utf-8"),
     }
 }

@@ -80,7 +80,8 @@ export async function startServer({ port, redis, node, history = 100, extra = []
     log: () => log,
     stop: () =>
       new Promise((resolve) => {
-        if (proc.exitCode !== null) return resolve();
+        // Already gone (killed by a signal leaves exitCode null and sets signalCode).
+        if (proc.exitCode !== null || proc.signalCode !== null) return resolve();
         proc.once("exit", resolve);
         proc.kill("SIGKILL");
       }),
