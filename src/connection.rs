@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::stream::FuturesUnordered;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::OwnedReadHalf;
@@ -108,6 +107,13 @@ struct Resume {
 
 /// A read of a channel's history in Redis, answered with what it was for.
 type Reading = Pin<Box<dyn Future<Output = (Channel, Resume, Result<Read, Unreachable>)> + Send>>;
+
+/// The answer to the oldest read; cancel-safe (it is taken off only once answered).
+async fn oldest(reads: &mut VecDeque<Reading>) -> (Channel, Resume, Result<Read, Unreachable>) {
+    let answer = reads.front_mut().expect("polled only with reads").await;
+    reads.pop_front();
+    answer
+}
 
 /// Who asked for a subscription.
 #[derive(Clone, Copy)]
@@ -238,7 +244,9 @@ impl Connection {
         // Subscriptions waiting for the bridge, oldest first (tickets only grow), each with
         // whether it pauses reading (a client's does).
         let mut awaiting: VecDeque<(Ticket, Channel, bool, Option<Resume>)> = VecDeque::new();
-        let mut reads: FuturesUnordered<Reading> = FuturesUnordered::new();
+        // Reads of the history in Redis: one pipeline answers them in order, so only the oldest
+        // is polled (and an idle connection allocates nothing for them).
+        let mut reads: VecDeque<Reading> = VecDeque::new();
         // Reads a client's subscribe waits for: reading the client pauses meanwhile.
         let mut client_reads = 0usize;
         // Made once, not at every wake-up.
@@ -272,7 +280,7 @@ impl Connection {
                         None => self.activate(&channel),
                     }
                 }
-                Some((channel, resume, read)) = reads.next(), if !reads.is_empty() => {
+                (channel, resume, read) = oldest(&mut reads), if !reads.is_empty() => {
                     if matches!(resume.asked, Asked::Client) {
                         client_reads -= 1;
                     }
@@ -318,7 +326,7 @@ impl Connection {
                     let router = self.router.clone();
                     let topic = Topic::Channel(channel.clone());
                     let since = resume.since.clone();
-                    reads.push(Box::pin(async move {
+                    reads.push_back(Box::pin(async move {
                         let read = router.read_history(topic, since).await;
                         (channel, resume, read)
                     }));
