@@ -70,7 +70,7 @@ export interface Options {
     connectTimeout?: number;
 }
 /** Where a topic (a channel, or the user's direct messages) stands for this client. */
-interface Position {
+export interface Position {
     offset?: number;
     epoch?: string;
 }
@@ -84,7 +84,12 @@ export declare class FanfareClient {
     private readonly listeners;
     /** Wanted channels, each with where the application is in it. */
     private readonly channels;
+    /** Unsubscribes sent and not yet answered, per channel: their `unsubscribed` must not end
+     * a subscription made again since. */
+    private readonly unsubscribing;
     private direct;
+    /** Numbers connection attempts: an attempt overtaken (by `close()`, a newer one) stops. */
+    private attempt;
     private ws?;
     private current;
     /** Failed attempts in a row (reset once a connection opens). */
@@ -93,6 +98,8 @@ export declare class FanfareClient {
     private pingTimer?;
     private pongDeadline?;
     private openDeadline?;
+    /** When the current connection opened. */
+    private openedAt?;
     private stopped;
     constructor(options: Options);
     /** Listens to an event; returns a function that stops listening. */
@@ -105,7 +112,7 @@ export declare class FanfareClient {
     /** Subscribes to a channel, now if connected and after every reconnect. */
     subscribe(channel: string): void;
     unsubscribe(channel: string): void;
-    /** Where each topic stands for the application (to keep across page loads, for example). */
+    /** Where each topic stands for the application (a copy). */
     positions(): {
         direct: Position;
         channels: Record<string, Position>;
@@ -118,6 +125,7 @@ export declare class FanfareClient {
     /** Done with `ws` (closed, dead, or never opened): close it without waiting for it to
      * confirm, and decide what next. Once per socket. */
     private abandon;
+    /** `stable`: the connection had lasted (a failure otherwise, for the backoff). */
     private onClose;
     /** The next attempt after a jittered, capped, exponential delay; a refused upgrade (never
      * opened) counts as a failure, so a server that refuses us is not hammered. */
@@ -127,6 +135,7 @@ export declare class FanfareClient {
     /** Any frame from the server shows the connection is alive. */
     private alive;
     private stopTimers;
+    /** Sends now if connected; true if sent. */
     private send;
     private setState;
     private emit;

@@ -12,6 +12,9 @@
 //   the server refuses an expired one.
 //
 // No runtime dependency: it uses the platform's WebSocket (or the one given).
+/** A connection that lasted this long resets the backoff; shorter ones count as failures, so a
+ * server that accepts and drops at once is not hammered. */
+const STABLE_MS = 5_000;
 // Close codes (docs/PROTOCOL.md).
 const NORMAL = 1000;
 const SLOW_CONSUMER = 1008;
@@ -28,7 +31,12 @@ export class FanfareClient {
     listeners = new Map();
     /** Wanted channels, each with where the application is in it. */
     channels = new Map();
+    /** Unsubscribes sent and not yet answered, per channel: their `unsubscribed` must not end
+     * a subscription made again since. */
+    unsubscribing = new Map();
     direct = {};
+    /** Numbers connection attempts: an attempt overtaken (by `close()`, a newer one) stops. */
+    attempt = 0;
     ws;
     current = "disconnected";
     /** Failed attempts in a row (reset once a connection opens). */
@@ -37,6 +45,8 @@ export class FanfareClient {
     pingTimer;
     pongDeadline;
     openDeadline;
+    /** When the current connection opened. */
+    openedAt;
     stopped = true;
     constructor(options) {
         const token = options.token;
@@ -84,12 +94,16 @@ export class FanfareClient {
     /** Closes for good (no reconnect). */
     close() {
         this.stopped = true;
+        this.attempt += 1;
         clearTimeout(this.reconnectTimer);
         clearTimeout(this.openDeadline);
         this.stopTimers();
         const ws = this.ws;
         this.ws = undefined;
-        ws?.close(NORMAL);
+        if (ws) {
+            ws.onopen = ws.onmessage = ws.onclose = null;
+            ws.close(NORMAL);
+        }
         this.setState("closed");
     }
     /** Subscribes to a channel, now if connected and after every reconnect. */
@@ -102,26 +116,34 @@ export class FanfareClient {
     unsubscribe(channel) {
         if (!this.channels.delete(channel))
             return;
-        this.send({ type: "unsubscribe", channel });
+        if (this.send({ type: "unsubscribe", channel })) {
+            this.unsubscribing.set(channel, (this.unsubscribing.get(channel) ?? 0) + 1);
+        }
     }
-    /** Where each topic stands for the application (to keep across page loads, for example). */
+    /** Where each topic stands for the application (a copy). */
     positions() {
-        return { direct: { ...this.direct }, channels: Object.fromEntries(this.channels) };
+        const copy = ({ offset, epoch }) => ({ offset, epoch });
+        const channels = [...this.channels].map(([c, at]) => [c, copy(at)]);
+        return { direct: copy(this.direct), channels: Object.fromEntries(channels) };
     }
     async open() {
         if (this.stopped)
             return;
+        const attempt = ++this.attempt;
         this.setState("connecting");
         let token;
         try {
-            token = await this.getToken();
+            // A getToken that never settles must not stall the client.
+            token = await withTimeout(Promise.resolve(this.getToken()), this.options.connectTimeout);
         }
         catch (e) {
+            if (attempt !== this.attempt)
+                return;
             this.emit("error", { code: "token", detail: `getToken failed: ${String(e)}` });
             this.scheduleReconnect();
             return;
         }
-        if (this.stopped)
+        if (this.stopped || attempt !== this.attempt)
             return;
         const url = new URL(this.options.url);
         url.searchParams.set("token", token);
@@ -131,26 +153,37 @@ export class FanfareClient {
         }
         const ws = new this.WebSocketImpl(url.toString());
         this.ws = ws;
-        let opened = false;
+        this.openedAt = undefined;
         // A handshake that never ends (a lost SYN; some WebSocket implementations also never say
         // when the server hangs up during it) is given up.
-        this.openDeadline = setTimeout(() => this.abandon(ws, 1006, "connect timeout", false), this.options.connectTimeout);
+        this.openDeadline = setTimeout(() => this.abandon(ws, 1006, "connect timeout"), this.options.connectTimeout);
         ws.onopen = () => {
+            if (this.ws !== ws)
+                return;
             clearTimeout(this.openDeadline);
-            opened = true;
-            this.attempts = 0;
+            this.openedAt = Date.now();
+            this.unsubscribing.clear();
             this.setState("connected");
+            // Without a position to resume from, what was published while away cannot be asked
+            // for: said, so the application reloads.
+            if (this.direct.live && this.direct.epoch === undefined)
+                this.emit("lost", {});
+            this.direct.live = true;
             for (const [channel, at] of this.channels) {
+                if (at.live && at.epoch === undefined)
+                    this.emit("lost", { channel });
                 this.send(subscribeFrame(channel, at));
             }
             this.startPings();
         };
         ws.onmessage = (e) => {
+            if (this.ws !== ws)
+                return;
             this.alive();
             if (typeof e.data === "string")
                 this.onFrame(e.data);
         };
-        ws.onclose = (e) => this.abandon(ws, e.code, e.reason, opened);
+        ws.onclose = (e) => this.abandon(ws, e.code, e.reason);
         // An error is always followed by a close, which decides what happens next.
         ws.onerror = () => { };
     }
@@ -170,9 +203,15 @@ export class FanfareClient {
                 return this.onPosition(undefined, frame, this.direct);
             case "subscribed": {
                 const channel = frame.channel;
-                const at = this.channels.get(channel);
-                if (!at)
-                    return; // unsubscribed meanwhile
+                if (this.unsubscribing.get(channel))
+                    return; // the reply to a subscribe undone since
+                let at = this.channels.get(channel);
+                if (!at) {
+                    // The backend subscribed this connection (POST /subscribe): follow it like ours.
+                    at = {};
+                    this.channels.set(channel, at);
+                }
+                at.live = true;
                 this.onPosition(channel, frame, at);
                 this.emit("subscribed", {
                     channel,
@@ -184,8 +223,18 @@ export class FanfareClient {
             }
             case "unsubscribed": {
                 const channel = frame.channel;
-                // The backend (or a refreshed token) ended it: do not subscribe again on reconnect.
-                this.channels.delete(channel);
+                const pending = this.unsubscribing.get(channel) ?? 0;
+                if (pending > 0) {
+                    // The reply to our own unsubscribe: a subscribe made again since stands.
+                    if (pending === 1)
+                        this.unsubscribing.delete(channel);
+                    else
+                        this.unsubscribing.set(channel, pending - 1);
+                }
+                else {
+                    // The backend (or a refreshed token) ended it: do not subscribe again on reconnect.
+                    this.channels.delete(channel);
+                }
                 this.emit("unsubscribed", { channel });
                 return;
             }
@@ -231,9 +280,10 @@ export class FanfareClient {
     }
     /** Done with `ws` (closed, dead, or never opened): close it without waiting for it to
      * confirm, and decide what next. Once per socket. */
-    abandon(ws, code, reason, opened) {
+    abandon(ws, code, reason) {
         if (this.ws !== ws)
             return;
+        const stable = this.openedAt !== undefined && Date.now() - this.openedAt >= STABLE_MS;
         this.ws = undefined;
         clearTimeout(this.openDeadline);
         this.stopTimers();
@@ -244,9 +294,10 @@ export class FanfareClient {
         catch {
             // Already closing.
         }
-        this.onClose(code, reason, opened);
+        this.onClose(code, reason, stable);
     }
-    onClose(code, reason, opened) {
+    /** `stable`: the connection had lasted (a failure otherwise, for the backoff). */
+    onClose(code, reason, stable) {
         if (this.stopped)
             return;
         if (code === DISCONNECTED_BY_BACKEND) {
@@ -264,8 +315,9 @@ export class FanfareClient {
             this.emit("closed", { code, reason });
             return;
         }
-        if (opened && (code === SLOW_CONSUMER || code === TOKEN_EXPIRED || code === DEAD)) {
-            // Reconnect at once (with a fresh token for 4001): the resume fills the gap.
+        if (stable) {
+            // It worked a while: start the backoff over (a fresh token for 4001; the resume fills
+            // the gap of a 1008 or a dead connection).
             this.attempts = 0;
         }
         this.scheduleReconnect();
@@ -297,7 +349,7 @@ export class FanfareClient {
             this.send({ type: "ping" });
             if (this.pongDeadline === undefined) {
                 const ws = this.ws;
-                this.pongDeadline = setTimeout(() => ws && this.abandon(ws, DEAD, "no pong", true), this.options.pingTimeout);
+                this.pongDeadline = setTimeout(() => ws && this.abandon(ws, DEAD, "no pong"), this.options.pingTimeout);
             }
         }, this.options.pingInterval);
     }
@@ -310,9 +362,12 @@ export class FanfareClient {
         clearInterval(this.pingTimer);
         this.alive();
     }
+    /** Sends now if connected; true if sent. */
     send(frame) {
-        if (this.ws && this.ws.readyState === 1)
-            this.ws.send(JSON.stringify(frame));
+        if (!this.ws || this.ws.readyState !== 1)
+            return false;
+        this.ws.send(JSON.stringify(frame));
+        return true;
     }
     setState(state) {
         if (this.current === state)
@@ -331,6 +386,14 @@ export class FanfareClient {
             }
         }
     }
+}
+/** `promise`, or a rejection after `ms`. */
+function withTimeout(promise, ms) {
+    let timer;
+    const timeout = new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+    });
+    return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 function subscribeFrame(channel, at) {
     return at.offset !== undefined && at.epoch !== undefined

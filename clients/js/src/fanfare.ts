@@ -92,10 +92,21 @@ export interface Options {
 }
 
 /** Where a topic (a channel, or the user's direct messages) stands for this client. */
-interface Position {
+export interface Position {
   offset?: number;
   epoch?: string;
 }
+
+/** A topic as the client follows it. */
+interface Topic extends Position {
+  /** Received on an earlier connection: a reconnect without a position may have missed
+   * messages, which is said (`lost`), not hidden. */
+  live?: boolean;
+}
+
+/** A connection that lasted this long resets the backoff; shorter ones count as failures, so a
+ * server that accepts and drops at once is not hammered. */
+const STABLE_MS = 5_000;
 
 type Listener<T> = (value: T) => void;
 
@@ -115,8 +126,13 @@ export class FanfareClient {
   private readonly WebSocketImpl: WebSocketLike;
   private readonly listeners = new Map<keyof Events, Set<Listener<never>>>();
   /** Wanted channels, each with where the application is in it. */
-  private readonly channels = new Map<string, Position>();
-  private direct: Position = {};
+  private readonly channels = new Map<string, Topic>();
+  /** Unsubscribes sent and not yet answered, per channel: their `unsubscribed` must not end
+   * a subscription made again since. */
+  private readonly unsubscribing = new Map<string, number>();
+  private direct: Topic = {};
+  /** Numbers connection attempts: an attempt overtaken (by `close()`, a newer one) stops. */
+  private attempt = 0;
   private ws?: WebSocket;
   private current: State = "disconnected";
   /** Failed attempts in a row (reset once a connection opens). */
@@ -125,6 +141,8 @@ export class FanfareClient {
   private pingTimer?: ReturnType<typeof setInterval>;
   private pongDeadline?: ReturnType<typeof setTimeout>;
   private openDeadline?: ReturnType<typeof setTimeout>;
+  /** When the current connection opened. */
+  private openedAt?: number;
   private stopped = true;
 
   constructor(options: Options) {
@@ -175,12 +193,16 @@ export class FanfareClient {
   /** Closes for good (no reconnect). */
   close(): void {
     this.stopped = true;
+    this.attempt += 1;
     clearTimeout(this.reconnectTimer);
     clearTimeout(this.openDeadline);
     this.stopTimers();
     const ws = this.ws;
     this.ws = undefined;
-    ws?.close(NORMAL);
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onclose = null;
+      ws.close(NORMAL);
+    }
     this.setState("closed");
   }
 
@@ -193,26 +215,33 @@ export class FanfareClient {
 
   unsubscribe(channel: string): void {
     if (!this.channels.delete(channel)) return;
-    this.send({ type: "unsubscribe", channel });
+    if (this.send({ type: "unsubscribe", channel })) {
+      this.unsubscribing.set(channel, (this.unsubscribing.get(channel) ?? 0) + 1);
+    }
   }
 
-  /** Where each topic stands for the application (to keep across page loads, for example). */
+  /** Where each topic stands for the application (a copy). */
   positions(): { direct: Position; channels: Record<string, Position> } {
-    return { direct: { ...this.direct }, channels: Object.fromEntries(this.channels) };
+    const copy = ({ offset, epoch }: Topic): Position => ({ offset, epoch });
+    const channels = [...this.channels].map(([c, at]) => [c, copy(at)]);
+    return { direct: copy(this.direct), channels: Object.fromEntries(channels) };
   }
 
   private async open(): Promise<void> {
     if (this.stopped) return;
+    const attempt = ++this.attempt;
     this.setState("connecting");
     let token: string;
     try {
-      token = await this.getToken();
+      // A getToken that never settles must not stall the client.
+      token = await withTimeout(Promise.resolve(this.getToken()), this.options.connectTimeout);
     } catch (e) {
+      if (attempt !== this.attempt) return;
       this.emit("error", { code: "token", detail: `getToken failed: ${String(e)}` });
       this.scheduleReconnect();
       return;
     }
-    if (this.stopped) return;
+    if (this.stopped || attempt !== this.attempt) return;
     const url = new URL(this.options.url);
     url.searchParams.set("token", token);
     if (this.direct.offset !== undefined && this.direct.epoch !== undefined) {
@@ -221,25 +250,32 @@ export class FanfareClient {
     }
     const ws = new this.WebSocketImpl(url.toString());
     this.ws = ws;
-    let opened = false;
+    this.openedAt = undefined;
     // A handshake that never ends (a lost SYN; some WebSocket implementations also never say
     // when the server hangs up during it) is given up.
-    this.openDeadline = setTimeout(() => this.abandon(ws, 1006, "connect timeout", false), this.options.connectTimeout);
+    this.openDeadline = setTimeout(() => this.abandon(ws, 1006, "connect timeout"), this.options.connectTimeout);
     ws.onopen = () => {
+      if (this.ws !== ws) return;
       clearTimeout(this.openDeadline);
-      opened = true;
-      this.attempts = 0;
+      this.openedAt = Date.now();
+      this.unsubscribing.clear();
       this.setState("connected");
+      // Without a position to resume from, what was published while away cannot be asked
+      // for: said, so the application reloads.
+      if (this.direct.live && this.direct.epoch === undefined) this.emit("lost", {});
+      this.direct.live = true;
       for (const [channel, at] of this.channels) {
+        if (at.live && at.epoch === undefined) this.emit("lost", { channel });
         this.send(subscribeFrame(channel, at));
       }
       this.startPings();
     };
     ws.onmessage = (e: MessageEvent) => {
+      if (this.ws !== ws) return;
       this.alive();
       if (typeof e.data === "string") this.onFrame(e.data);
     };
-    ws.onclose = (e: CloseEvent) => this.abandon(ws, e.code, e.reason, opened);
+    ws.onclose = (e: CloseEvent) => this.abandon(ws, e.code, e.reason);
     // An error is always followed by a close, which decides what happens next.
     ws.onerror = () => {};
   }
@@ -259,8 +295,14 @@ export class FanfareClient {
         return this.onPosition(undefined, frame, this.direct);
       case "subscribed": {
         const channel = frame.channel as string;
-        const at = this.channels.get(channel);
-        if (!at) return; // unsubscribed meanwhile
+        if (this.unsubscribing.get(channel)) return; // the reply to a subscribe undone since
+        let at = this.channels.get(channel);
+        if (!at) {
+          // The backend subscribed this connection (POST /subscribe): follow it like ours.
+          at = {};
+          this.channels.set(channel, at);
+        }
+        at.live = true;
         this.onPosition(channel, frame, at);
         this.emit("subscribed", {
           channel,
@@ -272,8 +314,15 @@ export class FanfareClient {
       }
       case "unsubscribed": {
         const channel = frame.channel as string;
-        // The backend (or a refreshed token) ended it: do not subscribe again on reconnect.
-        this.channels.delete(channel);
+        const pending = this.unsubscribing.get(channel) ?? 0;
+        if (pending > 0) {
+          // The reply to our own unsubscribe: a subscribe made again since stands.
+          if (pending === 1) this.unsubscribing.delete(channel);
+          else this.unsubscribing.set(channel, pending - 1);
+        } else {
+          // The backend (or a refreshed token) ended it: do not subscribe again on reconnect.
+          this.channels.delete(channel);
+        }
         this.emit("unsubscribed", { channel });
         return;
       }
@@ -319,8 +368,9 @@ export class FanfareClient {
 
   /** Done with `ws` (closed, dead, or never opened): close it without waiting for it to
    * confirm, and decide what next. Once per socket. */
-  private abandon(ws: WebSocket, code: number, reason: string, opened: boolean): void {
+  private abandon(ws: WebSocket, code: number, reason: string): void {
     if (this.ws !== ws) return;
+    const stable = this.openedAt !== undefined && Date.now() - this.openedAt >= STABLE_MS;
     this.ws = undefined;
     clearTimeout(this.openDeadline);
     this.stopTimers();
@@ -330,10 +380,11 @@ export class FanfareClient {
     } catch {
       // Already closing.
     }
-    this.onClose(code, reason, opened);
+    this.onClose(code, reason, stable);
   }
 
-  private onClose(code: number, reason: string, opened: boolean): void {
+  /** `stable`: the connection had lasted (a failure otherwise, for the backoff). */
+  private onClose(code: number, reason: string, stable: boolean): void {
     if (this.stopped) return;
     if (code === DISCONNECTED_BY_BACKEND) {
       // The backend logged this user out: reconnecting would undo it.
@@ -350,8 +401,9 @@ export class FanfareClient {
       this.emit("closed", { code, reason });
       return;
     }
-    if (opened && (code === SLOW_CONSUMER || code === TOKEN_EXPIRED || code === DEAD)) {
-      // Reconnect at once (with a fresh token for 4001): the resume fills the gap.
+    if (stable) {
+      // It worked a while: start the backoff over (a fresh token for 4001; the resume fills
+      // the gap of a 1008 or a dead connection).
       this.attempts = 0;
     }
     this.scheduleReconnect();
@@ -384,7 +436,7 @@ export class FanfareClient {
       this.send({ type: "ping" });
       if (this.pongDeadline === undefined) {
         const ws = this.ws;
-        this.pongDeadline = setTimeout(() => ws && this.abandon(ws, DEAD, "no pong", true), this.options.pingTimeout);
+        this.pongDeadline = setTimeout(() => ws && this.abandon(ws, DEAD, "no pong"), this.options.pingTimeout);
       }
     }, this.options.pingInterval);
   }
@@ -400,8 +452,11 @@ export class FanfareClient {
     this.alive();
   }
 
-  private send(frame: object): void {
-    if (this.ws && this.ws.readyState === 1) this.ws.send(JSON.stringify(frame));
+  /** Sends now if connected; true if sent. */
+  private send(frame: object): boolean {
+    if (!this.ws || this.ws.readyState !== 1) return false;
+    this.ws.send(JSON.stringify(frame));
+    return true;
   }
 
   private setState(state: State): void {
@@ -420,6 +475,15 @@ export class FanfareClient {
       }
     }
   }
+}
+
+/** `promise`, or a rejection after `ms`. */
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
 function subscribeFrame(channel: string, at: Position): object {
