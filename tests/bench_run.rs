@@ -152,12 +152,12 @@ async fn the_bench_runs_against_a_server_with_history() {
     assert_clean(&v, 200);
 }
 
-#[tokio::test]
-async fn connections_that_churn_resume_without_loss_or_repeat() {
-    let s = TestServer::start_with(|c| c.history_size = 1000);
+/// 40 connections, a quarter dropped and resumed every second for 2 s while 400 msg/s are
+/// published, direct and channel: nothing lost, repeated or left unrecovered.
+fn churn_resumes_everything(targets: &[&TestServer]) {
     for scenario in ["direct", "channel"] {
         let (ok, v) = bench(
-            &[&s],
+            targets,
             &[
                 "--scenario",
                 scenario,
@@ -185,6 +185,11 @@ async fn connections_that_churn_resume_without_loss_or_repeat() {
 }
 
 #[tokio::test]
+async fn connections_that_churn_resume_without_loss_or_repeat() {
+    churn_resumes_everything(&[&TestServer::start_with(|c| c.history_size = 1000)]);
+}
+
+#[tokio::test]
 async fn connections_that_churn_resume_on_the_other_machine_of_a_fleet() {
     let redis = RedisServer::start();
     let fleet: Vec<TestServer> = ["a", "b"]
@@ -202,29 +207,7 @@ async fn connections_that_churn_resume_on_the_other_machine_of_a_fleet() {
     for s in &fleet {
         s.wait_readyz(200).await;
     }
-    for scenario in ["direct", "channel"] {
-        let (ok, v) = bench(
-            &[&fleet[0], &fleet[1]],
-            &[
-                "--scenario",
-                scenario,
-                "--connections",
-                "40",
-                "--channels",
-                "4",
-                "--rate",
-                "400",
-                "--duration",
-                "2",
-                "--churn",
-                "25",
-            ],
-        );
-        assert!(ok, "{scenario}: {v}");
-        assert_clean(&v, v["expected"].as_u64().unwrap());
-        assert!(v["reconnects"].as_u64().unwrap() >= 10, "{scenario}: {v}");
-        assert_eq!(v["unrecovered"], 0, "{scenario}: {v}");
-    }
+    churn_resumes_everything(&[&fleet[0], &fleet[1]]);
 }
 
 #[tokio::test]

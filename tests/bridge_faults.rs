@@ -82,11 +82,7 @@ async fn redis_restart_is_survived_without_clients_reconnecting() {
 
 #[tokio::test]
 async fn redis_unreachable_at_start_is_retried() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let url = format!("redis://127.0.0.1:{port}");
     let a = TestServer::start_with(|c| {
         c.redis = Some(url.clone());

@@ -226,11 +226,7 @@ async fn publish(addr: SocketAddr, body: serde_json::Value) {
 #[tokio::test]
 async fn silent_partition_is_noticed_and_healed() {
     let mut host = IsolatedHost::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let redis = RedisServer::bound(port, &format!("127.0.0.1 {}", host.host_ip));
     let isolated = host.serve(&format!("redis://{}:{port}", host.host_ip), &[]);
     let b = TestServer::in_fleet(&redis, "part:", "b");
@@ -300,11 +296,7 @@ async fn silent_partition_is_noticed_and_healed() {
 async fn a_partitioned_machine_catches_up_from_history_without_clients_reconnecting() {
     const MISSED: u64 = 50;
     let mut host = IsolatedHost::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let redis = RedisServer::bound(port, &format!("127.0.0.1 {}", host.host_ip));
     let url = format!("redis://{}:{port}", host.host_ip);
     let isolated = host.serve(&url, &["--history-size", "1000"]);

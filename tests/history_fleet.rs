@@ -309,14 +309,7 @@ async fn a_publish_redis_cannot_take_gets_503_and_the_retry_is_delivered_once() 
 
 #[tokio::test]
 async fn a_redis_restart_that_kept_its_data_loses_nothing_and_keeps_the_epoch() {
-    let dir = std::env::temp_dir().join(format!("fanfare-aof-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (dir, port) = (scratch_dir("aof"), common::free_port());
     let mut redis = RedisServer::persistent(port, &dir);
     let (a, b) = (machine(&redis, "a").await, machine(&redis, "b").await);
     let (mut stays, _) = connected(&a, "1", &["news"]).await;
@@ -481,6 +474,14 @@ async fn a_quiet_topic_with_a_recipient_keeps_its_position_in_redis() {
     assert!(ttl > 8000, "position expires in {ttl} ms: not kept alive");
 }
 
+/// An empty directory of this test process, for Redis's files.
+fn scratch_dir(kind: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("fanfare-{kind}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 fn redis_cmd(port: u16, args: &[&str]) {
     let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}"))
         .unwrap()
@@ -582,14 +583,7 @@ async fn messages_arriving_after_an_unsubscribe_do_not_mislead_a_later_subscribe
 /// moves to a new epoch and its subscribers are told, instead of offsets being given twice.
 #[tokio::test]
 async fn a_redis_back_from_an_older_snapshot_moves_the_topic_to_a_new_epoch() {
-    let dir = std::env::temp_dir().join(format!("fanfare-rdb-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (dir, port) = (scratch_dir("rdb"), common::free_port());
     let mut redis = RedisServer::snapshotting(port, &dir);
     let (a, b) = (machine(&redis, "a").await, machine(&redis, "b").await);
     let (mut c, _) = connected(&a, "1", &["news"]).await;

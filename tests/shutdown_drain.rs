@@ -222,11 +222,7 @@ fn threads() -> usize {
 
 #[test]
 fn a_failed_start_leaves_no_thread_and_frees_the_port() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let before = threads();
     let mut config = fanfare::Config::new();
     config.listen = format!("127.0.0.1:{port}").parse().unwrap();

@@ -295,14 +295,18 @@ pub struct RedisServer {
     child: Option<std::process::Child>,
 }
 
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 impl RedisServer {
     pub fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::on_port(port)
+        Self::on_port(free_port())
     }
 
     /// Starts (or restarts) Redis on `port`; returns once it answers PING.

@@ -4,36 +4,9 @@ import assert from "node:assert/strict";
 import { after, test } from "node:test";
 
 import { FanfareBackend, FanfareClient } from "../dist/fanfare.js";
-import { API_KEY, record, startProxy, startRedis, startServer, token, waitFor } from "./helpers.mjs";
+import { fixtures, record, startProxy, startRedis, startServer, token, waitFor } from "./helpers.mjs";
 
-const cleanup = [];
-after(async () => {
-  for (const stop of cleanup.reverse()) await stop();
-});
-
-async function server(options) {
-  const s = await startServer(options);
-  cleanup.push(s.stop);
-  return s;
-}
-
-function backend(s) {
-  return new FanfareBackend({ url: s.base, apiKey: API_KEY });
-}
-
-function client(url, user, options = {}) {
-  const c = new FanfareClient({
-    url,
-    getToken: () => token(user, { channels: ["news"] }),
-    channels: ["news"],
-    minReconnectDelay: 50,
-    maxReconnectDelay: 500,
-    connectTimeout: 1000,
-    ...options,
-  });
-  cleanup.push(() => c.close());
-  return c;
-}
+const { cleanup, server, backend, client } = fixtures(after);
 
 /** The messages a recording got, as [channel or "direct", offset, message]. */
 function messages(rec) {

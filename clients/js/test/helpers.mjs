@@ -7,6 +7,8 @@ import { createHmac } from "node:crypto";
 import net from "node:net";
 import { fileURLToPath } from "node:url";
 
+import { FanfareBackend, FanfareClient } from "../dist/fanfare.js";
+
 export const SECRET = "js-test-secret";
 export const API_KEY = "js-test-key";
 const BIN =
@@ -159,5 +161,36 @@ export function record(client) {
     events,
     of: (name) => events.filter((e) => e.event === name).map((e) => e.value),
     until: (what, check, ms) => waitFor(what, () => check(events), ms),
+  };
+}
+
+/** Servers and clients for one test file, all stopped when the file ends (`after` is
+ * node:test's). Clients subscribe to `news` and retry fast. */
+export function fixtures(after) {
+  const cleanup = [];
+  after(async () => {
+    for (const stop of cleanup.reverse()) await stop();
+  });
+  return {
+    cleanup,
+    async server(options) {
+      const s = await startServer(options);
+      cleanup.push(s.stop);
+      return s;
+    },
+    backend: (s) => new FanfareBackend({ url: s.base, apiKey: API_KEY }),
+    client(url, user, options = {}) {
+      const c = new FanfareClient({
+        url,
+        getToken: () => token(user, { channels: ["news"] }),
+        channels: ["news"],
+        minReconnectDelay: 50,
+        maxReconnectDelay: 500,
+        connectTimeout: 1000,
+        ...options,
+      });
+      cleanup.push(() => c.close());
+      return c;
+    },
   };
 }

@@ -6,32 +6,10 @@ import { createHash } from "node:crypto";
 import http from "node:http";
 import { after, test } from "node:test";
 
-import { FanfareBackend, FanfareClient } from "../dist/fanfare.js";
-import { API_KEY, record, startProxy, startServer, token, waitFor } from "./helpers.mjs";
+import { FanfareClient } from "../dist/fanfare.js";
+import { fixtures, record, startProxy, token, waitFor } from "./helpers.mjs";
 
-const cleanup = [];
-after(async () => {
-  for (const stop of cleanup.reverse()) await stop();
-});
-async function server(options) {
-  const s = await startServer(options);
-  cleanup.push(s.stop);
-  return s;
-}
-const backend = (s) => new FanfareBackend({ url: s.base, apiKey: API_KEY });
-function client(url, user, options = {}) {
-  const c = new FanfareClient({
-    url,
-    getToken: () => token(user, { channels: ["news"] }),
-    channels: ["news"],
-    minReconnectDelay: 50,
-    maxReconnectDelay: 500,
-    connectTimeout: 1000,
-    ...options,
-  });
-  cleanup.push(() => c.close());
-  return c;
-}
+const { cleanup, server, backend, client } = fixtures(after);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const subscribed = (rec, n) =>
   rec.until(`${n} subscribed`, (e) => e.filter((x) => x.event === "subscribed").length >= n);
