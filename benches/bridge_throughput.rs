@@ -1,17 +1,20 @@
 //! Messages per second through the Redis bridge alone, without HTTP or WebSockets: bridge A
 //! publishes, a private redis-server relays, bridge B (interested in the user) hands every
 //! message to its bus. Compare with `redis-benchmark -P 64 PUBLISH` on the same Redis, which
-//! this prints too.
+//! this prints too. With `history`, A appends each message to the topic's history in Redis
+//! (the append script, which publishes it with its offset) and the comparison is
+//! `redis-benchmark -P 64` running that same script call.
 //!
 //!     cargo bench --bench bridge_throughput            # 1,000,000 messages
 //!     cargo bench --bench bridge_throughput -- 200000
+//!     cargo bench --bench bridge_throughput -- 200000 history
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fanfare::bridge::{Bridge, BridgeConfig};
+use fanfare::bridge::{Bridge, BridgeConfig, HistorySettings};
 use fanfare::bus::{Bus, Delivery};
 use fanfare::metrics::BridgeMetrics;
 use fanfare::protocol::{Frame, Target, UserId, WorkerId};
@@ -25,6 +28,12 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(1_000_000);
+    let history = std::env::args()
+        .any(|a| a == "history")
+        .then_some(HistorySettings {
+            size: 100,
+            ttl_ms: 300_000,
+        });
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -64,7 +73,7 @@ fn main() {
             prefix: "tp:".into(),
             node_id: node.into(),
             max_message_bytes: 65536,
-            history: None,
+            history,
         };
         let (bridge, _thread) = Bridge::prepare(config, log, metrics.clone())
             .unwrap()
@@ -109,10 +118,11 @@ fn main() {
 
     let payload = RawValue::from_string(r#"{"seq":1,"t":1700000000000000000}"#.into()).unwrap();
     let delivery = Delivery {
-        target: Target::User(user),
+        target: Target::User(user.clone()),
         frame: Frame::direct(&payload),
         position: None,
     };
+    let payload_bytes = bytes::Bytes::from(payload.get().to_string());
     let started = Instant::now();
     for i in 0..n {
         // Stay under the publisher's queue (16,384): the bridge drops, never waits, by design.
@@ -120,7 +130,11 @@ fn main() {
             // Sleep rather than spin: the cores are shared with both bridges and Redis.
             std::thread::sleep(Duration::from_micros(200));
         }
-        a.publish(&delivery);
+        match history {
+            // The answer (its offset) is not awaited: the bench counts what B receives.
+            Some(_) => drop(a.append(Topic::User(user.clone()), payload_bytes.clone())),
+            None => a.publish(&delivery),
+        }
     }
     let (got, done) = counted.join().unwrap();
     let secs = done.duration_since(started).as_secs_f64();
@@ -131,26 +145,53 @@ fn main() {
         b_metrics.inbox_full.load(Relaxed)
     );
     shutdown.cancel();
-    let out = Command::new("redis-benchmark")
-        .args([
-            "-p",
-            &port.to_string(),
-            "-n",
-            "400000",
-            "-P",
-            "64",
-            "-q",
+    let port = port.to_string();
+    let (what, command): (&str, Vec<String>) = match history {
+        None => (
             "PUBLISH",
-            "tp:u:x",
-            &"x".repeat(60),
-        ])
+            vec!["PUBLISH".into(), "tp:u:x".into(), "x".repeat(60)],
+        ),
+        Some(h) => {
+            let sha = redis_cli(&port, &["SCRIPT", "LOAD", fanfare::bridge::history::APPEND]);
+            let call = [
+                "EVALSHA",
+                &sha,
+                "2",
+                "tp:o:u:x",
+                "tp:h:u:x",
+                "tp:u:x",
+                "0123456789",
+                payload.get(),
+                "0a0b0c0d0e0f",
+                &h.size.to_string(),
+                &h.ttl_ms.to_string(),
+            ];
+            (
+                "the append script",
+                call.iter().map(|s| s.to_string()).collect(),
+            )
+        }
+    };
+    let out = Command::new("redis-benchmark")
+        .args(["-p", &port, "-n", "400000", "-P", "64", "-q"])
+        .args(&command)
         .output();
     if let Ok(out) = out {
         let text = String::from_utf8_lossy(&out.stdout);
         if let Some(last) = text.split('\r').next_back() {
-            println!("redis-benchmark -P 64 PUBLISH: {}", last.trim());
+            println!("redis-benchmark -P 64, {what}: {}", last.trim());
         }
     }
+}
+
+/// `redis-cli` on the private Redis; its one-line answer.
+fn redis_cli(port: &str, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", port])
+        .args(args)
+        .output()
+        .expect("redis-cli (apt-get install -y redis-tools)");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Stops the private redis-server however the run ends.
