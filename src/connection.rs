@@ -91,8 +91,9 @@ enum Step {
     /// meanwhile, so its `subscribed` keeps its place among the replies; the backend's does not.
     /// With history in Redis, its read follows.
     Await(Ticket, Channel, bool, Option<Resume>),
-    /// With history in Redis: read where the channel stands, its messages held meanwhile.
-    Read(Channel, Resume),
+    /// With history in Redis: read where the channel stands, its messages held meanwhile by
+    /// the hub under this activation.
+    Read(Channel, Resume, u64),
     Stop(End),
 }
 
@@ -101,15 +102,14 @@ enum Step {
 struct Resume {
     since: Option<Since>,
     asked: Asked,
-    /// The hub's number for this activation, once it holds the channel's messages.
-    activation: u64,
 }
 
-/// A read of a channel's history in Redis, answered with what it was for.
-type Reading = Pin<Box<dyn Future<Output = (Channel, Resume, Result<Read, Unreachable>)> + Send>>;
+/// What a read of a channel's history in Redis answers, with what it was for.
+type ReadAnswer = (Channel, Resume, u64, Result<Read, Unreachable>);
+type Reading = Pin<Box<dyn Future<Output = ReadAnswer> + Send>>;
 
 /// The answer to the oldest read; cancel-safe (it is taken off only once answered).
-async fn oldest(reads: &mut VecDeque<Reading>) -> (Channel, Resume, Result<Read, Unreachable>) {
+async fn oldest(reads: &mut VecDeque<Reading>) -> ReadAnswer {
     let answer = reads.front_mut().expect("polled only with reads").await;
     reads.pop_front();
     answer
@@ -261,30 +261,27 @@ impl Connection {
                     WriterEvent::SlowConsumer => Step::Stop(End::Close(CloseReason::SlowConsumer)),
                     WriterEvent::Broken => Step::Stop(End::Gone),
                     WriterEvent::Command(Command::Disconnect(why)) => Step::Stop(End::Disconnect(why)),
-                    WriterEvent::Command(Command::Activate(channel, since)) if matches!(self.history, Some(HistoryStore::Redis)) => {
-                        let resume = Resume { since, asked: Asked::Backend, activation: 0 };
-                        self.confirm_then_read(channel, resume)
-                    }
-                    WriterEvent::Command(Command::Activate(channel, since)) if self.history.is_some() => {
-                        self.activate_at(&channel, since.as_ref(), Asked::Backend)
-                    }
-                    WriterEvent::Command(Command::Activate(channel, _)) => {
-                        self.confirm_then_activate(channel, false)
-                    }
+                    WriterEvent::Command(Command::Activate(channel, since)) => match &self.history {
+                        Some(HistoryStore::Redis) => {
+                            let resume = Resume { since, asked: Asked::Backend };
+                            self.when_confirmed(channel, false, Some(resume))
+                        }
+                        Some(HistoryStore::Local(_)) => {
+                            self.activate_at(&channel, since.as_ref(), Asked::Backend)
+                        }
+                        None => self.when_confirmed(channel, false, None),
+                    },
                 },
                 () = confirmed(self.log.as_deref(), awaiting.front().map(|a| a.0)) => {
                     let (_, channel, _, resume) = awaiting.pop_front().expect("only awaited while set");
                     last_heard = Instant::now();
-                    match resume {
-                        Some(resume) => self.read(channel, resume),
-                        None => self.activate(&channel),
-                    }
+                    self.start(channel, resume)
                 }
-                (channel, resume, read) = oldest(&mut reads), if !reads.is_empty() => {
+                (channel, resume, activation, read) = oldest(&mut reads), if !reads.is_empty() => {
                     if matches!(resume.asked, Asked::Client) {
                         client_reads -= 1;
                     }
-                    self.caught_up(&channel, &resume, read)
+                    self.caught_up(&channel, &resume, activation, read)
                 }
                 item = ws.next(), if client_reads == 0 && !awaiting.iter().any(|a| a.2) => {
                     last_heard = Instant::now();
@@ -319,7 +316,7 @@ impl Connection {
                 Step::Await(ticket, channel, pauses, resume) => {
                     awaiting.push_back((ticket, channel, pauses, resume))
                 }
-                Step::Read(channel, resume) => {
+                Step::Read(channel, resume, activation) => {
                     if matches!(resume.asked, Asked::Client) {
                         client_reads += 1;
                     }
@@ -328,7 +325,7 @@ impl Connection {
                     let since = resume.since.clone();
                     reads.push_back(Box::pin(async move {
                         let read = router.read_history(topic, since).await;
-                        (channel, resume, read)
+                        (channel, resume, activation, read)
                     }));
                 }
                 Step::Stop(end) => return end,
@@ -447,47 +444,41 @@ impl Connection {
         drop(hub);
         match self.history {
             Some(HistoryStore::Redis) => {
-                let asked = Asked::Client;
-                let activation = 0;
-                self.confirm_then_read(
-                    channel,
-                    Resume {
-                        since,
-                        asked,
-                        activation,
-                    },
-                )
+                let resume = Resume {
+                    since,
+                    asked: Asked::Client,
+                };
+                self.when_confirmed(channel, true, Some(resume))
             }
             Some(HistoryStore::Local(_)) => {
                 self.activate_at(&channel, since.as_ref(), Asked::Client)
             }
-            None => self.confirm_then_activate(channel, true),
+            None => self.when_confirmed(channel, true, None),
         }
     }
 
-    /// With history in Redis: once the bridge has the subscription (so every later message
-    /// reaches this process), the channel's messages start flowing, held, and its position is
-    /// read; [`caught_up`](Self::caught_up) merges the two.
-    fn confirm_then_read(&self, channel: Channel, resume: Resume) -> Step {
-        let pauses = matches!(resume.asked, Asked::Client);
-        match &self.log {
-            Some(log) if !log.is_applied(log.ticket()) => {
-                Step::Await(log.ticket(), channel, pauses, Some(resume))
+    /// `subscribed` promises every later message, other machines' included: the subscription
+    /// starts once the bridge has it (at once without a bridge). A client's wait (`pauses`)
+    /// holds its reading meanwhile, so its `subscribed` keeps its place among the replies.
+    fn when_confirmed(&self, channel: Channel, pauses: bool, resume: Option<Resume>) -> Step {
+        if let Some(log) = &self.log {
+            let ticket = log.ticket();
+            if !log.is_applied(ticket) {
+                return Step::Await(ticket, channel, pauses, resume);
             }
-            _ => self.read(channel, resume),
         }
+        self.start(channel, resume)
     }
 
-    fn read(&self, channel: Channel, resume: Resume) -> Step {
+    /// Starts a confirmed subscription: activated, or with history in Redis its messages held
+    /// and its position read ([`caught_up`](Self::caught_up) merges the two).
+    fn start(&self, channel: Channel, resume: Option<Resume>) -> Step {
+        let Some(resume) = resume else {
+            return self.activate(&channel);
+        };
         let r = &self.registration;
         match hub::lock(&r.hub).activate_catching_up(r.id, &channel) {
-            Some(activation) => Step::Read(
-                channel,
-                Resume {
-                    activation,
-                    ..resume
-                },
-            ),
+            Some(activation) => Step::Read(channel, resume, activation),
             None => Step::Continue,
         }
     }
@@ -499,6 +490,7 @@ impl Connection {
         &self,
         channel: &Channel,
         resume: &Resume,
+        activation: u64,
         read: Result<Read, Unreachable>,
     ) -> Step {
         let client = matches!(resume.asked, Asked::Client);
@@ -510,11 +502,8 @@ impl Connection {
                 };
                 let p = &read.position;
                 let mut frames = vec![Frame::subscribed_at(channel, &p.epoch, p.offset, recovered)];
+                let seen = Seen::after(p);
                 frames.extend(read.missed);
-                let seen = Seen {
-                    generation: p.generation,
-                    next_offset: p.offset + 1,
-                };
                 (frames, seen)
             }
             Err(Unreachable) => {
@@ -527,7 +516,7 @@ impl Connection {
         };
         let r = &self.registration;
         let topic = Topic::Channel(channel.clone());
-        match hub::lock(&r.hub).caught_up(r.id, &topic, resume.activation, &frames, seen) {
+        match hub::lock(&r.hub).caught_up(r.id, &topic, activation, &frames, seen) {
             true => self.flushed(self.writer.flush()),
             false => Step::Continue,
         }
@@ -559,32 +548,13 @@ impl Connection {
             recovered,
         )];
         frames.extend(missed);
-        let seen = Seen {
-            generation: position.generation,
-            next_offset: position.offset + 1,
-        };
+        let seen = Seen::after(&position);
         let r = &self.registration;
         let active = hub::lock(&r.hub).activate_with(r.id, channel, &frames, seen);
         drop(locked);
         match active {
             true => self.flushed(self.writer.flush()),
             false => Step::Continue,
-        }
-    }
-
-    /// `subscribed` promises every later message, other machines' included: activate now if
-    /// the bridge has the subscription (or there is no bridge), else once it has.
-    fn confirm_then_activate(&self, channel: Channel, by_client: bool) -> Step {
-        match &self.log {
-            Some(log) => {
-                let ticket = log.ticket();
-                if log.is_applied(ticket) {
-                    self.activate(&channel)
-                } else {
-                    Step::Await(ticket, channel, by_client, None)
-                }
-            }
-            None => self.activate(&channel),
         }
     }
 

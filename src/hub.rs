@@ -37,8 +37,17 @@ pub struct Seen {
     pub next_offset: u64,
 }
 
+impl Seen {
+    /// Has everything up to `p`: the next message it needs is the one after.
+    pub fn after(p: &Position) -> Seen {
+        Seen {
+            generation: p.generation,
+            next_offset: p.offset + 1,
+        }
+    }
+}
+
 /// One connection as a recipient of a topic.
-#[derive(Clone)]
 struct Recipient {
     writer: Arc<Writer>,
     seen: Seen,
@@ -186,10 +195,7 @@ fn admit<'a>(r: &mut Recipient, envelope: &'a Envelope) -> (Option<Frame>, Optio
             if r.seen.generation == p.generation && r.seen.next_offset > p.offset {
                 return (None, None);
             }
-            r.seen = Seen {
-                generation: p.generation,
-                next_offset: p.offset + 1,
-            };
+            r.seen = Seen::after(p);
             (Some(lost_position(target, p)), None)
         }
         Envelope::Control(..) | Envelope::Replay(..) => (None, None),
@@ -215,10 +221,7 @@ fn admit_message<'a>(r: &mut Recipient, d: &'a Delivery) -> (Option<Frame>, Opti
             };
             lost_position(&d.target, &before)
         });
-    r.seen = Seen {
-        generation: p.generation,
-        next_offset: p.offset + 1,
-    };
+    r.seen = Seen::after(p);
     (notice, Some(&d.frame))
 }
 
@@ -603,10 +606,15 @@ impl Hub {
         since: Option<&crate::history::Since>,
         fanout: &mut Fanout,
     ) {
-        let Some(connections) = self.users.get(user).cloned() else {
+        // Only ids and writers: a recipient's held messages are not copied for this.
+        let Some(connections): Option<Vec<(ConnId, Arc<Writer>)>> = self
+            .users
+            .get(user)
+            .map(|rs| rs.iter().map(|(id, r)| (*id, r.writer.clone())).collect())
+        else {
             return;
         };
-        for (id, Recipient { writer, .. }) in connections {
+        for (id, writer) in connections {
             let reply = match control {
                 Control::Disconnect(reason) => {
                     writer.command(Command::Disconnect(reason.clone()));

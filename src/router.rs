@@ -13,7 +13,7 @@ use crate::bridge::{Bridge, Fate};
 use crate::bus::{Bus, Delivery, Envelope};
 use crate::history::{History, Since};
 use crate::metrics::Metrics;
-use crate::protocol::{Control, Frame, Target, UserId};
+use crate::protocol::{Control, Frame, UserId};
 use crate::routes::Topic;
 use crate::subscriptions::SubscriptionLog;
 
@@ -62,9 +62,8 @@ impl Router {
     /// those whose topic has history.
     ///
     /// # Errors
-    /// With history in Redis, Redis did not take them all (unreachable, or refused): the
-    /// first ones, whose offsets it names, were taken; the others were not, or in the
-    /// case of a link that broke while they were in flight, not knowingly.
+    /// With history in Redis, Redis did not take them all: what became of each (taken, not
+    /// taken, or unknown when the link broke while it was on its way).
     pub async fn publish(&self, deliveries: Vec<Delivery>) -> Result<Vec<u64>, NotTaken> {
         if let Some(bridge) = self.bridge.as_ref().filter(|b| b.has_history()) {
             return self.append_all(bridge, deliveries).await;
@@ -78,7 +77,7 @@ impl Router {
 
     async fn publish_one(&self, delivery: Delivery) -> Option<u64> {
         self.metrics.accepted(&delivery.target);
-        let topic = topic_of(&delivery.target);
+        let topic = Topic::of(&delivery.target);
         if let (Some(history), Some(topic)) = (&self.history, topic) {
             return Some(self.publish_at(history, &topic, delivery).await);
         }
@@ -99,7 +98,7 @@ impl Router {
     ) -> Result<Vec<u64>, NotTaken> {
         let mut pending = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
-            let Some(topic) = topic_of(&delivery.target) else {
+            let Some(topic) = Topic::of(&delivery.target) else {
                 self.publish_one(delivery).await;
                 continue;
             };
@@ -254,13 +253,5 @@ impl Router {
     /// With Redis: the log connections wait on before they promise other machines' messages.
     pub fn subscription_log(&self) -> Option<Arc<SubscriptionLog>> {
         self.bridge.as_ref().map(|b| b.subscription_log().clone())
-    }
-}
-
-fn topic_of(target: &Target) -> Option<Topic> {
-    match target {
-        Target::User(u) => Some(Topic::User(u.clone())),
-        Target::Channel(c) => Some(Topic::Channel(c.clone())),
-        Target::All => None,
     }
 }

@@ -23,6 +23,15 @@ pub enum Topic {
 }
 
 impl Topic {
+    /// The topic a message for `target` belongs to; broadcasts belong to none.
+    pub fn of(target: &Target) -> Option<Topic> {
+        match target {
+            Target::User(u) => Some(Topic::User(u.clone())),
+            Target::Channel(c) => Some(Topic::Channel(c.clone())),
+            Target::All => None,
+        }
+    }
+
     /// Who a message of this topic is for.
     pub fn target(&self) -> Target {
         match self {

@@ -210,6 +210,15 @@ async fn readyz(addr: SocketAddr) -> u16 {
     http(addr, "GET", "/readyz", &[], b"").await.0
 }
 
+/// Waits until `/readyz` of `addr` answers `status`, at most `within`.
+async fn until_readyz(addr: SocketAddr, status: u16, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    while readyz(addr).await != status {
+        assert!(Instant::now() < deadline, "waited {within:?} for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn publish(addr: SocketAddr, body: serde_json::Value) {
     let auth = format!("Bearer {API_KEY}");
     let (status, text) = http(
@@ -231,14 +240,13 @@ async fn silent_partition_is_noticed_and_healed() {
     let isolated = host.serve(&format!("redis://{}:{port}", host.host_ip), &[]);
     let b = TestServer::in_fleet(&redis, "part:", "b");
     b.wait_readyz(200).await;
-    let deadline = Instant::now() + common::PATIENCE;
-    while readyz(isolated).await != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "isolated server never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_readyz(
+        isolated,
+        200,
+        common::PATIENCE,
+        "the isolated server to be ready",
+    )
+    .await;
     let token = |sub: &str| {
         fanfare::auth::TokenKeys::new(SECRET)
             .unwrap()
@@ -251,27 +259,14 @@ async fn silent_partition_is_noticed_and_healed() {
     assert_eq!(on_isolated.recv_message().await, json!("before"));
 
     host.partition(port);
-    let cut = Instant::now();
-    while readyz(isolated).await != 503 {
-        assert!(
-            cut.elapsed() < Duration::from_secs(5),
-            "partition not noticed within 5 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let noticed = Duration::from_secs(5);
+    until_readyz(isolated, 503, noticed, "the partition to be noticed").await;
     // Local delivery goes on.
     publish(isolated, json!({"userId": "far", "message": "local"})).await;
     assert_eq!(on_isolated.recv_message().await, json!("local"));
 
     host.heal();
-    let healed = Instant::now();
-    while readyz(isolated).await != 200 {
-        assert!(
-            healed.elapsed() < common::PATIENCE,
-            "bridge never reconnected"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_readyz(isolated, 200, common::PATIENCE, "the bridge to reconnect").await;
     let reconnected = Instant::now();
     // The same client connection gets cross-machine messages again.
     loop {
@@ -308,14 +303,13 @@ async fn a_partitioned_machine_catches_up_from_history_without_clients_reconnect
         c.history_size = 1000;
     });
     b.wait_readyz(200).await;
-    let deadline = Instant::now() + common::PATIENCE;
-    while readyz(isolated).await != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "isolated server never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_readyz(
+        isolated,
+        200,
+        common::PATIENCE,
+        "the isolated server to be ready",
+    )
+    .await;
     let token = fanfare::auth::TokenKeys::new(SECRET)
         .unwrap()
         .issue(&fanfare::auth::claims(

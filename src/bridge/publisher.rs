@@ -168,11 +168,11 @@ impl Publisher {
     }
 
     fn encode(&self, conn: &Conn, request: &Request, out: &mut Vec<u8>) {
+        // History requests come only with history; a plain PUBLISH (the hot path) makes none
+        // of their arguments.
         let settings = self
             .history
             .unwrap_or(HistorySettings { size: 0, ttl_ms: 0 });
-        let ttl = settings.ttl_ms.to_string();
-        let new_epoch = random_hex(6);
         match request {
             Request::Publish { channel, payload } => {
                 pubsub::encode(out, &[b"PUBLISH", channel.as_bytes(), payload]);
@@ -181,7 +181,8 @@ impl Publisher {
                 let (position, stream) = self.names.history(topic);
                 let channel = self.names.topic(topic);
                 let header = wire::positioned_header(self.instance);
-                let size = settings.size.to_string();
+                let (size, ttl) = (settings.size.to_string(), settings.ttl_ms.to_string());
+                let new_epoch = random_hex(6);
                 let args: [&[u8]; 11] = [
                     b"EVALSHA",
                     conn.append.as_bytes(),
@@ -210,6 +211,7 @@ impl Publisher {
             } => {
                 let (position, stream) = self.names.history(topic);
                 let offset = since.as_ref().map(|s| s.offset.to_string());
+                let (ttl, new_epoch) = (settings.ttl_ms.to_string(), random_hex(6));
                 let args: [&[u8]; 10] = [
                     b"EVALSHA",
                     conn.read.as_bytes(),

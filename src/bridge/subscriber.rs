@@ -22,7 +22,6 @@ use super::{within, Backoff, LinkDown, Request, PING_EVERY, RESPONSE_TIMEOUT};
 use crate::bus::{Bus, Delivery, Envelope};
 use crate::history::{Position, Since};
 use crate::metrics::BridgeMetrics;
-use crate::protocol::Target;
 use crate::routes::Topic;
 use crate::subscriptions::{SubscriptionLog, Ticket};
 
@@ -308,7 +307,7 @@ impl Subscriber {
             }),
             wire::Body::Positioned(at, payload) => {
                 let (Some(topic), Some(frame)) = (
-                    topic_of(&target),
+                    Topic::of(&target),
                     wire::frame_at(&target, payload, at.offset, max),
                 ) else {
                     self.metrics.malformed.fetch_add(1, Relaxed);
@@ -412,14 +411,6 @@ impl Subscriber {
                 }
             }
         }
-    }
-}
-
-fn topic_of(target: &Target) -> Option<Topic> {
-    match target {
-        Target::User(u) => Some(Topic::User(u.clone())),
-        Target::Channel(c) => Some(Topic::Channel(c.clone())),
-        Target::All => None,
     }
 }
 

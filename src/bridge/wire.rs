@@ -217,20 +217,19 @@ pub fn control(target: &Target, body: &[u8]) -> Option<(UserId, Control)> {
 /// The frame a received message becomes: only a payload of at most `max` bytes that is one
 /// JSON value, in the server's own frame shape for `target`. `None` for anything else.
 pub fn frame(target: &Target, payload: &[u8], max: usize) -> Option<Frame> {
-    if payload.len() > max {
-        return None;
-    }
-    let payload: &RawValue = serde_json::from_slice(payload).ok()?;
-    Some(Frame::message(target, payload))
+    checked(payload, max).map(|p| Frame::message(target, p))
 }
 
 /// [`frame`] for a message of a topic with history, at `offset`.
 pub fn frame_at(target: &Target, payload: &[u8], offset: u64, max: usize) -> Option<Frame> {
-    if payload.len() > max {
-        return None;
-    }
-    let payload: &RawValue = serde_json::from_slice(payload).ok()?;
-    Some(Frame::message_at(target, payload.get().as_bytes(), offset))
+    checked(payload, max).map(|p| Frame::message_at(target, p.get().as_bytes(), offset))
+}
+
+/// `payload` if it is one JSON value of at most `max` bytes.
+fn checked(payload: &[u8], max: usize) -> Option<&RawValue> {
+    (payload.len() <= max)
+        .then(|| serde_json::from_slice(payload).ok())
+        .flatten()
 }
 
 #[cfg(test)]

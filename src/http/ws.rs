@@ -88,10 +88,7 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
             // One burst, on top of the limits: a replay never cuts a client that reads.
             let connected = Frame::connected(&position.epoch, position.offset, recovered);
             writer.push_burst(&[&[connected], missed.as_slice()].concat());
-            let seen = Seen {
-                generation: position.generation,
-                next_offset: position.offset + 1,
-            };
+            let seen = Seen::after(&position);
             hub::lock(&ctx.hub).register(id, identity.user.clone(), writer.clone(), seen);
         }
         // Direct messages are held until the read below says where the user stands.
@@ -238,11 +235,8 @@ async fn connected_from_redis(
             let p = &read.position;
             let recovered = read.recovered.or(asked);
             let mut frames = vec![Frame::connected(&p.epoch, p.offset, recovered)];
+            let seen = Seen::after(p);
             frames.extend(read.missed);
-            let seen = Seen {
-                generation: p.generation,
-                next_offset: p.offset + 1,
-            };
             (frames, seen)
         }
         Err(_) => (vec![Frame::connected_unpositioned(asked)], Seen::default()),
