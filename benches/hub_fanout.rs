@@ -36,10 +36,13 @@ fn hub_with(runtime: &tokio::runtime::Runtime, n: usize) -> Hub {
         });
         let (read, write) = server.into_split();
         std::mem::forget(read);
-        let writer = Arc::new(Writer::new(QueueLimits {
-            frames: 1 << 20,
-            bytes: usize::MAX,
-        }));
+        let writer = Arc::new(Writer::new(
+            QueueLimits {
+                frames: 1 << 20,
+                bytes: usize::MAX,
+            },
+            Default::default(),
+        ));
         writer.attach(write);
         let id = ConnId {
             worker: WorkerId(0),

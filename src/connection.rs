@@ -684,10 +684,13 @@ mod tests {
             worker: WorkerId(0),
             seq: 1,
         };
-        let writer = Arc::new(Writer::new(QueueLimits {
-            frames,
-            bytes: usize::MAX,
-        }));
+        let writer = Arc::new(Writer::new(
+            QueueLimits {
+                frames,
+                bytes: usize::MAX,
+            },
+            Default::default(),
+        ));
         hub::lock(&hub).register(
             id,
             UserId::new("u").unwrap(),

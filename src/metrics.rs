@@ -28,6 +28,10 @@ pub struct WorkerMetrics {
     pub bus_received: AtomicU64,
     /// Frames pushed to a connection's writer (one per recipient of a message).
     pub frames_pushed: AtomicU64,
+    /// `writev` calls that put frames into sockets, and the frames they completed: broadcast
+    /// cost per delivery falls as frames per write rises.
+    pub socket_writes: AtomicU64,
+    pub frames_written: AtomicU64,
     /// Frames dropped because their connection was cut as a slow consumer.
     pub dropped_slow: AtomicU64,
     /// Frames dropped because their connection closed or broke before they were written.
@@ -172,6 +176,8 @@ impl Snapshot {
         )];
         let mut counters = vec![
             ("fanfare_frames_delivered", "Frames handed to connections, one per recipient.", sum(|w| &w.frames_pushed)),
+            ("fanfare_socket_writes", "writev calls that put WebSocket frames into sockets.", sum(|w| &w.socket_writes)),
+            ("fanfare_frames_written", "WebSocket frames written whole into sockets (divided by fanfare_socket_writes: frames per write).", sum(|w| &w.frames_written)),
             ("fanfare_slow_consumer_closes", "Connections closed because more than --queue-limit frames or --queue-bytes waited for their socket.", sum(|w| &w.slow_consumer_closes)),
             ("fanfare_ping_timeouts", "Connections closed because the client was silent for twice the ping interval.", sum(|w| &w.ping_timeouts)),
             ("fanfare_client_errors", "Client frames refused (bad_request, binary, oversize, not UTF-8).", sum(|w| &w.client_errors)),

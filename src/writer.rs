@@ -15,16 +15,28 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::{Buf, Bytes};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
+use crate::metrics::WorkerMetrics;
 use crate::protocol::{Channel, Frame};
 
 /// Most buffers handed to one `writev`.
 const MAX_IOVECS: usize = 64;
+
+/// Frames up to this size that wait together are copied into one buffer and sent with one
+/// `send`: on loopback the kernel's per-iovec copy and `writev`'s own overhead cost more than
+/// copying a few small frames, hot in cache since every recipient shares them.
+const GATHER_FRAME: usize = 1024;
+const GATHER_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    static GATHER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// How much a connection may leave waiting for its socket.
 #[derive(Clone, Copy, Debug)]
@@ -90,6 +102,9 @@ pub struct Writer {
     limits: QueueLimits,
     /// Wakes the connection task: frames wait for the socket, or the writer was cut or broke.
     wake: Notify,
+    /// The worker's counters of writes and frames written (frames per write is the broadcast
+    /// cost's lever: each write on loopback also runs the receiver's TCP input).
+    metrics: Arc<WorkerMetrics>,
 }
 
 #[derive(Default)]
@@ -125,12 +140,13 @@ enum Status {
 }
 
 impl Writer {
-    pub fn new(limits: QueueLimits) -> Self {
+    pub fn new(limits: QueueLimits, metrics: Arc<WorkerMetrics>) -> Self {
         Writer {
             socket: OnceLock::new(),
             state: Mutex::default(),
             limits,
             wake: Notify::new(),
+            metrics,
         }
     }
 
@@ -149,11 +165,18 @@ impl Writer {
     /// (once for many pushes). A frame pushed to a cut, broken or closing writer is refused: its
     /// connection is on its way out, and the caller counts the frame as dropped.
     pub fn push(&self, frame: &Frame) -> Pushed {
+        self.push_all(std::slice::from_ref(frame))
+    }
+
+    /// [`push`](Self::push) for several frames in order, under one lock.
+    pub fn push_all(&self, frames: &[Frame]) -> Pushed {
         let mut s = self.state();
         if s.status != Status::Open {
             return Pushed::Refused;
         }
-        s.push(frame.bytes().clone());
+        for frame in frames {
+            s.push(frame.bytes().clone());
+        }
         match std::mem::replace(&mut s.dirty, true) {
             false => Pushed::First,
             true => Pushed::Queued,
@@ -190,7 +213,7 @@ impl Writer {
             return Flushed::Gone;
         }
         if let Some(socket) = self.socket.get() {
-            if let Err(e) = s.write_to(socket) {
+            if let Err(e) = s.write_to(socket, &self.metrics) {
                 tracing::debug!("write failed: {e}");
                 s.status = Status::Broken;
                 self.wake.notify_one();
@@ -332,6 +355,12 @@ impl Writer {
         self.state().queue.len()
     }
 
+    /// The frames still queued, oldest first.
+    #[cfg(test)]
+    pub(crate) fn queued_frames(&self) -> Vec<Bytes> {
+        self.state().queue.iter().cloned().collect()
+    }
+
     /// Frames dropped because the writer was cut as a slow consumer.
     pub fn cut_dropped(&self) -> u64 {
         self.state().cut_dropped
@@ -357,22 +386,39 @@ impl State {
         dropped
     }
 
-    /// Writes queued frames with `writev` until the socket would block or the queue is empty.
-    fn write_to(&mut self, socket: &OwnedWriteHalf) -> io::Result<()> {
+    /// Writes queued frames until the socket would block or the queue is empty: one frame with
+    /// `send`, small frames gathered into one `send`, larger ones with `writev`.
+    fn write_to(&mut self, socket: &OwnedWriteHalf, metrics: &WorkerMetrics) -> io::Result<()> {
         while !self.queue.is_empty() {
-            let slices: Vec<IoSlice<'_>> = self
-                .queue
-                .iter()
-                .take(MAX_IOVECS)
-                .map(|b| IoSlice::new(b))
-                .collect();
-            let mut written = match socket.try_write_vectored(&slices) {
+            let result = if self.queue.len() == 1 {
+                socket.try_write(&self.queue[0])
+            } else if self.queue[1].len() <= GATHER_FRAME && self.queue[0].len() <= GATHER_FRAME {
+                GATHER.with_borrow_mut(|buf| {
+                    buf.clear();
+                    for b in self.queue.iter().take_while(|b| b.len() <= GATHER_FRAME) {
+                        if buf.len() + b.len() > GATHER_BYTES {
+                            break;
+                        }
+                        buf.extend_from_slice(b);
+                    }
+                    socket.try_write(buf)
+                })
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let n = self.queue.len().min(MAX_IOVECS);
+                for (slice, b) in slices.iter_mut().zip(&self.queue) {
+                    *slice = IoSlice::new(b);
+                }
+                socket.try_write_vectored(&slices[..n])
+            };
+            let mut written = match result {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
             };
             self.queued_bytes -= written;
+            let mut frames = 0;
             while written > 0 {
                 let head = self
                     .queue
@@ -382,12 +428,15 @@ impl State {
                     written -= head.len();
                     self.queue.pop_front();
                     self.head_started = false;
+                    frames += 1;
                 } else {
                     head.advance(written);
                     self.head_started = true;
                     written = 0;
                 }
             }
+            metrics.socket_writes.fetch_add(1, Relaxed);
+            metrics.frames_written.fetch_add(frames, Relaxed);
         }
         Ok(())
     }
@@ -417,7 +466,7 @@ pub(crate) async fn small_buffer_pair() -> (tokio::net::TcpStream, tokio::net::T
 pub(crate) async fn stuck(limits: QueueLimits) -> (Arc<Writer>, impl Sized) {
     let (client, server) = small_buffer_pair().await;
     let (read, write) = server.into_split();
-    let writer = Arc::new(Writer::new(limits));
+    let writer = Arc::new(Writer::new(limits, Default::default()));
     writer.attach(write);
     // Let the driver see the socket writable, then fill it.
     write_ready(&writer).await;
@@ -454,7 +503,7 @@ mod tests {
     async fn pair(limits: QueueLimits) -> (Writer, TcpStream, OwnedReadHalf) {
         let (client, server) = small_buffer_pair().await;
         let (read, write) = server.into_split();
-        let writer = Writer::new(limits);
+        let writer = Writer::new(limits, Default::default());
         writer.attach(write);
         (writer, client, read)
     }
@@ -465,10 +514,13 @@ mod tests {
 
     #[tokio::test]
     async fn frames_queue_until_attached_then_go_out_in_order() {
-        let writer = Writer::new(QueueLimits {
-            frames: 8,
-            bytes: 1 << 20,
-        });
+        let writer = Writer::new(
+            QueueLimits {
+                frames: 8,
+                bytes: 1 << 20,
+            },
+            Default::default(),
+        );
         assert_eq!(writer.push(&text("a")), Pushed::First);
         assert_eq!(writer.push(&text("b")), Pushed::Queued);
         assert_eq!(writer.flush(), Flushed::Ok);
@@ -486,11 +538,56 @@ mod tests {
             () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
         }
         assert_eq!(writer.queued(), 0);
+        // Both waited for the socket, so one writev took them.
+        assert_eq!(writer.metrics.socket_writes.load(Relaxed), 1);
+        assert_eq!(writer.metrics.frames_written.load(Relaxed), 2);
         let want = [text("a").bytes().clone(), text("b").bytes().clone()].concat();
         let mut got = vec![0; want.len()];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(got, want);
         drop(read);
+    }
+
+    #[tokio::test]
+    async fn small_frames_are_gathered_into_one_send_and_large_ones_follow_whole() {
+        let writer = Writer::new(
+            QueueLimits {
+                frames: 64,
+                bytes: 1 << 20,
+            },
+            Default::default(),
+        );
+        let large = "y".repeat(3 * GATHER_FRAME);
+        let frames = [
+            text("a"),
+            text("b"),
+            text("c"),
+            text(&large),
+            text("d"),
+            text("e"),
+        ];
+        for f in &frames {
+            writer.push(f);
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (_read, write) = server.into_split();
+        writer.attach(write);
+        tokio::select! {
+            _ = writer.next_event() => panic!("writer ended"),
+            () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+        }
+        assert_eq!(writer.queued(), 0);
+        // a, b, c in one send; the large frame and what follows in one writev.
+        assert_eq!(writer.metrics.socket_writes.load(Relaxed), 2);
+        assert_eq!(writer.metrics.frames_written.load(Relaxed), 6);
+        let want: Vec<u8> = frames.iter().flat_map(|f| f.bytes().to_vec()).collect();
+        let mut got = vec![0; want.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, want);
     }
 
     #[tokio::test]
@@ -557,10 +654,13 @@ mod tests {
 
     #[tokio::test]
     async fn nothing_is_judged_before_the_socket_is_there() {
-        let writer = Writer::new(QueueLimits {
-            frames: 1,
-            bytes: 1,
-        });
+        let writer = Writer::new(
+            QueueLimits {
+                frames: 1,
+                bytes: 1,
+            },
+            Default::default(),
+        );
         for _ in 0..10 {
             writer.push(&text("early"));
             assert_eq!(writer.flush(), Flushed::Ok);

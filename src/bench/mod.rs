@@ -338,6 +338,7 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
         .iter()
         .filter_map(|p| cpu_seconds(*p))
         .collect();
+    let writes_before = publisher::socket_writes(&targets).await;
     let progress = Arc::new(Progress::default());
     let limit = match (args.messages, args.duration) {
         (_, Some(d)) => Limit::Duration(Duration::from_secs_f64(d)),
@@ -396,6 +397,10 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
     for child in &mut children {
         let _ = child.wait().await;
     }
+    let frames_per_write = match (writes_before, publisher::socket_writes(&targets).await) {
+        (Some((w0, f0)), Some((w1, f1))) if w1 > w0 => Some((f1 - f0) as f64 / (w1 - w0) as f64),
+        _ => None,
+    };
     let server_cpu: Option<f64> = (!args.server_pids.is_empty()).then(|| {
         args.server_pids
             .iter()
@@ -443,6 +448,7 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
         "server_cpu_us_per_delivery": server_cpu.map(per_delivery_us),
         "deliveries_per_server_cpu_second": server_cpu.map(|c| total.received as f64 / c.max(1e-9)),
         "server_rss_bytes_per_connection": rss_per_connection,
+        "server_frames_per_write": frames_per_write,
     });
     print_summary(&summary);
     if args.json {
@@ -569,5 +575,8 @@ fn print_summary(s: &serde_json::Value) {
             f("server_cpu_us_per_delivery"),
             f("deliveries_per_server_cpu_second")
         );
+    }
+    if let Some(n) = s["server_frames_per_write"].as_f64() {
+        println!("server writes  {n:.2} frames per write (from the servers' /metrics)");
     }
 }

@@ -164,3 +164,26 @@ async fn post(
         Err(_) => false,
     }
 }
+
+/// The servers' `fanfare_socket_writes_total` and `fanfare_frames_written_total`, summed over
+/// `targets`; `None` when one cannot be read (an older server, a peer that is not fanfare).
+pub async fn socket_writes(targets: &[SocketAddr]) -> Option<(u64, u64)> {
+    let mut total = (0, 0);
+    for &target in targets {
+        let mut sender = connect(target).await.ok()?;
+        let request = Request::get("/metrics")
+            .header("host", target.to_string())
+            .body(Full::new(Bytes::new()))
+            .ok()?;
+        let response = sender.send_request(request).await.ok()?;
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        let text = std::str::from_utf8(&body).ok()?;
+        let value = |name: &str| -> Option<u64> {
+            let line = text.lines().find(|l| l.starts_with(name))?;
+            line.rsplit(' ').next()?.parse().ok()
+        };
+        total.0 += value("fanfare_socket_writes_total ")?;
+        total.1 += value("fanfare_frames_written_total ")?;
+    }
+    Some(total)
+}

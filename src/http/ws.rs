@@ -66,7 +66,10 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
         worker: ctx.id,
         seq: ctx.next_conn.fetch_add(1, Relaxed),
     };
-    let writer = Arc::new(Writer::new(shared.config.queue_limits()));
+    let writer = Arc::new(Writer::new(
+        shared.config.queue_limits(),
+        ctx.worker_metrics.clone(),
+    ));
     let history = shared.router.history();
     let mut activation = 0;
     match &history {
