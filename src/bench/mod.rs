@@ -317,6 +317,7 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
             _ = tick.tick() => status.print(0),
         }
     }
+    let connect_seconds = status.begun.elapsed().as_secs_f64();
     let connected: u64 = status.connected.iter().sum();
     if connected == 0 {
         bail!("no connection could be opened");
@@ -422,6 +423,7 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
         "connections": args.connections,
         "connected": total.connected,
         "connect_errors": total.connect_errors,
+        "connect_seconds": connect_seconds,
         "disconnects": total.disconnects,
         "reconnects": total.reconnects,
         "refreshes": total.refreshes,
@@ -515,8 +517,12 @@ fn print_summary(s: &serde_json::Value) {
     let l = |k: &str| s["latency_ms"][k].as_f64().unwrap_or(0.0);
     println!("scenario       {}", s["scenario"].as_str().unwrap_or("?"));
     println!(
-        "connections    {} of {} ({} failed, {} dropped during the run)",
-        s["connected"], s["connections"], s["connect_errors"], s["disconnects"]
+        "connections    {} of {} in {:.1}s ({} failed, {} dropped during the run)",
+        s["connected"],
+        s["connections"],
+        f("connect_seconds"),
+        s["connect_errors"],
+        s["disconnects"]
     );
     if s["reconnects"].as_u64().unwrap_or(0) > 0 {
         println!(

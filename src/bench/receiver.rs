@@ -308,6 +308,10 @@ async fn open(
     let socket = TcpSocket::new_v4()?;
     if share.source_addrs > 1 && target.ip().is_loopback() {
         let source = Ipv4Addr::new(127, 0, 0, 1 + (g % u64::from(share.source_addrs)) as u8);
+        // Pick the port at connect, where only the whole 4-tuple must be unique: bind(2) would
+        // search a port free for every destination, which at ~900,000 sockets took all the
+        // CPU in the kernel's bind hash.
+        bind_address_no_port(&socket)?;
         socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
     }
     let stream = socket.connect(target).await.context("TCP connect")?;
@@ -474,5 +478,25 @@ fn note_position(shared: &Shared, i: usize, text: &str) {
     }
     if let (Some(offset), Some(epoch)) = (frame.offset, frame.epoch) {
         shared.conns.borrow_mut()[i].resume = Some((offset, epoch));
+    }
+}
+
+fn bind_address_no_port(socket: &TcpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a pointer to an int that outlives the call.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
