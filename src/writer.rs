@@ -508,6 +508,23 @@ mod tests {
         (writer, client, read)
     }
 
+    /// Gives `writer` a fresh loopback socket and lets it write for 100 ms (readiness arrives
+    /// with the first poll of the driver, which `next_event` waits for).
+    async fn attach_and_write(writer: &Writer) -> (TcpStream, OwnedReadHalf) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (read, write) = server.into_split();
+        writer.attach(write);
+        tokio::select! {
+            _ = writer.next_event() => panic!("writer ended"),
+            () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+        }
+        (client, read)
+    }
+
     fn text(s: &str) -> Frame {
         Frame::error(crate::protocol::ErrorCode::BadRequest, s)
     }
@@ -525,18 +542,7 @@ mod tests {
         assert_eq!(writer.push(&text("b")), Pushed::Queued);
         assert_eq!(writer.flush(), Flushed::Ok);
         assert_eq!(writer.queued(), 2);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let (read, write) = server.into_split();
-        // Readiness arrives with the first poll of the driver; run() waits for it.
-        writer.attach(write);
-        tokio::select! {
-            _ = writer.next_event() => panic!("writer ended"),
-            () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
-        }
+        let (mut client, read) = attach_and_write(&writer).await;
         assert_eq!(writer.queued(), 0);
         // Both waited for the socket, so one writev took them.
         assert_eq!(writer.metrics.socket_writes.load(Relaxed), 1);
@@ -569,17 +575,7 @@ mod tests {
         for f in &frames {
             writer.push(f);
         }
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let (_read, write) = server.into_split();
-        writer.attach(write);
-        tokio::select! {
-            _ = writer.next_event() => panic!("writer ended"),
-            () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
-        }
+        let (mut client, _read) = attach_and_write(&writer).await;
         assert_eq!(writer.queued(), 0);
         // a, b, c in one send; the large frame and what follows in one writev.
         assert_eq!(writer.metrics.socket_writes.load(Relaxed), 2);
