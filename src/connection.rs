@@ -70,6 +70,8 @@ pub struct Connection {
     pub shutdown: CancellationToken,
     pub ping_interval: Duration,
     pub metrics: Arc<WorkerMetrics>,
+    /// Its place under `--max-connections`, given back when the connection ends.
+    pub slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// How the loop ended.
@@ -180,55 +182,65 @@ impl Deadlines {
 impl Connection {
     /// Serves the connection until it closes. `ws` reads the client's frames; anything it
     /// writes (pongs, the close reply) must reach `self.writer` (see [`SocketIo`]).
-    pub async fn run<S>(self, mut ws: S)
+    ///
+    /// A plain `fn` returning an `async move` block, not an `async fn`: an `async fn` moves its
+    /// arguments into locals of its own and keeps both copies for the connection's whole life
+    /// (448 bytes here).
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep its arguments twice"
+    )]
+    pub fn run<S>(self, mut ws: S) -> impl Future<Output = ()>
     where
         S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
     {
-        WorkerMetrics::inc(&self.metrics.connections_opened);
-        let end = self.serve(&mut ws).await;
-        let Connection {
-            registration,
-            writer,
-            metrics,
-            ..
-        } = self;
-        // Unregister first: nothing more is pushed while the close goes out.
-        drop(registration);
-        let close = match end {
-            End::Close(reason) => {
-                let counter = match reason {
-                    CloseReason::SlowConsumer => Some(&metrics.slow_consumer_closes),
-                    CloseReason::TokenExpired => Some(&metrics.expired_closes),
-                    _ => None,
-                };
-                counter.map(WorkerMetrics::inc);
-                Some(Frame::close(reason.code(), reason.reason()))
+        async move {
+            WorkerMetrics::inc(&self.metrics.connections_opened);
+            let end = self.serve(&mut ws).await;
+            let Connection {
+                registration,
+                writer,
+                metrics,
+                ..
+            } = self;
+            // Unregister first: nothing more is pushed while the close goes out.
+            drop(registration);
+            let close = match end {
+                End::Close(reason) => {
+                    let counter = match reason {
+                        CloseReason::SlowConsumer => Some(&metrics.slow_consumer_closes),
+                        CloseReason::TokenExpired => Some(&metrics.expired_closes),
+                        _ => None,
+                    };
+                    counter.map(WorkerMetrics::inc);
+                    Some(Frame::close(reason.code(), reason.reason()))
+                }
+                End::Disconnect(why) => {
+                    WorkerMetrics::inc(&metrics.disconnect_closes);
+                    Some(Frame::close(DISCONNECT_CODE, &why))
+                }
+                End::ClientClosed => {
+                    // tungstenite queued the close reply; flushing hands it to the writer.
+                    let _ = ws.flush().await;
+                    let _ = timeout(CLOSE_TIMEOUT, writer.drain()).await;
+                    None
+                }
+                End::Gone => None,
+            };
+            if let Some(close) = close {
+                writer.close(&close);
+                // Wait for the client's close frame too, so the TCP connection ends cleanly.
+                let read_close = async { while let Some(Ok(_)) = ws.next().await {} };
+                let drain = futures_util::future::join(writer.drain(), read_close);
+                let _ = timeout(CLOSE_TIMEOUT, drain).await;
             }
-            End::Disconnect(why) => {
-                WorkerMetrics::inc(&metrics.disconnect_closes);
-                Some(Frame::close(DISCONNECT_CODE, &why))
-            }
-            End::ClientClosed => {
-                // tungstenite queued the close reply; flushing hands it to the writer.
-                let _ = ws.flush().await;
-                let _ = timeout(CLOSE_TIMEOUT, writer.drain()).await;
-                None
-            }
-            End::Gone => None,
-        };
-        if let Some(close) = close {
-            writer.close(&close);
-            // Wait for the client's close frame too, so the TCP connection ends cleanly.
-            let read_close = async { while let Some(Ok(_)) = ws.next().await {} };
-            let drain = futures_util::future::join(writer.drain(), read_close);
-            let _ = timeout(CLOSE_TIMEOUT, drain).await;
+            metrics
+                .dropped_closed
+                .fetch_add(writer.queued() as u64, Relaxed);
+            metrics
+                .dropped_slow
+                .fetch_add(writer.cut_dropped(), Relaxed);
         }
-        metrics
-            .dropped_closed
-            .fetch_add(writer.queued() as u64, Relaxed);
-        metrics
-            .dropped_slow
-            .fetch_add(writer.cut_dropped(), Relaxed);
     }
 
     async fn serve<S>(&self, ws: &mut S) -> End
@@ -583,11 +595,20 @@ impl Connection {
     }
 }
 
-/// Resolves once `ticket` is applied; never without a ticket (or without a bridge).
-async fn confirmed(log: Option<&SubscriptionLog>, ticket: Option<Ticket>) {
+/// Resolves once `ticket` is applied; never without a ticket (or without a bridge). Boxed
+/// only while a subscription waits: an idle connection's task holds 16 bytes for it, not the
+/// wait's ~250.
+fn confirmed(
+    log: Option<&SubscriptionLog>,
+    ticket: Option<Ticket>,
+) -> futures_util::future::Either<
+    Pin<Box<dyn Future<Output = ()> + Send + '_>>,
+    std::future::Pending<()>,
+> {
+    use futures_util::future::Either;
     match (log, ticket) {
-        (Some(log), Some(ticket)) => log.applied(ticket).await,
-        _ => std::future::pending().await,
+        (Some(log), Some(ticket)) => Either::Left(Box::pin(log.applied(ticket))),
+        _ => Either::Right(std::future::pending()),
     }
 }
 
@@ -717,13 +738,21 @@ mod tests {
             shutdown: shutdown.clone(),
             ping_interval,
             metrics: metrics.clone(),
+            slot: Arc::new(tokio::sync::Semaphore::new(1))
+                .try_acquire_owned()
+                .unwrap(),
         };
         let io = SocketIo {
             read,
             writer: writer.clone(),
         };
         let server_ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
-        tokio::spawn(connection.run(server_ws));
+        let task = connection.run(server_ws);
+        // What every idle connection holds: the task is most of its memory (BENCHMARKS.md,
+        // "Memory, and a million connections"). 1,136 bytes when this was written.
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 1_200, "the connection task grew to {size} bytes");
+        tokio::spawn(task);
         Client {
             ws: WebSocketStream::from_raw_socket(client, Role::Client, None).await,
             hub,

@@ -313,9 +313,12 @@ impl Writer {
             };
             match self.socket.get() {
                 Some(socket) if pending => {
-                    // A cut or a command must be heard while the socket stays full.
+                    // A cut or a command must be heard while the socket stays full. Boxed: only
+                    // a socket that refused frames waits for this, and every idle connection's
+                    // task would otherwise hold room for it (~200 bytes).
+                    let writable = Box::pin(socket.writable());
                     tokio::select! {
-                        writable = socket.writable() => {
+                        writable = writable => {
                             if writable.is_err() {
                                 self.state().status = Status::Broken;
                                 return WriterEvent::Broken;
