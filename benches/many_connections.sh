@@ -26,6 +26,7 @@ sample() {
 echo "before: $(sample)"
 pids=()
 targets=()
+SAMPLER=""
 trap 'kill "${pids[@]}" "$SAMPLER" 2>/dev/null || true' EXIT
 for i in $(seq 1 "$SERVERS"); do
   port=$((12000 + i))

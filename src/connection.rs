@@ -749,9 +749,11 @@ mod tests {
         let server_ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
         let task = connection.run(server_ws);
         // What every idle connection holds: the task is most of its memory (BENCHMARKS.md,
-        // "Memory, and a million connections"). 1,136 bytes when this was written.
+        // "Memory, and a million connections"): 1,136 bytes in a release build and 1,152 in a
+        // debug one on rustc 1.95; the bound leaves room for other compilers, not for holding
+        // the connection twice again (+448).
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 1_200, "the connection task grew to {size} bytes");
+        assert!(size <= 1_400, "the connection task grew to {size} bytes");
         tokio::spawn(task);
         Client {
             ws: WebSocketStream::from_raw_socket(client, Role::Client, None).await,

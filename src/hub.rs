@@ -533,7 +533,7 @@ impl Hub {
 
     /// Pushes each message's frame to every local recipient and carries out each control, then
     /// flushes each touched connection once: a burst for one connection goes out in one
-    /// `writev`. Never waits.
+    /// system call. Never waits.
     pub fn deliver_batch(&mut self, batch: &[Envelope]) -> Fanout {
         let mut fanout = Fanout::default();
         // Consecutive broadcasts go out in one walk over the connections: each connection's

@@ -28,7 +28,8 @@ pub struct WorkerMetrics {
     pub bus_received: AtomicU64,
     /// Frames pushed to a connection's writer (one per recipient of a message).
     pub frames_pushed: AtomicU64,
-    /// `writev` calls that put frames into sockets, and the frames they completed: broadcast
+    /// System calls (`send`, `writev`) that put frames into sockets, and the frames they
+    /// completed: broadcast
     /// cost per delivery falls as frames per write rises.
     pub socket_writes: AtomicU64,
     pub frames_written: AtomicU64,
@@ -176,7 +177,7 @@ impl Snapshot {
         )];
         let mut counters = vec![
             ("fanfare_frames_delivered", "Frames handed to connections, one per recipient.", sum(|w| &w.frames_pushed)),
-            ("fanfare_socket_writes", "writev calls that put WebSocket frames into sockets.", sum(|w| &w.socket_writes)),
+            ("fanfare_socket_writes", "System calls (send, writev) that put WebSocket frames into sockets.", sum(|w| &w.socket_writes)),
             ("fanfare_frames_written", "WebSocket frames written whole into sockets (divided by fanfare_socket_writes: frames per write).", sum(|w| &w.frames_written)),
             ("fanfare_slow_consumer_closes", "Connections closed because more than --queue-limit frames or --queue-bytes waited for their socket.", sum(|w| &w.slow_consumer_closes)),
             ("fanfare_ping_timeouts", "Connections closed because the client was silent for twice the ping interval.", sum(|w| &w.ping_timeouts)),

@@ -3,7 +3,7 @@
 //!
 //! The hub and the connection task both write through the [`Writer`], on the worker's thread:
 //! the hub pushes message frames (a whole bus batch, then one [`Writer::flush`] per touched
-//! connection, so a burst costs one `writev`), the connection task pushes replies and the
+//! connection, so a burst costs one system call), the connection task pushes replies and the
 //! WebSocket control frames tungstenite produces (pongs, close replies), and waits for the
 //! socket to become writable when frames are left over.
 //!
@@ -19,6 +19,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::{Buf, Bytes};
+use tokio::io::Interest;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
@@ -396,15 +397,21 @@ impl State {
             let result = if self.queue.len() == 1 {
                 socket.try_write(&self.queue[0])
             } else if self.queue[1].len() <= GATHER_FRAME && self.queue[0].len() <= GATHER_FRAME {
-                GATHER.with_borrow_mut(|buf| {
-                    buf.clear();
-                    for b in self.queue.iter().take_while(|b| b.len() <= GATHER_FRAME) {
-                        if buf.len() + b.len() > GATHER_BYTES {
-                            break;
+                // Copied only when the socket may take it: a socket known to be full (a stuck
+                // client flushed at every batch) costs neither the copy nor a system call.
+                let queue = &self.queue;
+                socket.as_ref().try_io(Interest::WRITABLE, || {
+                    GATHER.with_borrow_mut(|buf| {
+                        buf.clear();
+                        for b in queue.iter().take_while(|b| b.len() <= GATHER_FRAME) {
+                            if buf.len() + b.len() > GATHER_BYTES {
+                                break;
+                            }
+                            buf.extend_from_slice(b);
                         }
-                        buf.extend_from_slice(b);
-                    }
-                    socket.try_write(buf)
+                        socket2::SockRef::from(socket.as_ref())
+                            .send_with_flags(buf, libc::MSG_NOSIGNAL)
+                    })
                 })
             } else {
                 let mut slices = [IoSlice::new(&[]); MAX_IOVECS];

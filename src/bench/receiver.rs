@@ -311,6 +311,7 @@ async fn open(
         // Pick the port at connect, where only the whole 4-tuple must be unique: bind(2) would
         // search a port free for every destination, which at ~900,000 sockets took all the
         // CPU in the kernel's bind hash.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
         bind_address_no_port(&socket)?;
         socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
     }
@@ -481,6 +482,7 @@ fn note_position(shared: &Shared, i: usize, text: &str) {
     }
 }
 
+#[cfg(any(target_os = "linux", target_os = "android"))]
 fn bind_address_no_port(socket: &TcpSocket) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let on: libc::c_int = 1;
