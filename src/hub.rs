@@ -28,6 +28,9 @@ struct Member {
     user: UserId,
     writer: Arc<Writer>,
     channels: Vec<Membership>,
+    /// Registered with history in Redis and `connected` not sent yet: broadcasts are held with
+    /// the user's direct messages, so `connected` stays the first frame.
+    catching_up: bool,
 }
 
 /// How far a recipient is in a topic with history: frames of this epoch below `next_offset`
@@ -167,6 +170,28 @@ fn offer(
     for frame in notice.as_ref().into_iter().chain(frame) {
         push(dirty, fanout, id, &r.writer, std::slice::from_ref(frame));
     }
+}
+
+/// Holds `envelope` for a recipient that is catching up (past [`MAX_HELD`] its connection is
+/// cut and resumes), offers it otherwise.
+fn hold_or_offer(
+    dirty: &mut Vec<(ConnId, Arc<Writer>)>,
+    overflowed: &mut Vec<ConnId>,
+    fanout: &mut Fanout,
+    id: ConnId,
+    r: &mut Recipient,
+    envelope: &Envelope,
+) {
+    if let Some((_, held)) = &mut r.held {
+        if held.len() >= MAX_HELD {
+            r.writer.cut();
+            overflowed.push(id);
+        } else {
+            held.push(envelope.clone());
+        }
+        return;
+    }
+    offer(dirty, fanout, id, r, envelope);
 }
 
 /// [`admit`] for any envelope, a replay's messages each in turn: the frames to send.
@@ -327,6 +352,7 @@ impl Hub {
             user,
             writer,
             channels: Vec::new(),
+            catching_up: catching_up.is_some(),
         };
         self.members.insert(id, member);
         self.metrics.connections.fetch_add(1, Relaxed);
@@ -426,6 +452,9 @@ impl Hub {
         }
         let (_, held) = r.held.take().expect("checked above");
         r.seen = seen;
+        if let (Topic::User(_), Some(member)) = (topic, self.members.get_mut(&id)) {
+            member.catching_up = false;
+        }
         let mut burst = frames.to_vec();
         for envelope in &held {
             admit_all(r, envelope, &mut burst);
@@ -550,8 +579,28 @@ impl Hub {
                             _ => None,
                         })
                         .collect();
+                    let mut held = Vec::new();
                     for (id, member) in &self.members {
-                        push(&mut self.dirty, &mut fanout, *id, &member.writer, &frames);
+                        if member.catching_up {
+                            held.push((*id, member.user.clone()));
+                        } else {
+                            push(&mut self.dirty, &mut fanout, *id, &member.writer, &frames);
+                        }
+                    }
+                    for (id, user) in held {
+                        let recipients = self.users.get_mut(&user).into_iter().flatten();
+                        if let Some((_, r)) = recipients.into_iter().find(|(c, _)| *c == id) {
+                            for envelope in run {
+                                hold_or_offer(
+                                    &mut self.dirty,
+                                    &mut self.overflowed,
+                                    &mut fanout,
+                                    id,
+                                    r,
+                                    envelope,
+                                );
+                            }
+                        }
                     }
                 }
                 envelope @ (Envelope::Message(Delivery { target, .. })
@@ -586,16 +635,7 @@ impl Hub {
         let dirty = &mut self.dirty;
         let overflowed = &mut self.overflowed;
         let mut deliver = |id: &ConnId, r: &mut Recipient| {
-            if let Some((_, held)) = &mut r.held {
-                if held.len() >= MAX_HELD {
-                    r.writer.cut();
-                    overflowed.push(*id);
-                } else {
-                    held.push(envelope.clone());
-                }
-                return;
-            }
-            offer(dirty, fanout, *id, r, envelope);
+            hold_or_offer(dirty, overflowed, fanout, *id, r, envelope);
         };
         match target {
             Target::User(user) => {
@@ -814,6 +854,47 @@ mod tests {
         };
         assert_eq!(texts(&a), "123467");
         assert_eq!(texts(&b), "124567");
+    }
+
+    #[test]
+    fn a_connection_catching_up_gets_connected_before_any_broadcast() {
+        let mut h = hub();
+        let u = UserId::new("u").unwrap();
+        let w = writer(64);
+        let activation = h.register_catching_up(id(1), u.clone(), w.clone());
+        let message = |target: Target, text: &str| {
+            let payload = RawValue::from_string(format!("\"{text}\"")).unwrap();
+            Envelope::Message(Delivery {
+                frame: Frame::message(&target, &payload),
+                target,
+                position: None,
+            })
+        };
+        h.deliver_batch(&[
+            message(Target::All, "b1"),
+            message(Target::User(u.clone()), "d1"),
+        ]);
+        h.deliver_batch(&[message(Target::All, "b2")]);
+        assert_eq!(w.queued(), 0, "nothing before connected");
+        let connected = Frame::connected("e", 0, None);
+        assert!(h.caught_up(
+            id(1),
+            &Topic::User(u.clone()),
+            activation,
+            std::slice::from_ref(&connected),
+            Seen::default()
+        ));
+        h.deliver_batch(&[message(Target::All, "b3")]);
+        let frames = w.queued_frames();
+        assert_eq!(frames[0], connected.bytes());
+        let texts: Vec<String> = frames[1..]
+            .iter()
+            .map(|f| {
+                let v: serde_json::Value = serde_json::from_slice(&f[2..]).unwrap();
+                v["message"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(texts, ["b1", "d1", "b2", "b3"]);
     }
 
     #[test]
