@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Broadcast to 10,000 connections beside the write floor (benches/write_floor.rs), in one run:
 # at 5 broadcasts/s, and closed loop (16 publishers) against the floor at the frames per write
-# fanfare reached. Fresh server per row, $WORKERS workers (default 2). Not in CI (a release build, ~2 min per run).
+# fanfare reached. Fresh server per row, $WORKERS workers (default 2); FANFARE_BIN=another build
+# compares builds. Not in CI (a release build, ~1 min per run).
 #
 #   benches/broadcast_floor.sh [runs]     # default 3; prints one line per row and run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
-BIN=target/release/fanfare
+BIN=${FANFARE_BIN:-target/release/fanfare}
 cargo build --release -q
 cargo bench --bench write_floor --no-run -q 2>/dev/null
 FLOOR=$(ls -t target/release/deps/write_floor-* | grep -v '\.d$' | head -1)

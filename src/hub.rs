@@ -569,7 +569,14 @@ impl Hub {
         // memory is touched once per run, not once per message.
         let is_broadcast =
             |e: &Envelope| matches!(e, Envelope::Message(d) if d.target == Target::All);
-        for run in batch.chunk_by(|a, b| is_broadcast(a) && is_broadcast(b)) {
+        let mut runs = batch
+            .chunk_by(|a, b| is_broadcast(a) && is_broadcast(b))
+            .peekable();
+        while let Some(run) = runs.next() {
+            // Nothing after the batch's last run can follow its frames in this batch: each
+            // connection is written at once, while its writer is still in cache, instead of
+            // in a second walk.
+            let last = runs.peek().is_none();
             match &run[0] {
                 first if is_broadcast(first) => {
                     let frames: Vec<Frame> = run
@@ -581,10 +588,18 @@ impl Hub {
                         .collect();
                     let mut held = Vec::new();
                     for (id, member) in &self.members {
+                        let n = frames.len() as u64;
                         if member.catching_up {
                             held.push((*id, member.user.clone()));
-                        } else {
+                        } else if !last {
                             push(&mut self.dirty, &mut fanout, *id, &member.writer, &frames);
+                        } else if let Some(flushed) = member.writer.send_all(&frames) {
+                            fanout.pushed += n;
+                            if let Flushed::Cut(_) = flushed {
+                                self.overflowed.push(*id);
+                            }
+                        } else {
+                            fanout.refused += n;
                         }
                     }
                     for (id, user) in held {

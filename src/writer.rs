@@ -208,7 +208,23 @@ impl Writer {
     /// Writes what the socket takes now, without waiting, then checks the limits against what
     /// is left. Costs no system call while the socket is known to be full.
     pub fn flush(&self) -> Flushed {
+        self.flush_locked(&mut self.state())
+    }
+
+    /// [`push_all`](Self::push_all) then [`flush`](Self::flush) under one lock, for the hub
+    /// when nothing else in its batch can follow these frames; `None` when refused.
+    pub fn send_all(&self, frames: &[Frame]) -> Option<Flushed> {
         let mut s = self.state();
+        if s.status != Status::Open {
+            return None;
+        }
+        for frame in frames {
+            s.push(frame.bytes().clone());
+        }
+        Some(self.flush_locked(&mut s))
+    }
+
+    fn flush_locked(&self, s: &mut State) -> Flushed {
         s.dirty = false;
         if s.status == Status::Broken {
             return Flushed::Gone;
