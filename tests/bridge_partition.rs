@@ -43,7 +43,10 @@ struct IsolatedHost {
 
 impl IsolatedHost {
     fn new() -> IsolatedHost {
-        let id = std::process::id() % 100_000;
+        // Unique per test too: `cargo test` runs both tests of this file in one process.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = std::process::id() % 10_000 * 10 + n % 10;
         let (ns, outer, inner) = (format!("ff{id}"), format!("ffh{id}"), format!("ffn{id}"));
         let net = format!("10.251.{}", id % 250);
         let _ = Command::new("ip").args(["netns", "del", &ns]).output();
