@@ -833,6 +833,25 @@ mod tests {
         assert!(h.routes.is_empty());
     }
 
+    /// A message whose payload is the JSON string `text`.
+    fn message(target: Target, text: &str) -> Envelope {
+        let payload = RawValue::from_string(format!("\"{text}\"")).unwrap();
+        Envelope::Message(Delivery {
+            frame: Frame::message(&target, &payload),
+            target,
+            position: None,
+        })
+    }
+
+    /// The payload strings of message frames.
+    fn texts(frames: &[Bytes]) -> Vec<String> {
+        let text = |f: &Bytes| {
+            let v: serde_json::Value = serde_json::from_slice(&f[2..]).unwrap();
+            v["message"].as_str().unwrap().to_string()
+        };
+        frames.iter().map(text).collect()
+    }
+
     #[test]
     fn broadcasts_batched_with_other_messages_keep_their_order_on_each_connection() {
         let mut h = hub();
@@ -840,14 +859,6 @@ mod tests {
         let (a, b) = (writer(64), writer(64));
         h.register(id(1), u.clone(), a.clone(), Seen::default());
         h.register(id(2), v.clone(), b.clone(), Seen::default());
-        let message = |target: Target, text: &str| {
-            let payload = RawValue::from_string(format!("\"{text}\"")).unwrap();
-            Envelope::Message(Delivery {
-                frame: Frame::message(&target, &payload),
-                target,
-                position: None,
-            })
-        };
         let batch = [
             message(Target::All, "1"),
             message(Target::All, "2"),
@@ -858,17 +869,8 @@ mod tests {
             message(Target::All, "7"),
         ];
         assert_eq!(h.deliver_batch(&batch).pushed, 12);
-        let texts = |w: &Writer| -> String {
-            let frames = w.queued_frames();
-            let text = |f: &Bytes| {
-                let json = std::str::from_utf8(&f[2..]).unwrap();
-                let v: serde_json::Value = serde_json::from_str(json).unwrap();
-                v["message"].as_str().unwrap().to_string()
-            };
-            frames.iter().map(text).collect()
-        };
-        assert_eq!(texts(&a), "123467");
-        assert_eq!(texts(&b), "124567");
+        assert_eq!(texts(&a.queued_frames()).concat(), "123467");
+        assert_eq!(texts(&b.queued_frames()).concat(), "124567");
     }
 
     #[test]
@@ -877,14 +879,6 @@ mod tests {
         let u = UserId::new("u").unwrap();
         let w = writer(64);
         let activation = h.register_catching_up(id(1), u.clone(), w.clone());
-        let message = |target: Target, text: &str| {
-            let payload = RawValue::from_string(format!("\"{text}\"")).unwrap();
-            Envelope::Message(Delivery {
-                frame: Frame::message(&target, &payload),
-                target,
-                position: None,
-            })
-        };
         h.deliver_batch(&[
             message(Target::All, "b1"),
             message(Target::User(u.clone()), "d1"),
@@ -902,14 +896,7 @@ mod tests {
         h.deliver_batch(&[message(Target::All, "b3")]);
         let frames = w.queued_frames();
         assert_eq!(frames[0], connected.bytes());
-        let texts: Vec<String> = frames[1..]
-            .iter()
-            .map(|f| {
-                let v: serde_json::Value = serde_json::from_slice(&f[2..]).unwrap();
-                v["message"].as_str().unwrap().to_string()
-            })
-            .collect();
-        assert_eq!(texts, ["b1", "d1", "b2", "b3"]);
+        assert_eq!(texts(&frames[1..]), ["b1", "d1", "b2", "b3"]);
     }
 
     #[test]
