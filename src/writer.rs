@@ -213,12 +213,51 @@ impl Writer {
 
     /// [`push_all`](Self::push_all) then [`flush`](Self::flush) under one lock, for the hub
     /// when nothing else in its batch can follow these frames; `None` when refused.
+    ///
+    /// With nothing queued, the frames are written straight from the caller's (shared) bytes,
+    /// and only what the socket refuses is queued: no reference counted per recipient.
     pub fn send_all(&self, frames: &[Frame]) -> Option<Flushed> {
         let mut s = self.state();
         if s.status != Status::Open {
             return None;
         }
-        for frame in frames {
+        let mut rest = frames;
+        let direct = self
+            .socket
+            .get()
+            .filter(|_| s.queue.is_empty() && !frames.is_empty());
+        if let Some(socket) = direct {
+            match write_some(socket, frames.iter().map(|f| &f.bytes()[..])) {
+                Ok(0) => {}
+                Ok(mut written) => {
+                    let mut whole = 0;
+                    while let Some((frame, after)) = rest.split_first() {
+                        let len = frame.bytes().len();
+                        if written < len {
+                            if written > 0 {
+                                s.push(frame.bytes().slice(written..));
+                                s.head_started = true;
+                                rest = after;
+                            }
+                            break;
+                        }
+                        written -= len;
+                        whole += 1;
+                        rest = after;
+                    }
+                    self.metrics.socket_writes.fetch_add(1, Relaxed);
+                    self.metrics.frames_written.fetch_add(whole, Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    tracing::debug!("write failed: {e}");
+                    s.status = Status::Broken;
+                    self.wake.notify_one();
+                    return Some(Flushed::Gone);
+                }
+            }
+        }
+        for frame in rest {
             s.push(frame.bytes().clone());
         }
         Some(self.flush_locked(&mut s))
@@ -410,34 +449,7 @@ impl State {
     /// `send`, small frames gathered into one `send`, larger ones with `writev`.
     fn write_to(&mut self, socket: &OwnedWriteHalf, metrics: &WorkerMetrics) -> io::Result<()> {
         while !self.queue.is_empty() {
-            let result = if self.queue.len() == 1 {
-                socket.try_write(&self.queue[0])
-            } else if self.queue[1].len() <= GATHER_FRAME && self.queue[0].len() <= GATHER_FRAME {
-                // Copied only when the socket may take it: a socket known to be full (a stuck
-                // client flushed at every batch) costs neither the copy nor a system call.
-                let queue = &self.queue;
-                socket.as_ref().try_io(Interest::WRITABLE, || {
-                    GATHER.with_borrow_mut(|buf| {
-                        buf.clear();
-                        for b in queue.iter().take_while(|b| b.len() <= GATHER_FRAME) {
-                            if buf.len() + b.len() > GATHER_BYTES {
-                                break;
-                            }
-                            buf.extend_from_slice(b);
-                        }
-                        socket2::SockRef::from(socket.as_ref())
-                            .send_with_flags(buf, libc::MSG_NOSIGNAL)
-                    })
-                })
-            } else {
-                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-                let n = self.queue.len().min(MAX_IOVECS);
-                for (slice, b) in slices.iter_mut().zip(&self.queue) {
-                    *slice = IoSlice::new(b);
-                }
-                socket.try_write_vectored(&slices[..n])
-            };
-            let mut written = match result {
+            let mut written = match write_some(socket, self.queue.iter().map(|b| &b[..])) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -465,6 +477,45 @@ impl State {
             metrics.frames_written.fetch_add(frames, Relaxed);
         }
         Ok(())
+    }
+}
+
+/// Writes a prefix of `frames` (at least one) with one system call and returns its length in
+/// bytes: one frame with `send`, small frames gathered into one `send`, larger ones with
+/// `writev`.
+fn write_some<'a, I>(socket: &OwnedWriteHalf, frames: I) -> io::Result<usize>
+where
+    I: Iterator<Item = &'a [u8]> + Clone,
+{
+    let mut two = frames.clone();
+    let first = two.next().expect("at least one frame");
+    match two.next() {
+        None => socket.try_write(first),
+        Some(second) if first.len() <= GATHER_FRAME && second.len() <= GATHER_FRAME => {
+            // Copied only when the socket may take it: a socket known to be full (a stuck
+            // client flushed at every batch) costs neither the copy nor a system call.
+            socket.as_ref().try_io(Interest::WRITABLE, || {
+                GATHER.with_borrow_mut(|buf| {
+                    buf.clear();
+                    for b in frames.take_while(|b| b.len() <= GATHER_FRAME) {
+                        if buf.len() + b.len() > GATHER_BYTES {
+                            break;
+                        }
+                        buf.extend_from_slice(b);
+                    }
+                    socket2::SockRef::from(socket.as_ref()).send(buf)
+                })
+            })
+        }
+        Some(_) => {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut n = 0;
+            for (slice, b) in slices.iter_mut().zip(frames) {
+                *slice = IoSlice::new(b);
+                n += 1;
+            }
+            socket.try_write_vectored(&slices[..n])
+        }
     }
 }
 
@@ -610,6 +661,32 @@ mod tests {
         let mut got = vec![0; want.len()];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(got, want);
+    }
+
+    #[tokio::test]
+    async fn send_all_writes_what_the_socket_takes_and_queues_the_rest_in_order() {
+        let (writer, mut client, _read) = pair(QueueLimits {
+            frames: 64,
+            bytes: usize::MAX,
+        })
+        .await;
+        write_ready(&writer).await;
+        let big = "z".repeat(100_000);
+        let frames = [text("a"), text(&big), text("b"), text(&big), text("c")];
+        assert_eq!(writer.send_all(&frames), Some(Flushed::Ok));
+        assert!(writer.queued() > 0, "the small socket took only part");
+        let want: Vec<u8> = frames.iter().flat_map(|f| f.bytes().to_vec()).collect();
+        let reading = async {
+            let mut got = vec![0; want.len()];
+            client.read_exact(&mut got).await.unwrap();
+            got
+        };
+        let got = tokio::select! {
+            got = reading => got,
+            _ = writer.next_event() => panic!("writer ended"),
+        };
+        assert_eq!(got, want);
+        assert_eq!(writer.metrics.frames_written.load(Relaxed), 5);
     }
 
     #[tokio::test]
