@@ -165,6 +165,7 @@ fn main() {
                 "0a0b0c0d0e0f",
                 &h.size.to_string(),
                 &h.ttl_ms.to_string(),
+                "PUBLISH",
             ];
             (
                 "the append script",

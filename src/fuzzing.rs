@@ -44,7 +44,7 @@ pub fn publish_body(data: &[u8]) {
 
 /// What arrives from Redis: a header and a payload, on a channel whose name may be anything.
 pub fn redis_wire(data: &[u8]) {
-    let names = Names::new("fz:").expect("a valid prefix");
+    let names = Names::new("fz:", false).expect("a valid prefix");
     let (name, payload) = data.split_at(
         data.len()
             .min(usize::from(data.first().copied().unwrap_or(0))),
@@ -73,8 +73,8 @@ pub fn redis_wire(data: &[u8]) {
             }
         }
         // Any prefix that is accepted keeps its names apart from the default fleet's.
-        if let Ok(theirs) = Names::new(name) {
-            let ours = Names::new("fanfare:").expect("the default prefix");
+        if let Ok(theirs) = Names::new(name, false) {
+            let ours = Names::new("fanfare:", false).expect("the default prefix");
             if name != "fanfare:" {
                 for t in [Target::All, Target::User(UserId::new("x").expect("valid"))] {
                     assert_ne!(theirs.target(&t), ours.target(&t));
@@ -106,7 +106,7 @@ pub fn names(data: &[u8]) {
     };
     if let Ok(user) = UserId::new(text) {
         assert!(!user.as_str().is_empty());
-        let _ = Names::new("fz:")
+        let _ = Names::new("fz:", false)
             .expect("a valid prefix")
             .topic(&Topic::User(user));
     }

@@ -83,11 +83,43 @@ pub struct BridgeMetrics {
     pub gap_reads: AtomicU64,
     /// With history: gaps Redis no longer had, said to the topic's recipients.
     pub gaps_lost: AtomicU64,
+    /// Each Redis master the bridge uses (one without a cluster), by `host:port`.
+    shards: std::sync::Mutex<std::collections::BTreeMap<String, Arc<ShardMetrics>>>,
+}
+
+/// The bridge's links to one Redis master and their traffic.
+#[derive(Default, Debug)]
+pub struct ShardMetrics {
+    pub publish_up: AtomicBool,
+    pub subscribe_up: AtomicBool,
+    pub subscriptions: AtomicI64,
+    pub published: AtomicU64,
+    pub received: AtomicU64,
 }
 
 impl BridgeMetrics {
     pub fn is_up(&self) -> bool {
         self.publish_up.load(Relaxed) && self.subscribe_up.load(Relaxed)
+    }
+
+    /// The metrics of the master at `node` (`host:port`), made on first use.
+    pub fn shard(&self, node: &str) -> Arc<ShardMetrics> {
+        self.shards_locked()
+            .entry(node.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets masters no longer in the cluster's map.
+    pub fn keep_shards(&self, keep: impl Fn(&str) -> bool) {
+        self.shards_locked().retain(|node, _| keep(node));
+    }
+
+    fn shards_locked(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, Arc<ShardMetrics>>> {
+        // Every state of the map is valid; a panic elsewhere must not stop the metrics.
+        self.shards.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -279,6 +311,36 @@ impl Snapshot {
                     ("subscribe".into(), up(&b.subscribe_up)),
                 ],
             ));
+            let shards = b.shards_locked();
+            let per_shard = |f: &dyn Fn(&ShardMetrics) -> u64| {
+                shards.iter().map(|(n, m)| (n.clone(), f(m))).collect()
+            };
+            families.extend([
+                (
+                    "fanfare_bridge_shard_up",
+                    "Whether both links to each Redis master are connected and subscribed.",
+                    "shard",
+                    per_shard(&|m| up(&m.publish_up) & up(&m.subscribe_up)),
+                ),
+                (
+                    "fanfare_bridge_shard_subscriptions",
+                    "Live Redis subscriptions on each master.",
+                    "shard",
+                    per_shard(&|m| m.subscriptions.load(Relaxed).max(0) as u64),
+                ),
+                (
+                    "fanfare_bridge_shard_published",
+                    "Messages published to each master.",
+                    "shard",
+                    per_shard(&|m| m.published.load(Relaxed)),
+                ),
+                (
+                    "fanfare_bridge_shard_received",
+                    "Messages relayed from each master.",
+                    "shard",
+                    per_shard(&|m| m.received.load(Relaxed)),
+                ),
+            ]);
         }
         Snapshot {
             gauges,
@@ -304,8 +366,8 @@ impl Collector for Snapshot {
             )?)?;
         }
         for (name, help, label, series) in &self.families {
-            // `fanfare_bridge_up` is a gauge; every other family counts.
-            let gauge = name.ends_with("_up");
+            // Links up and subscriptions are gauges; every other family counts.
+            let gauge = name.ends_with("_up") || name.ends_with("_subscriptions");
             let kind = if gauge {
                 MetricType::Gauge
             } else {

@@ -194,10 +194,11 @@ impl Catchup {
         }
     }
 
-    /// The link is back: every topic is read from where it stood, before its live messages
-    /// (a read still in flight may have run before the link came back: asked again).
-    pub fn reconnected(&mut self, out: &mut Vec<Step>) {
-        for (topic, t) in &mut self.topics {
+    /// The link that relays the topics `which` picks is back (or they moved to another): each
+    /// is read from where it stood, before its live messages (a read still in flight may have
+    /// run before the link came back: asked again).
+    pub fn reconnected(&mut self, which: impl Fn(&Topic) -> bool, out: &mut Vec<Step>) {
+        for (topic, t) in self.topics.iter_mut().filter(|(topic, _)| which(topic)) {
             t.held.get_or_insert_with(Vec::new);
             self.fills += 1;
             t.asking = Some(self.fills);
@@ -346,7 +347,7 @@ mod tests {
         let mut c = Catchup::default();
         let mut out = Vec::new();
         c.seed(topic(), position("0a", 7), true);
-        c.reconnected(&mut out);
+        c.reconnected(|_| true, &mut out);
         let (_, fills) = seen(std::mem::take(&mut out));
         assert_eq!(fills.len(), 1);
         c.message(topic(), msg("0a", 20), &mut out);
@@ -373,7 +374,7 @@ mod tests {
         c.message(topic(), msg("0a", 3), &mut out);
         let (_, first) = seen(std::mem::take(&mut out));
         // The link drops and comes back while the first read is out: asked again.
-        c.reconnected(&mut out);
+        c.reconnected(|_| true, &mut out);
         let (_, second) = seen(std::mem::take(&mut out));
         assert_ne!(first[0].1, second[0].1);
         let user = Topic::User(crate::protocol::UserId::new("u").unwrap());

@@ -22,8 +22,9 @@ use crate::protocol::{Frame, Target};
 pub const POSITION_MEMORY: u64 = 10;
 
 /// Takes the next offset, keeps the message, publishes it. KEYS: position, stream. ARGV:
-/// channel, wire header, payload, epoch if a new one is needed, size, TTL in ms. Returns the
-/// offset.
+/// channel, wire header, payload, epoch if a new one is needed, size, TTL in ms, and how to
+/// publish (`PUBLISH`, or `SPUBLISH` on a cluster: the channel shares the keys' slot). Returns
+/// the offset.
 pub const APPEND: &str = r"
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
@@ -37,7 +38,7 @@ local ms = t[1] * 1000 + math.floor(t[2] / 1000)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '0-' .. offset, 't', ms, 'd', ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 redis.call('PEXPIRE', KEYS[1], ARGV[6] * 10)
-redis.call('PUBLISH', ARGV[1], ARGV[2] .. offset .. ' ' .. epoch .. ' ' .. ARGV[3])
+redis.call(ARGV[7], ARGV[1], ARGV[2] .. offset .. ' ' .. epoch .. ' ' .. ARGV[3])
 return offset";
 
 /// Where a topic stands and, for a `since`, what was missed. KEYS: position, stream. ARGV:

@@ -31,6 +31,7 @@
 //! twice.
 
 mod catchup;
+pub mod cluster;
 pub mod history;
 mod publisher;
 pub(crate) mod pubsub;
@@ -43,7 +44,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, Delivery};
@@ -52,6 +53,7 @@ use crate::metrics::BridgeMetrics;
 use crate::protocol::{Control, Target, UserId};
 use crate::routes::Topic;
 use crate::subscriptions::SubscriptionLog;
+use cluster::Deployment;
 pub use publisher::HistorySettings;
 use wire::Names;
 
@@ -82,15 +84,11 @@ const PUBLISH_QUEUE: usize = 16 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid --redis URL: {0}")]
-    Url(#[from] redis::RedisError),
+    Url(String),
     #[error("--node-id must be 1 to {} bytes", wire::MAX_NODE_ID_BYTES)]
     NodeId,
     #[error("--redis-prefix {0}")]
     Prefix(String),
-    #[error(
-        "--redis: only redis://host:port URLs over TCP are supported (no TLS, no Unix socket)"
-    )]
-    Transport,
     #[error("cannot start the bridge thread: {0}")]
     Thread(std::io::Error),
 }
@@ -142,6 +140,8 @@ pub struct Bridge {
     publish_tx: mpsc::Sender<Request>,
     /// Topics have history, in Redis.
     history: Option<HistorySettings>,
+    /// On a Redis Cluster: a master that is down refuses only its own slots' messages.
+    cluster: bool,
     log: Arc<SubscriptionLog>,
     metrics: Arc<BridgeMetrics>,
 }
@@ -149,7 +149,7 @@ pub struct Bridge {
 /// What the bridge thread runs, checked before the thread starts.
 pub struct Prepared {
     bridge: Bridge,
-    client: redis::Client,
+    deployment: Deployment,
     publish_rx: mpsc::Receiver<Request>,
     max_message_bytes: usize,
     /// The URL without its password, for logs.
@@ -171,14 +171,8 @@ impl Bridge {
         if config.node_id.is_empty() || config.node_id.len() > wire::MAX_NODE_ID_BYTES {
             return Err(Error::NodeId);
         }
-        let names = Names::new(&config.prefix).map_err(Error::Prefix)?;
-        let client = redis::Client::open(config.url.as_str())?;
-        if !matches!(
-            client.get_connection_info().addr(),
-            redis::ConnectionAddr::Tcp(..)
-        ) {
-            return Err(Error::Transport);
-        }
+        let deployment = Deployment::parse(&config.url).map_err(Error::Url)?;
+        let names = Names::new(&config.prefix, deployment.cluster).map_err(Error::Prefix)?;
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let bridge = Bridge {
             names,
@@ -186,12 +180,13 @@ impl Bridge {
             node_id: config.node_id.as_str().into(),
             publish_tx,
             history: config.history,
+            cluster: deployment.cluster,
             log,
             metrics,
         };
         Ok(Prepared {
             bridge,
-            client,
+            deployment,
             publish_rx,
             max_message_bytes: config.max_message_bytes,
             where_: redact(&config.url),
@@ -201,7 +196,7 @@ impl Bridge {
     /// Queues `delivery` for the other machines. Never waits: while the publisher is down or
     /// behind, the message is dropped for them and counted.
     pub fn publish(&self, delivery: &Delivery) {
-        if !self.metrics.publish_up.load(Relaxed) {
+        if !self.cluster && !self.metrics.publish_up.load(Relaxed) {
             self.metrics.dropped.fetch_add(1, Relaxed);
             return;
         }
@@ -220,7 +215,8 @@ impl Bridge {
     /// machines with a connection of that user hear it. Never waits. Unlike a message it is not
     /// dropped quietly: false if it could not be queued (Redis down or the queue full), so the
     /// caller can refuse it whole and the backend retry — a logout must not half happen. A
-    /// subscribe to a channel with history carries where the channel stood (`since`).
+    /// subscribe to a channel with history carries where the channel stood (`since`). On a
+    /// cluster, refused while any master is unreachable.
     pub fn control(&self, user: &UserId, control: &Control, since: Option<&Since>) -> bool {
         if !self.metrics.publish_up.load(Relaxed) {
             return false;
@@ -296,7 +292,8 @@ impl Bridge {
         &self,
         request: impl FnOnce(oneshot::Sender<T>) -> Request,
     ) -> Result<impl std::future::Future<Output = Result<T, Unreachable>>, Unreachable> {
-        if !self.metrics.publish_up.load(Relaxed) {
+        // On a cluster the link to the topic's master answers: the others may be up.
+        if !self.cluster && !self.metrics.publish_up.load(Relaxed) {
             return Err(Unreachable);
         }
         let (tx, rx) = oneshot::channel();
@@ -331,8 +328,12 @@ impl Bridge {
                 self.node_id
             ));
         }
-        (!self.metrics.is_up())
-            .then(|| "Redis unreachable, messages reach this machine only".to_string())
+        (!self.metrics.is_up()).then(|| match self.cluster {
+            false => "Redis unreachable, messages reach this machine only".to_string(),
+            true => "a Redis Cluster master is unreachable or a slot has none: messages through \
+                     it reach this machine only"
+                .to_string(),
+        })
     }
 
     /// The log whose changes the subscriber applies.
@@ -354,18 +355,27 @@ impl Prepared {
     ) -> Result<(Bridge, JoinHandle<()>), Error> {
         let Prepared {
             bridge,
-            client,
+            deployment,
             publish_rx,
             max_message_bytes,
             where_,
         } = self;
         let (seeds_tx, seeds) = mpsc::unbounded_channel();
+        let (map_tx, map) = watch::channel(Arc::new(deployment.first_map()));
+        let refresh = Arc::new(Notify::new());
+        let keeper = deployment.cluster.then(|| cluster::Keeper {
+            deployment: deployment.clone(),
+            map: map_tx,
+            refresh: refresh.clone(),
+            shutdown: shutdown.clone(),
+        });
         let subscriber = subscriber::Subscriber {
-            connection: client.get_connection_info().clone(),
+            deployment: deployment.clone(),
+            map: map.clone(),
+            refresh: refresh.clone(),
             names: bridge.names.clone(),
             instance: bridge.instance,
             history: bridge.history.is_some(),
-            seeds,
             requests: bridge.publish_tx.clone(),
             touch_every: bridge
                 .history
@@ -376,8 +386,10 @@ impl Prepared {
             metrics: bridge.metrics.clone(),
             shutdown: shutdown.clone(),
         };
-        let publisher = publisher::Publisher {
-            connection: client.get_connection_info().clone(),
+        let publisher = Arc::new(publisher::Publisher {
+            deployment,
+            map,
+            refresh,
             names: bridge.names.clone(),
             history: bridge.history,
             max_message_bytes,
@@ -387,7 +399,8 @@ impl Prepared {
             instance: bridge.instance,
             metrics: bridge.metrics.clone(),
             shutdown,
-        };
+            link_changed: Notify::new(),
+        });
         let node_id = bridge.node_id.clone();
         let thread = std::thread::Builder::new()
             .name("fanfare-bridge".into())
@@ -400,7 +413,12 @@ impl Prepared {
                     );
                 runtime.block_on(async {
                     tracing::info!(%node_id, "bridge connecting to {where_}");
-                    tokio::join!(publisher.run(publish_rx, &where_), subscriber.run(&where_));
+                    let keeper = async {
+                        if let Some(keeper) = keeper {
+                            keeper.run().await;
+                        }
+                    };
+                    tokio::join!(publisher.run(publish_rx), subscriber.run(seeds), keeper);
                 });
             })
             .map_err(Error::Thread)?;

@@ -1,24 +1,29 @@
-//! The publishing link: one Redis connection of our own ([`pubsub`]), one pipeline in flight
-//! at a time: a batch of commands written at once, then their replies read back in order
-//! (redis-rs parsed each reply into a generic value, which cost the bridge more than Redis
-//! spends serving it). Commands: PUBLISH, and with history the append and read scripts, whose
-//! callers wait for their answer. It also holds this process's claim on its node id.
+//! The publishing links: one Redis connection of our own ([`pubsub`]) per master, each with one
+//! pipeline in flight at a time: a batch of commands written at once, then their replies read
+//! back in order (redis-rs parsed each reply into a generic value, which cost the bridge more
+//! than Redis spends serving it). Commands: PUBLISH (SPUBLISH on a cluster), and with history
+//! the append and read scripts, whose callers wait for their answer. The link to the master of
+//! its key holds this process's claim on its node id.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use std::collections::HashMap;
+
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+
+use super::cluster::{Deployment, Node, Topology};
 
 use super::history::{self, APPEND, READ};
 use super::pubsub::{self, Reader, Reply, Writer};
 use super::wire::{self, Names};
-use super::{within, Backoff, LinkDown, Request, CLAIM_TTL, PING_EVERY};
+use super::{within, Backoff, LinkDown, Request, CLAIM_TTL, PING_EVERY, PUBLISH_QUEUE};
 use crate::config::random_hex;
 use crate::history::Position;
-use crate::metrics::BridgeMetrics;
+use crate::metrics::{BridgeMetrics, ShardMetrics};
 use crate::routes::Topic;
 
 /// Most messages in one pipeline.
@@ -57,7 +62,11 @@ pub struct HistorySettings {
 }
 
 pub(super) struct Publisher {
-    pub connection: redis::ConnectionInfo,
+    pub deployment: Deployment,
+    /// Which master serves each slot; one link per master follows it.
+    pub map: watch::Receiver<Arc<Topology>>,
+    /// Asks for the map to be read again (a link failed, Redis said `-MOVED`).
+    pub refresh: Arc<Notify>,
     pub names: Names,
     pub history: Option<HistorySettings>,
     pub max_message_bytes: usize,
@@ -69,37 +78,172 @@ pub(super) struct Publisher {
     pub instance: u64,
     pub metrics: Arc<BridgeMetrics>,
     pub shutdown: CancellationToken,
+    /// A link went up or down (on a cluster, where readiness is every link's).
+    pub link_changed: Notify,
+}
+
+/// A running link to one master, as the router of a cluster sees it.
+struct LinkHandle {
+    queue: mpsc::Sender<Request>,
+    shard: Arc<ShardMetrics>,
+    /// Stops the link (its master left the map); dropped with the handle.
+    _stop: tokio_util::sync::DropGuard,
 }
 
 impl Publisher {
-    pub async fn run(&self, mut publish_rx: mpsc::Receiver<Request>, where_: &str) {
+    /// Publishes until shutdown. One server: one link reads the queue. A cluster: each master
+    /// has a link with a queue of its own, and requests are routed by the slot of their topic,
+    /// so a master that fails or stalls holds up only its own messages.
+    pub async fn run(self: Arc<Self>, publish_rx: mpsc::Receiver<Request>) {
+        if !self.deployment.cluster {
+            let node = self.map.borrow().masters[0].clone();
+            let shard = self.metrics.shard(&node.to_string());
+            let stop = self.shutdown.clone();
+            self.link(node, publish_rx, shard, stop).await;
+            return;
+        }
+        let mut links = HashMap::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        self.route(publish_rx, &mut links, &mut tasks).await;
+        drop(links);
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn route(
+        self: &Arc<Self>,
+        mut publish_rx: mpsc::Receiver<Request>,
+        links: &mut HashMap<Node, LinkHandle>,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) {
+        let mut map_rx = self.map.clone();
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            let map = map_rx.borrow_and_update().clone();
+            links.retain(|node, _| map.masters.contains(node));
+            for node in &map.masters {
+                if links.contains_key(node) {
+                    continue;
+                }
+                let (queue, rx) = mpsc::channel(PUBLISH_QUEUE);
+                let shard = self.metrics.shard(&node.to_string());
+                let stop = self.shutdown.child_token();
+                let link = self
+                    .clone()
+                    .link(node.clone(), rx, shard.clone(), stop.clone());
+                tasks.spawn(link);
+                let _stop = stop.drop_guard();
+                links.insert(
+                    node.clone(),
+                    LinkHandle {
+                        queue,
+                        shard,
+                        _stop,
+                    },
+                );
+            }
+            self.metrics
+                .keep_shards(|n| map.masters.iter().any(|m| m.to_string() == n));
+            loop {
+                let all_up = links.values().all(|l| l.shard.publish_up.load(Relaxed));
+                self.metrics
+                    .publish_up
+                    .store(map.complete() && all_up, Relaxed);
+                tokio::select! {
+                    biased;
+                    () = self.shutdown.cancelled() => return,
+                    _ = map_rx.changed() => break,
+                    () = self.link_changed.notified() => {}
+                    n = publish_rx.recv_many(&mut batch, BATCH) => {
+                        if n == 0 {
+                            return;
+                        }
+                        for request in batch.drain(..) {
+                            let link = map.node_of(&self.slot_name(&request)).and_then(|n| links.get(n));
+                            match link {
+                                Some(link) => {
+                                    if let Err(e) = link.queue.try_send(request) {
+                                        self.refuse(e.into_inner());
+                                    }
+                                }
+                                None => self.refuse(request),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The name whose slot decides which master takes `request`.
+    fn slot_name(&self, request: &Request) -> String {
+        match request {
+            Request::Publish { channel, .. } => channel.clone(),
+            Request::Append { topic, .. } | Request::Read { topic, .. } | Request::Touch(topic) => {
+                self.names.topic(topic)
+            }
+        }
+    }
+
+    /// A request that never went out: a message is dropped and counted, an append not taken,
+    /// a read unanswered.
+    fn refuse(&self, request: Request) {
+        match request {
+            Request::Publish { .. } => {
+                self.metrics.dropped.fetch_add(1, Relaxed);
+            }
+            Request::Append { reply, .. } => {
+                let _ = reply.send(None);
+            }
+            Request::Read { .. } | Request::Touch(_) => {}
+        }
+    }
+
+    fn set_up(&self, shard: &ShardMetrics, up: bool) {
+        shard.publish_up.store(up, Relaxed);
+        match self.deployment.cluster {
+            false => self.metrics.publish_up.store(up, Relaxed),
+            true => self.link_changed.notify_one(),
+        }
+    }
+
+    /// One master's link: connects (with backoff), then publishes what its queue holds until
+    /// `stop`.
+    async fn link(
+        self: Arc<Self>,
+        node: Node,
+        mut publish_rx: mpsc::Receiver<Request>,
+        shard: Arc<ShardMetrics>,
+        stop: CancellationToken,
+    ) {
+        let connection = self.deployment.connection(&node);
         let mut backoff = Backoff::new();
         let mut batch = Vec::with_capacity(BATCH);
         let mut connected_before = false;
         loop {
             // Replies are integers; no bulk string is ever read here.
-            let connecting = within(pubsub::connect(&self.connection, 0));
+            let connecting = within(pubsub::connect(&connection, 0));
             let mut conn = tokio::select! {
-                () = self.shutdown.cancelled() => return,
+                () = stop.cancelled() => return,
                 r = connecting => match r {
                     Ok((reader, writer)) => match Conn::new(reader, writer).await {
                         Ok(conn) => conn,
                         Err(why) => {
-                            tracing::error!("bridge: cannot load the history scripts on {where_}: {why}; retrying");
-                            self.drop_while_waiting(&mut publish_rx, backoff.next()).await;
+                            tracing::error!("bridge: cannot load the history scripts on {node}: {why}; retrying");
+                            self.drop_while_waiting(&mut publish_rx, backoff.next(), &stop).await;
                             continue;
                         }
                     },
                     Err(why) => {
-                        tracing::error!("bridge: cannot connect the publisher to {where_}: {why}; retrying");
-                        self.drop_while_waiting(&mut publish_rx, backoff.next()).await;
+                        tracing::error!("bridge: cannot connect the publisher to {node}: {why}; retrying");
+                        self.refresh.notify_one();
+                        self.drop_while_waiting(&mut publish_rx, backoff.next(), &stop).await;
                         continue;
                     }
                 },
             };
-            if let Err(why) = self.claim(&mut conn).await {
-                tracing::warn!("bridge: publisher lost {where_}: {why}; reconnecting");
-                self.drop_while_waiting(&mut publish_rx, backoff.next())
+            if let Err(why) = self.keep_alive(&mut conn, &node).await {
+                tracing::warn!("bridge: publisher lost {node}: {why}; reconnecting");
+                self.drop_while_waiting(&mut publish_rx, backoff.next(), &stop)
                     .await;
                 continue;
             }
@@ -108,26 +252,36 @@ impl Publisher {
             }
             connected_before = true;
             backoff.reset();
-            self.metrics.publish_up.store(true, Relaxed);
-            tracing::info!("bridge: publisher connected to {where_}");
-            let why = self.serve(&mut conn, &mut publish_rx, &mut batch).await;
-            self.metrics.publish_up.store(false, Relaxed);
+            self.set_up(&shard, true);
+            tracing::info!("bridge: publisher connected to {node}");
+            let why = self
+                .serve(&mut conn, &node, &shard, &mut publish_rx, &mut batch, &stop)
+                .await;
+            self.set_up(&shard, false);
             match why {
                 None => {
-                    self.release(&mut conn).await;
+                    if self.holds_claim(&node) {
+                        self.release(&mut conn).await;
+                    }
                     return;
                 }
-                Some(why) => tracing::warn!("bridge: publisher lost {where_}: {why}; reconnecting"),
+                Some(why) => {
+                    tracing::warn!("bridge: publisher lost {node}: {why}; reconnecting");
+                    self.refresh.notify_one();
+                }
             }
         }
     }
 
-    /// Publishes until the link fails (returns why) or the process stops (returns `None`).
+    /// Publishes until the link fails (returns why) or it is stopped (returns `None`).
     async fn serve(
         &self,
         conn: &mut Conn,
+        node: &Node,
+        shard: &ShardMetrics,
         publish_rx: &mut mpsc::Receiver<Request>,
         batch: &mut Vec<Request>,
+        stop: &CancellationToken,
     ) -> Option<LinkDown> {
         let mut ping = interval(PING_EVERY);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -135,14 +289,14 @@ impl Publisher {
         loop {
             tokio::select! {
                 biased;
-                () = self.shutdown.cancelled() => return None,
+                () = stop.cancelled() => return None,
                 // Idle, a closed connection is noticed at once, not at the next ping: while it
                 // looks up, /readyz would say 200 and history publishes fail.
                 why = conn.reader.closed() => return Some(why),
                 // Before the queue: under steady load the queue is always ready, and the claim
                 // must still be renewed (it is also the link's ping).
                 _ = ping.tick() => {
-                    if let Err(why) = self.claim(conn).await {
+                    if let Err(why) = self.keep_alive(conn, node).await {
                         return Some(why);
                     }
                 }
@@ -156,7 +310,7 @@ impl Publisher {
                     }
                     let publishes = batch.iter().filter(|r| matches!(r, Request::Publish { .. })).count();
                     let mut answered = 0;
-                    if let Err(why) = within(self.pipeline(conn, &pipeline, batch, &mut answered)).await {
+                    if let Err(why) = within(self.pipeline(conn, shard, &pipeline, batch, &mut answered)).await {
                         // Whoever waits for an answer is told by its dropped sender.
                         batch.clear();
                         self.metrics.dropped.fetch_add((publishes - answered) as u64, Relaxed);
@@ -173,9 +327,13 @@ impl Publisher {
         let settings = self
             .history
             .unwrap_or(HistorySettings { size: 0, ttl_ms: 0 });
+        let publish: &[u8] = match self.deployment.cluster {
+            false => b"PUBLISH",
+            true => b"SPUBLISH",
+        };
         match request {
             Request::Publish { channel, payload } => {
-                pubsub::encode(out, &[b"PUBLISH", channel.as_bytes(), payload]);
+                pubsub::encode(out, &[publish, channel.as_bytes(), payload]);
             }
             Request::Append { topic, payload, .. } => {
                 let (position, stream) = self.names.history(topic);
@@ -183,7 +341,7 @@ impl Publisher {
                 let header = wire::positioned_header(self.instance);
                 let (size, ttl) = (settings.size.to_string(), settings.ttl_ms.to_string());
                 let new_epoch = random_hex(6);
-                let args: [&[u8]; 11] = [
+                let args: [&[u8]; 12] = [
                     b"EVALSHA",
                     conn.append.as_bytes(),
                     b"2",
@@ -195,6 +353,7 @@ impl Publisher {
                     new_epoch.as_bytes(),
                     size.as_bytes(),
                     ttl.as_bytes(),
+                    publish,
                 ];
                 pubsub::encode(out, &args);
             }
@@ -235,6 +394,7 @@ impl Publisher {
     async fn pipeline(
         &self,
         conn: &mut Conn,
+        shard: &ShardMetrics,
         encoded: &[u8],
         batch: &mut Vec<Request>,
         answered: &mut usize,
@@ -248,17 +408,23 @@ impl Publisher {
                 if e.starts_with("NOSCRIPT") {
                     return Err(format!("Redis: {e}"));
                 }
+                // A slot moved or its master failed: the map is read again; this request fails.
+                if e.starts_with("MOVED") || e.starts_with("ASK") || e.starts_with("CLUSTERDOWN") {
+                    self.refresh.notify_one();
+                }
                 tracing::warn!("bridge: Redis refused a command: {e}");
             }
             match (request, reply) {
                 (Request::Publish { .. }, Reply::Integer(_)) => {
                     self.metrics.published.fetch_add(1, Relaxed);
+                    shard.published.fetch_add(1, Relaxed);
                 }
                 (Request::Publish { .. }, _) => {
                     self.metrics.dropped.fetch_add(1, Relaxed);
                 }
                 (Request::Append { reply: tx, .. }, Reply::Integer(offset)) => {
                     self.metrics.published.fetch_add(1, Relaxed);
+                    shard.published.fetch_add(1, Relaxed);
                     let _ = tx.send(Some(offset as u64));
                 }
                 (Request::Append { reply: tx, .. }, Reply::Error(_)) => {
@@ -296,6 +462,26 @@ impl Publisher {
     fn max_reply(&self) -> usize {
         let size = self.history.map_or(0, |h| h.size as usize);
         (size + 4).saturating_mul(self.max_message_bytes + 64)
+    }
+
+    /// Whether the link to `node` holds the node id claim: the master of its key's slot does.
+    fn holds_claim(&self, node: &Node) -> bool {
+        self.map.borrow().node_of(&self.claim_key) == Some(node)
+    }
+
+    /// Renews the claim on the link that holds it, pings on the others.
+    async fn keep_alive(&self, conn: &mut Conn, node: &Node) -> Result<(), LinkDown> {
+        if self.holds_claim(node) {
+            return self.claim(conn).await;
+        }
+        conn.writer
+            .command(&[b"PING"])
+            .await
+            .map_err(|e| e.to_string())?;
+        match within(conn.reader.reply(64)).await? {
+            Reply::Status => Ok(()),
+            other => Err(format!("PING answered {other:?}")),
+        }
     }
 
     /// Takes or renews the node id claim; a claim held by another process is a conflict, said
@@ -338,22 +524,26 @@ impl Publisher {
         let _ = tokio::time::timeout(Duration::from_millis(500), conn.call(&args)).await;
     }
 
-    /// While disconnected: wait `delay`, dropping (and counting) what is published meanwhile so
-    /// nobody waits and nothing piles up.
-    async fn drop_while_waiting(&self, publish_rx: &mut mpsc::Receiver<Request>, delay: Duration) {
+    /// While disconnected: wait `delay`, refusing what is queued meanwhile so nobody waits and
+    /// nothing piles up.
+    async fn drop_while_waiting(
+        &self,
+        publish_rx: &mut mpsc::Receiver<Request>,
+        delay: Duration,
+        stop: &CancellationToken,
+    ) {
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
         let mut dropped = Vec::new();
         loop {
             tokio::select! {
                 () = &mut sleep => return,
-                () = self.shutdown.cancelled() => return,
+                () = stop.cancelled() => return,
                 n = publish_rx.recv_many(&mut dropped, BATCH) => {
                     if n == 0 {
                         return;
                     }
-                    let lost = dropped.drain(..).filter(|r| matches!(r, Request::Publish { .. }));
-                    self.metrics.dropped.fetch_add(lost.count() as u64, Relaxed);
+                    dropped.drain(..).for_each(|r| self.refuse(r));
                 }
             }
         }

@@ -9,10 +9,11 @@
 //! are handed out as slices of the read buffer, without a copy.
 
 use std::io;
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use redis::{ConnectionAddr, ConnectionInfo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
@@ -22,10 +23,14 @@ const READ_CHUNK: usize = 64 * 1024;
 /// What Redis sends a subscriber.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Push {
-    /// A message published on a channel we subscribe to.
+    /// A message published on a channel we subscribe to (`message`, or `smessage` for a shard
+    /// channel).
     Message { channel: Bytes, payload: Bytes },
-    /// One channel of a SUBSCRIBE or UNSUBSCRIBE took effect (one per channel named).
-    Confirmed,
+    /// One channel of a (S)SUBSCRIBE took effect (one per channel named).
+    Subscribed,
+    /// One channel of an (S)UNSUBSCRIBE took effect — or, for a shard channel nobody asked to
+    /// leave, Redis took it away: its slot moved to another node.
+    Unsubscribed { channel: Bytes },
     /// The answer to a PING.
     Pong,
     /// A message larger than the limit, skipped without being held.
@@ -125,19 +130,25 @@ impl Reader {
     /// # Errors
     /// The connection closed or broke, Redis answered with an error, or it sent something a
     /// subscriber does not expect.
+    #[cfg(test)]
     pub async fn next(&mut self) -> Result<Push, String> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// [`Reader::next`] as a poll, for a task that reads several links at once.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Push, String>> {
         loop {
             if self.skip > 0 {
                 let n = self.skip.min(self.buf.len());
                 self.buf.advance(n);
                 self.skip -= n;
                 if self.skip == 0 {
-                    return Ok(Push::Oversize);
+                    return Poll::Ready(Ok(Push::Oversize));
                 }
             } else if let Some(push) = self.parse()? {
-                return Ok(push);
+                return Poll::Ready(Ok(push));
             }
-            self.fill().await?;
+            ready!(self.poll_fill(cx))?;
         }
     }
 
@@ -151,12 +162,19 @@ impl Reader {
     }
 
     async fn fill(&mut self) -> Result<(), String> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
         self.buf.reserve(READ_CHUNK);
-        match self.read.read_buf(&mut self.buf).await {
-            Ok(0) => Err("connection closed".into()),
-            Ok(_) => Ok(()),
-            Err(e) => Err(e.to_string()),
-        }
+        let read = std::pin::Pin::new(&mut self.read);
+        Poll::Ready(
+            match ready!(tokio_util::io::poll_read_buf(read, cx, &mut self.buf)) {
+                Ok(0) => Err("connection closed".into()),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            },
+        )
     }
 
     /// The integer reply of a command (PUBLISH, EVAL of the claim scripts).
@@ -242,7 +260,10 @@ impl Reader {
                     payload,
                 }
             }
-            Shape::Confirmed => Push::Confirmed,
+            Shape::Subscribed => Push::Subscribed,
+            Shape::Unsubscribed { channel } => Push::Unsubscribed {
+                channel: frame.slice(channel.0..channel.1),
+            },
             Shape::Pong => Push::Pong,
             Shape::Oversize => unreachable!("skipped above"),
             Shape::Error => {
@@ -339,7 +360,10 @@ pub(crate) enum Shape {
         channel: (usize, usize),
         payload: (usize, usize),
     },
-    Confirmed,
+    Subscribed,
+    Unsubscribed {
+        channel: (usize, usize),
+    },
     Pong,
     Error,
     /// A message whose payload is over the limit: its whole length, to skip.
@@ -367,14 +391,22 @@ fn number(buf: &[u8], at: usize) -> Result<Option<(i64, usize)>, String> {
 }
 
 /// The length and shape of the whole push at the start of `buf`, or `None` if it has not all
-/// arrived. A subscriber is sent arrays of bulk strings and integers, `-errors`, and nothing
-/// else.
+/// arrived. A subscriber is sent arrays of bulk strings and integers, `-errors`, and — while it
+/// holds no subscription — a plain `+PONG`.
 pub(crate) fn frame(buf: &[u8], max_bulk: usize) -> Result<Option<(usize, Shape)>, String> {
     let Some(first) = buf.first() else {
         return Ok(None);
     };
     match first {
         b'-' => Ok(find_crlf(buf, 1).map(|end| (end + 2, Shape::Error))),
+        b'+' => match find_crlf(buf, 1) {
+            None => Ok(None),
+            Some(end) if &buf[1..end] == b"PONG" => Ok(Some((end + 2, Shape::Pong))),
+            Some(end) => Err(format!(
+                "unexpected reply {:?}",
+                String::from_utf8_lossy(&buf[..end])
+            )),
+        },
         b'*' => {
             let Some((count, mut at)) = number(buf, 1)? else {
                 return Ok(None);
@@ -393,8 +425,10 @@ pub(crate) fn frame(buf: &[u8], max_bulk: usize) -> Result<Option<(usize, Shape)
                         let len = usize::try_from(len).map_err(|_| "null bulk string")?;
                         // Only a message's payload may be large: skip it, whole, as it comes.
                         if len > max_bulk {
-                            let is_payload = parts.len() == 2 && count == 3;
-                            return match is_payload && &buf[parts[0].0..parts[0].1] == b"message" {
+                            let is_payload = parts.len() == 2
+                                && count == 3
+                                && matches!(&buf[parts[0].0..parts[0].1], b"message" | b"smessage");
+                            return match is_payload {
                                 true => Ok(Some((start + len + 2, Shape::Oversize))),
                                 false => Err(format!("a {len}-byte field is over the limit")),
                             };
@@ -419,11 +453,12 @@ pub(crate) fn frame(buf: &[u8], max_bulk: usize) -> Result<Option<(usize, Shape)
             }
             let kind = &buf[parts[0].0..parts[0].1];
             let shape = match (kind, parts.len()) {
-                (b"message", 3) => Shape::Message {
+                (b"message" | b"smessage", 3) => Shape::Message {
                     channel: parts[1],
                     payload: parts[2],
                 },
-                (b"subscribe" | b"unsubscribe", 3) => Shape::Confirmed,
+                (b"subscribe" | b"ssubscribe", 3) => Shape::Subscribed,
+                (b"unsubscribe" | b"sunsubscribe", 3) => Shape::Unsubscribed { channel: parts[1] },
                 (b"pong", _) => Shape::Pong,
                 _ => {
                     let kind = String::from_utf8_lossy(kind);
@@ -476,7 +511,21 @@ mod tests {
         assert_eq!(&msg[channel.0..channel.1], b"fz:a");
         assert_eq!(&msg[payload.0..payload.1], b"hello");
         let sub = b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n";
-        assert_eq!(frame(sub, 100), Ok(Some((sub.len(), Shape::Confirmed))));
+        assert_eq!(frame(sub, 100), Ok(Some((sub.len(), Shape::Subscribed))));
+        let smsg = b"*3\r\n$8\r\nsmessage\r\n$1\r\na\r\n$2\r\nhi\r\n";
+        assert!(matches!(
+            frame(smsg, 100),
+            Ok(Some((_, Shape::Message { .. })))
+        ));
+        let gone = b"*3\r\n$12\r\nsunsubscribe\r\n$1\r\na\r\n:0\r\n";
+        let channel = (27, 28);
+        assert_eq!(&gone[channel.0..channel.1], b"a");
+        assert_eq!(
+            frame(gone, 100),
+            Ok(Some((gone.len(), Shape::Unsubscribed { channel })))
+        );
+        let bare = b"+PONG\r\n";
+        assert_eq!(frame(bare, 100), Ok(Some((bare.len(), Shape::Pong))));
         let pong = b"*2\r\n$4\r\npong\r\n$0\r\n\r\n";
         assert_eq!(frame(pong, 100), Ok(Some((pong.len(), Shape::Pong))));
         let err = b"-ERR nope\r\n";
@@ -493,6 +542,11 @@ mod tests {
         assert!(frame(b"*3\r\n$7\r\nmessage\r\n$400\r\n", 100).is_err());
         assert!(frame(b"*9\r\n", 100).is_err());
         assert!(frame(b"+OK\r\n", 100).is_err());
+        let big = b"*3\r\n$8\r\nsmessage\r\n$1\r\na\r\n$500\r\n";
+        assert_eq!(
+            frame(big, 100),
+            Ok(Some((big.len() + 502, Shape::Oversize)))
+        );
         assert!(frame(b"*1\r\n$5\r\nhello\r\n", 100).is_err());
         assert!(frame(b"*2\r\n$-1\r\n", 100).is_err());
         assert!(frame(b"*x\r\n", 100).is_err());
@@ -559,7 +613,7 @@ mod tests {
             redis::IntoConnectionInfo::into_connection_info(format!("redis://127.0.0.1:{port}"))
                 .unwrap();
         let (mut reader, _writer) = connect(&info, 1024).await.unwrap();
-        assert_eq!(reader.next().await.unwrap(), Push::Confirmed);
+        assert_eq!(reader.next().await.unwrap(), Push::Subscribed);
         assert_eq!(reader.next().await.unwrap(), Push::Oversize);
         for i in 0..100 {
             let Push::Message { channel, payload } = reader.next().await.unwrap() else {

@@ -1,32 +1,38 @@
-//! The subscribing link: one RESP2 pub/sub connection of our own ([`pubsub`]) whose
-//! subscriptions follow the subscription log, feeding what arrives into the local bus without
-//! ever waiting for it. With history, messages go through the [`Catchup`], which fills gaps
-//! from Redis's history (reads sent through the publisher's link) before later messages.
+//! The subscribing links: one RESP2 pub/sub connection of our own ([`pubsub`]) per master,
+//! whose subscriptions follow the subscription log — on a cluster, each topic's shard channel
+//! (SSUBSCRIBE) on the master of its slot — feeding what arrives into the local bus without
+//! ever waiting for it. One task reads every link. With history, messages go through the
+//! [`Catchup`], which fills gaps from Redis's history (reads sent through the publisher)
+//! before later messages: after a reconnect, and after a topic moved to another master.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::{interval, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::catchup::{Catchup, Step};
+use super::cluster::{Deployment, Node, Topology};
 use super::history::{self as redis_history, Read};
-use super::pubsub::{self, Push};
+use super::pubsub::{self, Push, Reader, Writer};
 use super::wire::{self, Names};
 use super::{within, Backoff, LinkDown, Request, PING_EVERY, RESPONSE_TIMEOUT};
 use crate::bus::{Bus, Delivery, Envelope};
 use crate::history::{Position, Since};
-use crate::metrics::BridgeMetrics;
+use crate::metrics::{BridgeMetrics, ShardMetrics};
 use crate::routes::Topic;
 use crate::subscriptions::{SubscriptionLog, Ticket};
 
 /// A read of a gap in flight, answered with what it asked.
 type Fill = Pin<Box<dyn Future<Output = (Topic, u64, Since, Option<Read>)> + Send>>;
+/// A connection being made to a master.
+type Connecting = Pin<Box<dyn Future<Output = (Node, Result<(Reader, Writer), String>)> + Send>>;
 
 /// What the relay remembers across reconnects.
 #[derive(Default)]
@@ -42,15 +48,17 @@ const CHUNK: usize = 1000;
 const TOUCH_PER_SECOND: usize = 2000;
 
 pub(super) struct Subscriber {
-    pub connection: redis::ConnectionInfo,
+    pub deployment: Deployment,
+    /// Which master serves each slot: one link per master.
+    pub map: watch::Receiver<Arc<Topology>>,
+    /// Asks for the map to be read again (a link failed, a slot moved).
+    pub refresh: Arc<Notify>,
     pub names: Names,
     /// This process's mark on its own messages.
     pub instance: u64,
     /// Topics have history in Redis: their messages (and controls) are relayed even when this
     /// process published them, since it does not deliver them itself.
     pub history: bool,
-    /// Positions connections read, from the publisher.
-    pub seeds: mpsc::UnboundedReceiver<(Topic, Position)>,
     /// The publisher's queue, for reading gaps and keeping positions.
     pub requests: mpsc::Sender<Request>,
     /// With history: how often the positions of the topics relayed here are kept alive.
@@ -65,149 +73,95 @@ pub(super) struct Subscriber {
     pub shutdown: CancellationToken,
 }
 
-/// Subscription changes sent and not yet confirmed, oldest first: how many channel
-/// confirmations each still waits for, and the ticket it answers.
-type Unconfirmed = VecDeque<(usize, Ticket)>;
+/// The subscribing connection to one master.
+struct Link {
+    node: Node,
+    shard: Arc<ShardMetrics>,
+    conn: Option<(Reader, Writer)>,
+    /// Channels subscribed here (sent, confirmed or not).
+    subscribed: HashSet<String>,
+    /// Channels whose unsubscribe is on its way: a shard channel's `sunsubscribe` that is not
+    /// one of these is Redis taking it away.
+    leaving: HashSet<String>,
+    /// Changes sent and not yet confirmed, oldest first.
+    unconfirmed: VecDeque<Part>,
+    /// Everything it had to subscribe to when it connected is confirmed.
+    restored: bool,
+    /// When the oldest PING without its PONG went out.
+    ping_sent: Option<Instant>,
+    backoff: Backoff,
+    /// While down: when to connect again.
+    retry_at: Option<Instant>,
+    connected_before: bool,
+}
+
+/// One change sent on a link.
+struct Part {
+    /// Channel confirmations still to come.
+    remaining: usize,
+    /// The log position it answers, if it came from the log.
+    ticket: Option<Ticket>,
+    /// The restore of a link that just connected.
+    restore: bool,
+    /// Topics to read from their history once it is confirmed: they were not relayed here for
+    /// a while (a reconnect, a move).
+    refill: HashSet<Topic>,
+}
+
+/// Everything the subscriber task holds.
+#[derive(Default)]
+struct State {
+    map: Arc<Topology>,
+    /// One per master of the map, in its order.
+    links: Vec<Link>,
+    connecting: FuturesUnordered<Connecting>,
+    /// Log positions sent to links, with how many links have still to confirm them.
+    tickets: BTreeMap<Ticket, usize>,
+    /// Some wanted channel is not subscribed where it should be (a slot moved).
+    resync: bool,
+    /// The link to read first next time (so a busy one cannot starve the others).
+    next_read: usize,
+    relay: Relay,
+}
 
 impl Subscriber {
     /// Runs until shutdown; then answers every waiting ticket, since nothing more is applied.
-    pub async fn run(mut self, where_: &str) {
-        self.relay_until_shutdown(where_).await;
+    pub async fn run(self, seeds: mpsc::UnboundedReceiver<(Topic, Position)>) {
+        self.relay_until_shutdown(seeds).await;
         self.log.close();
     }
 
-    async fn relay_until_shutdown(&mut self, where_: &str) {
-        let mut relay = Relay::default();
-        let mut backoff = Backoff::new();
-        let mut connected_before = false;
+    async fn relay_until_shutdown(&self, mut seeds: mpsc::UnboundedReceiver<(Topic, Position)>) {
+        let mut map_rx = self.map.clone();
+        let mut state = State::default();
+        self.follow_map(&mut state, map_rx.borrow_and_update().clone())
+            .await;
+        let mut tick = interval(PING_EVERY);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            // A fresh connection subscribes to everything wanted, so pending changes are moot;
-            // whoever waits for them is answered once the restore is confirmed, or fails.
-            let (_, ticket) = self.log.take();
-            // Room for the largest message plus the wire header.
-            let max_bulk = self.max_message_bytes + 64;
-            let connecting = within(pubsub::connect(&self.connection, max_bulk));
-            let connected = tokio::select! {
-                () = self.shutdown.cancelled() => return,
-                r = connecting => r,
-            };
-            let (mut reader, mut writer) = match connected {
-                Ok(halves) => halves,
-                Err(why) => {
-                    tracing::error!(
-                        "bridge: cannot connect the subscriber to {where_}: {why}; retrying"
-                    );
-                    self.log.confirm(ticket);
-                    self.wait_down(backoff.next(), &mut relay).await;
-                    continue;
-                }
-            };
-            let mut subscribed = HashSet::new();
-            let mut wanted: Vec<String> = self
-                .bus
-                .routes()
-                .topics()
-                .iter()
-                .map(|t| self.names.topic(t))
-                .collect();
-            wanted.push(self.names.all());
-            let mut unconfirmed = Unconfirmed::new();
-            let sent = change(&mut writer, &mut subscribed, wanted, Vec::new()).await;
-            match sent {
-                Ok(n) => unconfirmed.push_back((n, ticket)),
-                Err(why) => {
-                    self.log.confirm(ticket);
-                    tracing::warn!(
-                        "bridge: cannot restore subscriptions on {where_}: {why}; retrying"
-                    );
-                    self.wait_down(backoff.next(), &mut relay).await;
-                    continue;
-                }
-            }
-            if connected_before {
-                self.metrics.reconnects.fetch_add(1, Relaxed);
-            }
-            connected_before = true;
-            let why = self
-                .serve(
-                    &mut reader,
-                    &mut writer,
-                    &mut subscribed,
-                    &mut unconfirmed,
-                    &mut relay,
-                    where_,
-                )
-                .await;
-            // Whoever waits is answered: the reconnect subscribes to everything.
-            if let Some((_, last)) = unconfirmed.back() {
-                self.log.confirm(*last);
-            }
-            if self.metrics.subscribe_up.swap(false, Relaxed) {
-                backoff.reset();
-            }
-            self.metrics.subscriptions.store(0, Relaxed);
-            match why {
-                None => return,
-                Some(why) => {
-                    tracing::warn!("bridge: subscriber lost {where_}: {why}; reconnecting");
-                    self.wait_down(backoff.next(), &mut relay).await;
-                }
-            }
-        }
-    }
-
-    /// Relays messages and follows interest changes until the link fails (returns why) or the
-    /// process stops (returns `None`). The link is up once the restored subscriptions are
-    /// confirmed.
-    async fn serve(
-        &mut self,
-        reader: &mut pubsub::Reader,
-        writer: &mut pubsub::Writer,
-        subscribed: &mut HashSet<String>,
-        unconfirmed: &mut Unconfirmed,
-        relay: &mut Relay,
-        where_: &str,
-    ) -> Option<LinkDown> {
-        let mut ping = interval(PING_EVERY);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        // When the oldest PING without its PONG went out.
-        let mut ping_sent: Option<Instant> = None;
-        loop {
+            let retry_at = state.links.iter().filter_map(|l| l.retry_at).min();
+            let retry = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now));
+            let State {
+                links,
+                connecting,
+                next_read,
+                relay,
+                ..
+            } = &mut state;
             tokio::select! {
                 biased;
-                () = self.shutdown.cancelled() => return None,
-                push = reader.next() => match push {
-                    Ok(Push::Message { channel, payload }) => self.relay(&channel, &payload, relay),
-                    Ok(Push::Pong) => ping_sent = None,
-                    Ok(Push::Oversize) => {
-                        self.metrics.malformed.fetch_add(1, Relaxed);
-                    }
-                    Ok(Push::Confirmed) => {
-                        let Some(front) = unconfirmed.front_mut() else {
-                            return Some("a confirmation nobody asked for".into());
-                        };
-                        front.0 = front.0.saturating_sub(1);
-                        if front.0 == 0 {
-                            let (_, ticket) = unconfirmed.pop_front().expect("front exists");
-                            self.log.confirm(ticket);
-                            if !self.metrics.subscribe_up.swap(true, Relaxed) {
-                                tracing::info!(
-                                    subscriptions = subscribed.len(),
-                                    "bridge: subscriber connected to {where_}"
-                                );
-                                // Subscribed again: what each topic missed meanwhile can be
-                                // read now without a seam.
-                                let routes = self.bus.routes();
-                                relay.catchup.retain(|t| !routes.workers(t).is_empty());
-                                relay.catchup.reconnected(&mut relay.steps);
-                                self.run_steps(relay);
-                            }
-                            self.metrics.subscriptions.store(subscribed.len() as i64, Relaxed);
-                        }
-                    }
-                    Err(why) => return Some(why),
-                },
-                Some((topic, position)) = self.seeds.recv() => {
+                () = self.shutdown.cancelled() => return,
+                (i, push) = std::future::poll_fn(|cx| read_any(links, next_read, cx)) => {
+                    self.on_push(&mut state, i, push).await;
+                }
+                Some((node, connected)) = connecting.next(), if !connecting.is_empty() => {
+                    self.on_connected(&mut state, node, connected).await;
+                }
+                Ok(()) = map_rx.changed() => {
+                    let map = map_rx.borrow_and_update().clone();
+                    self.follow_map(&mut state, map).await;
+                }
+                Some((topic, position)) = seeds.recv() => {
                     let subscribed = !self.bus.routes().workers(&topic).is_empty();
                     relay.catchup.seed(topic, position, subscribed);
                 }
@@ -215,67 +169,396 @@ impl Subscriber {
                     relay.catchup.filled(&topic, id, &since, read, &mut relay.steps);
                     self.run_steps(relay);
                 }
-                () = self.log.changed() => {
-                    let (topics, ticket) = self.log.take();
-                    match self.follow(writer, subscribed, topics, relay).await {
-                        Ok(0) => self.log.confirm(ticket),
-                        Ok(n) => unconfirmed.push_back((n, ticket)),
-                        Err(why) => {
-                            self.log.confirm(ticket);
-                            return Some(why);
-                        }
-                    }
+                () = self.log.changed() => self.follow_log(&mut state).await,
+                () = retry, if retry_at.is_some() => self.connect_due(&mut state),
+                _ = tick.tick() => self.on_tick(&mut state).await,
+            }
+        }
+    }
+
+    /// A new map: one link per master (those still masters keep theirs), and every channel
+    /// whose slot changed master is subscribed on its new one.
+    async fn follow_map(&self, state: &mut State, map: Arc<Topology>) {
+        let mut old: HashMap<Node, Link> =
+            state.links.drain(..).map(|l| (l.node.clone(), l)).collect();
+        for node in &map.masters {
+            let link = old.remove(node).unwrap_or_else(|| Link {
+                node: node.clone(),
+                shard: self.metrics.shard(&node.to_string()),
+                conn: None,
+                subscribed: HashSet::new(),
+                leaving: HashSet::new(),
+                unconfirmed: VecDeque::new(),
+                restored: false,
+                ping_sent: None,
+                backoff: Backoff::new(),
+                retry_at: Some(Instant::now()),
+                connected_before: false,
+            });
+            state.links.push(link);
+        }
+        state.map = map;
+        for (_, mut gone) in old {
+            tracing::info!("bridge: {} is no longer a master", gone.node);
+            self.answer_parts(state, &mut gone);
+        }
+        // A channel whose slot moved is no longer ours to hold here; Redis takes it away too.
+        for i in 0..state.links.len() {
+            let map = state.map.clone();
+            let link = &mut state.links[i];
+            let before = link.subscribed.len();
+            link.subscribed.retain(|c| map.owner(c) == Some(i));
+            state.resync |= link.subscribed.len() != before;
+        }
+        state.resync = true;
+        self.resync(state).await;
+        self.update_up(state);
+    }
+
+    /// The log changed: each link subscribes to its topics that gained a recipient here and
+    /// leaves those that lost their last one.
+    async fn follow_log(&self, state: &mut State) {
+        let (topics, ticket) = self.log.take();
+        let mut changes: Vec<(Vec<String>, Vec<String>)> =
+            vec![Default::default(); state.links.len()];
+        for topic in topics {
+            let name = self.names.topic(&topic);
+            let wanted = !self.bus.routes().workers(&topic).is_empty();
+            if !wanted {
+                state.relay.catchup.forget(&topic);
+            }
+            let Some(i) = state.map.owner(&name) else {
+                continue;
+            };
+            let link = &state.links[i];
+            match (wanted, link.subscribed.contains(&name)) {
+                (true, false) => changes[i].0.push(name),
+                (false, true) => changes[i].1.push(name),
+                _ => {}
+            }
+        }
+        let mut parts = 0;
+        for (i, (add, remove)) in changes.into_iter().enumerate() {
+            let part = Part {
+                remaining: 0,
+                ticket: Some(ticket),
+                restore: false,
+                refill: HashSet::new(),
+            };
+            parts += usize::from(self.send(state, i, add, remove, part).await);
+        }
+        state.tickets.insert(ticket, parts);
+        self.confirm_tickets(state);
+    }
+
+    /// Subscribes every link to the wanted channels it lacks (after a slot moved); what they
+    /// missed meanwhile is read from their history once subscribed.
+    async fn resync(&self, state: &mut State) {
+        if !std::mem::take(&mut state.resync) {
+            return;
+        }
+        for i in 0..state.links.len() {
+            if !state.links[i].restored {
+                continue;
+            }
+            let (add, refill) = self.wanted(state, i, true);
+            let part = Part {
+                remaining: 0,
+                ticket: None,
+                restore: false,
+                refill,
+            };
+            self.send(state, i, add, Vec::new(), part).await;
+        }
+    }
+
+    /// The channels link `i` should hold (only those it lacks, with `missing`), and their topics.
+    fn wanted(&self, state: &State, i: usize, missing: bool) -> (Vec<String>, HashSet<Topic>) {
+        let link = &state.links[i];
+        let mut names = Vec::new();
+        let mut topics = HashSet::new();
+        for topic in self.bus.routes().topics() {
+            let name = self.names.topic(&topic);
+            if state.map.owner(&name) == Some(i) && !(missing && link.subscribed.contains(&name)) {
+                names.push(name);
+                topics.insert(topic);
+            }
+        }
+        let all = self.names.all();
+        if state.map.owner(&all) == Some(i) && !(missing && link.subscribed.contains(&all)) {
+            names.push(all);
+        }
+        (names, topics)
+    }
+
+    /// Sends a change on link `i` if it is connected and the change is not empty; the link
+    /// then owes its confirmations. Returns whether it was sent. A link that fails is down.
+    async fn send(
+        &self,
+        state: &mut State,
+        i: usize,
+        add: Vec<String>,
+        remove: Vec<String>,
+        mut part: Part,
+    ) -> bool {
+        let link = &mut state.links[i];
+        let Some((_, writer)) = link.conn.as_mut() else {
+            return false;
+        };
+        if add.is_empty() && remove.is_empty() {
+            return false;
+        }
+        part.remaining = add.len() + remove.len();
+        let sent = change(writer, self.deployment.cluster, &add, &remove).await;
+        link.subscribed.extend(add);
+        for name in remove {
+            link.subscribed.remove(&name);
+            link.leaving.insert(name);
+        }
+        link.unconfirmed.push_back(part);
+        if let Err(why) = sent {
+            self.down(state, i, &why);
+        }
+        true
+    }
+
+    /// Starts connecting every link whose wait is over.
+    fn connect_due(&self, state: &mut State) {
+        let now = Instant::now();
+        for link in &mut state.links {
+            if link.retry_at.is_some_and(|at| at <= now) {
+                link.retry_at = None;
+                let node = link.node.clone();
+                let info = self.deployment.connection(&node);
+                // Room for the largest message plus the wire header.
+                let max_bulk = self.max_message_bytes + 64;
+                state.connecting.push(Box::pin(async move {
+                    let connected = within(async { pubsub::connect(&info, max_bulk).await }).await;
+                    (node, connected)
+                }));
+            }
+        }
+    }
+
+    /// A connection attempt ended: a link that connected subscribes to everything it should
+    /// hold, and is up once Redis confirmed it all.
+    async fn on_connected(
+        &self,
+        state: &mut State,
+        node: Node,
+        connected: Result<(Reader, Writer), String>,
+    ) {
+        let Some(i) = state.links.iter().position(|l| l.node == node) else {
+            return;
+        };
+        let link = &mut state.links[i];
+        match connected {
+            Err(why) => {
+                tracing::error!("bridge: cannot connect the subscriber to {node}: {why}; retrying");
+                link.retry_at = Some(Instant::now() + link.backoff.next());
+                self.refresh.notify_one();
+            }
+            Ok(conn) => {
+                link.conn = Some(conn);
+                if link.connected_before {
+                    self.metrics.reconnects.fetch_add(1, Relaxed);
                 }
-                _ = ping.tick() => {
-                    relay.catchup.retry(&mut relay.steps);
-                    if let Some(every) = self.touch_every {
-                        // Spread over the TTL, a bounded number a second; best effort (a
-                        // position lasts ten rounds).
-                        for topic in relay.catchup.due(Instant::now(), every, TOUCH_PER_SECOND) {
-                            if self.requests.try_send(Request::Touch(topic)).is_err() {
-                                break;
-                            }
-                        }
-                    }
-                    self.run_steps(relay);
-                    if ping_sent.is_some_and(|at| at.elapsed() >= RESPONSE_TIMEOUT) {
-                        let secs = RESPONSE_TIMEOUT.as_secs();
-                        return Some(format!("no answer within {secs} s"));
-                    }
-                    if ping_sent.is_none() {
-                        if let Err(e) = writer.command(&[b"PING"]).await {
-                            return Some(e.to_string());
-                        }
-                        ping_sent = Some(Instant::now());
-                    }
+                link.connected_before = true;
+                let (add, refill) = self.wanted(state, i, false);
+                let part = Part {
+                    remaining: 0,
+                    ticket: None,
+                    restore: true,
+                    refill,
+                };
+                if !self.send(state, i, add, Vec::new(), part).await
+                    && state.links[i].conn.is_some()
+                {
+                    self.restored(state, i);
                 }
             }
         }
     }
 
-    /// Sends SUBSCRIBE for the changed topics that now have a local recipient and UNSUBSCRIBE
-    /// for those that no longer do; returns how many confirmations to expect.
-    async fn follow(
-        &self,
-        writer: &mut pubsub::Writer,
-        subscribed: &mut HashSet<String>,
-        topics: Vec<Topic>,
-        relay: &mut Relay,
-    ) -> Result<usize, LinkDown> {
-        let (mut add, mut remove) = (Vec::new(), Vec::new());
-        for topic in topics {
-            let name = self.names.topic(&topic);
-            let wanted = !self.bus.routes().workers(&topic).is_empty();
-            match (wanted, subscribed.contains(&name)) {
-                (true, false) => add.push(name),
-                (false, true) => {
-                    relay.catchup.forget(&topic);
-                    remove.push(name);
+    async fn on_push(&self, state: &mut State, i: usize, push: Result<Push, String>) {
+        let link = &mut state.links[i];
+        match push {
+            Ok(Push::Message { channel, payload }) => {
+                link.shard.received.fetch_add(1, Relaxed);
+                self.relay(&channel, &payload, &mut state.relay);
+            }
+            Ok(Push::Pong) => link.ping_sent = None,
+            Ok(Push::Oversize) => {
+                self.metrics.malformed.fetch_add(1, Relaxed);
+            }
+            Ok(Push::Subscribed) => self.confirmed(state, i),
+            Ok(Push::Unsubscribed { channel }) => {
+                let name = String::from_utf8_lossy(&channel);
+                if link.leaving.remove(name.as_ref()) {
+                    self.confirmed(state, i);
+                } else if link.subscribed.remove(name.as_ref()) {
+                    // Its slot moved to another master: subscribe there once the map says so.
+                    tracing::info!(
+                        "bridge: {} took {name} away (its slot moved); following",
+                        link.node
+                    );
+                    state.resync = true;
+                    self.refresh.notify_one();
                 }
-                _ => {}
+            }
+            Err(why) => self.down(state, i, &why),
+        }
+    }
+
+    /// One channel of the oldest change sent on link `i` took effect.
+    fn confirmed(&self, state: &mut State, i: usize) {
+        let link = &mut state.links[i];
+        let Some(front) = link.unconfirmed.front_mut() else {
+            self.down(state, i, "a confirmation nobody asked for");
+            return;
+        };
+        front.remaining = front.remaining.saturating_sub(1);
+        if front.remaining > 0 {
+            return;
+        }
+        let part = link.unconfirmed.pop_front().expect("front exists");
+        link.shard
+            .subscriptions
+            .store(link.subscribed.len() as i64, Relaxed);
+        if let Some(ticket) = part.ticket {
+            if let Some(n) = state.tickets.get_mut(&ticket) {
+                *n = n.saturating_sub(1);
+            }
+            self.confirm_tickets(state);
+        }
+        if !part.refill.is_empty() {
+            // Subscribed again: what each topic missed meanwhile can be read now without a seam.
+            let routes = self.bus.routes();
+            let relay = &mut state.relay;
+            relay.catchup.retain(|t| !routes.workers(t).is_empty());
+            relay
+                .catchup
+                .reconnected(|t| part.refill.contains(t), &mut relay.steps);
+            self.run_steps(relay);
+        }
+        if part.restore {
+            self.restored(state, i);
+        }
+    }
+
+    fn restored(&self, state: &mut State, i: usize) {
+        let link = &mut state.links[i];
+        link.restored = true;
+        link.shard.subscribe_up.store(true, Relaxed);
+        link.shard
+            .subscriptions
+            .store(link.subscribed.len() as i64, Relaxed);
+        tracing::info!(
+            subscriptions = link.subscribed.len(),
+            "bridge: subscriber connected to {}",
+            link.node
+        );
+        self.update_up(state);
+    }
+
+    /// Tells every connection whose changes all links have applied (or could not apply: a link
+    /// that is down subscribes to everything when it is back).
+    fn confirm_tickets(&self, state: &mut State) {
+        let mut done = None;
+        while let Some(entry) = state.tickets.first_entry() {
+            if *entry.get() > 0 {
+                break;
+            }
+            done = Some(entry.remove_entry().0);
+        }
+        if let Some(ticket) = done {
+            self.log.confirm(ticket);
+        }
+    }
+
+    /// The changes a link owed are moot: when it is back it subscribes to everything.
+    fn answer_parts(&self, state: &mut State, link: &mut Link) {
+        for part in link.unconfirmed.drain(..) {
+            if let Some(n) = part.ticket.and_then(|t| state.tickets.get_mut(&t)) {
+                *n = n.saturating_sub(1);
             }
         }
-        change(writer, subscribed, add, remove).await
+        link.shard.subscribe_up.store(false, Relaxed);
+        link.shard.subscriptions.store(0, Relaxed);
+        self.confirm_tickets(state);
+    }
+
+    /// Link `i` failed: it forgets its subscriptions and connects again after a backoff.
+    fn down(&self, state: &mut State, i: usize, why: &str) {
+        let mut link = std::mem::replace(&mut state.links[i], Link::placeholder());
+        tracing::warn!("bridge: subscriber lost {}: {why}; reconnecting", link.node);
+        self.answer_parts(state, &mut link);
+        if std::mem::take(&mut link.restored) {
+            link.backoff.reset();
+        }
+        link.conn = None;
+        link.subscribed.clear();
+        link.leaving.clear();
+        link.ping_sent = None;
+        link.retry_at = Some(Instant::now() + link.backoff.next());
+        state.links[i] = link;
+        self.refresh.notify_one();
+        self.update_up(state);
+    }
+
+    /// Ready once every master's link is restored and every slot has a master.
+    fn update_up(&self, state: &State) {
+        let up = state.map.complete() && state.links.iter().all(|l| l.restored);
+        let was = self.metrics.subscribe_up.swap(up, Relaxed);
+        if was && !up {
+            tracing::warn!("bridge: a Redis master is unreachable; messages through it are lost until it is back");
+        }
+        let subscriptions = state
+            .links
+            .iter()
+            .map(|l| l.subscribed.len())
+            .sum::<usize>();
+        self.metrics
+            .subscriptions
+            .store(subscriptions as i64, Relaxed);
+    }
+
+    /// Every second: pings each link (one that did not answer the last ping in time is down),
+    /// keeps history positions alive, retries failed reads, and subscribes what moved.
+    async fn on_tick(&self, state: &mut State) {
+        let relay = &mut state.relay;
+        relay.catchup.retry(&mut relay.steps);
+        if let Some(every) = self.touch_every {
+            // Spread over the TTL, a bounded number a second; best effort (a position lasts
+            // ten rounds).
+            for topic in relay.catchup.due(Instant::now(), every, TOUCH_PER_SECOND) {
+                if self.requests.try_send(Request::Touch(topic)).is_err() {
+                    break;
+                }
+            }
+        }
+        self.run_steps(relay);
+        for i in 0..state.links.len() {
+            let link = &mut state.links[i];
+            let Some((_, writer)) = link.conn.as_mut() else {
+                continue;
+            };
+            if link
+                .ping_sent
+                .is_some_and(|at| at.elapsed() >= RESPONSE_TIMEOUT)
+            {
+                let secs = RESPONSE_TIMEOUT.as_secs();
+                self.down(state, i, &format!("no answer within {secs} s"));
+                continue;
+            }
+            if link.ping_sent.is_none() {
+                match within(writer.command(&[b"PING"])).await {
+                    Ok(()) => link.ping_sent = Some(Instant::now()),
+                    Err(why) => self.down(state, i, &why),
+                }
+            }
+        }
+        self.resync(state).await;
     }
 
     /// Hands a message from another machine to the workers that have recipients, without
@@ -392,54 +675,70 @@ impl Subscriber {
             }
         }
     }
+}
 
-    /// While disconnected: wait `delay`, letting connections that wait for a subscription go
-    /// on at once (local delivery works; the reconnect subscribes to everything).
-    async fn wait_down(&mut self, delay: std::time::Duration, relay: &mut Relay) {
-        let sleep = tokio::time::sleep(delay);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                () = &mut sleep => return,
-                () = self.shutdown.cancelled() => return,
-                () = self.log.changed() => self.log.confirm(self.log.take().1),
-                // The publishing link may be up while this one is not: a position a connection
-                // read now is where the catch-up must start for its topic.
-                Some((topic, position)) = self.seeds.recv() => {
-                    let subscribed = !self.bus.routes().workers(&topic).is_empty();
-                    relay.catchup.seed(topic, position, subscribed);
-                }
-            }
+impl Link {
+    /// Stands in while a link is taken out to be mended.
+    fn placeholder() -> Self {
+        Link {
+            node: Node {
+                host: String::new(),
+                port: 0,
+            },
+            shard: Arc::default(),
+            conn: None,
+            subscribed: HashSet::new(),
+            leaving: HashSet::new(),
+            unconfirmed: VecDeque::new(),
+            restored: false,
+            ping_sent: None,
+            backoff: Backoff::new(),
+            retry_at: None,
+            connected_before: false,
         }
     }
 }
 
-/// Sends subscription changes, a chunk of channels per command, records them, and returns how
-/// many confirmations Redis will send (one per channel).
-async fn change(
-    writer: &mut pubsub::Writer,
-    subscribed: &mut HashSet<String>,
-    add: Vec<String>,
-    remove: Vec<String>,
-) -> Result<usize, LinkDown> {
-    let expected = add.len() + remove.len();
-    let commands =
-        (add.chunks(CHUNK).map(|c| (true, c))).chain(remove.chunks(CHUNK).map(|c| (false, c)));
-    for (subscribe, chunk) in commands {
-        let verb: &[u8] = if subscribe {
-            b"SUBSCRIBE"
-        } else {
-            b"UNSUBSCRIBE"
-        };
-        let mut args = vec![verb];
-        args.extend(chunk.iter().map(|c| c.as_bytes()));
-        within(writer.command(&args)).await?;
-        for name in chunk {
-            match subscribe {
-                true => subscribed.insert(name.clone()),
-                false => subscribed.remove(name),
-            };
+/// The next push from any connected link, the one after the last served first.
+fn read_any(
+    links: &mut [Link],
+    next: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<(usize, Result<Push, String>)> {
+    let n = links.len();
+    for k in 0..n {
+        let i = (*next + k) % n;
+        if let Some((reader, _)) = links[i].conn.as_mut() {
+            if let Poll::Ready(push) = reader.poll_next(cx) {
+                *next = (i + 1) % n;
+                return Poll::Ready((i, push));
+            }
         }
     }
-    Ok(expected)
+    Poll::Pending
+}
+
+/// Sends subscription changes in one write: a chunk of channels per SUBSCRIBE, or on a cluster
+/// one SSUBSCRIBE per shard channel (a command's channels must share a slot). Redis confirms
+/// each channel named.
+async fn change(
+    writer: &mut Writer,
+    sharded: bool,
+    add: &[String],
+    remove: &[String],
+) -> Result<(), LinkDown> {
+    let (subscribe, unsubscribe): (&[u8], &[u8]) = match sharded {
+        false => (b"SUBSCRIBE", b"UNSUBSCRIBE"),
+        true => (b"SSUBSCRIBE", b"SUNSUBSCRIBE"),
+    };
+    let per_command = if sharded { 1 } else { CHUNK };
+    let commands = (add.chunks(per_command).map(|c| (subscribe, c)))
+        .chain(remove.chunks(per_command).map(|c| (unsubscribe, c)));
+    let mut out = Vec::new();
+    for (verb, chunk) in commands {
+        let mut args = vec![verb];
+        args.extend(chunk.iter().map(|c| c.as_bytes()));
+        pubsub::encode(&mut out, &args);
+    }
+    within(writer.raw(&out)).await
 }

@@ -39,13 +39,21 @@ pub const MAX_NODE_ID_BYTES: usize = 255;
 #[derive(Clone, Debug)]
 pub struct Names {
     prefix: String,
+    /// On a Redis Cluster: every name of a topic carries the hash tag `{<kind>:<name>}`, so its
+    /// shard channel and history keys share a slot.
+    tagged: bool,
 }
 
 impl Names {
     /// # Errors
     /// A prefix another fleet's names could overlap with, or with characters Redis users would
     /// not expect in a name.
-    pub fn new(prefix: &str) -> Result<Self, String> {
+    pub fn new(prefix: &str, tagged: bool) -> Result<Self, String> {
+        if tagged && prefix.contains(['{', '}']) {
+            return Err(format!(
+                "{prefix:?}: on a Redis Cluster braces are hash tags; use a prefix without them"
+            ));
+        }
         let mut rest = prefix;
         while !rest.is_empty() {
             let Some((segment, tail)) = rest.split_once(':') else {
@@ -65,39 +73,50 @@ impl Names {
         }
         Ok(Names {
             prefix: prefix.to_string(),
+            tagged,
         })
     }
 
     pub fn topic(&self, topic: &Topic) -> String {
-        match topic {
-            Topic::User(u) => format!("{}u:{}", self.prefix, u.as_str()),
-            Topic::Channel(c) => format!("{}c:{}", self.prefix, c.as_str()),
-        }
+        let tail = self.tail(topic);
+        format!("{}{tail}", self.prefix)
     }
 
     pub fn target(&self, target: &Target) -> String {
         match target {
-            Target::User(u) => format!("{}u:{}", self.prefix, u.as_str()),
-            Target::Channel(c) => format!("{}c:{}", self.prefix, c.as_str()),
+            Target::User(u) => self.topic(&Topic::User(u.clone())),
+            Target::Channel(c) => self.topic(&Topic::Channel(c.clone())),
             Target::All => self.all(),
         }
     }
 
     pub fn all(&self) -> String {
-        format!("{}all", self.prefix)
+        match self.tagged {
+            false => format!("{}all", self.prefix),
+            true => format!("{}{{all}}", self.prefix),
+        }
     }
 
     /// A topic's history: the key of its position (a hash: epoch `e`, last offset `o`) and of
     /// its stream of kept messages. Kinds `o:` and `h:`, then the topic's own name.
     pub fn history(&self, topic: &Topic) -> (String, String) {
-        let tail = match topic {
-            Topic::User(u) => format!("u:{}", u.as_str()),
-            Topic::Channel(c) => format!("c:{}", c.as_str()),
-        };
+        let tail = self.tail(topic);
         (
             format!("{}o:{tail}", self.prefix),
             format!("{}h:{tail}", self.prefix),
         )
+    }
+
+    /// `u:<user>` or `c:<channel>`, in braces on a cluster.
+    fn tail(&self, topic: &Topic) -> String {
+        let (kind, name) = match topic {
+            Topic::User(u) => ('u', u.as_str()),
+            Topic::Channel(c) => ('c', c.as_str()),
+        };
+        match self.tagged {
+            false => format!("{kind}:{name}"),
+            true => format!("{{{kind}:{name}}}"),
+        }
     }
 
     /// The key a process holds while it uses `node_id`.
@@ -108,6 +127,10 @@ impl Names {
     /// The target a Redis channel name stands for; `None` for a name not ours.
     pub fn parse(&self, name: &str) -> Option<Target> {
         let rest = name.strip_prefix(&self.prefix)?;
+        let rest = match self.tagged {
+            false => rest,
+            true => rest.strip_prefix('{')?.strip_suffix('}')?,
+        };
         if rest == "all" {
             return Some(Target::All);
         }
@@ -238,7 +261,7 @@ mod tests {
 
     #[test]
     fn names_roundtrip() {
-        let n = Names::new("app:").unwrap();
+        let n = Names::new("app:", false).unwrap();
         let u = Target::User(UserId::new("42").unwrap());
         let c = Target::Channel(Channel::new("room:1").unwrap());
         for t in [u, c, Target::All] {
@@ -250,12 +273,35 @@ mod tests {
     }
 
     #[test]
+    fn on_a_cluster_a_topics_channel_and_keys_share_a_slot() {
+        use super::super::cluster::slot;
+        let n = Names::new("app:", true).unwrap();
+        for user in ["42", "a}b", "{x}", "all"] {
+            let topic = Topic::User(UserId::new(user).unwrap());
+            let channel = n.topic(&topic);
+            let (position, stream) = n.history(&topic);
+            assert_eq!(
+                slot(channel.as_bytes()),
+                slot(position.as_bytes()),
+                "{user}"
+            );
+            assert_eq!(slot(channel.as_bytes()), slot(stream.as_bytes()), "{user}");
+            assert_eq!(n.parse(&channel), Some(topic.target()));
+        }
+        assert_eq!(n.target(&Target::All), "app:{all}");
+        assert_eq!(n.parse("app:{all}"), Some(Target::All));
+        assert_eq!(n.parse("app:all"), None, "a single Redis's name");
+        assert!(Names::new("a{b}:", true).is_err());
+        assert!(Names::new("a{b}:", false).is_ok());
+    }
+
+    #[test]
     fn prefixes_that_could_overlap_are_refused() {
         for ok in ["", "fanfare:", "app:prod:", "app:all:", "a-b.c:"] {
-            assert!(Names::new(ok).is_ok(), "{ok}");
+            assert!(Names::new(ok, false).is_ok(), "{ok}");
         }
         for bad in ["fanfare:u:", "app:c:", "u:", "app", "app:x", "a b:", ":"] {
-            assert!(Names::new(bad).is_err(), "{bad}");
+            assert!(Names::new(bad, false).is_err(), "{bad}");
         }
     }
 
@@ -271,16 +317,16 @@ mod tests {
             Target::Channel(Channel::new("u:x").unwrap()),
         ];
         let mut seen = std::collections::HashMap::new();
-        for p in prefixes {
-            let names = Names::new(p).unwrap();
+        for (p, tagged) in prefixes.iter().flat_map(|p| [(*p, false), (*p, true)]) {
+            let names = Names::new(p, tagged).unwrap();
             for t in &topics {
                 let name = names.target(t);
-                if let Some(other) = seen.insert(name.clone(), (p, t.clone())) {
-                    panic!("{name} is both {other:?} and {:?}", (p, t));
+                if let Some(other) = seen.insert(name.clone(), (p, tagged, t.clone())) {
+                    panic!("{name} is both {other:?} and {:?}", (p, tagged, t));
                 }
                 // And each fleet reads back only its own.
                 for q in prefixes.iter().filter(|q| **q != p) {
-                    let theirs = Names::new(q).unwrap();
+                    let theirs = Names::new(q, tagged).unwrap();
                     assert!(
                         theirs
                             .parse(&name)
