@@ -15,6 +15,8 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod cluster;
+
 pub const SECRET: &str = "test-secret";
 pub const API_KEY: &str = "test-api-key";
 /// Longest a test waits for something that should happen.
@@ -342,6 +344,27 @@ impl RedisServer {
         Self::spawn(port, "127.0.0.1", &args)
     }
 
+    /// A node of a Redis Cluster (not yet part of one): its cluster state lives in `dir`,
+    /// and a master silent for 2 s is failed over.
+    pub fn cluster_node(port: u16, dir: &std::path::Path) -> RedisServer {
+        let conf = dir.join(format!("nodes-{port}.conf"));
+        let args = [
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-node-timeout",
+            "2000",
+            "--cluster-config-file",
+            conf.to_str().unwrap(),
+            "--dir",
+            dir.to_str().unwrap(),
+        ];
+        Self::spawn(port, "127.0.0.1", &args)
+    }
+
     fn spawn(port: u16, addrs: &str, persistence: &[&str]) -> RedisServer {
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string()])
@@ -385,6 +408,10 @@ impl RedisServer {
         let sig = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
         // SAFETY: kill(2) on our own child's pid; no memory is shared.
         assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+    }
+
+    pub fn running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn kill(&mut self) {

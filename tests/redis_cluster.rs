@@ -1,0 +1,288 @@
+//! A fleet on a real Redis Cluster (three masters, three replicas, started by each test):
+//! sharded pub/sub carries every kind of message to the machines that want it and nowhere
+//! else, history recovers across machines, and a master that dies or a slot that moves is
+//! followed without a client reconnecting.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::cluster::RedisCluster;
+use common::{TestClient, TestServer};
+use serde_json::{json, Value};
+
+const PREFIX: &str = "cl:";
+
+async fn machine(cluster: &RedisCluster, node: &str, history: u32) -> TestServer {
+    let s = TestServer::on_cluster(&cluster.url(), PREFIX, node, history);
+    s.wait_readyz(200).await;
+    s
+}
+
+/// One user and one channel on each master, so every test crosses all three.
+fn spread(cluster: &RedisCluster) -> (Vec<u16>, Vec<String>, Vec<String>) {
+    let masters = cluster.masters();
+    assert_eq!(masters.len(), 3);
+    let users = masters
+        .iter()
+        .map(|m| cluster.name_on(*m, "u", "user"))
+        .collect();
+    let channels = masters
+        .iter()
+        .map(|m| cluster.name_on(*m, "c", "room"))
+        .collect();
+    (masters, users, channels)
+}
+
+async fn subscribed(c: &mut TestClient, channel: &str, since: Option<&Value>) -> Value {
+    let mut frame = json!({"type": "subscribe", "channel": channel});
+    if let Some(position) = since {
+        frame["since"] = json!({"offset": position["offset"], "epoch": position["epoch"]});
+    }
+    c.send_json(frame).await;
+    let reply = c.recv_json().await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    reply
+}
+
+#[tokio::test]
+async fn every_kind_of_message_crosses_the_cluster_and_goes_only_where_it_is_wanted() {
+    let cluster = RedisCluster::start();
+    let (masters, users, channels) = spread(&cluster);
+    let a = machine(&cluster, "a", 0).await;
+    let b = machine(&cluster, "b", 0).await;
+    let idle = machine(&cluster, "idle", 0).await;
+    let mut clients = Vec::new();
+    for (user, channel) in users.iter().zip(&channels) {
+        let mut c = b.connect(user, &[channel]).await;
+        c.subscribe(channel).await;
+        clients.push(c);
+    }
+    for (user, channel) in users.iter().zip(&channels) {
+        a.publish("/message", json!({"userId": user, "message": user}))
+            .await;
+        a.publish("/publish", json!({"channel": channel, "message": channel}))
+            .await;
+    }
+    a.publish("/broadcast", json!({"message": "all"})).await;
+    let batch: Vec<Value> = users
+        .iter()
+        .map(|u| json!({"userId": u, "message": format!("batch {u}")}))
+        .collect();
+    a.publish("/batch", Value::Array(batch)).await;
+    for ((c, user), channel) in clients.iter_mut().zip(&users).zip(&channels) {
+        assert_eq!(c.recv_message().await, json!(user));
+        assert_eq!(
+            c.recv_json().await,
+            json!({"type": "message", "channel": channel, "message": channel})
+        );
+        assert_eq!(c.recv_message().await, json!("all"));
+        assert_eq!(c.recv_message().await, json!(format!("batch {user}")));
+        c.expect_nothing_for(100).await;
+    }
+    // Each master holds b's subscription to the topics it serves, and only b's.
+    for ((master, user), channel) in masters.iter().zip(&users).zip(&channels) {
+        let (u, c) = (
+            format!("{PREFIX}{{u:{user}}}"),
+            format!("{PREFIX}{{c:{channel}}}"),
+        );
+        assert_eq!(cluster.shard_subscribers(*master, &u), 1, "{u}");
+        assert_eq!(cluster.shard_subscribers(*master, &c), 1, "{c}");
+    }
+    // The machine with no recipient was sent the broadcast only.
+    assert_eq!(idle.metric("fanfare_bridge_received_total").await, 1.0);
+    assert_eq!(b.metric("fanfare_bridge_received_total").await, 10.0);
+}
+
+#[tokio::test]
+async fn history_is_recovered_across_machines_on_the_cluster() {
+    let cluster = RedisCluster::start();
+    let (_, users, channels) = spread(&cluster);
+    let a = machine(&cluster, "a", 100).await;
+    let b = machine(&cluster, "b", 100).await;
+    let mut c = a
+        .connect(
+            &users[0],
+            &channels.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+        .await;
+    assert_eq!(c.recv_json().await["type"], "connected");
+    let mut positions = Vec::new();
+    for channel in &channels {
+        positions.push(subscribed(&mut c, channel, None).await);
+    }
+    drop(c);
+    for n in 1..=5 {
+        for channel in &channels {
+            b.publish("/publish", json!({"channel": channel, "message": n}))
+                .await;
+        }
+    }
+    let mut back = b
+        .connect(
+            &users[0],
+            &channels.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+        .await;
+    assert_eq!(back.recv_json().await["type"], "connected");
+    for (channel, position) in channels.iter().zip(&positions) {
+        let reply = subscribed(&mut back, channel, Some(position)).await;
+        assert_eq!(reply["recovered"], true, "{reply}");
+        assert_eq!(reply["offset"], 5, "{reply}");
+        for n in 1..=5 {
+            let m = back.recv_json().await;
+            assert_eq!(m["channel"], json!(channel), "{m}");
+            assert_eq!(
+                (m["offset"].clone(), m["message"].clone()),
+                (json!(n), json!(n))
+            );
+        }
+    }
+    back.expect_nothing_for(100).await;
+}
+
+/// Publishes to `user` through `a` every 50 ms until `got` has `want` more messages from it,
+/// and returns how long that took, with every message received (in order).
+async fn publish_until_received(
+    a: &TestServer,
+    c: &mut TestClient,
+    user: &str,
+    next: &mut u64,
+    got: &mut Vec<u64>,
+    want: usize,
+) -> Duration {
+    let started = Instant::now();
+    let goal = got.len() + want;
+    while got.len() < goal {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{user} got nothing for 30 s"
+        );
+        let _ = a
+            .post(
+                "/message",
+                &json!({"userId": user, "message": *next}).to_string(),
+            )
+            .await;
+        *next += 1;
+        let until = tokio::time::Instant::now() + Duration::from_millis(50);
+        while let Ok(m) = tokio::time::timeout_at(until, c.recv_message()).await {
+            got.push(m.as_u64().unwrap());
+        }
+    }
+    started.elapsed()
+}
+
+fn assert_once_in_order(got: &[u64]) {
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "duplicated or out of order: {got:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_master_that_dies_is_replaced_and_its_subscriptions_follow() {
+    let mut cluster = RedisCluster::start();
+    let (masters, users, _) = spread(&cluster);
+    let a = machine(&cluster, "a", 0).await;
+    let b = machine(&cluster, "b", 0).await;
+    let mut clients = Vec::new();
+    for user in &users {
+        clients.push(b.connect(user, &[]).await);
+    }
+    let (mut next, mut got) = (vec![0u64; 3], vec![Vec::new(), Vec::new(), Vec::new()]);
+    for i in 0..3 {
+        publish_until_received(&a, &mut clients[i], &users[i], &mut next[i], &mut got[i], 1).await;
+    }
+
+    cluster.kill(masters[0]);
+    let killed = Instant::now();
+    // The other shards never stop: every message to them arrives while the failover runs.
+    let mut unready_seen = false;
+    for round in 0..10 {
+        for i in 1..3 {
+            let sent = next[i];
+            publish_until_received(&a, &mut clients[i], &users[i], &mut next[i], &mut got[i], 1)
+                .await;
+            assert_eq!(next[i], sent + 1, "a message to a healthy shard was lost");
+        }
+        unready_seen |= b.get("/readyz").await.0 == 503;
+        if round == 0 {
+            assert!(unready_seen || killed.elapsed() > Duration::from_secs(1));
+        }
+    }
+    assert!(unready_seen, "/readyz stayed 200 with a master down");
+    let back =
+        publish_until_received(&a, &mut clients[0], &users[0], &mut next[0], &mut got[0], 1).await;
+    let recovered = killed.elapsed();
+    println!(
+        "master killed: delivery through its shard again after {:.2} s ({:.2} s of publishing)",
+        recovered.as_secs_f64(),
+        back.as_secs_f64()
+    );
+    // Its replica serves the slot now; the subscription was remade there.
+    let channel = format!("{PREFIX}{{u:{}}}", users[0]);
+    let new_master = cluster.master_of(&channel);
+    assert_ne!(new_master, masters[0]);
+    assert_eq!(cluster.shard_subscribers(new_master, &channel), 1);
+    a.wait_readyz(200).await;
+    b.wait_readyz(200).await;
+    for i in 0..3 {
+        publish_until_received(&a, &mut clients[i], &users[i], &mut next[i], &mut got[i], 3).await;
+        assert_once_in_order(&got[i]);
+    }
+    for c in &mut clients {
+        c.expect_nothing_for(200).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_that_moves_keeps_its_subscribers_and_history_fills_the_gap() {
+    let cluster = RedisCluster::start();
+    let (masters, users, _) = spread(&cluster);
+    let a = machine(&cluster, "a", 1000).await;
+    let b = machine(&cluster, "b", 1000).await;
+    let user = &users[0];
+    let mut c = b.connect(user, &[]).await;
+    assert_eq!(c.recv_json().await["type"], "connected");
+    let channel = format!("{PREFIX}{{u:{user}}}");
+    let slot = {
+        let probe = masters[1];
+        cluster
+            .on::<i64>(probe, &["CLUSTER", "KEYSLOT", &channel])
+            .unwrap() as u16
+    };
+    // Publish all along the move; what Redis accepted (202) must arrive once, in order.
+    let publishing = {
+        let (addr, user) = (a.addr, user.clone());
+        tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            for n in 0..150u64 {
+                let body = json!({"userId": user, "message": n}).to_string();
+                if common::post_to(addr, "/message", &body).await.0 == 202 {
+                    accepted.push(n);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            accepted
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let move_to = masters[1];
+    tokio::task::block_in_place(|| cluster.move_slot(slot, move_to));
+    let accepted = publishing.await.unwrap();
+    assert!(
+        accepted.len() > 100,
+        "only {} of 150 accepted",
+        accepted.len()
+    );
+    let mut got = Vec::new();
+    while got.len() < accepted.len() {
+        got.push(c.recv_message().await.as_u64().unwrap());
+    }
+    assert_eq!(got, accepted);
+    c.expect_nothing_for(200).await;
+    assert_eq!(cluster.shard_subscribers(move_to, &channel), 1);
+    assert_eq!(cluster.shard_subscribers(masters[0], &channel), 0);
+}
