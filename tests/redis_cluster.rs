@@ -89,6 +89,16 @@ async fn every_kind_of_message_crosses_the_cluster_and_goes_only_where_it_is_wan
         assert_eq!(cluster.shard_subscribers(*master, &u), 1, "{u}");
         assert_eq!(cluster.shard_subscribers(*master, &c), 1, "{c}");
     }
+    // Its metrics say the same: 3 users, 3 channels and the broadcasts, spread over the masters.
+    assert_eq!(b.metric("fanfare_bridge_subscriptions").await, 7.0);
+    let mut per_shard = 0.0;
+    for master in &masters {
+        let series = format!("fanfare_bridge_shard_subscriptions{{shard=\"127.0.0.1:{master}\"}}");
+        let n = b.metric(&series).await;
+        assert!(n >= 2.0, "{series} {n}");
+        per_shard += n;
+    }
+    assert_eq!(per_shard, 7.0);
     // The machine with no recipient was sent the broadcast only.
     assert_eq!(idle.metric("fanfare_bridge_received_total").await, 1.0);
     assert_eq!(b.metric("fanfare_bridge_received_total").await, 10.0);

@@ -425,6 +425,7 @@ impl Subscriber {
         link.shard
             .subscriptions
             .store(link.subscribed.len() as i64, Relaxed);
+        self.update_up(state);
         if let Some(ticket) = part.ticket {
             if let Some(n) = state.tickets.get_mut(&ticket) {
                 *n = n.saturating_sub(1);
