@@ -24,7 +24,8 @@ pub struct Config {
     #[arg(long, env = "FANFARE_WORKERS", value_parser = clap::value_parser!(u8).range(1..=MAX_WORKERS as i64))]
     pub workers: Option<u8>,
 
-    /// Redis to relay through (redis://host:port/db); none: single-machine mode
+    /// Redis to relay through: redis://host:port/db, or a Redis Cluster as
+    /// redis+cluster://host:port[,host:port…] (sharded pub/sub); none: single-machine mode
     #[arg(long, env = "FANFARE_REDIS")]
     pub redis: Option<String>,
 
