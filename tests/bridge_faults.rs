@@ -250,3 +250,45 @@ async fn a_flood_from_redis_is_relayed_within_bounded_memory_and_checked() {
         .await;
     while fresh.recv_message().await != json!("after") {}
 }
+
+/// A channel left, taken again and left again before Redis answered the first UNSUBSCRIBE: each
+/// answer is matched to its own command, so no change waits for ever and later `subscribed`s
+/// still come (found by review: a set of channels being left took the second answer for none).
+#[tokio::test]
+async fn a_channel_left_twice_before_redis_answers_leaves_no_subscribe_waiting() {
+    let redis = RedisServer::start();
+    let a = TestServer::in_fleet(&redis, "lv:", "a");
+    a.wait_readyz(200).await;
+    let mut c1 = a.connect("u1", &["x", "y"]).await;
+    let mut c2 = a.connect("u2", &["x"]).await;
+    c1.subscribe("x").await;
+
+    redis.freeze(true);
+    c1.send_json(json!({"type": "unsubscribe", "channel": "x"}))
+        .await;
+    assert_eq!(c1.recv_json().await["type"], "unsubscribed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c2.send_json(json!({"type": "subscribe", "channel": "x"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let body = json!({"userId": "u2", "channel": "x"}).to_string();
+    let (status, text) = a.post("/unsubscribe", &body).await;
+    assert_eq!(status, 202, "{text}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    redis.freeze(false);
+
+    a.wait_readyz(200).await;
+    c1.send_json(json!({"type": "subscribe", "channel": "y"}))
+        .await;
+    let reply = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let v = c1.recv_json().await;
+            if v["type"] == "subscribed" {
+                return v;
+            }
+        }
+    })
+    .await
+    .expect("`subscribed` for y never came: a change waits for ever");
+    assert_eq!(reply["channel"], "y");
+}

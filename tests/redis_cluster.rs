@@ -295,3 +295,33 @@ async fn a_slot_that_moves_keeps_its_subscribers_and_history_fills_the_gap() {
     assert_eq!(cluster.shard_subscribers(move_to, &channel), 1);
     assert_eq!(cluster.shard_subscribers(masters[0], &channel), 0);
 }
+
+/// A subscribe sent where the map, behind a slot move nobody was told about, says its channel
+/// lives: the old master answers -MOVED. That answer is the channel's alone — the link and its
+/// other subscriptions stay — and `subscribed` waits until the map is read again and the
+/// channel is subscribed on its new master, so what is published next arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_refused_with_moved_is_made_again_where_the_slot_went() {
+    let cluster = RedisCluster::start();
+    let masters = cluster.masters();
+    let user = cluster.name_on(masters[0], "u", "user");
+    let channel = cluster.name_on(masters[0], "c", "room");
+    let a = machine(&cluster, "a", 0).await;
+    let b = machine(&cluster, "b", 0).await;
+    let mut c = b.connect(&user, &[&channel]).await;
+    let name = format!("{PREFIX}{{c:{channel}}}");
+    let slot = cluster
+        .on::<i64>(masters[1], &["CLUSTER", "KEYSLOT", &name])
+        .unwrap() as u16;
+    // Nothing of b's is in that slot: no `sunsubscribe` tells b, whose map is up to 5 s old.
+    tokio::task::block_in_place(|| cluster.move_slot(slot, masters[1]));
+    c.subscribe(&channel).await;
+    assert_eq!(cluster.shard_subscribers(masters[1], &name), 1);
+    a.publish("/publish", json!({"channel": channel, "message": "moved"}))
+        .await;
+    assert_eq!(c.recv_message().await, json!("moved"));
+    a.publish("/message", json!({"userId": user, "message": "still here"}))
+        .await;
+    assert_eq!(c.recv_message().await, json!("still here"));
+    assert_eq!(b.metric("fanfare_bridge_reconnects_total").await, 0.0);
+}

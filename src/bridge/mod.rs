@@ -128,6 +128,19 @@ enum Request {
     },
     /// Extends the memory of a topic's position: it has a recipient here, however quiet.
     Touch(Topic),
+    /// On a cluster: a request sent again to the master a `-MOVED` named (the map was behind);
+    /// never redirected twice.
+    Redirected(Box<Request>),
+}
+
+impl Request {
+    fn is_publish(&self) -> bool {
+        match self {
+            Request::Publish { .. } => true,
+            Request::Redirected(inner) => inner.is_publish(),
+            _ => false,
+        }
+    }
 }
 
 /// The process's handle on the bridge; the router publishes through it.
@@ -362,6 +375,7 @@ impl Prepared {
         } = self;
         let (seeds_tx, seeds) = mpsc::unbounded_channel();
         let (map_tx, map) = watch::channel(Arc::new(deployment.first_map()));
+        let (redirects, redirected) = mpsc::unbounded_channel();
         let refresh = Arc::new(Notify::new());
         let keeper = deployment.cluster.then(|| cluster::Keeper {
             deployment: deployment.clone(),
@@ -400,6 +414,7 @@ impl Prepared {
             metrics: bridge.metrics.clone(),
             shutdown,
             link_changed: Notify::new(),
+            redirects,
         });
         let node_id = bridge.node_id.clone();
         let thread = std::thread::Builder::new()
@@ -418,7 +433,11 @@ impl Prepared {
                             keeper.run().await;
                         }
                     };
-                    tokio::join!(publisher.run(publish_rx), subscriber.run(seeds), keeper);
+                    tokio::join!(
+                        publisher.run(publish_rx, redirected),
+                        subscriber.run(seeds),
+                        keeper
+                    );
                 });
             })
             .map_err(Error::Thread)?;

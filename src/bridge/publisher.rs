@@ -80,6 +80,8 @@ pub(super) struct Publisher {
     pub shutdown: CancellationToken,
     /// A link went up or down (on a cluster, where readiness is every link's).
     pub link_changed: Notify,
+    /// Requests a master answered with `-MOVED`, for the router to send where it said.
+    pub redirects: mpsc::UnboundedSender<(Request, Node)>,
 }
 
 /// A running link to one master, as the router of a cluster sees it.
@@ -94,7 +96,11 @@ impl Publisher {
     /// Publishes until shutdown. One server: one link reads the queue. A cluster: each master
     /// has a link with a queue of its own, and requests are routed by the slot of their topic,
     /// so a master that fails or stalls holds up only its own messages.
-    pub async fn run(self: Arc<Self>, publish_rx: mpsc::Receiver<Request>) {
+    pub async fn run(
+        self: Arc<Self>,
+        publish_rx: mpsc::Receiver<Request>,
+        redirected: mpsc::UnboundedReceiver<(Request, Node)>,
+    ) {
         if !self.deployment.cluster {
             let node = self.map.borrow().masters[0].clone();
             let shard = self.metrics.shard(&node.to_string());
@@ -104,7 +110,8 @@ impl Publisher {
         }
         let mut links = HashMap::new();
         let mut tasks = tokio::task::JoinSet::new();
-        self.route(publish_rx, &mut links, &mut tasks).await;
+        self.route(publish_rx, redirected, &mut links, &mut tasks)
+            .await;
         drop(links);
         while tasks.join_next().await.is_some() {}
     }
@@ -112,6 +119,7 @@ impl Publisher {
     async fn route(
         self: &Arc<Self>,
         mut publish_rx: mpsc::Receiver<Request>,
+        mut redirected: mpsc::UnboundedReceiver<(Request, Node)>,
         links: &mut HashMap<Node, LinkHandle>,
         tasks: &mut tokio::task::JoinSet<()>,
     ) {
@@ -153,6 +161,14 @@ impl Publisher {
                     () = self.shutdown.cancelled() => return,
                     _ = map_rx.changed() => break,
                     () = self.link_changed.notified() => {}
+                    Some((request, node)) = redirected.recv() => match links.get(&node) {
+                        Some(link) => {
+                            if let Err(e) = link.queue.try_send(request) {
+                                self.refuse(e.into_inner());
+                            }
+                        }
+                        None => self.refuse(request),
+                    },
                     n = publish_rx.recv_many(&mut batch, BATCH) => {
                         if n == 0 {
                             return;
@@ -181,6 +197,7 @@ impl Publisher {
             Request::Append { topic, .. } | Request::Read { topic, .. } | Request::Touch(topic) => {
                 self.names.topic(topic)
             }
+            Request::Redirected(inner) => self.slot_name(inner),
         }
     }
 
@@ -195,6 +212,7 @@ impl Publisher {
                 let _ = reply.send(None);
             }
             Request::Read { .. } | Request::Touch(_) => {}
+            Request::Redirected(inner) => self.refuse(*inner),
         }
     }
 
@@ -207,7 +225,7 @@ impl Publisher {
     }
 
     /// One master's link: connects (with backoff), then publishes what its queue holds until
-    /// `stop`.
+    /// `stop`; what is still queued then is refused (counted, answered).
     async fn link(
         self: Arc<Self>,
         node: Node,
@@ -215,7 +233,22 @@ impl Publisher {
         shard: Arc<ShardMetrics>,
         stop: CancellationToken,
     ) {
-        let connection = self.deployment.connection(&node);
+        self.link_until_stopped(&node, &mut publish_rx, &shard, &stop)
+            .await;
+        publish_rx.close();
+        while let Ok(request) = publish_rx.try_recv() {
+            self.refuse(request);
+        }
+    }
+
+    async fn link_until_stopped(
+        &self,
+        node: &Node,
+        publish_rx: &mut mpsc::Receiver<Request>,
+        shard: &ShardMetrics,
+        stop: &CancellationToken,
+    ) {
+        let connection = self.deployment.connection(node);
         let mut backoff = Backoff::new();
         let mut batch = Vec::with_capacity(BATCH);
         let mut connected_before = false;
@@ -229,21 +262,21 @@ impl Publisher {
                         Ok(conn) => conn,
                         Err(why) => {
                             tracing::error!("bridge: cannot load the history scripts on {node}: {why}; retrying");
-                            self.drop_while_waiting(&mut publish_rx, backoff.next(), &stop).await;
+                            self.drop_while_waiting(publish_rx, backoff.next(), stop).await;
                             continue;
                         }
                     },
                     Err(why) => {
                         tracing::error!("bridge: cannot connect the publisher to {node}: {why}; retrying");
                         self.refresh.notify_one();
-                        self.drop_while_waiting(&mut publish_rx, backoff.next(), &stop).await;
+                        self.drop_while_waiting(publish_rx, backoff.next(), stop).await;
                         continue;
                     }
                 },
             };
-            if let Err(why) = self.keep_alive(&mut conn, &node).await {
+            if let Err(why) = self.keep_alive(&mut conn, node).await {
                 tracing::warn!("bridge: publisher lost {node}: {why}; reconnecting");
-                self.drop_while_waiting(&mut publish_rx, backoff.next(), &stop)
+                self.drop_while_waiting(publish_rx, backoff.next(), stop)
                     .await;
                 continue;
             }
@@ -252,15 +285,15 @@ impl Publisher {
             }
             connected_before = true;
             backoff.reset();
-            self.set_up(&shard, true);
+            self.set_up(shard, true);
             tracing::info!("bridge: publisher connected to {node}");
             let why = self
-                .serve(&mut conn, &node, &shard, &mut publish_rx, &mut batch, &stop)
+                .serve(&mut conn, node, shard, publish_rx, &mut batch, stop)
                 .await;
-            self.set_up(&shard, false);
+            self.set_up(shard, false);
             match why {
                 None => {
-                    if self.holds_claim(&node) {
+                    if self.holds_claim(node) {
                         self.release(&mut conn).await;
                     }
                     return;
@@ -308,7 +341,7 @@ impl Publisher {
                     for request in batch.iter() {
                         self.encode(conn, request, &mut pipeline);
                     }
-                    let publishes = batch.iter().filter(|r| matches!(r, Request::Publish { .. })).count();
+                    let publishes = batch.iter().filter(|r| r.is_publish()).count();
                     let mut answered = 0;
                     if let Err(why) = within(self.pipeline(conn, shard, &pipeline, batch, &mut answered)).await {
                         // Whoever waits for an answer is told by its dropped sender.
@@ -332,6 +365,7 @@ impl Publisher {
             true => b"SPUBLISH",
         };
         match request {
+            Request::Redirected(inner) => self.encode(conn, inner, out),
             Request::Publish { channel, payload } => {
                 pubsub::encode(out, &[publish, channel.as_bytes(), payload]);
             }
@@ -403,14 +437,28 @@ impl Publisher {
         let max_reply = self.max_reply();
         for request in batch.drain(..) {
             let reply = conn.reader.reply(max_reply).await?;
-            *answered += usize::from(matches!(request, Request::Publish { .. }));
+            *answered += usize::from(request.is_publish());
+            let (request, redirected) = match request {
+                Request::Redirected(inner) => (*inner, true),
+                request => (request, false),
+            };
             if let Reply::Error(e) = &reply {
                 if e.starts_with("NOSCRIPT") {
                     return Err(format!("Redis: {e}"));
                 }
-                // A slot moved or its master failed: the map is read again; this request fails.
+                // A slot moved or its master failed: the map is read again; a request sent to
+                // the wrong master goes, once, to the one it names; any other fails.
                 if e.starts_with("MOVED") || e.starts_with("ASK") || e.starts_with("CLUSTERDOWN") {
                     self.refresh.notify_one();
+                }
+                if let Some(node) = moved_to(e).filter(|_| !redirected) {
+                    if let Err(e) = self
+                        .redirects
+                        .send((Request::Redirected(Box::new(request)), node))
+                    {
+                        self.refuse(e.0 .0);
+                    }
+                    continue;
                 }
                 tracing::warn!("bridge: Redis refused a command: {e}");
             }
@@ -452,7 +500,13 @@ impl Publisher {
                     }
                 }
                 // Refused or malformed: the dropped sender tells the caller.
-                (Request::Append { .. } | Request::Read { .. } | Request::Touch(_), _) => {}
+                (
+                    Request::Append { .. }
+                    | Request::Read { .. }
+                    | Request::Touch(_)
+                    | Request::Redirected(_),
+                    _,
+                ) => {}
             }
         }
         Ok(())
@@ -497,7 +551,21 @@ impl Publisher {
             instance.as_bytes(),
             ttl.as_bytes(),
         ];
-        let held = within(conn.call(&args)).await?;
+        conn.writer
+            .command(&args)
+            .await
+            .map_err(|e| e.to_string())?;
+        let held = match within(conn.reader.reply(64)).await? {
+            Reply::Integer(held) => held,
+            // The key's slot moved or its master is failing over: no link failure. The map is
+            // read again and the claim (which lasts 5 s) renewed by the link that holds it.
+            Reply::Error(e) if self.deployment.cluster => {
+                tracing::warn!("bridge: renewing the node id claim: {e}");
+                self.refresh.notify_one();
+                return Ok(());
+            }
+            other => return Err(format!("the claim answered {other:?}")),
+        };
         let conflict = held == 0;
         let was = self.metrics.node_conflict.swap(conflict, Relaxed);
         if conflict && !was {
@@ -550,6 +618,19 @@ impl Publisher {
     }
 }
 
+/// The master a `-MOVED <slot> <host>:<port>` names.
+fn moved_to(error: &str) -> Option<Node> {
+    let (host, port) = error
+        .strip_prefix("MOVED ")?
+        .split_whitespace()
+        .nth(1)?
+        .rsplit_once(':')?;
+    Some(Node {
+        host: host.to_string(),
+        port: port.parse().ok()?,
+    })
+}
+
 impl Conn {
     /// Loads the history scripts (always: they are small, and a Redis that restarted has
     /// forgotten them).
@@ -582,5 +663,18 @@ impl Conn {
     async fn call(&mut self, args: &[&[u8]]) -> Result<i64, String> {
         self.writer.command(args).await.map_err(|e| e.to_string())?;
         self.reader.integer().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_moved_reply_names_its_master() {
+        let node = moved_to("MOVED 2578 127.0.0.1:40975").unwrap();
+        assert_eq!(node.to_string(), "127.0.0.1:40975");
+        assert_eq!(moved_to("ASK 2578 127.0.0.1:40975"), None);
+        assert_eq!(moved_to("MOVED 2578 nowhere"), None);
     }
 }

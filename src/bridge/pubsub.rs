@@ -35,6 +35,8 @@ pub enum Push {
     Pong,
     /// A message larger than the limit, skipped without being held.
     Oversize,
+    /// An error reply to a command (on a cluster, `-MOVED` to a SSUBSCRIBE whose slot moved).
+    Refused(String),
 }
 
 /// Reads pushes; the other half of [`connect`].
@@ -128,9 +130,7 @@ impl Reader {
     /// The next push. Cancel-safe: what was read stays in the buffer for the next call.
     ///
     /// # Errors
-    /// The connection closed or broke, Redis answered with an error, or it sent something a
-    /// subscriber does not expect.
-    #[cfg(test)]
+    /// The connection closed or broke, or Redis sent something a subscriber does not expect.
     pub async fn next(&mut self) -> Result<Push, String> {
         std::future::poll_fn(|cx| self.poll_next(cx)).await
     }
@@ -269,7 +269,7 @@ impl Reader {
             Shape::Error => {
                 frame.advance(1);
                 let text = String::from_utf8_lossy(&frame[..frame.len() - 2]);
-                return Err(format!("Redis: {text}"));
+                Push::Refused(text.into_owned())
             }
         }))
     }

@@ -31,8 +31,9 @@ use crate::subscriptions::{SubscriptionLog, Ticket};
 
 /// A read of a gap in flight, answered with what it asked.
 type Fill = Pin<Box<dyn Future<Output = (Topic, u64, Since, Option<Read>)> + Send>>;
-/// A connection being made to a master.
-type Connecting = Pin<Box<dyn Future<Output = (Node, Result<(Reader, Writer), String>)> + Send>>;
+/// A connection being made to a master, by attempt.
+type Connecting =
+    Pin<Box<dyn Future<Output = (Node, u64, Result<(Reader, Writer), String>)> + Send>>;
 
 /// What the relay remembers across reconnects.
 #[derive(Default)]
@@ -80,11 +81,13 @@ struct Link {
     conn: Option<(Reader, Writer)>,
     /// Channels subscribed here (sent, confirmed or not).
     subscribed: HashSet<String>,
-    /// Channels whose unsubscribe is on its way: a shard channel's `sunsubscribe` that is not
-    /// one of these is Redis taking it away.
-    leaving: HashSet<String>,
+    /// The answer Redis owes for each channel named in a command sent, oldest first: a shard
+    /// channel's `sunsubscribe` that is not the one expected next is Redis taking it away.
+    expected: VecDeque<Expected>,
     /// Changes sent and not yet confirmed, oldest first.
     unconfirmed: VecDeque<Part>,
+    /// The connection attempt whose result this link waits for.
+    attempt: u64,
     /// Everything it had to subscribe to when it connected is confirmed.
     restored: bool,
     /// When the oldest PING without its PONG went out.
@@ -95,12 +98,20 @@ struct Link {
     connected_before: bool,
 }
 
+/// A channel named in a (S)SUBSCRIBE or (S)UNSUBSCRIBE, awaiting Redis's answer.
+struct Expected {
+    subscribe: bool,
+    channel: String,
+}
+
 /// One change sent on a link.
+#[derive(Default)]
 struct Part {
     /// Channel confirmations still to come.
     remaining: usize,
-    /// The log position it answers, if it came from the log.
-    ticket: Option<Ticket>,
+    /// The log positions that wait for it: its own, and those of changes that needed nothing
+    /// new from this link while it still owed earlier confirmations.
+    tickets: Vec<Ticket>,
     /// The restore of a link that just connected.
     restore: bool,
     /// Topics to read from their history once it is confirmed: they were not relayed here for
@@ -119,8 +130,13 @@ struct State {
     tickets: BTreeMap<Ticket, usize>,
     /// Some wanted channel is not subscribed where it should be (a slot moved).
     resync: bool,
+    /// Tickets of subscribes Redis refused (the map was behind): each holds one count in
+    /// `tickets` until the next resync sends them again.
+    redo: Vec<Ticket>,
     /// The link to read first next time (so a busy one cannot starve the others).
     next_read: usize,
+    /// Connection attempts made, to tell a stale one's result from the awaited one.
+    attempts: u64,
     relay: Relay,
 }
 
@@ -154,8 +170,8 @@ impl Subscriber {
                 (i, push) = std::future::poll_fn(|cx| read_any(links, next_read, cx)) => {
                     self.on_push(&mut state, i, push).await;
                 }
-                Some((node, connected)) = connecting.next(), if !connecting.is_empty() => {
-                    self.on_connected(&mut state, node, connected).await;
+                Some((node, attempt, connected)) = connecting.next(), if !connecting.is_empty() => {
+                    self.on_connected(&mut state, node, attempt, connected).await;
                 }
                 Ok(()) = map_rx.changed() => {
                     let map = map_rx.borrow_and_update().clone();
@@ -185,15 +201,8 @@ impl Subscriber {
             let link = old.remove(node).unwrap_or_else(|| Link {
                 node: node.clone(),
                 shard: self.metrics.shard(&node.to_string()),
-                conn: None,
-                subscribed: HashSet::new(),
-                leaving: HashSet::new(),
-                unconfirmed: VecDeque::new(),
-                restored: false,
-                ping_sent: None,
-                backoff: Backoff::new(),
                 retry_at: Some(Instant::now()),
-                connected_before: false,
+                ..Link::placeholder()
             });
             state.links.push(link);
         }
@@ -210,7 +219,6 @@ impl Subscriber {
             link.subscribed.retain(|c| map.owner(c) == Some(i));
             state.resync |= link.subscribed.len() != before;
         }
-        state.resync = true;
         self.resync(state).await;
         self.update_up(state);
     }
@@ -221,6 +229,7 @@ impl Subscriber {
         let (topics, ticket) = self.log.take();
         let mut changes: Vec<(Vec<String>, Vec<String>)> =
             vec![Default::default(); state.links.len()];
+        let mut involved = vec![false; state.links.len()];
         for topic in topics {
             let name = self.names.topic(&topic);
             let wanted = !self.bus.routes().workers(&topic).is_empty();
@@ -230,6 +239,7 @@ impl Subscriber {
             let Some(i) = state.map.owner(&name) else {
                 continue;
             };
+            involved[i] = true;
             let link = &state.links[i];
             match (wanted, link.subscribed.contains(&name)) {
                 (true, false) => changes[i].0.push(name),
@@ -237,17 +247,22 @@ impl Subscriber {
                 _ => {}
             }
         }
-        let mut parts = 0;
+        // The same position can come twice (a change recorded while the last was taken).
+        state.tickets.entry(ticket).or_default();
         for (i, (add, remove)) in changes.into_iter().enumerate() {
             let part = Part {
-                remaining: 0,
-                ticket: Some(ticket),
-                restore: false,
-                refill: HashSet::new(),
+                tickets: vec![ticket],
+                ..Part::default()
             };
-            parts += usize::from(self.send(state, i, add, remove, part).await);
+            if !self.send(state, i, add, remove, part).await && involved[i] {
+                // Nothing new to ask, but what this change needs may still be unconfirmed
+                // (a restore, an earlier subscribe of the same channel): it waits for that.
+                if let Some(last) = state.links[i].unconfirmed.back_mut() {
+                    last.tickets.push(ticket);
+                    *state.tickets.entry(ticket).or_default() += 1;
+                }
+            }
         }
-        state.tickets.insert(ticket, parts);
         self.confirm_tickets(state);
     }
 
@@ -257,19 +272,34 @@ impl Subscriber {
         if !std::mem::take(&mut state.resync) {
             return;
         }
+        let redo = std::mem::take(&mut state.redo);
         for i in 0..state.links.len() {
             if !state.links[i].restored {
+                // Connected and restoring: its restore may predate the move; again once done,
+                // and whoever waits for a refused subscribe waits for it too.
+                if let Some(last) = state.links[i].unconfirmed.back_mut() {
+                    state.resync = true;
+                    for ticket in &redo {
+                        last.tickets.push(*ticket);
+                        *state.tickets.entry(*ticket).or_default() += 1;
+                    }
+                }
                 continue;
             }
             let (add, refill) = self.wanted(state, i, true);
             let part = Part {
-                remaining: 0,
-                ticket: None,
-                restore: false,
+                tickets: redo.clone(),
                 refill,
+                ..Part::default()
             };
             self.send(state, i, add, Vec::new(), part).await;
         }
+        for ticket in redo {
+            if let Some(n) = state.tickets.get_mut(&ticket) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        self.confirm_tickets(state);
     }
 
     /// The channels link `i` should hold (only those it lacks, with `missing`), and their topics.
@@ -292,7 +322,8 @@ impl Subscriber {
     }
 
     /// Sends a change on link `i` if it is connected and the change is not empty; the link
-    /// then owes its confirmations. Returns whether it was sent. A link that fails is down.
+    /// then owes its confirmations, and the part's tickets wait for them. Returns whether it
+    /// was sent. A link whose write fails is down (its parts answered).
     async fn send(
         &self,
         state: &mut State,
@@ -302,20 +333,25 @@ impl Subscriber {
         mut part: Part,
     ) -> bool {
         let link = &mut state.links[i];
-        let Some((_, writer)) = link.conn.as_mut() else {
-            return false;
-        };
-        if add.is_empty() && remove.is_empty() {
+        if link.conn.is_none() || (add.is_empty() && remove.is_empty()) {
             return false;
         }
         part.remaining = add.len() + remove.len();
-        let sent = change(writer, self.deployment.cluster, &add, &remove).await;
-        link.subscribed.extend(add);
-        for name in remove {
-            link.subscribed.remove(&name);
-            link.leaving.insert(name);
+        for ticket in &part.tickets {
+            *state.tickets.entry(*ticket).or_default() += 1;
         }
         link.unconfirmed.push_back(part);
+        let (_, writer) = link.conn.as_mut().expect("checked above");
+        let sent = change(writer, self.deployment.cluster, &add, &remove).await;
+        for (subscribe, names) in [(true, add), (false, remove)] {
+            for channel in names {
+                match subscribe {
+                    true => link.subscribed.insert(channel.clone()),
+                    false => link.subscribed.remove(&channel),
+                };
+                link.expected.push_back(Expected { subscribe, channel });
+            }
+        }
         if let Err(why) = sent {
             self.down(state, i, &why);
         }
@@ -328,13 +364,28 @@ impl Subscriber {
         for link in &mut state.links {
             if link.retry_at.is_some_and(|at| at <= now) {
                 link.retry_at = None;
-                let node = link.node.clone();
+                state.attempts += 1;
+                link.attempt = state.attempts;
+                let (node, attempt) = (link.node.clone(), link.attempt);
                 let info = self.deployment.connection(&node);
                 // Room for the largest message plus the wire header.
                 let max_bulk = self.max_message_bytes + 64;
                 state.connecting.push(Box::pin(async move {
-                    let connected = within(async { pubsub::connect(&info, max_bulk).await }).await;
-                    (node, connected)
+                    // A PING answered, not just a TCP handshake: the kernel of a frozen Redis
+                    // still accepts connections.
+                    let connected = within(async {
+                        let (mut reader, mut writer) = pubsub::connect(&info, max_bulk).await?;
+                        writer
+                            .command(&[b"PING"])
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        match reader.next().await? {
+                            Push::Pong => Ok((reader, writer)),
+                            other => Err(format!("PING answered {other:?}")),
+                        }
+                    })
+                    .await;
+                    (node, attempt, connected)
                 }));
             }
         }
@@ -346,9 +397,11 @@ impl Subscriber {
         &self,
         state: &mut State,
         node: Node,
+        attempt: u64,
         connected: Result<(Reader, Writer), String>,
     ) {
-        let Some(i) = state.links.iter().position(|l| l.node == node) else {
+        let awaited = |l: &Link| l.node == node && l.attempt == attempt && l.conn.is_none();
+        let Some(i) = state.links.iter().position(awaited) else {
             return;
         };
         let link = &mut state.links[i];
@@ -366,10 +419,9 @@ impl Subscriber {
                 link.connected_before = true;
                 let (add, refill) = self.wanted(state, i, false);
                 let part = Part {
-                    remaining: 0,
-                    ticket: None,
                     restore: true,
                     refill,
+                    ..Part::default()
                 };
                 if !self.send(state, i, add, Vec::new(), part).await
                     && state.links[i].conn.is_some()
@@ -391,10 +443,18 @@ impl Subscriber {
             Ok(Push::Oversize) => {
                 self.metrics.malformed.fetch_add(1, Relaxed);
             }
-            Ok(Push::Subscribed) => self.confirmed(state, i),
+            Ok(Push::Subscribed) => {
+                link.expected.pop_front();
+                self.confirmed(state, i);
+            }
             Ok(Push::Unsubscribed { channel }) => {
                 let name = String::from_utf8_lossy(&channel);
-                if link.leaving.remove(name.as_ref()) {
+                let ours = link
+                    .expected
+                    .front()
+                    .is_some_and(|e| !e.subscribe && e.channel == name);
+                if ours {
+                    link.expected.pop_front();
                     self.confirmed(state, i);
                 } else if link.subscribed.remove(name.as_ref()) {
                     // Its slot moved to another master: subscribe there once the map says so.
@@ -406,6 +466,24 @@ impl Subscriber {
                     self.refresh.notify_one();
                 }
             }
+            // On a cluster each command names one shard channel: an error is its answer (most
+            // often -MOVED: the map is behind). Anywhere else it is a broken link.
+            Ok(Push::Refused(why)) if self.deployment.cluster => {
+                if let Some(e) = link.expected.pop_front() {
+                    tracing::info!("bridge: {} refused {}: {why}", link.node, e.channel);
+                    if e.subscribe && link.subscribed.remove(&e.channel) {
+                        state.resync = true;
+                        // Whoever waits for it goes on waiting until it is sent where it belongs.
+                        for ticket in link.unconfirmed.front().map_or(&[][..], |p| &p.tickets) {
+                            *state.tickets.entry(*ticket).or_default() += 1;
+                            state.redo.push(*ticket);
+                        }
+                    }
+                }
+                self.refresh.notify_one();
+                self.confirmed(state, i);
+            }
+            Ok(Push::Refused(why)) => self.down(state, i, &format!("Redis: {why}")),
             Err(why) => self.down(state, i, &why),
         }
     }
@@ -426,12 +504,12 @@ impl Subscriber {
             .subscriptions
             .store(link.subscribed.len() as i64, Relaxed);
         self.update_up(state);
-        if let Some(ticket) = part.ticket {
-            if let Some(n) = state.tickets.get_mut(&ticket) {
+        for ticket in &part.tickets {
+            if let Some(n) = state.tickets.get_mut(ticket) {
                 *n = n.saturating_sub(1);
             }
-            self.confirm_tickets(state);
         }
+        self.confirm_tickets(state);
         if !part.refill.is_empty() {
             // Subscribed again: what each topic missed meanwhile can be read now without a seam.
             let routes = self.bus.routes();
@@ -448,6 +526,8 @@ impl Subscriber {
     }
 
     fn restored(&self, state: &mut State, i: usize) {
+        // What moved here while the restore was on its way is subscribed next.
+        state.resync = true;
         let link = &mut state.links[i];
         link.restored = true;
         link.shard.subscribe_up.store(true, Relaxed);
@@ -480,8 +560,10 @@ impl Subscriber {
     /// The changes a link owed are moot: when it is back it subscribes to everything.
     fn answer_parts(&self, state: &mut State, link: &mut Link) {
         for part in link.unconfirmed.drain(..) {
-            if let Some(n) = part.ticket.and_then(|t| state.tickets.get_mut(&t)) {
-                *n = n.saturating_sub(1);
+            for ticket in &part.tickets {
+                if let Some(n) = state.tickets.get_mut(ticket) {
+                    *n = n.saturating_sub(1);
+                }
             }
         }
         link.shard.subscribe_up.store(false, Relaxed);
@@ -499,7 +581,7 @@ impl Subscriber {
         }
         link.conn = None;
         link.subscribed.clear();
-        link.leaving.clear();
+        link.expected.clear();
         link.ping_sent = None;
         link.retry_at = Some(Instant::now() + link.backoff.next());
         state.links[i] = link;
@@ -679,7 +761,7 @@ impl Subscriber {
 }
 
 impl Link {
-    /// Stands in while a link is taken out to be mended.
+    /// Stands in while a link is taken out to be mended; the base of a new one.
     fn placeholder() -> Self {
         Link {
             node: Node {
@@ -689,8 +771,9 @@ impl Link {
             shard: Arc::default(),
             conn: None,
             subscribed: HashSet::new(),
-            leaving: HashSet::new(),
+            expected: VecDeque::new(),
             unconfirmed: VecDeque::new(),
+            attempt: 0,
             restored: false,
             ping_sent: None,
             backoff: Backoff::new(),
