@@ -325,3 +325,40 @@ async fn a_subscribe_refused_with_moved_is_made_again_where_the_slot_went() {
     assert_eq!(c.recv_message().await, json!("still here"));
     assert_eq!(b.metric("fanfare_bridge_reconnects_total").await, 0.0);
 }
+
+/// A master that freezes (its sockets open, nothing answered) holds up only its own slots:
+/// messages through the other masters go on arriving, and when it is failed over or thaws,
+/// delivery through its slots comes back, with nothing twice.
+#[tokio::test]
+async fn a_frozen_master_stops_only_its_own_slots() {
+    let cluster = RedisCluster::start();
+    let (masters, users, _) = spread(&cluster);
+    let a = machine(&cluster, "a", 0).await;
+    let b = machine(&cluster, "b", 0).await;
+    let mut clients = Vec::new();
+    for user in &users {
+        clients.push(b.connect(user, &[]).await);
+    }
+    let (mut next, mut got) = (vec![0u64; 3], vec![Vec::new(), Vec::new(), Vec::new()]);
+    cluster.freeze(masters[0], true);
+    let frozen = Instant::now();
+    while frozen.elapsed() < Duration::from_secs(4) {
+        for i in 1..3 {
+            let sent = next[i];
+            publish_until_received(&a, &mut clients[i], &users[i], &mut next[i], &mut got[i], 1)
+                .await;
+            assert_eq!(
+                next[i],
+                sent + 1,
+                "a message through a live master was lost"
+            );
+        }
+    }
+    cluster.freeze(masters[0], false);
+    for i in 0..3 {
+        publish_until_received(&a, &mut clients[i], &users[i], &mut next[i], &mut got[i], 3).await;
+        assert_once_in_order(&got[i]);
+    }
+    a.wait_readyz(200).await;
+    b.wait_readyz(200).await;
+}

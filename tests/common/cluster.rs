@@ -147,6 +147,15 @@ impl RedisCluster {
             .kill();
     }
 
+    /// Freezes (SIGSTOP) or thaws the node at `port`: its sockets stay open, it answers nothing.
+    pub fn freeze(&self, port: u16, frozen: bool) {
+        self.nodes
+            .iter()
+            .find(|n| n.port == port)
+            .expect("a node of this cluster")
+            .freeze(frozen);
+    }
+
     /// Moves `slot`, with its keys, to the master at `to` (as `redis-cli --cluster reshard`
     /// does, for one chosen slot): IMPORTING, MIGRATING, MIGRATE of its keys, then NODE on
     /// every master.
