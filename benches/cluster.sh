@@ -5,7 +5,8 @@
 #   benches/cluster.sh throughput [RUNS]
 #       two servers (1 worker each), every connection on B, every publish to A, so every
 #       delivery crosses Redis; for each run, one Redis then the cluster: the bench's
-#       deliveries/s and server CPU µs per delivery (A + B), for the direct and batch scenarios
+#       deliveries/s, server CPU µs per delivery (A + B) and Redis CPU µs per delivery (every
+#       redis-server of the deployment, replicas included), for the direct and batch scenarios
 #   benches/cluster.sh fleet [SIZES]
 #       on the cluster, fleets of SIZES (default "2 4 8") servers, each with its own 200
 #       connections; a separate publisher P sends 20 direct messages to every connection; prints
@@ -49,11 +50,17 @@ serve() { # port node-id url
 ready() { for port; do until curl -sf "127.0.0.1:$port/readyz" >/dev/null; do sleep 0.1; done; done; }
 stop() { kill "${SERVED[@]}" 2>/dev/null || true; wait "${SERVED[@]}" 2>/dev/null || true; SERVED=(); }
 metric() { curl -s "127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
+# CPU seconds the Redis processes of one deployment have used (user + sys, summed).
+redis_cpu() {
+  local ports=$BASE; [ "$1" = cluster ] && ports=$NODES
+  for p in $ports; do redis-cli -p "$p" info cpu; done |
+    awk -F: '/used_cpu_(sys|user):/ {s += $2} END {printf "%.3f", s}'
+}
 
 case "$MODE" in
 throughput)
   RUNS=${2:-3}
-  echo "run redis scenario deliveries/s server_cpu_us_per_delivery lost"
+  echo "run redis scenario deliveries/s server_cpu_us_per_delivery redis_cpu_us_per_delivery lost (dropped_by_A inbox_full_on_B)"
   for run in $(seq "$RUNS"); do
     for redis in single cluster; do
       url=$SINGLE; [ "$redis" = cluster ] && url=$CLUSTER
@@ -63,12 +70,17 @@ throughput)
       # Closed loop (as fast as A answers), and batches at a fixed 50,000/s (B's one worker
       # would miss some of an unpaced flood: its inbox is bounded, misses are counted).
       for scenario in "direct" "batch --rate 50000"; do
+        before=$(redis_cpu "$redis")
         "$BIN" bench --target 127.0.0.1:9812 --publish-to 127.0.0.1:9811 --token-secret s \
           --api-key k --server-pid "$A,$B" --scenario $scenario --connections 1000 \
-          --messages 40000 --json | tail -1 | python3 -c "
-import json, sys
-r = json.load(sys.stdin)
-print('$run $redis ${scenario// /_} %.0f %.1f %d' % (r['deliveries_per_second'], r['server_cpu_us_per_delivery'], r['lost']))" || true
+          --messages 40000 --json | tail -1 > "$DIR/result.json" || true
+        after=$(redis_cpu "$redis")
+        python3 -c "
+import json
+r = json.load(open('$DIR/result.json'))
+redis = ($after - $before) * 1e6 / max(r['received'], 1)
+print('$run $redis ${scenario// /_} %.0f %.1f %.1f %d' % (r['deliveries_per_second'], r['server_cpu_us_per_delivery'], redis, r['lost']), end=' ')"
+        echo "($(metric 9811 fanfare_bridge_dropped_total) $(metric 9812 fanfare_bridge_inbox_full_total))"
       done
       stop
     done
