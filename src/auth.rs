@@ -18,16 +18,27 @@ pub enum Error {
     BadSubject(NameError),
     #[error("invalid token: expired")]
     Expired,
+    #[error(
+        "invalid token: info is over {} bytes",
+        crate::presence::MAX_INFO_BYTES
+    )]
+    InfoTooLarge,
 }
 
 /// The claims of a client token.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exp: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channels: Option<Vec<String>>,
+    /// Channels whose presence this client may see (same patterns as `channels`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<Vec<String>>,
+    /// Public JSON about the user that others see in presence (at most 512 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// Who a verified client is and which channels it may subscribe to.
@@ -35,29 +46,46 @@ pub struct Claims {
 pub struct Identity {
     pub user: UserId,
     pub permissions: Permissions,
+    /// The `info` claim, as JSON text.
+    pub info: Option<std::sync::Arc<str>>,
     /// The token's `exp` (unix seconds): the connection ends then unless refreshed.
     pub exp: Option<u64>,
 }
 
-/// The `channels` claim: exact names, and prefixes for entries ending in `*`.
+/// The `channels` and `presence` claims: exact names, and prefixes for entries ending in `*`.
 #[derive(Debug, Clone, Default)]
 pub struct Permissions {
     patterns: Box<[Box<str>]>,
+    presence: Box<[Box<str>]>,
+}
+
+fn patterns(claim: &[String]) -> Box<[Box<str>]> {
+    claim.iter().map(|s| s.as_str().into()).collect()
+}
+
+fn matches(patterns: &[Box<str>], channel: &Channel) -> bool {
+    let name = channel.as_str();
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => **p == *name,
+    })
 }
 
 impl Permissions {
     pub fn new(claim: &[String]) -> Self {
         Permissions {
-            patterns: claim.iter().map(|s| s.as_str().into()).collect(),
+            patterns: patterns(claim),
+            presence: Box::default(),
         }
     }
 
     pub fn allows(&self, channel: &Channel) -> bool {
-        let name = channel.as_str();
-        self.patterns.iter().any(|p| match p.strip_suffix('*') {
-            Some(prefix) => name.starts_with(prefix),
-            None => **p == *name,
-        })
+        matches(&self.patterns, channel)
+    }
+
+    /// May see who is in `channel`.
+    pub fn sees_presence(&self, channel: &Channel) -> bool {
+        matches(&self.presence, channel)
     }
 }
 
@@ -86,8 +114,7 @@ impl TokenKeys {
         };
         let probe = keys.issue(&Claims {
             sub: "self-test".into(),
-            exp: None,
-            channels: None,
+            ..Claims::default()
         })?;
         keys.verify(&probe)?;
         Ok(keys)
@@ -114,10 +141,18 @@ impl TokenKeys {
             return Err(Error::Expired);
         }
         let user = UserId::new(&data.claims.sub).map_err(Error::BadSubject)?;
-        let permissions = Permissions::new(data.claims.channels.as_deref().unwrap_or_default());
+        let mut permissions = Permissions::new(data.claims.channels.as_deref().unwrap_or_default());
+        permissions.presence = patterns(data.claims.presence.as_deref().unwrap_or_default());
+        let info = match data.claims.info {
+            Some(info) if info.get().len() > crate::presence::MAX_INFO_BYTES => {
+                return Err(Error::InfoTooLarge)
+            }
+            info => info.map(|i| i.get().into()),
+        };
         Ok(Identity {
             user,
             permissions,
+            info,
             exp: data.claims.exp,
         })
     }
@@ -144,6 +179,7 @@ pub fn claims(sub: &str, channels: Option<Vec<String>>, ttl_secs: Option<u64>) -
         sub: sub.to_string(),
         exp: ttl_secs.map(|t| jsonwebtoken::get_current_timestamp() + t),
         channels,
+        ..Claims::default()
     }
 }
 
@@ -184,7 +220,7 @@ mod tests {
             .issue(&Claims {
                 sub: "1".into(),
                 exp: Some(1),
-                channels: None,
+                ..Claims::default()
             })
             .unwrap();
         assert!(keys.verify(&expired).is_err());
@@ -200,7 +236,7 @@ mod tests {
             .issue(&Claims {
                 sub: "1".into(),
                 exp: Some(now),
-                channels: None,
+                ..Claims::default()
             })
             .unwrap();
         assert!(matches!(keys.verify(&at_now), Err(Error::Expired)));

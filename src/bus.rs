@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::history::{Position, Since};
-use crate::protocol::{Control, Frame, Target, UserId, WorkerId, WorkerSet};
+use crate::protocol::{Channel, Control, Frame, Target, UserId, WorkerId, WorkerSet};
 use crate::routes::Routes;
 
 /// Depth of each worker's inbox.
@@ -38,6 +38,8 @@ pub enum Envelope {
     /// a gap, in order. Each recipient gets it as one burst (a replay never cuts a client that
     /// reads).
     Replay(Target, Arc<[Delivery]>),
+    /// A `join` or `leave` of a channel, for its subscribers that asked for them.
+    Presence(Channel, Frame),
 }
 
 impl Envelope {
@@ -46,6 +48,7 @@ impl Envelope {
             Envelope::Message(d) => d.target.clone(),
             Envelope::Control(user, ..) => Target::User(user.clone()),
             Envelope::Lost(target, _) | Envelope::Replay(target, _) => target.clone(),
+            Envelope::Presence(channel, _) => Target::Channel(channel.clone()),
         }
     }
 }

@@ -374,8 +374,20 @@ impl Connection {
 
     fn on_text(&self, text: &str, token: &mut Token) -> Step {
         match ClientMessage::decode(text) {
-            Ok(ClientMessage::Subscribe(channel, since)) => {
-                self.subscribe(channel, since, &token.permissions)
+            Ok(ClientMessage::Subscribe(channel, since, presence)) => {
+                self.subscribe(channel, since, presence, &token.permissions)
+            }
+            Ok(ClientMessage::Presence {
+                channel,
+                after,
+                limit,
+            }) => self.presence(&channel, &token.permissions, |p| {
+                crate::presence::page_json(&channel, &p.members(&channel, after.as_ref(), limit))
+            }),
+            Ok(ClientMessage::PresenceCount(channel)) => {
+                self.presence(&channel, &token.permissions, |p| {
+                    crate::presence::count_json(&channel, p.count(&channel))
+                })
             }
             Ok(ClientMessage::Unsubscribe(channel)) => {
                 let r = &self.registration;
@@ -417,15 +429,62 @@ impl Connection {
         self.flushed(self.writer.flush())
     }
 
-    fn subscribe(&self, channel: Channel, since: Option<Since>, permissions: &Permissions) -> Step {
-        if !permissions.allows(&channel) {
+    /// Answers a presence question about a channel the token shows the presence of and the
+    /// connection is subscribed to.
+    fn presence(
+        &self,
+        channel: &Channel,
+        permissions: &Permissions,
+        answer: impl FnOnce(&crate::presence::Presence) -> serde_json::Value,
+    ) -> Step {
+        let r = &self.registration;
+        let refused = if !permissions.sees_presence(channel) {
+            Some(format!(
+                "token does not allow presence of {}",
+                channel.as_str()
+            ))
+        } else if !hub::lock(&r.hub).is_subscribed(r.id, channel) {
+            Some(format!("subscribe to {} first", channel.as_str()))
+        } else {
+            None
+        };
+        if let Some(detail) = refused {
             WorkerMetrics::inc(&self.metrics.client_errors);
-            let detail = format!("token does not allow channel {}", channel.as_str());
+            return self.reply(Frame::error(ErrorCode::Forbidden, &detail));
+        }
+        self.reply(Frame::json(&answer(self.router.presence())))
+    }
+
+    fn subscribe(
+        &self,
+        channel: Channel,
+        since: Option<Since>,
+        presence: bool,
+        permissions: &Permissions,
+    ) -> Step {
+        let refused = if !permissions.allows(&channel) {
+            Some(format!("token does not allow channel {}", channel.as_str()))
+        } else if presence && !permissions.sees_presence(&channel) {
+            Some(format!(
+                "token does not allow presence of {}",
+                channel.as_str()
+            ))
+        } else {
+            None
+        };
+        if let Some(detail) = refused {
+            WorkerMetrics::inc(&self.metrics.client_errors);
             return self.reply(Frame::error(ErrorCode::Forbidden, &detail));
         }
         let r = &self.registration;
         let mut hub = hub::lock(&r.hub);
-        match hub.reserve(r.id, &channel, false) {
+        let reservation = hub.reserve(r.id, &channel, false);
+        if matches!(reservation, Reservation::Reserved)
+            || (matches!(reservation, Reservation::Already) && self.history.is_none())
+        {
+            hub.watch(r.id, &channel, presence);
+        }
+        match reservation {
             Reservation::Reserved => {}
             // With history, `subscribed` says where the client is, and a `since` asks for a
             // replay: neither fits a subscription that is already running, so say so.

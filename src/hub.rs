@@ -26,6 +26,8 @@ use crate::writer::{Command, Flushed, Pushed, Writer};
 
 struct Member {
     user: UserId,
+    /// The token's public `info`, shown in presence.
+    info: Option<Arc<str>>,
     writer: Arc<Writer>,
     channels: Vec<Membership>,
     /// Registered with history in Redis and `connected` not sent yet: broadcasts are held with
@@ -82,6 +84,8 @@ struct Membership {
     active: bool,
     /// Made by the backend (`POST /subscribe`): kept when a refreshed token no longer allows it.
     by_server: bool,
+    /// Receives the channel's `join` and `leave` events.
+    watches: bool,
 }
 
 /// Subscribers of one channel on this worker.
@@ -91,6 +95,8 @@ struct ChannelEntry {
     active: BTreeMap<ConnId, Recipient>,
     /// Subscriptions waiting for the bridge: they keep the route, but receive nothing yet.
     reserved: usize,
+    /// Active subscribers that receive `join` and `leave`.
+    watchers: std::collections::BTreeSet<ConnId>,
 }
 
 /// The outcome of [`Hub::reserve`].
@@ -225,6 +231,7 @@ fn admit<'a>(r: &mut Recipient, envelope: &'a Envelope) -> (Option<Frame>, Optio
             r.seen = Seen::after(p);
             (Some(lost_position(target, p)), None)
         }
+        Envelope::Presence(_, frame) => (None, Some(frame)),
         Envelope::Control(..) | Envelope::Replay(..) => (None, None),
     }
 }
@@ -250,6 +257,24 @@ fn admit_message<'a>(r: &mut Recipient, d: &'a Delivery) -> (Option<Frame>, Opti
         });
     r.seen = Seen::after(p);
     (notice, Some(&d.frame))
+}
+
+/// Adds or removes a watcher of `channel`'s `join`/`leave`, and tells presence how many there
+/// are (events are made only for channels someone watches).
+fn set_watching(
+    presence: &Option<Arc<crate::presence::Presence>>,
+    entry: &mut ChannelEntry,
+    channel: &Channel,
+    id: ConnId,
+    on: bool,
+) {
+    let changed = match on {
+        true => entry.watchers.insert(id),
+        false => entry.watchers.remove(&id),
+    };
+    if let (true, Some(presence)) = (changed, presence) {
+        presence.watching(channel, on);
+    }
 }
 
 /// Remembers to flush a writer something was pushed to outside [`push`].
@@ -279,6 +304,8 @@ pub struct Hub {
     overflowed: Vec<ConnId>,
     /// Numbers the activations that wait for a history read.
     activations: u64,
+    /// Where subscriptions starting and ending are reported (members of each channel).
+    presence: Option<Arc<crate::presence::Presence>>,
 }
 
 /// A worker's hub as its connections and bus task share it.
@@ -309,6 +336,35 @@ impl Hub {
             dirty: Vec::new(),
             overflowed: Vec::new(),
             activations: 0,
+            presence: None,
+        }
+    }
+
+    /// Reports every subscription that starts or ends to `presence`.
+    pub fn with_presence(mut self, presence: Arc<crate::presence::Presence>) -> Self {
+        self.presence = Some(presence);
+        self
+    }
+
+    /// The public `info` of a connection's token, shown in presence from its next subscription.
+    pub fn set_info(&mut self, id: ConnId, info: Option<Arc<str>>) {
+        if let Some(member) = self.members.get_mut(&id) {
+            member.info = info;
+        }
+    }
+
+    /// Whether a subscription (pending or active) receives its channel's `join` and `leave`.
+    pub fn watch(&mut self, id: ConnId, channel: &Channel, watches: bool) {
+        let Some(m) = self
+            .members
+            .get_mut(&id)
+            .and_then(|member| member.channels.iter_mut().find(|m| m.channel == *channel))
+        else {
+            return;
+        };
+        m.watches = watches;
+        if let (true, Some(entry)) = (m.active, self.channels.get_mut(channel)) {
+            set_watching(&self.presence, entry, channel, id, watches);
         }
     }
 
@@ -350,6 +406,7 @@ impl Hub {
         }
         let member = Member {
             user,
+            info: None,
             writer,
             channels: Vec::new(),
             catching_up: catching_up.is_some(),
@@ -364,7 +421,7 @@ impl Hub {
             return;
         };
         self.metrics.connections.fetch_sub(1, Relaxed);
-        if let Entry::Occupied(mut e) = self.users.entry(member.user) {
+        if let Entry::Occupied(mut e) = self.users.entry(member.user.clone()) {
             e.get_mut().retain(|(c, _)| *c != id);
             if e.get().is_empty() {
                 let (user, _) = e.remove_entry();
@@ -372,7 +429,7 @@ impl Hub {
             }
         }
         for m in member.channels {
-            self.leave(m.channel, id, m.active);
+            self.leave(m.channel, id, &member.user, m.active);
         }
     }
 
@@ -396,6 +453,7 @@ impl Hub {
             channel: channel.clone(),
             active: false,
             by_server,
+            watches: false,
         });
         self.channels
             .entry(channel.clone())
@@ -497,6 +555,7 @@ impl Hub {
             return false;
         };
         m.active = true;
+        let watches = m.watches;
         let writer = member.writer.clone();
         let entry = self
             .channels
@@ -506,8 +565,22 @@ impl Hub {
         entry
             .active
             .insert(id, Recipient::new(writer.clone(), seen, catching_up));
+        if watches {
+            set_watching(&self.presence, entry, channel, id, true);
+        }
         writer.push_burst(frames);
+        // After `subscribed`: the connection's own `join` (if it watches) comes after it.
+        if let Some(presence) = &self.presence {
+            presence.joined(channel, &member.user, member.info.as_ref());
+        }
         true
+    }
+
+    /// Whether the connection receives `channel` now.
+    pub fn is_subscribed(&self, id: ConnId, channel: &Channel) -> bool {
+        self.members
+            .get(&id)
+            .is_some_and(|m| m.channels.iter().any(|m| m.channel == *channel && m.active))
     }
 
     /// Ends a subscription or a reservation. Returns false if there was neither.
@@ -519,7 +592,8 @@ impl Hub {
             return false;
         };
         let m = member.channels.swap_remove(pos);
-        self.leave(m.channel, id, m.active);
+        let user = member.user.clone();
+        self.leave(m.channel, id, &user, m.active);
         true
     }
 
@@ -529,22 +603,40 @@ impl Hub {
         let Some(member) = self.members.get_mut(&id) else {
             return;
         };
-        let writer = member.writer.clone();
-        let (keep, drop): (Vec<_>, Vec<_>) = std::mem::take(&mut member.channels)
+        let (writer, user) = (member.writer.clone(), member.user.clone());
+        let (mut keep, drop): (Vec<_>, Vec<_>) = std::mem::take(&mut member.channels)
             .into_iter()
             .partition(|m| m.by_server || permissions.allows(&m.channel));
+        // Events only for channels the new token still shows the presence of.
+        let mut unwatched = Vec::new();
+        for m in keep.iter_mut().filter(|m| m.watches) {
+            if !m.by_server && !permissions.sees_presence(&m.channel) {
+                m.watches = false;
+                unwatched.push(m.channel.clone());
+            }
+        }
         member.channels = keep;
+        for channel in unwatched {
+            if let Some(entry) = self.channels.get_mut(&channel) {
+                set_watching(&self.presence, entry, &channel, id, false);
+            }
+        }
         for m in drop {
             writer.push(&Frame::unsubscribed(&m.channel));
-            self.leave(m.channel, id, m.active);
+            self.leave(m.channel, id, &user, m.active);
         }
     }
 
-    fn leave(&mut self, channel: Channel, id: ConnId, active: bool) {
+    fn leave(&mut self, channel: Channel, id: ConnId, user: &UserId, active: bool) {
+        if let (true, Some(presence)) = (active, &self.presence) {
+            presence.left(&channel, user);
+        }
         if let Entry::Occupied(mut e) = self.channels.entry(channel) {
+            let channel = e.key().clone();
             let entry = e.get_mut();
             if active {
                 entry.active.remove(&id);
+                set_watching(&self.presence, entry, &channel, id, false);
             } else {
                 entry.reserved -= 1;
             }
@@ -623,6 +715,23 @@ impl Hub {
                 | Envelope::Replay(target, _)) => self.fan_out(target, envelope, &mut fanout),
                 Envelope::Control(user, control, since) => {
                     self.control(user, control, since.as_ref(), &mut fanout)
+                }
+                envelope @ Envelope::Presence(channel, _) => {
+                    let Some(entry) = self.channels.get_mut(channel) else {
+                        continue;
+                    };
+                    for id in &entry.watchers {
+                        if let Some(r) = entry.active.get_mut(id) {
+                            hold_or_offer(
+                                &mut self.dirty,
+                                &mut self.overflowed,
+                                &mut fanout,
+                                *id,
+                                r,
+                                envelope,
+                            );
+                        }
+                    }
                 }
             }
         }

@@ -51,6 +51,7 @@ pub mod http;
 pub mod hub;
 pub mod listener;
 pub mod metrics;
+pub mod presence;
 pub mod protocol;
 pub mod router;
 pub mod routes;

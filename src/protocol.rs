@@ -276,6 +276,44 @@ impl Frame {
         Frame::text_parts(&[r#"{"type":"pong"}"#])
     }
 
+    /// A user's first connection subscribed to `channel` (presence, section "Presence").
+    pub fn join(channel: &Channel, user: &UserId, info: Option<&str>) -> Self {
+        Frame::presence_event("join", channel, user, info)
+    }
+
+    /// A user's last connection left `channel`.
+    pub fn leave(channel: &Channel, user: &UserId, info: Option<&str>) -> Self {
+        Frame::presence_event("leave", channel, user, info)
+    }
+
+    fn presence_event(kind: &str, channel: &Channel, user: &UserId, info: Option<&str>) -> Self {
+        // The user id may need escaping; `info` is JSON already (checked when the token was).
+        let user = serde_json::Value::from(user.as_str()).to_string();
+        let mut parts = vec![
+            r#"{"type":""#,
+            kind,
+            r#"","channel":""#,
+            channel.as_str(),
+            r#"","user":"#,
+            &user,
+        ];
+        if let Some(info) = info {
+            parts.extend([r#","info":"#, info]);
+        }
+        parts.push("}");
+        Frame::text_parts(&parts)
+    }
+
+    /// Any JSON reply (presence answers), encoded as it is.
+    pub fn json(value: &serde_json::Value) -> Self {
+        Frame::text_parts(&[&value.to_string()])
+    }
+
+    /// The frame's payload as text (frames are always built from text).
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(self.payload()).unwrap_or("")
+    }
+
     pub fn error(code: ErrorCode, detail: &str) -> Self {
         let v = serde_json::json!({"type": "error", "error": code.as_str(), "detail": detail});
         Frame::text_parts(&[&v.to_string()])
@@ -437,8 +475,17 @@ impl ErrorCode {
 /// A client → server text frame, decoded.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientMessage {
-    /// Subscribe; with `since`, resume after that offset (section 7).
-    Subscribe(Channel, Option<crate::history::Since>),
+    /// Subscribe; with `since`, resume after that offset (section 7); with `presence: true`,
+    /// also receive the channel's `join` and `leave` events.
+    Subscribe(Channel, Option<crate::history::Since>, bool),
+    /// The members of a subscribed channel, a page at a time.
+    Presence {
+        channel: Channel,
+        after: Option<UserId>,
+        limit: usize,
+    },
+    /// How many users and connections a subscribed channel has.
+    PresenceCount(Channel),
     Unsubscribe(Channel),
     Ping,
     /// A new token for this connection (section 8).
@@ -472,6 +519,12 @@ impl ClientMessage {
             token: Option<std::borrow::Cow<'a, str>>,
             #[serde(default)]
             since: Option<RawSince>,
+            #[serde(default)]
+            presence: bool,
+            #[serde(borrow, default)]
+            after: Option<std::borrow::Cow<'a, str>>,
+            #[serde(default)]
+            limit: Option<usize>,
         }
         #[derive(Deserialize)]
         struct RawSince {
@@ -489,8 +542,20 @@ impl ClientMessage {
                     offset: s.offset,
                     epoch: s.epoch,
                 });
-                Ok(ClientMessage::Subscribe(channel()?, since))
+                Ok(ClientMessage::Subscribe(channel()?, since, raw.presence))
             }
+            "presence" => Ok(ClientMessage::Presence {
+                channel: channel()?,
+                after: match raw.after.as_deref() {
+                    Some(a) => Some(UserId::new(a)?),
+                    None => None,
+                },
+                limit: raw
+                    .limit
+                    .unwrap_or(crate::presence::DEFAULT_PAGE)
+                    .clamp(1, crate::presence::MAX_PAGE),
+            }),
+            "presence_count" => Ok(ClientMessage::PresenceCount(channel()?)),
             "unsubscribe" => Ok(ClientMessage::Unsubscribe(channel()?)),
             "ping" => Ok(ClientMessage::Ping),
             "refresh" => match raw.token {
@@ -622,7 +687,7 @@ mod tests {
         let c = Channel::new("news").unwrap();
         assert_eq!(
             ClientMessage::decode(r#"{"type":"subscribe","channel":"news"}"#),
-            Ok(ClientMessage::Subscribe(c.clone(), None))
+            Ok(ClientMessage::Subscribe(c.clone(), None, false))
         );
         let since = crate::history::Since {
             offset: 41,
@@ -632,7 +697,7 @@ mod tests {
             ClientMessage::decode(
                 r#"{"type":"subscribe","channel":"news","since":{"offset":41,"epoch":"e1"}}"#
             ),
-            Ok(ClientMessage::Subscribe(c.clone(), Some(since)))
+            Ok(ClientMessage::Subscribe(c.clone(), Some(since), false))
         );
         assert_eq!(
             ClientMessage::decode(r#"{"type":"unsubscribe","channel":"news"}"#),

@@ -13,6 +13,7 @@ use crate::bridge::{Bridge, Fate};
 use crate::bus::{Bus, Delivery, Envelope};
 use crate::history::{History, Since};
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 use crate::protocol::{Control, Frame, UserId};
 use crate::routes::Topic;
 use crate::subscriptions::SubscriptionLog;
@@ -40,6 +41,8 @@ pub struct Router {
     /// With `--history-size`: offsets and what is kept for recovery.
     history: Option<Arc<History>>,
     metrics: Arc<Metrics>,
+    /// Who is in each channel here.
+    presence: Arc<Presence>,
 }
 
 impl Router {
@@ -50,11 +53,17 @@ impl Router {
         metrics: Arc<Metrics>,
     ) -> Self {
         Router {
+            presence: Arc::new(Presence::new(bus.clone())),
             bus,
             bridge,
             history,
             metrics,
         }
+    }
+
+    /// Who is in each channel: the hubs report to it, questions are answered from it.
+    pub fn presence(&self) -> &Arc<Presence> {
+        &self.presence
     }
 
     /// Accepts messages, in order: when this returns, each is queued on every local worker that

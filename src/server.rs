@@ -123,6 +123,7 @@ impl Server {
             None => None,
         };
         let router = Arc::new(Router::new(bus, bridge, history.clone(), metrics.clone()));
+        let presence = router.presence().clone();
         let shared = Arc::new(Shared {
             config: config.clone(),
             keys,
@@ -146,7 +147,8 @@ impl Server {
             let hub = match config.history_size > 0 {
                 true => hub.with_history(),
                 false => hub,
-            };
+            }
+            .with_presence(presence.clone());
             let hub: SharedHub = Arc::new(std::sync::Mutex::new(hub));
             let listeners = std::iter::once(listener).chain(private.next()).collect();
             let ctx = Arc::new(WorkerContext {

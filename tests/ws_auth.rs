@@ -39,7 +39,7 @@ async fn bad_tokens_get_401_with_json() {
     let expired = s.token_with(&Claims {
         sub: "42".into(),
         exp: Some(1000),
-        channels: None,
+        ..Claims::default()
     });
     let (status, body) = refused(&s, &format!("/ws?token={expired}"), &[]).await;
     assert_eq!(status, 401);
@@ -48,7 +48,7 @@ async fn bad_tokens_get_401_with_json() {
     let no_sub = s.token_with(&Claims {
         sub: String::new(),
         exp: None,
-        channels: None,
+        ..Claims::default()
     });
     assert_eq!(
         refused(&s, &format!("/ws?token={no_sub}"), &[]).await.0,

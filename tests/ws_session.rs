@@ -18,6 +18,7 @@ fn claims(sub: &str, channels: &[&str], ttl: u64) -> Claims {
         sub: sub.into(),
         exp: Some(now() + ttl),
         channels: Some(channels.iter().map(|c| c.to_string()).collect()),
+        ..Claims::default()
     }
 }
 

@@ -286,7 +286,9 @@ mod tests {
                     relayed.push((d.position.unwrap().offset, false))
                 }
                 Step::Relay(Envelope::Lost(_, p)) => relayed.push((p.offset, true)),
-                Step::Relay(Envelope::Control(..)) => relayed.push((0, false)),
+                Step::Relay(Envelope::Control(..) | Envelope::Presence(..)) => {
+                    relayed.push((0, false))
+                }
                 Step::Relay(Envelope::Replay(_, missed)) => relayed.extend(
                     missed
                         .iter()

@@ -99,16 +99,7 @@ async fn accept(req: Request<Incoming>, ctx: &Shared) -> Result<Accepted, ApiErr
     if req.method() != Method::POST {
         return Err(ApiError::MethodNotAllowed("POST"));
     }
-    let key = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer);
-    if !key.is_some_and(|k| keys_match(k.as_bytes(), ctx.api_key.as_bytes())) {
-        return Err(ApiError::Unauthorized(
-            "missing or wrong API key: send Authorization: Bearer <api-key>".into(),
-        ));
-    }
+    check_key(&req, ctx)?;
     let path = req.uri().path().to_string();
     let limit = ctx.config.request_timeout();
     let body = read_body(req, ctx.config.max_message_bytes, limit).await?;
@@ -126,9 +117,24 @@ async fn accept(req: Request<Incoming>, ctx: &Shared) -> Result<Accepted, ApiErr
     publish(&body).map(|deliveries| Accepted::Publish { deliveries, batch })
 }
 
+/// 401 unless the request carries the API key.
+pub fn check_key(req: &Request<Incoming>, ctx: &Shared) -> Result<(), ApiError> {
+    let key = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer);
+    match key.is_some_and(|k| keys_match(k.as_bytes(), ctx.api_key.as_bytes())) {
+        true => Ok(()),
+        false => Err(ApiError::Unauthorized(
+            "missing or wrong API key: send Authorization: Bearer <api-key>".into(),
+        )),
+    }
+}
+
 /// The whole body, or 413 as soon as it is known to exceed `max` bytes, or 408 if it does not
 /// arrive within `limit` (a client trickling bytes cannot hold a connection for ever).
-async fn read_body(
+pub async fn read_body(
     req: Request<Incoming>,
     max: usize,
     limit: std::time::Duration,

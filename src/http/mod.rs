@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod ops;
+pub mod presence;
 pub mod reject;
 pub mod ws;
 
@@ -89,6 +90,9 @@ pub async fn dispatch(req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Respo
         "/ws" => ws::upgrade(req, ctx).await,
         "/message" | "/publish" | "/broadcast" | "/batch" | "/disconnect" | "/subscribe"
         | "/unsubscribe" => api::handle(req, &ctx.shared).await,
+        "/presence" | "/presence/count" | "/presence/counts" => {
+            presence::handle(req, &ctx.shared).await
+        }
         path @ ("/healthz" | "/readyz" | "/metrics" | "/" | "/fanfare.js") => {
             ops::handle(req.method(), path, &ctx.shared)
         }

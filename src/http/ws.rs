@@ -105,6 +105,7 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
             hub::lock(&ctx.hub).register(id, identity.user.clone(), writer.clone(), seen);
         }
     }
+    hub::lock(&ctx.hub).set_info(id, identity.info.clone());
     let registration = Registration {
         id,
         hub: ctx.hub.clone(),

@@ -1,0 +1,299 @@
+//! Presence: who is connected to each channel (users with a live subscription), with their
+//! connection count and the public `info` of their token, and `join`/`leave` events for the
+//! subscribers that asked for them.
+//!
+//! Members are kept per channel in a map ordered by user id (so a channel of 100,000 answers
+//! counts at once and lists a page at a time), in shards locked by channel. The hubs report each
+//! subscription that starts or ends ([`Presence::joined`], [`Presence::left`]) while they hold
+//! their own lock; a user's first connection to a channel is its `join`, its last one's end its
+//! `leave`, each sent once through the local bus, so on every connection it keeps its place
+//! among the channel's messages.
+
+use std::collections::hash_map::{DefaultHasher, Entry, HashMap};
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::bus::{Bus, Envelope};
+use crate::protocol::{Channel, Frame, UserId};
+
+/// Longest `info` claim, as JSON text.
+pub const MAX_INFO_BYTES: usize = 512;
+/// Most members in one answer; more are had page by page (`after`).
+pub const MAX_PAGE: usize = 1000;
+/// Members in an answer that names no `limit`.
+pub const DEFAULT_PAGE: usize = 100;
+
+const SHARDS: usize = 16;
+
+/// One user in one channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub user: UserId,
+    pub connections: u32,
+    /// The token's `info` claim, as JSON text.
+    pub info: Option<Arc<str>>,
+}
+
+/// How many are in a channel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Count {
+    pub users: u64,
+    pub connections: u64,
+}
+
+/// A page of a channel's members, in user id order; `next` is the `after` of the next page.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    pub members: Vec<Member>,
+    pub next: Option<UserId>,
+}
+
+#[derive(Default)]
+struct Members {
+    users: BTreeMap<UserId, (u32, Option<Arc<str>>)>,
+    connections: u64,
+    /// Subscriptions here that receive `join` and `leave`: without any, none are made.
+    watchers: u64,
+}
+
+/// Every channel's members in this process.
+pub struct Presence {
+    shards: Box<[Mutex<HashMap<Channel, Members>>]>,
+    /// Where `join` and `leave` go: to the workers with subscribers of the channel.
+    bus: Bus,
+    /// Events a worker missed because its inbox was full.
+    pub missed: AtomicU64,
+}
+
+impl Presence {
+    pub fn new(bus: Bus) -> Self {
+        Presence {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            bus,
+            missed: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, channel: &Channel) -> MutexGuard<'_, HashMap<Channel, Members>> {
+        let mut h = DefaultHasher::new();
+        channel.hash(&mut h);
+        let shard = &self.shards[h.finish() as usize % SHARDS];
+        // Every state of the map is valid; a panic elsewhere must not stop presence.
+        shard.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A subscription of `user` to `channel` started; the user's first is its `join`.
+    pub fn joined(&self, channel: &Channel, user: &UserId, info: Option<&Arc<str>>) {
+        let mut shard = self.shard(channel);
+        let members = shard.entry(channel.clone()).or_default();
+        members.connections += 1;
+        let first = match members.users.get_mut(user) {
+            Some((n, _)) => {
+                *n += 1;
+                false
+            }
+            None => {
+                members.users.insert(user.clone(), (1, info.cloned()));
+                true
+            }
+        };
+        if first && members.watchers > 0 {
+            // Sent under the shard's lock, so a `join` and the `leave` after it go out in order.
+            self.send(channel, Frame::join(channel, user, info.map(|i| &**i)));
+        }
+    }
+
+    /// A subscription to `channel` started (`true`) or stopped receiving its events.
+    pub fn watching(&self, channel: &Channel, on: bool) {
+        let mut shard = self.shard(channel);
+        let members = shard.entry(channel.clone()).or_default();
+        match on {
+            true => members.watchers += 1,
+            false => members.watchers = members.watchers.saturating_sub(1),
+        }
+        if members.users.is_empty() && members.watchers == 0 {
+            shard.remove(channel);
+        }
+    }
+
+    /// A subscription of `user` to `channel` ended; the user's last is its `leave`.
+    pub fn left(&self, channel: &Channel, user: &UserId) {
+        let mut shard = self.shard(channel);
+        let Entry::Occupied(mut e) = shard.entry(channel.clone()) else {
+            return;
+        };
+        let members = e.get_mut();
+        let Some((n, info)) = members.users.get_mut(user) else {
+            return;
+        };
+        members.connections -= 1;
+        *n -= 1;
+        if *n > 0 {
+            return;
+        }
+        let info = info.take();
+        members.users.remove(user);
+        let watched = members.watchers > 0;
+        if members.users.is_empty() && !watched {
+            e.remove();
+        }
+        if watched {
+            self.send(channel, Frame::leave(channel, user, info.as_deref()));
+        }
+    }
+
+    fn send(&self, channel: &Channel, frame: Frame) {
+        let missed = self
+            .bus
+            .try_deliver(Envelope::Presence(channel.clone(), frame));
+        self.missed.fetch_add(missed, Relaxed);
+    }
+
+    pub fn count(&self, channel: &Channel) -> Count {
+        self.shard(channel)
+            .get(channel)
+            .map_or_else(Count::default, |m| Count {
+                users: m.users.len() as u64,
+                connections: m.connections,
+            })
+    }
+
+    /// Up to `limit` members after the user `after`, in user id order.
+    pub fn members(&self, channel: &Channel, after: Option<&UserId>, limit: usize) -> Page {
+        let shard = self.shard(channel);
+        let Some(m) = shard.get(channel) else {
+            return Page::default();
+        };
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut members: Vec<Member> = m
+            .users
+            .range::<UserId, _>((from, Bound::Unbounded))
+            .take(limit + 1)
+            .map(|(user, (n, info))| Member {
+                user: user.clone(),
+                connections: *n,
+                info: info.clone(),
+            })
+            .collect();
+        let next = (members.len() > limit).then(|| {
+            members.truncate(limit);
+            members[limit - 1].user.clone()
+        });
+        Page { members, next }
+    }
+}
+
+/// The answer to a members question, as the client frame and the HTTP API give it.
+pub fn page_json(channel: &Channel, page: &Page) -> serde_json::Value {
+    let members: Vec<serde_json::Value> = page
+        .members
+        .iter()
+        .map(|m| {
+            let mut v = serde_json::json!({"user": m.user.as_str(), "connections": m.connections});
+            if let Some(info) = m.info.as_deref().and_then(|i| serde_json::from_str(i).ok()) {
+                v["info"] = info;
+            }
+            v
+        })
+        .collect();
+    serde_json::json!({
+        "type": "presence",
+        "channel": channel.as_str(),
+        "members": members,
+        "next": page.next.as_ref().map(UserId::as_str),
+    })
+}
+
+/// The answer to a count question.
+pub fn count_json(channel: &Channel, count: Count) -> serde_json::Value {
+    serde_json::json!({
+        "type": "presence_count",
+        "channel": channel.as_str(),
+        "users": count.users,
+        "connections": count.connections,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::WorkerId;
+    use crate::routes::{Routes, Topic};
+
+    fn presence() -> (Presence, tokio::sync::mpsc::Receiver<Envelope>) {
+        let routes = Arc::new(Routes::new(1, None));
+        let channel = Channel::new("room").unwrap();
+        routes.add(&Topic::Channel(channel), WorkerId(0));
+        let (bus, mut inboxes) = Bus::new(routes, 1);
+        (Presence::new(bus), inboxes.remove(0))
+    }
+
+    fn events(rx: &mut tokio::sync::mpsc::Receiver<Envelope>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(Envelope::Presence(_, frame)) = rx.try_recv() {
+            out.push(frame.text().to_string());
+        }
+        out
+    }
+
+    #[test]
+    fn a_user_joins_with_the_first_connection_and_leaves_with_the_last() {
+        let (p, mut rx) = presence();
+        let room = Channel::new("room").unwrap();
+        let (a, b) = (UserId::new("a").unwrap(), UserId::new("b").unwrap());
+        let info: Arc<str> = r#"{"name":"Ann"}"#.into();
+        // Nobody watches: no event is made.
+        p.joined(&room, &b, None);
+        p.left(&room, &b);
+        assert!(events(&mut rx).is_empty());
+        p.watching(&room, true);
+        p.joined(&room, &a, Some(&info));
+        p.joined(&room, &a, None);
+        p.joined(&room, &b, None);
+        assert_eq!(
+            p.count(&room),
+            Count {
+                users: 2,
+                connections: 3
+            }
+        );
+        p.left(&room, &a);
+        p.left(&room, &a);
+        p.left(&room, &b);
+        assert_eq!(p.count(&room), Count::default());
+        assert_eq!(
+            events(&mut rx),
+            [
+                r#"{"type":"join","channel":"room","user":"a","info":{"name":"Ann"}}"#,
+                r#"{"type":"join","channel":"room","user":"b"}"#,
+                r#"{"type":"leave","channel":"room","user":"a","info":{"name":"Ann"}}"#,
+                r#"{"type":"leave","channel":"room","user":"b"}"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn members_come_a_page_at_a_time_in_user_order() {
+        let (p, _rx) = presence();
+        let room = Channel::new("room").unwrap();
+        for i in (0..25).rev() {
+            p.joined(&room, &UserId::new(&format!("u{i:02}")).unwrap(), None);
+        }
+        let first = p.members(&room, None, 10);
+        assert_eq!(first.members.len(), 10);
+        assert_eq!(first.members[0].user.as_str(), "u00");
+        assert_eq!(first.next.as_ref().unwrap().as_str(), "u09");
+        let second = p.members(&room, first.next.as_ref(), 10);
+        assert_eq!(second.members[0].user.as_str(), "u10");
+        let last = p.members(&room, second.next.as_ref(), 10);
+        assert_eq!(last.members.len(), 5);
+        assert_eq!(last.next, None);
+        assert_eq!(
+            p.members(&Channel::new("none").unwrap(), None, 10),
+            Page::default()
+        );
+    }
+}
