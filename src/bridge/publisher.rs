@@ -161,14 +161,20 @@ impl Publisher {
                     () = self.shutdown.cancelled() => return,
                     _ = map_rx.changed() => break,
                     () = self.link_changed.notified() => {}
-                    Some((request, node)) = redirected.recv() => match links.get(&node) {
-                        Some(link) => {
-                            if let Err(e) = link.queue.try_send(request) {
-                                self.refuse(e.into_inner());
+                    // Sent again only while the map still says the old master: once it names the
+                    // new one, newer requests for the slot may already have gone there, and
+                    // this one would arrive after them (out of order): it is refused instead.
+                    Some((request, node)) = redirected.recv() => {
+                        let stale = map.node_of(&self.slot_name(&request)) != Some(&node);
+                        match links.get(&node).filter(|_| stale) {
+                            Some(link) => {
+                                if let Err(e) = link.queue.try_send(request) {
+                                    self.refuse(e.into_inner());
+                                }
                             }
+                            None => self.refuse(request),
                         }
-                        None => self.refuse(request),
-                    },
+                    }
                     n = publish_rx.recv_many(&mut batch, BATCH) => {
                         if n == 0 {
                             return;
@@ -451,7 +457,7 @@ impl Publisher {
                 if e.starts_with("MOVED") || e.starts_with("ASK") || e.starts_with("CLUSTERDOWN") {
                     self.refresh.notify_one();
                 }
-                if let Some(node) = moved_to(e).filter(|_| !redirected) {
+                if let Some(node) = moved_to(e).filter(|_| !redirected && self.deployment.cluster) {
                     if let Err(e) = self
                         .redirects
                         .send((Request::Redirected(Box::new(request)), node))

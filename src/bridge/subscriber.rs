@@ -130,9 +130,9 @@ struct State {
     tickets: BTreeMap<Ticket, usize>,
     /// Some wanted channel is not subscribed where it should be (a slot moved).
     resync: bool,
-    /// Tickets of subscribes Redis refused (the map was behind): each holds one count in
-    /// `tickets` until the next resync sends them again.
-    redo: Vec<Ticket>,
+    /// Tickets of subscribes Redis refused (the map was behind), with their channel: each
+    /// holds one count in `tickets` until the channel's master has it on its way again.
+    redo: Vec<(Ticket, String)>,
     /// The link to read first next time (so a busy one cannot starve the others).
     next_read: usize,
     /// Connection attempts made, to tell a stale one's result from the awaited one.
@@ -272,29 +272,38 @@ impl Subscriber {
         if !std::mem::take(&mut state.resync) {
             return;
         }
-        let redo = std::mem::take(&mut state.redo);
         for i in 0..state.links.len() {
             if !state.links[i].restored {
-                // Connected and restoring: its restore may predate the move; again once done,
-                // and whoever waits for a refused subscribe waits for it too.
-                if let Some(last) = state.links[i].unconfirmed.back_mut() {
-                    state.resync = true;
-                    for ticket in &redo {
-                        last.tickets.push(*ticket);
-                        *state.tickets.entry(*ticket).or_default() += 1;
-                    }
-                }
+                // Connected and restoring: its restore may predate the move; again once done.
+                state.resync |= state.links[i].conn.is_some();
                 continue;
             }
             let (add, refill) = self.wanted(state, i, true);
             let part = Part {
-                tickets: redo.clone(),
                 refill,
                 ..Part::default()
             };
             self.send(state, i, add, Vec::new(), part).await;
         }
-        for ticket in redo {
+        // Whoever waits for a refused subscribe now waits for what its channel's master owes
+        // (the subscribe just sent, or one already on its way); for a master still restoring,
+        // until the next round; for one that is down, not at all (it subscribes to everything
+        // when it is back).
+        for (ticket, channel) in std::mem::take(&mut state.redo) {
+            let owner = state.map.owner(&channel).map(|i| &mut state.links[i]);
+            match owner {
+                Some(link) if link.conn.is_some() && !link.restored => {
+                    state.redo.push((ticket, channel));
+                    continue;
+                }
+                Some(link) => {
+                    if let Some(last) = link.unconfirmed.back_mut() {
+                        last.tickets.push(ticket);
+                        *state.tickets.entry(ticket).or_default() += 1;
+                    }
+                }
+                None => {}
+            }
             if let Some(n) = state.tickets.get_mut(&ticket) {
                 *n = n.saturating_sub(1);
             }
@@ -468,19 +477,31 @@ impl Subscriber {
             }
             // On a cluster each command names one shard channel: an error is its answer (most
             // often -MOVED: the map is behind). Anywhere else it is a broken link.
-            Ok(Push::Refused(why)) if self.deployment.cluster => {
-                if let Some(e) = link.expected.pop_front() {
-                    tracing::info!("bridge: {} refused {}: {why}", link.node, e.channel);
-                    if e.subscribe && link.subscribed.remove(&e.channel) {
-                        state.resync = true;
-                        // Whoever waits for it goes on waiting until it is sent where it belongs.
-                        for ticket in link.unconfirmed.front().map_or(&[][..], |p| &p.tickets) {
-                            *state.tickets.entry(*ticket).or_default() += 1;
-                            state.redo.push(*ticket);
-                        }
+            Ok(Push::Refused(why))
+                if self.deployment.cluster
+                    && (moved_slot(&why).is_some() || why.starts_with("CLUSTERDOWN")) =>
+            {
+                self.refresh.notify_one();
+                // A -MOVED names its slot: an answer for another slot is one a `sunsubscribe`
+                // (Redis moving that slot away) already stood in for.
+                let slot = moved_slot(&why);
+                let answers_front = link.expected.front().is_some_and(|e| {
+                    slot.is_none_or(|s| super::cluster::slot(e.channel.as_bytes()) == s)
+                });
+                if !answers_front {
+                    return;
+                }
+                let e = link.expected.pop_front().expect("checked above");
+                tracing::info!("bridge: {} refused {}: {why}", link.node, e.channel);
+                if e.subscribe {
+                    link.subscribed.remove(&e.channel);
+                    state.resync = true;
+                    // Whoever waits for it goes on waiting until it is sent where it belongs.
+                    for ticket in link.unconfirmed.front().map_or(&[][..], |p| &p.tickets) {
+                        *state.tickets.entry(*ticket).or_default() += 1;
+                        state.redo.push((*ticket, e.channel.clone()));
                     }
                 }
-                self.refresh.notify_one();
                 self.confirmed(state, i);
             }
             Ok(Push::Refused(why)) => self.down(state, i, &format!("Redis: {why}")),
@@ -783,6 +804,14 @@ impl Link {
     }
 }
 
+/// The slot a `-MOVED <slot> <host:port>` or `-ASK <slot> <host:port>` names.
+fn moved_slot(error: &str) -> Option<u16> {
+    let rest = error
+        .strip_prefix("MOVED ")
+        .or_else(|| error.strip_prefix("ASK "))?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
 /// The next push from any connected link, the one after the last served first.
 fn read_any(
     links: &mut [Link],
@@ -825,4 +854,17 @@ async fn change(
         pubsub::encode(&mut out, &args);
     }
     within(writer.raw(&out)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redirection_names_its_slot() {
+        assert_eq!(moved_slot("MOVED 2578 127.0.0.1:40975"), Some(2578));
+        assert_eq!(moved_slot("ASK 7 h:1"), Some(7));
+        assert_eq!(moved_slot("CLUSTERDOWN The cluster is down"), None);
+        assert_eq!(moved_slot("LOADING Redis is loading"), None);
+    }
 }
