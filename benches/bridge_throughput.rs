@@ -77,7 +77,7 @@ fn main() {
         };
         let (bridge, _thread) = Bridge::prepare(config, log, metrics.clone())
             .unwrap()
-            .spawn(bus, shutdown.clone())
+            .spawn(bus, None, shutdown.clone())
             .unwrap();
         (bridge, metrics, inboxes.pop().unwrap())
     };

@@ -130,6 +130,12 @@ struct Token {
     exp: Option<u64>,
 }
 
+/// A presence question of a client.
+enum Question {
+    Page(Option<crate::protocol::UserId>, usize),
+    Count,
+}
+
 /// The one timer of a connection: the next ping, the `expiring` warning, the expiry.
 struct Deadlines {
     ping: Instant,
@@ -381,13 +387,9 @@ impl Connection {
                 channel,
                 after,
                 limit,
-            }) => self.presence(&channel, &token.permissions, |p| {
-                crate::presence::page_json(&channel, &p.members(&channel, after.as_ref(), limit))
-            }),
+            }) => self.presence(channel, &token.permissions, Question::Page(after, limit)),
             Ok(ClientMessage::PresenceCount(channel)) => {
-                self.presence(&channel, &token.permissions, |p| {
-                    crate::presence::count_json(&channel, p.count(&channel))
-                })
+                self.presence(channel, &token.permissions, Question::Count)
             }
             Ok(ClientMessage::Unsubscribe(channel)) => {
                 let r = &self.registration;
@@ -430,20 +432,16 @@ impl Connection {
     }
 
     /// Answers a presence question about a channel the token shows the presence of and the
-    /// connection is subscribed to.
-    fn presence(
-        &self,
-        channel: &Channel,
-        permissions: &Permissions,
-        answer: impl FnOnce(&crate::presence::Presence) -> serde_json::Value,
-    ) -> Step {
+    /// connection is subscribed to: at once from memory, or with Redis (the fleet's answer)
+    /// when Redis answers, meanwhile the connection goes on.
+    fn presence(&self, channel: Channel, permissions: &Permissions, question: Question) -> Step {
         let r = &self.registration;
-        let refused = if !permissions.sees_presence(channel) {
+        let refused = if !permissions.sees_presence(&channel) {
             Some(format!(
                 "token does not allow presence of {}",
                 channel.as_str()
             ))
-        } else if !hub::lock(&r.hub).is_subscribed(r.id, channel) {
+        } else if !hub::lock(&r.hub).is_subscribed(r.id, &channel) {
             Some(format!("subscribe to {} first", channel.as_str()))
         } else {
             None
@@ -452,7 +450,37 @@ impl Connection {
             WorkerMetrics::inc(&self.metrics.client_errors);
             return self.reply(Frame::error(ErrorCode::Forbidden, &detail));
         }
-        self.reply(Frame::json(&answer(self.router.presence())))
+        let (router, writer) = (self.router.clone(), self.writer.clone());
+        let answer = async move {
+            let answer = match question {
+                Question::Page(after, limit) => router
+                    .presence_page(&channel, after, limit)
+                    .await
+                    .map(|page| crate::presence::page_json(&channel, &page)),
+                Question::Count => router
+                    .presence_count(&channel)
+                    .await
+                    .map(|count| crate::presence::count_json(&channel, count)),
+            };
+            match answer {
+                Ok(v) => Frame::json(&v),
+                Err(_) => Frame::error(
+                    ErrorCode::Unavailable,
+                    "Redis is unreachable: presence cannot be read now, retry",
+                ),
+            }
+        };
+        if !self.router.presence_in_redis() {
+            let frame = futures_util::FutureExt::now_or_never(answer)
+                .expect("presence in memory answers at once");
+            return self.reply(frame);
+        }
+        tokio::spawn(async move {
+            let frame = answer.await;
+            writer.push(&frame);
+            writer.flush();
+        });
+        Step::Continue
     }
 
     fn subscribe(
@@ -749,9 +777,10 @@ mod tests {
         let metrics = Arc::<WorkerMetrics>::default();
         let (bus, _) = crate::bus::Bus::new(routes.clone(), 1);
         let router = Arc::new(Router::new(
-            bus,
+            bus.clone(),
             None,
             None,
+            Arc::new(crate::presence::Presence::new(bus)),
             Arc::new(crate::metrics::Metrics::new(1, None, None)),
         ));
         let hub: SharedHub = Arc::new(std::sync::Mutex::new(Hub::new(

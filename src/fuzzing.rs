@@ -69,6 +69,11 @@ pub fn redis_wire(data: &[u8]) {
                         assert_eq!(Control::decode(&control.encode()), Some(control));
                     }
                 }
+                Some(wire::Body::Presence(body)) => {
+                    if let Some((_, frame)) = wire::presence_event(&target, body, 4096) {
+                        assert!(is_json(frame.payload()));
+                    }
+                }
                 None => {}
             }
         }

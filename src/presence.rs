@@ -8,6 +8,12 @@
 //! their own lock; a user's first connection to a channel is its `join`, its last one's end its
 //! `leave`, each sent once through the local bus, so on every connection it keeps its place
 //! among the channel's messages.
+//!
+//! With Redis ([`Presence::fleet`]) the map holds this process's members only, and the fleet's
+//! are in Redis (see `bridge::presence`): each change marks its (channel, user) dirty, and the
+//! bridge writes the dirty ones' counts a batch per channel every 100 ms, so a storm of joins
+//! costs a few Redis calls, not one each. Redis makes the `join`/`leave` events, once for the
+//! whole fleet, and every machine relays them like the channel's messages.
 
 use std::collections::hash_map::{DefaultHasher, Entry, HashMap};
 use std::collections::BTreeMap;
@@ -59,6 +65,24 @@ struct Members {
     watchers: u64,
 }
 
+/// What changed here in one channel: how many subscriptions here receive its events (if that
+/// changed), and each user with this process's count now (0: gone) and info.
+#[derive(Clone, Debug, Default)]
+pub struct ChannelChanges {
+    pub watchers: Option<u32>,
+    pub users: Vec<(UserId, u32, Option<Arc<str>>)>,
+}
+
+/// What changed here, by channel.
+pub type Changes = HashMap<Channel, ChannelChanges>;
+
+/// What the bridge has still to write.
+#[derive(Default)]
+struct Dirty {
+    users: std::collections::HashSet<(Channel, UserId)>,
+    watchers: std::collections::HashSet<Channel>,
+}
+
 /// Every channel's members in this process.
 pub struct Presence {
     shards: Box<[Mutex<HashMap<Channel, Members>>]>,
@@ -66,6 +90,9 @@ pub struct Presence {
     bus: Bus,
     /// Events a worker missed because its inbox was full.
     pub missed: AtomicU64,
+    /// With Redis: the (channel, user) pairs whose count here changed since the bridge last
+    /// wrote them; `None` in a process alone.
+    dirty: Option<Mutex<Dirty>>,
 }
 
 impl Presence {
@@ -74,7 +101,100 @@ impl Presence {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             bus,
             missed: AtomicU64::new(0),
+            dirty: None,
         }
+    }
+
+    /// Presence for a fleet: the fleet's members and events come from Redis.
+    pub fn fleet(mut self) -> Self {
+        self.dirty = Some(Mutex::default());
+        self
+    }
+
+    pub fn is_fleet(&self) -> bool {
+        self.dirty.is_some()
+    }
+
+    fn dirty(&self) -> Option<MutexGuard<'_, Dirty>> {
+        let dirty = self.dirty.as_ref()?;
+        Some(dirty.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn mark(&self, channel: &Channel, user: &UserId) {
+        if let Some(mut d) = self.dirty() {
+            d.users.insert((channel.clone(), user.clone()));
+        }
+    }
+
+    /// For the bridge: what changed here since the last call, by channel, with this process's
+    /// count now (0: gone) and the user's info.
+    pub fn take_changes(&self) -> Changes {
+        let Some(taken) = self.dirty().map(|mut d| std::mem::take(&mut *d)) else {
+            return HashMap::new();
+        };
+        let mut out: Changes = HashMap::new();
+        for channel in taken.watchers {
+            let n = self.shard(&channel).get(&channel).map_or(0, |m| m.watchers);
+            out.entry(channel).or_default().watchers = Some(n as u32);
+        }
+        for (channel, user) in taken.users {
+            let now = self
+                .shard(&channel)
+                .get(&channel)
+                .and_then(|m| m.users.get(&user).cloned());
+            let (n, info) = now.unwrap_or((0, None));
+            out.entry(channel).or_default().users.push((user, n, info));
+        }
+        out
+    }
+
+    /// For the bridge: changes it could not write now, to be written with the next round.
+    pub fn mark_again(&self, changes: Changes) {
+        let Some(mut d) = self.dirty() else {
+            return;
+        };
+        for (channel, c) in changes {
+            if c.watchers.is_some() {
+                d.watchers.insert(channel.clone());
+            }
+            d.users
+                .extend(c.users.into_iter().map(|(u, _, _)| (channel.clone(), u)));
+        }
+    }
+
+    /// For the bridge, after Redis lost what it was told (a reconnect): everything here is
+    /// written again.
+    pub fn mark_all(&self) {
+        if self.dirty.is_none() {
+            return;
+        }
+        let (mut users, mut watched) = (Vec::new(), Vec::new());
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for (channel, m) in shard.iter() {
+                users.extend(m.users.keys().map(|u| (channel.clone(), u.clone())));
+                watched.push(channel.clone());
+            }
+        }
+        if let Some(mut d) = self.dirty() {
+            d.users.extend(users);
+            d.watchers.extend(watched);
+        }
+    }
+
+    /// For the bridge: the channels that have members here.
+    pub fn channels(&self) -> Vec<Channel> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            out.extend(
+                shard
+                    .iter()
+                    .filter(|(_, m)| !m.users.is_empty())
+                    .map(|(c, _)| c.clone()),
+            );
+        }
+        out
     }
 
     fn shard(&self, channel: &Channel) -> MutexGuard<'_, HashMap<Channel, Members>> {
@@ -100,6 +220,11 @@ impl Presence {
                 true
             }
         };
+        if self.is_fleet() {
+            drop(shard);
+            self.mark(channel, user);
+            return;
+        }
         if first && members.watchers > 0 {
             // Sent under the shard's lock, so a `join` and the `leave` after it go out in order.
             self.send(channel, Frame::join(channel, user, info.map(|i| &**i)));
@@ -117,6 +242,10 @@ impl Presence {
         if members.users.is_empty() && members.watchers == 0 {
             shard.remove(channel);
         }
+        drop(shard);
+        if let Some(mut d) = self.dirty() {
+            d.watchers.insert(channel.clone());
+        }
     }
 
     /// A subscription of `user` to `channel` ended; the user's last is its `leave`.
@@ -131,6 +260,17 @@ impl Presence {
         };
         members.connections -= 1;
         *n -= 1;
+        if self.is_fleet() {
+            if *n == 0 {
+                members.users.remove(user);
+                if members.users.is_empty() && members.watchers == 0 {
+                    e.remove();
+                }
+            }
+            drop(shard);
+            self.mark(channel, user);
+            return;
+        }
         if *n > 0 {
             return;
         }

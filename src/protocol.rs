@@ -461,6 +461,8 @@ impl Control {
 pub enum ErrorCode {
     BadRequest,
     Forbidden,
+    /// What was asked needs Redis, which cannot be reached now.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -468,6 +470,7 @@ impl ErrorCode {
         match self {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }

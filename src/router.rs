@@ -14,7 +14,7 @@ use crate::bus::{Bus, Delivery, Envelope};
 use crate::history::{History, Since};
 use crate::metrics::Metrics;
 use crate::presence::Presence;
-use crate::protocol::{Control, Frame, UserId};
+use crate::protocol::{Channel, Control, Frame, UserId};
 use crate::routes::Topic;
 use crate::subscriptions::SubscriptionLog;
 
@@ -50,10 +50,11 @@ impl Router {
         bus: Bus,
         bridge: Option<Bridge>,
         history: Option<Arc<History>>,
+        presence: Arc<Presence>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Router {
-            presence: Arc::new(Presence::new(bus.clone())),
+            presence,
             bus,
             bridge,
             history,
@@ -61,9 +62,44 @@ impl Router {
         }
     }
 
-    /// Who is in each channel: the hubs report to it, questions are answered from it.
+    /// Who is in each channel here: the hubs report to it.
     pub fn presence(&self) -> &Arc<Presence> {
         &self.presence
+    }
+
+    /// Whether presence questions are answered by Redis (the fleet's), not from memory.
+    pub fn presence_in_redis(&self) -> bool {
+        self.bridge.is_some()
+    }
+
+    /// A page of a channel's members: this process's alone, or with Redis the fleet's.
+    ///
+    /// # Errors
+    /// Redis is unreachable.
+    pub async fn presence_page(
+        &self,
+        channel: &Channel,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<crate::presence::Page, Unreachable> {
+        match &self.bridge {
+            Some(bridge) => bridge.presence_page(channel.clone(), after, limit).await,
+            None => Ok(self.presence.members(channel, after.as_ref(), limit)),
+        }
+    }
+
+    /// How many are in a channel: here, or with Redis in the fleet.
+    ///
+    /// # Errors
+    /// Redis is unreachable.
+    pub async fn presence_count(
+        &self,
+        channel: &Channel,
+    ) -> Result<crate::presence::Count, Unreachable> {
+        match &self.bridge {
+            Some(bridge) => bridge.presence_count(channel.clone()).await,
+            None => Ok(self.presence.count(channel)),
+        }
     }
 
     /// Accepts messages, in order: when this returns, each is queued on every local worker that

@@ -113,17 +113,29 @@ impl Server {
             shutdown: CancellationToken::new(),
             threads: Vec::with_capacity(workers + 1),
         };
+        let presence = Arc::new(match prepared.is_some() {
+            true => crate::presence::Presence::new(bus.clone()).fleet(),
+            false => crate::presence::Presence::new(bus.clone()),
+        });
         let bridge = match prepared {
             Some(prepared) => {
-                let (bridge, thread) =
-                    prepared.spawn(bus.clone(), started.shutdown.child_token())?;
+                let (bridge, thread) = prepared.spawn(
+                    bus.clone(),
+                    Some(presence.clone()),
+                    started.shutdown.child_token(),
+                )?;
                 started.threads.push(thread);
                 Some(bridge)
             }
             None => None,
         };
-        let router = Arc::new(Router::new(bus, bridge, history.clone(), metrics.clone()));
-        let presence = router.presence().clone();
+        let router = Arc::new(Router::new(
+            bus,
+            bridge,
+            history.clone(),
+            presence.clone(),
+            metrics.clone(),
+        ));
         let shared = Arc::new(Shared {
             config: config.clone(),
             keys,

@@ -33,6 +33,7 @@
 mod catchup;
 pub mod cluster;
 pub mod history;
+pub mod presence;
 mod publisher;
 pub(crate) mod pubsub;
 mod subscriber;
@@ -131,6 +132,8 @@ enum Request {
     /// On a cluster: a request sent again to the master a `-MOVED` named (the map was behind);
     /// never redirected twice.
     Redirected(Box<Request>),
+    /// Presence in Redis: writes of this process's members, purges, questions.
+    Presence(presence::PresenceRequest),
 }
 
 impl Request {
@@ -300,6 +303,39 @@ impl Bridge {
         .await
     }
 
+    /// A page of a channel's members across the fleet.
+    ///
+    /// # Errors
+    /// Redis is unreachable or behind.
+    pub async fn presence_page(
+        &self,
+        channel: crate::protocol::Channel,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<crate::presence::Page, Unreachable> {
+        self.ask(|reply| {
+            Request::Presence(presence::PresenceRequest::Page {
+                channel,
+                after,
+                limit,
+                reply,
+            })
+        })?
+        .await
+    }
+
+    /// How many users and connections a channel has across the fleet.
+    ///
+    /// # Errors
+    /// Redis is unreachable or behind.
+    pub async fn presence_count(
+        &self,
+        channel: crate::protocol::Channel,
+    ) -> Result<crate::presence::Count, Unreachable> {
+        self.ask(|reply| Request::Presence(presence::PresenceRequest::Count { channel, reply }))?
+            .await
+    }
+
     /// Queues a request at once (so requests keep their order in Redis); the future answers.
     fn ask<T>(
         &self,
@@ -364,6 +400,7 @@ impl Prepared {
     pub fn spawn(
         self,
         bus: Bus,
+        presence: Option<Arc<crate::presence::Presence>>,
         shutdown: CancellationToken,
     ) -> Result<(Bridge, JoinHandle<()>), Error> {
         let Prepared {
@@ -377,6 +414,16 @@ impl Prepared {
         let (map_tx, map) = watch::channel(Arc::new(deployment.first_map()));
         let (redirects, redirected) = mpsc::unbounded_channel();
         let refresh = Arc::new(Notify::new());
+        let presence_keeper = presence.map(|presence| presence::Keeper {
+            presence,
+            requests: bridge.publish_tx.clone(),
+            deployment: deployment.clone(),
+            map: map.clone(),
+            names: bridge.names.clone(),
+            instance: bridge.instance,
+            metrics: bridge.metrics.clone(),
+            shutdown: shutdown.clone(),
+        });
         let keeper = deployment.cluster.then(|| cluster::Keeper {
             deployment: deployment.clone(),
             map: map_tx,
@@ -433,10 +480,16 @@ impl Prepared {
                             keeper.run().await;
                         }
                     };
+                    let presence = async {
+                        if let Some(keeper) = presence_keeper {
+                            keeper.run().await;
+                        }
+                    };
                     tokio::join!(
                         publisher.run(publish_rx, redirected),
                         subscriber.run(seeds),
-                        keeper
+                        keeper,
+                        presence
                     );
                 });
             })

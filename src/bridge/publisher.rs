@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::cluster::{Deployment, Node, Topology};
 
 use super::history::{self, APPEND, READ};
+use super::presence::{Scripts, COUNT, PAGE};
 use super::pubsub::{self, Reader, Reply, Writer};
 use super::wire::{self, Names};
 use super::{within, Backoff, LinkDown, Request, CLAIM_TTL, PING_EVERY, PUBLISH_QUEUE};
@@ -50,6 +51,7 @@ struct Conn {
     /// SHA1 of the append and read scripts, loaded on this connection's Redis.
     append: String,
     read: String,
+    presence: Scripts,
 }
 
 /// How topics with history are kept in Redis.
@@ -204,6 +206,7 @@ impl Publisher {
                 self.names.topic(topic)
             }
             Request::Redirected(inner) => self.slot_name(inner),
+            Request::Presence(p) => self.names.topic(&Topic::Channel(p.channel().clone())),
         }
     }
 
@@ -217,7 +220,7 @@ impl Publisher {
             Request::Append { reply, .. } => {
                 let _ = reply.send(None);
             }
-            Request::Read { .. } | Request::Touch(_) => {}
+            Request::Read { .. } | Request::Touch(_) | Request::Presence(_) => {}
             Request::Redirected(inner) => self.refuse(*inner),
         }
     }
@@ -372,6 +375,9 @@ impl Publisher {
         };
         match request {
             Request::Redirected(inner) => self.encode(conn, inner, out),
+            Request::Presence(p) => {
+                p.encode(&self.names, self.instance, publish, &conn.presence, out);
+            }
             Request::Publish { channel, payload } => {
                 pubsub::encode(out, &[publish, channel.as_bytes(), payload]);
             }
@@ -505,9 +511,11 @@ impl Publisher {
                         }
                     }
                 }
+                (Request::Presence(p), Reply::Bulks(parts)) => p.answer(&parts),
                 // Refused or malformed: the dropped sender tells the caller.
                 (
-                    Request::Append { .. }
+                    Request::Presence(_)
+                    | Request::Append { .. }
                     | Request::Read { .. }
                     | Request::Touch(_)
                     | Request::Redirected(_),
@@ -642,7 +650,12 @@ impl Conn {
     /// forgotten them).
     async fn new(mut reader: Reader, mut writer: Writer) -> Result<Self, String> {
         let mut sha = Vec::new();
-        for script in [APPEND, READ] {
+        let (write, purge) = (
+            super::presence::write_script(),
+            super::presence::purge_script(),
+        );
+        let scripts = [APPEND, READ, &write, &purge, PAGE, COUNT];
+        for script in scripts {
             writer
                 .command(&[b"SCRIPT", b"LOAD", script.as_bytes()])
                 .await
@@ -655,13 +668,19 @@ impl Conn {
                 other => return Err(format!("SCRIPT LOAD answered {other:?}")),
             }
         }
-        let read = sha.pop().expect("two scripts loaded");
-        let append = sha.pop().expect("two scripts loaded");
+        let [append, read, write, purge, page, count] =
+            <[String; 6]>::try_from(sha).expect("every script loaded");
         Ok(Conn {
             reader,
             writer,
             append,
             read,
+            presence: Scripts {
+                write,
+                purge,
+                page,
+                count,
+            },
         })
     }
 

@@ -683,6 +683,9 @@ impl Subscriber {
         let own = decoded.instance == self.instance;
         let max = self.max_message_bytes;
         let envelope = match decoded.body {
+            // Presence events are made by Redis for the whole fleet: this machine's too.
+            wire::Body::Presence(body) => wire::presence_event(&target, body, max)
+                .map(|(channel, frame)| Envelope::Presence(channel, frame)),
             _ if own && !self.history => return,
             wire::Body::Message(_) if own => return,
             wire::Body::Message(payload) => wire::frame(&target, payload, max).map(|frame| {

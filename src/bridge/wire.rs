@@ -29,6 +29,7 @@ const MESSAGE: u8 = 0;
 const CONTROL: u8 = 1;
 const POSITIONED: u8 = 2;
 const CONTROL_FROM: u8 = 3;
+const PRESENCE: u8 = 4;
 /// Longest epoch accepted from Redis (ours are 12 hex digits).
 const MAX_EPOCH: usize = 32;
 
@@ -119,6 +120,29 @@ impl Names {
         }
     }
 
+    /// A channel's presence in Redis (kinds `p:` `q:` `z:` `w:`, then the channel's own name,
+    /// so all share its slot): a hash of each process's connections per user (and watchers),
+    /// a hash of each user's total and info (field "" holds all connections), the users in
+    /// order, and how many subscriptions in the fleet receive its events.
+    pub fn presence(&self, channel: &Channel) -> [String; 4] {
+        let tail = self.tail(&Topic::Channel(channel.clone()));
+        ["p", "q", "z", "w"].map(|kind| format!("{}{kind}:{tail}", self.prefix))
+    }
+
+    /// Presence bookkeeping of the fleet, in one slot: the live processes (a sorted set by
+    /// last heartbeat), and per process the channels it has members in.
+    pub fn presence_registry(&self, instance: &str) -> (String, String) {
+        let tag = if self.tagged {
+            "{presence}"
+        } else {
+            "presence"
+        };
+        (
+            format!("{}r:{tag}", self.prefix),
+            format!("{}r:{tag}:{instance}", self.prefix),
+        )
+    }
+
     /// The key a process holds while it uses `node_id`.
     pub fn node_claim(&self, node_id: &str) -> String {
         format!("{}n:{node_id}", self.prefix)
@@ -150,6 +174,8 @@ pub enum Body<'a> {
     Control(&'a [u8]),
     Positioned(At<'a>, &'a [u8]),
     ControlFrom(At<'a>, &'a [u8]),
+    /// A channel's `join` or `leave`, as the frame's JSON (written by the presence script).
+    Presence(&'a [u8]),
 }
 
 /// A place in a topic's history.
@@ -165,6 +191,7 @@ pub fn encode(instance: u64, body: Body<'_>) -> Bytes {
         Body::Control(b) => (CONTROL, None, b),
         Body::Positioned(at, b) => (POSITIONED, Some(at), b),
         Body::ControlFrom(at, b) => (CONTROL_FROM, Some(at), b),
+        Body::Presence(b) => (PRESENCE, None, b),
     };
     let mut buf = BytesMut::with_capacity(HEADER + 40 + bytes.len());
     buf.put_slice(&header(instance, kind));
@@ -179,6 +206,11 @@ pub fn encode(instance: u64, body: Body<'_>) -> Bytes {
 /// the epoch and the payload.
 pub fn positioned_header(instance: u64) -> [u8; HEADER] {
     header(instance, POSITIONED)
+}
+
+/// The header of a presence event, which the presence scripts complete with its JSON.
+pub fn presence_header(instance: u64) -> [u8; HEADER] {
+    header(instance, PRESENCE)
 }
 
 fn header(instance: u64, kind: u8) -> [u8; HEADER] {
@@ -221,6 +253,7 @@ pub fn decode(bytes: &[u8]) -> Option<Decoded<'_>> {
         CONTROL => Body::Control(body),
         POSITIONED => positioned(body).map(|(at, b)| Body::Positioned(at, b))?,
         CONTROL_FROM => positioned(body).map(|(at, b)| Body::ControlFrom(at, b))?,
+        PRESENCE => Body::Presence(body),
         _ => return None,
     };
     Some(Decoded {
@@ -249,6 +282,23 @@ pub fn frame_at(target: &Target, payload: &[u8], offset: u64, max: usize) -> Opt
 }
 
 /// `payload` if it is one JSON value of at most `max` bytes.
+/// A presence event from Redis for a channel: a JSON object of type `join` or `leave` naming
+/// that channel, rebuilt here; `None` for anything else.
+pub fn presence_event(target: &Target, body: &[u8], max: usize) -> Option<(Channel, Frame)> {
+    let Target::Channel(channel) = target else {
+        return None;
+    };
+    if body.len() > max {
+        return None;
+    }
+    let event: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let kind = event.get("type")?.as_str()?;
+    let ours = matches!(kind, "join" | "leave")
+        && event.get("channel")?.as_str()? == channel.as_str()
+        && event.get("user")?.is_string();
+    ours.then(|| (channel.clone(), Frame::json(&event)))
+}
+
 fn checked(payload: &[u8], max: usize) -> Option<&RawValue> {
     (payload.len() <= max)
         .then(|| serde_json::from_slice(payload).ok())

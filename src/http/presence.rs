@@ -24,7 +24,10 @@ pub async fn handle(req: Request<Incoming>, ctx: &Shared) -> Response {
 
 async fn answer(req: Request<Incoming>, ctx: &Shared) -> Result<serde_json::Value, ApiError> {
     check_key(&req, ctx)?;
-    let p = ctx.router.presence();
+    let router = &ctx.router;
+    let unreachable = |_| {
+        ApiError::Unavailable("Redis is unreachable: presence cannot be read now, retry".into())
+    };
     let path = req.uri().path().to_string();
     if path == "/presence/counts" {
         if req.method() != Method::POST {
@@ -48,7 +51,7 @@ async fn answer(req: Request<Incoming>, ctx: &Shared) -> Result<serde_json::Valu
         for name in body.channels {
             let channel = Channel::new(&name)
                 .map_err(|e| ApiError::BadRequest(format!("channel {name:?}: {e}")))?;
-            let c = p.count(&channel);
+            let c = router.presence_count(&channel).await.map_err(unreachable)?;
             counts.insert(
                 name,
                 serde_json::json!({"users": c.users, "connections": c.connections}),
@@ -69,7 +72,8 @@ async fn answer(req: Request<Incoming>, ctx: &Shared) -> Result<serde_json::Valu
         param("channel").ok_or_else(|| ApiError::BadRequest("?channel= is required".into()))?;
     let channel = Channel::new(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     if path == "/presence/count" {
-        return Ok(presence::count_json(&channel, p.count(&channel)));
+        let count = router.presence_count(&channel).await.map_err(unreachable)?;
+        return Ok(presence::count_json(&channel, count));
     }
     let after = match param("after") {
         Some(a) => Some(UserId::new(&a).map_err(|e| ApiError::BadRequest(e.to_string()))?),
@@ -83,8 +87,9 @@ async fn answer(req: Request<Incoming>, ctx: &Shared) -> Result<serde_json::Valu
             .ok_or_else(|| ApiError::BadRequest(format!("limit must be 1 to {MAX_PAGE}")))?,
         None => DEFAULT_PAGE,
     };
-    Ok(presence::page_json(
-        &channel,
-        &p.members(&channel, after.as_ref(), limit),
-    ))
+    let page = router
+        .presence_page(&channel, after, limit)
+        .await
+        .map_err(unreachable)?;
+    Ok(presence::page_json(&channel, &page))
 }

@@ -1,0 +1,254 @@
+//! Presence across a fleet (one Redis): members and counts agree on every machine, `join` and
+//! `leave` come once for the fleet, a user on two machines is one member until both are gone,
+//! a machine killed with `kill -9` loses its members everywhere within the stated bound, and a
+//! storm of joins costs a few Redis calls, not one each.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{free_port, http, RedisServer, TestClient, TestServer, API_KEY, SECRET};
+use fanfare::auth::Claims;
+use serde_json::{json, Value};
+
+fn token(sub: &str) -> String {
+    let keys = fanfare::auth::TokenKeys::new(SECRET).unwrap();
+    keys.issue(&Claims {
+        sub: sub.into(),
+        channels: Some(vec!["room*".into()]),
+        presence: Some(vec!["room*".into()]),
+        ..Claims::default()
+    })
+    .unwrap()
+}
+
+async fn member(addr: std::net::SocketAddr, sub: impl AsRef<str>, watch: bool) -> TestClient {
+    let mut c = TestClient::connect(addr, &token(sub.as_ref())).await;
+    c.send_json(json!({"type": "subscribe", "channel": "room", "presence": watch}))
+        .await;
+    assert_eq!(
+        c.recv_json().await,
+        json!({"type": "subscribed", "channel": "room"})
+    );
+    c
+}
+
+async fn api(addr: std::net::SocketAddr, path: &str) -> Value {
+    let auth = format!("Bearer {API_KEY}");
+    let (status, text) = http(addr, "GET", path, &[("Authorization", &auth)], b"").await;
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A `fanfare serve` process of the fleet (so it can be killed, and holds its own sockets).
+async fn machine(
+    redis: &RedisServer,
+    prefix: &str,
+    node: &str,
+) -> (std::process::Child, std::net::SocketAddr) {
+    let port = free_port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_fanfare"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--workers",
+            "1",
+        ])
+        .args([
+            "--redis",
+            &redis.url(),
+            "--redis-prefix",
+            prefix,
+            "--node-id",
+            node,
+        ])
+        .args(["--token-secret", SECRET, "--api-key", API_KEY])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_err()
+        || http(addr, "GET", "/readyz", &[], b"").await.0 != 200
+    {
+        assert!(Instant::now() < deadline, "{node} never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, addr)
+}
+
+/// Kills a machine's process when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until the fleet's count of `room` seen from `addr` is (users, connections).
+async fn count_becomes(addr: std::net::SocketAddr, users: u64, connections: u64) -> Duration {
+    let started = Instant::now();
+    loop {
+        let c = api(addr, "/presence/count?channel=room").await;
+        if c["users"] == users && c["connections"] == connections {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "count stayed {c}, wanted {users} users and {connections} connections"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The next `n` presence events a watcher gets, as "join u" / "leave u", sorted.
+async fn events(c: &mut TestClient, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let e = c.recv_json().await;
+        got.push(format!(
+            "{} {}",
+            e["type"].as_str().unwrap(),
+            e["user"].as_str().unwrap()
+        ));
+    }
+    got.sort();
+    got
+}
+
+#[tokio::test]
+async fn two_machines_agree_and_a_user_on_both_is_one_member() {
+    let redis = RedisServer::start();
+    let a = TestServer::in_fleet(&redis, "pf:", "a");
+    let b = TestServer::in_fleet(&redis, "pf:", "b");
+    a.wait_readyz(200).await;
+    b.wait_readyz(200).await;
+    let mut on_a = member(a.addr, "wa", true).await;
+    let mut on_b = member(b.addr, "wb", true).await;
+    let mut x_a = member(a.addr, "x", false).await;
+    let mut x_b = member(b.addr, "x", false).await;
+    let _y = member(b.addr, "y", false).await;
+    for addr in [a.addr, b.addr] {
+        count_becomes(addr, 4, 5).await;
+    }
+    let joins = ["join wa", "join wb", "join x", "join y"];
+    // Each watcher sees every join once (its own included), whichever machine it happened on.
+    let mut got_a = events(&mut on_a, 4).await;
+    let mut got_b = events(&mut on_b, 4).await;
+    got_a.dedup();
+    got_b.dedup();
+    assert_eq!(got_a, joins);
+    assert_eq!(got_b, joins);
+    let page = api(b.addr, "/presence?channel=room").await;
+    let x = page["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["user"] == "x")
+        .cloned();
+    assert_eq!(x, Some(json!({"user": "x", "connections": 2})));
+    // x leaves one machine: still a member; then the other: one `leave`, seen on both.
+    x_a.send_json(json!({"type": "unsubscribe", "channel": "room"}))
+        .await;
+    count_becomes(a.addr, 4, 4).await;
+    on_a.expect_nothing_for(200).await;
+    x_b.send_json(json!({"type": "unsubscribe", "channel": "room"}))
+        .await;
+    count_becomes(b.addr, 3, 3).await;
+    assert_eq!(events(&mut on_a, 1).await, ["leave x"]);
+    assert_eq!(events(&mut on_b, 1).await, ["leave x"]);
+    on_a.expect_nothing_for(200).await;
+    on_b.expect_nothing_for(100).await;
+}
+
+/// A machine killed with `kill -9` (a separate process) cannot say its members left: the
+/// survivors notice it stopped beating and purge them, with their `leave`s.
+#[tokio::test]
+async fn a_killed_machines_members_vanish_everywhere_with_their_leaves() {
+    let redis = RedisServer::start();
+    let a = TestServer::in_fleet(&redis, "pk:", "a");
+    a.wait_readyz(200).await;
+    let (mut doomed, doomed_addr) = machine(&redis, "pk:", "doomed").await;
+    let mut watcher = member(a.addr, "w", true).await;
+    let _p = member(doomed_addr, "p", false).await;
+    let _q = member(doomed_addr, "q", false).await;
+    count_becomes(a.addr, 3, 3).await;
+    assert_eq!(
+        events(&mut watcher, 3).await,
+        ["join p", "join q", "join w"]
+    );
+
+    doomed.kill().unwrap();
+    let killed = Instant::now();
+    let leaves = tokio::time::timeout(Duration::from_secs(30), events(&mut watcher, 2)).await;
+    assert_eq!(
+        leaves.expect("no leave within 30 s"),
+        ["leave p", "leave q"]
+    );
+    let gone = killed.elapsed();
+    count_becomes(a.addr, 1, 1).await;
+    let _ = doomed.wait();
+    println!(
+        "kill -9: its members gone everywhere after {:.1} s",
+        gone.as_secs_f64()
+    );
+    assert!(
+        gone < Duration::from_secs(8),
+        "took {gone:?}, the bound is 8 s"
+    );
+    watcher.expect_nothing_for(300).await;
+}
+
+/// 5,000 connections join one channel at once: the counts converge on the other machine and
+/// the writes to Redis are a batch per channel every 100 ms, not one each.
+#[tokio::test]
+async fn a_storm_of_joins_is_written_in_batches() {
+    let redis = RedisServer::start();
+    // Processes of their own: the clients alone hold one descriptor each.
+    let (a, a_addr) = machine(&redis, "ps:", "a").await;
+    let (b, b_addr) = machine(&redis, "ps:", "b").await;
+    let _machines = (Killed(a), Killed(b));
+    let calls = || {
+        let mut c = redis::Client::open(redis.url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut c)
+            .unwrap();
+        // Every script call: the writes (EVALSHA) and the heartbeats (EVAL).
+        ["cmdstat_evalsha:calls=", "cmdstat_eval:calls="]
+            .iter()
+            .filter_map(|stat| info.lines().find_map(|l| l.strip_prefix(stat)))
+            .filter_map(|rest| rest.split(',').next())
+            .map(|n| n.parse::<u64>().unwrap())
+            .sum::<u64>()
+    };
+    let before = calls();
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    // FANFARE_STORM=10000 for the figure in BENCHMARKS.md (two waves' worth of fds per 5,000).
+    let storm: usize = std::env::var("FANFARE_STORM")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(5000);
+    for wave in 0..storm / 500 {
+        let joining = (0..500).map(|i| member(a_addr, format!("u{wave}-{i}"), false));
+        clients.extend(futures_util::future::join_all(joining).await);
+    }
+    let converged = count_becomes(b_addr, storm as u64, storm as u64).await;
+    let writes = calls() - before;
+    println!(
+        "{storm} joins in {:.1} s, counted on the other machine {:.2} s later; {writes} script calls to Redis",
+        started.elapsed().as_secs_f64(),
+        converged.as_secs_f64()
+    );
+    assert!(
+        writes < storm as u64 / 10,
+        "{writes} Redis calls for {storm} joins"
+    );
+}
