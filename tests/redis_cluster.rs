@@ -362,3 +362,52 @@ async fn a_frozen_master_stops_only_its_own_slots() {
     a.wait_readyz(200).await;
     b.wait_readyz(200).await;
 }
+
+/// Presence on a cluster: a channel's presence keys live in its slot (one script keeps them
+/// and publishes the events), and both machines see the same members and events.
+#[tokio::test]
+async fn presence_lives_in_the_channels_slot_and_machines_agree() {
+    let cluster = RedisCluster::start();
+    let a = machine(&cluster, "a", 0).await;
+    let b = machine(&cluster, "b", 0).await;
+    let token = |s: &TestServer, sub: &str| {
+        s.token_with(&fanfare::auth::Claims {
+            sub: sub.into(),
+            channels: Some(vec!["room".into()]),
+            presence: Some(vec!["room".into()]),
+            ..Default::default()
+        })
+    };
+    let mut watcher = TestClient::connect(a.addr, &token(&a, "w")).await;
+    watcher
+        .send_json(json!({"type": "subscribe", "channel": "room", "presence": true}))
+        .await;
+    assert_eq!(watcher.recv_json().await["type"], "subscribed");
+    assert_eq!(watcher.recv_json().await["user"], "w");
+    let mut x = TestClient::connect(b.addr, &token(&b, "x")).await;
+    x.subscribe("room").await;
+    assert_eq!(
+        watcher.recv_json().await,
+        json!({"type": "join", "channel": "room", "user": "x"})
+    );
+    for s in [&a, &b] {
+        let (status, text) = s.get_with_key("/presence/count?channel=room").await;
+        assert_eq!(status, 200, "{text}");
+        let count: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            (count["users"].clone(), count["connections"].clone()),
+            (json!(2), json!(2))
+        );
+    }
+    let master = cluster.master_of(&format!("{PREFIX}{{c:room}}"));
+    for key in ["p", "q", "z", "w"] {
+        let name = format!("{PREFIX}{key}:{{c:room}}");
+        let exists: i64 = cluster.on(master, &["EXISTS", &name]).unwrap();
+        assert_eq!(exists, 1, "{name} on the master of the channel's slot");
+    }
+    drop(x);
+    assert_eq!(
+        watcher.recv_json().await,
+        json!({"type": "leave", "channel": "room", "user": "x"})
+    );
+}

@@ -392,7 +392,11 @@ impl Keeper {
                     users,
                 });
                 let refused = match unsent.is_empty() {
-                    true => self.requests.try_send(request).err().map(|e| e.into_inner()),
+                    true => self
+                        .requests
+                        .try_send(request)
+                        .err()
+                        .map(|e| e.into_inner()),
                     false => Some(request),
                 };
                 // Behind or down: written with the next round.

@@ -85,6 +85,12 @@ impl TestServer {
         http(self.addr, "GET", path, &[], b"").await
     }
 
+    /// GET with the API key.
+    pub async fn get_with_key(&self, path: &str) -> (u16, String) {
+        let auth = format!("Bearer {API_KEY}");
+        http(self.addr, "GET", path, &[("Authorization", &auth)], b"").await
+    }
+
     /// The value of one metric line, e.g. `fanfare_connections` or `x{worker="1"}`.
     pub async fn metric(&self, name: &str) -> f64 {
         let (_, text) = self.get("/metrics").await;
