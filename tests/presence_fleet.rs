@@ -92,7 +92,11 @@ impl Drop for Killed {
 async fn count_becomes(addr: std::net::SocketAddr, users: u64, connections: u64) -> Duration {
     let started = Instant::now();
     loop {
-        let c = api(addr, "/presence/count?channel=room").await;
+        // A 503 (Redis not reachable yet) is asked again.
+        let auth = format!("Bearer {API_KEY}");
+        let path = "/presence/count?channel=room";
+        let (_, text) = http(addr, "GET", path, &[("Authorization", &auth)], b"").await;
+        let c: Value = serde_json::from_str(&text).unwrap_or_default();
         if c["users"] == users && c["connections"] == connections {
             return started.elapsed();
         }
@@ -171,7 +175,8 @@ async fn a_killed_machines_members_vanish_everywhere_with_their_leaves() {
     let redis = RedisServer::start();
     let a = TestServer::in_fleet(&redis, "pk:", "a");
     a.wait_readyz(200).await;
-    let (mut doomed, doomed_addr) = machine(&redis, "pk:", "doomed").await;
+    let (doomed, doomed_addr) = machine(&redis, "pk:", "doomed").await;
+    let mut doomed = Killed(doomed);
     let mut watcher = member(a.addr, "w", true).await;
     let _p = member(doomed_addr, "p", false).await;
     let _q = member(doomed_addr, "q", false).await;
@@ -181,7 +186,7 @@ async fn a_killed_machines_members_vanish_everywhere_with_their_leaves() {
         ["join p", "join q", "join w"]
     );
 
-    doomed.kill().unwrap();
+    doomed.0.kill().unwrap();
     let killed = Instant::now();
     let leaves = tokio::time::timeout(Duration::from_secs(30), events(&mut watcher, 2)).await;
     assert_eq!(
@@ -190,7 +195,7 @@ async fn a_killed_machines_members_vanish_everywhere_with_their_leaves() {
     );
     let gone = killed.elapsed();
     count_becomes(a.addr, 1, 1).await;
-    let _ = doomed.wait();
+    let _ = doomed.0.wait();
     println!(
         "kill -9: its members gone everywhere after {:.1} s",
         gone.as_secs_f64()
@@ -251,4 +256,99 @@ async fn a_storm_of_joins_is_written_in_batches() {
         writes < storm as u64 / 10,
         "{writes} Redis calls for {storm} joins"
     );
+}
+
+/// A page of 1,000 members with large info is a big Redis reply: it is read, not taken for a
+/// broken link (which would drop the messages on their way to other machines).
+#[tokio::test]
+async fn a_full_page_of_members_with_large_info_is_answered() {
+    let redis = RedisServer::start();
+    let a = TestServer::in_fleet(&redis, "bp:", "a");
+    a.wait_readyz(200).await;
+    let _x = member(a.addr, "x", false).await;
+    count_becomes(a.addr, 1, 1).await;
+    // 1,100 members as other processes would have written them, 400 bytes of info each.
+    let mut c = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let info = format!("{{\"bio\":\"{}\"}}", "b".repeat(400));
+    for i in 0..1100 {
+        let user = format!("seed{i:05}");
+        let value = format!("1|{info}");
+        redis::cmd("HSET")
+            .arg("bp:q:c:room")
+            .arg(&user)
+            .arg(value)
+            .query::<()>(&mut c)
+            .unwrap();
+        redis::cmd("ZADD")
+            .arg("bp:z:c:room")
+            .arg(0)
+            .arg(&user)
+            .query::<()>(&mut c)
+            .unwrap();
+    }
+    let page = api(a.addr, "/presence?channel=room&limit=1000").await;
+    assert_eq!(page["members"].as_array().unwrap().len(), 1000);
+    assert_eq!(page["next"], "seed00999");
+    assert_eq!(a.metric("fanfare_bridge_reconnects_total").await, 0.0);
+}
+
+/// A user who leaves while Redis does not answer is written once it does: no ghost.
+#[tokio::test]
+async fn a_leave_while_redis_is_frozen_is_written_when_it_is_back() {
+    let redis = RedisServer::start();
+    let a = TestServer::in_fleet(&redis, "lo:", "a");
+    a.wait_readyz(200).await;
+    let mut x = member(a.addr, "x", false).await;
+    let _y = member(a.addr, "y", false).await;
+    count_becomes(a.addr, 2, 2).await;
+    redis.freeze(true);
+    x.send_json(json!({"type": "unsubscribe", "channel": "room"}))
+        .await;
+    assert_eq!(x.recv_json().await["type"], "unsubscribed");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis.freeze(false);
+    count_becomes(a.addr, 1, 1).await;
+}
+
+/// A live process the others took for dead (its beats late: here its registry entry is aged by
+/// hand) is purged, notices it at its next beat, and writes its members again.
+#[tokio::test]
+async fn a_live_process_purged_by_mistake_writes_its_members_again() {
+    let redis = RedisServer::start();
+    let a = TestServer::in_fleet(&redis, "pl:", "a");
+    let b = TestServer::in_fleet(&redis, "pl:", "b");
+    a.wait_readyz(200).await;
+    b.wait_readyz(200).await;
+    let _w = member(a.addr, "w", false).await;
+    let _y1 = member(b.addr, "y", false).await;
+    let _y2 = member(b.addr, "y", false).await;
+    count_becomes(a.addr, 2, 3).await;
+    let mut c = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg("pl:p:c:room")
+        .query(&mut c)
+        .unwrap();
+    let b_instance = fields
+        .iter()
+        .find_map(|f| f.strip_suffix("|y"))
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while api(a.addr, "/presence/count?channel=room").await["users"] != 1 {
+        redis::cmd("ZADD")
+            .arg("pl:r:presence")
+            .arg(0)
+            .arg(&b_instance)
+            .query::<()>(&mut c)
+            .unwrap();
+        assert!(Instant::now() < deadline, "never purged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    count_becomes(a.addr, 2, 3).await;
 }

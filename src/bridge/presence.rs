@@ -18,8 +18,13 @@
 //! flush: **at most 8 s** (a second of slack for a busy Redis).
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -28,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use super::cluster::Deployment;
 use super::wire::{self, Names};
 use super::Request;
-use crate::presence::{Count, Member, Page, Presence};
+use crate::presence::{ChannelChanges, Count, Member, Page, Presence};
 use crate::protocol::{Channel, UserId};
 
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -36,6 +41,10 @@ pub const BEAT_EVERY: Duration = Duration::from_secs(1);
 pub const DEAD_AFTER: Duration = Duration::from_secs(6);
 /// Most users in one write script call.
 const PER_CALL: usize = 1000;
+/// The largest page of members Redis sends back: each member a user id, a count and info,
+/// with RESP framing.
+pub const MAX_PAGE_REPLY: usize = (crate::presence::MAX_PAGE + 1)
+    * (crate::protocol::MAX_USER_ID_BYTES + crate::presence::MAX_INFO_BYTES + 64);
 
 /// Sets one user's count for this process and keeps the totals, publishing `join`/`leave`
 /// while some subscription in the fleet receives them (KEYS[4] counts those).
@@ -55,7 +64,7 @@ local function change(user, count, info)
   end
   local new = total + delta
   if new < 0 then new = 0 end
-  redis.call('HINCRBY', KEYS[2], '', new - total)
+  if redis.call('HINCRBY', KEYS[2], '', new - total) <= 0 then redis.call('HDEL', KEYS[2], '') end
   local event
   if new == 0 then
     redis.call('HDEL', KEYS[2], user)
@@ -84,7 +93,7 @@ local function watchers(count)
   local field = ARGV[1] .. '|'
   local had = tonumber(redis.call('HGET', KEYS[1], field) or '0')
   if count > 0 then redis.call('HSET', KEYS[1], field, count) else redis.call('HDEL', KEYS[1], field) end
-  if count ~= had then redis.call('INCRBY', KEYS[4], count - had) end
+  if count ~= had and redis.call('INCRBY', KEYS[4], count - had) <= 0 then redis.call('DEL', KEYS[4]) end
 end
 "#;
 
@@ -129,19 +138,31 @@ return {tostring(redis.call('ZCARD', KEYS[2])), tostring(redis.call('HGET', KEYS
 
 /// Puts the instance in the registry with Redis's time and its channels in its set. KEYS:
 /// registry, the instance's set. ARGV: instance, then channels.
+/// Returns 1 if the instance was not in the registry (its first beat, or it was purged).
 const BEAT: &str = r"
 local t = redis.call('TIME')
-redis.call('ZADD', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1])
+local added = redis.call('ZADD', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1])
 if #ARGV > 1 then redis.call('SADD', KEYS[2], unpack(ARGV, 2)) end
-return 1";
+return added";
 
-/// Takes out of the registry the instances silent for ARGV[1] ms, and returns them.
+/// Takes out of the registry the instances silent for ARGV[1] ms, with their sets of channels
+/// (keys ARGV[2] .. instance, in the registry's slot), at once: returns each instance, how
+/// many channels, then the channels.
 const DEAD: &str = r"
 local t = redis.call('TIME')
 local cutoff = t[1] * 1000 + math.floor(t[2] / 1000) - tonumber(ARGV[1])
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff)
-if #dead > 0 then redis.call('ZREM', KEYS[1], unpack(dead)) end
-return dead";
+local out = {}
+for _, instance in ipairs(dead) do
+  local set = ARGV[2] .. instance
+  local channels = redis.call('SMEMBERS', set)
+  redis.call('DEL', set)
+  redis.call('ZREM', KEYS[1], instance)
+  out[#out + 1] = instance
+  out[#out + 1] = tostring(#channels)
+  for _, c in ipairs(channels) do out[#out + 1] = c end
+end
+return out";
 
 /// What the publisher does for presence.
 pub enum PresenceRequest {
@@ -151,9 +172,15 @@ pub enum PresenceRequest {
         /// This process's watchers of the channel, if that changed.
         watchers: Option<u32>,
         users: Vec<(UserId, u32, Option<Arc<str>>)>,
+        /// Told once Redis has it; dropped unanswered if it may not have.
+        done: oneshot::Sender<()>,
     },
     /// Takes a dead instance's members of a channel away.
-    Purge { channel: Channel, instance: String },
+    Purge {
+        channel: Channel,
+        instance: String,
+        done: oneshot::Sender<()>,
+    },
     Page {
         channel: Channel,
         after: Option<UserId>,
@@ -301,6 +328,16 @@ impl PresenceRequest {
             PresenceRequest::Write { .. } | PresenceRequest::Purge { .. } => {}
         }
     }
+
+    /// A write or purge Redis carried out.
+    pub fn done(self) {
+        match self {
+            PresenceRequest::Write { done, .. } | PresenceRequest::Purge { done, .. } => {
+                let _ = done.send(());
+            }
+            PresenceRequest::Page { .. } | PresenceRequest::Count { .. } => {}
+        }
+    }
 }
 
 /// The SHA1 of each presence script, as loaded on a connection.
@@ -325,52 +362,79 @@ pub(super) struct Keeper {
     pub shutdown: CancellationToken,
 }
 
+/// What became of a write or purge sent to Redis.
+enum Ack {
+    Write(Channel, ChannelChanges, bool),
+    Purge(String, Channel, bool),
+}
+
+type Acks = FuturesUnordered<Pin<Box<dyn Future<Output = Ack> + Send>>>;
+
+/// Waits for Redis to carry out a request (false: it may not have).
+async fn acked(done: oneshot::Receiver<()>) -> bool {
+    matches!(
+        tokio::time::timeout(super::RESPONSE_TIMEOUT * 2, done).await,
+        Ok(Ok(()))
+    )
+}
+
 impl Keeper {
     pub async fn run(self) {
         let mut flush = tokio::time::interval(FLUSH_EVERY);
         let mut beat = tokio::time::interval(BEAT_EVERY);
-        let mut was_up = false;
         let mut registry: Option<redis::aio::MultiplexedConnection> = None;
-        // Channels this process is registered in (so survivors can purge them if it dies).
-        let mut registered = HashSet::new();
+        let mut state = KeeperState::default();
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
+                Some(ack) = state.acks.next(), if !state.acks.is_empty() => match ack {
+                    // Not carried out: written, or purged, with the next round.
+                    Ack::Write(channel, changes, false) => {
+                        self.presence.mark_again(HashMap::from([(channel, changes)]));
+                    }
+                    Ack::Purge(instance, channel, false) => state.purges.push((instance, channel)),
+                    Ack::Write(..) | Ack::Purge(..) => {}
+                },
                 _ = flush.tick() => {
-                    let up = self.metrics.publish_up.load(std::sync::atomic::Ordering::Relaxed);
-                    if up && !was_up {
-                        // Redis may have lost what it was told, or never got it.
-                        registered.clear();
+                    // A link that connected again may have a Redis that lost what it was told.
+                    let reconnects = self.metrics.reconnects.load(Relaxed);
+                    if reconnects != state.reconnects {
+                        state.reconnects = reconnects;
+                        state.registered.clear();
                         self.presence.mark_all();
                     }
-                    was_up = up;
-                    if let Err(why) = self.write(&mut registry, &mut registered).await {
+                    if state.remark_at.is_some_and(|at| at <= tokio::time::Instant::now()) {
+                        state.remark_at = None;
+                        self.presence.mark_all();
+                    }
+                    if let Err(why) = self.write(&mut registry, &mut state).await {
                         registry = None;
                         tracing::warn!("bridge: presence registry: {why}");
                     }
                 }
                 _ = beat.tick() => {
-                    if let Err(why) = self.beat(&mut registry).await {
+                    if let Err(why) = self.beat(&mut registry, &mut state).await {
                         registry = None;
                         tracing::warn!("bridge: presence registry: {why}");
                     }
+                    self.purge(&mut state);
                 }
             }
         }
     }
 
     /// Writes what changed here; a channel is registered first, so a process never has members
-    /// in Redis that the survivors could not find to purge. What cannot be written now is
-    /// written with the next round.
+    /// in Redis that the survivors could not find to purge. What cannot be written now, or is
+    /// not carried out, is written with a later round.
     async fn write(
         &self,
         conn: &mut Option<redis::aio::MultiplexedConnection>,
-        registered: &mut HashSet<Channel>,
+        state: &mut KeeperState,
     ) -> Result<(), String> {
         let changes = self.presence.take_changes();
         let new: Vec<String> = changes
             .keys()
-            .filter(|c| !registered.contains(*c))
+            .filter(|c| !state.registered.contains(*c))
             .map(|c| c.as_str().to_string())
             .collect();
         if !new.is_empty() {
@@ -378,7 +442,7 @@ impl Keeper {
                 self.presence.mark_again(changes);
                 return Err(why);
             }
-            registered.extend(changes.keys().cloned());
+            state.registered.extend(changes.keys().cloned());
         }
         let mut unsent: crate::presence::Changes = HashMap::new();
         for (channel, c) in changes {
@@ -386,32 +450,53 @@ impl Keeper {
             // A channel whose watchers changed and whose users did not is one call too.
             let chunks = c.users.chunks(PER_CALL).map(<[_]>::to_vec);
             for users in chunks.chain(c.users.is_empty().then(Vec::new)) {
-                let request = Request::Presence(PresenceRequest::Write {
-                    channel: channel.clone(),
+                let part = ChannelChanges {
                     watchers: watchers.take(),
                     users,
-                });
-                let refused = match unsent.is_empty() {
-                    true => self
-                        .requests
-                        .try_send(request)
-                        .err()
-                        .map(|e| e.into_inner()),
-                    false => Some(request),
                 };
-                // Behind or down: written with the next round.
-                if let Some(Request::Presence(PresenceRequest::Write {
-                    watchers, users, ..
-                })) = refused
-                {
-                    let entry = unsent.entry(channel.clone()).or_default();
-                    entry.watchers = entry.watchers.or(watchers);
-                    entry.users.extend(users);
+                if !unsent.is_empty() {
+                    merge(&mut unsent, &channel, part);
+                    continue;
+                }
+                let (done, ack) = oneshot::channel();
+                let request = Request::Presence(PresenceRequest::Write {
+                    channel: channel.clone(),
+                    watchers: part.watchers,
+                    users: part.users.clone(),
+                    done,
+                });
+                match self.requests.try_send(request) {
+                    Ok(()) => {
+                        let channel = channel.clone();
+                        state.acks.push(Box::pin(async move {
+                            Ack::Write(channel, part, acked(ack).await)
+                        }));
+                    }
+                    // Behind or down: written with the next round.
+                    Err(_) => merge(&mut unsent, &channel, part),
                 }
             }
         }
         self.presence.mark_again(unsent);
         Ok(())
+    }
+
+    /// Sends the purges due, without waiting (a full queue keeps them for the next beat).
+    fn purge(&self, state: &mut KeeperState) {
+        for (instance, channel) in std::mem::take(&mut state.purges) {
+            let (done, ack) = oneshot::channel();
+            let request = Request::Presence(PresenceRequest::Purge {
+                channel: channel.clone(),
+                instance: instance.clone(),
+                done,
+            });
+            match self.requests.try_send(request) {
+                Ok(()) => state.acks.push(Box::pin(async move {
+                    Ack::Purge(instance, channel, acked(ack).await)
+                })),
+                Err(_) => state.purges.push((instance, channel)),
+            }
+        }
     }
 
     async fn connect(
@@ -441,12 +526,13 @@ impl Keeper {
         Ok((me, registry, mine))
     }
 
-    /// Beats, and adds `channels` to this process's set.
+    /// Beats, and adds `channels` to this process's set. True if the registry did not have
+    /// this process (its first beat, or survivors purged it).
     async fn register(
         &self,
         conn: &mut Option<redis::aio::MultiplexedConnection>,
         channels: &[String],
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let (me, registry, mine) = self.connect(conn).await?;
         let c = conn.as_mut().expect("connected above");
         let mut cmd = redis::cmd("EVAL");
@@ -457,58 +543,79 @@ impl Keeper {
             .arg(&me)
             .arg(channels);
         let call = cmd.query_async::<i64>(c);
-        tokio::time::timeout(super::RESPONSE_TIMEOUT, call)
+        let added = tokio::time::timeout(super::RESPONSE_TIMEOUT, call)
             .await
             .map_err(|_| "no answer".to_string())?
             .map_err(|e| e.to_string())?;
-        Ok(())
+        Ok(added == 1)
     }
 
-    /// Says this process is alive; takes the dead out and purges their members.
+    /// Says this process is alive; takes the dead out, their purges due.
     async fn beat(
         &self,
         conn: &mut Option<redis::aio::MultiplexedConnection>,
+        state: &mut KeeperState,
     ) -> Result<(), String> {
-        self.register(conn, &[]).await?;
+        let added = self.register(conn, &[]).await?;
+        if added && std::mem::replace(&mut state.beaten, true) {
+            // Survivors took this process for dead (it could not beat for a while) and purged
+            // its members: write them all again, and once more after their purges have run.
+            tracing::warn!("bridge: this process's presence was purged (it could not reach Redis in time); writing it again");
+            state.registered.clear();
+            self.presence.mark_all();
+            state.remark_at = Some(tokio::time::Instant::now() + BEAT_EVERY * 2);
+        }
         let (_, registry, _) = self.connect(conn).await?;
+        let (_, sets) = self.names.presence_registry("");
         let c = conn.as_mut().expect("connected above");
-        let call = async {
-            let window = DEAD_AFTER.as_millis() as u64;
-            let dead: Vec<String> = redis::cmd("EVAL")
-                .arg(DEAD)
-                .arg(1)
-                .arg(&registry)
-                .arg(window)
-                .query_async(c)
-                .await?;
-            let mut purges = Vec::new();
-            for instance in dead {
-                let (_, theirs) = self.names.presence_registry(&instance);
-                let channels: Vec<String> =
-                    redis::cmd("SMEMBERS").arg(&theirs).query_async(c).await?;
-                redis::cmd("DEL").arg(&theirs).query_async::<()>(c).await?;
-                tracing::info!(
-                    instance,
-                    channels = channels.len(),
-                    "bridge: purging the presence of a process that stopped beating"
-                );
-                purges.push((instance, channels));
-            }
-            Ok::<_, redis::RedisError>(purges)
-        };
-        let purges = tokio::time::timeout(super::RESPONSE_TIMEOUT, call)
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(DEAD)
+            .arg(1)
+            .arg(&registry)
+            .arg(DEAD_AFTER.as_millis() as u64)
+            .arg(&sets);
+        let call = cmd.query_async::<Vec<String>>(c);
+        let dead = tokio::time::timeout(super::RESPONSE_TIMEOUT, call)
             .await
             .map_err(|_| "no answer".to_string())?
             .map_err(|e| e.to_string())?;
-        for (instance, channels) in purges {
-            for channel in channels.iter().filter_map(|c| Channel::new(c).ok()) {
-                let request = PresenceRequest::Purge {
-                    channel,
-                    instance: instance.clone(),
-                };
-                let _ = self.requests.send(Request::Presence(request)).await;
+        let mut rest = dead.into_iter();
+        while let (Some(instance), Some(n)) = (rest.next(), rest.next()) {
+            let n: usize = n.parse().unwrap_or(0);
+            tracing::info!(
+                instance,
+                channels = n,
+                "bridge: purging the presence of a process that stopped beating"
+            );
+            for channel in rest.by_ref().take(n) {
+                if let Ok(channel) = Channel::new(&channel) {
+                    state.purges.push((instance.clone(), channel));
+                }
             }
         }
         Ok(())
     }
+}
+
+/// What the keeper remembers between rounds.
+#[derive(Default)]
+struct KeeperState {
+    /// Channels this process is registered in (so survivors can purge them if it dies).
+    registered: HashSet<Channel>,
+    /// Writes and purges on their way.
+    acks: Acks,
+    /// Purges of dead processes still to send.
+    purges: Vec<(String, Channel)>,
+    /// The bridge's reconnections seen so far.
+    reconnects: u64,
+    /// This process has beaten before.
+    beaten: bool,
+    /// When to write everything again (after this process was purged).
+    remark_at: Option<tokio::time::Instant>,
+}
+
+fn merge(changes: &mut crate::presence::Changes, channel: &Channel, part: ChannelChanges) {
+    let entry = changes.entry(channel.clone()).or_default();
+    entry.watchers = entry.watchers.or(part.watchers);
+    entry.users.extend(part.users);
 }

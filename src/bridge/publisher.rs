@@ -512,6 +512,7 @@ impl Publisher {
                     }
                 }
                 (Request::Presence(p), Reply::Bulks(parts)) => p.answer(&parts),
+                (Request::Presence(p), Reply::Integer(_)) => p.done(),
                 // Refused or malformed: the dropped sender tells the caller.
                 (
                     Request::Presence(_)
@@ -529,7 +530,8 @@ impl Publisher {
     /// The largest reply read back: a read of a whole history.
     fn max_reply(&self) -> usize {
         let size = self.history.map_or(0, |h| h.size as usize);
-        (size + 4).saturating_mul(self.max_message_bytes + 64)
+        let history = (size + 4).saturating_mul(self.max_message_bytes + 64);
+        history.max(super::presence::MAX_PAGE_REPLY)
     }
 
     /// Whether the link to `node` holds the node id claim: the master of its key's slot does.

@@ -281,7 +281,6 @@ pub fn frame_at(target: &Target, payload: &[u8], offset: u64, max: usize) -> Opt
     checked(payload, max).map(|p| Frame::message_at(target, p.get().as_bytes(), offset))
 }
 
-/// `payload` if it is one JSON value of at most `max` bytes.
 /// A presence event from Redis for a channel: a JSON object of type `join` or `leave` naming
 /// that channel, rebuilt here; `None` for anything else.
 pub fn presence_event(target: &Target, body: &[u8], max: usize) -> Option<(Channel, Frame)> {
@@ -299,6 +298,7 @@ pub fn presence_event(target: &Target, body: &[u8], max: usize) -> Option<(Chann
     ours.then(|| (channel.clone(), Frame::json(&event)))
 }
 
+/// `payload` if it is one JSON value of at most `max` bytes.
 fn checked(payload: &[u8], max: usize) -> Option<&RawValue> {
     (payload.len() <= max)
         .then(|| serde_json::from_slice(payload).ok())
