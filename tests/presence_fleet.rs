@@ -69,13 +69,26 @@ async fn machine(
         .unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(addr).await.is_err()
-        || http(addr, "GET", "/readyz", &[], b"").await.0 != 200
-    {
+    while !ready(addr).await {
         assert!(Instant::now() < deadline, "{node} never became ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     (child, addr)
+}
+
+/// Whether `/readyz` answers 200 (a server still starting may close the connection).
+async fn ready(addr: std::net::SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    let request = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut response = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut response)).await;
+    read.is_ok() && response.starts_with(b"HTTP/1.1 200")
 }
 
 /// Kills a machine's process when the test ends, however it ends.
@@ -322,10 +335,13 @@ async fn a_live_process_purged_by_mistake_writes_its_members_again() {
     let b = TestServer::in_fleet(&redis, "pl:", "b");
     a.wait_readyz(200).await;
     b.wait_readyz(200).await;
-    let _w = member(a.addr, "w", false).await;
+    let mut w = member(a.addr, "w", true).await;
+    // Its own join says the fleet knows it watches.
+    assert_eq!(events(&mut w, 1).await, ["join w"]);
     let _y1 = member(b.addr, "y", false).await;
     let _y2 = member(b.addr, "y", false).await;
     count_becomes(a.addr, 2, 3).await;
+    assert_eq!(events(&mut w, 1).await, ["join y"]);
     let mut c = redis::Client::open(redis.url())
         .unwrap()
         .get_connection()
@@ -339,16 +355,22 @@ async fn a_live_process_purged_by_mistake_writes_its_members_again() {
         .find_map(|f| f.strip_suffix("|y"))
         .unwrap()
         .to_string();
+    // Age b's last beat until a survivor purges it (y leaves), then let it beat again.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while api(a.addr, "/presence/count?channel=room").await["users"] != 1 {
+    loop {
         redis::cmd("ZADD")
             .arg("pl:r:presence")
             .arg(0)
             .arg(&b_instance)
             .query::<()>(&mut c)
             .unwrap();
+        if let Ok(e) = tokio::time::timeout(Duration::from_millis(200), w.recv_json()).await {
+            assert_eq!(e["type"], "leave", "{e}");
+            break;
+        }
         assert!(Instant::now() < deadline, "never purged");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // b notices at its next beat and writes y again.
+    assert_eq!(events(&mut w, 1).await, ["join y"]);
     count_becomes(a.addr, 2, 3).await;
 }

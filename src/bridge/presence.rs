@@ -138,11 +138,14 @@ return {tostring(redis.call('ZCARD', KEYS[2])), tostring(redis.call('HGET', KEYS
 
 /// Puts the instance in the registry with Redis's time and its channels in its set. KEYS:
 /// registry, the instance's set. ARGV: instance, then channels.
-/// Returns 1 if the instance was not in the registry (its first beat, or it was purged).
+/// KEYS: registry, the instance's set. ARGV: instance, "1" if it has registered channels,
+/// then channels to add. Returns 1 if the instance was not in the registry or lost its set
+/// (its first beat, or survivors purged it).
 const BEAT: &str = r"
 local t = redis.call('TIME')
 local added = redis.call('ZADD', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1])
-if #ARGV > 1 then redis.call('SADD', KEYS[2], unpack(ARGV, 2)) end
+if ARGV[2] == '1' and redis.call('EXISTS', KEYS[2]) == 0 then added = 1 end
+if #ARGV > 2 then redis.call('SADD', KEYS[2], unpack(ARGV, 3)) end
 return added";
 
 /// Takes out of the registry the instances silent for ARGV[1] ms, with their sets of channels
@@ -438,9 +441,13 @@ impl Keeper {
             .map(|c| c.as_str().to_string())
             .collect();
         if !new.is_empty() {
-            if let Err(why) = self.register(conn, &new).await {
-                self.presence.mark_again(changes);
-                return Err(why);
+            let had = !state.registered.is_empty();
+            match self.register(conn, had, &new).await {
+                Ok(added) => self.registered(added, state),
+                Err(why) => {
+                    self.presence.mark_again(changes);
+                    return Err(why);
+                }
             }
             state.registered.extend(changes.keys().cloned());
         }
@@ -531,6 +538,7 @@ impl Keeper {
     async fn register(
         &self,
         conn: &mut Option<redis::aio::MultiplexedConnection>,
+        has_channels: bool,
         channels: &[String],
     ) -> Result<bool, String> {
         let (me, registry, mine) = self.connect(conn).await?;
@@ -541,6 +549,7 @@ impl Keeper {
             .arg(&registry)
             .arg(&mine)
             .arg(&me)
+            .arg(if has_channels { "1" } else { "0" })
             .arg(channels);
         let call = cmd.query_async::<i64>(c);
         let added = tokio::time::timeout(super::RESPONSE_TIMEOUT, call)
@@ -550,21 +559,31 @@ impl Keeper {
         Ok(added == 1)
     }
 
+    /// After a beat: if the registry did not have this process although it had beaten before,
+    /// survivors took it for dead (it could not beat for a while) and purged its members:
+    /// they are written again, and once more after the purges have run.
+    fn registered(&self, added: bool, state: &mut KeeperState) {
+        if added && std::mem::replace(&mut state.beaten, true) {
+            tracing::warn!(
+                "bridge: this process's presence was purged (it could not reach Redis in time); \
+                 writing it again"
+            );
+            state.registered.clear();
+            self.presence.mark_all();
+            state.remark_at = Some(tokio::time::Instant::now() + BEAT_EVERY * 2);
+        }
+    }
+
     /// Says this process is alive; takes the dead out, their purges due.
     async fn beat(
         &self,
         conn: &mut Option<redis::aio::MultiplexedConnection>,
         state: &mut KeeperState,
     ) -> Result<(), String> {
-        let added = self.register(conn, &[]).await?;
-        if added && std::mem::replace(&mut state.beaten, true) {
-            // Survivors took this process for dead (it could not beat for a while) and purged
-            // its members: write them all again, and once more after their purges have run.
-            tracing::warn!("bridge: this process's presence was purged (it could not reach Redis in time); writing it again");
-            state.registered.clear();
-            self.presence.mark_all();
-            state.remark_at = Some(tokio::time::Instant::now() + BEAT_EVERY * 2);
-        }
+        let added = self
+            .register(conn, !state.registered.is_empty(), &[])
+            .await?;
+        self.registered(added, state);
         let (_, registry, _) = self.connect(conn).await?;
         let (_, sets) = self.names.presence_registry("");
         let c = conn.as_mut().expect("connected above");
