@@ -84,8 +84,8 @@ async fn members_counts_and_events_with_a_user_on_two_connections() {
     for mut a in [a1, a2] {
         a.send_json(json!({"type": "unsubscribe", "channel": "room"}))
             .await;
-        assert_eq!(a.recv_message().await, json!(1));
-        assert_eq!(a.recv_json().await["type"], "unsubscribed");
+        // Message 1 may reach it before its unsubscribe is read, or not at all.
+        while a.recv_json().await["type"] != "unsubscribed" {}
     }
     s.publish("/publish", json!({"channel": "room", "message": 2}))
         .await;
