@@ -33,6 +33,7 @@ fn main() {
         .then_some(HistorySettings {
             size: 100,
             ttl_ms: 300_000,
+            ack: None,
         });
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

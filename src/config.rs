@@ -87,6 +87,15 @@ pub struct Config {
     #[arg(long, env = "FANFARE_HISTORY_TTL", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
     pub history_ttl: u64,
 
+    /// With --redis: answer a history publish 202 only once this many replicas of its master
+    /// hold it (WAIT), and deliver it only then; 0 = off (PROTOCOL section 7)
+    #[arg(long, env = "FANFARE_HISTORY_ACK_REPLICAS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub history_ack_replicas: u32,
+
+    /// How long a history publish waits for --history-ack-replicas, in ms; past it, 503
+    #[arg(long, env = "FANFARE_HISTORY_ACK_TIMEOUT", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub history_ack_timeout: u64,
+
     /// Allowed `Origin` of WebSocket upgrades (repeatable); when given, others get 403
     #[arg(
         long = "allowed-origin",

@@ -83,6 +83,8 @@ pub struct BridgeMetrics {
     pub gap_reads: AtomicU64,
     /// With history: gaps Redis no longer had, said to the topic's recipients.
     pub gaps_lost: AtomicU64,
+    /// With `--history-ack-replicas`: history publishes fewer replicas confirmed in time (503).
+    pub unconfirmed: AtomicU64,
     /// Each Redis master the bridge uses (one without a cluster), by `host:port`.
     shards: std::sync::Mutex<std::collections::BTreeMap<String, Arc<ShardMetrics>>>,
 }
@@ -299,6 +301,11 @@ impl Snapshot {
                     "fanfare_bridge_gaps_lost",
                     "Gaps Redis's history no longer had, said to recipients (recovered: false).",
                     b.gaps_lost.load(Relaxed),
+                ),
+                (
+                    "fanfare_bridge_unconfirmed",
+                    "History publishes fewer than --history-ack-replicas replicas confirmed in time.",
+                    b.unconfirmed.load(Relaxed),
                 ),
             ]);
             let up = |v: &AtomicBool| u64::from(v.load(Relaxed));

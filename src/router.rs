@@ -175,7 +175,7 @@ impl Router {
             .iter()
             .map(|f| match f {
                 Fate::Taken(offset) => Some(*offset),
-                Fate::Refused | Fate::Unknown => None,
+                _ => None,
             })
             .collect();
         offsets.ok_or(NotTaken { fates })

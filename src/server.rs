@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::TokenKeys;
-use crate::bridge::{Bridge, BridgeConfig, HistorySettings};
+use crate::bridge::{Acknowledged, Bridge, BridgeConfig, HistorySettings};
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::error::StartError;
@@ -73,6 +73,10 @@ impl Server {
                     history: (config.history_size > 0).then(|| HistorySettings {
                         size: config.history_size,
                         ttl_ms: config.history_ttl().as_millis() as u64,
+                        ack: (config.history_ack_replicas > 0).then_some(Acknowledged {
+                            replicas: config.history_ack_replicas,
+                            timeout_ms: config.history_ack_timeout,
+                        }),
                     }),
                 },
                 log.clone(),

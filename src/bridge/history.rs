@@ -21,46 +21,93 @@ use crate::protocol::{Frame, Target};
 /// How much longer than the TTL a topic's position is remembered (as in the process).
 pub const POSITION_MEMORY: u64 = 10;
 
-/// Takes the next offset, keeps the message, publishes it. KEYS: position, stream. ARGV:
-/// channel, wire header, payload, epoch if a new one is needed, size, TTL in ms, and how to
-/// publish (`PUBLISH`, or `SPUBLISH` on a cluster: the channel shares the keys' slot). Returns
-/// the offset.
-pub const APPEND: &str = r"
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[4]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch)
+/// The start of both scripts: where the topic stands, in `epoch`, and whether the data it was
+/// written in is still this Redis's. A topic's hash keeps, beside its epoch `e` and last offset
+/// `o`, the replication id `l` of the master that last wrote or read it. A Redis that may have
+/// lost acknowledged writes always has another replication id than the one that took them: a
+/// replica promoted in a failover gets a new one, and so does a Redis restarted from disk (an
+/// RDB or AOF is no proof that it holds everything it acknowledged). So a hash whose `l` is not
+/// the current master's moves to a new epoch before anything else is done with it, and its old
+/// offsets can never be given out twice. Two exceptions keep what provably holds:
+///
+/// - a hash a slot move brought from another master of the cluster (`MIGRATE` moves it whole):
+///   its `l` is the lineage of another master this machine is connected to now, and not the
+///   one this master continued (which would be a failover, not a move);
+/// - with `--history-ack-replicas`, a promoted replica continues the epoch of a hash written
+///   by its old master (`l` is its `master_replid2`) if it was already running when the topic
+///   was last written (`t`, Redis time in ms): then it held that write by replication, not
+///   from its own disk, and every message relayed was held by the acknowledging replicas first.
+///
+/// KEYS: position, stream. Arguments of `position`: the new epoch if one is needed, this
+/// master's replication id, the one it continued (`master_replid2`, or empty), the ms it
+/// started at, "1" in acknowledged mode, and the other masters' ids as `,id,id,`.
+macro_rules! lineage {
+    () => {
+        r"
+local function position(new, lineage, predecessor, started, acknowledged, others)
+  local h = redis.call('HMGET', KEYS[1], 'e', 'l', 't', 'o')
+  if not h[1] then
+    redis.call('DEL', KEYS[2])
+    redis.call('HSET', KEYS[1], 'e', new, 'l', lineage)
+    return new, 0
+  end
+  local epoch = h[1]
+  if h[2] ~= lineage then
+    local from = h[2] or ''
+    local continued = acknowledged == '1' and from == predecessor
+      and tonumber(h[3] or '0') > tonumber(started)
+    local moved = from ~= '' and from ~= predecessor
+      and string.find(others, ',' .. from .. ',', 1, true) ~= nil
+    if not (continued or moved) then
+      epoch = new
+      redis.call('HSET', KEYS[1], 'e', epoch)
+    end
+    redis.call('HSET', KEYS[1], 'l', lineage)
+  end
+  return epoch, tonumber(h[4] or '0')
 end
+"
+    };
+}
+
+/// Takes the next offset, keeps the message, publishes it. KEYS: position, stream. ARGV:
+/// channel, wire header, payload, epoch if a new one is needed, size, TTL in ms, how to
+/// publish (`PUBLISH`, or `SPUBLISH` on a cluster: the channel shares the keys' slot; empty in
+/// acknowledged mode, where the bridge publishes once replicas hold the message), then the
+/// last five arguments of `position` (see [`lineage!`]). Returns the offset, or in
+/// acknowledged mode `<offset> <epoch>`.
+pub const APPEND: &str = concat!(
+    lineage!(),
+    r"
+local epoch = position(ARGV[4], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12])
 local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
 local t = redis.call('TIME')
 local ms = t[1] * 1000 + math.floor(t[2] / 1000)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '0-' .. offset, 't', ms, 'd', ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 redis.call('PEXPIRE', KEYS[1], ARGV[6] * 10)
+if ARGV[7] == '' then
+  redis.call('HSET', KEYS[1], 't', ms)
+  return offset .. ' ' .. epoch
+end
 redis.call(ARGV[7], ARGV[1], ARGV[2] .. offset .. ' ' .. epoch .. ' ' .. ARGV[3])
-return offset";
+return offset"
+);
 
 /// Where a topic stands and, for a `since`, what was missed. KEYS: position, stream. ARGV:
-/// since offset (empty for none), since epoch, epoch if a new one is needed, TTL in ms, and
-/// "1" when the `since` is a machine's own (the last offset Redis relayed to it). Returns
-/// epoch, last offset, then with a `since`: "1" and the missed payloads in order, or "0" when
-/// the history cannot fill the gap.
+/// since offset (empty for none), since epoch, epoch if a new one is needed, TTL in ms, "1"
+/// when the `since` is a machine's own (the last offset Redis relayed to it), then the last
+/// five arguments of `position` (see [`lineage!`]). Returns epoch, last offset, then with a `since`: "1" and the missed
+/// payloads in order, or "0" when the history cannot fill the gap.
 ///
 /// A machine's `since` beyond the last offset in the same epoch means Redis came back with
-/// less than it had relayed (an older snapshot, a lagging replica): its offsets would be given
-/// out again, so the topic moves to a new epoch (offsets go on from the last one). A client's
-/// `since` is not trusted that far: it only gets "0".
-pub const READ: &str = r"
-local epoch = redis.call('HGET', KEYS[1], 'e')
-local last = 0
-if epoch then
-  last = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
-else
-  epoch = ARGV[3]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch)
-end
+/// less than it had relayed: its offsets would be given out again, so the topic moves to a new
+/// epoch (offsets go on from the last one). A client's `since` is not trusted that far: it
+/// only gets "0".
+pub const READ: &str = concat!(
+    lineage!(),
+    r"
+local epoch, last = position(ARGV[3], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
 redis.call('PEXPIRE', KEYS[1], ARGV[4] * 10)
 local out = {epoch, tostring(last)}
 if ARGV[1] == '' then return out end
@@ -84,7 +131,51 @@ if #entries ~= last - since or entries[1][1] ~= first or tonumber(entries[1][2][
   return out
 end
 for i = 1, #entries do out[3 + i] = entries[i][2][4] end
-return out";
+return out"
+);
+
+/// Which data a publisher link writes in: read from `INFO` when it connects, again every
+/// second and after any answer that says the master changed. The scripts compare it with the
+/// one each topic was last written in ([`lineage!`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lineage {
+    /// `master_replid`: changes at every failover and restart.
+    pub replid: String,
+    /// `master_replid2`, when Redis says it continued that data (`second_repl_offset` ≥ 0).
+    pub predecessor: Option<String>,
+    /// When this Redis started, in its own clock (ms), rounded up.
+    pub started_ms: u64,
+    /// Only a master's lineage may be written with.
+    pub master: bool,
+}
+
+impl Lineage {
+    /// Reads the text of `INFO server` and `INFO replication`; `None` without a replication id.
+    pub fn parse(info: &str) -> Option<Lineage> {
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        let replid = field("master_replid")?.to_string();
+        let second: i64 = field("second_repl_offset")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(-1);
+        let predecessor = field("master_replid2")
+            .filter(|p| second >= 0 && p.bytes().any(|b| b != b'0'))
+            .map(str::to_string);
+        let now_us: u64 = field("server_time_usec")?.parse().ok()?;
+        let uptime_s: u64 = field("uptime_in_seconds")?.parse().ok()?;
+        // Uptime is whole seconds: its start is known to within one, and later is the safe side.
+        let started_ms = (now_us / 1000).saturating_sub(uptime_s * 1000) + 1000;
+        Some(Lineage {
+            replid,
+            predecessor,
+            started_ms,
+            master: field("role") == Some("master"),
+        })
+    }
+}
 
 /// What a read of a topic's history found.
 #[derive(Debug, PartialEq, Eq)]
@@ -160,6 +251,25 @@ pub fn parse_read(
 mod tests {
     use super::*;
     use crate::protocol::Channel;
+
+    #[test]
+    fn a_lineage_is_read_from_info() {
+        let info = "# Server\r\nuptime_in_seconds:10\r\nserver_time_usec:50000000\r\n\
+                    # Replication\r\nrole:master\r\nmaster_replid:abc\r\n\
+                    master_replid2:def\r\nsecond_repl_offset:51\r\n";
+        let l = Lineage::parse(info).unwrap();
+        assert_eq!(l.replid, "abc");
+        assert_eq!(l.predecessor.as_deref(), Some("def"));
+        assert_eq!(l.started_ms, 41_000);
+        assert!(l.master);
+        let fresh = info
+            .replace("master_replid2:def", "master_replid2:0000")
+            .replace("second_repl_offset:51", "second_repl_offset:-1");
+        assert_eq!(Lineage::parse(&fresh).unwrap().predecessor, None);
+        let replica = info.replace("role:master", "role:slave");
+        assert!(!Lineage::parse(&replica).unwrap().master);
+        assert!(Lineage::parse("role:master\r\n").is_none());
+    }
 
     fn bulks(parts: &[&str]) -> Vec<Option<Bytes>> {
         parts

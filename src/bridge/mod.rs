@@ -55,7 +55,7 @@ use crate::protocol::{Control, Target, UserId};
 use crate::routes::Topic;
 use crate::subscriptions::SubscriptionLog;
 use cluster::Deployment;
-pub use publisher::HistorySettings;
+pub use publisher::{Acknowledged, HistorySettings};
 use wire::Names;
 
 /// Other machines, or the history in Redis, cannot be reached now.
@@ -69,6 +69,13 @@ pub enum Fate {
     Taken(u64),
     /// Redis answered with an error: not taken.
     Refused,
+    /// A Redis Cluster refused it while it changes masters (`CLUSTERDOWN`, `TRYAGAIN`, ...):
+    /// not taken, and nothing is lost; a retry within seconds goes through.
+    Failover,
+    /// Kept by the master, but fewer than `--history-ack-replicas` replicas confirmed it in
+    /// time: not published by us; it may still be delivered (read from the history) or be
+    /// lost with its master.
+    Unconfirmed,
     /// The link broke (or Redis went silent) while it was on its way: it may have been taken.
     Unknown,
 }
@@ -115,8 +122,8 @@ enum Request {
     Append {
         topic: Topic,
         payload: Bytes,
-        /// Its offset, or `None` if Redis refused it (not taken). Dropped unanswered: unknown.
-        reply: oneshot::Sender<Option<u64>>,
+        /// What became of it. Dropped unanswered: unknown.
+        reply: oneshot::Sender<Fate>,
     },
     /// The read script: where a topic stands, and what a `since` missed.
     Read {
@@ -137,6 +144,15 @@ enum Request {
 }
 
 impl Request {
+    /// A request of the history scripts, which carry the lineage.
+    fn is_history(&self) -> bool {
+        match self {
+            Request::Append { .. } | Request::Read { .. } => true,
+            Request::Redirected(inner) => inner.is_history(),
+            _ => false,
+        }
+    }
+
     fn is_publish(&self) -> bool {
         match self {
             Request::Publish { .. } => true,
@@ -278,8 +294,7 @@ impl Bridge {
         })?;
         Ok(async move {
             match answer.await {
-                Ok(Some(offset)) => Fate::Taken(offset),
-                Ok(None) => Fate::Refused,
+                Ok(fate) => fate,
                 Err(Unreachable) => Fate::Unknown,
             }
         })
@@ -462,6 +477,7 @@ impl Prepared {
             shutdown,
             link_changed: Notify::new(),
             redirects,
+            lineages: Default::default(),
         });
         let node_id = bridge.node_id.clone();
         let thread = std::thread::Builder::new()

@@ -17,11 +17,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::cluster::{Deployment, Node, Topology};
 
-use super::history::{self, APPEND, READ};
+use super::history::{self, Lineage, APPEND, READ};
 use super::presence::{Scripts, COUNT, PAGE};
 use super::pubsub::{self, Reader, Reply, Writer};
 use super::wire::{self, Names};
-use super::{within, Backoff, LinkDown, Request, CLAIM_TTL, PING_EVERY, PUBLISH_QUEUE};
+use super::Fate;
+use super::{
+    within, Backoff, LinkDown, Request, CLAIM_TTL, PING_EVERY, PUBLISH_QUEUE, RESPONSE_TIMEOUT,
+};
 use crate::config::random_hex;
 use crate::history::Position;
 use crate::metrics::{BridgeMetrics, ShardMetrics};
@@ -52,6 +55,26 @@ struct Conn {
     append: String,
     read: String,
     presence: Scripts,
+    /// The data this master writes in, with history; the scripts check each topic against it.
+    lineage: Lineage,
+    /// An answer said the master may have changed: read the lineage again before using it.
+    lineage_stale: bool,
+}
+
+/// Replies that say the master is changing (a failover, a slot move, a restart): what was
+/// refused is not taken, and the lineage must be read again.
+fn master_changing(error: &str) -> bool {
+    const KINDS: [&str; 8] = [
+        "MOVED",
+        "ASK",
+        "CLUSTERDOWN",
+        "TRYAGAIN",
+        "MASTERDOWN",
+        "LOADING",
+        "READONLY",
+        "NOSCRIPT",
+    ];
+    KINDS.iter().any(|k| error.starts_with(k))
 }
 
 /// How topics with history are kept in Redis.
@@ -61,6 +84,15 @@ pub struct HistorySettings {
     pub size: u32,
     /// `--history-ttl` in milliseconds.
     pub ttl_ms: u64,
+    /// `--history-ack-replicas`: a message is answered and published only once replicas hold it.
+    pub ack: Option<Acknowledged>,
+}
+
+/// How many replicas must hold a history write before it counts, and how long to wait for them.
+#[derive(Clone, Copy, Debug)]
+pub struct Acknowledged {
+    pub replicas: u32,
+    pub timeout_ms: u64,
 }
 
 pub(super) struct Publisher {
@@ -84,6 +116,8 @@ pub(super) struct Publisher {
     pub link_changed: Notify,
     /// Requests a master answered with `-MOVED`, for the router to send where it said.
     pub redirects: mpsc::UnboundedSender<(Request, Node)>,
+    /// The lineage of each master whose link is up, kept by the links (with history).
+    pub lineages: std::sync::Mutex<HashMap<Node, String>>,
 }
 
 /// A running link to one master, as the router of a cluster sees it.
@@ -213,15 +247,20 @@ impl Publisher {
     /// A request that never went out: a message is dropped and counted, an append not taken,
     /// a read unanswered.
     fn refuse(&self, request: Request) {
+        self.refuse_as(request, Fate::Refused);
+    }
+
+    /// [`refuse`](Self::refuse), an append answered with `fate`.
+    fn refuse_as(&self, request: Request, fate: Fate) {
         match request {
             Request::Publish { .. } => {
                 self.metrics.dropped.fetch_add(1, Relaxed);
             }
             Request::Append { reply, .. } => {
-                let _ = reply.send(None);
+                let _ = reply.send(fate);
             }
             Request::Read { .. } | Request::Touch(_) | Request::Presence(_) => {}
-            Request::Redirected(inner) => self.refuse(*inner),
+            Request::Redirected(inner) => self.refuse_as(*inner, fate),
         }
     }
 
@@ -267,7 +306,7 @@ impl Publisher {
             let mut conn = tokio::select! {
                 () = stop.cancelled() => return,
                 r = connecting => match r {
-                    Ok((reader, writer)) => match Conn::new(reader, writer).await {
+                    Ok((reader, writer)) => match Conn::new(reader, writer, self.history.is_some()).await {
                         Ok(conn) => conn,
                         Err(why) => {
                             tracing::error!("bridge: cannot load the history scripts on {node}: {why}; retrying");
@@ -284,6 +323,7 @@ impl Publisher {
                 },
             };
             if let Err(why) = self.keep_alive(&mut conn, node).await {
+                self.set_lineage(node, None);
                 tracing::warn!("bridge: publisher lost {node}: {why}; reconnecting");
                 self.drop_while_waiting(publish_rx, backoff.next(), stop)
                     .await;
@@ -294,11 +334,13 @@ impl Publisher {
             }
             connected_before = true;
             backoff.reset();
+            self.set_lineage(node, self.history.map(|_| &conn.lineage));
             self.set_up(shard, true);
             tracing::info!("bridge: publisher connected to {node}");
             let why = self
                 .serve(&mut conn, node, shard, publish_rx, &mut batch, stop)
                 .await;
+            self.set_lineage(node, None);
             self.set_up(shard, false);
             match why {
                 None => {
@@ -346,13 +388,35 @@ impl Publisher {
                     if n == 0 {
                         return None;
                     }
+                    let history = batch.iter().any(Request::is_history);
+                    if history {
+                        if let Err(why) = self.check_lineage(conn, node, batch).await {
+                            return Some(why);
+                        }
+                    }
                     pipeline.clear();
+                    let others = match history {
+                        true => self.other_lineages(node),
+                        false => String::new(),
+                    };
                     for request in batch.iter() {
-                        self.encode(conn, request, &mut pipeline);
+                        self.encode(conn, request, &others, &mut pipeline);
+                    }
+                    let ack = self.ack().filter(|_| history && !batch.is_empty());
+                    if let Some(ack) = ack {
+                        let (n, ms) = (ack.replicas.to_string(), ack.timeout_ms.to_string());
+                        pubsub::encode(&mut pipeline, &[b"WAIT", n.as_bytes(), ms.as_bytes()]);
                     }
                     let publishes = batch.iter().filter(|r| r.is_publish()).count();
                     let mut answered = 0;
-                    if let Err(why) = within(self.pipeline(conn, shard, &pipeline, batch, &mut answered)).await {
+                    let limit = RESPONSE_TIMEOUT + Duration::from_millis(ack.map_or(0, |a| a.timeout_ms));
+                    let sent = self.pipeline(conn, shard, &pipeline, batch, ack, &mut answered);
+                    let failed = match tokio::time::timeout(limit, sent).await {
+                        Ok(Ok(())) => None,
+                        Ok(Err(why)) => Some(why),
+                        Err(_) => Some(format!("no answer within {} ms", limit.as_millis())),
+                    };
+                    if let Some(why) = failed {
                         // Whoever waits for an answer is told by its dropped sender.
                         batch.clear();
                         self.metrics.dropped.fetch_add((publishes - answered) as u64, Relaxed);
@@ -363,18 +427,68 @@ impl Publisher {
         }
     }
 
-    fn encode(&self, conn: &Conn, request: &Request, out: &mut Vec<u8>) {
+    /// The replication ids of the other masters this process is connected to now, as `,id,id,`:
+    /// a topic's hash written in one of them came by a slot move, whole ([`history::APPEND`]).
+    fn other_lineages(&self, node: &Node) -> String {
+        let live = self.lineages.lock().unwrap_or_else(|e| e.into_inner());
+        let mut others = String::from(",");
+        for (_, replid) in live.iter().filter(|(n, _)| *n != node) {
+            others.push_str(replid);
+            others.push(',');
+        }
+        others
+    }
+
+    /// Records the lineage of `node`'s link (`None`: down, or no master now).
+    fn set_lineage(&self, node: &Node, lineage: Option<&Lineage>) {
+        let mut live = self.lineages.lock().unwrap_or_else(|e| e.into_inner());
+        match lineage.filter(|l| l.master) {
+            Some(l) => live.insert(node.clone(), l.replid.clone()),
+            None => live.remove(node),
+        };
+    }
+
+    /// `--history-ack-replicas`, when on.
+    fn ack(&self) -> Option<Acknowledged> {
+        self.history.and_then(|h| h.ack)
+    }
+
+    /// Before history requests go out: the lineage they carry is this master's now. A link
+    /// whose Redis is no master refuses them (a cluster is changing masters: retry).
+    async fn check_lineage(
+        &self,
+        conn: &mut Conn,
+        node: &Node,
+        batch: &mut Vec<Request>,
+    ) -> Result<(), LinkDown> {
+        if conn.lineage_stale || !conn.lineage.master {
+            within(conn.read_lineage()).await?;
+            self.set_lineage(node, Some(&conn.lineage));
+        }
+        if !conn.lineage.master {
+            let (history, rest): (Vec<_>, Vec<_>) = batch.drain(..).partition(Request::is_history);
+            *batch = rest;
+            for request in history {
+                self.refuse_as(request, Fate::Failover);
+            }
+        }
+        Ok(())
+    }
+
+    fn encode(&self, conn: &Conn, request: &Request, others: &str, out: &mut Vec<u8>) {
         // History requests come only with history; a plain PUBLISH (the hot path) makes none
         // of their arguments.
-        let settings = self
-            .history
-            .unwrap_or(HistorySettings { size: 0, ttl_ms: 0 });
+        let settings = self.history.unwrap_or(HistorySettings {
+            size: 0,
+            ttl_ms: 0,
+            ack: None,
+        });
         let publish: &[u8] = match self.deployment.cluster {
             false => b"PUBLISH",
             true => b"SPUBLISH",
         };
         match request {
-            Request::Redirected(inner) => self.encode(conn, inner, out),
+            Request::Redirected(inner) => self.encode(conn, inner, others, out),
             Request::Presence(p) => {
                 p.encode(&self.names, self.instance, publish, &conn.presence, out);
             }
@@ -387,7 +501,9 @@ impl Publisher {
                 let header = wire::positioned_header(self.instance);
                 let (size, ttl) = (settings.size.to_string(), settings.ttl_ms.to_string());
                 let new_epoch = random_hex(6);
-                let args: [&[u8]; 12] = [
+                let lineage = conn.lineage_args(self.ack().is_some(), others);
+                let publish: &[u8] = if self.ack().is_some() { b"" } else { publish };
+                let args: [&[u8]; 17] = [
                     b"EVALSHA",
                     conn.append.as_bytes(),
                     b"2",
@@ -400,6 +516,11 @@ impl Publisher {
                     size.as_bytes(),
                     ttl.as_bytes(),
                     publish,
+                    lineage[0].as_bytes(),
+                    lineage[1].as_bytes(),
+                    lineage[2].as_bytes(),
+                    lineage[3].as_bytes(),
+                    lineage[4].as_bytes(),
                 ];
                 pubsub::encode(out, &args);
             }
@@ -417,7 +538,8 @@ impl Publisher {
                 let (position, stream) = self.names.history(topic);
                 let offset = since.as_ref().map(|s| s.offset.to_string());
                 let (ttl, new_epoch) = (settings.ttl_ms.to_string(), random_hex(6));
-                let args: [&[u8]; 10] = [
+                let lineage = conn.lineage_args(self.ack().is_some(), others);
+                let args: [&[u8]; 15] = [
                     b"EVALSHA",
                     conn.read.as_bytes(),
                     b"2",
@@ -428,6 +550,11 @@ impl Publisher {
                     new_epoch.as_bytes(),
                     ttl.as_bytes(),
                     if *relayed { b"1" } else { b"0" },
+                    lineage[0].as_bytes(),
+                    lineage[1].as_bytes(),
+                    lineage[2].as_bytes(),
+                    lineage[3].as_bytes(),
+                    lineage[4].as_bytes(),
                 ];
                 pubsub::encode(out, &args);
             }
@@ -436,17 +563,21 @@ impl Publisher {
 
     /// Writes the encoded `batch` and answers each request from its reply. A Redis error
     /// fails its request only, except a missing script (Redis restarted under us): then the
-    /// link is remade, which loads them again.
+    /// link is remade, which loads them again. With `ack`, the pipeline ends with a `WAIT`, and
+    /// what the history requests found counts only once replicas hold it too: the appends are
+    /// published then (by us: the script did not), the reads answered.
     async fn pipeline(
         &self,
         conn: &mut Conn,
         shard: &ShardMetrics,
         encoded: &[u8],
         batch: &mut Vec<Request>,
+        ack: Option<Acknowledged>,
         answered: &mut usize,
     ) -> Result<(), String> {
         conn.writer.raw(encoded).await.map_err(|e| e.to_string())?;
         let max_reply = self.max_reply();
+        let mut held = Held::default();
         for request in batch.drain(..) {
             let reply = conn.reader.reply(max_reply).await?;
             *answered += usize::from(request.is_publish());
@@ -457,6 +588,9 @@ impl Publisher {
             if let Reply::Error(e) = &reply {
                 if e.starts_with("NOSCRIPT") {
                     return Err(format!("Redis: {e}"));
+                }
+                if master_changing(e) {
+                    conn.lineage_stale = true;
                 }
                 // A slot moved or its master failed: the map is read again; a request sent to
                 // the wrong master goes, once, to the one it names; any other fails.
@@ -485,10 +619,41 @@ impl Publisher {
                 (Request::Append { reply: tx, .. }, Reply::Integer(offset)) => {
                     self.metrics.published.fetch_add(1, Relaxed);
                     shard.published.fetch_add(1, Relaxed);
-                    let _ = tx.send(Some(offset as u64));
+                    let _ = tx.send(Fate::Taken(offset as u64));
                 }
-                (Request::Append { reply: tx, .. }, Reply::Error(_)) => {
-                    let _ = tx.send(None);
+                (
+                    Request::Append {
+                        topic,
+                        payload,
+                        reply,
+                    },
+                    Reply::Bulks(parts),
+                ) => {
+                    // Acknowledged mode: `<offset> <epoch>`, published once replicas hold it.
+                    let taken = parts.first().and_then(|p| {
+                        let text = std::str::from_utf8(p.as_deref()?).ok()?;
+                        let (offset, epoch) = text.split_once(' ')?;
+                        Some((offset.parse().ok()?, epoch.to_string()))
+                    });
+                    match taken {
+                        Some((offset, epoch)) => held.appends.push(HeldAppend {
+                            topic,
+                            payload,
+                            offset,
+                            epoch,
+                            reply,
+                        }),
+                        None => {
+                            self.metrics.malformed.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+                (Request::Append { reply: tx, .. }, Reply::Error(e)) => {
+                    let fate = match master_changing(&e) {
+                        true => Fate::Failover,
+                        false => Fate::Refused,
+                    };
+                    let _ = tx.send(fate);
                 }
                 (
                     Request::Read {
@@ -502,6 +667,7 @@ impl Publisher {
                     let target = topic.target();
                     let max = self.max_message_bytes;
                     match history::parse_read(&parts, &target, since.as_ref(), max) {
+                        Some(read) if ack.is_some() => held.reads.push((topic, read, tx)),
                         Some(read) => {
                             let _ = self.seeds.send((topic, read.position.clone()));
                             let _ = tx.send(read);
@@ -524,6 +690,72 @@ impl Publisher {
                 ) => {}
             }
         }
+        match ack {
+            Some(ack) => self.release_held(conn, shard, held, ack).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Reads the `WAIT` that ended an acknowledged pipeline. Confirmed: the appends are
+    /// published (in their order) and answered, the reads answered. Not confirmed: the appends
+    /// are unconfirmed (kept by the master only), the reads unanswered: what they found may
+    /// not outlive the master, so no client may be given it.
+    async fn release_held(
+        &self,
+        conn: &mut Conn,
+        shard: &ShardMetrics,
+        held: Held,
+        ack: Acknowledged,
+    ) -> Result<(), String> {
+        let confirmed = match conn.reader.reply(64).await? {
+            Reply::Integer(n) => n >= i64::from(ack.replicas),
+            Reply::Error(e) => {
+                tracing::warn!("bridge: Redis refused WAIT: {e}");
+                false
+            }
+            other => return Err(format!("WAIT answered {other:?}")),
+        };
+        if !confirmed {
+            self.metrics
+                .unconfirmed
+                .fetch_add(held.appends.len() as u64, Relaxed);
+            for append in held.appends {
+                let _ = append.reply.send(Fate::Unconfirmed);
+            }
+            return Ok(());
+        }
+        for (topic, read, tx) in held.reads {
+            let _ = self.seeds.send((topic, read.position.clone()));
+            let _ = tx.send(read);
+        }
+        if held.appends.is_empty() {
+            return Ok(());
+        }
+        let publish: &[u8] = match self.deployment.cluster {
+            false => b"PUBLISH",
+            true => b"SPUBLISH",
+        };
+        let header = wire::positioned_header(self.instance);
+        let mut out = Vec::new();
+        for a in &held.appends {
+            let channel = self.names.topic(&a.topic);
+            let mut message = Vec::with_capacity(header.len() + a.payload.len() + 32);
+            message.extend_from_slice(&header);
+            message.extend_from_slice(format!("{} {} ", a.offset, a.epoch).as_bytes());
+            message.extend_from_slice(&a.payload);
+            pubsub::encode(&mut out, &[publish, channel.as_bytes(), &message]);
+        }
+        conn.writer.raw(&out).await.map_err(|e| e.to_string())?;
+        for a in held.appends {
+            // Taken whatever PUBLISH answers: the message is kept where replicas hold it, and
+            // a machine that misses it reads it from there.
+            if let Reply::Error(e) = conn.reader.reply(64).await? {
+                tracing::warn!("bridge: Redis refused a PUBLISH: {e}");
+            }
+            self.metrics.published.fetch_add(1, Relaxed);
+            shard.published.fetch_add(1, Relaxed);
+            let _ = a.reply.send(Fate::Taken(a.offset));
+        }
         Ok(())
     }
 
@@ -540,7 +772,13 @@ impl Publisher {
     }
 
     /// Renews the claim on the link that holds it, pings on the others.
+    /// With history, reads the lineage again too: a master that changed under an open link
+    /// (a replica promoted while connected) is noticed within a second, before it matters.
     async fn keep_alive(&self, conn: &mut Conn, node: &Node) -> Result<(), LinkDown> {
+        if self.history.is_some() {
+            within(conn.read_lineage()).await?;
+            self.set_lineage(node, Some(&conn.lineage));
+        }
         if self.holds_claim(node) {
             return self.claim(conn).await;
         }
@@ -647,10 +885,31 @@ fn moved_to(error: &str) -> Option<Node> {
     })
 }
 
+/// History requests waiting for the `WAIT` at the end of their pipeline (acknowledged mode).
+#[derive(Default)]
+struct Held {
+    appends: Vec<HeldAppend>,
+    reads: Vec<(
+        Topic,
+        history::Read,
+        tokio::sync::oneshot::Sender<history::Read>,
+    )>,
+}
+
+/// An append the master took, to be published and answered once replicas hold it.
+struct HeldAppend {
+    topic: Topic,
+    payload: bytes::Bytes,
+    offset: u64,
+    epoch: String,
+    reply: tokio::sync::oneshot::Sender<Fate>,
+}
+
 impl Conn {
     /// Loads the history scripts (always: they are small, and a Redis that restarted has
-    /// forgotten them).
-    async fn new(mut reader: Reader, mut writer: Writer) -> Result<Self, String> {
+    /// forgotten them), and with history reads the lineage: without it no topic can be
+    /// checked, so a Redis that hides `INFO` cannot keep history.
+    async fn new(mut reader: Reader, mut writer: Writer, history: bool) -> Result<Self, String> {
         let mut sha = Vec::new();
         let (write, purge) = (
             super::presence::write_script(),
@@ -672,7 +931,7 @@ impl Conn {
         }
         let [append, read, write, purge, page, count] =
             <[String; 6]>::try_from(sha).expect("every script loaded");
-        Ok(Conn {
+        let mut conn = Conn {
             reader,
             writer,
             append,
@@ -683,7 +942,49 @@ impl Conn {
                 page,
                 count,
             },
-        })
+            lineage: Lineage::default(),
+            lineage_stale: true,
+        };
+        if history {
+            within(conn.read_lineage())
+                .await
+                .map_err(|e| format!("cannot read INFO, which history needs: {e}"))?;
+        }
+        Ok(conn)
+    }
+
+    /// `INFO server` and `INFO replication`: which data this Redis holds now.
+    async fn read_lineage(&mut self) -> Result<(), String> {
+        let mut out = Vec::new();
+        pubsub::encode(&mut out, &[b"INFO", b"server"]);
+        pubsub::encode(&mut out, &[b"INFO", b"replication"]);
+        self.writer.raw(&out).await.map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        for _ in 0..2 {
+            match self.reader.reply(64 * 1024).await? {
+                Reply::Bulks(parts) => {
+                    let part = parts.first().cloned().flatten().unwrap_or_default();
+                    text.push_str(&String::from_utf8_lossy(&part));
+                }
+                other => return Err(format!("INFO answered {other:?}")),
+            }
+        }
+        self.lineage = Lineage::parse(&text).ok_or("INFO gave no replication id")?;
+        self.lineage_stale = false;
+        Ok(())
+    }
+
+    /// The scripts' last five arguments ([`history::APPEND`]): this master's lineage, whether
+    /// acknowledged mode is on, and the other masters' replication ids (`others`, `,id,id,`).
+    fn lineage_args(&self, acknowledged: bool, others: &str) -> [String; 5] {
+        let l = &self.lineage;
+        [
+            l.replid.clone(),
+            l.predecessor.clone().unwrap_or_default(),
+            l.started_ms.to_string(),
+            if acknowledged { "1" } else { "" }.into(),
+            others.to_string(),
+        ]
     }
 
     /// One command and its integer reply.

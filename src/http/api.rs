@@ -72,23 +72,28 @@ fn not_taken(fates: &[Fate], batch: bool) -> Response {
         .iter()
         .map(|f| match f {
             Fate::Taken(offset) => Some(*offset),
-            Fate::Refused | Fate::Unknown => None,
+            _ => None,
         })
         .collect();
     let unknown: Vec<usize> = (0..fates.len())
-        .filter(|i| fates[*i] == Fate::Unknown)
+        .filter(|i| matches!(fates[*i], Fate::Unknown | Fate::Unconfirmed))
         .collect();
     let taken = offsets.iter().flatten().count();
     let mut error = match (batch, fates) {
         (false, [Fate::Unknown]) => "the link to the history store (Redis) broke while the message was on its way: it may have been delivered, and a retry may deliver it twice".to_string(),
+        (false, [Fate::Unconfirmed]) => "fewer replicas than --history-ack-replicas confirmed the message in time: it may still be delivered or be lost with its master, and a retry may deliver it twice".to_string(),
+        (false, [Fate::Failover]) => "the Redis Cluster is changing masters (a failover or slot move): the message was not taken and nothing is lost; retry in a second".to_string(),
         (false, _) => "the history store (Redis) cannot be written now: the message was not delivered; retry".to_string(),
         (true, _) => format!(
             "the history store (Redis) took {taken} of {} messages (offsets: null = not taken); retry those not taken",
             fates.len()
         ),
     };
+    if batch && fates.contains(&Fate::Failover) {
+        error.push_str("; the Redis Cluster is changing masters (a failover or slot move): nothing is lost, retry in a second");
+    }
     if batch && !unknown.is_empty() {
-        error.push_str("; those listed in unknown may have been taken too (the link broke while they were on their way)");
+        error.push_str("; those listed in unknown may have been taken too (the link broke, or replicas did not confirm them in time)");
     }
     let body = serde_json::json!({"error": error, "offsets": offsets, "unknown": unknown});
     json(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
