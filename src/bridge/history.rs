@@ -143,7 +143,7 @@ pub struct Lineage {
     pub replid: String,
     /// `master_replid2`, when Redis says it continued that data (`second_repl_offset` ≥ 0).
     pub predecessor: Option<String>,
-    /// When this Redis started, in its own clock (ms), rounded up.
+    /// When this Redis started, in its own clock (ms), rounded up to within a second.
     pub started_ms: u64,
     /// Only a master's lineage may be written with.
     pub master: bool,
@@ -166,8 +166,9 @@ impl Lineage {
             .map(str::to_string);
         let now_us: u64 = field("server_time_usec")?.parse().ok()?;
         let uptime_s: u64 = field("uptime_in_seconds")?.parse().ok()?;
-        // Uptime is whole seconds: its start is known to within one, and later is the safe side.
-        let started_ms = (now_us / 1000).saturating_sub(uptime_s * 1000) + 1000;
+        // Uptime is whole seconds, rounded down: this is up to one later than the start, the
+        // safe side (a write in that second is not taken for one the replica held).
+        let started_ms = (now_us / 1000).saturating_sub(uptime_s * 1000);
         Some(Lineage {
             replid,
             predecessor,
@@ -260,7 +261,7 @@ mod tests {
         let l = Lineage::parse(info).unwrap();
         assert_eq!(l.replid, "abc");
         assert_eq!(l.predecessor.as_deref(), Some("def"));
-        assert_eq!(l.started_ms, 41_000);
+        assert_eq!(l.started_ms, 40_000);
         assert!(l.master);
         let fresh = info
             .replace("master_replid2:def", "master_replid2:0000")

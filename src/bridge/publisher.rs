@@ -453,8 +453,9 @@ impl Publisher {
         self.history.and_then(|h| h.ack)
     }
 
-    /// Before history requests go out: the lineage they carry is this master's now. A link
-    /// whose Redis is no master refuses them (a cluster is changing masters: retry).
+    /// Before history requests go out: the lineage they carry is this master's now. A Redis
+    /// that is no master would not run them: a cluster's node answers `-MOVED` (they follow it,
+    /// and the map is read again); a single Redis's replica refuses them here (retry).
     async fn check_lineage(
         &self,
         conn: &mut Conn,
@@ -466,10 +467,14 @@ impl Publisher {
             self.set_lineage(node, Some(&conn.lineage));
         }
         if !conn.lineage.master {
-            let (history, rest): (Vec<_>, Vec<_>) = batch.drain(..).partition(Request::is_history);
-            *batch = rest;
-            for request in history {
-                self.refuse_as(request, Fate::Failover);
+            self.refresh.notify_one();
+            if !self.deployment.cluster {
+                let (history, rest): (Vec<_>, Vec<_>) =
+                    batch.drain(..).partition(Request::is_history);
+                *batch = rest;
+                for request in history {
+                    self.refuse_as(request, Fate::Failover);
+                }
             }
         }
         Ok(())

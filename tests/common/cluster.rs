@@ -190,6 +190,26 @@ impl RedisCluster {
         }
     }
 
+    /// Starts a new node and makes it a replica of the master at `master`; returns once it is
+    /// in sync.
+    pub fn add_replica(&mut self, master: u16) -> u16 {
+        let node = RedisServer::cluster_node(free_port(), &self.dir);
+        let port = node.port;
+        self.nodes.push(node);
+        let id: String = self.on(master, &["CLUSTER", "MYID"]).unwrap();
+        let master_port = master.to_string();
+        let _: () = self
+            .on(port, &["CLUSTER", "MEET", "127.0.0.1", &master_port])
+            .unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        while self.on::<()>(port, &["CLUSTER", "REPLICATE", &id]).is_err() {
+            assert!(Instant::now() < deadline, "the new node never met {master}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.wait_healthy();
+        port
+    }
+
     /// Every live node says the cluster is ok, and every replica is in sync with its master.
     pub fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
