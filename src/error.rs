@@ -67,4 +67,6 @@ pub enum StartError {
     Bridge(#[from] crate::bridge::Error),
     #[error("cannot start worker thread: {0}")]
     Thread(std::io::Error),
+    #[error("--history-ack-replicas needs --redis and --history-size: replicas are Redis's")]
+    AckWithoutRedisHistory,
 }

@@ -54,6 +54,9 @@ impl Server {
             .as_deref()
             .ok_or(StartError::MissingSecret("--api-key"))?
             .into();
+        if config.history_ack_replicas > 0 && (config.redis.is_none() || config.history_size == 0) {
+            return Err(StartError::AckWithoutRedisHistory);
+        }
         let workers = config.workers();
         let bridge_metrics = config
             .redis

@@ -412,3 +412,17 @@ async fn a_clean_failover_loses_nothing_and_its_false_alarms_are_counted() {
         }
     }
 }
+
+/// Replica acknowledgements are Redis's: asked for without `--redis` and history, the server
+/// refuses to start rather than promise what it cannot keep.
+#[test]
+fn replica_acks_without_redis_history_are_refused_at_start() {
+    let mut config = fanfare::Config::new();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.token_secret = Some("s".into());
+    config.api_key = Some("k".into());
+    config.history_size = 10;
+    config.history_ack_replicas = 1;
+    let refused = fanfare::Server::start(config).err().expect("refused");
+    assert!(refused.to_string().contains("--redis"), "{refused}");
+}
