@@ -5,16 +5,22 @@
 //! (the append script, which publishes it with its offset) and the comparison is
 //! `redis-benchmark -P 64` running that same script call.
 //!
+//! `replica` gives that Redis a replica; `ack` (with `history`) also waits for it
+//! (`--history-ack-replicas 1`). With history, it then times appends one at a time, each
+//! answered before the next (what a caller of `/publish` waits).
+//!
 //!     cargo bench --bench bridge_throughput            # 1,000,000 messages
 //!     cargo bench --bench bridge_throughput -- 200000
 //!     cargo bench --bench bridge_throughput -- 200000 history
+//!     cargo bench --bench bridge_throughput -- 200000 history replica
+//!     cargo bench --bench bridge_throughput -- 200000 history ack
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fanfare::bridge::{Bridge, BridgeConfig, HistorySettings};
+use fanfare::bridge::{Acknowledged, Bridge, BridgeConfig, HistorySettings};
 use fanfare::bus::{Bus, Delivery};
 use fanfare::metrics::BridgeMetrics;
 use fanfare::protocol::{Frame, Target, UserId, WorkerId};
@@ -28,13 +34,16 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(1_000_000);
-    let history = std::env::args()
-        .any(|a| a == "history")
-        .then_some(HistorySettings {
-            size: 100,
-            ttl_ms: 300_000,
-            ack: None,
-        });
+    let flag = |name: &str| std::env::args().any(|a| a == name);
+    let ack = flag("ack").then_some(Acknowledged {
+        replicas: 1,
+        timeout_ms: 1000,
+    });
+    let history = flag("history").then_some(HistorySettings {
+        size: 100,
+        ttl_ms: 300_000,
+        ack,
+    });
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -57,6 +66,29 @@ fn main() {
         .expect("redis-server (apt-get install -y redis-server)");
     let _redis = KillOnDrop(redis);
     std::thread::sleep(Duration::from_millis(300));
+    let _replica = (flag("replica") || ack.is_some()).then(|| {
+        let replica_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+            .to_string();
+        let child = Command::new("redis-server")
+            .args(["--port", &replica_port, "--bind", "127.0.0.1", "--save", ""])
+            .args([
+                "--appendonly",
+                "no",
+                "--replicaof",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        std::thread::sleep(Duration::from_millis(500));
+        KillOnDrop(child)
+    });
     let url = format!("redis://127.0.0.1:{port}");
     let shutdown = CancellationToken::new();
     let user = UserId::new("u").unwrap();
@@ -145,6 +177,31 @@ fn main() {
         a_metrics.dropped.load(Relaxed),
         b_metrics.inbox_full.load(Relaxed)
     );
+    if history.is_some() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut took: Vec<Duration> = rt.block_on(async {
+            let mut took = Vec::with_capacity(2000);
+            for _ in 0..2000 {
+                let t = Instant::now();
+                let answer = a.append(Topic::User(user.clone()), payload_bytes.clone());
+                let fate = answer.expect("queued").await;
+                assert!(matches!(fate, fanfare::bridge::Fate::Taken(_)), "{fate:?}");
+                took.push(t.elapsed());
+            }
+            took
+        });
+        took.sort();
+        let at = |q: f64| took[((took.len() as f64 * q) as usize).min(took.len() - 1)];
+        println!(
+            "append answered, one at a time ({} of them): p50 {} us, p99 {} us",
+            took.len(),
+            at(0.5).as_micros(),
+            at(0.99).as_micros()
+        );
+    }
     shutdown.cancel();
     let port = port.to_string();
     let (what, command): (&str, Vec<String>) = match history {
@@ -167,6 +224,11 @@ fn main() {
                 &h.size.to_string(),
                 &h.ttl_ms.to_string(),
                 "PUBLISH",
+                "lineage",
+                "",
+                "0",
+                "",
+                ",",
             ];
             (
                 "the append script",
