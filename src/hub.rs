@@ -164,11 +164,15 @@ fn offer(
     r: &mut Recipient,
     envelope: &Envelope,
 ) {
-    if let Envelope::Replay(..) = envelope {
+    if let Envelope::Replay(target, _) = envelope {
         let mut burst = Vec::new();
         admit_all(r, envelope, &mut burst);
         fanout.pushed += burst.len() as u64;
-        r.writer.push_burst(&burst);
+        let channel = match target {
+            Target::Channel(c) => Some(c),
+            _ => None,
+        };
+        r.writer.push_burst(channel, &burst);
         push_dirty(dirty, id, &r.writer);
         return;
     }
@@ -517,7 +521,11 @@ impl Hub {
         for envelope in &held {
             admit_all(r, envelope, &mut burst);
         }
-        r.writer.push_burst(&burst);
+        let channel = match topic {
+            Topic::Channel(c) => Some(c),
+            Topic::User(_) => None,
+        };
+        r.writer.push_burst(channel, &burst);
         self.metrics
             .frames_pushed
             .fetch_add(burst.len() as u64, Relaxed);
@@ -568,7 +576,7 @@ impl Hub {
         if watches {
             set_watching(&self.presence, entry, channel, id, true);
         }
-        writer.push_burst(frames);
+        writer.push_burst(Some(channel), frames);
         // After `subscribed`: the connection's own `join` (if it watches) comes after it.
         if let Some(presence) = &self.presence {
             presence.joined(channel, &member.user, member.info.as_ref());
@@ -593,6 +601,7 @@ impl Hub {
         };
         let m = member.channels.swap_remove(pos);
         let user = member.user.clone();
+        member.writer.end_burst(channel);
         self.leave(m.channel, id, &user, m.active);
         true
     }

@@ -122,11 +122,24 @@ struct State {
     commands: std::collections::VecDeque<Command>,
     /// Frames dropped when the writer was cut; counted once, when the connection ends.
     cut_dropped: u64,
-    /// Room above the limits for a replay pushed at once (a resume), until the queue empties:
-    /// a replay is a burst like any other and never cuts a client that reads.
-    burst_frames: usize,
-    burst_bytes: usize,
+    /// Room above the limits for the replays pushed at once (resumes), until the queue empties:
+    /// a replay is a burst like any other and never cuts a client that reads. One per topic,
+    /// the last pushed (a topic replayed again replaces its room, and an unsubscribed channel
+    /// gives it back), so a client that resubscribes in a loop without reading is cut instead
+    /// of holding every replay again.
+    bursts: Vec<Burst>,
 }
+
+/// The room one topic's replay has above the limits.
+struct Burst {
+    /// The channel, or `None` for the connection's direct messages.
+    topic: Option<Channel>,
+    frames: usize,
+    bytes: usize,
+}
+
+/// Most room above `--queue-bytes` that the replays of one connection may have at once.
+pub const MAX_BURST_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
@@ -184,19 +197,32 @@ impl Writer {
         }
     }
 
-    /// Pushes frames that go out as one burst (`subscribed` and a replay): the limits grow by
-    /// their size until the queue has drained once.
-    pub fn push_burst(&self, frames: &[Frame]) {
+    /// Pushes frames that go out as one burst (`subscribed` and a replay) of `topic` (a
+    /// channel, `None` for direct messages): the limits grow by their size until the queue has
+    /// drained once, or the topic's next burst replaces it, or the channel is unsubscribed.
+    pub fn push_burst(&self, topic: Option<&Channel>, frames: &[Frame]) {
         let mut s = self.state();
         if s.status != Status::Open {
             return;
         }
+        let bytes = frames.iter().map(|f| f.bytes().len()).sum();
+        s.bursts.retain(|b| b.topic.as_ref() != topic);
+        s.bursts.push(Burst {
+            topic: topic.cloned(),
+            frames: frames.len(),
+            bytes,
+        });
         for frame in frames {
-            s.burst_frames += 1;
-            s.burst_bytes += frame.bytes().len();
             s.push(frame.bytes().clone());
         }
         s.dirty = true;
+    }
+
+    /// `channel` was unsubscribed: its replay, if still waiting, has no more room of its own.
+    pub fn end_burst(&self, channel: &Channel) {
+        self.state()
+            .bursts
+            .retain(|b| b.topic.as_ref() != Some(channel));
     }
 
     /// [`push`](Self::push) then [`flush`](Self::flush): for single frames (replies, pings).
@@ -279,15 +305,18 @@ impl Writer {
         // Before the upgrade completes nothing can be written, so nothing is judged yet: what
         // waits then is bounded by the time an upgrade may take (`--request-timeout`).
         if s.queue.is_empty() {
-            (s.burst_frames, s.burst_bytes) = (0, 0);
+            s.bursts.clear();
             return Flushed::Ok;
         }
         if self.socket.get().is_none() {
             return Flushed::Ok;
         }
-        let over = s.queue.len() > self.limits.frames.saturating_add(s.burst_frames)
+        let burst_frames: usize = s.bursts.iter().map(|b| b.frames).sum();
+        let burst_bytes: usize = s.bursts.iter().map(|b| b.bytes).sum();
+        let burst_bytes = burst_bytes.min(MAX_BURST_BYTES);
+        let over = s.queue.len() > self.limits.frames.saturating_add(burst_frames)
             || (s.queue.len() > 1
-                && s.queued_bytes > self.limits.bytes.saturating_add(s.burst_bytes));
+                && s.queued_bytes > self.limits.bytes.saturating_add(burst_bytes));
         if s.status == Status::Open && over {
             let dropped = s.cut();
             self.wake.notify_one();
@@ -737,7 +766,7 @@ mod tests {
         })
         .await;
         let replay: Vec<Frame> = (0..50).map(|i| text(&i.to_string())).collect();
-        writer.push_burst(&replay);
+        writer.push_burst(None, &replay);
         assert_eq!(
             writer.flush(),
             Flushed::Ok,
@@ -748,6 +777,34 @@ mod tests {
         assert!(
             matches!(writer.flush(), Flushed::Cut(_)),
             "past the burst and the limit"
+        );
+    }
+
+    /// A client that never reads and resubscribes in a loop gets no new room for the same
+    /// channel's replay: it is cut at the second one, not after holding every copy.
+    #[tokio::test]
+    async fn a_replay_of_the_same_topic_again_replaces_its_room() {
+        let (writer, _keep) = stuck(QueueLimits {
+            frames: 2,
+            bytes: usize::MAX,
+        })
+        .await;
+        let news = Channel::new("news").unwrap();
+        let replay: Vec<Frame> = (0..50).map(|i| text(&i.to_string())).collect();
+        writer.push_burst(Some(&news), &replay);
+        assert_eq!(writer.flush(), Flushed::Ok);
+        let other = Channel::new("other").unwrap();
+        writer.push_burst(Some(&other), &replay);
+        assert_eq!(
+            writer.flush(),
+            Flushed::Ok,
+            "another channel has room of its own"
+        );
+        writer.end_burst(&other);
+        writer.push_burst(Some(&news), &replay);
+        assert!(
+            matches!(writer.flush(), Flushed::Cut(_)),
+            "150 waiting, room for 52"
         );
     }
 

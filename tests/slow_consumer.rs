@@ -6,7 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::{TestClient, TestServer};
+use futures_util::SinkExt;
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
 
 const MESSAGES: usize = 240;
 const BATCH: usize = 16;
@@ -163,4 +165,78 @@ async fn a_client_that_reads_is_never_cut_for_a_burst() {
     got.sort_unstable();
     assert_eq!(got, (0..1000).collect::<Vec<_>>());
     assert_eq!(s.metric("fanfare_slow_consumer_closes_total").await, 0.0);
+}
+
+/// A client that never reads and loops `unsubscribe` + `subscribe` from offset 0 on a channel
+/// with a large history (here kept in Redis): each replay used to add room above the limits,
+/// so the queue held every copy (hundreds of MB). A topic's replay now replaces the room of its
+/// previous one: the client is cut within a few rounds.
+#[tokio::test]
+async fn a_client_that_resubscribes_without_reading_is_cut_not_grown() {
+    let redis = common::RedisServer::start();
+    let url = redis.url();
+    let s = TestServer::start_with(move |c| {
+        c.redis = Some(url);
+        c.history_size = 50;
+        c.max_message_bytes = 64 << 10;
+    });
+    s.wait_readyz(200).await;
+    let pad = "x".repeat(32 << 10);
+    for n in 0..50 {
+        s.publish(
+            "/publish",
+            json!({"channel": "big", "message": {"n": n, "pad": pad}}),
+        )
+        .await;
+    }
+    let mut slow =
+        TestClient::connect_small_buffer(s.server.worker_addrs()[0], &s.token("u", &["big"])).await;
+    let mut epoch = None;
+    for round in 0..40 {
+        if s.metric("fanfare_slow_consumer_closes_total").await >= 1.0 {
+            println!("cut after {round} rounds of 50 x 32 KiB replays");
+            return;
+        }
+        if epoch.is_none() {
+            // The first answer tells the epoch; after that the client never reads again.
+            slow.send_json(json!({"type": "subscribe", "channel": "big"}))
+                .await;
+            let reply = loop {
+                let m = slow.recv_json().await;
+                if m["type"] == "subscribed" {
+                    break m;
+                }
+            };
+            epoch = Some(reply["epoch"].clone());
+        } else {
+            let since = json!({"offset": 0, "epoch": epoch});
+            let frame = json!({"type": "subscribe", "channel": "big", "since": since});
+            if slow
+                .ws
+                .send(Message::text(frame.to_string()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let unsubscribe = json!({"type": "unsubscribe", "channel": "big"});
+        if slow
+            .ws
+            .send(Message::text(unsubscribe.to_string()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    while s.metric("fanfare_slow_consumer_closes_total").await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a client holding 40 replays was never cut"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -91,7 +91,7 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
             };
             // One burst, on top of the limits: a replay never cuts a client that reads.
             let connected = Frame::connected(&position.epoch, position.offset, recovered);
-            writer.push_burst(&[&[connected], missed.as_slice()].concat());
+            writer.push_burst(None, &[&[connected], missed.as_slice()].concat());
             let seen = Seen::after(&position);
             hub::lock(&ctx.hub).register(id, identity.user.clone(), writer.clone(), seen);
         }
