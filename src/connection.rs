@@ -96,7 +96,20 @@ enum Step {
     /// With history in Redis: read where the channel stands, its messages held meanwhile by
     /// the hub under this activation.
     Read(Channel, Resume, u64),
+    /// A question Redis answers (presence): reading the client pauses until its answer is
+    /// queued, so one connection has one in flight and answers keep their place.
+    Ask(Asking),
     Stop(End),
+}
+
+/// The answer to a client's question, on its way from Redis.
+type Asking = Pin<Box<dyn Future<Output = Frame> + Send>>;
+
+/// The answer to the question in flight; cancel-safe (it is taken off only once answered).
+async fn answered(asking: &mut Option<Asking>) -> Frame {
+    let frame = asking.as_mut().expect("polled only while asking").await;
+    *asking = None;
+    frame
 }
 
 /// A subscription to a channel with history in Redis, until its read answers.
@@ -267,6 +280,8 @@ impl Connection {
         let mut reads: VecDeque<Reading> = VecDeque::new();
         // Reads a client's subscribe waits for: reading the client pauses meanwhile.
         let mut client_reads = 0usize;
+        // A client's question Redis has not answered yet: reading the client pauses meanwhile.
+        let mut asking: Option<Asking> = None;
         // Made once, not at every wake-up.
         let shutting_down = self.shutdown.cancelled();
         let timer = sleep_until(deadlines.next());
@@ -301,7 +316,8 @@ impl Connection {
                     }
                     self.caught_up(&channel, &resume, activation, read)
                 }
-                item = ws.next(), if client_reads == 0 && !awaiting.iter().any(|a| a.2) => {
+                frame = answered(&mut asking), if asking.is_some() => self.reply(frame),
+                item = ws.next(), if client_reads == 0 && asking.is_none() && !awaiting.iter().any(|a| a.2) => {
                     last_heard = Instant::now();
                     let exp = token.exp;
                     let step = self.on_frame(item, &mut token);
@@ -346,6 +362,7 @@ impl Connection {
                         (channel, resume, activation, read)
                     }));
                 }
+                Step::Ask(question) => asking = Some(question),
                 Step::Stop(end) => return end,
             }
         }
@@ -450,7 +467,7 @@ impl Connection {
             WorkerMetrics::inc(&self.metrics.client_errors);
             return self.reply(Frame::error(ErrorCode::Forbidden, &detail));
         }
-        let (router, writer) = (self.router.clone(), self.writer.clone());
+        let router = self.router.clone();
         let answer = async move {
             let answer = match question {
                 Question::Page(after, limit) => router
@@ -475,12 +492,7 @@ impl Connection {
                 .expect("presence in memory answers at once");
             return self.reply(frame);
         }
-        tokio::spawn(async move {
-            let frame = answer.await;
-            writer.push(&frame);
-            writer.flush();
-        });
-        Step::Continue
+        Step::Ask(Box::pin(answer))
     }
 
     fn subscribe(

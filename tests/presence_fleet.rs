@@ -374,3 +374,32 @@ async fn a_live_process_purged_by_mistake_writes_its_members_again() {
     assert_eq!(events(&mut w, 1).await, ["join y"]);
     count_becomes(a.addr, 2, 3).await;
 }
+
+/// Questions Redis answers take their place among the connection's replies and one at a time:
+/// a flood of `presence_count` frames interleaved with frames answered at once gets its
+/// answers strictly in order (each question used to be a task of its own: thousands in
+/// flight, answers overtaken by later replies).
+#[tokio::test]
+async fn presence_questions_are_answered_in_order_one_at_a_time() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let s = TestServer::start_with(move |c| {
+        c.redis = Some(url);
+        c.redis_prefix = "pq:".into();
+    });
+    s.wait_readyz(200).await;
+    let mut c = member(s.addr, "asker", false).await;
+    const ROUNDS: usize = 200;
+    for _ in 0..ROUNDS {
+        c.send_json(json!({"type": "presence_count", "channel": "room"}))
+            .await;
+        c.send_json(json!({"type": "unsubscribe", "channel": "nowhere"}))
+            .await;
+    }
+    for round in 0..ROUNDS {
+        let count = c.recv_json().await;
+        assert_eq!(count["type"], "presence_count", "round {round}: {count}");
+        let other = c.recv_json().await;
+        assert_ne!(other["type"], "presence_count", "round {round}: {other}");
+    }
+}
