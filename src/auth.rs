@@ -18,12 +18,18 @@ pub enum Error {
     BadSubject(NameError),
     #[error("invalid token: expired")]
     Expired,
+    #[error("invalid token: exp is past the year 9999")]
+    ExpOutOfRange,
     #[error(
         "invalid token: info is over {} bytes",
         crate::presence::MAX_INFO_BYTES
     )]
     InfoTooLarge,
 }
+
+/// The last second of the year 9999: a later `exp` is no time any clock here can reach (and
+/// one past 2^63 would overflow one).
+pub const MAX_EXP: u64 = 253_402_300_799;
 
 /// The claims of a client token.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -140,6 +146,9 @@ impl TokenKeys {
         {
             return Err(Error::Expired);
         }
+        if data.claims.exp.is_some_and(|exp| exp > MAX_EXP) {
+            return Err(Error::ExpOutOfRange);
+        }
         let user = UserId::new(&data.claims.sub).map_err(Error::BadSubject)?;
         let mut permissions = Permissions::new(data.claims.channels.as_deref().unwrap_or_default());
         permissions.presence = patterns(data.claims.presence.as_deref().unwrap_or_default());
@@ -226,6 +235,30 @@ mod tests {
         assert!(keys.verify(&expired).is_err());
         let empty = keys.issue(&claims("", None, None)).unwrap();
         assert!(matches!(keys.verify(&empty), Err(Error::BadSubject(_))));
+    }
+
+    #[test]
+    fn an_exp_no_clock_reaches_is_refused() {
+        let keys = TokenKeys::new("s").unwrap();
+        for exp in [MAX_EXP + 1, 1 << 63, u64::MAX] {
+            let token = keys
+                .issue(&Claims {
+                    sub: "u".into(),
+                    exp: Some(exp),
+                    ..Claims::default()
+                })
+                .unwrap();
+            assert!(
+                matches!(keys.verify(&token), Err(Error::ExpOutOfRange)),
+                "{exp}"
+            );
+        }
+        let far = Claims {
+            sub: "u".into(),
+            exp: Some(MAX_EXP),
+            ..Claims::default()
+        };
+        assert!(keys.verify(&keys.issue(&far).unwrap()).is_ok());
     }
 
     #[test]

@@ -179,9 +179,10 @@ impl Deadlines {
     /// Schedules the warning and the expiry for `exp` (unix seconds); none without one.
     fn set_exp(&mut self, exp: Option<u64>) {
         let now = Instant::now();
-        self.expire = exp.map(|exp| {
-            let at = UNIX_EPOCH + Duration::from_secs(exp);
-            now + at.duration_since(SystemTime::now()).unwrap_or_default()
+        // An `exp` too far for the clocks (the door refuses them) is taken as none.
+        self.expire = exp.and_then(|exp| {
+            let at = UNIX_EPOCH.checked_add(Duration::from_secs(exp))?;
+            now.checked_add(at.duration_since(SystemTime::now()).unwrap_or_default())
         });
         let early = EXPIRY_WARNING + self.spread;
         self.warn = self

@@ -122,3 +122,23 @@ async fn plain_get_of_ws_is_not_an_upgrade() {
     assert_eq!(status, 400);
     assert!(body.contains("WebSocket upgrade"), "{body}");
 }
+
+/// An `exp` no clock reaches (2^63 and beyond) used to be accepted and then panic the
+/// connection's task: it is refused at the door, and the server goes on serving.
+#[tokio::test]
+async fn an_exp_past_any_clock_gets_401_not_a_panic() {
+    let s = TestServer::start();
+    for exp in [1u64 << 63, u64::MAX] {
+        let token = s.token_with(&Claims {
+            sub: "42".into(),
+            exp: Some(exp),
+            ..Claims::default()
+        });
+        let (status, body) = refused(&s, &format!("/ws?token={token}"), &[]).await;
+        assert_eq!(status, 401, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("exp"), "{body}");
+    }
+    let mut fine = s.connect("42", &[]).await;
+    fine.send_json(json!({"type": "ping"})).await;
+    assert_eq!(fine.recv_json().await["type"], "pong");
+}
