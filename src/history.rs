@@ -6,7 +6,7 @@
 //! topic's position (epoch and last offset) is remembered for 10 × the TTL after its last
 //! message, and for as long as it has a recipient, so a client that missed nothing is
 //! recovered that long; after that, or after a restart, the topic starts again under a new
-//! epoch.
+//! epoch. A topic nobody published to is forgotten with its last recipient (within a second).
 //!
 //! Ordering: [`History::lock`] hands out the lock of the topic's shard. The publisher holds it
 //! while it appends and queues the message on the bus, and a subscriber holds it while it takes
@@ -218,8 +218,11 @@ impl Locked<'_> {
         let ttl = h.ttl;
         self.shard.topics.retain(|topic, t| {
             t.drop_expired(h, now);
-            let keep = now.saturating_duration_since(t.last_message) <= ttl * POSITION_MEMORY
-                || !h.routes.workers(topic).is_empty();
+            // A position nobody published to is forgotten with its last recipient: offset 0
+            // under a fresh epoch says the same, and a subscribe alone holds nothing.
+            let remembered = t.last > 0
+                && now.saturating_duration_since(t.last_message) <= ttl * POSITION_MEMORY;
+            let keep = remembered || !h.routes.workers(topic).is_empty();
             if !keep {
                 h.topics.fetch_sub(1, Relaxed);
             }
@@ -344,5 +347,31 @@ mod tests {
         assert_ne!(fresh.epoch, epoch, "a new sequence has a new epoch");
         assert_eq!(fresh.offset, 0);
         assert_eq!(h.usage(), (0, 1));
+    }
+
+    /// A subscribe alone (a position read, nothing ever published) holds nothing once its
+    /// last recipient is gone: a sprayer of distinct channels cannot grow the process.
+    #[test]
+    fn a_position_nobody_published_to_is_forgotten_with_its_last_recipient() {
+        let routes = Arc::new(Routes::new(1, None));
+        let h = History::new(100, Duration::from_secs(300), routes.clone());
+        let t0 = Instant::now();
+        let sprayed = |i: usize| Topic::Channel(Channel::new(&format!("room:{i}")).unwrap());
+        routes.add(&sprayed(0), crate::protocol::WorkerId(0));
+        for i in 0..1000 {
+            h.lock(&sprayed(i)).position(&sprayed(i), t0);
+        }
+        h.lock(&topic()).append(&topic(), |o| frame(o, "1"), t0);
+        assert_eq!(h.usage().1, 1001);
+        // A second later, a use of each shard sweeps it.
+        for probe in 0..SHARDS * 64 {
+            let t = Topic::User(crate::protocol::UserId::new(&format!("p{probe}")).unwrap());
+            h.lock(&t).position(&t, t0 + SWEEP_EVERY);
+        }
+        let remembered = |t: &Topic| h.lock(t).shard.topics.contains_key(t);
+        assert!((1..1000).all(|i| !remembered(&sprayed(i))));
+        assert!(remembered(&sprayed(0)), "it has a recipient");
+        let mut l = h.lock(&topic());
+        assert_eq!(l.position(&topic(), t0 + SWEEP_EVERY).offset, 1);
     }
 }

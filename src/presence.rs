@@ -182,6 +182,11 @@ impl Presence {
         }
     }
 
+    /// For the bridge: whether `channel` has members or watchers here.
+    pub fn holds(&self, channel: &Channel) -> bool {
+        self.shard(channel).contains_key(channel)
+    }
+
     /// For the bridge: the channels that have members here.
     pub fn channels(&self) -> Vec<Channel> {
         let mut out = Vec::new();

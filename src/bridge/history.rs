@@ -8,7 +8,8 @@
 //! topic's messages in offset order, the publishing one included, which delivers its own
 //! messages when Redis echoes them, not before (so two machines publishing to one topic cannot
 //! deliver in two orders). The stream expires `--history-ttl` after its last message, the hash
-//! 10 × that after its last message or read, and a topic with a recipient on some machine is
+//! 10 × that after its last message or read (2 × before its first message), and a topic with a
+//! recipient on some machine is
 //! touched by that machine's bridge every TTL, so its position lasts however quiet it is. A hash
 //! that is gone (expired, or a Redis that lost its data) starts a new epoch.
 
@@ -100,6 +101,10 @@ return offset"
 /// five arguments of `position` (see [`lineage!`]). Returns epoch, last offset, then with a `since`: "1" and the missed
 /// payloads in order, or "0" when the history cannot fill the gap.
 ///
+/// A position nobody published to yet is kept 2 × the TTL from its last read, not 10 ×:
+/// forgetting it costs nothing (offset 0 under a fresh epoch), and a subscribe alone must not
+/// make Redis hold a key for long. While a machine has a recipient, its touches keep it.
+///
 /// A machine's `since` beyond the last offset in the same epoch means Redis came back with
 /// less than it had relayed: its offsets would be given out again, so the topic moves to a new
 /// epoch (offsets go on from the last one). A client's `since` is not trusted that far: it
@@ -108,7 +113,9 @@ pub const READ: &str = concat!(
     lineage!(),
     r"
 local epoch, last = position(ARGV[3], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
-redis.call('PEXPIRE', KEYS[1], ARGV[4] * 10)
+local memory = 10
+if last == 0 then memory = 2 end
+redis.call('PEXPIRE', KEYS[1], ARGV[4] * memory)
 local out = {epoch, tostring(last)}
 if ARGV[1] == '' then return out end
 local since = tonumber(ARGV[1])

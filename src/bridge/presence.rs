@@ -396,6 +396,10 @@ impl Keeper {
                         self.presence.mark_again(HashMap::from([(channel, changes)]));
                     }
                     Ack::Purge(instance, channel, false) => state.purges.push((instance, channel)),
+                    // Its last members here are gone from Redis: it may leave this process's set.
+                    Ack::Write(channel, _, true) if !self.presence.holds(&channel) => {
+                        state.leaving.insert(channel);
+                    }
                     Ack::Write(..) | Ack::Purge(..) => {}
                 },
                 _ = flush.tick() => {
@@ -435,6 +439,7 @@ impl Keeper {
         state: &mut KeeperState,
     ) -> Result<(), String> {
         let changes = self.presence.take_changes();
+        self.unregister(conn, &changes, state).await?;
         let new: Vec<String> = changes
             .keys()
             .filter(|c| !state.registered.contains(*c))
@@ -486,6 +491,47 @@ impl Keeper {
         }
         self.presence.mark_again(unsent);
         Ok(())
+    }
+
+    /// Takes out of this process's set the channels whose members here are all gone (written
+    /// to Redis, acknowledged) and have none again: what a process registers follows what it
+    /// holds, so its set does not grow with every channel it ever had. Runs before any channel
+    /// is added again (both in [`write`](Self::write), one after the other), so a channel
+    /// never has members in Redis while missing from the set.
+    async fn unregister(
+        &self,
+        conn: &mut Option<redis::aio::MultiplexedConnection>,
+        changes: &crate::presence::Changes,
+        state: &mut KeeperState,
+    ) -> Result<(), String> {
+        let gone: Vec<Channel> = std::mem::take(&mut state.leaving)
+            .into_iter()
+            .filter(|c| !changes.contains_key(c) && !self.presence.holds(c))
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let (_, _, mine) = self.connect(conn).await?;
+        let c = conn.as_mut().expect("connected above");
+        let mut cmd = redis::cmd("SREM");
+        cmd.arg(&mine)
+            .arg(gone.iter().map(Channel::as_str).collect::<Vec<_>>());
+        let call = cmd.query_async::<i64>(c);
+        match tokio::time::timeout(super::RESPONSE_TIMEOUT, call).await {
+            Ok(Ok(_)) => {
+                for channel in &gone {
+                    state.registered.remove(channel);
+                }
+                Ok(())
+            }
+            failed => {
+                state.leaving.extend(gone);
+                Err(match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no answer".into(),
+                })
+            }
+        }
     }
 
     /// Sends the purges due, without waiting (a full queue keeps them for the next beat).
@@ -621,6 +667,8 @@ impl Keeper {
 struct KeeperState {
     /// Channels this process is registered in (so survivors can purge them if it dies).
     registered: HashSet<Channel>,
+    /// Registered channels whose members here are gone from Redis: to leave the set.
+    leaving: HashSet<Channel>,
     /// Writes and purges on their way.
     acks: Acks,
     /// Purges of dead processes still to send.
