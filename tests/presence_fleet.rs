@@ -403,3 +403,70 @@ async fn presence_questions_are_answered_in_order_one_at_a_time() {
         assert_ne!(other["type"], "presence_count", "round {round}: {other}");
     }
 }
+
+/// The set of channels a process registers (for survivors to purge if it dies) follows what
+/// it holds now: a client that subscribes to and leaves many channels leaves it empty, where
+/// it used to keep every channel ever joined (+10 MB for 50,000).
+#[tokio::test]
+async fn the_registered_channels_follow_what_the_process_holds() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let s = TestServer::start_with(move |c| {
+        c.redis = Some(url);
+        c.redis_prefix = "pr:".into();
+    });
+    s.wait_readyz(200).await;
+    let mut c = TestClient::connect(s.addr, &token("sprayer")).await;
+    let mut stays = member(s.addr, "stays", false).await;
+    for i in 0..300 {
+        let channel = format!("room:{i}");
+        c.send_json(json!({"type": "subscribe", "channel": channel}))
+            .await;
+        assert_eq!(c.recv_json().await["type"], "subscribed");
+        c.send_json(json!({"type": "unsubscribe", "channel": channel}))
+            .await;
+        assert_eq!(c.recv_json().await["type"], "unsubscribed");
+    }
+    let mut redis_conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let registered = |conn: &mut redis::Connection| -> Vec<String> {
+        let sets: Vec<String> = redis::cmd("KEYS")
+            .arg("pr:r:presence:*")
+            .query(conn)
+            .unwrap();
+        sets.iter()
+            .flat_map(|set| {
+                redis::cmd("SMEMBERS")
+                    .arg(set)
+                    .query::<Vec<String>>(conn)
+                    .unwrap()
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = registered(&mut redis_conn);
+        if now == ["room"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still registered: {} channels",
+            now.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stays
+        .send_json(json!({"type": "unsubscribe", "channel": "room"}))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !registered(&mut redis_conn).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the last channel stayed registered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
