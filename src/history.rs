@@ -77,13 +77,18 @@ pub struct History {
     topics: AtomicI64,
     /// Numbers the epochs.
     generations: AtomicU64,
+    /// Begins every epoch this process makes, so it knows its own (see [`Locked::since`]).
+    run: String,
 }
 
 #[derive(Default)]
 struct Shard {
     topics: HashMap<Topic, TopicHistory>,
-    /// When expired entries were last swept: at most once a second, not on every operation.
+    /// When expired entries were last swept: at most once a second, not on every operation...
     swept: Option<Instant>,
+    /// ... unless the shard doubled since (positions of a subscribe storm), so what it holds
+    /// stays within twice what it should (sweeps stay O(1) a use, amortised).
+    kept_after_sweep: usize,
 }
 
 /// How often a shard is swept for expired messages and forgotten positions.
@@ -117,6 +122,7 @@ impl History {
             bytes: AtomicI64::new(0),
             topics: AtomicI64::new(0),
             generations: AtomicU64::new(1),
+            run: random_hex(3),
         }
     }
 
@@ -128,6 +134,30 @@ impl History {
             history: self,
             shard,
         }
+    }
+
+    /// A new epoch: this process's run, the unix second it was made, and its generation
+    /// (unique in the process).
+    fn new_epoch(&self, generation: u64) -> Arc<str> {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        format!("{}{secs:08x}{generation:x}", self.run).into()
+    }
+
+    /// `epoch` was made by this process less than 10 × the TTL ago.
+    fn is_recent_epoch(&self, epoch: &str) -> bool {
+        let Some(secs) = epoch
+            .strip_prefix(self.run.as_str())
+            .and_then(|t| t.get(..8))
+            .and_then(|t| u64::from_str_radix(t, 16).ok())
+        else {
+            return false;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        now.saturating_sub(secs) < (self.ttl * POSITION_MEMORY).as_secs()
     }
 
     /// Frame bytes kept and topics remembered.
@@ -179,11 +209,19 @@ impl Locked<'_> {
 
     /// What a client that has everything up to `since` missed, if the history still has all
     /// of it.
+    ///
+    /// A client that saw nothing (offset 0) of a topic nobody published to since is recovered
+    /// even though the topic's position was forgotten meanwhile (it is, with its last
+    /// recipient): if its epoch is this process's and younger than 10 × the TTL, no sequence
+    /// with messages can have come and gone since (one is remembered that long).
     pub fn since(&mut self, topic: &Topic, since: &Since, now: Instant) -> Recovery {
         let ttl = self.history.ttl;
         let Some(t) = self.shard.topics.get(topic) else {
             return Recovery::Lost;
         };
+        if since.offset == 0 && t.last == 0 && self.history.is_recent_epoch(&since.epoch) {
+            return Recovery::Recovered(Vec::new());
+        }
         if *since.epoch != *t.epoch || since.offset > t.last {
             return Recovery::Lost;
         }
@@ -204,12 +242,15 @@ impl Locked<'_> {
     }
 
     /// Drops messages older than the TTL and positions older than 10 × the TTL, in this shard;
-    /// the whole shard at most once a second (the topic at hand is checked on every use).
+    /// the whole shard at most once a second or when it doubled (the topic at hand is checked
+    /// on every use).
     fn evict_expired(&mut self, now: Instant) {
-        if self
-            .shard
-            .swept
-            .is_some_and(|at| now.saturating_duration_since(at) < SWEEP_EVERY)
+        let doubled = self.shard.topics.len() > 2 * self.shard.kept_after_sweep.max(64);
+        if !doubled
+            && self
+                .shard
+                .swept
+                .is_some_and(|at| now.saturating_duration_since(at) < SWEEP_EVERY)
         {
             return;
         }
@@ -228,14 +269,20 @@ impl Locked<'_> {
             }
             keep
         });
+        let shard = &mut *self.shard;
+        shard.kept_after_sweep = shard.topics.len();
+        if shard.topics.capacity() > 256 && shard.topics.len() < shard.topics.capacity() / 4 {
+            shard.topics.shrink_to_fit();
+        }
     }
 }
 
 impl TopicHistory {
     fn new(h: &History, now: Instant) -> Self {
+        let generation = h.generations.fetch_add(1, Relaxed);
         TopicHistory {
-            epoch: random_hex(6).into(),
-            generation: h.generations.fetch_add(1, Relaxed),
+            epoch: h.new_epoch(generation),
+            generation,
             last: 0,
             kept: VecDeque::new(),
             last_message: now,
@@ -347,6 +394,55 @@ mod tests {
         assert_ne!(fresh.epoch, epoch, "a new sequence has a new epoch");
         assert_eq!(fresh.offset, 0);
         assert_eq!(h.usage(), (0, 1));
+    }
+
+    /// A client that saw nothing of a topic nobody published to is recovered after the
+    /// position was forgotten; once something was published, or from another process's epoch
+    /// (a restart), it is not.
+    #[test]
+    fn a_client_that_saw_nothing_of_a_quiet_topic_is_recovered() {
+        let routes = Arc::new(Routes::new(1, None));
+        let h = History::new(100, Duration::from_secs(300), routes);
+        let t0 = Instant::now();
+        let first = h.lock(&topic()).position(&topic(), t0);
+        let later = t0 + SWEEP_EVERY;
+        let mut l = h.lock(&topic());
+        l.evict_expired(later);
+        assert!(!l.shard.topics.contains_key(&topic()), "forgotten");
+        let now = l.position(&topic(), later);
+        let saw_nothing = Since {
+            offset: 0,
+            epoch: first.epoch.to_string(),
+        };
+        assert_eq!(
+            l.since(&topic(), &saw_nothing, later),
+            Recovery::Recovered(vec![])
+        );
+        assert_eq!(now.offset, 0);
+        let restarted = Since {
+            offset: 0,
+            epoch: "abcdef12345678".into(),
+        };
+        assert_eq!(l.since(&topic(), &restarted, later), Recovery::Lost);
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let too_old = Since {
+            offset: 0,
+            epoch: format!("{}{:08x}1", h.run, secs - 3001),
+        };
+        assert_eq!(l.since(&topic(), &too_old, later), Recovery::Lost);
+        l.append(&topic(), |o| frame(o, "1"), later);
+        let older = Since {
+            offset: 0,
+            epoch: format!("{}{:08x}1", h.run, secs - 60),
+        };
+        assert_eq!(
+            l.since(&topic(), &older, later),
+            Recovery::Lost,
+            "published since"
+        );
     }
 
     /// A subscribe alone (a position read, nothing ever published) holds nothing once its

@@ -34,6 +34,13 @@ pub struct NotTaken {
     pub fates: Vec<Fate>,
 }
 
+/// Where a message with history was taken: its offset in its topic's epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    pub offset: u64,
+    pub epoch: Arc<str>,
+}
+
 pub struct Router {
     bus: Bus,
     /// None in single-machine mode.
@@ -109,7 +116,7 @@ impl Router {
     /// # Errors
     /// With history in Redis, Redis did not take them all: what became of each (taken, not
     /// taken, or unknown when the link broke while it was on its way).
-    pub async fn publish(&self, deliveries: Vec<Delivery>) -> Result<Vec<u64>, NotTaken> {
+    pub async fn publish(&self, deliveries: Vec<Delivery>) -> Result<Vec<Taken>, NotTaken> {
         if let Some(bridge) = self.bridge.as_ref().filter(|b| b.has_history()) {
             return self.append_all(bridge, deliveries).await;
         }
@@ -120,7 +127,7 @@ impl Router {
         Ok(offsets)
     }
 
-    async fn publish_one(&self, delivery: Delivery) -> Option<u64> {
+    async fn publish_one(&self, delivery: Delivery) -> Option<Taken> {
         self.metrics.accepted(&delivery.target);
         let topic = Topic::of(&delivery.target);
         if let (Some(history), Some(topic)) = (&self.history, topic) {
@@ -140,7 +147,7 @@ impl Router {
         &self,
         bridge: &Bridge,
         deliveries: Vec<Delivery>,
-    ) -> Result<Vec<u64>, NotTaken> {
+    ) -> Result<Vec<Taken>, NotTaken> {
         let mut pending = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
             let Some(topic) = Topic::of(&delivery.target) else {
@@ -166,15 +173,18 @@ impl Router {
                 Some(answer) => answer.await,
                 None => Fate::Refused,
             };
-            if let Fate::Taken(_) = fate {
+            if let Fate::Taken(..) = fate {
                 self.metrics.accepted(&target);
             }
             fates.push(fate);
         }
-        let offsets: Option<Vec<u64>> = fates
+        let offsets: Option<Vec<Taken>> = fates
             .iter()
             .map(|f| match f {
-                Fate::Taken(offset) => Some(*offset),
+                Fate::Taken(offset, epoch) => Some(Taken {
+                    offset: *offset,
+                    epoch: epoch.clone(),
+                }),
                 _ => None,
             })
             .collect();
@@ -183,7 +193,7 @@ impl Router {
 
     /// A message of a topic with history: its offset is taken and it is queued under the
     /// topic's lock, so every recipient sees the topic's offsets in order.
-    async fn publish_at(&self, history: &History, topic: &Topic, delivery: Delivery) -> u64 {
+    async fn publish_at(&self, history: &History, topic: &Topic, delivery: Delivery) -> Taken {
         let payload = delivery
             .frame
             .message_payload(&delivery.target)
@@ -205,14 +215,17 @@ impl Router {
                 |offset| Frame::message_at(target, payload, offset),
                 Instant::now(),
             );
-            let offset = position.offset;
+            let taken = Taken {
+                offset: position.offset,
+                epoch: position.epoch.clone(),
+            };
             let envelope = Envelope::Message(Delivery {
                 target: target.clone(),
                 frame,
                 position: Some(position),
             });
             self.bus.send_reserved(reserved, envelope);
-            return offset;
+            return taken;
         }
     }
 

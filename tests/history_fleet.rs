@@ -715,3 +715,34 @@ async fn a_batch_redis_takes_in_part_says_which_messages_were_taken() {
         [(1, json!(1)), (2, json!(3))]
     );
 }
+
+/// A 202 says where its message was taken: the offset and the epoch it belongs to (an offset
+/// alone means nothing once the epoch changes), for one message and for a batch.
+#[tokio::test]
+async fn a_202_names_the_epoch_of_its_offsets() {
+    let redis = RedisServer::start();
+    let a = machine(&redis, "a").await;
+    let (mut c, hello) = connected(&a, "5", &["news"]).await;
+    let epoch = subscribe_since(&mut c, "news", None).await["epoch"].clone();
+    let (status, text) = a
+        .post(
+            "/publish",
+            &json!({"channel": "news", "message": 1}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 202, "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (body["offset"].clone(), body["epoch"].clone()),
+        (json!(1), epoch.clone())
+    );
+    let batch = json!([
+        {"channel": "news", "message": 2},
+        {"userId": "5", "message": 3},
+    ]);
+    let (status, text) = a.post("/batch", &batch.to_string()).await;
+    assert_eq!(status, 202, "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["offsets"], json!([2, 1]), "{body}");
+    assert_eq!(body["epochs"], json!([epoch, hello["epoch"]]), "{body}");
+}

@@ -167,10 +167,11 @@ async fn a_batch_answers_with_its_offsets_and_broadcasts_have_none() {
         )
         .await;
     assert_eq!(status, 202);
-    assert_eq!(
-        serde_json::from_str::<Value>(&body).unwrap(),
-        json!({"ok": true, "offsets": [1, 1, 2]})
-    );
+    let body = serde_json::from_str::<Value>(&body).unwrap();
+    assert_eq!(body["offsets"], json!([1, 1, 2]), "{body}");
+    let epochs = body["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 3, "{body}");
+    assert_eq!(epochs[0], epochs[2], "one channel, one epoch: {body}");
     let (_, body) = s
         .post("/broadcast", &json!({"message": 1}).to_string())
         .await;
@@ -330,4 +331,20 @@ async fn a_large_direct_replay_at_connect_never_cuts_a_client_that_reads() {
         assert_eq!(back.recv_json().await["offset"], n);
     }
     assert_eq!(s.metric("fanfare_slow_consumer_closes_total").await, 0.0);
+}
+
+/// A 202 says the epoch its offset belongs to, as `subscribed` does.
+#[tokio::test]
+async fn a_202_names_the_epoch_of_its_offset() {
+    let s = with_history(10);
+    let (_c, epoch) = subscribed(&s, "1", "news").await;
+    let (status, text) = s
+        .post(
+            "/publish",
+            &json!({"channel": "news", "message": 1}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 202, "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body, json!({"ok": true, "offset": 1, "epoch": epoch}));
 }

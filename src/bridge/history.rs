@@ -75,8 +75,7 @@ end
 /// channel, wire header, payload, epoch if a new one is needed, size, TTL in ms, how to
 /// publish (`PUBLISH`, or `SPUBLISH` on a cluster: the channel shares the keys' slot; empty in
 /// acknowledged mode, where the bridge publishes once replicas hold the message), then the
-/// last five arguments of `position` (see [`lineage!`]). Returns the offset, or in
-/// acknowledged mode `<offset> <epoch>`.
+/// last five arguments of `position` (see [`lineage!`]). Returns `<offset> <epoch>`.
 pub const APPEND: &str = concat!(
     lineage!(),
     r"
@@ -89,10 +88,10 @@ redis.call('PEXPIRE', KEYS[2], ARGV[6])
 redis.call('PEXPIRE', KEYS[1], ARGV[6] * 10)
 if ARGV[7] == '' then
   redis.call('HSET', KEYS[1], 't', ms)
-  return offset .. ' ' .. epoch
+else
+  redis.call(ARGV[7], ARGV[1], ARGV[2] .. offset .. ' ' .. epoch .. ' ' .. ARGV[3])
 end
-redis.call(ARGV[7], ARGV[1], ARGV[2] .. offset .. ' ' .. epoch .. ' ' .. ARGV[3])
-return offset"
+return offset .. ' ' .. epoch"
 );
 
 /// Where a topic stands and, for a `since`, what was missed. KEYS: position, stream. ARGV:

@@ -63,10 +63,10 @@ use wire::Names;
 pub struct Unreachable;
 
 /// What became of a message appended to its topic's history in Redis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fate {
-    /// Kept and published, at this offset.
-    Taken(u64),
+    /// Kept and published, at this offset of this epoch.
+    Taken(u64, Arc<str>),
     /// Redis answered with an error: not taken.
     Refused,
     /// A Redis Cluster refused it while it changes masters (`CLUSTERDOWN`, `TRYAGAIN`, ...):

@@ -621,11 +621,6 @@ impl Publisher {
                 (Request::Publish { .. }, _) => {
                     self.metrics.dropped.fetch_add(1, Relaxed);
                 }
-                (Request::Append { reply: tx, .. }, Reply::Integer(offset)) => {
-                    self.metrics.published.fetch_add(1, Relaxed);
-                    shard.published.fetch_add(1, Relaxed);
-                    let _ = tx.send(Fate::Taken(offset as u64));
-                }
                 (
                     Request::Append {
                         topic,
@@ -634,21 +629,27 @@ impl Publisher {
                     },
                     Reply::Bulks(parts),
                 ) => {
-                    // Acknowledged mode: `<offset> <epoch>`, published once replicas hold it.
                     let taken = parts.first().and_then(|p| {
                         let text = std::str::from_utf8(p.as_deref()?).ok()?;
                         let (offset, epoch) = text.split_once(' ')?;
-                        Some((offset.parse().ok()?, epoch.to_string()))
+                        let offset: u64 = offset.parse().ok()?;
+                        wire::is_epoch(epoch).then(|| (offset, Arc::<str>::from(epoch)))
                     });
-                    match taken {
-                        Some((offset, epoch)) => held.appends.push(HeldAppend {
+                    match (taken, ack) {
+                        // Acknowledged mode: published and answered once replicas hold it.
+                        (Some((offset, epoch)), Some(_)) => held.appends.push(HeldAppend {
                             topic,
                             payload,
                             offset,
                             epoch,
                             reply,
                         }),
-                        None => {
+                        (Some((offset, epoch)), None) => {
+                            self.metrics.published.fetch_add(1, Relaxed);
+                            shard.published.fetch_add(1, Relaxed);
+                            let _ = reply.send(Fate::Taken(offset, epoch));
+                        }
+                        (None, _) => {
                             self.metrics.malformed.fetch_add(1, Relaxed);
                         }
                     }
@@ -759,7 +760,7 @@ impl Publisher {
             }
             self.metrics.published.fetch_add(1, Relaxed);
             shard.published.fetch_add(1, Relaxed);
-            let _ = a.reply.send(Fate::Taken(a.offset));
+            let _ = a.reply.send(Fate::Taken(a.offset, a.epoch));
         }
         Ok(())
     }
@@ -906,7 +907,7 @@ struct HeldAppend {
     topic: Topic,
     payload: bytes::Bytes,
     offset: u64,
-    epoch: String,
+    epoch: Arc<str>,
     reply: tokio::sync::oneshot::Sender<Fate>,
 }
 

@@ -40,12 +40,16 @@ pub async fn handle(req: Request<Incoming>, ctx: &Shared) -> Response {
                 Ok(offsets) => offsets,
                 Err(NotTaken { fates }) => return not_taken(&fates, batch),
             };
-            // With history, the offsets given: `{"ok":true,"offset":42}`, or for a batch
-            // `{"ok":true,"offsets":[…]}` in item order.
+            // With history, where each was taken: `{"ok":true,"offset":42,"epoch":"…"}`, or for
+            // a batch `{"ok":true,"offsets":[…],"epochs":[…]}` in item order.
+            let epochs: Vec<&str> = offsets.iter().map(|t| &*t.epoch).collect();
+            let offsets: Vec<u64> = offsets.iter().map(|t| t.offset).collect();
             let body = match (batch, offsets.as_slice()) {
                 (_, []) => serde_json::json!({"ok": true}),
-                (false, [offset]) => serde_json::json!({"ok": true, "offset": offset}),
-                _ => serde_json::json!({"ok": true, "offsets": offsets}),
+                (false, [offset]) => {
+                    serde_json::json!({"ok": true, "offset": offset, "epoch": epochs[0]})
+                }
+                _ => serde_json::json!({"ok": true, "offsets": offsets, "epochs": epochs}),
             };
             return json(StatusCode::ACCEPTED, body.to_string());
         }
@@ -71,7 +75,7 @@ fn not_taken(fates: &[Fate], batch: bool) -> Response {
     let offsets: Vec<Option<u64>> = fates
         .iter()
         .map(|f| match f {
-            Fate::Taken(offset) => Some(*offset),
+            Fate::Taken(offset, _) => Some(*offset),
             _ => None,
         })
         .collect();

@@ -161,11 +161,13 @@ export type BatchItem = {
     channel: string;
     message: unknown;
 };
-/** The answer to a publish: with history, the offset(s) given. */
+/** The answer to a publish: with history, where each message was taken (offset and epoch). */
 export interface Published {
     ok: true;
     offset?: number;
+    epoch?: string;
     offsets?: number[];
+    epochs?: string[];
 }
 /** The publish and control API, for a Node.js backend (or any with fetch). */
 export declare class FanfareBackend {

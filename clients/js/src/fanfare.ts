@@ -513,11 +513,13 @@ export interface BackendOptions {
 /** One item of `batch`: a direct message or a channel message. */
 export type BatchItem = { userId: string; message: unknown } | { channel: string; message: unknown };
 
-/** The answer to a publish: with history, the offset(s) given. */
+/** The answer to a publish: with history, where each message was taken (offset and epoch). */
 export interface Published {
   ok: true;
   offset?: number;
+  epoch?: string;
   offsets?: number[];
+  epochs?: string[];
 }
 
 /** The publish and control API, for a Node.js backend (or any with fetch). */
