@@ -746,3 +746,28 @@ async fn a_202_names_the_epoch_of_its_offsets() {
     assert_eq!(body["offsets"], json!([2, 1]), "{body}");
     assert_eq!(body["epochs"], json!([epoch, hello["epoch"]]), "{body}");
 }
+
+/// A subscribe alone makes Redis remember the topic's position for 2 × the TTL, not 10 ×
+/// (a sprayer of distinct channels used to leave a key each for 50 minutes); a published
+/// topic's position is kept the full 10 ×.
+#[tokio::test]
+async fn a_position_nobody_published_to_is_kept_briefly_in_redis() {
+    let redis = RedisServer::start();
+    let a = machine(&redis, "a").await;
+    let (mut c, _) = connected(&a, "6", &["quiet", "busy"]).await;
+    subscribe_since(&mut c, "quiet", None).await;
+    subscribe_since(&mut c, "busy", None).await;
+    post_offset(&a, "/publish", json!({"channel": "busy", "message": 1})).await;
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let pttl = |conn: &mut redis::Connection, key: &str| -> i64 {
+        redis::cmd("PTTL").arg(key).query(conn).unwrap()
+    };
+    let ttl_ms = 300_000;
+    let quiet = pttl(&mut conn, "hf:o:c:quiet");
+    assert!(quiet > 0 && quiet <= 2 * ttl_ms, "{quiet}");
+    let busy = pttl(&mut conn, "hf:o:c:busy");
+    assert!(busy > 2 * ttl_ms, "{busy}");
+}
