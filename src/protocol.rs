@@ -508,6 +508,10 @@ pub enum DecodeError {
     MissingToken,
     #[error(transparent)]
     BadChannel(#[from] NameError),
+    #[error("\"since\" must be an object {{\"offset\": <integer ≥ 0>, \"epoch\": <string>}}")]
+    BadSince,
+    #[error("\"limit\" must be an integer from 1 to {}", crate::presence::MAX_PAGE)]
+    BadLimit,
 }
 
 impl ClientMessage {
@@ -520,20 +524,41 @@ impl ClientMessage {
             channel: Option<std::borrow::Cow<'a, str>>,
             #[serde(borrow, default)]
             token: Option<std::borrow::Cow<'a, str>>,
-            #[serde(default)]
-            since: Option<RawSince>,
+            #[serde(borrow, default)]
+            since: Option<&'a RawValue>,
             #[serde(default)]
             presence: bool,
             #[serde(borrow, default)]
             after: Option<std::borrow::Cow<'a, str>>,
-            #[serde(default)]
-            limit: Option<usize>,
+            #[serde(borrow, default)]
+            limit: Option<&'a RawValue>,
         }
         #[derive(Deserialize)]
         struct RawSince {
             offset: u64,
             epoch: String,
         }
+        // Only an object is a `since` (serde would take `[5, "e"]` for one too).
+        let since = |raw: Option<&RawValue>| -> Result<Option<RawSince>, DecodeError> {
+            let Some(raw) = raw.filter(|r| r.get() != "null") else {
+                return Ok(None);
+            };
+            if !raw.get().trim_start().starts_with('{') {
+                return Err(DecodeError::BadSince);
+            }
+            serde_json::from_str(raw.get())
+                .map(Some)
+                .map_err(|_| DecodeError::BadSince)
+        };
+        let limit = |raw: Option<&RawValue>| -> Result<usize, DecodeError> {
+            let Some(raw) = raw.filter(|r| r.get() != "null") else {
+                return Ok(crate::presence::DEFAULT_PAGE);
+            };
+            serde_json::from_str::<usize>(raw.get())
+                .ok()
+                .filter(|l| (1..=crate::presence::MAX_PAGE).contains(l))
+                .ok_or(DecodeError::BadLimit)
+        };
         let raw: Raw = serde_json::from_str(text).map_err(|_| DecodeError::NotJson)?;
         let channel = || -> Result<Channel, DecodeError> {
             let c = raw.channel.as_deref().ok_or(DecodeError::MissingChannel)?;
@@ -541,7 +566,7 @@ impl ClientMessage {
         };
         match &*raw.kind {
             "subscribe" => {
-                let since = raw.since.map(|s| crate::history::Since {
+                let since = since(raw.since)?.map(|s| crate::history::Since {
                     offset: s.offset,
                     epoch: s.epoch,
                 });
@@ -553,10 +578,7 @@ impl ClientMessage {
                     Some(a) => Some(UserId::new(a)?),
                     None => None,
                 },
-                limit: raw
-                    .limit
-                    .unwrap_or(crate::presence::DEFAULT_PAGE)
-                    .clamp(1, crate::presence::MAX_PAGE),
+                limit: limit(raw.limit)?,
             }),
             "presence_count" => Ok(ClientMessage::PresenceCount(channel()?)),
             "unsubscribe" => Ok(ClientMessage::Unsubscribe(channel()?)),
@@ -731,6 +753,42 @@ mod tests {
             ClientMessage::decode(r#"{"type":"subscribe","channel":"a b"}"#),
             Err(DecodeError::BadChannel(_))
         ));
+    }
+
+    /// A `since` is an object only, a `limit` in range only: anything else is said, never
+    /// taken another way (an array `since`, a limit clamped in silence, "not JSON" for -1).
+    #[test]
+    fn since_and_limit_are_checked_not_guessed() {
+        for bad in [
+            r#"{"type":"subscribe","channel":"n","since":[5,"e"]}"#,
+            r#"{"type":"subscribe","channel":"n","since":{"offset":-1,"epoch":"e"}}"#,
+            r#"{"type":"subscribe","channel":"n","since":5}"#,
+        ] {
+            assert_eq!(
+                ClientMessage::decode(bad),
+                Err(DecodeError::BadSince),
+                "{bad}"
+            );
+        }
+        let null = r#"{"type":"subscribe","channel":"n","since":null}"#;
+        assert!(matches!(
+            ClientMessage::decode(null),
+            Ok(ClientMessage::Subscribe(_, None, _))
+        ));
+        for bad in ["-1", "0", "1001", "1.5", "\"10\""] {
+            let frame = format!(r#"{{"type":"presence","channel":"n","limit":{bad}}}"#);
+            assert_eq!(
+                ClientMessage::decode(&frame),
+                Err(DecodeError::BadLimit),
+                "{bad}"
+            );
+        }
+        let ok = r#"{"type":"presence","channel":"n","limit":1000}"#;
+        assert!(matches!(
+            ClientMessage::decode(ok),
+            Ok(ClientMessage::Presence { limit: 1000, .. })
+        ));
+        assert!(DecodeError::BadLimit.to_string().contains("1 to 1000"));
     }
 
     #[test]

@@ -348,3 +348,26 @@ async fn a_202_names_the_epoch_of_its_offset() {
     let body: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(body, json!({"ok": true, "offset": 1, "epoch": epoch}));
 }
+
+/// `?since=` is read like any query value (percent-decoded) and is decimal digits only: `%30`
+/// is 0, `+0` (a space and a 0) is no offset, so it cannot resume.
+#[tokio::test]
+async fn a_since_in_the_query_is_decoded_and_strict() {
+    let s = with_history(10);
+    let mut first = s.connect("7", &[]).await;
+    let hello = first.recv_json().await;
+    let epoch = hello["epoch"].as_str().unwrap().to_string();
+    let resume = |offset: &str| {
+        format!(
+            "/ws?token={}&since={offset}&epoch={epoch}",
+            s.token("7", &[])
+        )
+    };
+    for (offset, recovered) in [("%30", true), ("0", true), ("+0", false), ("0x0", false)] {
+        let mut c = TestClient::try_connect(s.addr, &resume(offset), &[])
+            .await
+            .unwrap();
+        let hello = c.recv_json().await;
+        assert_eq!(hello["recovered"], recovered, "since={offset}: {hello}");
+    }
+}

@@ -190,3 +190,16 @@ async fn operations_endpoints() {
         assert!(metrics.contains(name), "{name} missing in\n{metrics}");
     }
 }
+
+/// A broadcast item in a `/batch` (the contract has none) is refused, and the answer says where
+/// broadcasts go.
+#[tokio::test]
+async fn a_broadcast_in_a_batch_is_refused_with_the_way_to_send_it() {
+    let s = TestServer::start();
+    let (status, body) = s.post("/batch", r#"[{"message": 1}]"#).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("item 0") && body.contains("/broadcast"),
+        "{body}"
+    );
+}

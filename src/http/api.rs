@@ -292,7 +292,10 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<Delivery>, ApiError> {
             match (&item.user_id, &item.channel) {
                 (Some(user), None) => direct(user, item.message),
                 (None, Some(channel)) => on_channel(channel, item.message),
-                _ => Err("needs exactly one of userId and channel".to_string()),
+                _ => Err(
+                    "needs exactly one of userId and channel (a broadcast is POST /broadcast)"
+                        .to_string(),
+                ),
             }
             .map_err(in_item)
         })

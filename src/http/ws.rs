@@ -256,17 +256,22 @@ async fn connected_from_redis(
 /// position to resume from.
 fn since(req: &Request<Incoming>) -> Option<Option<Since>> {
     let query = req.uri().query()?;
+    // Percent-decoded, like any query string; an offset is decimal digits only (`+0` is not).
     let param = |name: &str| {
-        query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
     };
     let offset = param("since")?;
     let epoch = param("epoch").filter(|e| !e.is_empty());
-    Some(offset.parse().ok().zip(epoch).map(|(offset, epoch)| Since {
-        offset,
-        epoch: epoch.to_string(),
-    }))
+    let offset = Some(offset)
+        .filter(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|o| o.parse().ok());
+    Some(
+        offset
+            .zip(epoch)
+            .map(|(offset, epoch)| Since { offset, epoch }),
+    )
 }
 
 /// The token from `?token=` or `Authorization: Bearer`.
