@@ -116,9 +116,11 @@ impl Server {
         let connection_slots = Arc::new(Semaphore::new(
             config.max_connections().min(Semaphore::MAX_PERMITS),
         ));
+        let drain = Arc::new(crate::worker::Drain::new(workers));
         let mut started = Started {
             shutdown: CancellationToken::new(),
             threads: Vec::with_capacity(workers + 1),
+            bridge_stop: drain.done.clone(),
         };
         let presence = Arc::new(match prepared.is_some() {
             true => crate::presence::Presence::new(bus.clone()).fleet(),
@@ -126,11 +128,9 @@ impl Server {
         });
         let bridge = match prepared {
             Some(prepared) => {
-                let (bridge, thread) = prepared.spawn(
-                    bus.clone(),
-                    Some(presence.clone()),
-                    started.shutdown.child_token(),
-                )?;
+                // Stops once the workers have drained (see `Drain`), not with them.
+                let (bridge, thread) =
+                    prepared.spawn(bus.clone(), Some(presence.clone()), drain.done.clone())?;
                 started.threads.push(thread);
                 Some(bridge)
             }
@@ -178,6 +178,7 @@ impl Server {
                 shutdown: started.shutdown.child_token(),
                 tracker: TaskTracker::new(),
                 next_conn: Default::default(),
+                drain: drain.clone(),
             });
             hubs.push(hub);
             let thread = std::thread::Builder::new()
@@ -252,6 +253,8 @@ impl Drop for Server {
 struct Started {
     shutdown: CancellationToken,
     threads: Vec<JoinHandle<()>>,
+    /// The bridge's stop: cancelled by the last worker's drain, or here if the start failed.
+    bridge_stop: CancellationToken,
 }
 
 impl Started {
@@ -267,6 +270,7 @@ impl Drop for Started {
             return;
         }
         self.shutdown.cancel();
+        self.bridge_stop.cancel();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

@@ -51,6 +51,31 @@ pub struct WorkerContext {
     pub tracker: TaskTracker,
     /// Numbers this worker's connections ([`crate::protocol::ConnId::seq`]).
     pub next_conn: AtomicU64,
+    /// Told when this worker's drain is over (the bridge stops after the last one).
+    pub drain: Arc<Drain>,
+}
+
+/// Counts the workers still draining: the last one to finish cancels `done`, which stops the
+/// bridge, so what the drain changed (the presence of every connection it closed) reaches
+/// Redis before the bridge goes.
+pub struct Drain {
+    left: std::sync::atomic::AtomicUsize,
+    pub done: CancellationToken,
+}
+
+impl Drain {
+    pub fn new(workers: usize) -> Self {
+        Drain {
+            left: workers.into(),
+            done: CancellationToken::new(),
+        }
+    }
+
+    fn finished(&self) {
+        if self.left.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.done.cancel();
+        }
+    }
 }
 
 /// Runs the worker on the current thread until shutdown and the drain are done.
@@ -63,6 +88,7 @@ pub fn run(
         .enable_all()
         .build()
         .expect("a tokio runtime can be built (fails only when the OS refuses an epoll fd)");
+    let drain = ctx.drain.clone();
     runtime.block_on(async move {
         tokio::spawn(bus_task(
             inbox_rx,
@@ -91,6 +117,7 @@ pub fn run(
             );
         }
     });
+    drain.finished();
 }
 
 /// Hands every delivery from this worker's inbox to its hub, a batch per lock (and per flush of

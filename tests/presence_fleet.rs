@@ -470,3 +470,31 @@ async fn the_registered_channels_follow_what_the_process_holds() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A clean stop (SIGTERM) takes the process's members out of Redis as it goes, with nobody
+/// else running to purge them: they used to stay until another server started.
+#[tokio::test]
+async fn a_clean_stop_takes_its_members_out_of_redis() {
+    let redis = RedisServer::start();
+    let (child, addr) = machine(&redis, "cs:", "alone").await;
+    let mut child = Killed(child);
+    let _members = [
+        member(addr, "1", true).await,
+        member(addr, "2", false).await,
+    ];
+    count_becomes(addr, 2, 2).await;
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while child.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the server did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("cs:*").query(&mut conn).unwrap();
+    let left: Vec<&String> = keys.iter().filter(|k| !k.starts_with("cs:n:")).collect();
+    assert!(left.is_empty(), "still in Redis: {left:?}");
+}

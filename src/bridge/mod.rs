@@ -429,6 +429,10 @@ impl Prepared {
         let (map_tx, map) = watch::channel(Arc::new(deployment.first_map()));
         let (redirects, redirected) = mpsc::unbounded_channel();
         let refresh = Arc::new(Notify::new());
+        // The links outlive the presence keeper, whose last writes go through them.
+        let presence_done = shutdown.clone();
+        let shutdown_links = CancellationToken::new();
+        let links = shutdown_links.clone();
         let presence_keeper = presence.map(|presence| presence::Keeper {
             presence,
             requests: bridge.publish_tx.clone(),
@@ -439,6 +443,7 @@ impl Prepared {
             metrics: bridge.metrics.clone(),
             shutdown: shutdown.clone(),
         });
+        let shutdown = links;
         let keeper = deployment.cluster.then(|| cluster::Keeper {
             deployment: deployment.clone(),
             map: map_tx,
@@ -497,9 +502,11 @@ impl Prepared {
                         }
                     };
                     let presence = async {
-                        if let Some(keeper) = presence_keeper {
-                            keeper.run().await;
+                        match presence_keeper {
+                            Some(keeper) => keeper.run().await,
+                            None => presence_done.cancelled().await,
                         }
+                        shutdown_links.cancel();
                     };
                     tokio::join!(
                         publisher.run(publish_rx, redirected),

@@ -389,7 +389,10 @@ impl Keeper {
         let mut state = KeeperState::default();
         loop {
             tokio::select! {
-                () = self.shutdown.cancelled() => return,
+                () = self.shutdown.cancelled() => {
+                    self.leave(&mut registry, &mut state).await;
+                    return;
+                }
                 Some(ack) = state.acks.next(), if !state.acks.is_empty() => match ack {
                     // Not carried out: written, or purged, with the next round.
                     Ack::Write(channel, changes, false) => {
@@ -491,6 +494,46 @@ impl Keeper {
         }
         self.presence.mark_again(unsent);
         Ok(())
+    }
+
+    /// At a clean shutdown, once every connection is closed: writes what changed (the last
+    /// members' leaves), waits for Redis to carry it out, and takes this process out of the
+    /// registry, so its members are gone at once, not when survivors notice it stopped beating
+    /// (nor never, with no survivor). What cannot be done in time is left to the survivors.
+    async fn leave(
+        &self,
+        conn: &mut Option<redis::aio::MultiplexedConnection>,
+        state: &mut KeeperState,
+    ) {
+        let done = async {
+            self.write(conn, state).await?;
+            while let Some(ack) = state.acks.next().await {
+                if let Ack::Write(_, _, false) | Ack::Purge(_, _, false) = ack {
+                    return Err("Redis did not carry out a write".to_string());
+                }
+            }
+            if !self.presence.channels().is_empty() {
+                return Err("members are still here".into());
+            }
+            let (me, registry, mine) = self.connect(conn).await?;
+            let c = conn.as_mut().expect("connected above");
+            let mut pipe = redis::pipe();
+            pipe.cmd("ZREM")
+                .arg(&registry)
+                .arg(&me)
+                .cmd("DEL")
+                .arg(&mine);
+            pipe.query_async::<()>(c).await.map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(super::RESPONSE_TIMEOUT, done).await {
+            Ok(Ok(())) => tracing::info!("bridge: this process's presence is gone from Redis"),
+            Ok(Err(why)) => {
+                tracing::warn!("bridge: presence left to the other processes to purge: {why}");
+            }
+            Err(_) => {
+                tracing::warn!("bridge: presence left to the other processes to purge: no answer")
+            }
+        }
     }
 
     /// Takes out of this process's set the channels whose members here are all gone (written
