@@ -85,6 +85,8 @@ pub struct BridgeMetrics {
     pub gaps_lost: AtomicU64,
     /// With `--history-ack-replicas`: history publishes fewer replicas confirmed in time (503).
     pub unconfirmed: AtomicU64,
+    /// Redis answered the last history write `-OOM` (at `maxmemory`): unready until one passes.
+    pub out_of_memory: AtomicBool,
     /// Each Redis master the bridge uses (one without a cluster), by `host:port`.
     shards: std::sync::Mutex<std::collections::BTreeMap<String, Arc<ShardMetrics>>>,
 }

@@ -771,3 +771,34 @@ async fn a_position_nobody_published_to_is_kept_briefly_in_redis() {
     let busy = pttl(&mut conn, "hf:o:c:busy");
     assert!(busy > 2 * ttl_ms, "{busy}");
 }
+
+/// A Redis at `maxmemory` (no eviction) refuses history writes: the 503 says so, `/readyz`
+/// says 503 too (it used to say 200 while every history publish failed), and both recover
+/// once Redis has room again.
+#[tokio::test]
+async fn a_redis_out_of_memory_is_said_by_the_503_and_by_readyz() {
+    let redis = RedisServer::start();
+    let a = machine(&redis, "a").await;
+    redis_cmd(
+        redis.port,
+        &["CONFIG", "SET", "maxmemory-policy", "noeviction"],
+    );
+    redis_cmd(redis.port, &["CONFIG", "SET", "maxmemory", "1"]);
+    // Redis may still take the first write after the limit is set.
+    let mut refused = None;
+    for _ in 0..10 {
+        let body = json!({"channel": "news", "message": 1}).to_string();
+        if let (503, text) = a.post("/publish", &body).await {
+            refused = Some(text);
+            break;
+        }
+    }
+    let text = refused.expect("Redis at maxmemory refused no write");
+    assert!(text.contains("out of memory"), "{text}");
+    a.wait_readyz(503).await;
+    let (_, why) = a.get("/readyz").await;
+    assert!(why.contains("out of memory"), "{why}");
+    redis_cmd(redis.port, &["CONFIG", "SET", "maxmemory", "0"]);
+    a.wait_readyz(200).await;
+    post_offset(&a, "/publish", json!({"channel": "news", "message": 2})).await;
+}

@@ -72,6 +72,8 @@ pub enum Fate {
     /// A Redis Cluster refused it while it changes masters (`CLUSTERDOWN`, `TRYAGAIN`, ...):
     /// not taken, and nothing is lost; a retry within seconds goes through.
     Failover,
+    /// Redis is at `maxmemory` and refuses writes (`-OOM`): not taken.
+    OutOfMemory,
     /// Kept by the master, but fewer than `--history-ack-replicas` replicas confirmed it in
     /// time: not published by us; it may still be delivered (read from the history) or be
     /// lost with its master.
@@ -391,6 +393,13 @@ impl Bridge {
                 "another process holds --node-id {}; give each process its own",
                 self.node_id
             ));
+        }
+        if self.metrics.out_of_memory.load(Relaxed) {
+            return Some(
+                "Redis is out of memory (maxmemory): it refuses history writes, so publishes to \
+                 topics with history get 503 until it has room"
+                    .to_string(),
+            );
         }
         (!self.metrics.is_up()).then(|| match self.cluster {
             false => "Redis unreachable, messages reach this machine only".to_string(),

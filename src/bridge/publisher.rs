@@ -645,6 +645,7 @@ impl Publisher {
                             reply,
                         }),
                         (Some((offset, epoch)), None) => {
+                            self.metrics.out_of_memory.store(false, Relaxed);
                             self.metrics.published.fetch_add(1, Relaxed);
                             shard.published.fetch_add(1, Relaxed);
                             let _ = reply.send(Fate::Taken(offset, epoch));
@@ -655,9 +656,13 @@ impl Publisher {
                     }
                 }
                 (Request::Append { reply: tx, .. }, Reply::Error(e)) => {
-                    let fate = match master_changing(&e) {
-                        true => Fate::Failover,
-                        false => Fate::Refused,
+                    let fate = if master_changing(&e) {
+                        Fate::Failover
+                    } else if e.starts_with("OOM") {
+                        self.metrics.out_of_memory.store(true, Relaxed);
+                        Fate::OutOfMemory
+                    } else {
+                        Fate::Refused
                     };
                     let _ = tx.send(fate);
                 }
@@ -752,6 +757,7 @@ impl Publisher {
             pubsub::encode(&mut out, &[publish, channel.as_bytes(), &message]);
         }
         conn.writer.raw(&out).await.map_err(|e| e.to_string())?;
+        self.metrics.out_of_memory.store(false, Relaxed);
         for a in held.appends {
             // Taken whatever PUBLISH answers: the message is kept where replicas hold it, and
             // a machine that misses it reads it from there.
@@ -784,6 +790,9 @@ impl Publisher {
         if self.history.is_some() {
             within(conn.read_lineage()).await?;
             self.set_lineage(node, Some(&conn.lineage));
+            if self.metrics.out_of_memory.load(Relaxed) && within(conn.has_room()).await? {
+                self.metrics.out_of_memory.store(false, Relaxed);
+            }
         }
         if self.holds_claim(node) {
             return self.claim(conn).await;
@@ -978,6 +987,31 @@ impl Conn {
         self.lineage = Lineage::parse(&text).ok_or("INFO gave no replication id")?;
         self.lineage_stale = false;
         Ok(())
+    }
+
+    /// Whether Redis is under its `maxmemory` (or has none) now, from `INFO memory`.
+    async fn has_room(&mut self) -> Result<bool, String> {
+        self.writer
+            .command(&[b"INFO", b"memory"])
+            .await
+            .map_err(|e| e.to_string())?;
+        let text = match self.reader.reply(64 * 1024).await? {
+            Reply::Bulks(parts) => parts.first().cloned().flatten().unwrap_or_default(),
+            other => return Err(format!("INFO answered {other:?}")),
+        };
+        let text = String::from_utf8_lossy(&text);
+        let field = |name: &str| -> Option<u64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
+                .trim()
+                .parse()
+                .ok()
+        };
+        Ok(match (field("used_memory"), field("maxmemory")) {
+            (_, Some(0)) => true,
+            (Some(used), Some(max)) => used < max,
+            _ => true,
+        })
     }
 
     /// The scripts' last five arguments ([`history::APPEND`]): this master's lineage, whether

@@ -86,6 +86,7 @@ fn not_taken(fates: &[Fate], batch: bool) -> Response {
     let mut error = match (batch, fates) {
         (false, [Fate::Unknown]) => "the link to the history store (Redis) broke while the message was on its way: it may have been delivered, and a retry may deliver it twice".to_string(),
         (false, [Fate::Unconfirmed]) => "fewer replicas than --history-ack-replicas confirmed the message in time: it may still be delivered or be lost with its master, and a retry may deliver it twice".to_string(),
+        (false, [Fate::OutOfMemory]) => "Redis is out of memory (maxmemory) and refuses history writes: the message was not taken; retry once it has room".to_string(),
         (false, [Fate::Failover]) => "the Redis Cluster is changing masters (a failover or slot move): the message was not taken and nothing is lost; retry in a second".to_string(),
         (false, _) => "the history store (Redis) cannot be written now: the message was not delivered; retry".to_string(),
         (true, _) => format!(
