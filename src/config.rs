@@ -87,6 +87,11 @@ pub struct Config {
     #[arg(long, env = "FANFARE_HISTORY_TTL", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
     pub history_ttl: u64,
 
+    /// Most bytes of messages the history keeps in this process, all topics together; past
+    /// it the oldest go. Default: an eighth of the machine's memory (at least 64 MiB)
+    #[arg(long, env = "FANFARE_HISTORY_MAX_BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub history_max_bytes: Option<u64>,
+
     /// With --redis: answer a history publish 202 only once this many replicas of its master
     /// hold it (WAIT), and deliver it only then; 0 = off (PROTOCOL section 7)
     #[arg(long, env = "FANFARE_HISTORY_ACK_REPLICAS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
@@ -157,6 +162,26 @@ impl Config {
 
     pub fn history_ttl(&self) -> Duration {
         Duration::from_secs(self.history_ttl)
+    }
+
+    /// `--history-max-bytes`, or an eighth of the machine's memory (at least 64 MiB).
+    pub fn history_max_bytes(&self) -> usize {
+        let given = self
+            .history_max_bytes
+            .map(|b| usize::try_from(b).unwrap_or(usize::MAX));
+        given.unwrap_or_else(|| {
+            // SAFETY: sysconf(3) only reads system configuration.
+            let (pages, page) = unsafe {
+                (
+                    libc::sysconf(libc::_SC_PHYS_PAGES),
+                    libc::sysconf(libc::_SC_PAGESIZE),
+                )
+            };
+            let memory = usize::try_from(pages.max(0))
+                .unwrap_or(0)
+                .saturating_mul(usize::try_from(page.max(0)).unwrap_or(0));
+            (memory / 8).max(64 << 20)
+        })
     }
 
     pub fn request_timeout(&self) -> Duration {

@@ -77,8 +77,12 @@ pub struct History {
     topics: AtomicI64,
     /// Numbers the epochs.
     generations: AtomicU64,
+    /// Messages dropped for `--history-max-bytes`, for `/metrics`.
+    pub evicted: AtomicU64,
     /// Begins every epoch this process makes, so it knows its own (see [`Locked::since`]).
     run: String,
+    /// `--history-max-bytes`: past it, the oldest messages go (see [`Locked::append`]).
+    max_bytes: Option<usize>,
 }
 
 #[derive(Default)]
@@ -122,8 +126,16 @@ impl History {
             bytes: AtomicI64::new(0),
             topics: AtomicI64::new(0),
             generations: AtomicU64::new(1),
+            evicted: AtomicU64::new(0),
             run: random_hex(3),
+            max_bytes: None,
         }
+    }
+
+    /// At most `bytes` of messages kept in all: past it, the oldest go first.
+    pub fn with_max_bytes(mut self, bytes: usize) -> Self {
+        self.max_bytes = Some(bytes);
+        self
     }
 
     /// Locks the shard of `topic`. Never held across an `.await`.
@@ -187,7 +199,48 @@ impl Locked<'_> {
                 h.bytes.fetch_sub(f.bytes().len() as i64, Relaxed);
             }
         }
-        (t.position(), frame)
+        let position = t.position();
+        self.evict_over_cap();
+        (position, frame)
+    }
+
+    /// Past `--history-max-bytes`, drops this shard's oldest messages (oldest first, across its
+    /// topics) until the whole history is 5 % under the cap. A resume that needed one of them
+    /// is `recovered: false`, as for a message past the TTL. Only the shard at hand is touched
+    /// (its lock is held): a flood is paid for where it lands.
+    fn evict_over_cap(&mut self) {
+        let h = self.history;
+        let Some(max) = h.max_bytes else {
+            return;
+        };
+        if h.bytes.load(Relaxed) <= max as i64 {
+            return;
+        }
+        let target = (max - max / 20) as i64;
+        let topics: Vec<Topic> = self.shard.topics.keys().cloned().collect();
+        let mut fronts: std::collections::BinaryHeap<_> = topics
+            .iter()
+            .enumerate()
+            .filter_map(|(i, topic)| {
+                let (_, at, _) = self.shard.topics[topic].kept.front()?;
+                Some(std::cmp::Reverse((*at, i)))
+            })
+            .collect();
+        while h.bytes.load(Relaxed) > target {
+            let Some(std::cmp::Reverse((_, i))) = fronts.pop() else {
+                return;
+            };
+            let Some(t) = self.shard.topics.get_mut(&topics[i]) else {
+                continue;
+            };
+            if let Some((_, _, f)) = t.kept.pop_front() {
+                h.bytes.fetch_sub(f.bytes().len() as i64, Relaxed);
+                h.evicted.fetch_add(1, Relaxed);
+            }
+            if let Some((_, at, _)) = t.kept.front() {
+                fronts.push(std::cmp::Reverse((*at, i)));
+            }
+        }
     }
 
     /// Where `topic` stands now; a topic never seen (or forgotten) starts a new epoch at 0.

@@ -251,6 +251,11 @@ impl Snapshot {
                 "Topics whose position is remembered.",
                 topics,
             ));
+            counters.push((
+                "fanfare_history_evicted",
+                "Messages dropped from the history to stay under --history-max-bytes.",
+                h.evicted.load(Relaxed),
+            ));
         }
         if let Some(b) = &m.bridge {
             gauges.push((

@@ -105,11 +105,14 @@ impl Server {
         let routes = Arc::new(Routes::new(workers, log));
         // With Redis, the history is kept there (see the bridge); here only without.
         let history = (config.history_size > 0 && config.redis.is_none()).then(|| {
-            Arc::new(History::new(
-                config.history_size as usize,
-                config.history_ttl(),
-                routes.clone(),
-            ))
+            Arc::new(
+                History::new(
+                    config.history_size as usize,
+                    config.history_ttl(),
+                    routes.clone(),
+                )
+                .with_max_bytes(config.history_max_bytes()),
+            )
         });
         let metrics = Arc::new(Metrics::new(workers, bridge_metrics, history.clone()));
         let (bus, inboxes) = Bus::new(routes.clone(), workers);

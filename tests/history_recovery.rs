@@ -371,3 +371,33 @@ async fn a_since_in_the_query_is_decoded_and_strict() {
         assert_eq!(hello["recovered"], recovered, "since={offset}: {hello}");
     }
 }
+
+/// One caller publishing to many topics cannot grow the history past --history-max-bytes: the
+/// oldest messages go (counted), and a resume that needed them is `recovered: false`.
+#[tokio::test]
+async fn the_history_stays_under_its_byte_cap_and_says_what_it_dropped() {
+    const CAP: u64 = 200_000;
+    let s = TestServer::start_with(|c| {
+        c.history_size = 100;
+        c.history_max_bytes = Some(CAP);
+        c.max_message_bytes = 1 << 20;
+    });
+    let (mut first, epoch) = subscribed(&s, "1", "t0").await;
+    drop(first.ws.close(None).await);
+    let pad = "x".repeat(1000);
+    for round in 0..10 {
+        let batch: Vec<Value> = (0..100)
+            .map(|t| json!({"channel": format!("t{t}"), "message": {"round": round, "pad": pad}}))
+            .collect();
+        let (status, body) = s.post("/batch", &json!(batch).to_string()).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let kept = s.metric("fanfare_history_bytes").await;
+    assert!(kept <= CAP as f64, "{kept} bytes kept");
+    assert!(s.metric("fanfare_history_evicted_total").await > 0.0);
+    let mut back = s.connect("1", &["t0"]).await;
+    assert_eq!(back.recv_json().await["type"], "connected");
+    let reply = subscribe_since(&mut back, "t0", Some((0, &epoch))).await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_eq!(reply["offset"], 10, "{reply}");
+}
