@@ -93,7 +93,15 @@ pub struct Presence {
     /// With Redis: the (channel, user) pairs whose count here changed since the bridge last
     /// wrote them; `None` in a process alone.
     dirty: Option<Mutex<Dirty>>,
+    /// In a process alone: the (channel, user) pairs that changed since the last
+    /// [`flush_events`](Self::flush_events), with whether the user was a member before and its
+    /// info, so a storm of joins and leaves makes one event per user that really came or went.
+    window: Mutex<HashMap<Channel, HashMap<UserId, (bool, Option<Arc<str>>)>>>,
 }
+
+/// How often a process alone sends the `join`/`leave` events of what changed (as the bridge
+/// writes to Redis with a fleet).
+pub const EVENTS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Presence {
     pub fn new(bus: Bus) -> Self {
@@ -102,6 +110,7 @@ impl Presence {
             bus,
             missed: AtomicU64::new(0),
             dirty: None,
+            window: Mutex::default(),
         }
     }
 
@@ -230,9 +239,72 @@ impl Presence {
             self.mark(channel, user);
             return;
         }
-        if first && members.watchers > 0 {
-            // Sent under the shard's lock, so a `join` and the `leave` after it go out in order.
-            self.send(channel, Frame::join(channel, user, info.map(|i| &**i)));
+        // Under the shard's lock (shard, then window, everywhere): changes are noted in the
+        // order they happen.
+        if first {
+            self.changed(channel, user, false, info.cloned());
+        }
+    }
+
+    /// Notes that `user` came to or left `channel` (it was a member before: `was`), for the
+    /// next [`flush_events`](Self::flush_events).
+    fn changed(&self, channel: &Channel, user: &UserId, was: bool, info: Option<Arc<str>>) {
+        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = window
+            .entry(channel.clone())
+            .or_default()
+            .entry(user.clone())
+            .or_insert((was, None));
+        entry.1 = info;
+    }
+
+    /// In a process alone, every [`EVENTS_EVERY`], and for one channel before each of its
+    /// messages ([`flush_channel`](Self::flush_channel)): the `join` of each user who is a
+    /// member now and was not at the last flush, the `leave` of each who was and is not, to
+    /// the channel's watchers; a user who came and went in between makes none.
+    pub fn flush_events(&self) {
+        let channels: Vec<Channel> = {
+            let window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+            window.keys().cloned().collect()
+        };
+        for channel in channels {
+            self.flush_channel(&channel);
+        }
+    }
+
+    /// Says what changed in `channel` so far; before each of its messages too, so events keep
+    /// their place among them. Under the channel's shard lock (then the window's, as where
+    /// changes are noted): a change, its event and a message after it cannot cross.
+    pub fn flush_channel(&self, channel: &Channel) {
+        let window = || self.window.lock().unwrap_or_else(|e| e.into_inner());
+        // The common case, on every message: nothing changed anywhere, no shard is locked.
+        if window().is_empty() {
+            return;
+        }
+        let shard = self.shard(channel);
+        let users = window().remove(channel);
+        if let Some(users) = users {
+            self.announce(&shard, channel, users);
+        }
+    }
+
+    fn announce(
+        &self,
+        shard: &HashMap<Channel, Members>,
+        channel: &Channel,
+        users: HashMap<UserId, (bool, Option<Arc<str>>)>,
+    ) {
+        // No entry: nobody is left, and nobody watches.
+        let Some(members) = shard.get(channel).filter(|m| m.watchers > 0) else {
+            return;
+        };
+        for (user, (was, info)) in users {
+            let frame = match (members.users.get(&user), was) {
+                (Some((_, info)), false) => Frame::join(channel, &user, info.as_deref()),
+                (None, true) => Frame::leave(channel, &user, info.as_deref()),
+                _ => continue,
+            };
+            self.send(channel, frame);
         }
     }
 
@@ -281,13 +353,10 @@ impl Presence {
         }
         let info = info.take();
         members.users.remove(user);
-        let watched = members.watchers > 0;
-        if members.users.is_empty() && !watched {
+        if members.users.is_empty() && members.watchers == 0 {
             e.remove();
         }
-        if watched {
-            self.send(channel, Frame::leave(channel, user, info.as_deref()));
-        }
+        self.changed(channel, user, true, info);
     }
 
     fn send(&self, channel: &Channel, frame: Frame) {
@@ -392,7 +461,9 @@ mod tests {
         let info: Arc<str> = r#"{"name":"Ann"}"#.into();
         // Nobody watches: no event is made.
         p.joined(&room, &b, None);
+        p.flush_events();
         p.left(&room, &b);
+        p.flush_events();
         assert!(events(&mut rx).is_empty());
         p.watching(&room, true);
         p.joined(&room, &a, Some(&info));
@@ -405,18 +476,50 @@ mod tests {
                 connections: 3
             }
         );
+        p.flush_events();
+        let mut joins = events(&mut rx);
+        joins.sort();
+        assert_eq!(
+            joins,
+            [
+                r#"{"type":"join","channel":"room","user":"a","info":{"name":"Ann"}}"#,
+                r#"{"type":"join","channel":"room","user":"b"}"#,
+            ]
+        );
         p.left(&room, &a);
         p.left(&room, &a);
         p.left(&room, &b);
         assert_eq!(p.count(&room), Count::default());
+        p.flush_events();
+        let mut leaves = events(&mut rx);
+        leaves.sort();
         assert_eq!(
-            events(&mut rx),
+            leaves,
             [
-                r#"{"type":"join","channel":"room","user":"a","info":{"name":"Ann"}}"#,
-                r#"{"type":"join","channel":"room","user":"b"}"#,
                 r#"{"type":"leave","channel":"room","user":"a","info":{"name":"Ann"}}"#,
                 r#"{"type":"leave","channel":"room","user":"b"}"#,
             ]
+        );
+    }
+
+    /// A storm of subscribes and unsubscribes between two flushes makes one event per user
+    /// that really came or went, not one per change (it used to be two per pair).
+    #[test]
+    fn a_storm_of_joins_and_leaves_makes_only_the_events_that_stand() {
+        let (p, mut rx) = presence();
+        let room = Channel::new("room").unwrap();
+        p.watching(&room, true);
+        let stays = UserId::new("stays").unwrap();
+        for i in 0..10_000 {
+            let user = UserId::new(&format!("u{}", i % 100)).unwrap();
+            p.joined(&room, &user, None);
+            p.left(&room, &user);
+        }
+        p.joined(&room, &stays, None);
+        p.flush_events();
+        assert_eq!(
+            events(&mut rx),
+            [r#"{"type":"join","channel":"room","user":"stays"}"#]
         );
     }
 

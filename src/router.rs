@@ -14,7 +14,7 @@ use crate::bus::{Bus, Delivery, Envelope};
 use crate::history::{History, Since};
 use crate::metrics::Metrics;
 use crate::presence::Presence;
-use crate::protocol::{Channel, Control, Frame, UserId};
+use crate::protocol::{Channel, Control, Frame, Target, UserId};
 use crate::routes::Topic;
 use crate::subscriptions::SubscriptionLog;
 
@@ -129,6 +129,9 @@ impl Router {
 
     async fn publish_one(&self, delivery: Delivery) -> Option<Taken> {
         self.metrics.accepted(&delivery.target);
+        if let (Target::Channel(channel), None) = (&delivery.target, &self.bridge) {
+            self.presence.flush_channel(channel);
+        }
         let topic = Topic::of(&delivery.target);
         if let (Some(history), Some(topic)) = (&self.history, topic) {
             return Some(self.publish_at(history, &topic, delivery).await);

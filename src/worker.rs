@@ -95,6 +95,17 @@ pub fn run(
             ctx.hub.clone(),
             ctx.worker_metrics.clone(),
         ));
+        let presence = ctx.shared.router.presence().clone();
+        if ctx.id.0 == 0 && !presence.is_fleet() {
+            // A process alone sends the `join`/`leave` of what changed, a batch at a time.
+            let shutdown = ctx.shutdown.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(crate::presence::EVENTS_EVERY);
+                while shutdown.run_until_cancelled(every.tick()).await.is_some() {
+                    presence.flush_events();
+                }
+            });
+        }
         for listener in listeners {
             match TcpListener::from_std(listener) {
                 Ok(l) => {
