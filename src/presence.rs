@@ -96,8 +96,12 @@ pub struct Presence {
     /// In a process alone: the (channel, user) pairs that changed since the last
     /// [`flush_events`](Self::flush_events), with whether the user was a member before and its
     /// info, so a storm of joins and leaves makes one event per user that really came or went.
-    window: Mutex<HashMap<Channel, HashMap<UserId, (bool, Option<Arc<str>>)>>>,
+    window: Mutex<HashMap<Channel, Changed>>,
 }
+
+/// Users of one channel that came or went since the last flush: whether each was a member
+/// then, and its info.
+type Changed = HashMap<UserId, (bool, Option<Arc<str>>)>;
 
 /// How often a process alone sends the `join`/`leave` events of what changed (as the bridge
 /// writes to Redis with a fleet).
@@ -288,12 +292,7 @@ impl Presence {
         }
     }
 
-    fn announce(
-        &self,
-        shard: &HashMap<Channel, Members>,
-        channel: &Channel,
-        users: HashMap<UserId, (bool, Option<Arc<str>>)>,
-    ) {
+    fn announce(&self, shard: &HashMap<Channel, Members>, channel: &Channel, users: Changed) {
         // No entry: nobody is left, and nobody watches.
         let Some(members) = shard.get(channel).filter(|m| m.watchers > 0) else {
             return;
