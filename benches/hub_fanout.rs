@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fanfare::bus::{Bus, Delivery, Envelope};
+use fanfare::config::QueueLimits;
 use fanfare::hub::{Hub, Seen};
+use fanfare::protocol::Topic;
 use fanfare::protocol::{ConnId, Frame, Target, UserId, WorkerId};
-use fanfare::routes::{Routes, Topic};
-use fanfare::writer::{QueueLimits, Writer};
+use fanfare::routes::Routes;
+use fanfare::writer::Writer;
 use serde_json::value::RawValue;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};

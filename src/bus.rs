@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::history::{Position, Since};
+use crate::history::Position;
+use crate::protocol::Since;
 use crate::protocol::{Channel, Control, Frame, Target, UserId, WorkerId, WorkerSet};
 use crate::routes::Routes;
 
@@ -151,7 +152,7 @@ impl Bus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::Topic;
+    use crate::protocol::Topic;
 
     #[tokio::test]
     async fn a_full_inbox_is_skipped_and_counted_not_waited_for() {

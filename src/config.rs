@@ -4,10 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
-use rand::RngCore;
 
-use crate::protocol::MAX_WORKERS;
-use crate::writer::QueueLimits;
+use crate::protocol::{random_hex, MAX_WORKERS};
 
 /// Longest duration any flag takes, in seconds (a day): far beyond any sensible setting, and far
 /// from the values where adding it to a clock overflows.
@@ -122,6 +120,13 @@ pub enum Generated {
     ApiKey,
 }
 
+/// How much a connection may leave waiting for its socket (`--queue-limit`, `--queue-bytes`).
+#[derive(Clone, Copy, Debug)]
+pub struct QueueLimits {
+    pub frames: usize,
+    pub bytes: usize,
+}
+
 impl Config {
     /// Defaults for every flag, as `fanfare serve` with no flags and no environment would have.
     pub fn new() -> Self {
@@ -229,12 +234,6 @@ impl Default for Config {
     fn default() -> Self {
         Self::new()
     }
-}
-
-pub fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    rand::rng().fill_bytes(&mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

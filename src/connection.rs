@@ -32,12 +32,13 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Identity, Permissions, TokenKeys};
 use crate::bridge::history::Read;
 use crate::error::{CloseReason, DISCONNECT_CODE};
-use crate::history::{Recovery, Since};
+use crate::history::Recovery;
 use crate::hub::{self, Registration, Reservation, Seen};
 use crate::metrics::WorkerMetrics;
+use crate::protocol::Since;
+use crate::protocol::Topic;
 use crate::protocol::{Channel, ClientMessage, ErrorCode, Frame, UserId};
 use crate::router::{HistoryStore, Router, Unreachable};
-use crate::routes::Topic;
 use crate::subscriptions::{SubscriptionLog, Ticket};
 use crate::writer::{Command, Flushed, Writer, WriterEvent};
 
@@ -763,10 +764,10 @@ mod tests {
     use tokio_tungstenite::WebSocketStream;
 
     use super::*;
+    use crate::config::QueueLimits;
     use crate::hub::{Hub, SharedHub};
     use crate::protocol::{ConnId, UserId, WorkerId};
     use crate::routes::Routes;
-    use crate::writer::QueueLimits;
 
     struct Client {
         ws: WebSocketStream<TcpStream>,

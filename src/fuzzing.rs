@@ -5,8 +5,8 @@
 use crate::auth::{bearer, TokenKeys};
 use crate::bridge::wire::{self, Names};
 use crate::http::api;
+use crate::protocol::Topic;
 use crate::protocol::{Channel, ClientMessage, Control, Frame, Target, UserId};
-use crate::routes::Topic;
 
 /// A client's text frame: decoded or refused, never a panic.
 pub fn client_frame(data: &[u8]) {

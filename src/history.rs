@@ -20,9 +20,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::config::random_hex;
-use crate::protocol::Frame;
-use crate::routes::{Routes, Topic};
+use crate::protocol::{random_hex, Frame, Since, Topic};
+use crate::routes::Routes;
 
 const SHARDS: usize = 16;
 /// How much longer than the TTL a topic's position is remembered.
@@ -44,13 +43,6 @@ pub enum Recovery {
     Recovered(Vec<Frame>),
     /// The history cannot fill the gap (another epoch, too old, evicted): reload.
     Lost,
-}
-
-/// A client's "I have everything up to here".
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Since {
-    pub offset: u64,
-    pub epoch: String,
 }
 
 struct TopicHistory {

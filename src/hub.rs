@@ -20,8 +20,9 @@ use crate::auth::Permissions;
 use crate::bus::{Delivery, Envelope};
 use crate::history::Position;
 use crate::metrics::WorkerMetrics;
+use crate::protocol::Topic;
 use crate::protocol::{Channel, ConnId, Control, ErrorCode, Frame, Target, UserId, WorkerId};
-use crate::routes::{Routes, Topic};
+use crate::routes::Routes;
 use crate::writer::{Command, Flushed, Pushed, Writer};
 
 struct Member {
@@ -792,7 +793,7 @@ impl Hub {
         &mut self,
         user: &UserId,
         control: &Control,
-        since: Option<&crate::history::Since>,
+        since: Option<&crate::protocol::Since>,
         fanout: &mut Fanout,
     ) {
         // Only ids and writers: a recipient's held messages are not copied for this.
@@ -882,7 +883,7 @@ impl Drop for Registration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::writer::QueueLimits;
+    use crate::config::QueueLimits;
     use bytes::Bytes;
     use serde_json::value::RawValue;
 

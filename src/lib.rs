@@ -16,6 +16,7 @@
 //! - [`config`]: every `fanfare serve` flag, its environment variable and default.
 //! - [`server`]: starts N workers on one port and stops them.
 //! - [`worker`]: one thread with its own runtime, listener, hub and bus task.
+//! - [`context`]: what a worker and its handlers share (settings, router, hub, shutdown).
 //! - [`listener`]: SO_REUSEPORT sockets, one per worker.
 //! - [`http`]: hyper connections and one dispatcher: `/ws` upgrades, the publish API, health
 //!   and metrics; limits at the door.
@@ -26,6 +27,7 @@
 //! - [`subscriptions`]: the seam between hubs and bridge: what this process wants from Redis,
 //!   and how far the bridge got.
 //! - [`history`]: offsets, epochs and the messages kept for recovery (one machine).
+//! - [`presence`]: who is in each channel, and their `join`/`leave` events.
 //! - [`bus`]: one bounded inbox per worker; hands each message to the workers the routes name.
 //! - [`hub`]: a worker's registry (user → connections, channel → subscribers) and fan-out.
 //! - [`writer`]: one connection's outgoing frames: straight to the socket, queued only when
@@ -44,6 +46,7 @@ pub mod bridge;
 pub mod bus;
 pub mod config;
 pub mod connection;
+pub mod context;
 pub mod error;
 pub mod fuzzing;
 pub mod history;

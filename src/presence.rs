@@ -27,10 +27,6 @@ use crate::protocol::{Channel, Frame, UserId};
 
 /// Longest `info` claim, as JSON text.
 pub const MAX_INFO_BYTES: usize = 512;
-/// Most members in one answer; more are had page by page (`after`).
-pub const MAX_PAGE: usize = 1000;
-/// Members in an answer that names no `limit`.
-pub const DEFAULT_PAGE: usize = 100;
 
 const SHARDS: usize = 16;
 
@@ -433,8 +429,9 @@ pub fn count_json(channel: &Channel, count: Count) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Topic;
     use crate::protocol::WorkerId;
-    use crate::routes::{Routes, Topic};
+    use crate::routes::Routes;
 
     fn presence() -> (Presence, tokio::sync::mpsc::Receiver<Envelope>) {
         let routes = Arc::new(Routes::new(1, None));

@@ -11,6 +11,51 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+/// `bytes` random bytes as hex: epochs, instance ids, generated secrets.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A client's "I have everything up to here" of a topic with history (PROTOCOL section 7).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Since {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// Most members in one presence answer; more are had page by page (`after`).
+pub const MAX_PAGE: usize = 1000;
+/// Members in a presence answer that names no `limit`.
+pub const DEFAULT_PAGE: usize = 100;
+
+/// What a client can be interested in: its own user id, or a channel.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Topic {
+    User(UserId),
+    Channel(Channel),
+}
+
+impl Topic {
+    /// The topic a message for `target` belongs to; broadcasts belong to none.
+    pub fn of(target: &Target) -> Option<Topic> {
+        match target {
+            Target::User(u) => Some(Topic::User(u.clone())),
+            Target::Channel(c) => Some(Topic::Channel(c.clone())),
+            Target::All => None,
+        }
+    }
+
+    /// Who a message of this topic is for.
+    pub fn target(&self) -> Target {
+        match self {
+            Topic::User(u) => Target::User(u.clone()),
+            Topic::Channel(c) => Target::Channel(c.clone()),
+        }
+    }
+}
+
 /// Longest user id (`sub` claim, `userId` field) in bytes.
 pub const MAX_USER_ID_BYTES: usize = 256;
 /// Longest channel name in bytes.
@@ -480,7 +525,7 @@ impl ErrorCode {
 pub enum ClientMessage {
     /// Subscribe; with `since`, resume after that offset (section 7); with `presence: true`,
     /// also receive the channel's `join` and `leave` events.
-    Subscribe(Channel, Option<crate::history::Since>, bool),
+    Subscribe(Channel, Option<Since>, bool),
     /// The members of a subscribed channel, a page at a time.
     Presence {
         channel: Channel,
@@ -510,7 +555,7 @@ pub enum DecodeError {
     BadChannel(#[from] NameError),
     #[error("\"since\" must be an object {{\"offset\": <integer ≥ 0>, \"epoch\": <string>}}")]
     BadSince,
-    #[error("\"limit\" must be an integer from 1 to {}", crate::presence::MAX_PAGE)]
+    #[error("\"limit\" must be an integer from 1 to {}", MAX_PAGE)]
     BadLimit,
 }
 
@@ -552,11 +597,11 @@ impl ClientMessage {
         };
         let limit = |raw: Option<&RawValue>| -> Result<usize, DecodeError> {
             let Some(raw) = raw.filter(|r| r.get() != "null") else {
-                return Ok(crate::presence::DEFAULT_PAGE);
+                return Ok(DEFAULT_PAGE);
             };
             serde_json::from_str::<usize>(raw.get())
                 .ok()
-                .filter(|l| (1..=crate::presence::MAX_PAGE).contains(l))
+                .filter(|l| (1..=MAX_PAGE).contains(l))
                 .ok_or(DecodeError::BadLimit)
         };
         let raw: Raw = serde_json::from_str(text).map_err(|_| DecodeError::NotJson)?;
@@ -566,7 +611,7 @@ impl ClientMessage {
         };
         match &*raw.kind {
             "subscribe" => {
-                let since = since(raw.since)?.map(|s| crate::history::Since {
+                let since = since(raw.since)?.map(|s| Since {
                     offset: s.offset,
                     epoch: s.epoch,
                 });
@@ -714,7 +759,7 @@ mod tests {
             ClientMessage::decode(r#"{"type":"subscribe","channel":"news"}"#),
             Ok(ClientMessage::Subscribe(c.clone(), None, false))
         );
-        let since = crate::history::Since {
+        let since = Since {
             offset: 41,
             epoch: "e1".into(),
         };

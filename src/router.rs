@@ -11,11 +11,12 @@ use crate::bridge::history::Read;
 pub use crate::bridge::Unreachable;
 use crate::bridge::{Bridge, Fate};
 use crate::bus::{Bus, Delivery, Envelope};
-use crate::history::{History, Since};
+use crate::history::History;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
+use crate::protocol::Since;
+use crate::protocol::Topic;
 use crate::protocol::{Channel, Control, Frame, Target, UserId};
-use crate::routes::Topic;
 use crate::subscriptions::SubscriptionLog;
 
 /// Where topics with history are kept.

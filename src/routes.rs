@@ -12,34 +12,8 @@ use std::collections::hash_map::{Entry, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 
-use crate::protocol::{Channel, Target, UserId, WorkerId, WorkerSet};
+use crate::protocol::{Target, Topic, WorkerId, WorkerSet};
 use crate::subscriptions::SubscriptionLog;
-
-/// What a client can be interested in: its own user id, or a channel.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Topic {
-    User(UserId),
-    Channel(Channel),
-}
-
-impl Topic {
-    /// The topic a message for `target` belongs to; broadcasts belong to none.
-    pub fn of(target: &Target) -> Option<Topic> {
-        match target {
-            Target::User(u) => Some(Topic::User(u.clone())),
-            Target::Channel(c) => Some(Topic::Channel(c.clone())),
-            Target::All => None,
-        }
-    }
-
-    /// Who a message of this topic is for.
-    pub fn target(&self) -> Target {
-        match self {
-            Topic::User(u) => Target::User(u.clone()),
-            Topic::Channel(c) => Target::Channel(c.clone()),
-        }
-    }
-}
 
 const SHARDS: usize = 16;
 
@@ -144,6 +118,7 @@ impl Routes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{Channel, UserId};
 
     #[test]
     fn workers_are_tracked_per_topic() {

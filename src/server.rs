@@ -13,6 +13,7 @@ use crate::auth::TokenKeys;
 use crate::bridge::{Acknowledged, Bridge, BridgeConfig, HistorySettings};
 use crate::bus::Bus;
 use crate::config::Config;
+use crate::context::{Drain, Shared, WorkerContext};
 use crate::error::StartError;
 use crate::history::History;
 use crate::hub::{self, Hub, SharedHub};
@@ -22,7 +23,7 @@ use crate::protocol::WorkerId;
 use crate::router::Router;
 use crate::routes::Routes;
 use crate::subscriptions::SubscriptionLog;
-use crate::worker::{self, Shared, WorkerContext};
+use crate::worker;
 
 /// A running server: its workers' threads and the token that stops them.
 pub struct Server {
@@ -119,7 +120,7 @@ impl Server {
         let connection_slots = Arc::new(Semaphore::new(
             config.max_connections().min(Semaphore::MAX_PERMITS),
         ));
-        let drain = Arc::new(crate::worker::Drain::new(workers));
+        let drain = Arc::new(Drain::new(workers));
         let mut started = Started {
             shutdown: CancellationToken::new(),
             threads: Vec::with_capacity(workers + 1),

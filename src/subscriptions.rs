@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::{watch, Notify};
 
-use crate::routes::Topic;
+use crate::protocol::Topic;
 
 /// A position in the log: done once the bridge has applied every change up to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

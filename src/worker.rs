@@ -2,81 +2,20 @@
 //! shared port, its own hub, and its bus task. A connection lives and dies on the worker that
 //! accepted it.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio::sync::mpsc;
 
-use crate::auth::TokenKeys;
 use crate::bus::Envelope;
-use crate::config::Config;
+use crate::context::WorkerContext;
 use crate::http;
 use crate::hub::{self, SharedHub};
-use crate::metrics::{Metrics, WorkerMetrics};
-use crate::protocol::WorkerId;
-use crate::router::Router;
+use crate::metrics::WorkerMetrics;
 
 /// Deliveries the bus task hands to the hub under one lock.
 const BUS_BATCH: usize = 64;
-
-/// What every worker of the process shares: settings, secrets, the door for publishing, the
-/// process-wide counters and connection limit. The publish API and the operator endpoints need
-/// nothing else.
-pub struct Shared {
-    pub config: Arc<Config>,
-    pub keys: Arc<TokenKeys>,
-    pub api_key: Arc<str>,
-    /// Reaches every worker's inbox and the bridge.
-    pub router: Arc<Router>,
-    pub metrics: Arc<Metrics>,
-    /// `--max-connections` permits; each WebSocket holds one until it ends.
-    pub connection_slots: Arc<Semaphore>,
-}
-
-/// One worker's own state beside what it shares: its hub, counters, shutdown and tasks. The
-/// upgrade handler and the accept loop use it; everything else gets [`Shared`].
-pub struct WorkerContext {
-    pub id: WorkerId,
-    pub shared: Arc<Shared>,
-    pub hub: SharedHub,
-    pub worker_metrics: Arc<WorkerMetrics>,
-    /// Cancelled on shutdown: the accept loop stops, HTTP connections finish, WebSockets close
-    /// with 1001.
-    pub shutdown: CancellationToken,
-    /// Every HTTP connection and WebSocket of this worker, so shutdown can wait for them.
-    pub tracker: TaskTracker,
-    /// Numbers this worker's connections ([`crate::protocol::ConnId::seq`]).
-    pub next_conn: AtomicU64,
-    /// Told when this worker's drain is over (the bridge stops after the last one).
-    pub drain: Arc<Drain>,
-}
-
-/// Counts the workers still draining: the last one to finish cancels `done`, which stops the
-/// bridge, so what the drain changed (the presence of every connection it closed) reaches
-/// Redis before the bridge goes.
-pub struct Drain {
-    left: std::sync::atomic::AtomicUsize,
-    pub done: CancellationToken,
-}
-
-impl Drain {
-    pub fn new(workers: usize) -> Self {
-        Drain {
-            left: workers.into(),
-            done: CancellationToken::new(),
-        }
-    }
-
-    fn finished(&self) {
-        if self.left.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
-            self.done.cancel();
-        }
-    }
-}
 
 /// Runs the worker on the current thread until shutdown and the drain are done.
 pub fn run(

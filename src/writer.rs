@@ -23,6 +23,7 @@ use tokio::io::Interest;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
+use crate::config::QueueLimits;
 use crate::metrics::WorkerMetrics;
 use crate::protocol::{Channel, Frame};
 
@@ -37,13 +38,6 @@ const GATHER_BYTES: usize = 16 * 1024;
 
 thread_local! {
     static GATHER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// How much a connection may leave waiting for its socket.
-#[derive(Clone, Copy, Debug)]
-pub struct QueueLimits {
-    pub frames: usize,
-    pub bytes: usize,
 }
 
 /// The outcome of [`Writer::push`].
@@ -77,7 +71,7 @@ pub enum Command {
     /// A subscription the backend made (`POST /subscribe`) is reserved: send `subscribed`
     /// and let the channel's messages in once the bridge has it; with history, from where the
     /// channel stood when the backend asked.
-    Activate(Channel, Option<crate::history::Since>),
+    Activate(Channel, Option<crate::protocol::Since>),
 }
 
 /// What the connection task hears from its writer.

@@ -12,8 +12,9 @@ use tokio::time::{Duration, Instant};
 
 use super::history::Read;
 use crate::bus::{Delivery, Envelope};
-use crate::history::{Position, Since};
-use crate::routes::Topic;
+use crate::history::Position;
+use crate::protocol::Since;
+use crate::protocol::Topic;
 
 /// Most live messages held for one topic while its gap is read; past it the gap is given up
 /// (and said).

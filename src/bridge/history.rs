@@ -16,7 +16,8 @@
 use bytes::Bytes;
 
 use super::wire;
-use crate::history::{Position, Since};
+use crate::history::Position;
+use crate::protocol::Since;
 use crate::protocol::{Frame, Target};
 
 /// How much longer than the TTL a topic's position is remembered (as in the process).

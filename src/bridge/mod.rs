@@ -49,10 +49,10 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, Delivery};
-use crate::history::Since;
 use crate::metrics::BridgeMetrics;
+use crate::protocol::Since;
+use crate::protocol::Topic;
 use crate::protocol::{Control, Target, UserId};
-use crate::routes::Topic;
 use crate::subscriptions::SubscriptionLog;
 use cluster::Deployment;
 pub use publisher::{Acknowledged, HistorySettings};

@@ -43,7 +43,7 @@ pub const DEAD_AFTER: Duration = Duration::from_secs(6);
 const PER_CALL: usize = 1000;
 /// The largest page of members Redis sends back: each member a user id, a count and info,
 /// with RESP framing.
-pub const MAX_PAGE_REPLY: usize = (crate::presence::MAX_PAGE + 1)
+pub const MAX_PAGE_REPLY: usize = (crate::protocol::MAX_PAGE + 1)
     * (crate::protocol::MAX_USER_ID_BYTES + crate::presence::MAX_INFO_BYTES + 64);
 
 /// Sets one user's count for this process and keeps the totals, publishing `join`/`leave`
@@ -217,7 +217,7 @@ impl PresenceRequest {
     ) {
         let channel = self.channel();
         let [p, q, z, w] = names.presence(channel);
-        let topic = names.topic(&crate::routes::Topic::Channel(channel.clone()));
+        let topic = names.topic(&crate::protocol::Topic::Channel(channel.clone()));
         let header = wire::presence_header(instance);
         match self {
             PresenceRequest::Write {

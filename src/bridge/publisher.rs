@@ -25,10 +25,10 @@ use super::Fate;
 use super::{
     within, Backoff, LinkDown, Request, CLAIM_TTL, PING_EVERY, PUBLISH_QUEUE, RESPONSE_TIMEOUT,
 };
-use crate::config::random_hex;
 use crate::history::Position;
 use crate::metrics::{BridgeMetrics, ShardMetrics};
-use crate::routes::Topic;
+use crate::protocol::random_hex;
+use crate::protocol::Topic;
 
 /// Most messages in one pipeline.
 const BATCH: usize = 1024;

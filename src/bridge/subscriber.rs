@@ -24,9 +24,10 @@ use super::pubsub::{self, Push, Reader, Writer};
 use super::wire::{self, Names};
 use super::{within, Backoff, LinkDown, Request, PING_EVERY, RESPONSE_TIMEOUT};
 use crate::bus::{Bus, Delivery, Envelope};
-use crate::history::{Position, Since};
+use crate::history::Position;
 use crate::metrics::{BridgeMetrics, ShardMetrics};
-use crate::routes::Topic;
+use crate::protocol::Since;
+use crate::protocol::Topic;
 use crate::subscriptions::{SubscriptionLog, Ticket};
 
 /// A read of a gap in flight, answered with what it asked.

@@ -20,8 +20,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::value::RawValue;
 
+use crate::protocol::Topic;
 use crate::protocol::{Channel, Control, Frame, Target, UserId};
-use crate::routes::Topic;
 
 const VERSION: u8 = 2;
 const HEADER: usize = 10;

@@ -18,9 +18,9 @@ use super::Response;
 use crate::auth::{bearer, keys_match};
 use crate::bridge::Fate;
 use crate::bus::Delivery;
+use crate::context::Shared;
 use crate::protocol::{Channel, Control, Frame, Target, UserId, MAX_DISCONNECT_REASON_BYTES};
 use crate::router::NotTaken;
-use crate::worker::Shared;
 
 /// What an accepted request asks for.
 enum Accepted {

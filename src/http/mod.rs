@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 
 pub use reject::ApiError;
 
-use crate::worker::WorkerContext;
+use crate::context::WorkerContext;
 
 pub type Response = hyper::Response<Full<Bytes>>;
 

@@ -6,7 +6,7 @@ use hyper::{Method, StatusCode};
 
 use super::reject::ApiError;
 use super::{response, Response};
-use crate::worker::Shared;
+use crate::context::Shared;
 
 const CONSOLE_HTML: &str = include_str!("console.html");
 const CLIENT_JS: &str = include_str!("../../clients/js/dist/fanfare.js");

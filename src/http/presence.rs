@@ -8,9 +8,10 @@ use hyper::{Method, Request, StatusCode};
 use super::api::{check_key, read_body};
 use super::reject::{json, ApiError};
 use super::Response;
-use crate::presence::{self, DEFAULT_PAGE, MAX_PAGE};
+use crate::context::Shared;
+use crate::presence;
 use crate::protocol::{Channel, UserId};
-use crate::worker::Shared;
+use crate::protocol::{DEFAULT_PAGE, MAX_PAGE};
 
 /// Most channels in one `POST /presence/counts`.
 pub const MAX_CHANNELS: usize = 1000;

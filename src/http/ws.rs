@@ -24,12 +24,13 @@ use super::reject::ApiError;
 use super::{response, Response};
 use crate::auth::bearer;
 use crate::connection::{Connection, SocketIo};
-use crate::history::{Recovery, Since};
+use crate::context::WorkerContext;
+use crate::history::Recovery;
 use crate::hub::{self, Registration, Seen};
+use crate::protocol::Since;
+use crate::protocol::Topic;
 use crate::protocol::{ConnId, Frame};
 use crate::router::{HistoryStore, Router};
-use crate::routes::Topic;
-use crate::worker::WorkerContext;
 use crate::writer::Writer;
 
 /// Bytes read from the socket at a time. Client frames are small (subscribe, ping); a larger
