@@ -60,6 +60,9 @@ fn main() {
             "",
             "--appendonly",
             "no",
+            // A replica's full sync writes an RDB: not in the checkout.
+            "--dir",
+            &std::env::temp_dir().to_string_lossy(),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -76,6 +79,7 @@ fn main() {
             .to_string();
         let child = Command::new("redis-server")
             .args(["--port", &replica_port, "--bind", "127.0.0.1", "--save", ""])
+            .args(["--dir", &std::env::temp_dir().to_string_lossy()])
             .args([
                 "--appendonly",
                 "no",

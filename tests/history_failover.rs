@@ -427,3 +427,87 @@ fn replica_acks_without_redis_history_are_refused_at_start() {
     let refused = fanfare::Server::start(config).err().expect("refused");
     assert!(refused.to_string().contains("--redis"), "{refused}");
 }
+
+/// The append script keeps the continuation ticket `t` only for a write every replica had to
+/// confirm: a write answered without that (another machine without replica acks, or a master
+/// with more replicas than it waits for) takes it away, so a promoted replica that may lack
+/// that write starts a new epoch instead of giving its offset again.
+#[test]
+fn only_a_write_every_replica_confirmed_lets_a_promoted_replica_continue() {
+    let redis = common::RedisServer::start();
+    let mut c = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let append = |c: &mut redis::Connection, confirmed: bool| -> String {
+        let publish = if confirmed { "" } else { "PUBLISH" };
+        redis::cmd("EVAL")
+            .arg(fanfare::bridge::history::APPEND)
+            .arg(2)
+            .arg(&[
+                "o:t", "h:t", "chan", "hdr", "{}", "0e0e", "100", "60000", publish,
+            ])
+            .arg(&["old", "", "0", "1", ","])
+            .arg(if confirmed { "1" } else { "" })
+            .query(c)
+            .unwrap()
+    };
+    // The master's data moves to a replica promoted long after it started ("old" is what it
+    // continued); the read tells whether the epoch holds.
+    let epoch_after_failover = |c: &mut redis::Connection| -> String {
+        let reply: Vec<String> = redis::cmd("EVAL")
+            .arg(fanfare::bridge::history::READ)
+            .arg(2)
+            .arg(&["o:t", "h:t", "", "", "1f1f", "60000", "0"])
+            .arg(&["new", "old", "0", "1", ","])
+            .query(c)
+            .unwrap();
+        reply[0].clone()
+    };
+    assert_eq!(append(&mut c, true), "1 0e0e");
+    let t: Option<String> = redis::cmd("HGET")
+        .arg("o:t")
+        .arg("t")
+        .query(&mut c)
+        .unwrap();
+    assert!(t.is_some());
+    let _: () = redis::cmd("HSET")
+        .arg("o:t")
+        .arg("l")
+        .arg("old")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(
+        epoch_after_failover(&mut c),
+        "0e0e",
+        "every replica held it: continued"
+    );
+
+    let _: () = redis::cmd("HSET")
+        .arg("o:t")
+        .arg("l")
+        .arg("old")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(append(&mut c, false), "2 0e0e");
+    let t: Option<String> = redis::cmd("HGET")
+        .arg("o:t")
+        .arg("t")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(
+        t, None,
+        "a write not every replica confirmed takes the ticket away"
+    );
+    let _: () = redis::cmd("HSET")
+        .arg("o:t")
+        .arg("l")
+        .arg("old")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(
+        epoch_after_failover(&mut c),
+        "1f1f",
+        "a new epoch, not offset 2 again"
+    );
+}

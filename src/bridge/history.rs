@@ -36,9 +36,11 @@ pub const POSITION_MEMORY: u64 = 10;
 ///   its `l` is the lineage of another master this machine is connected to now, and not the
 ///   one this master continued (which would be a failover, not a move);
 /// - with `--history-ack-replicas`, a promoted replica continues the epoch of a hash written
-///   by its old master (`l` is its `master_replid2`) if it was already running when the topic
-///   was last written (`t`, Redis time in ms): then it held that write by replication, not
-///   from its own disk, and every message relayed was held by the acknowledging replicas first.
+///   by its old master (`l` is its `master_replid2`) if it was already running (by more than
+///   5 s, for clocks that disagree a little) when the topic was last written (`t`, Redis time
+///   in ms): then it held that write by replication, not from its own disk. `t` is written
+///   only when every replica of the master had to confirm the write before anyone was told
+///   of it, so whichever replica is promoted held it.
 ///
 /// KEYS: position, stream. Arguments of `position`: the new epoch if one is needed, this
 /// master's replication id, the one it continued (`master_replid2`, or empty), the ms it
@@ -51,13 +53,13 @@ local function position(new, lineage, predecessor, started, acknowledged, others
   if not h[1] then
     redis.call('DEL', KEYS[2])
     redis.call('HSET', KEYS[1], 'e', new, 'l', lineage)
-    return new, 0
+    return new, 0, false
   end
   local epoch = h[1]
   if h[2] ~= lineage then
     local from = h[2] or ''
     local continued = acknowledged == '1' and from == predecessor
-      and tonumber(h[3] or '0') > tonumber(started)
+      and tonumber(h[3] or '0') > tonumber(started) + 5000
     local moved = from ~= '' and from ~= predecessor
       and string.find(others, ',' .. from .. ',', 1, true) ~= nil
     if not (continued or moved) then
@@ -66,7 +68,7 @@ local function position(new, lineage, predecessor, started, acknowledged, others
     end
     redis.call('HSET', KEYS[1], 'l', lineage)
   end
-  return epoch, tonumber(h[4] or '0')
+  return epoch, tonumber(h[4] or '0'), h[3]
 end
 "
     };
@@ -75,21 +77,27 @@ end
 /// Takes the next offset, keeps the message, publishes it. KEYS: position, stream. ARGV:
 /// channel, wire header, payload, epoch if a new one is needed, size, TTL in ms, how to
 /// publish (`PUBLISH`, or `SPUBLISH` on a cluster: the channel shares the keys' slot; empty in
-/// acknowledged mode, where the bridge publishes once replicas hold the message), then the
-/// last five arguments of `position` (see [`lineage!`]). Returns `<offset> <epoch>`.
+/// acknowledged mode, where the bridge publishes once replicas hold the message), the last
+/// five arguments of `position` (see [`lineage!`]), and "1" when every replica of this master
+/// must confirm the message (acknowledged mode with no more replicas than it waits for): only
+/// then may a promoted replica continue the topic, so only then is `t` written (any other
+/// append clears it). Returns `<offset> <epoch>`.
 pub const APPEND: &str = concat!(
     lineage!(),
     r"
-local epoch = position(ARGV[4], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12])
+local epoch, _, written = position(ARGV[4], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12])
 local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
 local t = redis.call('TIME')
 local ms = t[1] * 1000 + math.floor(t[2] / 1000)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '0-' .. offset, 't', ms, 'd', ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 redis.call('PEXPIRE', KEYS[1], ARGV[6] * 10)
-if ARGV[7] == '' then
+if ARGV[13] == '1' then
   redis.call('HSET', KEYS[1], 't', ms)
-else
+elseif written then
+  redis.call('HDEL', KEYS[1], 't')
+end
+if ARGV[7] ~= '' then
   redis.call(ARGV[7], ARGV[1], ARGV[2] .. offset .. ' ' .. epoch .. ' ' .. ARGV[3])
 end
 return offset .. ' ' .. epoch"
@@ -154,6 +162,8 @@ pub struct Lineage {
     pub started_ms: u64,
     /// Only a master's lineage may be written with.
     pub master: bool,
+    /// `connected_slaves`: replicas of this master now.
+    pub replicas: u32,
 }
 
 impl Lineage {
@@ -181,6 +191,9 @@ impl Lineage {
             predecessor,
             started_ms,
             master: field("role") == Some("master"),
+            replicas: field("connected_slaves")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
         })
     }
 }
@@ -263,13 +276,14 @@ mod tests {
     #[test]
     fn a_lineage_is_read_from_info() {
         let info = "# Server\r\nuptime_in_seconds:10\r\nserver_time_usec:50000000\r\n\
-                    # Replication\r\nrole:master\r\nmaster_replid:abc\r\n\
+                    # Replication\r\nrole:master\r\nconnected_slaves:2\r\nmaster_replid:abc\r\n\
                     master_replid2:def\r\nsecond_repl_offset:51\r\n";
         let l = Lineage::parse(info).unwrap();
         assert_eq!(l.replid, "abc");
         assert_eq!(l.predecessor.as_deref(), Some("def"));
         assert_eq!(l.started_ms, 40_000);
         assert!(l.master);
+        assert_eq!(l.replicas, 2);
         let fresh = info
             .replace("master_replid2:def", "master_replid2:0000")
             .replace("second_repl_offset:51", "second_repl_offset:-1");

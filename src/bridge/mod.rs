@@ -492,6 +492,7 @@ impl Prepared {
             link_changed: Notify::new(),
             redirects,
             lineages: Default::default(),
+            warned_replicas: Default::default(),
         });
         let node_id = bridge.node_id.clone();
         let thread = std::thread::Builder::new()

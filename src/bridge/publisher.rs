@@ -118,6 +118,8 @@ pub(super) struct Publisher {
     pub redirects: mpsc::UnboundedSender<(Request, Node)>,
     /// The lineage of each master whose link is up, kept by the links (with history).
     pub lineages: std::sync::Mutex<HashMap<Node, String>>,
+    /// A master with more replicas than `--history-ack-replicas` was said in the log.
+    pub warned_replicas: std::sync::atomic::AtomicBool,
 }
 
 /// A running link to one master, as the router of a cluster sees it.
@@ -463,21 +465,48 @@ impl Publisher {
         batch: &mut Vec<Request>,
     ) -> Result<(), LinkDown> {
         if conn.lineage_stale || !conn.lineage.master {
-            within(conn.read_lineage()).await?;
+            if let Err(why) = within(conn.read_lineage()).await {
+                batch.drain(..).for_each(|r| self.refuse(r));
+                return Err(why);
+            }
             self.set_lineage(node, Some(&conn.lineage));
         }
         if !conn.lineage.master {
+            // A lineage read from a replica is its master's: a script sent with it could run
+            // after a promotion and be taken for that master's. None is sent; the cluster's
+            // map is read again, a single Redis's link is remade (a proxy may lead elsewhere).
             self.refresh.notify_one();
+            let (history, rest): (Vec<_>, Vec<_>) = batch.drain(..).partition(Request::is_history);
+            history
+                .into_iter()
+                .for_each(|r| self.refuse_as(r, Fate::Failover));
+            *batch = rest;
             if !self.deployment.cluster {
-                let (history, rest): (Vec<_>, Vec<_>) =
-                    batch.drain(..).partition(Request::is_history);
-                *batch = rest;
-                for request in history {
-                    self.refuse_as(request, Fate::Failover);
-                }
+                batch.drain(..).for_each(|r| self.refuse(r));
+                return Err(format!("{node} is a replica now"));
             }
         }
         Ok(())
+    }
+
+    /// Whether every replica of this link's master must confirm its writes (acknowledged mode
+    /// waiting for at least as many as it has): only then may a promoted replica continue a
+    /// topic's epoch (see [`history::APPEND`]). Said once when it stops being so.
+    fn all_replicas_confirm(&self, conn: &Conn) -> bool {
+        let Some(ack) = self.ack() else {
+            return false;
+        };
+        let all = conn.lineage.replicas <= ack.replicas;
+        if !all && !self.warned_replicas.swap(true, Relaxed) {
+            tracing::warn!(
+                "bridge: a master has {} replicas, more than --history-ack-replicas {}: a \
+                 failover starts new epochs (clients reload), since the promoted replica may not \
+                 be one that confirmed",
+                conn.lineage.replicas,
+                ack.replicas
+            );
+        }
+        all
     }
 
     fn encode(&self, conn: &Conn, request: &Request, others: &str, out: &mut Vec<u8>) {
@@ -508,7 +537,11 @@ impl Publisher {
                 let new_epoch = random_hex(6);
                 let lineage = conn.lineage_args(self.ack().is_some(), others);
                 let publish: &[u8] = if self.ack().is_some() { b"" } else { publish };
-                let args: [&[u8]; 17] = [
+                let continuable: &[u8] = match self.all_replicas_confirm(conn) {
+                    true => b"1",
+                    false => b"",
+                };
+                let args: [&[u8]; 18] = [
                     b"EVALSHA",
                     conn.append.as_bytes(),
                     b"2",
@@ -526,6 +559,7 @@ impl Publisher {
                     lineage[2].as_bytes(),
                     lineage[3].as_bytes(),
                     lineage[4].as_bytes(),
+                    continuable,
                 ];
                 pubsub::encode(out, &args);
             }
@@ -759,10 +793,23 @@ impl Publisher {
         conn.writer.raw(&out).await.map_err(|e| e.to_string())?;
         self.metrics.out_of_memory.store(false, Relaxed);
         for a in held.appends {
-            // Taken whatever PUBLISH answers: the message is kept where replicas hold it, and
-            // a machine that misses it reads it from there.
+            // Taken whatever PUBLISH answers: the message is kept where replicas hold it. A
+            // slot that moved meanwhile gets it where it went; otherwise a machine that missed
+            // it reads it at the topic's next message, a client at its resume.
             if let Reply::Error(e) = conn.reader.reply(64).await? {
                 tracing::warn!("bridge: Redis refused a PUBLISH: {e}");
+                if let Some(node) = moved_to(&e).filter(|_| self.deployment.cluster) {
+                    let mut message = header.to_vec();
+                    message.extend_from_slice(format!("{} {} ", a.offset, a.epoch).as_bytes());
+                    message.extend_from_slice(&a.payload);
+                    let publish = Request::Publish {
+                        channel: self.names.topic(&a.topic),
+                        payload: message.into(),
+                    };
+                    let _ = self
+                        .redirects
+                        .send((Request::Redirected(Box::new(publish)), node));
+                }
             }
             self.metrics.published.fetch_add(1, Relaxed);
             shard.published.fetch_add(1, Relaxed);
