@@ -63,6 +63,8 @@ fn main() {
             // A replica's full sync writes an RDB: not in the checkout.
             "--dir",
             &std::env::temp_dir().to_string_lossy(),
+            "--dbfilename",
+            &format!("fanfare-bench-{port}.rdb"),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -71,6 +73,11 @@ fn main() {
     let _redis = KillOnDrop(redis);
     std::thread::sleep(Duration::from_millis(300));
     let _replica = (flag("replica") || ack.is_some()).then(|| {
+        // The first sync would wait 5 s for more replicas.
+        let _ = redis_cli(
+            &port.to_string(),
+            &["CONFIG", "SET", "repl-diskless-sync-delay", "0"],
+        );
         let replica_port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -80,6 +87,7 @@ fn main() {
         let child = Command::new("redis-server")
             .args(["--port", &replica_port, "--bind", "127.0.0.1", "--save", ""])
             .args(["--dir", &std::env::temp_dir().to_string_lossy()])
+            .args(["--dbfilename", &format!("fanfare-bench-{replica_port}.rdb")])
             .args([
                 "--appendonly",
                 "no",
@@ -91,7 +99,16 @@ fn main() {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server");
-        std::thread::sleep(Duration::from_millis(500));
+        // Measured once the replica is in sync.
+        let started = Instant::now();
+        while !redis_cli(&replica_port, &["INFO", "replication"]).contains("master_link_status:up")
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the replica never synced"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         KillOnDrop(child)
     });
     let url = format!("redis://127.0.0.1:{port}");
