@@ -87,7 +87,7 @@ fn not_taken(fates: &[Fate], batch: bool) -> Response {
         (false, [Fate::Unknown]) => "the link to the history store (Redis) broke while the message was on its way: it may have been delivered, and a retry may deliver it twice".to_string(),
         (false, [Fate::Unconfirmed]) => "fewer replicas than --history-ack-replicas confirmed the message in time: it may still be delivered or be lost with its master, and a retry may deliver it twice".to_string(),
         (false, [Fate::OutOfMemory]) => "Redis is out of memory (maxmemory) and refuses history writes: the message was not taken; retry once it has room".to_string(),
-        (false, [Fate::Failover]) => "the Redis Cluster is changing masters (a failover or slot move): the message was not taken and nothing is lost; retry in a second".to_string(),
+        (false, [Fate::Failover]) => "the history store is changing masters (a Redis Cluster failover or slot move, or a Redis starting): the message was not taken and nothing is lost; retry in a second".to_string(),
         (false, _) => "the history store (Redis) cannot be written now: the message was not delivered; retry".to_string(),
         (true, _) => format!(
             "the history store (Redis) took {taken} of {} messages (offsets: null = not taken); retry those not taken",
@@ -95,7 +95,7 @@ fn not_taken(fates: &[Fate], batch: bool) -> Response {
         ),
     };
     if batch && fates.contains(&Fate::Failover) {
-        error.push_str("; the Redis Cluster is changing masters (a failover or slot move): nothing is lost, retry in a second");
+        error.push_str("; the history store is changing masters (a Redis Cluster failover or slot move, or a Redis starting): nothing is lost, retry in a second");
     }
     if batch && !unknown.is_empty() {
         error.push_str("; those listed in unknown may have been taken too (the link broke, or replicas did not confirm them in time)");
