@@ -169,11 +169,7 @@ pub struct Lineage {
 impl Lineage {
     /// Reads the text of `INFO server` and `INFO replication`; `None` without a replication id.
     pub fn parse(info: &str) -> Option<Lineage> {
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .map(str::trim)
-        };
+        let field = |name: &str| super::pubsub::info_field(info, name);
         let replid = field("master_replid")?.to_string();
         let second: i64 = field("second_repl_offset")
             .and_then(|s| s.parse().ok())

@@ -397,12 +397,13 @@ impl Publisher {
                         }
                     }
                     pipeline.clear();
-                    let others = match history {
-                        true => self.other_lineages(node),
-                        false => String::new(),
+                    // The scripts' lineage arguments, the same for the whole batch.
+                    let lineage = match history {
+                        true => self.lineage_args(conn, node),
+                        false => LineageArgs::default(),
                     };
                     for request in batch.iter() {
-                        self.encode(conn, request, &others, &mut pipeline);
+                        self.encode(conn, request, &lineage, &mut pipeline);
                     }
                     let ack = self.ack().filter(|_| history && !batch.is_empty());
                     if let Some(ack) = ack {
@@ -429,16 +430,29 @@ impl Publisher {
         }
     }
 
-    /// The replication ids of the other masters this process is connected to now, as `,id,id,`:
-    /// a topic's hash written in one of them came by a slot move, whole ([`history::APPEND`]).
-    fn other_lineages(&self, node: &Node) -> String {
-        let live = self.lineages.lock().unwrap_or_else(|e| e.into_inner());
+    /// What the history scripts are told of the data they write in ([`history::APPEND`]):
+    /// this master's lineage, whether acknowledged mode is on, the replication ids of the other
+    /// masters this process is connected to now (`,id,id,`: a topic's hash written in one of
+    /// them came by a slot move, whole), and whether an append may leave a continuation ticket.
+    fn lineage_args(&self, conn: &Conn, node: &Node) -> LineageArgs {
         let mut others = String::from(",");
-        for (_, replid) in live.iter().filter(|(n, _)| *n != node) {
-            others.push_str(replid);
-            others.push(',');
+        {
+            let live = self.lineages.lock().unwrap_or_else(|e| e.into_inner());
+            for (_, replid) in live.iter().filter(|(n, _)| *n != node) {
+                others.push_str(replid);
+                others.push(',');
+            }
         }
-        others
+        let l = &conn.lineage;
+        let flag = |on: bool| if on { "1" } else { "" }.to_string();
+        LineageArgs([
+            l.replid.clone(),
+            l.predecessor.clone().unwrap_or_default(),
+            l.started_ms.to_string(),
+            flag(self.ack().is_some()),
+            others,
+            flag(self.all_replicas_confirm(conn)),
+        ])
     }
 
     /// Records the lineage of `node`'s link (`None`: down, or no master now).
@@ -509,7 +523,7 @@ impl Publisher {
         all
     }
 
-    fn encode(&self, conn: &Conn, request: &Request, others: &str, out: &mut Vec<u8>) {
+    fn encode(&self, conn: &Conn, request: &Request, lineage: &LineageArgs, out: &mut Vec<u8>) {
         // History requests come only with history; a plain PUBLISH (the hot path) makes none
         // of their arguments.
         let settings = self.history.unwrap_or(HistorySettings {
@@ -522,7 +536,7 @@ impl Publisher {
             true => b"SPUBLISH",
         };
         match request {
-            Request::Redirected(inner) => self.encode(conn, inner, others, out),
+            Request::Redirected(inner) => self.encode(conn, inner, lineage, out),
             Request::Presence(p) => {
                 p.encode(&self.names, self.instance, publish, &conn.presence, out);
             }
@@ -535,12 +549,8 @@ impl Publisher {
                 let header = wire::positioned_header(self.instance);
                 let (size, ttl) = (settings.size.to_string(), settings.ttl_ms.to_string());
                 let new_epoch = random_hex(6);
-                let lineage = conn.lineage_args(self.ack().is_some(), others);
                 let publish: &[u8] = if self.ack().is_some() { b"" } else { publish };
-                let continuable: &[u8] = match self.all_replicas_confirm(conn) {
-                    true => b"1",
-                    false => b"",
-                };
+                let l = &lineage.0;
                 let args: [&[u8]; 18] = [
                     b"EVALSHA",
                     conn.append.as_bytes(),
@@ -554,12 +564,12 @@ impl Publisher {
                     size.as_bytes(),
                     ttl.as_bytes(),
                     publish,
-                    lineage[0].as_bytes(),
-                    lineage[1].as_bytes(),
-                    lineage[2].as_bytes(),
-                    lineage[3].as_bytes(),
-                    lineage[4].as_bytes(),
-                    continuable,
+                    l[0].as_bytes(),
+                    l[1].as_bytes(),
+                    l[2].as_bytes(),
+                    l[3].as_bytes(),
+                    l[4].as_bytes(),
+                    l[5].as_bytes(),
                 ];
                 pubsub::encode(out, &args);
             }
@@ -577,7 +587,7 @@ impl Publisher {
                 let (position, stream) = self.names.history(topic);
                 let offset = since.as_ref().map(|s| s.offset.to_string());
                 let (ttl, new_epoch) = (settings.ttl_ms.to_string(), random_hex(6));
-                let lineage = conn.lineage_args(self.ack().is_some(), others);
+                let l = &lineage.0;
                 let args: [&[u8]; 15] = [
                     b"EVALSHA",
                     conn.read.as_bytes(),
@@ -589,11 +599,11 @@ impl Publisher {
                     new_epoch.as_bytes(),
                     ttl.as_bytes(),
                     if *relayed { b"1" } else { b"0" },
-                    lineage[0].as_bytes(),
-                    lineage[1].as_bytes(),
-                    lineage[2].as_bytes(),
-                    lineage[3].as_bytes(),
-                    lineage[4].as_bytes(),
+                    l[0].as_bytes(),
+                    l[1].as_bytes(),
+                    l[2].as_bytes(),
+                    l[3].as_bytes(),
+                    l[4].as_bytes(),
                 ];
                 pubsub::encode(out, &args);
             }
@@ -780,32 +790,35 @@ impl Publisher {
             false => b"PUBLISH",
             true => b"SPUBLISH",
         };
-        let header = wire::positioned_header(self.instance);
+        // What the append script would have published: the message at its place.
+        let messages: Vec<_> = held
+            .appends
+            .iter()
+            .map(|a| {
+                let at = wire::At {
+                    offset: a.offset,
+                    epoch: &a.epoch,
+                };
+                (
+                    self.names.topic(&a.topic),
+                    wire::encode(self.instance, wire::Body::Positioned(at, &a.payload)),
+                )
+            })
+            .collect();
         let mut out = Vec::new();
-        for a in &held.appends {
-            let channel = self.names.topic(&a.topic);
-            let mut message = Vec::with_capacity(header.len() + a.payload.len() + 32);
-            message.extend_from_slice(&header);
-            message.extend_from_slice(format!("{} {} ", a.offset, a.epoch).as_bytes());
-            message.extend_from_slice(&a.payload);
-            pubsub::encode(&mut out, &[publish, channel.as_bytes(), &message]);
+        for (channel, message) in &messages {
+            pubsub::encode(&mut out, &[publish, channel.as_bytes(), message]);
         }
         conn.writer.raw(&out).await.map_err(|e| e.to_string())?;
         self.metrics.out_of_memory.store(false, Relaxed);
-        for a in held.appends {
+        for (a, (channel, payload)) in held.appends.into_iter().zip(messages) {
             // Taken whatever PUBLISH answers: the message is kept where replicas hold it. A
             // slot that moved meanwhile gets it where it went; otherwise a machine that missed
             // it reads it at the topic's next message, a client at its resume.
             if let Reply::Error(e) = conn.reader.reply(64).await? {
                 tracing::warn!("bridge: Redis refused a PUBLISH: {e}");
                 if let Some(node) = moved_to(&e).filter(|_| self.deployment.cluster) {
-                    let mut message = header.to_vec();
-                    message.extend_from_slice(format!("{} {} ", a.offset, a.epoch).as_bytes());
-                    message.extend_from_slice(&a.payload);
-                    let publish = Request::Publish {
-                        channel: self.names.topic(&a.topic),
-                        payload: message.into(),
-                    };
+                    let publish = Request::Publish { channel, payload };
                     let _ = self
                         .redirects
                         .send((Request::Redirected(Box::new(publish)), node));
@@ -947,6 +960,11 @@ fn moved_to(error: &str) -> Option<Node> {
     })
 }
 
+/// The lineage arguments of the history scripts for one batch (see [`Publisher::lineage_args`]):
+/// the five `position` takes, then the append's continuation flag.
+#[derive(Default)]
+struct LineageArgs([String; 6]);
+
 /// History requests waiting for the `WAIT` at the end of their pipeline (acknowledged mode).
 #[derive(Default)]
 struct Held {
@@ -1047,31 +1065,12 @@ impl Conn {
             other => return Err(format!("INFO answered {other:?}")),
         };
         let text = String::from_utf8_lossy(&text);
-        let field = |name: &str| -> Option<u64> {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
-                .trim()
-                .parse()
-                .ok()
-        };
+        let field = |name: &str| -> Option<u64> { pubsub::info_field(&text, name)?.parse().ok() };
         Ok(match (field("used_memory"), field("maxmemory")) {
             (_, Some(0)) => true,
             (Some(used), Some(max)) => used < max,
             _ => true,
         })
-    }
-
-    /// The scripts' last five arguments ([`history::APPEND`]): this master's lineage, whether
-    /// acknowledged mode is on, and the other masters' replication ids (`others`, `,id,id,`).
-    fn lineage_args(&self, acknowledged: bool, others: &str) -> [String; 5] {
-        let l = &self.lineage;
-        [
-            l.replid.clone(),
-            l.predecessor.clone().unwrap_or_default(),
-            l.started_ms.to_string(),
-            if acknowledged { "1" } else { "" }.into(),
-            others.to_string(),
-        ]
     }
 
     /// One command and its integer reply.

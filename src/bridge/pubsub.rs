@@ -97,6 +97,13 @@ pub async fn connect(info: &ConnectionInfo, max_bulk: usize) -> Result<(Reader, 
     Ok((reader, writer))
 }
 
+/// The value of `name` in the text `INFO` answers (`name:value` lines).
+pub fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
 /// Appends one command, a RESP array of bulk strings, to `out`.
 pub fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
     let mut number = itoa::Buffer::new();
