@@ -7,7 +7,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fanfare::bus::{Bus, Delivery, Envelope};
 use fanfare::config::QueueLimits;
-use fanfare::hub::{Hub, Seen};
+use fanfare::hub::Hub;
 use fanfare::protocol::Topic;
 use fanfare::protocol::{ConnId, Frame, Target, UserId, WorkerId};
 use fanfare::routes::Routes;
@@ -50,12 +50,7 @@ fn hub_with(runtime: &tokio::runtime::Runtime, n: usize) -> Hub {
             worker: WorkerId(0),
             seq,
         };
-        hub.register(
-            id,
-            UserId::new(&format!("u{seq}")).unwrap(),
-            writer,
-            Seen::default(),
-        );
+        hub.register(id, UserId::new(&format!("u{seq}")).unwrap(), writer, None);
         clients.push(client.into_std().unwrap());
     }
     std::thread::spawn(move || {

@@ -7,10 +7,10 @@
 //! cut, the backend's commands), client frames, one timer (ping, `expiring`, expiry: whichever
 //! comes first), and subscriptions waiting for the bridge. No branch awaits anything but its
 //! own future, so a subscription that waits for Redis stops nothing else; only reading pauses
-//! meanwhile, so replies keep the order of the client's frames. With history in Redis, a
-//! subscription then reads where its channel stands (and what a resume missed) from Redis,
-//! its live messages held by the hub meanwhile; reading pauses until a client's own read is
-//! answered, for the same reason.
+//! meanwhile, so replies keep the order of the client's frames. With history, a subscription
+//! then reads where its channel stands (and what a resume missed), its live messages held by
+//! the hub meanwhile ([`crate::merge`]); reading pauses until a client's own read is answered,
+//! for the same reason.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -30,15 +30,13 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Identity, Permissions, TokenKeys};
-use crate::bridge::history::Read;
 use crate::error::{CloseReason, DISCONNECT_CODE};
-use crate::history::Recovery;
-use crate::hub::{self, Registration, Reservation, Seen};
+use crate::history::Read;
+use crate::hub::{self, Answer, Registration, Started};
+use crate::merge::{Asked, Opening};
 use crate::metrics::WorkerMetrics;
-use crate::protocol::Since;
-use crate::protocol::Topic;
-use crate::protocol::{Channel, ClientMessage, ErrorCode, Frame, UserId};
-use crate::router::{HistoryStore, Router, Unreachable};
+use crate::protocol::{Channel, ClientMessage, ErrorCode, Frame, Since, Topic, UserId};
+use crate::router::{Router, Unreachable};
 use crate::subscriptions::{SubscriptionLog, Ticket};
 use crate::writer::{Command, Flushed, Writer, WriterEvent};
 
@@ -58,9 +56,7 @@ pub struct Connection {
     pub log: Option<Arc<SubscriptionLog>>,
     /// Verifies the tokens of `refresh`.
     pub keys: Arc<TokenKeys>,
-    /// With `--history-size`: where channels stand, and what a resume missed.
-    pub history: Option<HistoryStore>,
-    /// Reads the history when it is in Redis.
+    /// Reads where channels stand, and what a resume missed; answers presence questions.
     pub router: Arc<Router>,
     /// Who connected: a refresh must name the same `sub`.
     pub user: UserId,
@@ -90,13 +86,13 @@ enum End {
 /// What to do after a client frame.
 enum Step {
     Continue,
-    /// A subscription waits for the bridge until `Ticket`; a client's (true) pauses reading
+    /// A subscription waits for the bridge until `Ticket`; a client's pauses reading
     /// meanwhile, so its `subscribed` keeps its place among the replies; the backend's does not.
-    /// With history in Redis, its read follows.
-    Await(Ticket, Channel, bool, Option<Resume>),
-    /// With history in Redis: read where the channel stands, its messages held meanwhile by
-    /// the hub under this activation.
-    Read(Channel, Resume, u64),
+    /// With history, its read follows.
+    Await(Ticket, Pending),
+    /// With history: read where the channel stands, its messages held meanwhile by the hub
+    /// under this start.
+    Read(Pending, u64),
     /// A question Redis answers (presence): reading the client pauses until its answer is
     /// queued, so one connection has one in flight and answers keep their place.
     Ask(Asking),
@@ -113,15 +109,16 @@ async fn answered(asking: &mut Option<Asking>) -> Frame {
     frame
 }
 
-/// A subscription to a channel with history in Redis, until its read answers.
-#[derive(Clone)]
-struct Resume {
+/// A subscription on its way: waiting for the bridge, then for its read.
+struct Pending {
+    channel: Channel,
+    /// Where a resume starts.
     since: Option<Since>,
     asked: Asked,
 }
 
-/// What a read of a channel's history in Redis answers, with what it was for.
-type ReadAnswer = (Channel, Resume, u64, Result<Read, Unreachable>);
+/// What a read of a channel's history answers, with what it was for.
+type ReadAnswer = (Pending, u64, Result<Read, Unreachable>);
 type Reading = Pin<Box<dyn Future<Output = ReadAnswer> + Send>>;
 
 /// The answer to the oldest read; cancel-safe (it is taken off only once answered).
@@ -129,13 +126,6 @@ async fn oldest(reads: &mut VecDeque<Reading>) -> ReadAnswer {
     let answer = reads.front_mut().expect("polled only with reads").await;
     reads.pop_front();
     answer
-}
-
-/// Who asked for a subscription.
-#[derive(Clone, Copy)]
-enum Asked {
-    Client,
-    Backend,
 }
 
 /// What a refresh can change: the channels allowed and the end of the connection's life.
@@ -276,9 +266,9 @@ impl Connection {
         let mut last_heard = Instant::now();
         // Subscriptions waiting for the bridge, oldest first (tickets only grow), each with
         // whether it pauses reading (a client's does).
-        let mut awaiting: VecDeque<(Ticket, Channel, bool, Option<Resume>)> = VecDeque::new();
-        // Reads of the history in Redis: one pipeline answers them in order, so only the oldest
-        // is polled (and an idle connection allocates nothing for them).
+        let mut awaiting: VecDeque<(Ticket, Pending)> = VecDeque::new();
+        // Reads of the history: answered in order (one Redis pipeline, or at once), so only the
+        // oldest is polled (and an idle connection allocates nothing for them).
         let mut reads: VecDeque<Reading> = VecDeque::new();
         // Reads a client's subscribe waits for: reading the client pauses meanwhile.
         let mut client_reads = 0usize;
@@ -296,30 +286,23 @@ impl Connection {
                     WriterEvent::SlowConsumer => Step::Stop(End::Close(CloseReason::SlowConsumer)),
                     WriterEvent::Broken => Step::Stop(End::Gone),
                     WriterEvent::Command(Command::Disconnect(why)) => Step::Stop(End::Disconnect(why)),
-                    WriterEvent::Command(Command::Activate(channel, since)) => match &self.history {
-                        Some(HistoryStore::Redis) => {
-                            let resume = Resume { since, asked: Asked::Backend };
-                            self.when_confirmed(channel, false, Some(resume))
-                        }
-                        Some(HistoryStore::Local(_)) => {
-                            self.activate_at(&channel, since.as_ref(), Asked::Backend)
-                        }
-                        None => self.when_confirmed(channel, false, None),
-                    },
+                    WriterEvent::Command(Command::Activate(channel, since)) => {
+                        self.when_confirmed(Pending { channel, since, asked: Asked::Backend })
+                    }
                 },
                 () = confirmed(self.log.as_deref(), awaiting.front().map(|a| a.0)) => {
-                    let (_, channel, _, resume) = awaiting.pop_front().expect("only awaited while set");
+                    let (_, pending) = awaiting.pop_front().expect("only awaited while set");
                     last_heard = Instant::now();
-                    self.start(channel, resume)
+                    self.start(pending)
                 }
-                (channel, resume, activation, read) = oldest(&mut reads), if !reads.is_empty() => {
-                    if matches!(resume.asked, Asked::Client) {
+                (pending, start, read) = oldest(&mut reads), if !reads.is_empty() => {
+                    if pending.asked == Asked::Client {
                         client_reads -= 1;
                     }
-                    self.caught_up(&channel, &resume, activation, read)
+                    self.opened(pending, start, read)
                 }
                 frame = answered(&mut asking), if asking.is_some() => self.reply(frame),
-                item = ws.next(), if client_reads == 0 && asking.is_none() && !awaiting.iter().any(|a| a.2) => {
+                item = ws.next(), if client_reads == 0 && asking.is_none() && !awaiting.iter().any(|a| a.1.asked == Asked::Client) => {
                     last_heard = Instant::now();
                     let exp = token.exp;
                     let step = self.on_frame(item, &mut token);
@@ -349,19 +332,17 @@ impl Connection {
             };
             match step {
                 Step::Continue => {}
-                Step::Await(ticket, channel, pauses, resume) => {
-                    awaiting.push_back((ticket, channel, pauses, resume))
-                }
-                Step::Read(channel, resume, activation) => {
-                    if matches!(resume.asked, Asked::Client) {
+                Step::Await(ticket, pending) => awaiting.push_back((ticket, pending)),
+                Step::Read(pending, start) => {
+                    if pending.asked == Asked::Client {
                         client_reads += 1;
                     }
                     let router = self.router.clone();
-                    let topic = Topic::Channel(channel.clone());
-                    let since = resume.since.clone();
+                    let topic = Topic::Channel(pending.channel.clone());
+                    let since = pending.since.clone();
                     reads.push_back(Box::pin(async move {
                         let read = router.read_history(topic, since).await;
-                        (channel, resume, activation, read)
+                        (pending, start, read)
                     }));
                 }
                 Step::Ask(question) => asking = Some(question),
@@ -521,163 +502,61 @@ impl Connection {
         let r = &self.registration;
         let mut hub = hub::lock(&r.hub);
         let reservation = hub.reserve(r.id, &channel, false);
-        if matches!(reservation, Reservation::Reserved)
-            || (matches!(reservation, Reservation::Already) && self.history.is_none())
-        {
+        let answer = hub.answer(reservation, &channel, Asked::Client);
+        if matches!(answer, Answer::Start | Answer::Reply(_)) {
             hub.watch(r.id, &channel, presence);
         }
-        match reservation {
-            Reservation::Reserved => {}
-            // With history, `subscribed` says where the client is, and a `since` asks for a
-            // replay: neither fits a subscription that is already running, so say so.
-            Reservation::Already | Reservation::Pending if self.history.is_some() => {
-                drop(hub);
-                WorkerMetrics::inc(&self.metrics.client_errors);
-                let detail = format!(
-                    "already subscribed to {}: unsubscribe first to subscribe again from an offset",
-                    channel.as_str()
-                );
-                return self.reply(Frame::error(ErrorCode::BadRequest, &detail));
-            }
-            Reservation::Already => return self.reply(Frame::subscribed(&channel)),
-            // The backend subscribed this connection a moment ago; its `subscribed` answers.
-            Reservation::Pending => return Step::Continue,
-            Reservation::TooMany => {
-                WorkerMetrics::inc(&self.metrics.client_errors);
-                let detail = format!(
-                    "at most {} subscriptions per connection",
-                    hub.max_subscriptions()
-                );
-                drop(hub);
-                return self.reply(Frame::error(ErrorCode::Forbidden, &detail));
-            }
-            // The hub cut this connection a moment ago; the writer branch closes it.
-            Reservation::Gone => return Step::Continue,
-        }
         drop(hub);
-        match self.history {
-            Some(HistoryStore::Redis) => {
-                let resume = Resume {
-                    since,
-                    asked: Asked::Client,
-                };
-                self.when_confirmed(channel, true, Some(resume))
+        match answer {
+            Answer::Start => self.when_confirmed(Pending {
+                channel,
+                since,
+                asked: Asked::Client,
+            }),
+            Answer::Reply(frame) => self.reply(frame),
+            Answer::Refuse(frame) => {
+                WorkerMetrics::inc(&self.metrics.client_errors);
+                self.reply(frame)
             }
-            Some(HistoryStore::Local(_)) => {
-                self.activate_at(&channel, since.as_ref(), Asked::Client)
-            }
-            None => self.when_confirmed(channel, true, None),
+            Answer::Nothing => Step::Continue,
         }
     }
 
     /// `subscribed` promises every later message, other machines' included: the subscription
-    /// starts once the bridge has it (at once without a bridge). A client's wait (`pauses`)
-    /// holds its reading meanwhile, so its `subscribed` keeps its place among the replies.
-    fn when_confirmed(&self, channel: Channel, pauses: bool, resume: Option<Resume>) -> Step {
+    /// starts once the bridge has it (at once without a bridge). A client's wait holds its
+    /// reading meanwhile, so its `subscribed` keeps its place among the replies.
+    fn when_confirmed(&self, pending: Pending) -> Step {
         if let Some(log) = &self.log {
             let ticket = log.ticket();
             if !log.is_applied(ticket) {
-                return Step::Await(ticket, channel, pauses, resume);
+                return Step::Await(ticket, pending);
             }
         }
-        self.start(channel, resume)
+        self.start(pending)
     }
 
-    /// Starts a confirmed subscription: activated, or with history in Redis its messages held
-    /// and its position read ([`caught_up`](Self::caught_up) merges the two).
-    fn start(&self, channel: Channel, resume: Option<Resume>) -> Step {
-        let Some(resume) = resume else {
-            return self.activate(&channel);
-        };
+    /// Starts a confirmed subscription: at once without history; with history its messages
+    /// held and its position read ([`opened`](Self::opened) merges the two).
+    fn start(&self, pending: Pending) -> Step {
         let r = &self.registration;
-        match hub::lock(&r.hub).activate_catching_up(r.id, &channel) {
-            Some(activation) => Step::Read(channel, resume, activation),
-            None => Step::Continue,
+        match hub::lock(&r.hub).activate(r.id, &pending.channel) {
+            Started::Open => self.flushed(self.writer.flush()),
+            Started::Held(start) => Step::Read(pending, start),
+            Started::Gone => Step::Continue,
         }
     }
 
     /// A read answered: `subscribed` with where the channel stands (and `recovered` for a
     /// resume), what was missed, then what arrived meanwhile and is newer. Without an answer
     /// (Redis unreachable) `subscribed` has no position and a resume is not recovered.
-    fn caught_up(
-        &self,
-        channel: &Channel,
-        resume: &Resume,
-        activation: u64,
-        read: Result<Read, Unreachable>,
-    ) -> Step {
-        let client = matches!(resume.asked, Asked::Client);
-        let (frames, seen) = match read {
-            Ok(read) => {
-                let recovered = match read.recovered {
-                    Some(true) => client.then_some(true),
-                    other => other,
-                };
-                let p = &read.position;
-                let mut frames = vec![Frame::subscribed_at(channel, &p.epoch, p.offset, recovered)];
-                let seen = Seen::after(p);
-                frames.extend(read.missed);
-                (frames, seen)
-            }
-            Err(Unreachable) => {
-                let recovered = resume.since.as_ref().map(|_| false);
-                (
-                    vec![Frame::subscribed_unpositioned(channel, recovered)],
-                    Seen::default(),
-                )
-            }
-        };
+    fn opened(&self, pending: Pending, start: u64, read: Result<Read, Unreachable>) -> Step {
+        let topic = Topic::Channel(pending.channel);
+        let opening = Opening::read(&topic, read.ok(), pending.since.is_some(), pending.asked);
         let r = &self.registration;
-        let topic = Topic::Channel(channel.clone());
-        match hub::lock(&r.hub).caught_up(r.id, &topic, activation, &frames, seen) {
+        match hub::lock(&r.hub).open(r.id, &topic, start, opening) {
             true => self.flushed(self.writer.flush()),
             false => Step::Continue,
         }
-    }
-
-    /// For a channel with history: under the topic's lock, takes where it stands (and what a
-    /// resume missed) and starts the subscription, so nothing published meanwhile is missed
-    /// or sent twice. A backend subscribe resumes from where the channel stood when it was
-    /// accepted; its `subscribed` says `recovered` only when that failed.
-    fn activate_at(&self, channel: &Channel, since: Option<&Since>, asked: Asked) -> Step {
-        let Some(HistoryStore::Local(history)) = &self.history else {
-            unreachable!("called with history in this process");
-        };
-        let topic = Topic::Channel(channel.clone());
-        let now = std::time::Instant::now();
-        let mut locked = history.lock(&topic);
-        let position = locked.position(&topic, now);
-        let (recovered, missed) = match since.map(|s| locked.since(&topic, s, now)) {
-            None => (None, Vec::new()),
-            Some(Recovery::Recovered(missed)) => {
-                (matches!(asked, Asked::Client).then_some(true), missed)
-            }
-            Some(Recovery::Lost) => (Some(false), Vec::new()),
-        };
-        let mut frames = vec![Frame::subscribed_at(
-            channel,
-            &position.epoch,
-            position.offset,
-            recovered,
-        )];
-        frames.extend(missed);
-        let seen = Seen::after(&position);
-        let r = &self.registration;
-        let active = hub::lock(&r.hub).activate_with(r.id, channel, &frames, seen);
-        drop(locked);
-        match active {
-            true => self.flushed(self.writer.flush()),
-            false => Step::Continue,
-        }
-    }
-
-    /// The channel's messages start flowing, right behind `subscribed`.
-    fn activate(&self, channel: &Channel) -> Step {
-        let r = &self.registration;
-        if !hub::lock(&r.hub).activate(r.id, channel) {
-            return Step::Continue;
-        }
-        self.flushed(self.writer.flush())
     }
 
     /// Sends a reply behind what is already queued.
@@ -814,12 +693,7 @@ mod tests {
             },
             Default::default(),
         ));
-        hub::lock(&hub).register(
-            id,
-            UserId::new("u").unwrap(),
-            writer.clone(),
-            Seen::default(),
-        );
+        hub::lock(&hub).register(id, UserId::new("u").unwrap(), writer.clone(), None);
         let (client, server) = crate::writer::small_buffer_pair().await;
         let (read, write) = server.into_split();
         writer.attach(write);
@@ -832,7 +706,6 @@ mod tests {
             writer: writer.clone(),
             log: with_log.then(|| log.clone()),
             keys: Arc::new(TokenKeys::new("test").unwrap()),
-            history: None,
             router,
             user: UserId::new("u").unwrap(),
             permissions: Permissions::new(&["news".into()]),

@@ -9,10 +9,9 @@
 //! epoch. A topic nobody published to is forgotten with its last recipient (within a second).
 //!
 //! Ordering: [`History::lock`] hands out the lock of the topic's shard. The publisher holds it
-//! while it appends and queues the message on the bus, and a subscriber holds it while it takes
-//! its position (and what it missed) and starts receiving, so every message is either in what
-//! the subscriber read or delivered to it live — and the hub drops a live message the
-//! subscriber already got from history (see `min_offset` in the hub).
+//! while it appends and queues the message on the bus; a recipient's start reads the topic
+//! ([`History::read`]) only after the hub holds the topic's live messages for it, so every
+//! message is either in what it read or held for it, and `merge` drops what it has twice.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -34,6 +33,16 @@ pub struct Position {
     /// The epoch as a number, unique in this process: cheap to compare per recipient.
     pub generation: u64,
     pub offset: u64,
+}
+
+/// What a read of a topic's history found, wherever the history is kept.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Read {
+    pub position: Position,
+    /// With a `since`: whether everything after it was kept (then `missed` holds it).
+    pub recovered: Option<bool>,
+    /// The missed messages, as the frames sent live.
+    pub missed: Vec<Frame>,
 }
 
 /// What a client that asks to resume gets.
@@ -162,6 +171,23 @@ impl History {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         now.saturating_sub(secs) < (self.ttl * POSITION_MEMORY).as_secs()
+    }
+
+    /// Where `topic` stands, and with `since` what was missed after it.
+    pub fn read(&self, topic: &Topic, since: Option<&Since>) -> Read {
+        let now = Instant::now();
+        let mut locked = self.lock(topic);
+        let position = locked.position(topic, now);
+        let (recovered, missed) = match since.map(|s| locked.since(topic, s, now)) {
+            None => (None, Vec::new()),
+            Some(Recovery::Recovered(missed)) => (Some(true), missed),
+            Some(Recovery::Lost) => (Some(false), Vec::new()),
+        };
+        Read {
+            position,
+            recovered,
+            missed,
+        }
     }
 
     /// Frame bytes kept and topics remembered.

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::auth::Permissions;
 use crate::bus::{Delivery, Envelope};
-use crate::history::Position;
+use crate::merge::{Admitted, Asked, Opening, Recipient};
 use crate::metrics::WorkerMetrics;
 use crate::protocol::Topic;
 use crate::protocol::{Channel, ConnId, Control, ErrorCode, Frame, Target, UserId, WorkerId};
@@ -31,51 +31,9 @@ struct Member {
     info: Option<Arc<str>>,
     writer: Arc<Writer>,
     channels: Vec<Membership>,
-    /// Registered with history in Redis and `connected` not sent yet: broadcasts are held with
-    /// the user's direct messages, so `connected` stays the first frame.
-    catching_up: bool,
-}
-
-/// How far a recipient is in a topic with history: frames of this epoch below `next_offset`
-/// it already had from history (a resume), and are not sent again.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Seen {
-    pub generation: u64,
-    pub next_offset: u64,
-}
-
-impl Seen {
-    /// Has everything up to `p`: the next message it needs is the one after.
-    pub fn after(p: &Position) -> Seen {
-        Seen {
-            generation: p.generation,
-            next_offset: p.offset + 1,
-        }
-    }
-}
-
-/// One connection as a recipient of a topic.
-struct Recipient {
-    writer: Arc<Writer>,
-    seen: Seen,
-    /// With history in Redis, while the connection reads where it stands: which activation
-    /// waits (a later one must not take an earlier one's answer), and what arrived meanwhile,
-    /// merged by offset once the read answers (see [`Hub::caught_up`]).
-    held: Option<(u64, Vec<Envelope>)>,
-}
-
-/// Most live messages held for one recipient while its history read is pending; past it the
-/// connection is cut like a slow consumer (and resumes).
-const MAX_HELD: usize = 10_000;
-
-impl Recipient {
-    fn new(writer: Arc<Writer>, seen: Seen, catching_up: Option<u64>) -> Self {
-        Recipient {
-            writer,
-            seen,
-            held: catching_up.map(|activation| (activation, Vec::new())),
-        }
-    }
+    /// Its user's stream has not opened yet (the history read is pending): broadcasts are held
+    /// with the user's direct messages, so `connected` stays the first frame.
+    opening: bool,
 }
 
 /// One channel of a connection.
@@ -103,7 +61,8 @@ struct ChannelEntry {
 /// The outcome of [`Hub::reserve`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reservation {
-    /// Reserved now: call [`Hub::activate`] once other machines' messages reach this process.
+    /// Reserved now: call [`Hub::activate`] once other machines' messages reach this process
+    /// (see [`Hub::answer`]).
     Reserved,
     /// Subscribed before; nothing changed.
     Already,
@@ -113,6 +72,32 @@ pub enum Reservation {
     TooMany,
     /// The connection is no longer registered (it was just cut).
     Gone,
+}
+
+/// How a recipient's topic started ([`Hub::register`], [`Hub::activate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    /// Receiving now: the topic has no history, and its opening went out.
+    Open,
+    /// The topic has history: its live messages are held for the recipient until
+    /// [`Hub::open`] names this start with what the read found.
+    Held(u64),
+    /// The connection or its reservation is gone (unsubscribed or cut meanwhile).
+    Gone,
+}
+
+/// What a subscribe gets, for whoever asked ([`Hub::answer`]): one policy for the client's
+/// and the backend's.
+#[derive(Debug)]
+pub enum Answer {
+    /// Reserved: start it once the bridge has it.
+    Start,
+    /// Nothing changes; this frame says so.
+    Reply(Frame),
+    /// Refused, and why (a client error).
+    Refuse(Frame),
+    /// Nothing to say: an earlier subscribe or a cut answers.
+    Nothing,
 }
 
 /// What the hub did with a batch of deliveries.
@@ -145,47 +130,9 @@ fn push(
     }
 }
 
-/// What a recipient whose position was lost is told: where the topic stands (everything up to
-/// `p` is behind it), not recovered.
-fn lost_position(target: &Target, p: &Position) -> Frame {
-    match target {
-        Target::Channel(c) => Frame::subscribed_at(c, &p.epoch, p.offset, Some(false)),
-        Target::User(_) | Target::All => Frame::connected(&p.epoch, p.offset, Some(false)),
-    }
-}
-
-/// Gives one recipient a message or a lost position of a topic it receives, keeping its
-/// offsets in order: what it already had (from history) is not sent again, and a gap is said
-/// (`recovered: false` with where the topic stands) before the message after it, never
-/// silent.
+/// Gives `envelope` to one recipient (held while its topic opens, past the limit its
+/// connection is cut), remembering to flush it at the end of the batch.
 fn offer(
-    dirty: &mut Vec<(ConnId, Arc<Writer>)>,
-    fanout: &mut Fanout,
-    id: ConnId,
-    r: &mut Recipient,
-    envelope: &Envelope,
-) {
-    if let Envelope::Replay(target, _) = envelope {
-        let mut burst = Vec::new();
-        admit_all(r, envelope, &mut burst);
-        fanout.pushed += burst.len() as u64;
-        let channel = match target {
-            Target::Channel(c) => Some(c),
-            _ => None,
-        };
-        r.writer.push_burst(channel, &burst);
-        push_dirty(dirty, id, &r.writer);
-        return;
-    }
-    let (notice, frame) = admit(r, envelope);
-    for frame in notice.as_ref().into_iter().chain(frame) {
-        push(dirty, fanout, id, &r.writer, std::slice::from_ref(frame));
-    }
-}
-
-/// Holds `envelope` for a recipient that is catching up (past [`MAX_HELD`] its connection is
-/// cut and resumes), offers it otherwise.
-fn hold_or_offer(
     dirty: &mut Vec<(ConnId, Arc<Writer>)>,
     overflowed: &mut Vec<ConnId>,
     fanout: &mut Fanout,
@@ -193,75 +140,27 @@ fn hold_or_offer(
     r: &mut Recipient,
     envelope: &Envelope,
 ) {
-    if let Some((_, held)) = &mut r.held {
-        if held.len() >= MAX_HELD {
+    match r.take(envelope) {
+        Admitted::Held => {}
+        Admitted::Overflow => {
             r.writer.cut();
             overflowed.push(id);
-        } else {
-            held.push(envelope.clone());
         }
-        return;
-    }
-    offer(dirty, fanout, id, r, envelope);
-}
-
-/// [`admit`] for any envelope, a replay's messages each in turn: the frames to send.
-fn admit_all(r: &mut Recipient, envelope: &Envelope, out: &mut Vec<Frame>) {
-    match envelope {
-        Envelope::Replay(_, deliveries) => {
-            for d in deliveries.iter() {
-                let (notice, frame) = admit_message(r, d);
-                out.extend(notice);
-                out.extend(frame.cloned());
+        Admitted::Frames(notice, frame) => {
+            for frame in notice.as_ref().into_iter().chain(frame) {
+                push(dirty, fanout, id, &r.writer, std::slice::from_ref(frame));
             }
         }
-        other => {
-            let (notice, frame) = admit(r, other);
-            out.extend(notice);
-            out.extend(frame.cloned());
-        }
-    }
-}
-
-/// What [`offer`] sends: a notice of a gap or of a lost history, if one is due, then the
-/// message's frame unless the recipient already has it.
-fn admit<'a>(r: &mut Recipient, envelope: &'a Envelope) -> (Option<Frame>, Option<&'a Frame>) {
-    match envelope {
-        Envelope::Message(d) => admit_message(r, d),
-        Envelope::Lost(target, p) => {
-            // Only a recipient not already past the lost stretch (by its own read) is told.
-            if r.seen.generation == p.generation && r.seen.next_offset > p.offset {
-                return (None, None);
-            }
-            r.seen = Seen::after(p);
-            (Some(lost_position(target, p)), None)
-        }
-        Envelope::Presence(_, frame) => (None, Some(frame)),
-        Envelope::Control(..) | Envelope::Replay(..) => (None, None),
-    }
-}
-
-fn admit_message<'a>(r: &mut Recipient, d: &'a Delivery) -> (Option<Frame>, Option<&'a Frame>) {
-    let Some(p) = &d.position else {
-        return (None, Some(&d.frame));
-    };
-    let same_epoch = r.seen.generation == p.generation;
-    if same_epoch && p.offset < r.seen.next_offset {
-        // Already had it, from history.
-        return (None, None);
-    }
-    // Another epoch (the history was lost), or offsets skipped (this machine missed messages
-    // it could not recover).
-    let notice =
-        (!same_epoch || (r.seen.next_offset != 0 && p.offset > r.seen.next_offset)).then(|| {
-            let before = Position {
-                offset: p.offset.saturating_sub(1),
-                ..p.clone()
+        Admitted::Burst(burst) => {
+            fanout.pushed += burst.len() as u64;
+            let channel = match envelope {
+                Envelope::Replay(Target::Channel(c), _) => Some(c),
+                _ => None,
             };
-            lost_position(&d.target, &before)
-        });
-    r.seen = Seen::after(p);
-    (notice, Some(&d.frame))
+            r.writer.push_burst(channel, &burst);
+            push_dirty(dirty, id, &r.writer);
+        }
+    }
 }
 
 /// Adds or removes a watcher of `channel`'s `join`/`leave`, and tells presence how many there
@@ -294,7 +193,8 @@ pub struct Hub {
     routes: Arc<Routes>,
     /// `--max-subscriptions`: the backend's subscriptions count too.
     max_subscriptions: usize,
-    /// Channels have history: a `subscribed` carries the position, which the connection takes.
+    /// Topics have history: each start of a recipient holds its live messages until the
+    /// connection has read where it stands ([`Started::Held`]).
     history: bool,
     metrics: Arc<WorkerMetrics>,
     /// In connection order, so a broadcast walks the sockets in the order they were accepted
@@ -307,8 +207,8 @@ pub struct Hub {
     dirty: Vec<(ConnId, Arc<Writer>)>,
     /// Connections whose held messages overflowed during the current batch: cut at its end.
     overflowed: Vec<ConnId>,
-    /// Numbers the activations that wait for a history read.
-    activations: u64,
+    /// Numbers the starts that wait for a history read.
+    starts: u64,
     /// Where subscriptions starting and ending are reported (members of each channel).
     presence: Option<Arc<crate::presence::Presence>>,
 }
@@ -340,7 +240,7 @@ impl Hub {
             channels: HashMap::new(),
             dirty: Vec::new(),
             overflowed: Vec::new(),
-            activations: 0,
+            starts: 0,
             presence: None,
         }
     }
@@ -349,13 +249,6 @@ impl Hub {
     pub fn with_presence(mut self, presence: Arc<crate::presence::Presence>) -> Self {
         self.presence = Some(presence);
         self
-    }
-
-    /// The public `info` of a connection's token, shown in presence from its next subscription.
-    pub fn set_info(&mut self, id: ConnId, info: Option<Arc<str>>) {
-        if let Some(member) = self.members.get_mut(&id) {
-            member.info = info;
-        }
     }
 
     /// Whether a subscription (pending or active) receives its channel's `join` and `leave`.
@@ -373,51 +266,56 @@ impl Hub {
         }
     }
 
-    /// Adds a connection of `user`; from now on it receives that user's direct messages and
-    /// broadcasts. `seen`: where it stands in the user's history, when there is one.
-    pub fn register(&mut self, id: ConnId, user: UserId, writer: Arc<Writer>, seen: Seen) {
-        self.register_as(id, user, writer, seen, None);
-    }
-
-    /// [`register`](Self::register) with history in Redis: the user's direct messages are held
-    /// until [`caught_up`](Self::caught_up) says where the connection stands. Returns the
-    /// activation to name there.
-    pub fn register_catching_up(&mut self, id: ConnId, user: UserId, writer: Arc<Writer>) -> u64 {
-        let activation = self.next_activation();
-        self.register_as(id, user, writer, Seen::default(), Some(activation));
-        activation
-    }
-
-    fn next_activation(&mut self) -> u64 {
-        self.activations += 1;
-        self.activations
-    }
-
-    fn register_as(
+    /// Adds a connection of `user` (`info`: its token's public `info`, shown in presence); from
+    /// now on it receives that user's direct messages and broadcasts, or with history holds
+    /// them until [`open`](Self::open).
+    pub fn register(
         &mut self,
         id: ConnId,
         user: UserId,
         writer: Arc<Writer>,
-        seen: Seen,
-        catching_up: Option<u64>,
-    ) {
-        let recipient = Recipient::new(writer.clone(), seen, catching_up);
+        info: Option<Arc<str>>,
+    ) -> Started {
+        let topic = Topic::User(user.clone());
+        let (recipient, started) = self.start(writer.clone(), &topic);
         match self.users.entry(user.clone()) {
             Entry::Occupied(mut e) => e.get_mut().push((id, recipient)),
             Entry::Vacant(e) => {
-                self.routes.add(&Topic::User(user.clone()), self.worker);
+                self.routes.add(&topic, self.worker);
                 e.insert(vec![(id, recipient)]);
             }
         }
         let member = Member {
             user,
-            info: None,
+            info,
             writer,
             channels: Vec::new(),
-            catching_up: catching_up.is_some(),
+            opening: matches!(started, Started::Held(_)),
         };
         self.members.insert(id, member);
         self.metrics.connections.fetch_add(1, Relaxed);
+        started
+    }
+
+    /// A recipient of `topic` for `writer`: receiving at once behind its opening without
+    /// history, holding live messages for a read with it.
+    fn start(&mut self, writer: Arc<Writer>, topic: &Topic) -> (Recipient, Started) {
+        if self.history {
+            self.starts += 1;
+            return (
+                Recipient::holding(writer, self.starts),
+                Started::Held(self.starts),
+            );
+        }
+        let opening = Opening::fresh(topic);
+        if !opening.frames.is_empty() {
+            let channel = match topic {
+                Topic::Channel(c) => Some(c),
+                Topic::User(_) => None,
+            };
+            writer.push_burst(channel, &opening.frames);
+        }
+        (Recipient::open(writer, opening.seen), Started::Open)
     }
 
     /// Removes a connection and all its subscriptions. Safe to call twice.
@@ -471,34 +369,82 @@ impl Hub {
         Reservation::Reserved
     }
 
-    /// Turns a reservation into a subscription and pushes `subscribed` in the same step, so
-    /// every message of the channel after it, and none before, reaches the connection. Returns
-    /// false if the reservation is gone (unsubscribed or cut meanwhile).
-    pub fn activate(&mut self, id: ConnId, channel: &Channel) -> bool {
-        self.activate_with(id, channel, &[Frame::subscribed(channel)], Seen::default())
+    /// What a subscribe to `channel` gets after `reservation`, for whoever asked: with history
+    /// a running subscription cannot say where the client is nor replay, so a client is told to
+    /// unsubscribe first.
+    pub fn answer(&self, reservation: Reservation, channel: &Channel, asked: Asked) -> Answer {
+        let client = asked == Asked::Client;
+        match reservation {
+            Reservation::Reserved => Answer::Start,
+            Reservation::Already | Reservation::Pending if self.history && client => {
+                Answer::Refuse(Frame::error(
+                    ErrorCode::BadRequest,
+                    &format!(
+                        "already subscribed to {}: unsubscribe first to subscribe again from an offset",
+                        channel.as_str()
+                    ),
+                ))
+            }
+            Reservation::Already if !self.history => Answer::Reply(Frame::subscribed(channel)),
+            // Pending: the earlier subscribe's `subscribed` answers; Gone: the cut closes it.
+            Reservation::Already | Reservation::Pending | Reservation::Gone => Answer::Nothing,
+            Reservation::TooMany => {
+                let limit = format!(
+                    "at most {} subscriptions per connection",
+                    self.max_subscriptions
+                );
+                let detail = match asked {
+                    Asked::Client => limit,
+                    Asked::Backend => format!(
+                        "the server could not subscribe you to {}: {limit}",
+                        channel.as_str()
+                    ),
+                };
+                Answer::Refuse(Frame::error(ErrorCode::Forbidden, &detail))
+            }
+        }
     }
 
-    /// [`activate`](Self::activate) with history in Redis: the channel's messages are held
-    /// until [`caught_up`](Self::caught_up) says where the connection stands. Returns the
-    /// activation to name there, or `None` if the reservation is gone.
-    pub fn activate_catching_up(&mut self, id: ConnId, channel: &Channel) -> Option<u64> {
-        let activation = self.next_activation();
-        self.activate_as(id, channel, &[], Seen::default(), Some(activation))
-            .then_some(activation)
+    /// Turns a reservation into a subscription: without history its `subscribed` is pushed in
+    /// the same step, so every message of the channel after it, and none before, reaches the
+    /// connection; with history its messages are held until [`open`](Self::open).
+    pub fn activate(&mut self, id: ConnId, channel: &Channel) -> Started {
+        let Some(member) = self.members.get_mut(&id) else {
+            return Started::Gone;
+        };
+        let Some(m) = member
+            .channels
+            .iter_mut()
+            .find(|m| m.channel == *channel && !m.active)
+        else {
+            return Started::Gone;
+        };
+        m.active = true;
+        let watches = m.watches;
+        let writer = member.writer.clone();
+        let (user, info) = (member.user.clone(), member.info.clone());
+        let (recipient, started) = self.start(writer, &Topic::Channel(channel.clone()));
+        let entry = self
+            .channels
+            .get_mut(channel)
+            .expect("a reservation keeps its channel entry");
+        entry.reserved -= 1;
+        entry.active.insert(id, recipient);
+        if watches {
+            set_watching(&self.presence, entry, channel, id, true);
+        }
+        // After `subscribed`: the connection's own `join` (if it watches) comes after it.
+        if let Some(presence) = &self.presence {
+            presence.joined(channel, &user, info.as_ref());
+        }
+        started
     }
 
-    /// Ends the catching up of `activation` on `topic`: pushes `frames` (`subscribed` or
-    /// `connected`, and what its read recovered), then what was held meanwhile that they do not
-    /// cover, as one burst (a replay never cuts a client that reads). False if the connection
-    /// no longer waits for this activation (unsubscribed, or subscribed again since).
-    pub fn caught_up(
-        &mut self,
-        id: ConnId,
-        topic: &Topic,
-        activation: u64,
-        frames: &[Frame],
-        seen: Seen,
-    ) -> bool {
+    /// Opens `topic` for a recipient whose start `start` waits for its read: pushes the opening
+    /// (`subscribed` or `connected`, and what its read recovered), then what was held meanwhile
+    /// that it does not cover, as one burst (a replay never cuts a client that reads). False if
+    /// the connection no longer waits for this start (unsubscribed, or subscribed again since).
+    pub fn open(&mut self, id: ConnId, topic: &Topic, start: u64, opening: Opening) -> bool {
         let recipient = match topic {
             Topic::User(u) => self
                 .users
@@ -510,78 +456,20 @@ impl Hub {
         let Some(r) = recipient else {
             return false;
         };
-        if r.held.as_ref().map(|(a, _)| *a) != Some(activation) {
+        let Some(burst) = r.opened(start, opening) else {
             return false;
-        }
-        let (_, held) = r.held.take().expect("checked above");
-        r.seen = seen;
-        if let (Topic::User(_), Some(member)) = (topic, self.members.get_mut(&id)) {
-            member.catching_up = false;
-        }
-        let mut burst = frames.to_vec();
-        for envelope in &held {
-            admit_all(r, envelope, &mut burst);
-        }
+        };
         let channel = match topic {
             Topic::Channel(c) => Some(c),
             Topic::User(_) => None,
         };
         r.writer.push_burst(channel, &burst);
+        if let (Topic::User(_), Some(member)) = (topic, self.members.get_mut(&id)) {
+            member.opening = false;
+        }
         self.metrics
             .frames_pushed
             .fetch_add(burst.len() as u64, Relaxed);
-        true
-    }
-
-    /// [`activate`](Self::activate) for a channel with history: `frames` are `subscribed` with
-    /// the position and what a resume recovered; `seen` says which live frames those cover.
-    pub fn activate_with(
-        &mut self,
-        id: ConnId,
-        channel: &Channel,
-        frames: &[Frame],
-        seen: Seen,
-    ) -> bool {
-        self.activate_as(id, channel, frames, seen, None)
-    }
-
-    fn activate_as(
-        &mut self,
-        id: ConnId,
-        channel: &Channel,
-        frames: &[Frame],
-        seen: Seen,
-        catching_up: Option<u64>,
-    ) -> bool {
-        let Some(member) = self.members.get_mut(&id) else {
-            return false;
-        };
-        let Some(m) = member
-            .channels
-            .iter_mut()
-            .find(|m| m.channel == *channel && !m.active)
-        else {
-            return false;
-        };
-        m.active = true;
-        let watches = m.watches;
-        let writer = member.writer.clone();
-        let entry = self
-            .channels
-            .get_mut(channel)
-            .expect("a reservation keeps its channel entry");
-        entry.reserved -= 1;
-        entry
-            .active
-            .insert(id, Recipient::new(writer.clone(), seen, catching_up));
-        if watches {
-            set_watching(&self.presence, entry, channel, id, true);
-        }
-        writer.push_burst(Some(channel), frames);
-        // After `subscribed`: the connection's own `join` (if it watches) comes after it.
-        if let Some(presence) = &self.presence {
-            presence.joined(channel, &member.user, member.info.as_ref());
-        }
         true
     }
 
@@ -691,7 +579,7 @@ impl Hub {
                     let mut held = Vec::new();
                     for (id, member) in &self.members {
                         let n = frames.len() as u64;
-                        if member.catching_up {
+                        if member.opening {
                             held.push((*id, member.user.clone()));
                         } else if !last {
                             push(&mut self.dirty, &mut fanout, *id, &member.writer, &frames);
@@ -708,7 +596,7 @@ impl Hub {
                         let recipients = self.users.get_mut(&user).into_iter().flatten();
                         if let Some((_, r)) = recipients.into_iter().find(|(c, _)| *c == id) {
                             for envelope in run {
-                                hold_or_offer(
+                                offer(
                                     &mut self.dirty,
                                     &mut self.overflowed,
                                     &mut fanout,
@@ -732,7 +620,7 @@ impl Hub {
                     };
                     for id in &entry.watchers {
                         if let Some(r) = entry.active.get_mut(id) {
-                            hold_or_offer(
+                            offer(
                                 &mut self.dirty,
                                 &mut self.overflowed,
                                 &mut fanout,
@@ -769,7 +657,7 @@ impl Hub {
         let dirty = &mut self.dirty;
         let overflowed = &mut self.overflowed;
         let mut deliver = |id: &ConnId, r: &mut Recipient| {
-            hold_or_offer(dirty, overflowed, fanout, *id, r, envelope);
+            offer(dirty, overflowed, fanout, *id, r, envelope);
         };
         match target {
             Target::User(user) => {
@@ -814,31 +702,25 @@ impl Hub {
                 Control::Unsubscribe(channel) => self
                     .unsubscribe(id, channel)
                     .then(|| Frame::unsubscribed(channel)),
-                Control::Subscribe(channel) => match self.reserve(id, channel, true) {
-                    Reservation::Reserved => {
-                        let ready = self.routes.log().is_none_or(|l| l.is_applied(l.ticket()));
-                        if ready && !self.history {
-                            self.activate(id, channel);
-                            push_dirty(&mut self.dirty, id, &writer);
-                        } else {
-                            writer.command(Command::Activate(channel.clone(), since.cloned()));
+                Control::Subscribe(channel) => {
+                    let reservation = self.reserve(id, channel, true);
+                    match self.answer(reservation, channel, Asked::Backend) {
+                        Answer::Start => {
+                            let log = self.routes.log();
+                            let ready = log.is_none_or(|l| l.is_applied(l.ticket()));
+                            if ready && !self.history {
+                                self.activate(id, channel);
+                                push_dirty(&mut self.dirty, id, &writer);
+                            } else {
+                                let since = since.cloned();
+                                writer.command(Command::Activate(channel.clone(), since));
+                            }
+                            None
                         }
-                        None
+                        Answer::Reply(frame) | Answer::Refuse(frame) => Some(frame),
+                        Answer::Nothing => None,
                     }
-                    // With history a `subscribed` must say where the client is; an unchanged
-                    // subscription has nothing new to say.
-                    Reservation::Already if self.history => None,
-                    Reservation::Already => Some(Frame::subscribed(channel)),
-                    Reservation::Pending | Reservation::Gone => None,
-                    Reservation::TooMany => Some(Frame::error(
-                        ErrorCode::Forbidden,
-                        &format!(
-                            "the server could not subscribe you to {}: at most {} subscriptions per connection",
-                            channel.as_str(),
-                            self.max_subscriptions
-                        ),
-                    )),
-                },
+                }
             };
             if let Some(frame) = reply {
                 push(&mut self.dirty, fanout, id, &writer, &[frame]);
@@ -927,8 +809,8 @@ mod tests {
         let mut h = hub();
         let u = UserId::new("u").unwrap();
         let (a, b) = (writer(8), writer(8));
-        h.register(id(1), u.clone(), a.clone(), Seen::default());
-        h.register(id(2), u.clone(), b.clone(), Seen::default());
+        h.register(id(1), u.clone(), a.clone(), None);
+        h.register(id(2), u.clone(), b.clone(), None);
         let ch = Channel::new("c").unwrap();
         assert_eq!(h.reserve(id(1), &ch, false), Reservation::Reserved);
         let other = Channel::new("d").unwrap();
@@ -938,8 +820,8 @@ mod tests {
         // Reserved: the route is there, the messages are not yet.
         assert!(!h.routes.workers(&Topic::Channel(ch.clone())).is_empty());
         assert_eq!(h.deliver(&delivery(Target::Channel(ch.clone()))).pushed, 0);
-        assert!(h.activate(id(1), &ch));
-        assert!(!h.activate(id(1), &ch));
+        assert_eq!(h.activate(id(1), &ch), Started::Open);
+        assert_eq!(h.activate(id(1), &ch), Started::Gone);
         assert_eq!(h.reserve(id(1), &ch, false), Reservation::Already);
         assert_eq!(h.deliver(&delivery(Target::User(u.clone()))).pushed, 2);
         assert_eq!(h.deliver(&delivery(Target::Channel(ch.clone()))).pushed, 1);
@@ -976,8 +858,8 @@ mod tests {
         let mut h = hub();
         let (u, v) = (UserId::new("u").unwrap(), UserId::new("v").unwrap());
         let (a, b) = (writer(64), writer(64));
-        h.register(id(1), u.clone(), a.clone(), Seen::default());
-        h.register(id(2), v.clone(), b.clone(), Seen::default());
+        h.register(id(1), u.clone(), a.clone(), None);
+        h.register(id(2), v.clone(), b.clone(), None);
         let batch = [
             message(Target::All, "1"),
             message(Target::All, "2"),
@@ -993,11 +875,13 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_catching_up_gets_connected_before_any_broadcast() {
-        let mut h = hub();
+    fn a_connection_opening_gets_connected_before_any_broadcast() {
+        let mut h = hub().with_history();
         let u = UserId::new("u").unwrap();
         let w = writer(64);
-        let activation = h.register_catching_up(id(1), u.clone(), w.clone());
+        let Started::Held(start) = h.register(id(1), u.clone(), w.clone(), None) else {
+            panic!("held with history");
+        };
         h.deliver_batch(&[
             message(Target::All, "b1"),
             message(Target::User(u.clone()), "d1"),
@@ -1005,13 +889,11 @@ mod tests {
         h.deliver_batch(&[message(Target::All, "b2")]);
         assert_eq!(w.queued(), 0, "nothing before connected");
         let connected = Frame::connected("e", 0, None);
-        assert!(h.caught_up(
-            id(1),
-            &Topic::User(u.clone()),
-            activation,
-            std::slice::from_ref(&connected),
-            Seen::default()
-        ));
+        let opening = Opening {
+            frames: vec![connected.clone()],
+            seen: Default::default(),
+        };
+        assert!(h.open(id(1), &Topic::User(u.clone()), start, opening));
         h.deliver_batch(&[message(Target::All, "b3")]);
         let frames = w.queued_frames();
         assert_eq!(frames[0], connected.bytes());
@@ -1020,40 +902,49 @@ mod tests {
 
     #[test]
     fn a_read_answers_only_the_activation_that_asked_for_it() {
-        let mut h = hub();
+        let mut h = hub().with_history();
         let ch = Channel::new("news").unwrap();
         let w = writer(64);
-        h.register(id(1), UserId::new("u").unwrap(), w.clone(), Seen::default());
+        let Started::Held(user) = h.register(id(1), UserId::new("u").unwrap(), w.clone(), None)
+        else {
+            panic!("held with history");
+        };
+        let u = Topic::User(UserId::new("u").unwrap());
+        assert!(h.open(id(1), &u, user, Opening::default()));
         assert_eq!(h.reserve(id(1), &ch, true), Reservation::Reserved);
-        let first = h.activate_catching_up(id(1), &ch).unwrap();
+        let Started::Held(first) = h.activate(id(1), &ch) else {
+            panic!("held with history");
+        };
         assert!(h.unsubscribe(id(1), &ch));
         assert_eq!(h.reserve(id(1), &ch, false), Reservation::Reserved);
-        let second = h.activate_catching_up(id(1), &ch).unwrap();
+        let Started::Held(second) = h.activate(id(1), &ch) else {
+            panic!("held with history");
+        };
         let topic = Topic::Channel(ch.clone());
-        let frames = [Frame::subscribed(&ch)];
-        assert!(!h.caught_up(id(1), &topic, first, &frames, Seen::default()));
+        let opening = || Opening {
+            frames: vec![Frame::subscribed(&ch)],
+            seen: Default::default(),
+        };
+        assert!(!h.open(id(1), &topic, first, opening()));
         assert_eq!(
             w.queued(),
             0,
             "the earlier read's answer is not this subscription's"
         );
-        assert!(h.caught_up(id(1), &topic, second, &frames, Seen::default()));
+        assert!(h.open(id(1), &topic, second, opening()));
         assert_eq!(w.queued(), 1);
-        assert!(
-            !h.caught_up(id(1), &topic, second, &frames, Seen::default()),
-            "once"
-        );
+        assert!(!h.open(id(1), &topic, second, opening()), "once");
     }
 
     #[test]
     fn an_unsubscribed_reservation_is_never_activated() {
         let mut h = hub();
         let ch = Channel::new("c").unwrap();
-        h.register(id(1), UserId::new("u").unwrap(), writer(8), Seen::default());
+        h.register(id(1), UserId::new("u").unwrap(), writer(8), None);
         assert_eq!(h.reserve(id(1), &ch, false), Reservation::Reserved);
         assert!(h.unsubscribe(id(1), &ch));
         assert!(!h.unsubscribe(id(1), &ch));
-        assert!(!h.activate(id(1), &ch));
+        assert_eq!(h.activate(id(1), &ch), Started::Gone);
         assert_eq!(h.entries(), 2, "the member and its user, no channel");
     }
 
@@ -1062,8 +953,8 @@ mod tests {
         let mut h = hub();
         let u = UserId::new("u").unwrap();
         let (a, b) = (writer(8), writer(8));
-        h.register(id(1), u.clone(), a.clone(), Seen::default());
-        h.register(id(2), u.clone(), b.clone(), Seen::default());
+        h.register(id(1), u.clone(), a.clone(), None);
+        h.register(id(2), u.clone(), b.clone(), None);
         let ch = Channel::new("c").unwrap();
         let control = |c| Envelope::Control(u.clone(), c, None);
         h.deliver_batch(&[control(Control::Subscribe(ch.clone()))]);
@@ -1083,14 +974,21 @@ mod tests {
 
     #[test]
     fn a_lost_history_is_said_before_the_next_message_and_history_is_not_sent_twice() {
-        let mut h = hub();
+        let mut h = hub().with_history();
         let w = writer(16);
         let u = UserId::new("u").unwrap();
-        let seen = Seen {
+        let seen = crate::merge::Seen {
             generation: 1,
             next_offset: 4,
         };
-        h.register(id(1), u.clone(), w.clone(), seen);
+        let Started::Held(start) = h.register(id(1), u.clone(), w.clone(), None) else {
+            panic!("held with history");
+        };
+        let opening = Opening {
+            frames: Vec::new(),
+            seen,
+        };
+        assert!(h.open(id(1), &Topic::User(u.clone()), start, opening));
         let at = |generation, offset| Delivery {
             target: Target::User(u.clone()),
             frame: Frame::pong(),
@@ -1118,7 +1016,7 @@ mod tests {
             Arc::default(),
         );
         let w = writer(8);
-        h.register(id(1), UserId::new("u").unwrap(), w.clone(), Seen::default());
+        h.register(id(1), UserId::new("u").unwrap(), w.clone(), None);
         for c in ["keep", "drop"] {
             let ch = Channel::new(c).unwrap();
             h.reserve(id(1), &ch, false);
@@ -1141,7 +1039,7 @@ mod tests {
         };
         let (stuck, _keep) = crate::writer::stuck(limits).await;
         let u = UserId::new("u").unwrap();
-        h.register(id(1), u.clone(), stuck.clone(), Seen::default());
+        h.register(id(1), u.clone(), stuck.clone(), None);
         let target = Target::User(u);
         let at = |offset| Delivery {
             frame: Frame::message_at(&target, b"1", offset),
@@ -1171,18 +1069,8 @@ mod tests {
         })
         .await;
         let fast = writer(8);
-        h.register(
-            id(1),
-            UserId::new("slow").unwrap(),
-            slow.clone(),
-            Seen::default(),
-        );
-        h.register(
-            id(2),
-            UserId::new("fast").unwrap(),
-            fast.clone(),
-            Seen::default(),
-        );
+        h.register(id(1), UserId::new("slow").unwrap(), slow.clone(), None);
+        h.register(id(2), UserId::new("fast").unwrap(), fast.clone(), None);
         let f = h.deliver(&delivery(Target::All));
         assert_eq!(
             f,

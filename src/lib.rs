@@ -53,6 +53,7 @@ pub mod history;
 pub mod http;
 pub mod hub;
 pub mod listener;
+pub mod merge;
 pub mod metrics;
 pub mod presence;
 pub mod protocol;

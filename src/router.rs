@@ -7,26 +7,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::bridge::history::Read;
 pub use crate::bridge::Unreachable;
 use crate::bridge::{Bridge, Fate};
 use crate::bus::{Bus, Delivery, Envelope};
-use crate::history::History;
+use crate::history::{History, Read};
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::protocol::Since;
 use crate::protocol::Topic;
 use crate::protocol::{Channel, Control, Frame, Target, UserId};
 use crate::subscriptions::SubscriptionLog;
-
-/// Where topics with history are kept.
-#[derive(Clone)]
-pub enum HistoryStore {
-    /// In this process (no Redis).
-    Local(Arc<History>),
-    /// In Redis, read through the bridge ([`Router::read_history`]).
-    Redis,
-}
 
 /// A publish (or `/batch`) that Redis did not take whole: what became of each of its messages
 /// with history, in order. Those not queued at all are `Refused`.
@@ -233,25 +223,25 @@ impl Router {
         }
     }
 
-    /// With `--history-size`: where topics with history are kept.
-    pub fn history(&self) -> Option<HistoryStore> {
-        match (&self.history, &self.bridge) {
-            (Some(h), _) => Some(HistoryStore::Local(h.clone())),
-            (None, Some(b)) if b.has_history() => Some(HistoryStore::Redis),
-            _ => None,
-        }
+    /// Topics have history (`--history-size`), in this process or in Redis.
+    pub fn has_history(&self) -> bool {
+        self.history.is_some() || self.bridge.as_ref().is_some_and(Bridge::has_history)
     }
 
-    /// With history in Redis: where `topic` stands, and with `since` what was missed.
+    /// Where `topic` stands, and with `since` what was missed after it: one read wherever the
+    /// history is kept.
     ///
     /// # Errors
-    /// Redis cannot be read now.
+    /// The history is in Redis and cannot be read now (or topics have no history).
     pub async fn read_history(
         &self,
         topic: Topic,
         since: Option<Since>,
     ) -> Result<Read, Unreachable> {
-        match &self.bridge {
+        if let Some(history) = &self.history {
+            return Ok(history.read(&topic, since.as_ref()));
+        }
+        match self.bridge.as_ref().filter(|b| b.has_history()) {
             Some(bridge) => bridge.read(topic, since).await,
             None => Err(Unreachable),
         }
@@ -264,42 +254,29 @@ impl Router {
     /// The other machines cannot be reached (Redis down or the bridge's queue full): nothing
     /// was done, here either, so the caller can retry the whole call.
     pub async fn control(&self, user: UserId, control: Control) -> Result<(), Unreachable> {
-        if let Some(bridge) = self.bridge.as_ref().filter(|b| b.has_history()) {
-            // Through Redis, for this machine too: in order with the messages Redis relays.
-            let since = match &control {
-                Control::Subscribe(channel) => {
-                    let topic = Topic::Channel(channel.clone());
-                    let read = bridge.read(topic, None).await?;
-                    Some(Since {
-                        offset: read.position.offset,
-                        epoch: read.position.epoch.to_string(),
-                    })
-                }
-                _ => None,
-            };
-            return match bridge.control(&user, &control, since.as_ref()) {
-                true => Ok(()),
-                false => Err(Unreachable),
-            };
-        }
-        if let Some(bridge) = &self.bridge {
-            if !bridge.control(&user, &control, None) {
-                return Err(Unreachable);
-            }
-        }
         // A backend subscribe starts where the channel stands now: whatever is published after
-        // this call returns is either delivered live or replayed when the connection activates.
-        let since = match (&self.history, &control) {
-            (Some(history), Control::Subscribe(channel)) => {
+        // this call returns is either delivered live or replayed when the connection starts it.
+        let since = match &control {
+            Control::Subscribe(channel) if self.has_history() => {
                 let topic = Topic::Channel(channel.clone());
-                let position = history.lock(&topic).position(&topic, Instant::now());
+                let read = self.read_history(topic, None).await?;
                 Some(Since {
-                    offset: position.offset,
-                    epoch: position.epoch.to_string(),
+                    offset: read.position.offset,
+                    epoch: read.position.epoch.to_string(),
                 })
             }
             _ => None,
         };
+        if let Some(bridge) = &self.bridge {
+            if !bridge.control(&user, &control, since.as_ref()) {
+                return Err(Unreachable);
+            }
+            if bridge.has_history() {
+                // Through Redis only, for this machine too: in order with the messages Redis
+                // relays.
+                return Ok(());
+            }
+        }
         self.bus
             .deliver(Envelope::Control(user, control, since))
             .await;

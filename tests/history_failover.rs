@@ -209,9 +209,10 @@ async fn a_failover_onto_a_lagging_replica_moves_its_topics_to_a_new_epoch() {
     }
     read_until(&mut c, 30).await;
     drop(c);
+    // On the master's slots, which the replica takes over.
+    let probe = cluster.name_on(m, "c", "probe");
     cluster.kill(m);
     cluster.freeze(r, false);
-    let probe = cluster.name_on(r, "c", "probe");
     let after = publish_through_failover(&a, &probe, &channel, &user, 31, 15).await;
     println!("offsets after the failover: {after:?}");
 

@@ -10,9 +10,9 @@ use std::collections::hash_map::{Entry, HashMap};
 
 use tokio::time::{Duration, Instant};
 
-use super::history::Read;
 use crate::bus::{Delivery, Envelope};
 use crate::history::Position;
+use crate::history::Read;
 use crate::protocol::Since;
 use crate::protocol::Topic;
 

@@ -17,6 +17,7 @@ use bytes::Bytes;
 
 use super::wire;
 use crate::history::Position;
+use crate::history::Read;
 use crate::protocol::Since;
 use crate::protocol::{Frame, Target};
 
@@ -192,16 +193,6 @@ impl Lineage {
                 .unwrap_or(0),
         })
     }
-}
-
-/// What a read of a topic's history found.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Read {
-    pub position: Position,
-    /// With a `since`: whether everything after it was kept (then `missed` holds it).
-    pub recovered: Option<bool>,
-    /// The missed messages, as the frames sent live.
-    pub missed: Vec<Frame>,
 }
 
 /// A position whose epoch came from Redis; its generation is derived from the epoch, so

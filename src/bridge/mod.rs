@@ -134,7 +134,7 @@ enum Request {
         /// `since` is where this machine's relay of the topic stands (the catch-up's), not a
         /// client's: see [`history::READ`].
         relayed: bool,
-        reply: oneshot::Sender<history::Read>,
+        reply: oneshot::Sender<crate::history::Read>,
     },
     /// Extends the memory of a topic's position: it has a recipient here, however quiet.
     Touch(Topic),
@@ -310,7 +310,7 @@ impl Bridge {
         &self,
         topic: Topic,
         since: Option<Since>,
-    ) -> Result<history::Read, Unreachable> {
+    ) -> Result<crate::history::Read, Unreachable> {
         self.ask(|reply| Request::Read {
             topic,
             since,

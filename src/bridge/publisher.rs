@@ -971,8 +971,8 @@ struct Held {
     appends: Vec<HeldAppend>,
     reads: Vec<(
         Topic,
-        history::Read,
-        tokio::sync::oneshot::Sender<history::Read>,
+        crate::history::Read,
+        tokio::sync::oneshot::Sender<crate::history::Read>,
     )>,
 }
 

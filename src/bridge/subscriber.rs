@@ -19,12 +19,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::catchup::{Catchup, Step};
 use super::cluster::{Deployment, Node, Topology};
-use super::history::{self as redis_history, Read};
+use super::history as redis_history;
 use super::pubsub::{self, Push, Reader, Writer};
 use super::wire::{self, Names};
 use super::{within, Backoff, LinkDown, Request, PING_EVERY, RESPONSE_TIMEOUT};
 use crate::bus::{Bus, Delivery, Envelope};
 use crate::history::Position;
+use crate::history::Read;
 use crate::metrics::{BridgeMetrics, ShardMetrics};
 use crate::protocol::Since;
 use crate::protocol::Topic;

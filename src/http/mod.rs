@@ -11,7 +11,9 @@
 pub mod api;
 pub mod ops;
 pub mod presence;
+pub mod query;
 pub mod reject;
+pub mod session;
 pub mod ws;
 
 use std::convert::Infallible;

@@ -63,12 +63,7 @@ async fn answer(req: Request<Incoming>, ctx: &Shared) -> Result<serde_json::Valu
     if req.method() != Method::GET {
         return Err(ApiError::MethodNotAllowed("GET"));
     }
-    let query = req.uri().query().unwrap_or("");
-    let param = |name: &str| {
-        form_urlencoded::parse(query.as_bytes())
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned())
-    };
+    let param = |name: &str| super::query::param(req.uri().query(), name);
     let name =
         param("channel").ok_or_else(|| ApiError::BadRequest("?channel= is required".into()))?;
     let channel = Channel::new(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;

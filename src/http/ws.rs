@@ -1,14 +1,13 @@
-//! `GET /ws`: checks the origin and the token, registers the connection with the worker's hub,
-//! and answers 101. The connection is registered (and, with Redis, its user subscribed) before
-//! the 101 goes out, so a message published once the client sees the upgrade complete is
-//! already on its way to it.
+//! `GET /ws`: checks the handshake, starts the client's [`session`](super::session) (origin,
+//! token, slot, registration, the user's stream opened) and answers 101. The session starts
+//! before the 101 goes out, so a message published once the client sees the upgrade complete
+//! is already on its way to it.
 //!
 //! The upgrade is taken by hand (hyper's upgrade, then tungstenite over the raw socket halves)
 //! so the WebSocket gets a 512-byte read buffer (tungstenite's default 128 KiB, which
 //! `warp::ws()` cannot change, measured ~134 KB per idle connection) and its frames go out
 //! through the connection's [`Writer`].
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
@@ -21,17 +20,9 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use super::reject::ApiError;
-use super::{response, Response};
-use crate::auth::bearer;
+use super::{response, session, Response};
 use crate::connection::{Connection, SocketIo};
 use crate::context::WorkerContext;
-use crate::history::Recovery;
-use crate::hub::{self, Registration, Seen};
-use crate::protocol::Since;
-use crate::protocol::Topic;
-use crate::protocol::{ConnId, Frame};
-use crate::router::{HistoryStore, Router};
-use crate::writer::Writer;
 
 /// Bytes read from the socket at a time. Client frames are small (subscribe, ping); a larger
 /// one (a refresh's token) grows the buffer as it comes. 4 KiB here measured ~3.8 KB more RSS
@@ -47,98 +38,25 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
+    let session = match session::start(ctx, req.headers(), req.uri().query()).await {
+        Ok(session) => session,
+        Err(e) => return e.into_response(),
+    };
     let shared = &ctx.shared;
-    if let Err(e) = check_origin(headers, &shared.config.allowed_origins) {
-        return e.into_response();
-    }
-    let identity = match token(&req).and_then(|t| shared.keys.verify(t).map_err(|e| e.to_string()))
-    {
-        Ok(identity) => identity,
-        Err(e) => return ApiError::Unauthorized(e).into_response(),
-    };
-    let Ok(permit) = shared.connection_slots.clone().try_acquire_owned() else {
-        return ApiError::Unavailable(format!(
-            "this server holds its maximum of {} connections (--max-connections); retry later or elsewhere",
-            shared.config.max_connections()
-        ))
-        .into_response();
-    };
-
-    let id = ConnId {
-        worker: ctx.id,
-        seq: ctx.next_conn.fetch_add(1, Relaxed),
-    };
-    let writer = Arc::new(Writer::new(
-        shared.config.queue_limits(),
-        ctx.worker_metrics.clone(),
-    ));
-    let history = shared.router.history();
-    let mut activation = 0;
-    match &history {
-        // Under the user's history lock: `connected` and what a resume missed go first, and
-        // every direct message after them follows live, none twice.
-        Some(HistoryStore::Local(history)) => {
-            let topic = Topic::User(identity.user.clone());
-            let now = std::time::Instant::now();
-            let mut locked = history.lock(&topic);
-            let position = locked.position(&topic, now);
-            let (recovered, missed) = match since(&req) {
-                None => (None, Vec::new()),
-                Some(None) => (Some(false), Vec::new()),
-                Some(Some(since)) => match locked.since(&topic, &since, now) {
-                    Recovery::Recovered(missed) => (Some(true), missed),
-                    Recovery::Lost => (Some(false), Vec::new()),
-                },
-            };
-            // One burst, on top of the limits: a replay never cuts a client that reads.
-            let connected = Frame::connected(&position.epoch, position.offset, recovered);
-            writer.push_burst(None, &[&[connected], missed.as_slice()].concat());
-            let seen = Seen::after(&position);
-            hub::lock(&ctx.hub).register(id, identity.user.clone(), writer.clone(), seen);
-        }
-        // Direct messages are held until the read below says where the user stands.
-        Some(HistoryStore::Redis) => {
-            let user = identity.user.clone();
-            activation = hub::lock(&ctx.hub).register_catching_up(id, user, writer.clone());
-        }
-        None => {
-            let seen = Seen::default();
-            hub::lock(&ctx.hub).register(id, identity.user.clone(), writer.clone(), seen);
-        }
-    }
-    hub::lock(&ctx.hub).set_info(id, identity.info.clone());
-    let registration = Registration {
-        id,
-        hub: ctx.hub.clone(),
-    };
-    // With Redis, direct messages from other machines must find this user before the 101.
-    let log = shared.router.subscription_log();
-    if let Some(log) = &log {
-        // The bridge answers within its Redis timeout; the bound is for a bridge that stopped.
-        let wait = shared.config.request_timeout();
-        let _ = tokio::time::timeout(wait, log.applied(log.ticket())).await;
-    }
-    if let Some(HistoryStore::Redis) = history {
-        // Subscribed: every direct message from now on reaches the hub (held), so the read
-        // and the live messages meet without a gap.
-        let topic = Topic::User(identity.user.clone());
-        let (frames, seen) = connected_from_redis(&shared.router, &topic, since(&req)).await;
-        hub::lock(&ctx.hub).caught_up(id, &topic, activation, &frames, seen);
-    }
+    let writer = session.writer.clone();
     let connection = Connection {
-        registration,
-        writer: writer.clone(),
-        log,
+        registration: session.registration,
+        writer: session.writer,
+        log: shared.router.subscription_log(),
         keys: shared.keys.clone(),
-        history: shared.router.history(),
         router: shared.router.clone(),
-        user: identity.user,
-        permissions: identity.permissions,
-        exp: identity.exp,
+        user: session.user,
+        permissions: session.permissions,
+        exp: session.exp,
         shutdown: ctx.shutdown.clone(),
         ping_interval: shared.config.ping_interval(),
         metrics: ctx.worker_metrics.clone(),
-        slot: permit,
+        slot: session.slot,
     };
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
@@ -213,83 +131,4 @@ fn handshake_key(headers: &HeaderMap) -> Result<String, ApiError> {
         Some(k) => Ok(derive_accept_key(k.as_bytes())),
         None => Err(ApiError::BadRequest("missing Sec-WebSocket-Key".into())),
     }
-}
-
-/// With an allow-list, a browser's `Origin` must be on it. Requests without `Origin` come from
-/// programs, not browsers, and the token alone decides for them.
-fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiError> {
-    if allowed.is_empty() {
-        return Ok(());
-    }
-    match headers.get(header::ORIGIN).map(HeaderValue::to_str) {
-        None => Ok(()),
-        Some(Ok(origin)) if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) => Ok(()),
-        Some(origin) => Err(ApiError::Forbidden(format!(
-            "origin {} is not allowed",
-            origin.unwrap_or("?")
-        ))),
-    }
-}
-
-/// With history in Redis: `connected` with where the user's direct messages stand (and what a
-/// resume missed), and what the hub may skip of the held live messages. Without an answer
-/// (Redis unreachable) `connected` has no position and a resume is not recovered.
-async fn connected_from_redis(
-    router: &Router,
-    topic: &Topic,
-    since: Option<Option<Since>>,
-) -> (Vec<Frame>, Seen) {
-    let asked = since.as_ref().map(|_| false);
-    match router.read_history(topic.clone(), since.flatten()).await {
-        Ok(read) => {
-            let p = &read.position;
-            let recovered = read.recovered.or(asked);
-            let mut frames = vec![Frame::connected(&p.epoch, p.offset, recovered)];
-            let seen = Seen::after(p);
-            frames.extend(read.missed);
-            (frames, seen)
-        }
-        Err(_) => (vec![Frame::connected_unpositioned(asked)], Seen::default()),
-    }
-}
-
-/// `?since=41&epoch=…`: absent (None), present but unusable (Some(None): not recovered), or a
-/// position to resume from.
-fn since(req: &Request<Incoming>) -> Option<Option<Since>> {
-    let query = req.uri().query()?;
-    // Percent-decoded, like any query string; an offset is decimal digits only (`+0` is not).
-    let param = |name: &str| {
-        form_urlencoded::parse(query.as_bytes())
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned())
-    };
-    let offset = param("since")?;
-    let epoch = param("epoch").filter(|e| !e.is_empty());
-    let offset = Some(offset)
-        .filter(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|o| o.parse().ok());
-    Some(
-        offset
-            .zip(epoch)
-            .map(|(offset, epoch)| Since { offset, epoch }),
-    )
-}
-
-/// The token from `?token=` or `Authorization: Bearer`.
-fn token(req: &Request<Incoming>) -> Result<&str, String> {
-    let from_query = req
-        .uri()
-        .query()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
-    let from_header = || {
-        req.headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer)
-    };
-    from_query
-        .or_else(from_header)
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| crate::auth::Error::Missing.to_string())
 }
