@@ -48,6 +48,7 @@ pub mod config;
 pub mod connection;
 pub mod context;
 pub mod error;
+pub mod frame;
 pub mod fuzzing;
 pub mod history;
 pub mod http;

@@ -444,7 +444,7 @@ mod tests {
     fn events(rx: &mut tokio::sync::mpsc::Receiver<Envelope>) -> Vec<String> {
         let mut out = Vec::new();
         while let Ok(Envelope::Presence(_, frame)) = rx.try_recv() {
-            out.push(frame.text().to_string());
+            out.push(frame.as_str().to_string());
         }
         out
     }

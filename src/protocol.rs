@@ -1,15 +1,16 @@
-//! Wire types: identifiers, client → server messages, and server → client frames.
+//! Wire types: identifiers, client → server messages, and what the server's messages say.
 //!
-//! Server frames are encoded once, WebSocket header included, into a [`Frame`] whose bytes are
-//! shared (refcounted) by every recipient and written to each socket as they are; nothing here
-//! runs per recipient.
+//! Each server message is encoded here once, as JSON, straight into a [`Frame`] (the transport's
+//! framing is [`crate::frame`]'s) whose bytes every recipient shares; nothing here runs per
+//! recipient.
 
 use std::fmt;
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+
+pub use crate::frame::Frame;
 
 /// `bytes` random bytes as hex: epochs, instance ids, generated secrets.
 pub fn random_hex(bytes: usize) -> String {
@@ -177,20 +178,9 @@ pub enum Target {
     All,
 }
 
-/// One server → client WebSocket frame, encoded once (header and payload, unmasked as a server
-/// sends it) and shared by every recipient: each gets a refcount bump, and the bytes go to the
-/// socket as they are.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame(Bytes);
-
 const DIRECT_HEAD: &str = r#"{"type":"message","message":"#;
 const CHANNEL_HEAD: &str = r#"{"type":"message","channel":""#;
 const CHANNEL_MIDDLE: &str = r#"","message":"#;
-
-/// Opcodes of the frames a server sends.
-const OP_TEXT: u8 = 0x1;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
 
 impl Frame {
     /// `{"type":"message","message":<payload>}`; the payload's text is copied as it came, so
@@ -247,7 +237,7 @@ impl Frame {
             payload,
             b"}",
         ]);
-        Frame::encode(OP_TEXT, &parts)
+        Frame::text_bytes(&parts)
     }
 
     /// `subscribed` for a channel with history: where it stands, and whether a resume worked.
@@ -354,28 +344,9 @@ impl Frame {
         Frame::text_parts(&[&value.to_string()])
     }
 
-    /// The frame's payload as text (frames are always built from text).
-    pub fn text(&self) -> &str {
-        std::str::from_utf8(self.payload()).unwrap_or("")
-    }
-
     pub fn error(code: ErrorCode, detail: &str) -> Self {
         let v = serde_json::json!({"type": "error", "error": code.as_str(), "detail": detail});
         Frame::text_parts(&[&v.to_string()])
-    }
-
-    /// A WebSocket ping, sent by the server every ping interval.
-    pub fn ping() -> Self {
-        Frame::encode(OP_PING, &[])
-    }
-
-    /// A close frame with its code and reason (at most 123 bytes, as a control frame allows).
-    pub fn close(code: u16, reason: &str) -> Self {
-        let mut end = reason.len().min(123);
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        Frame::encode(OP_CLOSE, &[&code.to_be_bytes(), &reason.as_bytes()[..end]])
     }
 
     /// `{"type":"refreshed","exp":<unix seconds>}`, without `exp` for a token that has none.
@@ -391,69 +362,6 @@ impl Frame {
     /// `{"type":"expiring","exp":<unix seconds>}`: refresh now or be closed at `exp`.
     pub fn expiring(exp: u64) -> Self {
         Frame::text_parts(&[r#"{"type":"expiring","exp":"#, &exp.to_string(), "}"])
-    }
-
-    fn text_parts(parts: &[&str]) -> Self {
-        let parts: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
-        Frame::encode(OP_TEXT, &parts)
-    }
-
-    /// One final (FIN) frame of `opcode` whose payload is `parts` back to back: one allocation.
-    fn encode(opcode: u8, parts: &[&[u8]]) -> Self {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        let mut buf = BytesMut::with_capacity(header_len(len) + len);
-        buf.put_u8(0x80 | opcode);
-        match len {
-            0..=125 => buf.put_u8(len as u8),
-            126..=0xFFFF => {
-                buf.put_u8(126);
-                buf.put_u16(len as u16);
-            }
-            _ => {
-                buf.put_u8(127);
-                buf.put_u64(len as u64);
-            }
-        }
-        for p in parts {
-            buf.put_slice(p);
-        }
-        Frame(buf.freeze())
-    }
-
-    /// A copy with a reference count of its own. A worker fanning one frame out to thousands
-    /// of connections counts references on this one instead of the bus's, whose count the
-    /// other workers' cores touch too.
-    pub fn local_copy(&self) -> Frame {
-        Frame(Bytes::copy_from_slice(&self.0))
-    }
-
-    /// The whole frame as it goes on the wire.
-    pub fn bytes(&self) -> &Bytes {
-        &self.0
-    }
-
-    /// The payload: the JSON text of a text frame.
-    pub fn payload(&self) -> &[u8] {
-        let len = self.0.len();
-        let header = match self.0.get(1).map(|b| b & 0x7F) {
-            Some(126) => 4,
-            Some(127) => 10,
-            _ => 2,
-        };
-        &self.0[header.min(len)..]
-    }
-
-    /// The text of a text frame (every frame built here from `&str` is valid UTF-8).
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(self.payload()).unwrap_or_default()
-    }
-}
-
-fn header_len(payload: usize) -> usize {
-    match payload {
-        0..=125 => 2,
-        126..=0xFFFF => 4,
-        _ => 10,
     }
 }
 

@@ -1,0 +1,122 @@
+//! The transport's framing: a server → client WebSocket frame, built once and shared.
+//!
+//! What a message says is [`crate::protocol`]'s; this is how it travels. A frame holds its
+//! header and payload in one allocation, unmasked as a server sends it, so one publication is
+//! one buffer that every recipient's socket is written from. Another framing of the same text
+//! (compressed, or another transport's) is built from [`Frame::payload`].
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// One server → client WebSocket frame, encoded once (header and payload) and shared by every
+/// recipient: each gets a refcount bump, and the bytes go to the socket as they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame(Bytes);
+
+/// Opcodes of the frames a server sends.
+const OP_TEXT: u8 = 0x1;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+
+impl Frame {
+    /// A text frame whose payload is `parts` back to back.
+    pub fn text_parts(parts: &[&str]) -> Self {
+        let parts: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
+        Frame::text_bytes(&parts)
+    }
+
+    /// [`text_parts`](Self::text_parts) of parts that are UTF-8 text already checked.
+    pub fn text_bytes(parts: &[&[u8]]) -> Self {
+        Frame::encode(OP_TEXT, parts)
+    }
+
+    /// A WebSocket ping, sent by the server every ping interval.
+    pub fn ping() -> Self {
+        Frame::encode(OP_PING, &[])
+    }
+
+    /// A close frame with its code and reason (at most 123 bytes, as a control frame allows).
+    pub fn close(code: u16, reason: &str) -> Self {
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        Frame::encode(OP_CLOSE, &[&code.to_be_bytes(), &reason.as_bytes()[..end]])
+    }
+
+    /// One final (FIN) frame of `opcode` whose payload is `parts` back to back: one allocation.
+    fn encode(opcode: u8, parts: &[&[u8]]) -> Self {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut buf = BytesMut::with_capacity(header_len(len) + len);
+        buf.put_u8(0x80 | opcode);
+        match len {
+            0..=125 => buf.put_u8(len as u8),
+            126..=0xFFFF => {
+                buf.put_u8(126);
+                buf.put_u16(len as u16);
+            }
+            _ => {
+                buf.put_u8(127);
+                buf.put_u64(len as u64);
+            }
+        }
+        for p in parts {
+            buf.put_slice(p);
+        }
+        Frame(buf.freeze())
+    }
+
+    /// A copy with a reference count of its own. A worker fanning one frame out to thousands
+    /// of connections counts references on this one instead of the bus's, whose count the
+    /// other workers' cores touch too.
+    pub fn local_copy(&self) -> Frame {
+        Frame(Bytes::copy_from_slice(&self.0))
+    }
+
+    /// The whole frame as it goes on the wire.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// The payload: the JSON text of a text frame.
+    pub fn payload(&self) -> &[u8] {
+        let len = self.0.len();
+        let header = match self.0.get(1).map(|b| b & 0x7F) {
+            Some(126) => 4,
+            Some(127) => 10,
+            _ => 2,
+        };
+        &self.0[header.min(len)..]
+    }
+
+    /// The text of a text frame (every text frame is built from `&str`, valid UTF-8).
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.payload()).unwrap_or_default()
+    }
+}
+
+fn header_len(payload: usize) -> usize {
+    match payload {
+        0..=125 => 2,
+        126..=0xFFFF => 4,
+        _ => 10,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_fit_each_payload_length_and_the_payload_reads_back() {
+        for len in [0usize, 125, 126, 0xFFFF, 0x10000] {
+            let text = "x".repeat(len);
+            let f = Frame::text_parts(&[&text]);
+            assert_eq!(f.bytes().len(), header_len(len) + len);
+            assert_eq!(f.bytes()[0], 0x81);
+            assert_eq!(f.as_str(), text);
+        }
+        let close = Frame::close(1000, &"é".repeat(100));
+        assert_eq!(close.bytes()[1] as usize, close.payload().len());
+        assert!(close.payload().len() <= 125, "a control frame's limit");
+    }
+}
