@@ -7,38 +7,57 @@
 //! ## Layout: data flows one way
 //!
 //! ```text
-//! publish:  http ─▶ router ─▶ bus ─▶ hub (each worker) ─▶ writer ─▶ socket
-//!                      └────▶ bridge ─▶ Redis ─▶ bridge (other processes) ─▶ bus ─▶ …
+//! publish (no history, or history in this process):
+//!   http::api ─▶ router ─┬─▶ history (offset, kept) ─▶ bus ─▶ hub (each worker) ─▶ writer ─▶ socket
+//!                        └─▶ bridge ─▶ Redis ─▶ bridge (other machines) ─▶ bus ─▶ hub ─▶ …
+//! publish (history in Redis: the only path for a topic with history):
+//!   http::api ─▶ router ─▶ bridge ─▶ Redis script (offset, kept, PUBLISH)
+//!                                      └─▶ bridge (every machine, this one too) ─▶ bus ─▶ hub ─▶ …
+//! a session starts (http::session; `/ws` calls it, then connection runs it):
+//!   token, slot ─▶ hub.register (held) ─▶ bridge subscribed ─▶ router.read_history ─▶ hub.open
+//! a topic starts (the user's stream, a channel, a backend /subscribe; one way, merge.rs):
+//!   hub holds its live messages ─▶ router.read_history (here or Redis) ─▶ merge: opening + held
 //! control:  hub ─▶ routes ─▶ subscription log ─▶ bridge (Redis subscriptions)
-//!           bridge ─▶ subscription log (watch) ─▶ connection (`subscribed`, the 101)
+//!           bridge ─▶ subscription log (watch) ─▶ connection (`subscribed`, the session start)
+//! presence: hub (joins, leaves) ─▶ presence ─▶ bus (`join`/`leave` to watchers)
+//!                                      └─▶ bridge::presence ─▶ Redis (the fleet's members)
 //! ```
 //!
-//! - [`config`]: every `fanfare serve` flag, its environment variable and default.
+//! The modules from the top floor down: each imports only from modules further down this list
+//! (none from above, no circles); `protocol` and `frame` are the ground floor.
+//!
 //! - [`server`]: starts N workers on one port and stops them.
 //! - [`worker`]: one thread with its own runtime, listener, hub and bus task.
+//! - [`fuzzing`]: entry points of the fuzz targets in `fuzz/`.
+//! - [`http`]: hyper connections and one dispatcher: `/ws` upgrades, the session start every
+//!   front shares, the publish API, presence, health and metrics; limits at the door.
 //! - [`context`]: what a worker and its handlers share (settings, router, hub, shutdown).
-//! - [`listener`]: SO_REUSEPORT sockets, one per worker.
-//! - [`http`]: hyper connections and one dispatcher: `/ws` upgrades, the publish API, health
-//!   and metrics; limits at the door.
-//! - [`router`]: the door for publishing: to the bridge, and to the bus.
-//! - [`bridge`]: one Redis link per process: publishes, and subscribes to what has local
-//!   recipients; what other machines publish goes to the bus.
-//! - [`routes`]: the routing table: which workers have a recipient for each user and channel.
-//! - [`subscriptions`]: the seam between hubs and bridge: what this process wants from Redis,
-//!   and how far the bridge got.
-//! - [`history`]: offsets, epochs and the messages kept for recovery (one machine).
-//! - [`presence`]: who is in each channel, and their `join`/`leave` events.
-//! - [`bus`]: one bounded inbox per worker; hands each message to the workers the routes name.
+//! - [`connection`]: one WebSocket: reads, replies, pings, closes, starts its subscriptions.
 //! - [`hub`]: a worker's registry (user → connections, channel → subscribers) and fan-out.
+//! - [`bench`]: `fanfare bench`, the load generator (a client of all the above).
+//! - [`error`]: close reasons and start-up errors.
+//! - [`router`]: the process's facade: publishing (to the bridge, the history, the bus), one
+//!   read of a topic's history wherever it is kept, presence questions, the backend's controls.
+//! - [`merge`]: how one recipient's topic opens: its live messages held while its history is
+//!   read, merged by offset, nothing missed or twice.
+//! - [`auth`]: client tokens (HS256) and channel permissions.
+//! - [`bridge`]: one Redis link per process: publishes, keeps history and presence in Redis,
+//!   and subscribes to what has local recipients; what other machines publish goes to the bus.
 //! - [`writer`]: one connection's outgoing frames: straight to the socket, queued only when
 //!   it is full, bounded.
-//! - [`connection`]: one WebSocket: reads, replies, pings, closes.
-//! - [`protocol`]: wire types and the ids `UserId`, `Channel`, `ConnId`; frames encoded once.
-//! - [`auth`]: client tokens (HS256) and channel permissions.
+//! - [`presence`]: who is in each channel, and their `join`/`leave` events.
 //! - [`metrics`]: counters rendered for Prometheus.
-//! - [`error`]: close reasons and start-up errors.
-//! - [`bench`]: `fanfare bench`, the load generator (a client of all the above).
-//! - [`fuzzing`]: entry points of the fuzz targets in `fuzz/`.
+//! - [`bus`]: one bounded inbox per worker; hands each message to the workers the routes name.
+//! - [`history`]: offsets, epochs and the messages kept for recovery (one machine), and what a
+//!   read of any history finds.
+//! - [`routes`]: the routing table: which workers have a recipient for each user and channel.
+//! - [`config`]: every `fanfare serve` flag, its environment variable and default.
+//! - [`subscriptions`]: the seam between hubs and bridge: what this process wants from Redis,
+//!   and how far the bridge got.
+//! - [`protocol`]: ids (`UserId`, `Channel`, `ConnId`), topics, client messages, and what each
+//!   server message says, encoded once.
+//! - [`listener`]: SO_REUSEPORT sockets, one per worker.
+//! - [`frame`]: the transport's framing: a WebSocket frame built once, shared by every recipient.
 
 pub mod auth;
 pub mod bench;

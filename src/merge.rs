@@ -117,7 +117,7 @@ pub struct Recipient {
 pub enum Admitted<'a> {
     /// Held until its opening; nothing to send now.
     Held,
-    /// Over [`MAX_HELD`]: the connection is to be cut.
+    /// Over the most held for one recipient: the connection is to be cut.
     Overflow,
     /// A notice of a gap or of a lost history, if one is due, then the message's frame unless
     /// the recipient already has it.

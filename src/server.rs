@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -230,20 +230,19 @@ impl Server {
 
     /// Waits for the workers to finish, at most `limit`. Returns false if some did not.
     pub fn join(mut self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
         let threads = std::mem::take(&mut self.threads);
-        for t in &threads {
-            while !t.is_finished() {
-                if Instant::now() >= deadline {
-                    return false;
+        let (done, finished) = std::sync::mpsc::channel();
+        // A helper joins them, so the wait ends the moment the last one does; past the limit it
+        // is left behind, still waiting, like the threads it waits for.
+        let joiner = std::thread::Builder::new()
+            .name("fanfare-join".into())
+            .spawn(move || {
+                for t in threads {
+                    let _ = t.join();
                 }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        for t in threads {
-            let _ = t.join();
-        }
-        true
+                let _ = done.send(());
+            });
+        joiner.is_ok() && finished.recv_timeout(limit).is_ok()
     }
 }
 

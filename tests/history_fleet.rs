@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{RedisServer, TestClient, TestServer};
+use common::{post_offset, subscribe_since, RedisServer, TestClient, TestServer};
 use serde_json::{json, Value};
 
 async fn machine(redis: &RedisServer, node: &str) -> TestServer {
@@ -24,30 +24,11 @@ async fn machine_with(redis: &RedisServer, node: &str, size: u32) -> TestServer 
     s
 }
 
-async fn subscribe_since(c: &mut TestClient, channel: &str, since: Option<(u64, &str)>) -> Value {
-    let mut frame = json!({"type": "subscribe", "channel": channel});
-    if let Some((offset, epoch)) = since {
-        frame["since"] = json!({"offset": offset, "epoch": epoch});
-    }
-    c.send_json(frame).await;
-    let reply = c.recv_json().await;
-    assert_eq!(reply["type"], "subscribed", "{reply}");
-    reply
-}
-
 async fn connected(s: &TestServer, user: &str, channels: &[&str]) -> (TestClient, Value) {
     let mut c = s.connect(user, channels).await;
     let hello = c.recv_json().await;
     assert_eq!(hello["type"], "connected", "{hello}");
     (c, hello)
-}
-
-async fn post_offset(s: &TestServer, path: &str, body: Value) -> u64 {
-    let (status, text) = s.post(path, &body.to_string()).await;
-    assert_eq!(status, 202, "{text}");
-    serde_json::from_str::<Value>(&text).unwrap()["offset"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no offset in {text}"))
 }
 
 /// The `subscribed` that says a channel's epoch changed under a connected client. The same

@@ -3,22 +3,11 @@
 
 mod common;
 
-use common::{TestClient, TestServer};
+use common::{post_offset, subscribe_since, TestClient, TestServer};
 use serde_json::{json, Value};
 
 fn with_history(size: u32) -> TestServer {
     TestServer::start_with(|c| c.history_size = size)
-}
-
-async fn subscribe_since(c: &mut TestClient, channel: &str, since: Option<(u64, &str)>) -> Value {
-    let mut frame = json!({"type": "subscribe", "channel": channel});
-    if let Some((offset, epoch)) = since {
-        frame["since"] = json!({"offset": offset, "epoch": epoch});
-    }
-    c.send_json(frame).await;
-    let reply = c.recv_json().await;
-    assert_eq!(reply["type"], "subscribed", "{reply}");
-    reply
 }
 
 /// A client of `user` subscribed to `channel` from now; returns it and the channel's epoch.
@@ -28,14 +17,6 @@ async fn subscribed(s: &TestServer, user: &str, channel: &str) -> (TestClient, S
     let reply = subscribe_since(&mut c, channel, None).await;
     let epoch = reply["epoch"].as_str().unwrap().to_string();
     (c, epoch)
-}
-
-async fn post_offset(s: &TestServer, path: &str, body: Value) -> u64 {
-    let (status, text) = s.post(path, &body.to_string()).await;
-    assert_eq!(status, 202, "{text}");
-    serde_json::from_str::<Value>(&text).unwrap()["offset"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no offset in {text}"))
 }
 
 #[tokio::test]

@@ -35,14 +35,8 @@ fn spread(cluster: &RedisCluster) -> (Vec<u16>, Vec<String>, Vec<String>) {
 }
 
 async fn subscribed(c: &mut TestClient, channel: &str, since: Option<&Value>) -> Value {
-    let mut frame = json!({"type": "subscribe", "channel": channel});
-    if let Some(position) = since {
-        frame["since"] = json!({"offset": position["offset"], "epoch": position["epoch"]});
-    }
-    c.send_json(frame).await;
-    let reply = c.recv_json().await;
-    assert_eq!(reply["type"], "subscribed", "{reply}");
-    reply
+    let since = since.map(|p| (p["offset"].as_u64().unwrap(), p["epoch"].as_str().unwrap()));
+    common::subscribe_since(c, channel, since).await
 }
 
 #[tokio::test]

@@ -546,7 +546,8 @@ async fn within<T, E: std::fmt::Display>(
     }
 }
 
-/// Capped exponential backoff between reconnection attempts.
+/// Capped exponential backoff between reconnection attempts, each drawn between half and all
+/// of its step: a fleet that lost the same Redis does not reconnect to it in lockstep.
 struct Backoff {
     next: Duration,
 }
@@ -564,9 +565,9 @@ impl Backoff {
     }
 
     fn next(&mut self) -> Duration {
-        let d = self.next;
+        let step = self.next;
         self.next = (self.next * 2).min(Self::MAX);
-        d
+        step.mul_f64(rand::random_range(0.5..=1.0))
     }
 }
 
@@ -583,12 +584,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_up_to_a_cap() {
-        let mut b = Backoff::new();
-        let seq: Vec<_> = (0..7).map(|_| b.next().as_millis()).collect();
-        assert_eq!(seq, [50, 100, 200, 400, 800, 1000, 1000]);
-        b.reset();
-        assert_eq!(b.next(), Backoff::FIRST);
+    fn backoff_doubles_up_to_a_cap_with_jitter() {
+        let steps = [50, 100, 200, 400, 800, 1000, 1000];
+        let mut firsts = std::collections::HashSet::new();
+        for _ in 0..20 {
+            let mut b = Backoff::new();
+            for step in steps {
+                let d = b.next().as_secs_f64() * 1000.0;
+                assert!(d >= step as f64 / 2.0 && d <= step as f64, "{d} for {step}");
+            }
+            b.reset();
+            let first = b.next();
+            assert!(first <= Backoff::FIRST);
+            firsts.insert(first);
+        }
+        assert!(firsts.len() > 1, "drawn, not fixed");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! The upgrade is taken by hand (hyper's upgrade, then tungstenite over the raw socket halves)
 //! so the WebSocket gets a 512-byte read buffer (tungstenite's default 128 KiB, which
 //! `warp::ws()` cannot change, measured ~134 KB per idle connection) and its frames go out
-//! through the connection's [`Writer`].
+//! through the connection's [`Writer`](crate::writer::Writer).
 
 use std::sync::Arc;
 

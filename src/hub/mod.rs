@@ -6,7 +6,7 @@
 //! use [`crate::router::Router::publish`], which finds the workers that have recipients.
 //!
 //! This file is the registry: connections, their subscriptions and how each recipient's topic
-//! starts ([`crate::merge`] opens it). [`fanout`] delivers.
+//! starts ([`crate::merge`] opens it). `fanout` delivers.
 
 use std::collections::hash_map::{Entry, HashMap};
 use std::collections::BTreeMap;

@@ -22,6 +22,31 @@ pub const API_KEY: &str = "test-api-key";
 /// Longest a test waits for something that should happen.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
+/// Subscribes `c` to `channel`, resuming from `(offset, epoch)` if given; returns `subscribed`.
+pub async fn subscribe_since(
+    c: &mut TestClient,
+    channel: &str,
+    since: Option<(u64, &str)>,
+) -> Value {
+    let mut frame = serde_json::json!({"type": "subscribe", "channel": channel});
+    if let Some((offset, epoch)) = since {
+        frame["since"] = serde_json::json!({"offset": offset, "epoch": epoch});
+    }
+    c.send_json(frame).await;
+    let reply = c.recv_json().await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    reply
+}
+
+/// Publishes through the API and returns the offset the 202 gives.
+pub async fn post_offset(s: &TestServer, path: &str, body: Value) -> u64 {
+    let (status, text) = s.post(path, &body.to_string()).await;
+    assert_eq!(status, 202, "{text}");
+    serde_json::from_str::<Value>(&text).unwrap()["offset"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no offset in {text}"))
+}
+
 pub struct TestServer {
     pub server: Server,
     pub addr: SocketAddr,
