@@ -29,8 +29,8 @@
 //! - [`server`]: starts N workers on one port and stops them.
 //! - [`worker`]: one thread with its own runtime, listener, hub and bus task.
 //! - [`fuzzing`]: entry points of the fuzz targets in `fuzz/`.
-//! - [`http`]: hyper connections and one dispatcher: `/ws` upgrades, the session start every
-//!   front shares, the publish API, presence, health and metrics; limits at the door.
+//! - [`http`]: hyper connections and one route table (warp): `/ws` upgrades, the session start
+//!   every front shares, the publish API, presence, health and metrics; limits at the door.
 //! - [`context`]: what a worker and its handlers share (settings, router, hub, shutdown).
 //! - [`connection`]: one WebSocket: reads, replies, pings, closes, starts its subscriptions.
 //! - [`hub`]: a worker's registry (user → connections, channel → subscribers) and fan-out.

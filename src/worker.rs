@@ -88,6 +88,7 @@ async fn bus_task(
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<WorkerContext>) {
+    let routes = http::routes::routes(ctx.clone());
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -99,7 +100,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<WorkerContext>) {
                 backoff = Duration::from_millis(5);
                 let _ = stream.set_nodelay(true);
                 ctx.tracker
-                    .spawn(http::serve_connection(stream, ctx.clone()));
+                    .spawn(http::serve_connection(stream, ctx.clone(), routes.clone()));
             }
             Err(e) => {
                 // Out of descriptors or memory: wait a little for connections to close.

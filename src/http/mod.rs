@@ -1,7 +1,7 @@
-//! HTTP: one hyper connection per accepted socket and one dispatcher, [`dispatch`], that sends
-//! each path to its handler: `/ws` to [`ws`], the publish API to [`api`], the operator
-//! endpoints to [`ops`]. Every refusal is an [`ApiError`] turned into JSON in one place, and
-//! every 4xx and 503 is counted here, once.
+//! HTTP: one hyper connection per accepted socket, and one route table ([`routes`], warp) that
+//! sends each path to its handler: `/ws` to [`ws`] (which starts a [`session`]), the publish
+//! API to [`api`], presence to [`presence`], the operator endpoints to [`ops`]. Every refusal is
+//! an [`ApiError`] turned into JSON in one place, and every 4xx and 503 is counted here, once.
 //!
 //! Limits at the door: request headers must arrive within `--request-timeout` (an idle
 //! keep-alive connection is closed after it too), a body within it as well (else 408), the
@@ -13,6 +13,7 @@ pub mod ops;
 pub mod presence;
 pub mod query;
 pub mod reject;
+pub mod routes;
 pub mod session;
 pub mod ws;
 
@@ -20,7 +21,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
@@ -32,8 +33,9 @@ use tokio::net::TcpStream;
 pub use reject::ApiError;
 
 use crate::context::WorkerContext;
+use warp::filters::BoxedFilter;
 
-pub type Response = hyper::Response<Full<Bytes>>;
+pub type Response = hyper::Response<Bytes>;
 
 /// Longest request target read; longer gets 414.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
@@ -43,14 +45,30 @@ pub const MAX_HEADERS: usize = 100;
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// Serves HTTP on one accepted socket until it closes, is upgraded, or the worker shuts down.
-pub async fn serve_connection(stream: TcpStream, ctx: Arc<WorkerContext>) {
+/// `routes`: the worker's route table.
+pub async fn serve_connection(
+    stream: TcpStream,
+    ctx: Arc<WorkerContext>,
+    routes: BoxedFilter<(Response,)>,
+) {
     let shutdown = ctx.shutdown.clone();
     let metrics = ctx.shared.metrics.clone();
     let request_timeout = ctx.shared.config.request_timeout();
+    let routes = warp::service(routes);
     let service = service_fn(move |req: Request<Incoming>| {
-        let ctx = ctx.clone();
+        let (ctx, mut routes) = (ctx.clone(), routes.clone());
         async move {
-            let resp = dispatch(req, &ctx).await;
+            let resp = match check_size(&req) {
+                Err(e) => warp::Reply::into_response(e.into_response()),
+                Ok(()) => {
+                    let mut routed = Request::new(Empty::<Bytes>::new());
+                    *routed.method_mut() = req.method().clone();
+                    *routed.uri_mut() = req.uri().clone();
+                    routed.extensions_mut().insert(routes::Original::new(req));
+                    let Ok(resp) = tower_service::Service::call(&mut routes, routed).await;
+                    resp
+                }
+            };
             let status = resp.status();
             if status.is_client_error() || status == StatusCode::SERVICE_UNAVAILABLE {
                 ctx.shared.metrics.rejected(status.as_u16());
@@ -83,25 +101,6 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<WorkerContext>) {
     }
 }
 
-/// Sends a request to its handler.
-pub async fn dispatch(req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Response {
-    if let Err(e) = check_size(&req) {
-        return e.into_response();
-    }
-    match req.uri().path() {
-        "/ws" => ws::upgrade(req, ctx).await,
-        "/message" | "/publish" | "/broadcast" | "/batch" | "/disconnect" | "/subscribe"
-        | "/unsubscribe" => api::handle(req, &ctx.shared).await,
-        "/presence" | "/presence/count" | "/presence/counts" => {
-            presence::handle(req, &ctx.shared).await
-        }
-        path @ ("/healthz" | "/readyz" | "/metrics" | "/" | "/fanfare.js") => {
-            ops::handle(req.method(), path, &ctx.shared)
-        }
-        _ => ApiError::NotFound.into_response(),
-    }
-}
-
 fn check_size(req: &Request<Incoming>) -> Result<(), ApiError> {
     let uri = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if uri > MAX_URI_BYTES {
@@ -131,7 +130,7 @@ pub fn response(
     body: impl Into<Bytes>,
     content_type: &'static str,
 ) -> Response {
-    let mut resp = Response::new(Full::new(body.into()));
+    let mut resp = Response::new(body.into());
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
