@@ -75,9 +75,9 @@ pub fn routes(ctx: Arc<WorkerContext>) -> BoxedFilter<(Response,)> {
         .unify()
         .and(request())
         .and(context())
-        .then(|req, ctx: Arc<WorkerContext>| async move {
-            presence::handle(req, &ctx.shared).await
-        });
+        .then(
+            |req, ctx: Arc<WorkerContext>| async move { presence::handle(req, &ctx.shared).await },
+        );
 
     let ops = path!("healthz")
         .or(path!("readyz"))
