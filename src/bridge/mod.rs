@@ -36,6 +36,7 @@ pub mod history;
 pub mod presence;
 mod publisher;
 pub(crate) mod pubsub;
+mod reconcile;
 mod subscriber;
 pub mod wire;
 

@@ -4,8 +4,10 @@
 //! ever waiting for it. One task reads every link. With history, messages go through the
 //! [`Catchup`], which fills gaps from Redis's history (reads sent through the publisher)
 //! before later messages: after a reconnect, and after a topic moved to another master.
+//!
+//! What each link should hold and who waits for what is the [`Reconciler`]'s (a pure state
+//! machine); this file does its I/O: connections, writes, pings, the relay.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
@@ -21,6 +23,7 @@ use super::catchup::{Catchup, Step};
 use super::cluster::{Deployment, Node, Topology};
 use super::history as redis_history;
 use super::pubsub::{self, Push, Reader, Writer};
+use super::reconcile::{Change, Effect, Owned, Reconciler};
 use super::wire::{self, Names};
 use super::{within, Backoff, LinkDown, Request, PING_EVERY, RESPONSE_TIMEOUT};
 use crate::bus::{Bus, Delivery, Envelope};
@@ -29,7 +32,7 @@ use crate::history::Read;
 use crate::metrics::{BridgeMetrics, ShardMetrics};
 use crate::protocol::Since;
 use crate::protocol::Topic;
-use crate::subscriptions::{SubscriptionLog, Ticket};
+use crate::subscriptions::SubscriptionLog;
 
 /// A read of a gap in flight, answered with what it asked.
 type Fill = Pin<Box<dyn Future<Output = (Topic, u64, Since, Option<Read>)> + Send>>;
@@ -81,17 +84,6 @@ struct Link {
     node: Node,
     shard: Arc<ShardMetrics>,
     conn: Option<(Reader, Writer)>,
-    /// Channels subscribed here (sent, confirmed or not).
-    subscribed: HashSet<String>,
-    /// The answer Redis owes for each channel named in a command sent, oldest first: a shard
-    /// channel's `sunsubscribe` that is not the one expected next is Redis taking it away.
-    expected: VecDeque<Expected>,
-    /// Changes sent and not yet confirmed, oldest first.
-    unconfirmed: VecDeque<Part>,
-    /// The connection attempt whose result this link waits for.
-    attempt: u64,
-    /// Everything it had to subscribe to when it connected is confirmed.
-    restored: bool,
     /// When the oldest PING without its PONG went out.
     ping_sent: Option<Instant>,
     backoff: Backoff,
@@ -100,45 +92,16 @@ struct Link {
     connected_before: bool,
 }
 
-/// A channel named in a (S)SUBSCRIBE or (S)UNSUBSCRIBE, awaiting Redis's answer.
-struct Expected {
-    subscribe: bool,
-    channel: String,
-}
-
-/// One change sent on a link.
-#[derive(Default)]
-struct Part {
-    /// Channel confirmations still to come.
-    remaining: usize,
-    /// The log positions that wait for it: its own, and those of changes that needed nothing
-    /// new from this link while it still owed earlier confirmations.
-    tickets: Vec<Ticket>,
-    /// The restore of a link that just connected.
-    restore: bool,
-    /// Topics to read from their history once it is confirmed: they were not relayed here for
-    /// a while (a reconnect, a move).
-    refill: HashSet<Topic>,
-}
-
 /// Everything the subscriber task holds.
 #[derive(Default)]
 struct State {
     map: Arc<Topology>,
-    /// One per master of the map, in its order.
+    /// One per master of the map, in its order; the reconciler's links are the same.
     links: Vec<Link>,
+    reconciler: Reconciler,
     connecting: FuturesUnordered<Connecting>,
-    /// Log positions sent to links, with how many links have still to confirm them.
-    tickets: BTreeMap<Ticket, usize>,
-    /// Some wanted channel is not subscribed where it should be (a slot moved).
-    resync: bool,
-    /// Tickets of subscribes Redis refused (the map was behind), with their channel: each
-    /// holds one count in `tickets` until the channel's master has it on its way again.
-    redo: Vec<(Ticket, String)>,
     /// The link to read first next time (so a busy one cannot starve the others).
     next_read: usize,
-    /// Connection attempts made, to tell a stale one's result from the awaited one.
-    attempts: u64,
     relay: Relay,
 }
 
@@ -197,10 +160,15 @@ impl Subscriber {
     /// A new map: one link per master (those still masters keep theirs), and every channel
     /// whose slot changed master is subscribed on its new one.
     async fn follow_map(&self, state: &mut State, map: Arc<Topology>) {
-        let mut old: HashMap<Node, Link> =
-            state.links.drain(..).map(|l| (l.node.clone(), l)).collect();
-        for node in &map.masters {
-            let link = old.remove(node).unwrap_or_else(|| Link {
+        let nodes: Vec<Node> = state.links.iter().map(|l| l.node.clone()).collect();
+        let mut old: Vec<Option<Link>> = state.links.drain(..).map(Some).collect();
+        let kept: Vec<Option<usize>> = map
+            .masters
+            .iter()
+            .map(|node| nodes.iter().position(|n| n == node))
+            .collect();
+        for (node, k) in map.masters.iter().zip(&kept) {
+            let link = k.and_then(|o| old[o].take()).unwrap_or_else(|| Link {
                 node: node.clone(),
                 shard: self.metrics.shard(&node.to_string()),
                 retry_at: Some(Instant::now()),
@@ -208,20 +176,16 @@ impl Subscriber {
             });
             state.links.push(link);
         }
-        state.map = map;
-        for (_, mut gone) in old {
+        state.map = map.clone();
+        for gone in old.into_iter().flatten() {
             tracing::info!("bridge: {} is no longer a master", gone.node);
-            self.answer_parts(state, &mut gone);
+            gone.shard.subscribe_up.store(false, Relaxed);
+            gone.shard.subscriptions.store(0, Relaxed);
         }
-        // A channel whose slot moved is no longer ours to hold here; Redis takes it away too.
-        for i in 0..state.links.len() {
-            let map = state.map.clone();
-            let link = &mut state.links[i];
-            let before = link.subscribed.len();
-            link.subscribed.retain(|c| map.owner(c) == Some(i));
-            state.resync |= link.subscribed.len() != before;
-        }
-        self.resync(state).await;
+        state
+            .reconciler
+            .follow_map(&kept, |c| map.owner(c), |i| self.owned(&map, i));
+        self.apply(state).await;
         self.update_up(state);
     }
 
@@ -229,155 +193,109 @@ impl Subscriber {
     /// leaves those that lost their last one.
     async fn follow_log(&self, state: &mut State) {
         let (topics, ticket) = self.log.take();
-        let mut changes: Vec<(Vec<String>, Vec<String>)> =
-            vec![Default::default(); state.links.len()];
-        let mut involved = vec![false; state.links.len()];
+        let mut changes = Vec::new();
         for topic in topics {
             let name = self.names.topic(&topic);
             let wanted = !self.bus.routes().workers(&topic).is_empty();
             if !wanted {
                 state.relay.catchup.forget(&topic);
             }
-            let Some(i) = state.map.owner(&name) else {
-                continue;
-            };
-            involved[i] = true;
-            let link = &state.links[i];
-            match (wanted, link.subscribed.contains(&name)) {
-                (true, false) => changes[i].0.push(name),
-                (false, true) => changes[i].1.push(name),
-                _ => {}
+            if let Some(link) = state.map.owner(&name) {
+                changes.push(Change { link, name, wanted });
             }
         }
-        // The same position can come twice (a change recorded while the last was taken).
-        state.tickets.entry(ticket).or_default();
-        for (i, (add, remove)) in changes.into_iter().enumerate() {
-            let part = Part {
-                tickets: vec![ticket],
-                ..Part::default()
-            };
-            if !self.send(state, i, add, remove, part).await && involved[i] {
-                // Nothing new to ask, but what this change needs may still be unconfirmed
-                // (a restore, an earlier subscribe of the same channel): it waits for that.
-                if let Some(last) = state.links[i].unconfirmed.back_mut() {
-                    last.tickets.push(ticket);
-                    *state.tickets.entry(ticket).or_default() += 1;
-                }
-            }
-        }
-        self.confirm_tickets(state);
+        state.reconciler.follow_log(ticket, changes);
+        self.apply(state).await;
     }
 
-    /// Subscribes every link to the wanted channels it lacks (after a slot moved); what they
-    /// missed meanwhile is read from their history once subscribed.
+    /// Subscribes every link to the wanted channels it lacks, if a slot moved.
     async fn resync(&self, state: &mut State) {
-        if !std::mem::take(&mut state.resync) {
-            return;
-        }
-        for i in 0..state.links.len() {
-            if !state.links[i].restored {
-                // Connected and restoring: its restore may predate the move; again once done.
-                state.resync |= state.links[i].conn.is_some();
-                continue;
-            }
-            let (add, refill) = self.wanted(state, i, true);
-            let part = Part {
-                refill,
-                ..Part::default()
-            };
-            self.send(state, i, add, Vec::new(), part).await;
-        }
-        // Whoever waits for a refused subscribe now waits for what its channel's master owes
-        // (the subscribe just sent, or one already on its way); for a master still restoring,
-        // until the next round; for one that is down, not at all (it subscribes to everything
-        // when it is back).
-        for (ticket, channel) in std::mem::take(&mut state.redo) {
-            let owner = state.map.owner(&channel).map(|i| &mut state.links[i]);
-            match owner {
-                Some(link) if link.conn.is_some() && !link.restored => {
-                    state.redo.push((ticket, channel));
-                    continue;
-                }
-                Some(link) => {
-                    if let Some(last) = link.unconfirmed.back_mut() {
-                        last.tickets.push(ticket);
-                        *state.tickets.entry(ticket).or_default() += 1;
-                    }
-                }
-                None => {}
-            }
-            if let Some(n) = state.tickets.get_mut(&ticket) {
-                *n = n.saturating_sub(1);
-            }
-        }
-        self.confirm_tickets(state);
+        let map = state.map.clone();
+        state
+            .reconciler
+            .resync(|c| map.owner(c), |i| self.owned(&map, i));
+        self.apply(state).await;
     }
 
-    /// The channels link `i` should hold (only those it lacks, with `missing`), and their topics.
-    fn wanted(&self, state: &State, i: usize, missing: bool) -> (Vec<String>, HashSet<Topic>) {
-        let link = &state.links[i];
-        let mut names = Vec::new();
-        let mut topics = HashSet::new();
+    /// The channels link `i` should hold by `map`, with their topics.
+    fn owned(&self, map: &Topology, i: usize) -> Owned {
+        let mut owned: Owned = Vec::new();
         for topic in self.bus.routes().topics() {
             let name = self.names.topic(&topic);
-            if state.map.owner(&name) == Some(i) && !(missing && link.subscribed.contains(&name)) {
-                names.push(name);
-                topics.insert(topic);
+            if map.owner(&name) == Some(i) {
+                owned.push((name, Some(topic)));
             }
         }
         let all = self.names.all();
-        if state.map.owner(&all) == Some(i) && !(missing && link.subscribed.contains(&all)) {
-            names.push(all);
+        if map.owner(&all) == Some(i) {
+            owned.push((all, None));
         }
-        (names, topics)
+        owned
     }
 
-    /// Sends a change on link `i` if it is connected and the change is not empty; the link
-    /// then owes its confirmations, and the part's tickets wait for them. Returns whether it
-    /// was sent. A link whose write fails is down (its parts answered).
-    async fn send(
-        &self,
-        state: &mut State,
-        i: usize,
-        add: Vec<String>,
-        remove: Vec<String>,
-        mut part: Part,
-    ) -> bool {
-        let link = &mut state.links[i];
-        if link.conn.is_none() || (add.is_empty() && remove.is_empty()) {
-            return false;
-        }
-        part.remaining = add.len() + remove.len();
-        for ticket in &part.tickets {
-            *state.tickets.entry(*ticket).or_default() += 1;
-        }
-        link.unconfirmed.push_back(part);
-        let (_, writer) = link.conn.as_mut().expect("checked above");
-        let sent = change(writer, self.deployment.cluster, &add, &remove).await;
-        for (subscribe, names) in [(true, add), (false, remove)] {
-            for channel in names {
-                match subscribe {
-                    true => link.subscribed.insert(channel.clone()),
-                    false => link.subscribed.remove(&channel),
-                };
-                link.expected.push_back(Expected { subscribe, channel });
+    /// Carries out what the reconciler asks, in order, until it asks nothing more (a write
+    /// that fails takes its link down, which may confirm tickets).
+    async fn apply(&self, state: &mut State) {
+        loop {
+            let effects: Vec<Effect> = state.reconciler.effects().collect();
+            if effects.is_empty() {
+                return;
+            }
+            for effect in effects {
+                match effect {
+                    Effect::Send { link, add, remove } => {
+                        // Gone down since the reconciler asked: its book was reset with it.
+                        let Some((_, writer)) = state.links[link].conn.as_mut() else {
+                            continue;
+                        };
+                        let cluster = self.deployment.cluster;
+                        if let Err(why) = change(writer, cluster, &add, &remove).await {
+                            self.down(state, link, &why);
+                        }
+                    }
+                    Effect::Confirm(ticket) => self.log.confirm(ticket),
+                    Effect::Refill(topics) => {
+                        // Subscribed again: what each topic missed meanwhile can be read now
+                        // without a seam.
+                        let routes = self.bus.routes();
+                        let relay = &mut state.relay;
+                        relay.catchup.retain(|t| !routes.workers(t).is_empty());
+                        relay
+                            .catchup
+                            .reconnected(|t| topics.contains(t), &mut relay.steps);
+                        self.run_steps(relay);
+                    }
+                    Effect::Applied(i) => {
+                        let n = state.reconciler.subscriptions(i);
+                        state.links[i].shard.subscriptions.store(n as i64, Relaxed);
+                        self.update_up(state);
+                    }
+                    Effect::Restored(i) => {
+                        let (link, n) = (&state.links[i], state.reconciler.subscriptions(i));
+                        link.shard.subscribe_up.store(true, Relaxed);
+                        link.shard.subscriptions.store(n as i64, Relaxed);
+                        tracing::info!(
+                            subscriptions = n,
+                            "bridge: subscriber connected to {}",
+                            link.node
+                        );
+                        self.update_up(state);
+                    }
+                    Effect::Down(i, why) => self.down(state, i, why),
+                    Effect::Refresh => self.refresh.notify_one(),
+                }
             }
         }
-        if let Err(why) = sent {
-            self.down(state, i, &why);
-        }
-        true
     }
 
     /// Starts connecting every link whose wait is over.
     fn connect_due(&self, state: &mut State) {
         let now = Instant::now();
-        for link in &mut state.links {
+        for (i, link) in state.links.iter_mut().enumerate() {
             if link.retry_at.is_some_and(|at| at <= now) {
                 link.retry_at = None;
-                state.attempts += 1;
-                link.attempt = state.attempts;
-                let (node, attempt) = (link.node.clone(), link.attempt);
+                let attempt = state.reconciler.attempt(i);
+                let node = link.node.clone();
                 let info = self.deployment.connection(&node);
                 // Room for the largest message plus the wire header.
                 let max_bulk = self.max_message_bytes + 64;
@@ -403,7 +321,7 @@ impl Subscriber {
     }
 
     /// A connection attempt ended: a link that connected subscribes to everything it should
-    /// hold, and is up once Redis confirmed it all.
+    /// hold, and is up once Redis confirmed it all. A stale attempt's answer is dropped.
     async fn on_connected(
         &self,
         state: &mut State,
@@ -411,10 +329,12 @@ impl Subscriber {
         attempt: u64,
         connected: Result<(Reader, Writer), String>,
     ) {
-        let awaited = |l: &Link| l.node == node && l.attempt == attempt && l.conn.is_none();
-        let Some(i) = state.links.iter().position(awaited) else {
+        let Some(i) = state.links.iter().position(|l| l.node == node) else {
             return;
         };
+        if !state.reconciler.awaits(i, attempt) {
+            return;
+        }
         let link = &mut state.links[i];
         match connected {
             Err(why) => {
@@ -428,17 +348,9 @@ impl Subscriber {
                     self.metrics.reconnects.fetch_add(1, Relaxed);
                 }
                 link.connected_before = true;
-                let (add, refill) = self.wanted(state, i, false);
-                let part = Part {
-                    restore: true,
-                    refill,
-                    ..Part::default()
-                };
-                if !self.send(state, i, add, Vec::new(), part).await
-                    && state.links[i].conn.is_some()
-                {
-                    self.restored(state, i);
-                }
+                let owned = self.owned(&state.map, i);
+                state.reconciler.connected(i, owned);
+                self.apply(state).await;
             }
         }
     }
@@ -449,32 +361,21 @@ impl Subscriber {
             Ok(Push::Message { channel, payload }) => {
                 link.shard.received.fetch_add(1, Relaxed);
                 self.relay(&channel, &payload, &mut state.relay);
+                return;
             }
             Ok(Push::Pong) => link.ping_sent = None,
             Ok(Push::Oversize) => {
                 self.metrics.malformed.fetch_add(1, Relaxed);
             }
-            Ok(Push::Subscribed) => {
-                link.expected.pop_front();
-                self.confirmed(state, i);
-            }
+            Ok(Push::Subscribed) => state.reconciler.subscribed(i),
             Ok(Push::Unsubscribed { channel }) => {
                 let name = String::from_utf8_lossy(&channel);
-                let ours = link
-                    .expected
-                    .front()
-                    .is_some_and(|e| !e.subscribe && e.channel == name);
-                if ours {
-                    link.expected.pop_front();
-                    self.confirmed(state, i);
-                } else if link.subscribed.remove(name.as_ref()) {
+                if state.reconciler.unsubscribed(i, &name) {
                     // Its slot moved to another master: subscribe there once the map says so.
                     tracing::info!(
                         "bridge: {} took {name} away (its slot moved); following",
                         link.node
                     );
-                    state.resync = true;
-                    self.refresh.notify_one();
                 }
             }
             // On a cluster each command names one shard channel: an error is its answer (most
@@ -483,146 +384,41 @@ impl Subscriber {
                 if self.deployment.cluster
                     && (moved_slot(&why).is_some() || why.starts_with("CLUSTERDOWN")) =>
             {
-                self.refresh.notify_one();
-                // A -MOVED names its slot: an answer for another slot is one a `sunsubscribe`
-                // (Redis moving that slot away) already stood in for.
-                let slot = moved_slot(&why);
-                let answers_front = link.expected.front().is_some_and(|e| {
-                    slot.is_none_or(|s| super::cluster::slot(e.channel.as_bytes()) == s)
-                });
-                if !answers_front {
-                    return;
+                if let Some(channel) = state.reconciler.refused(i, moved_slot(&why)) {
+                    tracing::info!("bridge: {} refused {channel}: {why}", link.node);
                 }
-                let e = link.expected.pop_front().expect("checked above");
-                tracing::info!("bridge: {} refused {}: {why}", link.node, e.channel);
-                if e.subscribe {
-                    link.subscribed.remove(&e.channel);
-                    state.resync = true;
-                    // Whoever waits for it goes on waiting until it is sent where it belongs.
-                    for ticket in link.unconfirmed.front().map_or(&[][..], |p| &p.tickets) {
-                        *state.tickets.entry(*ticket).or_default() += 1;
-                        state.redo.push((*ticket, e.channel.clone()));
-                    }
-                }
-                self.confirmed(state, i);
             }
             Ok(Push::Refused(why)) => self.down(state, i, &format!("Redis: {why}")),
             Err(why) => self.down(state, i, &why),
         }
-    }
-
-    /// One channel of the oldest change sent on link `i` took effect.
-    fn confirmed(&self, state: &mut State, i: usize) {
-        let link = &mut state.links[i];
-        let Some(front) = link.unconfirmed.front_mut() else {
-            self.down(state, i, "a confirmation nobody asked for");
-            return;
-        };
-        front.remaining = front.remaining.saturating_sub(1);
-        if front.remaining > 0 {
-            return;
-        }
-        let part = link.unconfirmed.pop_front().expect("front exists");
-        link.shard
-            .subscriptions
-            .store(link.subscribed.len() as i64, Relaxed);
-        self.update_up(state);
-        for ticket in &part.tickets {
-            if let Some(n) = state.tickets.get_mut(ticket) {
-                *n = n.saturating_sub(1);
-            }
-        }
-        self.confirm_tickets(state);
-        if !part.refill.is_empty() {
-            // Subscribed again: what each topic missed meanwhile can be read now without a seam.
-            let routes = self.bus.routes();
-            let relay = &mut state.relay;
-            relay.catchup.retain(|t| !routes.workers(t).is_empty());
-            relay
-                .catchup
-                .reconnected(|t| part.refill.contains(t), &mut relay.steps);
-            self.run_steps(relay);
-        }
-        if part.restore {
-            self.restored(state, i);
-        }
-    }
-
-    fn restored(&self, state: &mut State, i: usize) {
-        // What moved here while the restore was on its way is subscribed next.
-        state.resync = true;
-        let link = &mut state.links[i];
-        link.restored = true;
-        link.shard.subscribe_up.store(true, Relaxed);
-        link.shard
-            .subscriptions
-            .store(link.subscribed.len() as i64, Relaxed);
-        tracing::info!(
-            subscriptions = link.subscribed.len(),
-            "bridge: subscriber connected to {}",
-            link.node
-        );
-        self.update_up(state);
-    }
-
-    /// Tells every connection whose changes all links have applied (or could not apply: a link
-    /// that is down subscribes to everything when it is back).
-    fn confirm_tickets(&self, state: &mut State) {
-        let mut done = None;
-        while let Some(entry) = state.tickets.first_entry() {
-            if *entry.get() > 0 {
-                break;
-            }
-            done = Some(entry.remove_entry().0);
-        }
-        if let Some(ticket) = done {
-            self.log.confirm(ticket);
-        }
-    }
-
-    /// The changes a link owed are moot: when it is back it subscribes to everything.
-    fn answer_parts(&self, state: &mut State, link: &mut Link) {
-        for part in link.unconfirmed.drain(..) {
-            for ticket in &part.tickets {
-                if let Some(n) = state.tickets.get_mut(ticket) {
-                    *n = n.saturating_sub(1);
-                }
-            }
-        }
-        link.shard.subscribe_up.store(false, Relaxed);
-        link.shard.subscriptions.store(0, Relaxed);
-        self.confirm_tickets(state);
+        self.apply(state).await;
     }
 
     /// Link `i` failed: it forgets its subscriptions and connects again after a backoff.
     fn down(&self, state: &mut State, i: usize, why: &str) {
-        let mut link = std::mem::replace(&mut state.links[i], Link::placeholder());
+        let link = &mut state.links[i];
         tracing::warn!("bridge: subscriber lost {}: {why}; reconnecting", link.node);
-        self.answer_parts(state, &mut link);
-        if std::mem::take(&mut link.restored) {
+        if state.reconciler.down(i) {
             link.backoff.reset();
         }
         link.conn = None;
-        link.subscribed.clear();
-        link.expected.clear();
         link.ping_sent = None;
         link.retry_at = Some(Instant::now() + link.backoff.next());
-        state.links[i] = link;
+        link.shard.subscribe_up.store(false, Relaxed);
+        link.shard.subscriptions.store(0, Relaxed);
         self.refresh.notify_one();
         self.update_up(state);
     }
 
     /// Ready once every master's link is restored and every slot has a master.
     fn update_up(&self, state: &State) {
-        let up = state.map.complete() && state.links.iter().all(|l| l.restored);
+        let up = state.map.complete() && state.reconciler.all_restored();
         let was = self.metrics.subscribe_up.swap(up, Relaxed);
         if was && !up {
             tracing::warn!("bridge: a Redis master is unreachable; messages through it are lost until it is back");
         }
-        let subscriptions = state
-            .links
-            .iter()
-            .map(|l| l.subscribed.len())
+        let subscriptions = (0..state.links.len())
+            .map(|i| state.reconciler.subscriptions(i))
             .sum::<usize>();
         self.metrics
             .subscriptions
@@ -787,7 +583,7 @@ impl Subscriber {
 }
 
 impl Link {
-    /// Stands in while a link is taken out to be mended; the base of a new one.
+    /// The base of a new link.
     fn placeholder() -> Self {
         Link {
             node: Node {
@@ -796,11 +592,6 @@ impl Link {
             },
             shard: Arc::default(),
             conn: None,
-            subscribed: HashSet::new(),
-            expected: VecDeque::new(),
-            unconfirmed: VecDeque::new(),
-            attempt: 0,
-            restored: false,
             ping_sent: None,
             backoff: Backoff::new(),
             retry_at: None,

@@ -33,7 +33,6 @@ use tokio::net::TcpStream;
 pub use reject::ApiError;
 
 use crate::context::WorkerContext;
-use warp::filters::BoxedFilter;
 
 pub type Response = hyper::Response<Bytes>;
 
@@ -46,11 +45,10 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// Serves HTTP on one accepted socket until it closes, is upgraded, or the worker shuts down.
 /// `routes`: the worker's route table.
-pub async fn serve_connection(
-    stream: TcpStream,
-    ctx: Arc<WorkerContext>,
-    routes: BoxedFilter<(Response,)>,
-) {
+pub async fn serve_connection<R>(stream: TcpStream, ctx: Arc<WorkerContext>, routes: R)
+where
+    R: warp::Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static,
+{
     let shutdown = ctx.shutdown.clone();
     let metrics = ctx.shared.metrics.clone();
     let request_timeout = ctx.shared.config.request_timeout();

@@ -2,8 +2,12 @@
 //! pipeline in flight at a time: a batch of commands written at once, then their replies read
 //! back in order (redis-rs parsed each reply into a generic value, which cost the bridge more
 //! than Redis spends serving it). Commands: PUBLISH (SPUBLISH on a cluster), and with history
-//! the append and read scripts, whose callers wait for their answer. The link to the master of
-//! its key holds this process's claim on its node id.
+//! the append and read scripts, whose callers wait for their answer.
+//!
+//! This file is the link (routing by slot, connecting, pipelining, answers); each feature that
+//! rides on it beyond publishing has its file: the node id claim (`claim`), the history's
+//! lineage and replica acknowledgements (`lineage`); the history and presence scripts are in
+//! [`super::history`] and [`super::presence`].
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -22,30 +26,18 @@ use super::presence::{Scripts, COUNT, PAGE};
 use super::pubsub::{self, Reader, Reply, Writer};
 use super::wire::{self, Names};
 use super::Fate;
-use super::{
-    within, Backoff, LinkDown, Request, CLAIM_TTL, PING_EVERY, PUBLISH_QUEUE, RESPONSE_TIMEOUT,
-};
+use super::{within, Backoff, LinkDown, Request, PING_EVERY, PUBLISH_QUEUE, RESPONSE_TIMEOUT};
 use crate::history::Position;
 use crate::metrics::{BridgeMetrics, ShardMetrics};
 use crate::protocol::random_hex;
 use crate::protocol::Topic;
+use lineage::{Held, HeldAppend, LineageArgs};
+
+mod claim;
+mod lineage;
 
 /// Most messages in one pipeline.
 const BATCH: usize = 1024;
-
-/// Takes or renews the claim if it is free or ours; 1 if we hold it now, 0 if another does.
-const CLAIM: &str = r"
-local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0";
-
-/// Gives the claim back at shutdown, if it is still ours.
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0";
 
 /// A connection of the publisher: commands out, replies in.
 struct Conn {
@@ -434,95 +426,6 @@ impl Publisher {
     /// this master's lineage, whether acknowledged mode is on, the replication ids of the other
     /// masters this process is connected to now (`,id,id,`: a topic's hash written in one of
     /// them came by a slot move, whole), and whether an append may leave a continuation ticket.
-    fn lineage_args(&self, conn: &Conn, node: &Node) -> LineageArgs {
-        let mut others = String::from(",");
-        {
-            let live = self.lineages.lock().unwrap_or_else(|e| e.into_inner());
-            for (_, replid) in live.iter().filter(|(n, _)| *n != node) {
-                others.push_str(replid);
-                others.push(',');
-            }
-        }
-        let l = &conn.lineage;
-        let flag = |on: bool| if on { "1" } else { "" }.to_string();
-        LineageArgs([
-            l.replid.clone(),
-            l.predecessor.clone().unwrap_or_default(),
-            l.started_ms.to_string(),
-            flag(self.ack().is_some()),
-            others,
-            flag(self.all_replicas_confirm(conn)),
-        ])
-    }
-
-    /// Records the lineage of `node`'s link (`None`: down, or no master now).
-    fn set_lineage(&self, node: &Node, lineage: Option<&Lineage>) {
-        let mut live = self.lineages.lock().unwrap_or_else(|e| e.into_inner());
-        match lineage.filter(|l| l.master) {
-            Some(l) => live.insert(node.clone(), l.replid.clone()),
-            None => live.remove(node),
-        };
-    }
-
-    /// `--history-ack-replicas`, when on.
-    fn ack(&self) -> Option<Acknowledged> {
-        self.history.and_then(|h| h.ack)
-    }
-
-    /// Before history requests go out: the lineage they carry is this master's now. A Redis
-    /// that is no master would not run them: a cluster's node answers `-MOVED` (they follow it,
-    /// and the map is read again); a single Redis's replica refuses them here (retry).
-    async fn check_lineage(
-        &self,
-        conn: &mut Conn,
-        node: &Node,
-        batch: &mut Vec<Request>,
-    ) -> Result<(), LinkDown> {
-        if conn.lineage_stale || !conn.lineage.master {
-            if let Err(why) = within(conn.read_lineage()).await {
-                batch.drain(..).for_each(|r| self.refuse(r));
-                return Err(why);
-            }
-            self.set_lineage(node, Some(&conn.lineage));
-        }
-        if !conn.lineage.master {
-            // A lineage read from a replica is its master's: a script sent with it could run
-            // after a promotion and be taken for that master's. None is sent; the cluster's
-            // map is read again, a single Redis's link is remade (a proxy may lead elsewhere).
-            self.refresh.notify_one();
-            let (history, rest): (Vec<_>, Vec<_>) = batch.drain(..).partition(Request::is_history);
-            history
-                .into_iter()
-                .for_each(|r| self.refuse_as(r, Fate::Failover));
-            *batch = rest;
-            if !self.deployment.cluster {
-                batch.drain(..).for_each(|r| self.refuse(r));
-                return Err(format!("{node} is a replica now"));
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether every replica of this link's master must confirm its writes (acknowledged mode
-    /// waiting for at least as many as it has): only then may a promoted replica continue a
-    /// topic's epoch (see [`history::APPEND`]). Said once when it stops being so.
-    fn all_replicas_confirm(&self, conn: &Conn) -> bool {
-        let Some(ack) = self.ack() else {
-            return false;
-        };
-        let all = conn.lineage.replicas <= ack.replicas;
-        if !all && !self.warned_replicas.swap(true, Relaxed) {
-            tracing::warn!(
-                "bridge: a master has {} replicas, more than --history-ack-replicas {}: a \
-                 failover starts new epochs (clients reload), since the promoted replica may not \
-                 be one that confirmed",
-                conn.lineage.replicas,
-                ack.replicas
-            );
-        }
-        all
-    }
-
     fn encode(&self, conn: &Conn, request: &Request, lineage: &LineageArgs, out: &mut Vec<u8>) {
         // History requests come only with history; a plain PUBLISH (the hot path) makes none
         // of their arguments.
@@ -755,92 +658,11 @@ impl Publisher {
     /// published (in their order) and answered, the reads answered. Not confirmed: the appends
     /// are unconfirmed (kept by the master only), the reads unanswered: what they found may
     /// not outlive the master, so no client may be given it.
-    async fn release_held(
-        &self,
-        conn: &mut Conn,
-        shard: &ShardMetrics,
-        held: Held,
-        ack: Acknowledged,
-    ) -> Result<(), String> {
-        let confirmed = match conn.reader.reply(64).await? {
-            Reply::Integer(n) => n >= i64::from(ack.replicas),
-            Reply::Error(e) => {
-                tracing::warn!("bridge: Redis refused WAIT: {e}");
-                false
-            }
-            other => return Err(format!("WAIT answered {other:?}")),
-        };
-        if !confirmed {
-            self.metrics
-                .unconfirmed
-                .fetch_add(held.appends.len() as u64, Relaxed);
-            for append in held.appends {
-                let _ = append.reply.send(Fate::Unconfirmed);
-            }
-            return Ok(());
-        }
-        for (topic, read, tx) in held.reads {
-            let _ = self.seeds.send((topic, read.position.clone()));
-            let _ = tx.send(read);
-        }
-        if held.appends.is_empty() {
-            return Ok(());
-        }
-        let publish: &[u8] = match self.deployment.cluster {
-            false => b"PUBLISH",
-            true => b"SPUBLISH",
-        };
-        // What the append script would have published: the message at its place.
-        let messages: Vec<_> = held
-            .appends
-            .iter()
-            .map(|a| {
-                let at = wire::At {
-                    offset: a.offset,
-                    epoch: &a.epoch,
-                };
-                (
-                    self.names.topic(&a.topic),
-                    wire::encode(self.instance, wire::Body::Positioned(at, &a.payload)),
-                )
-            })
-            .collect();
-        let mut out = Vec::new();
-        for (channel, message) in &messages {
-            pubsub::encode(&mut out, &[publish, channel.as_bytes(), message]);
-        }
-        conn.writer.raw(&out).await.map_err(|e| e.to_string())?;
-        self.metrics.out_of_memory.store(false, Relaxed);
-        for (a, (channel, payload)) in held.appends.into_iter().zip(messages) {
-            // Taken whatever PUBLISH answers: the message is kept where replicas hold it. A
-            // slot that moved meanwhile gets it where it went; otherwise a machine that missed
-            // it reads it at the topic's next message, a client at its resume.
-            if let Reply::Error(e) = conn.reader.reply(64).await? {
-                tracing::warn!("bridge: Redis refused a PUBLISH: {e}");
-                if let Some(node) = moved_to(&e).filter(|_| self.deployment.cluster) {
-                    let publish = Request::Publish { channel, payload };
-                    let _ = self
-                        .redirects
-                        .send((Request::Redirected(Box::new(publish)), node));
-                }
-            }
-            self.metrics.published.fetch_add(1, Relaxed);
-            shard.published.fetch_add(1, Relaxed);
-            let _ = a.reply.send(Fate::Taken(a.offset, a.epoch));
-        }
-        Ok(())
-    }
-
     /// The largest reply read back: a read of a whole history.
     fn max_reply(&self) -> usize {
         let size = self.history.map_or(0, |h| h.size as usize);
         let history = (size + 4).saturating_mul(self.max_message_bytes + 64);
         history.max(super::presence::MAX_PAGE_REPLY)
-    }
-
-    /// Whether the link to `node` holds the node id claim: the master of its key's slot does.
-    fn holds_claim(&self, node: &Node) -> bool {
-        self.map.borrow().node_of(&self.claim_key) == Some(node)
     }
 
     /// Renews the claim on the link that holds it, pings on the others.
@@ -865,60 +687,6 @@ impl Publisher {
             Reply::Status => Ok(()),
             other => Err(format!("PING answered {other:?}")),
         }
-    }
-
-    /// Takes or renews the node id claim; a claim held by another process is a conflict, said
-    /// loudly once and shown by `/readyz` until it is resolved.
-    async fn claim(&self, conn: &mut Conn) -> Result<(), LinkDown> {
-        let instance = self.instance.to_string();
-        let ttl = (CLAIM_TTL.as_millis() as u64).to_string();
-        let args: [&[u8]; 6] = [
-            b"EVAL",
-            CLAIM.as_bytes(),
-            b"1",
-            self.claim_key.as_bytes(),
-            instance.as_bytes(),
-            ttl.as_bytes(),
-        ];
-        conn.writer
-            .command(&args)
-            .await
-            .map_err(|e| e.to_string())?;
-        let held = match within(conn.reader.reply(64)).await? {
-            Reply::Integer(held) => held,
-            // The key's slot moved or its master is failing over: no link failure. The map is
-            // read again and the claim (which lasts 5 s) renewed by the link that holds it.
-            Reply::Error(e) if self.deployment.cluster => {
-                tracing::warn!("bridge: renewing the node id claim: {e}");
-                self.refresh.notify_one();
-                return Ok(());
-            }
-            other => return Err(format!("the claim answered {other:?}")),
-        };
-        let conflict = held == 0;
-        let was = self.metrics.node_conflict.swap(conflict, Relaxed);
-        if conflict && !was {
-            tracing::error!(
-                "bridge: another process already uses --node-id {}: this one is unready until \
-                 that one stops (each process of a fleet needs its own id)",
-                self.node_id
-            );
-        } else if was && !conflict {
-            tracing::info!("bridge: --node-id {} is ours now", self.node_id);
-        }
-        Ok(())
-    }
-
-    async fn release(&self, conn: &mut Conn) {
-        let instance = self.instance.to_string();
-        let args: [&[u8]; 5] = [
-            b"EVAL",
-            RELEASE.as_bytes(),
-            b"1",
-            self.claim_key.as_bytes(),
-            instance.as_bytes(),
-        ];
-        let _ = tokio::time::timeout(Duration::from_millis(500), conn.call(&args)).await;
     }
 
     /// While disconnected: wait `delay`, refusing what is queued meanwhile so nobody waits and
@@ -958,31 +726,6 @@ fn moved_to(error: &str) -> Option<Node> {
         host: host.to_string(),
         port: port.parse().ok()?,
     })
-}
-
-/// The lineage arguments of the history scripts for one batch (see [`Publisher::lineage_args`]):
-/// the five `position` takes, then the append's continuation flag.
-#[derive(Default)]
-struct LineageArgs([String; 6]);
-
-/// History requests waiting for the `WAIT` at the end of their pipeline (acknowledged mode).
-#[derive(Default)]
-struct Held {
-    appends: Vec<HeldAppend>,
-    reads: Vec<(
-        Topic,
-        crate::history::Read,
-        tokio::sync::oneshot::Sender<crate::history::Read>,
-    )>,
-}
-
-/// An append the master took, to be published and answered once replicas hold it.
-struct HeldAppend {
-    topic: Topic,
-    payload: bytes::Bytes,
-    offset: u64,
-    epoch: Arc<str>,
-    reply: tokio::sync::oneshot::Sender<Fate>,
 }
 
 impl Conn {
@@ -1031,27 +774,6 @@ impl Conn {
                 .map_err(|e| format!("cannot read INFO, which history needs: {e}"))?;
         }
         Ok(conn)
-    }
-
-    /// `INFO server` and `INFO replication`: which data this Redis holds now.
-    async fn read_lineage(&mut self) -> Result<(), String> {
-        let mut out = Vec::new();
-        pubsub::encode(&mut out, &[b"INFO", b"server"]);
-        pubsub::encode(&mut out, &[b"INFO", b"replication"]);
-        self.writer.raw(&out).await.map_err(|e| e.to_string())?;
-        let mut text = String::new();
-        for _ in 0..2 {
-            match self.reader.reply(64 * 1024).await? {
-                Reply::Bulks(parts) => {
-                    let part = parts.first().cloned().flatten().unwrap_or_default();
-                    text.push_str(&String::from_utf8_lossy(&part));
-                }
-                other => return Err(format!("INFO answered {other:?}")),
-            }
-        }
-        self.lineage = Lineage::parse(&text).ok_or("INFO gave no replication id")?;
-        self.lineage_stale = false;
-        Ok(())
     }
 
     /// Whether Redis is under its `maxmemory` (or has none) now, from `INFO memory`.
