@@ -23,6 +23,17 @@
 //! dropped push) from the history before later messages (`catchup`). A publish Redis cannot
 //! take is refused (503), not delivered here and lost elsewhere.
 //!
+//! The files, by layer:
+//!
+//! ```text
+//! mod.rs (the handle the router holds) ─▶ publisher/ (one link per master: routing by slot,
+//!     pipelining, answers; claim.rs: the node id; lineage.rs: history lineage, replica acks)
+//!   subscriber.rs (one task: links, pings, the relay) ─▶ reconcile.rs (what each link holds,
+//!     who waits for what: pure) and catchup.rs (gaps filled from history: pure)
+//! features' commands and scripts: history.rs, presence.rs; their wire: wire.rs (payloads),
+//! pubsub.rs (RESP), cluster.rs (the map of masters and slots)
+//! ```
+//!
 //! Redis is trusted (it is the fleet's own), yet what comes from it is checked: a payload over
 //! `--max-message-bytes` or not valid JSON is dropped and counted, and the frame is rebuilt
 //! here, so clients only ever get frames of the server's own shape. Without history the

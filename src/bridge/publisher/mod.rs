@@ -6,7 +6,7 @@
 //!
 //! This file is the link (routing by slot, connecting, pipelining, answers); each feature that
 //! rides on it beyond publishing has its file: the node id claim (`claim`), the history's
-//! lineage and replica acknowledgements (`lineage`); the history and presence scripts are in
+//! requests, lineage and replica acknowledgements (`history_requests`); the scripts themselves are in
 //! [`super::history`] and [`super::presence`].
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -21,20 +21,19 @@ use tokio_util::sync::CancellationToken;
 
 use super::cluster::{Deployment, Node, Topology};
 
-use super::history::{self, Lineage, APPEND, READ};
+use super::history::{Lineage, APPEND, READ};
 use super::presence::{Scripts, COUNT, PAGE};
 use super::pubsub::{self, Reader, Reply, Writer};
-use super::wire::{self, Names};
+use super::wire::Names;
 use super::Fate;
 use super::{within, Backoff, LinkDown, Request, PING_EVERY, PUBLISH_QUEUE, RESPONSE_TIMEOUT};
 use crate::history::Position;
 use crate::metrics::{BridgeMetrics, ShardMetrics};
-use crate::protocol::random_hex;
 use crate::protocol::Topic;
-use lineage::{Held, HeldAppend, LineageArgs};
+use history_requests::{Held, LineageArgs};
 
 mod claim;
-mod lineage;
+mod history_requests;
 
 /// Most messages in one pipeline.
 const BATCH: usize = 1024;
@@ -427,13 +426,6 @@ impl Publisher {
     /// masters this process is connected to now (`,id,id,`: a topic's hash written in one of
     /// them came by a slot move, whole), and whether an append may leave a continuation ticket.
     fn encode(&self, conn: &Conn, request: &Request, lineage: &LineageArgs, out: &mut Vec<u8>) {
-        // History requests come only with history; a plain PUBLISH (the hot path) makes none
-        // of their arguments.
-        let settings = self.history.unwrap_or(HistorySettings {
-            size: 0,
-            ttl_ms: 0,
-            ack: None,
-        });
         let publish: &[u8] = match self.deployment.cluster {
             false => b"PUBLISH",
             true => b"SPUBLISH",
@@ -446,69 +438,8 @@ impl Publisher {
             Request::Publish { channel, payload } => {
                 pubsub::encode(out, &[publish, channel.as_bytes(), payload]);
             }
-            Request::Append { topic, payload, .. } => {
-                let (position, stream) = self.names.history(topic);
-                let channel = self.names.topic(topic);
-                let header = wire::positioned_header(self.instance);
-                let (size, ttl) = (settings.size.to_string(), settings.ttl_ms.to_string());
-                let new_epoch = random_hex(6);
-                let publish: &[u8] = if self.ack().is_some() { b"" } else { publish };
-                let l = &lineage.0;
-                let args: [&[u8]; 18] = [
-                    b"EVALSHA",
-                    conn.append.as_bytes(),
-                    b"2",
-                    position.as_bytes(),
-                    stream.as_bytes(),
-                    channel.as_bytes(),
-                    &header,
-                    payload,
-                    new_epoch.as_bytes(),
-                    size.as_bytes(),
-                    ttl.as_bytes(),
-                    publish,
-                    l[0].as_bytes(),
-                    l[1].as_bytes(),
-                    l[2].as_bytes(),
-                    l[3].as_bytes(),
-                    l[4].as_bytes(),
-                    l[5].as_bytes(),
-                ];
-                pubsub::encode(out, &args);
-            }
-            Request::Touch(topic) => {
-                let (position, _) = self.names.history(topic);
-                let memory = (settings.ttl_ms * history::POSITION_MEMORY).to_string();
-                pubsub::encode(out, &[b"PEXPIRE", position.as_bytes(), memory.as_bytes()]);
-            }
-            Request::Read {
-                topic,
-                since,
-                relayed,
-                ..
-            } => {
-                let (position, stream) = self.names.history(topic);
-                let offset = since.as_ref().map(|s| s.offset.to_string());
-                let (ttl, new_epoch) = (settings.ttl_ms.to_string(), random_hex(6));
-                let l = &lineage.0;
-                let args: [&[u8]; 15] = [
-                    b"EVALSHA",
-                    conn.read.as_bytes(),
-                    b"2",
-                    position.as_bytes(),
-                    stream.as_bytes(),
-                    offset.as_deref().unwrap_or("").as_bytes(),
-                    since.as_ref().map_or("", |s| s.epoch.as_str()).as_bytes(),
-                    new_epoch.as_bytes(),
-                    ttl.as_bytes(),
-                    if *relayed { b"1" } else { b"0" },
-                    l[0].as_bytes(),
-                    l[1].as_bytes(),
-                    l[2].as_bytes(),
-                    l[3].as_bytes(),
-                    l[4].as_bytes(),
-                ];
-                pubsub::encode(out, &args);
+            Request::Append { .. } | Request::Read { .. } | Request::Touch(_) => {
+                self.encode_history(conn, request, publish, lineage, out);
             }
         }
     }
@@ -568,84 +499,13 @@ impl Publisher {
                 (Request::Publish { .. }, _) => {
                     self.metrics.dropped.fetch_add(1, Relaxed);
                 }
-                (
-                    Request::Append {
-                        topic,
-                        payload,
-                        reply,
-                    },
-                    Reply::Bulks(parts),
-                ) => {
-                    let taken = parts.first().and_then(|p| {
-                        let text = std::str::from_utf8(p.as_deref()?).ok()?;
-                        let (offset, epoch) = text.split_once(' ')?;
-                        let offset: u64 = offset.parse().ok()?;
-                        wire::is_epoch(epoch).then(|| (offset, Arc::<str>::from(epoch)))
-                    });
-                    match (taken, ack) {
-                        // Acknowledged mode: published and answered once replicas hold it.
-                        (Some((offset, epoch)), Some(_)) => held.appends.push(HeldAppend {
-                            topic,
-                            payload,
-                            offset,
-                            epoch,
-                            reply,
-                        }),
-                        (Some((offset, epoch)), None) => {
-                            self.metrics.out_of_memory.store(false, Relaxed);
-                            self.metrics.published.fetch_add(1, Relaxed);
-                            shard.published.fetch_add(1, Relaxed);
-                            let _ = reply.send(Fate::Taken(offset, epoch));
-                        }
-                        (None, _) => {
-                            self.metrics.malformed.fetch_add(1, Relaxed);
-                        }
-                    }
-                }
-                (Request::Append { reply: tx, .. }, Reply::Error(e)) => {
-                    let fate = if master_changing(&e) {
-                        Fate::Failover
-                    } else if e.starts_with("OOM") {
-                        self.metrics.out_of_memory.store(true, Relaxed);
-                        Fate::OutOfMemory
-                    } else {
-                        Fate::Refused
-                    };
-                    let _ = tx.send(fate);
-                }
-                (
-                    Request::Read {
-                        topic,
-                        since,
-                        reply: tx,
-                        ..
-                    },
-                    Reply::Bulks(parts),
-                ) => {
-                    let target = topic.target();
-                    let max = self.max_message_bytes;
-                    match history::parse_read(&parts, &target, since.as_ref(), max) {
-                        Some(read) if ack.is_some() => held.reads.push((topic, read, tx)),
-                        Some(read) => {
-                            let _ = self.seeds.send((topic, read.position.clone()));
-                            let _ = tx.send(read);
-                        }
-                        None => {
-                            self.metrics.malformed.fetch_add(1, Relaxed);
-                        }
-                    }
+                (request @ (Request::Append { .. } | Request::Read { .. }), reply) => {
+                    self.answer_history(request, reply, shard, ack, &mut held);
                 }
                 (Request::Presence(p), Reply::Bulks(parts)) => p.answer(&parts),
                 (Request::Presence(p), Reply::Integer(_)) => p.done(),
                 // Refused or malformed: the dropped sender tells the caller.
-                (
-                    Request::Presence(_)
-                    | Request::Append { .. }
-                    | Request::Read { .. }
-                    | Request::Touch(_)
-                    | Request::Redirected(_),
-                    _,
-                ) => {}
+                (Request::Presence(_) | Request::Touch(_) | Request::Redirected(_), _) => {}
             }
         }
         match ack {
@@ -654,10 +514,6 @@ impl Publisher {
         }
     }
 
-    /// Reads the `WAIT` that ended an acknowledged pipeline. Confirmed: the appends are
-    /// published (in their order) and answered, the reads answered. Not confirmed: the appends
-    /// are unconfirmed (kept by the master only), the reads unanswered: what they found may
-    /// not outlive the master, so no client may be given it.
     /// The largest reply read back: a read of a whole history.
     fn max_reply(&self) -> usize {
         let size = self.history.map_or(0, |h| h.size as usize);

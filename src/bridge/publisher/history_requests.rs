@@ -1,4 +1,5 @@
-//! The history's lineage and replica acknowledgements, as the publishing links carry them.
+//! History on the publishing links: the append, read and touch requests encoded and answered,
+//! the lineage they carry, and replica acknowledgements.
 //!
 //! Each history script checks a topic against the data its master writes in (the lineage:
 //! `master_replid` and what it continues, read from `INFO`), so a failover onto a replica that
@@ -10,13 +11,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use super::super::cluster::Node;
-use super::super::history::Lineage;
+use super::super::history::{self, Lineage};
 use super::super::pubsub::{self, Reply};
 use super::super::wire;
 use super::super::{within, Fate, LinkDown, Request};
-use super::{moved_to, Acknowledged, Conn, Publisher};
+use super::{master_changing, moved_to, Acknowledged, Conn, HistorySettings, Publisher};
 use crate::metrics::ShardMetrics;
-use crate::protocol::Topic;
+use crate::protocol::{random_hex, Topic};
 
 /// The lineage arguments of the history scripts for one batch (see [`Publisher::lineage_args`]):
 /// the five `position` takes, then the append's continuation flag.
@@ -44,6 +45,175 @@ pub(super) struct HeldAppend {
 }
 
 impl Publisher {
+    /// Encodes a history request (append, read, touch); `publish` is the link's PUBLISH verb.
+    /// What the history scripts are told of the data they write in is `lineage`.
+    pub(super) fn encode_history(
+        &self,
+        conn: &Conn,
+        request: &Request,
+        publish: &[u8],
+        lineage: &LineageArgs,
+        out: &mut Vec<u8>,
+    ) {
+        // History requests come only with history; a plain PUBLISH (the hot path) makes none
+        // of their arguments.
+        let settings = self.history.unwrap_or(HistorySettings {
+            size: 0,
+            ttl_ms: 0,
+            ack: None,
+        });
+        match request {
+            Request::Append { topic, payload, .. } => {
+                let (position, stream) = self.names.history(topic);
+                let channel = self.names.topic(topic);
+                let header = wire::positioned_header(self.instance);
+                let (size, ttl) = (settings.size.to_string(), settings.ttl_ms.to_string());
+                let new_epoch = random_hex(6);
+                let publish: &[u8] = if self.ack().is_some() { b"" } else { publish };
+                let l = &lineage.0;
+                let args: [&[u8]; 18] = [
+                    b"EVALSHA",
+                    conn.append.as_bytes(),
+                    b"2",
+                    position.as_bytes(),
+                    stream.as_bytes(),
+                    channel.as_bytes(),
+                    &header,
+                    payload,
+                    new_epoch.as_bytes(),
+                    size.as_bytes(),
+                    ttl.as_bytes(),
+                    publish,
+                    l[0].as_bytes(),
+                    l[1].as_bytes(),
+                    l[2].as_bytes(),
+                    l[3].as_bytes(),
+                    l[4].as_bytes(),
+                    l[5].as_bytes(),
+                ];
+                pubsub::encode(out, &args);
+            }
+            Request::Touch(topic) => {
+                let (position, _) = self.names.history(topic);
+                let memory = (settings.ttl_ms * history::POSITION_MEMORY).to_string();
+                pubsub::encode(out, &[b"PEXPIRE", position.as_bytes(), memory.as_bytes()]);
+            }
+            Request::Read {
+                topic,
+                since,
+                relayed,
+                ..
+            } => {
+                let (position, stream) = self.names.history(topic);
+                let offset = since.as_ref().map(|s| s.offset.to_string());
+                let (ttl, new_epoch) = (settings.ttl_ms.to_string(), random_hex(6));
+                let l = &lineage.0;
+                let args: [&[u8]; 15] = [
+                    b"EVALSHA",
+                    conn.read.as_bytes(),
+                    b"2",
+                    position.as_bytes(),
+                    stream.as_bytes(),
+                    offset.as_deref().unwrap_or("").as_bytes(),
+                    since.as_ref().map_or("", |s| s.epoch.as_str()).as_bytes(),
+                    new_epoch.as_bytes(),
+                    ttl.as_bytes(),
+                    if *relayed { b"1" } else { b"0" },
+                    l[0].as_bytes(),
+                    l[1].as_bytes(),
+                    l[2].as_bytes(),
+                    l[3].as_bytes(),
+                    l[4].as_bytes(),
+                ];
+                pubsub::encode(out, &args);
+            }
+            _ => {}
+        }
+    }
+
+    /// Answers a history request from its reply: an append's offset (held for the `WAIT` in
+    /// acknowledged mode), or why it was not taken; a read's finding (held likewise).
+    pub(super) fn answer_history(
+        &self,
+        request: Request,
+        reply: Reply,
+        shard: &ShardMetrics,
+        ack: Option<Acknowledged>,
+        held: &mut Held,
+    ) {
+        match (request, reply) {
+            (
+                Request::Append {
+                    topic,
+                    payload,
+                    reply,
+                },
+                Reply::Bulks(parts),
+            ) => {
+                let taken = parts.first().and_then(|p| {
+                    let text = std::str::from_utf8(p.as_deref()?).ok()?;
+                    let (offset, epoch) = text.split_once(' ')?;
+                    let offset: u64 = offset.parse().ok()?;
+                    wire::is_epoch(epoch).then(|| (offset, Arc::<str>::from(epoch)))
+                });
+                match (taken, ack) {
+                    // Acknowledged mode: published and answered once replicas hold it.
+                    (Some((offset, epoch)), Some(_)) => held.appends.push(HeldAppend {
+                        topic,
+                        payload,
+                        offset,
+                        epoch,
+                        reply,
+                    }),
+                    (Some((offset, epoch)), None) => {
+                        self.metrics.out_of_memory.store(false, Relaxed);
+                        self.metrics.published.fetch_add(1, Relaxed);
+                        shard.published.fetch_add(1, Relaxed);
+                        let _ = reply.send(Fate::Taken(offset, epoch));
+                    }
+                    (None, _) => {
+                        self.metrics.malformed.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+            (Request::Append { reply: tx, .. }, Reply::Error(e)) => {
+                let fate = if master_changing(&e) {
+                    Fate::Failover
+                } else if e.starts_with("OOM") {
+                    self.metrics.out_of_memory.store(true, Relaxed);
+                    Fate::OutOfMemory
+                } else {
+                    Fate::Refused
+                };
+                let _ = tx.send(fate);
+            }
+            (
+                Request::Read {
+                    topic,
+                    since,
+                    reply: tx,
+                    ..
+                },
+                Reply::Bulks(parts),
+            ) => {
+                let target = topic.target();
+                let max = self.max_message_bytes;
+                match history::parse_read(&parts, &target, since.as_ref(), max) {
+                    Some(read) if ack.is_some() => held.reads.push((topic, read, tx)),
+                    Some(read) => {
+                        let _ = self.seeds.send((topic, read.position.clone()));
+                        let _ = tx.send(read);
+                    }
+                    None => {
+                        self.metrics.malformed.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+            // Refused or malformed: the dropped sender tells the caller.
+            _ => {}
+        }
+    }
+
     pub(super) fn lineage_args(&self, conn: &Conn, node: &Node) -> LineageArgs {
         let mut others = String::from(",");
         {
@@ -133,6 +303,10 @@ impl Publisher {
         all
     }
 
+    /// Reads the `WAIT` that ended an acknowledged pipeline. Confirmed: the appends are
+    /// published (in their order) and answered, the reads answered. Not confirmed: the appends
+    /// are unconfirmed (kept by the master only), the reads unanswered: what they found may
+    /// not outlive the master, so no client may be given it.
     pub(super) async fn release_held(
         &self,
         conn: &mut Conn,
