@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{free_port, RedisServer, TestServer, PATIENCE};
+use super::{cluster_port, RedisServer, TestServer, PATIENCE};
 
 pub struct RedisCluster {
     /// Every node, masters first as created (a failover changes which are masters).
@@ -24,7 +24,7 @@ impl RedisCluster {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let nodes: Vec<RedisServer> = (0..6)
-            .map(|_| RedisServer::cluster_node(free_port(), &dir))
+            .map(|_| RedisServer::cluster_node(cluster_port(), &dir))
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
@@ -193,7 +193,7 @@ impl RedisCluster {
     /// Starts a new node and makes it a replica of the master at `master`; returns once it is
     /// in sync.
     pub fn add_replica(&mut self, master: u16) -> u16 {
-        let node = RedisServer::cluster_node(free_port(), &self.dir);
+        let node = RedisServer::cluster_node(cluster_port(), &self.dir);
         let port = node.port;
         self.nodes.push(node);
         let id: String = self.on(master, &["CLUSTER", "MYID"]).unwrap();

@@ -337,6 +337,19 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A port for a Redis Cluster node: it and its cluster bus port (+10,000) free, both below the
+/// kernel's ephemeral range (32768+), so no client socket of another test can take the bus port
+/// between the check and the node's start.
+pub fn cluster_port() -> u16 {
+    loop {
+        let port = rand::random_range(12_000..22_000u16);
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
+}
+
 impl RedisServer {
     pub fn start() -> RedisServer {
         Self::on_port(free_port())
