@@ -107,6 +107,18 @@ pub struct Config {
     )]
     pub allowed_origins: Vec<String>,
 
+    /// Pusher Channels protocol: the app id (with --pusher-key and --pusher-secret, all or none)
+    #[arg(long, env = "FANFARE_PUSHER_APP_ID")]
+    pub pusher_app_id: Option<String>,
+
+    /// Pusher Channels protocol: the app key clients connect with (`/app/{key}`)
+    #[arg(long, env = "FANFARE_PUSHER_KEY")]
+    pub pusher_key: Option<String>,
+
+    /// Pusher Channels protocol: the app secret that signs channel auth and API requests
+    #[arg(long, env = "FANFARE_PUSHER_SECRET", hide_env_values = true)]
+    pub pusher_secret: Option<String>,
+
     /// Also give each worker a private listener on 127.0.0.1:0, so tests can place a connection
     /// on a chosen worker (the kernel spreads the shared port by hash).
     #[arg(skip)]

@@ -29,6 +29,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// `--max-connections` permits; each WebSocket holds one until it ends.
     pub connection_slots: Arc<Semaphore>,
+    /// With `--pusher-app-id`: the application the Pusher front serves.
+    pub pusher: Option<Arc<crate::pusher::App>>,
 }
 
 /// One worker's own state beside what it shares: its hub, counters, shutdown and tasks. The

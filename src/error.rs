@@ -69,4 +69,8 @@ pub enum StartError {
     Thread(std::io::Error),
     #[error("--history-ack-replicas needs --redis and --history-size: replicas are Redis's")]
     AckWithoutRedisHistory,
+    #[error(
+        "--pusher-app-id, --pusher-key and --pusher-secret go together: give all three or none"
+    )]
+    PusherPartial,
 }

@@ -77,6 +77,7 @@ pub mod merge;
 pub mod metrics;
 pub mod presence;
 pub mod protocol;
+pub mod pusher;
 pub mod router;
 pub mod routes;
 pub mod server;

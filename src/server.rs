@@ -58,6 +58,19 @@ impl Server {
         if config.history_ack_replicas > 0 && (config.redis.is_none() || config.history_size == 0) {
             return Err(StartError::AckWithoutRedisHistory);
         }
+        let pusher = match (
+            &config.pusher_app_id,
+            &config.pusher_key,
+            &config.pusher_secret,
+        ) {
+            (Some(id), Some(key), Some(secret)) => Some(Arc::new(crate::pusher::App::new(
+                id.clone(),
+                key.clone(),
+                secret.clone(),
+            ))),
+            (None, None, None) => None,
+            _ => return Err(StartError::PusherPartial),
+        };
         let workers = config.workers();
         let bridge_metrics = config
             .redis
@@ -154,6 +167,7 @@ impl Server {
             router,
             metrics: metrics.clone(),
             connection_slots,
+            pusher,
         });
 
         let mut hubs = Vec::with_capacity(workers);

@@ -69,6 +69,9 @@ pub struct Connection {
     pub metrics: Arc<WorkerMetrics>,
     /// Its place under `--max-connections`, given back when the connection ends.
     pub slot: tokio::sync::OwnedSemaphorePermit,
+    /// Speaks the Pusher protocol (`/app/{key}`) instead of fanfare's (boxed: a `/ws`
+    /// connection holds 8 bytes for it).
+    pub pusher: Option<Box<pusher::Socket>>,
 }
 
 /// How the loop ended.
@@ -100,10 +103,11 @@ enum Step {
 }
 
 /// The answer to a client's question, on its way from Redis.
-type Asking = Pin<Box<dyn Future<Output = Frame> + Send>>;
+/// Answered with a reply to send, or none.
+type Asking = Pin<Box<dyn Future<Output = Option<Frame>> + Send>>;
 
 /// The answer to the question in flight; cancel-safe (it is taken off only once answered).
-async fn answered(asking: &mut Option<Asking>) -> Frame {
+async fn answered(asking: &mut Option<Asking>) -> Option<Frame> {
     let frame = asking.as_mut().expect("polled only while asking").await;
     *asking = None;
     frame
@@ -111,6 +115,8 @@ async fn answered(asking: &mut Option<Asking>) -> Frame {
 
 /// A subscription on its way: waiting for the bridge, then for its read.
 struct Pending {
+    /// A Pusher presence channel opens with its members once subscribed, this one among them.
+    members_with: Option<(UserId, Option<Arc<str>>)>,
     channel: Channel,
     /// Where a resume starts.
     since: Option<Since>,
@@ -217,6 +223,9 @@ impl Connection {
             // Unregister first: nothing more is pushed while the close goes out.
             drop(registration);
             let close = match end {
+                End::Close(reason) if self.pusher.is_some() => {
+                    Some(Frame::close(pusher::close_code(reason), reason.reason()))
+                }
                 End::Close(reason) => {
                     let counter = match reason {
                         CloseReason::SlowConsumer => Some(&metrics.slow_consumer_closes),
@@ -287,7 +296,7 @@ impl Connection {
                     WriterEvent::Broken => Step::Stop(End::Gone),
                     WriterEvent::Command(Command::Disconnect(why)) => Step::Stop(End::Disconnect(why)),
                     WriterEvent::Command(Command::Activate(channel, since)) => {
-                        self.when_confirmed(Pending { channel, since, asked: Asked::Backend })
+                        self.when_confirmed(Pending { channel, since, asked: Asked::Backend, members_with: None })
                     }
                 },
                 () = confirmed(self.log.as_deref(), awaiting.front().map(|a| a.0)) => {
@@ -301,7 +310,10 @@ impl Connection {
                     }
                     self.opened(pending, start, read)
                 }
-                frame = answered(&mut asking), if asking.is_some() => self.reply(frame),
+                frame = answered(&mut asking), if asking.is_some() => match frame {
+                    Some(frame) => self.reply(frame),
+                    None => Step::Continue,
+                },
                 item = ws.next(), if client_reads == 0 && asking.is_none() && !awaiting.iter().any(|a| a.1.asked == Asked::Client) => {
                     last_heard = Instant::now();
                     let exp = token.exp;
@@ -365,7 +377,10 @@ impl Connection {
             Some(Err(_)) => return Step::Stop(End::Gone),
         };
         match message {
-            Message::Text(text) => self.on_text(text.as_str(), token),
+            Message::Text(text) => match &self.pusher {
+                Some(socket) => self.on_pusher_text(socket, text.as_str()),
+                None => self.on_text(text.as_str(), token),
+            },
             Message::Binary(_) => self.refuse(CloseReason::Unsupported),
             // tungstenite answers pings itself, through the writer.
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Step::Continue,
@@ -475,7 +490,7 @@ impl Connection {
                 .expect("presence in memory answers at once");
             return self.reply(frame);
         }
-        Step::Ask(Box::pin(answer))
+        Step::Ask(Box::pin(async move { Some(answer.await) }))
     }
 
     fn subscribe(
@@ -512,6 +527,7 @@ impl Connection {
                 channel,
                 since,
                 asked: Asked::Client,
+                members_with: None,
             }),
             Answer::Reply(frame) => self.reply(frame),
             Answer::Refuse(frame) => {
@@ -540,7 +556,10 @@ impl Connection {
     fn start(&self, pending: Pending) -> Step {
         let r = &self.registration;
         match hub::lock(&r.hub).activate(r.id, &pending.channel) {
-            Started::Open => self.flushed(self.writer.flush()),
+            Started::Open => match pending.members_with {
+                Some(me) => self.pusher_members(pending.channel, me),
+                None => self.flushed(self.writer.flush()),
+            },
             Started::Held(start) => Step::Read(pending, start),
             Started::Gone => Step::Continue,
         }
@@ -632,5 +651,6 @@ impl AsyncWrite for SocketIo {
     }
 }
 
+pub mod pusher;
 #[cfg(test)]
 mod tests;

@@ -77,6 +77,7 @@ async fn start_pinging(frames: usize, with_log: bool, ping_interval: Duration) -
         shutdown: shutdown.clone(),
         ping_interval,
         metrics: metrics.clone(),
+        pusher: None,
         slot: Arc::new(tokio::sync::Semaphore::new(1))
             .try_acquire_owned()
             .unwrap(),

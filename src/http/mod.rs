@@ -11,6 +11,7 @@
 pub mod api;
 pub mod ops;
 pub mod presence;
+pub mod pusher;
 pub mod query;
 pub mod reject;
 pub mod routes;

@@ -16,7 +16,7 @@ use warp::path::FullPath;
 use warp::{path, Filter, Rejection};
 
 use super::reject::ApiError;
-use super::{api, ops, presence, ws, Response};
+use super::{api, ops, presence, pusher, ws, Response};
 use crate::context::WorkerContext;
 
 /// The request as hyper read it, riding on the copy warp routes; taken once by its handler.
@@ -52,6 +52,12 @@ pub fn routes(
         .and(request())
         .and(context())
         .then(|req, ctx: Arc<WorkerContext>| async move { ws::upgrade(req, &ctx).await });
+
+    let pusher = path!("app" / String).and(request()).and(context()).then(
+        |key: String, req, ctx: Arc<WorkerContext>| async move {
+            pusher::upgrade(req, &ctx, &key).await
+        },
+    );
 
     let api = path!("message")
         .or(path!("publish"))
@@ -97,7 +103,9 @@ pub fn routes(
             ops::handle(&method, path.as_str(), &ctx.shared)
         });
 
-    ws.or(api)
+    ws.or(pusher)
+        .unify()
+        .or(api)
         .unify()
         .or(presence)
         .unify()

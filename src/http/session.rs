@@ -97,6 +97,51 @@ pub async fn start(
     })
 }
 
+/// Starts a session of the Pusher protocol: no token (its channels are authorised one by one),
+/// the origin and the slot as for any session; registered as `socket`, with
+/// `pusher:connection_established` its first frame.
+///
+/// # Errors
+/// The origin is not allowed (403), or the server holds its maximum of connections (503).
+pub fn start_pusher(
+    ctx: &WorkerContext,
+    headers: &HeaderMap,
+    app: &crate::pusher::App,
+) -> Result<(Session, Arc<str>), ApiError> {
+    let shared = &ctx.shared;
+    check_origin(headers, &shared.config.allowed_origins)?;
+    let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
+        return Err(ApiError::Unavailable(format!(
+            "this server holds its maximum of {} connections (--max-connections); retry later or elsewhere",
+            shared.config.max_connections()
+        )));
+    };
+    let id = ConnId {
+        worker: ctx.id,
+        seq: ctx.next_conn.fetch_add(1, Relaxed),
+    };
+    let writer = Arc::new(Writer::new(
+        shared.config.queue_limits(),
+        ctx.worker_metrics.clone(),
+    ));
+    let socket: Arc<str> = app.socket_id(id).into();
+    writer.push(&crate::pusher::connection_established(&socket));
+    let user = UserId::new(&format!("pusher:{socket}")).expect("a short id");
+    hub::lock(&ctx.hub).register_pusher(id, user.clone(), writer.clone(), socket.clone());
+    let session = Session {
+        registration: Registration {
+            id,
+            hub: ctx.hub.clone(),
+        },
+        writer,
+        user,
+        permissions: Permissions::default(),
+        exp: None,
+        slot,
+    };
+    Ok((session, socket))
+}
+
 /// With an allow-list, a browser's `Origin` must be on it. Requests without `Origin` come from
 /// programs, not browsers, and the token alone decides for them.
 fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiError> {

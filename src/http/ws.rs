@@ -23,6 +23,7 @@ use super::reject::ApiError;
 use super::{response, session, Response};
 use crate::connection::{Connection, SocketIo};
 use crate::context::WorkerContext;
+use crate::writer::Writer;
 
 /// Bytes read from the socket at a time. Client frames are small (subscribe, ping); a larger
 /// one (a refresh's token) grows the buffer as it comes. 4 KiB here measured ~3.8 KB more RSS
@@ -30,11 +31,7 @@ use crate::context::WorkerContext;
 const READ_BUFFER_BYTES: usize = 256;
 
 pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Response {
-    if req.method() != Method::GET {
-        return ApiError::MethodNotAllowed("GET").into_response();
-    }
-    let headers = req.headers();
-    let key = match handshake_key(headers) {
+    let key = match handshake(&req) {
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
@@ -42,9 +39,19 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
         Ok(session) => session,
         Err(e) => return e.into_response(),
     };
+    let connection = connection(ctx, session, None);
+    let writer = connection.writer.clone();
+    switch(&mut req, ctx, &key, writer, |ws| connection.run(ws))
+}
+
+/// A connection of `session`: fanfare's protocol, or with `pusher` Pusher's.
+pub fn connection(
+    ctx: &WorkerContext,
+    session: session::Session,
+    pusher: Option<Box<crate::connection::pusher::Socket>>,
+) -> Connection {
     let shared = &ctx.shared;
-    let writer = session.writer.clone();
-    let connection = Connection {
+    Connection {
         registration: session.registration,
         writer: session.writer,
         log: shared.router.subscription_log(),
@@ -57,16 +64,34 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
         ping_interval: shared.config.ping_interval(),
         metrics: ctx.worker_metrics.clone(),
         slot: session.slot,
-    };
+        pusher,
+    }
+}
+
+/// Answers 101 and completes the upgrade in a task of its own, which hands the WebSocket (its
+/// frames going out through `writer`) to `then`. Nothing happens if the client never completes
+/// it within `--request-timeout`.
+pub fn switch<F, Fut>(
+    req: &mut Request<Incoming>,
+    ctx: &WorkerContext,
+    key: &str,
+    writer: Arc<Writer>,
+    then: F,
+) -> Response
+where
+    F: FnOnce(WebSocketStream<SocketIo>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let shared = &ctx.shared;
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(Some(shared.config.max_message_bytes))
         .max_frame_size(Some(shared.config.max_message_bytes));
-    let on_upgrade = hyper::upgrade::on(&mut req);
+    let on_upgrade = hyper::upgrade::on(req);
     let request_timeout = shared.config.request_timeout();
     let tracker = ctx.tracker.clone();
     ctx.tracker.spawn(async move {
-        // On failure `connection` drops here, and its registration and slot with it.
+        // On failure `then` drops here, and the connection's registration and slot with it.
         let Ok(Ok(upgraded)) = tokio::time::timeout(request_timeout, on_upgrade).await else {
             return;
         };
@@ -92,7 +117,7 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
         // The connection lives on in a task of its own that holds only its own state: what the
         // upgrade needed (hyper's handle, its timeout, the config) is freed now instead of
         // staying beside it for the connection's life.
-        tracker.spawn(connection.run(ws));
+        tracker.spawn(then(ws));
     });
 
     let mut resp = response(StatusCode::SWITCHING_PROTOCOLS, "", "text/plain");
@@ -102,9 +127,17 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(
         header::SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_str(&key).expect("base64 is a valid header value"),
+        HeaderValue::from_str(key).expect("base64 is a valid header value"),
     );
     resp
+}
+
+/// The `Sec-WebSocket-Accept` value of a GET upgrade, or why the request is none.
+pub fn handshake(req: &Request<Incoming>) -> Result<String, ApiError> {
+    if req.method() != Method::GET {
+        return Err(ApiError::MethodNotAllowed("GET"));
+    }
+    handshake_key(req.headers())
 }
 
 /// The `Sec-WebSocket-Accept` value, or why the request is no WebSocket upgrade.

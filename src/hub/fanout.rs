@@ -14,7 +14,8 @@ use std::sync::Arc;
 use super::{Answer, Hub};
 use crate::bus::{Delivery, Envelope};
 use crate::merge::{Admitted, Asked, Recipient};
-use crate::protocol::{ConnId, Control, Frame, Since, Target, UserId};
+use crate::protocol::{Channel, ConnId, Control, Frame, Since, Target, UserId};
+use crate::pusher;
 use crate::writer::{Command, Flushed, Pushed, Writer};
 
 /// What the hub did with a batch of deliveries.
@@ -122,7 +123,10 @@ impl Hub {
                     let mut held = Vec::new();
                     for (id, member) in &self.members {
                         let n = frames.len() as u64;
-                        if member.opening {
+                        if member.pusher.is_some() {
+                            // Pusher has no broadcast to all connections.
+                            continue;
+                        } else if member.opening {
                             held.push((*id, member.user.clone()));
                         } else if !last {
                             push(&mut self.dirty, &mut fanout, *id, &member.writer, &frames);
@@ -157,12 +161,34 @@ impl Hub {
                 Envelope::Control(user, control, since) => {
                     self.control(user, control, since.as_ref(), &mut fanout)
                 }
-                envelope @ Envelope::Presence(channel, _) => {
+                envelope @ Envelope::Presence(channel, frame) => {
                     let Some(entry) = self.channels.get_mut(channel) else {
                         continue;
                     };
+                    let mut member_event = None;
                     for id in &entry.watchers {
-                        if let Some(r) = entry.active.get_mut(id) {
+                        if self.pushers.contains_key(id) {
+                            let event =
+                                member_event.get_or_insert_with(|| pusher::member_event(frame));
+                            let Some((event, user)) = event else {
+                                continue;
+                            };
+                            // A member is not told of itself: its subscription said it is in.
+                            let me = self.members.get(id).and_then(|m| {
+                                m.channels
+                                    .iter()
+                                    .find(|m| m.channel == *channel)?
+                                    .present_as
+                                    .as_ref()
+                            });
+                            if me.is_some_and(|(me, _)| me.as_str() == user) {
+                                continue;
+                            }
+                            if let Some(r) = entry.active.get(id) {
+                                let event = std::slice::from_ref(event);
+                                push(&mut self.dirty, &mut fanout, *id, &r.writer, event);
+                            }
+                        } else if let Some(r) = entry.active.get_mut(id) {
                             offer(
                                 &mut self.dirty,
                                 &mut self.overflowed,
@@ -197,21 +223,26 @@ impl Hub {
 
     /// A message (or a lost position) of `target` to each of its recipients here.
     fn fan_out(&mut self, target: &Target, envelope: &Envelope, fanout: &mut Fanout) {
-        let dirty = &mut self.dirty;
-        let overflowed = &mut self.overflowed;
-        let mut deliver = |id: &ConnId, r: &mut Recipient| {
-            offer(dirty, overflowed, fanout, *id, r, envelope);
-        };
+        let (dirty, overflowed) = (&mut self.dirty, &mut self.overflowed);
         match target {
             Target::User(user) => {
                 for (id, r) in self.users.get_mut(user).into_iter().flatten() {
-                    deliver(id, r);
+                    offer(dirty, overflowed, fanout, *id, r, envelope);
                 }
             }
             Target::Channel(channel) => {
                 let subscribers = self.channels.get_mut(channel).map(|e| &mut e.active);
+                let mut view = None;
                 for (id, r) in subscribers.into_iter().flatten() {
-                    deliver(id, r);
+                    match self.pushers.get(id) {
+                        None => offer(dirty, overflowed, fanout, *id, r, envelope),
+                        Some(socket) => {
+                            let frames = pusher_frames(channel, envelope, socket, &mut view);
+                            if !frames.is_empty() {
+                                push(dirty, fanout, *id, &r.writer, &frames);
+                            }
+                        }
+                    }
                 }
             }
             // Broadcast messages are sent by `deliver_batch`, and have no position to lose.
@@ -269,5 +300,37 @@ impl Hub {
                 push(&mut self.dirty, fanout, id, &writer, &[frame]);
             }
         }
+    }
+}
+
+/// What a Pusher socket (`socket`) is sent of an envelope of `channel`: each message as a
+/// Pusher event (the view made once per envelope in `view`), except the sender's own; nothing
+/// of positions, which Pusher does not have.
+fn pusher_frames(
+    channel: &Channel,
+    envelope: &Envelope,
+    socket: &str,
+    view: &mut Option<Option<pusher::View>>,
+) -> Vec<Frame> {
+    let visible = |v: &pusher::View| v.except.as_deref() != Some(socket);
+    let of = |d: &Delivery| {
+        d.frame
+            .message_payload(&d.target)
+            .map(|payload| pusher::view(channel, payload))
+    };
+    match envelope {
+        Envelope::Message(d) => view
+            .get_or_insert_with(|| of(d))
+            .as_ref()
+            .filter(|v| visible(v))
+            .map(|v| vec![v.frame.clone()])
+            .unwrap_or_default(),
+        Envelope::Replay(_, deliveries) => deliveries
+            .iter()
+            .filter_map(of)
+            .filter(visible)
+            .map(|v| v.frame)
+            .collect(),
+        _ => Vec::new(),
     }
 }

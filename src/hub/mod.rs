@@ -29,6 +29,9 @@ struct Member {
     /// Its user's stream has not opened yet (the history read is pending): broadcasts are held
     /// with the user's direct messages, so `connected` stays the first frame.
     opening: bool,
+    /// Speaks the Pusher protocol, with this socket id: channel messages and presence events
+    /// reach it in Pusher's shape, broadcasts do not.
+    pusher: Option<Arc<str>>,
 }
 
 /// One channel of a connection.
@@ -40,6 +43,9 @@ struct Membership {
     by_server: bool,
     /// Receives the channel's `join` and `leave` events.
     watches: bool,
+    /// Who it is in the channel's presence when not the connection's user (a Pusher presence
+    /// channel's `channel_data`), with its public info.
+    present_as: Option<(UserId, Option<Arc<str>>)>,
 }
 
 /// Subscribers of one channel on this worker.
@@ -136,6 +142,8 @@ pub struct Hub {
     starts: u64,
     /// Where subscriptions starting and ending are reported (members of each channel).
     presence: Option<Arc<crate::presence::Presence>>,
+    /// The connections that speak the Pusher protocol, with their socket ids.
+    pushers: HashMap<ConnId, Arc<str>>,
 }
 
 /// A worker's hub as its connections and bus task share it.
@@ -166,6 +174,7 @@ impl Hub {
             dirty: Vec::new(),
             overflowed: Vec::new(),
             starts: 0,
+            pushers: HashMap::new(),
             presence: None,
         }
     }
@@ -191,6 +200,24 @@ impl Hub {
         }
     }
 
+    /// Who a pending subscription is in its channel's presence, instead of the connection's
+    /// user (a Pusher presence channel's `channel_data`).
+    pub fn present_as(
+        &mut self,
+        id: ConnId,
+        channel: &Channel,
+        user: UserId,
+        info: Option<Arc<str>>,
+    ) {
+        let m = self
+            .members
+            .get_mut(&id)
+            .and_then(|member| member.channels.iter_mut().find(|m| m.channel == *channel));
+        if let Some(m) = m.filter(|m| !m.active) {
+            m.present_as = Some((user, info));
+        }
+    }
+
     /// Adds a connection of `user` (`info`: its token's public `info`, shown in presence); from
     /// now on it receives that user's direct messages and broadcasts, or with history holds
     /// them until [`open`](Self::open).
@@ -201,13 +228,40 @@ impl Hub {
         writer: Arc<Writer>,
         info: Option<Arc<str>>,
     ) -> Started {
+        self.register_as(id, user, writer, info, None)
+    }
+
+    /// [`register`](Self::register) for a connection that speaks the Pusher protocol, as
+    /// `socket`: its topics have no history for it, and it opens them itself.
+    pub fn register_pusher(
+        &mut self,
+        id: ConnId,
+        user: UserId,
+        writer: Arc<Writer>,
+        socket: Arc<str>,
+    ) {
+        self.pushers.insert(id, socket.clone());
+        self.register_as(id, user, writer, None, Some(socket));
+    }
+
+    fn register_as(
+        &mut self,
+        id: ConnId,
+        user: UserId,
+        writer: Arc<Writer>,
+        info: Option<Arc<str>>,
+        pusher: Option<Arc<str>>,
+    ) -> Started {
         let topic = Topic::User(user.clone());
-        let (recipient, started) = self.start(writer.clone(), &topic);
-        match self.users.entry(user.clone()) {
-            Entry::Occupied(mut e) => e.get_mut().push((id, recipient)),
-            Entry::Vacant(e) => {
-                self.routes.add(&topic, self.worker);
-                e.insert(vec![(id, recipient)]);
+        let (recipient, started) = self.start(writer.clone(), &topic, pusher.is_some());
+        // A Pusher socket has no stream of its own: nothing is sent to its user.
+        if pusher.is_none() {
+            match self.users.entry(user.clone()) {
+                Entry::Occupied(mut e) => e.get_mut().push((id, recipient)),
+                Entry::Vacant(e) => {
+                    self.routes.add(&topic, self.worker);
+                    e.insert(vec![(id, recipient)]);
+                }
             }
         }
         let member = Member {
@@ -216,6 +270,7 @@ impl Hub {
             writer,
             channels: Vec::new(),
             opening: matches!(started, Started::Held(_)),
+            pusher,
         };
         self.members.insert(id, member);
         self.metrics.connections.fetch_add(1, Relaxed);
@@ -224,7 +279,17 @@ impl Hub {
 
     /// A recipient of `topic` for `writer`: receiving at once behind its opening without
     /// history, holding live messages for a read with it.
-    fn start(&mut self, writer: Arc<Writer>, topic: &Topic) -> (Recipient, Started) {
+    fn start(&mut self, writer: Arc<Writer>, topic: &Topic, pusher: bool) -> (Recipient, Started) {
+        if pusher {
+            // No history for Pusher sockets; a presence channel opens with its members.
+            if let Topic::Channel(c) = topic {
+                if crate::pusher::Kind::of(c.as_str()) != crate::pusher::Kind::Presence {
+                    let opening = crate::pusher::subscription_succeeded(c.as_str(), "{}");
+                    writer.push_burst(Some(c), &[opening]);
+                }
+            }
+            return (Recipient::open(writer, Default::default()), Started::Open);
+        }
         if self.history {
             self.starts += 1;
             return (
@@ -249,6 +314,9 @@ impl Hub {
             return;
         };
         self.metrics.connections.fetch_sub(1, Relaxed);
+        if member.pusher.is_some() {
+            self.pushers.remove(&id);
+        }
         if let Entry::Occupied(mut e) = self.users.entry(member.user.clone()) {
             e.get_mut().retain(|(c, _)| *c != id);
             if e.get().is_empty() {
@@ -257,7 +325,8 @@ impl Hub {
             }
         }
         for m in member.channels {
-            self.leave(m.channel, id, &member.user, m.active);
+            let user = m.present_as.map_or(member.user.clone(), |(u, _)| u);
+            self.leave(m.channel, id, &user, m.active);
         }
     }
 
@@ -282,6 +351,7 @@ impl Hub {
             active: false,
             by_server,
             watches: false,
+            present_as: None,
         });
         self.channels
             .entry(channel.clone())
@@ -347,8 +417,12 @@ impl Hub {
         m.active = true;
         let watches = m.watches;
         let writer = member.writer.clone();
-        let (user, info) = (member.user.clone(), member.info.clone());
-        let (recipient, started) = self.start(writer, &Topic::Channel(channel.clone()));
+        let (user, info) = m
+            .present_as
+            .clone()
+            .unwrap_or_else(|| (member.user.clone(), member.info.clone()));
+        let pusher = member.pusher.is_some();
+        let (recipient, started) = self.start(writer, &Topic::Channel(channel.clone()), pusher);
         let entry = self
             .channels
             .get_mut(channel)
@@ -414,7 +488,7 @@ impl Hub {
             return false;
         };
         let m = member.channels.swap_remove(pos);
-        let user = member.user.clone();
+        let user = m.present_as.clone().map_or(member.user.clone(), |(u, _)| u);
         member.writer.end_burst(channel);
         self.leave(m.channel, id, &user, m.active);
         true

@@ -1,0 +1,98 @@
+// pusher-js 8, unmodified, against fanfare's Pusher front: public, private and presence
+// channels authorised by the official SDK's signatures, client events, and refusals.
+
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+
+import { client, connected, next, publish, startServer } from "./helpers.mjs";
+
+let server;
+before(async () => (server = await startServer()));
+after(() => server.stop());
+
+const open = [];
+const make = async (options) => {
+  const c = await connected(client(server.port, options));
+  open.push(c);
+  return c;
+};
+after(() => open.forEach((c) => c.disconnect()));
+
+test("a public channel gets events in Pusher's shape, and fanfare's own messages too", async () => {
+  const c = await make();
+  assert.match(c.connection.socket_id, /^\d+\.\d+$/);
+  const news = c.subscribe("news");
+  await next(news, "pusher:subscription_succeeded");
+  const greet = next(news, "greet");
+  await publish(server.port, "news", { event: "greet", data: JSON.stringify({ hi: 1 }) });
+  assert.deepEqual(await greet, { hi: 1 });
+  const plain = next(news, "message");
+  await publish(server.port, "news", { text: "hello" });
+  assert.deepEqual(await plain, { text: "hello" });
+});
+
+test("a private channel needs the app's signature; a wrong one gets subscription_error", async () => {
+  const c = await make();
+  const ok = c.subscribe("private-room");
+  await next(ok, "pusher:subscription_succeeded");
+  const forged = client(server.port, {
+    authorize: (params, cb) => cb(null, { auth: `fanfare-key:${"0".repeat(64)}` }),
+  });
+  open.push(forged);
+  await connected(forged);
+  const refused = forged.subscribe("private-room");
+  const error = await next(refused, "pusher:subscription_error");
+  assert.equal(error.status, 401);
+  assert.equal(error.type, "AuthError");
+});
+
+test("client events reach the other subscribers of a private channel, never the sender", async () => {
+  const [a, b] = [await make(), await make()];
+  const [ca, cb] = [a.subscribe("private-chat"), b.subscribe("private-chat")];
+  await Promise.all([next(ca, "pusher:subscription_succeeded"), next(cb, "pusher:subscription_succeeded")]);
+  let echoed = false;
+  ca.bind("client-typing", () => (echoed = true));
+  const got = next(cb, "client-typing");
+  assert.equal(ca.trigger("client-typing", { who: "a" }), true);
+  assert.deepEqual(await got, { who: "a" });
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal(echoed, false, "not echoed to the sender");
+});
+
+test("a client event on a public channel is refused with pusher:error", async () => {
+  const c = await make();
+  const pub = c.subscribe("lobby");
+  await next(pub, "pusher:subscription_succeeded");
+  const error = next(c.connection, "error");
+  c.send_event("client-x", { n: 1 }, "lobby");
+  const e = await error;
+  assert.match(JSON.stringify(e), /private and presence/);
+});
+
+test("presence channels list the members and say who comes and goes", async () => {
+  const alice = await make({ user: { id: "alice", info: { name: "Alice" } } });
+  const ch = alice.subscribe("presence-room");
+  const members = await next(ch, "pusher:subscription_succeeded");
+  assert.equal(members.count, 1);
+  assert.equal(members.me.id, "alice");
+  const added = next(ch, "pusher:member_added");
+  const bob = await make({ user: { id: "bob", info: { name: "Bob" } } });
+  const bobs = bob.subscribe("presence-room");
+  const seen = await next(bobs, "pusher:subscription_succeeded");
+  assert.equal(seen.count, 2);
+  assert.deepEqual(seen.get("alice").info, { name: "Alice" });
+  assert.deepEqual(await added, { id: "bob", info: { name: "Bob" } });
+  const removed = next(ch, "pusher:member_removed");
+  bob.disconnect();
+  assert.equal((await removed).id, "bob");
+  assert.equal(ch.members.count, 1);
+});
+
+test("an unknown app key is refused with 4001 and pusher-js does not retry", async () => {
+  const c = client(server.port, { key: "not-this-app" });
+  open.push(c);
+  const error = await next(c.connection, "error");
+  assert.equal(error.error.data.code, 4001);
+  await new Promise((r) => setTimeout(r, 300));
+  assert.notEqual(c.connection.state, "connected");
+});

@@ -1,0 +1,240 @@
+//! The Pusher dialect of a connection (PROTOCOL section 11): the same loop, limits and hub as
+//! `/ws`, reading Pusher's events instead of fanfare's frames. `pusher:ping` is answered,
+//! `pusher:subscribe` checks the application's signature and starts the subscription as any
+//! other (a presence channel as its `channel_data` says, opening with the fleet's members),
+//! and `client-*` events are published on private and presence channels, at most
+//! [`CLIENT_EVENTS_PER_SECOND`] a second.
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::{Connection, Pending, Step};
+use crate::bus::Delivery;
+use crate::error::CloseReason;
+use crate::hub::{self, Answer};
+use crate::merge::Asked;
+use crate::metrics::WorkerMetrics;
+use crate::protocol::{Channel, Frame, Target, UserId, MAX_PAGE};
+use crate::pusher::{self as wire, close, App, Kind, CLIENT_EVENTS_PER_SECOND};
+
+/// What a Pusher connection knows of itself.
+pub struct Socket {
+    pub app: Arc<App>,
+    pub id: Arc<str>,
+    /// Client events this second: when the second began, how many.
+    budget: Mutex<(Instant, u32)>,
+}
+
+impl Socket {
+    pub fn new(app: Arc<App>, id: Arc<str>) -> Self {
+        Socket {
+            app,
+            id,
+            budget: Mutex::new((Instant::now(), 0)),
+        }
+    }
+
+    /// Takes one client event from this second's budget; false when it is spent.
+    fn spend(&self) -> bool {
+        let mut budget = self.budget.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if now.duration_since(budget.0).as_secs() > 0 {
+            *budget = (now, 0);
+        }
+        budget.1 += 1;
+        budget.1 <= CLIENT_EVENTS_PER_SECOND
+    }
+}
+
+/// The close code pusher-js acts on for each reason the server closes.
+pub fn close_code(reason: CloseReason) -> u16 {
+    match reason {
+        // Reconnect at once (elsewhere, while this one drains).
+        CloseReason::GoingAway => close::RECONNECT,
+        CloseReason::PingTimeout => close::PONG_NOT_RECEIVED,
+        // Come back after a while.
+        CloseReason::SlowConsumer => close::OVER_CAPACITY,
+        other => other.code(),
+    }
+}
+
+impl Connection {
+    pub(super) fn on_pusher_text(&self, socket: &Socket, text: &str) -> Step {
+        let Ok(message) = serde_json::from_str::<Value>(text) else {
+            return self.pusher_refuse(wire::error(None, "invalid JSON"));
+        };
+        let event = message["event"].as_str().unwrap_or_default();
+        match event {
+            "pusher:ping" => self.reply(wire::pong()),
+            "pusher:pong" => Step::Continue,
+            "pusher:subscribe" => self.pusher_subscribe(socket, &message["data"]),
+            "pusher:unsubscribe" => {
+                if let Some(channel) = message["data"]["channel"]
+                    .as_str()
+                    .and_then(|c| Channel::new(c).ok())
+                {
+                    let r = &self.registration;
+                    hub::lock(&r.hub).unsubscribe(r.id, &channel);
+                }
+                Step::Continue
+            }
+            e if e.starts_with("client-") => self.client_event(socket, e, &message),
+            _ => Step::Continue,
+        }
+    }
+
+    fn pusher_refuse(&self, frame: Frame) -> Step {
+        WorkerMetrics::inc(&self.metrics.client_errors);
+        self.reply(frame)
+    }
+
+    fn pusher_subscribe(&self, socket: &Socket, data: &Value) -> Step {
+        let name = data["channel"].as_str().unwrap_or_default();
+        let refuse = |kind: &str, error: &str, status| {
+            self.pusher_refuse(wire::subscription_error(name, kind, error, status))
+        };
+        let channel = match Channel::new(name) {
+            Ok(c) => c,
+            Err(e) => return refuse("InvalidChannel", &e.to_string(), 400),
+        };
+        let kind = Kind::of(name);
+        let channel_data = data["channel_data"].as_str();
+        if kind.is_private() {
+            let auth = data["auth"].as_str().unwrap_or_default();
+            let signed = channel_data.filter(|_| kind == Kind::Presence);
+            if !socket.app.authorizes(auth, &socket.id, name, signed) {
+                return refuse(
+                    "AuthError",
+                    "the auth signature does not match this socket and channel",
+                    401,
+                );
+            }
+        }
+        let me = match kind {
+            Kind::Presence => match presence_member(channel_data) {
+                Some(me) => Some(me),
+                None => {
+                    return refuse(
+                        "AuthError",
+                        "a presence channel needs channel_data with a user_id",
+                        400,
+                    )
+                }
+            },
+            _ => None,
+        };
+        let r = &self.registration;
+        let mut hub = hub::lock(&r.hub);
+        let reservation = hub.reserve(r.id, &channel, false);
+        match hub.answer(reservation, &channel, Asked::Client) {
+            Answer::Start => {
+                if let Some((user, info)) = &me {
+                    hub.present_as(r.id, &channel, user.clone(), info.clone());
+                    hub.watch(r.id, &channel, true);
+                }
+                drop(hub);
+                self.when_confirmed(Pending {
+                    channel,
+                    since: None,
+                    asked: Asked::Client,
+                    members_with: me,
+                })
+            }
+            Answer::Refuse(_) if matches!(reservation, hub::Reservation::TooMany) => {
+                drop(hub);
+                refuse(
+                    "LimitReached",
+                    "too many subscriptions on this connection",
+                    400,
+                )
+            }
+            // Subscribed already, or on its way: Pusher says nothing more.
+            Answer::Reply(_) | Answer::Refuse(_) | Answer::Nothing => Step::Continue,
+        }
+    }
+
+    /// A presence channel started: it opens with the fleet's members (this one among them,
+    /// though Redis may not have it yet), asked like any presence question.
+    pub(super) fn pusher_members(&self, channel: Channel, me: (UserId, Option<Arc<str>>)) -> Step {
+        let router = self.router.clone();
+        Step::Ask(Box::pin(async move {
+            let mut members: Vec<(String, Option<Arc<str>>)> =
+                match router.presence_page(&channel, None, MAX_PAGE).await {
+                    Ok(page) => page
+                        .members
+                        .into_iter()
+                        .map(|m| (m.user.as_str().to_string(), m.info))
+                        .collect(),
+                    Err(_) => Vec::new(),
+                };
+            if !members.iter().any(|(id, _)| id == me.0.as_str()) {
+                members.push((me.0.as_str().to_string(), me.1));
+            }
+            Some(wire::subscription_succeeded(
+                channel.as_str(),
+                &wire::presence_data(&members),
+            ))
+        }))
+    }
+
+    /// A `client-*` event: published on a private or presence channel this connection is
+    /// subscribed to, to everyone there but itself.
+    fn client_event(&self, socket: &Socket, event: &str, message: &Value) -> Step {
+        let Some(channel) = message["channel"]
+            .as_str()
+            .and_then(|c| Channel::new(c).ok())
+        else {
+            return self.pusher_refuse(wire::error(None, "a client event needs its channel"));
+        };
+        if !Kind::of(channel.as_str()).is_private() {
+            return self.pusher_refuse(wire::error(
+                None,
+                "client events are allowed on private and presence channels only",
+            ));
+        }
+        let r = &self.registration;
+        if !hub::lock(&r.hub).is_subscribed(r.id, &channel) {
+            return self.pusher_refuse(wire::error(
+                None,
+                &format!("subscribe to {} first", channel.as_str()),
+            ));
+        }
+        if !socket.spend() {
+            return self.pusher_refuse(wire::error(
+                Some(close::RATE_LIMITED),
+                &format!("at most {CLIENT_EVENTS_PER_SECOND} client events a second"),
+            ));
+        }
+        let payload = wire::payload(event, &message["data"], Some(&socket.id));
+        let Ok(payload) = serde_json::value::RawValue::from_string(payload) else {
+            return Step::Continue;
+        };
+        let target = Target::Channel(channel);
+        let delivery = Delivery {
+            frame: Frame::message(&target, &payload),
+            target,
+            position: None,
+        };
+        let router = self.router.clone();
+        // In order with this connection's other client events: published before reading on.
+        Step::Ask(Box::pin(async move {
+            let refused = router.publish(vec![delivery]).await.is_err();
+            refused.then(|| wire::error(None, "the event could not be published now; retry"))
+        }))
+    }
+}
+
+/// The member a presence subscription's `channel_data` names: `{"user_id":…,"user_info":…}`
+/// (`user_id` a string or a number).
+fn presence_member(channel_data: Option<&str>) -> Option<(UserId, Option<Arc<str>>)> {
+    let v: Value = serde_json::from_str(channel_data?).ok()?;
+    let id = match &v["user_id"] {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    let info = v.get("user_info").map(|i| Arc::from(i.to_string()));
+    Some((UserId::new(&id).ok()?, info))
+}

@@ -1,0 +1,41 @@
+//! Pusher's own software against fanfare's Pusher front (PROTOCOL section 11): pusher-js 8
+//! (unmodified, in Node) and the official `pusher` server SDK, in clients/pusher's suite
+//! (`npm test`, Node's test runner against real `fanfare serve` processes), run from here so
+//! `cargo nextest run` stays the one entry point.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/pusher")
+}
+
+/// Runs `program args` in clients/pusher; panics with its output unless it succeeds.
+fn run(program: &str, args: &[&str], env: &[(&str, &str)]) {
+    let out = Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(dir())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program} ({e}): install Node.js 20 or later with npm")
+        });
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn pusher_js_and_the_pusher_sdk_work_unchanged() {
+    if !dir().join("node_modules/.package-lock.json").exists() {
+        run("npm", &["ci", "--no-audit", "--no-fund"], &[]);
+    }
+    run(
+        "npm",
+        &["test"],
+        &[("FANFARE_BIN", env!("CARGO_BIN_EXE_fanfare"))],
+    );
+}
