@@ -65,6 +65,17 @@ impl Router {
         &self.presence
     }
 
+    /// The channels some connection of this process is subscribed to.
+    pub fn channels_here(&self) -> Vec<Channel> {
+        let topics = self.bus.routes().topics().into_iter();
+        topics
+            .filter_map(|t| match t {
+                Topic::Channel(c) => Some(c),
+                Topic::User(_) => None,
+            })
+            .collect()
+    }
+
     /// Whether presence questions are answered by Redis (the fleet's), not from memory.
     pub fn presence_in_redis(&self) -> bool {
         self.bridge.is_some()

@@ -12,6 +12,7 @@ pub mod api;
 pub mod ops;
 pub mod presence;
 pub mod pusher;
+pub mod pusher_api;
 pub mod query;
 pub mod reject;
 pub mod routes;

@@ -16,7 +16,7 @@ use warp::path::FullPath;
 use warp::{path, Filter, Rejection};
 
 use super::reject::ApiError;
-use super::{api, ops, presence, pusher, ws, Response};
+use super::{api, ops, presence, pusher, pusher_api, ws, Response};
 use crate::context::WorkerContext;
 
 /// The request as hyper read it, riding on the copy warp routes; taken once by its handler.
@@ -58,6 +58,16 @@ pub fn routes(
             pusher::upgrade(req, &ctx, &key).await
         },
     );
+
+    let pusher_api = warp::path("apps")
+        .and(warp::path::tail())
+        .and(request())
+        .and(context())
+        .then(
+            |rest: warp::path::Tail, req, ctx: Arc<WorkerContext>| async move {
+                pusher_api::handle(req, &ctx.shared, rest.as_str()).await
+            },
+        );
 
     let api = path!("message")
         .or(path!("publish"))
@@ -104,6 +114,8 @@ pub fn routes(
         });
 
     ws.or(pusher)
+        .unify()
+        .or(pusher_api)
         .unify()
         .or(api)
         .unify()
