@@ -30,7 +30,8 @@
 //! - [`worker`]: one thread with its own runtime, listener, hub and bus task.
 //! - [`fuzzing`]: entry points of the fuzz targets in `fuzz/`.
 //! - [`http`]: hyper connections and one route table (warp): `/ws` upgrades, the session start
-//!   every front shares, the publish API, presence, health and metrics; limits at the door.
+//!   every front shares, the Pusher front (`/app/{key}`, `/apps/{id}/…`), the publish API,
+//!   presence, health and metrics; limits at the door.
 //! - [`context`]: what a worker and its handlers share (settings, router, hub, shutdown).
 //! - [`connection`]: one WebSocket: reads, replies, pings, closes, starts its subscriptions.
 //! - [`hub`]: a worker's registry (user → connections, channel → subscribers) and fan-out.
@@ -54,6 +55,8 @@
 //! - [`config`]: every `fanfare serve` flag, its environment variable and default.
 //! - [`subscriptions`]: the seam between hubs and bridge: what this process wants from Redis,
 //!   and how far the bridge got.
+//! - [`pusher`]: the Pusher Channels protocol's app, signatures, socket ids and frames (its
+//!   WebSocket dialect is `connection/pusher.rs`, its routes `http/pusher*.rs`).
 //! - [`protocol`]: ids (`UserId`, `Channel`, `ConnId`), topics, client messages, and what each
 //!   server message says, encoded once.
 //! - [`listener`]: SO_REUSEPORT sockets, one per worker.

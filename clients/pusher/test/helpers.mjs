@@ -39,6 +39,16 @@ function connects(port) {
   });
 }
 
+/** A redis-server on a free port, with no persistence. */
+export async function startRedis() {
+  const port = await freePort();
+  const proc = spawn("redis-server", ["--port", String(port), "--save", "", "--appendonly", "no"], {
+    stdio: "ignore",
+  });
+  await waitFor("redis-server", () => connects(port));
+  return { port, url: `redis://127.0.0.1:${port}`, stop: () => proc.kill("SIGKILL") };
+}
+
 /** `fanfare serve` with the Pusher front, ready when this resolves. */
 export async function startServer({ extra = [] } = {}) {
   const port = await freePort();

@@ -1,0 +1,56 @@
+// A fleet of two machines through one Redis: a Pusher client on one, the SDK's calls to the
+// other; presence members across both, and a machine killed with its member in a channel.
+
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+
+import { client, connected, next, sdk, startRedis, startServer, waitFor } from "./helpers.mjs";
+
+let redis, a, b;
+before(async () => {
+  redis = await startRedis();
+  const fleet = (node) => ["--redis", redis.url, "--node-id", node, "--redis-prefix", "pf:"];
+  [a, b] = [await startServer({ extra: fleet("a") }), await startServer({ extra: fleet("b") })];
+});
+after(() => [a, b, redis].forEach((p) => p.stop()));
+
+const open = [];
+after(() => open.forEach((c) => c.disconnect()));
+const make = async (server, options) => {
+  const c = await connected(client(server.port, options));
+  open.push(c);
+  return c;
+};
+
+test("an event sent to one machine reaches a client of the other", async () => {
+  const c = await make(a);
+  const ch = c.subscribe("private-fleet");
+  await next(ch, "pusher:subscription_succeeded");
+  const got = next(ch, "crossed");
+  const r = await sdk(b.port).trigger("private-fleet", "crossed", { from: "b" });
+  assert.equal(r.status, 200);
+  assert.deepEqual(await got, { from: "b" });
+});
+
+test("presence is the fleet's, and a killed machine's member is removed", async () => {
+  const alice = await make(a, { user: { id: "alice", info: { on: "a" } } });
+  const room = alice.subscribe("presence-fleet");
+  await next(room, "pusher:subscription_succeeded");
+  // Members reach Redis within a moment (written in batches): once b sees alice, so does bob.
+  const users = async () =>
+    (await (await sdk(b.port).get({ path: "/channels/presence-fleet/users" })).json()).users;
+  await waitFor("alice in the fleet's presence", async () => (await users()).length === 1);
+  const added = next(room, "pusher:member_added");
+  const bob = client(b.port, { user: { id: "bob", info: { on: "b" } } });
+  await connected(bob);
+  const bobs = bob.subscribe("presence-fleet");
+  const seen = await next(bobs, "pusher:subscription_succeeded");
+  assert.deepEqual(seen.get("alice")?.info, { on: "a" }, "alice, on the other machine");
+  assert.deepEqual(await added, { id: "bob", info: { on: "b" } });
+  await waitFor("bob in the fleet's presence", async () => (await users()).length === 2);
+  assert.deepEqual((await users()).map((u) => u.id).sort(), ["alice", "bob"]);
+  const removed = next(room, "pusher:member_removed", 30_000);
+  b.stop();
+  bob.disconnect();
+  assert.equal((await removed).id, "bob");
+});
