@@ -118,7 +118,11 @@ impl Connection {
                 None => {
                     return refuse(
                         "AuthError",
-                        "a presence channel needs channel_data with a user_id",
+                        &format!(
+                            "a presence channel needs channel_data with a user_id (1 to 256 bytes) \
+                             and a user_info of at most {} bytes",
+                            crate::presence::MAX_INFO_BYTES
+                        ),
                         400,
                     )
                 }
@@ -227,7 +231,8 @@ impl Connection {
 }
 
 /// The member a presence subscription's `channel_data` names: `{"user_id":…,"user_info":…}`
-/// (`user_id` a string or a number).
+/// (`user_id` a string or a number; `user_info` as small as a token's presence `info`, since
+/// every member's is kept and sent to every newcomer).
 fn presence_member(channel_data: Option<&str>) -> Option<(UserId, Option<Arc<str>>)> {
     let v: Value = serde_json::from_str(channel_data?).ok()?;
     let id = match &v["user_id"] {
@@ -235,6 +240,9 @@ fn presence_member(channel_data: Option<&str>) -> Option<(UserId, Option<Arc<str
         Value::Number(n) => n.to_string(),
         _ => return None,
     };
-    let info = v.get("user_info").map(|i| Arc::from(i.to_string()));
+    let info = match v.get("user_info").map(Value::to_string) {
+        Some(info) if info.len() > crate::presence::MAX_INFO_BYTES => return None,
+        info => info.map(Arc::from),
+    };
     Some((UserId::new(&id).ok()?, info))
 }

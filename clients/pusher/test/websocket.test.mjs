@@ -96,3 +96,11 @@ test("an unknown app key is refused with 4001 and pusher-js does not retry", asy
   await new Promise((r) => setTimeout(r, 300));
   assert.notEqual(c.connection.state, "connected");
 });
+
+test("a presence member's user_info is as small as a token's info, or the subscription is refused", async () => {
+  const big = await make({ user: { id: "big", info: { blob: "x".repeat(600) } } });
+  const ch = big.subscribe("presence-small");
+  const error = await next(ch, "pusher:subscription_error");
+  assert.equal(error.status, 400);
+  assert.match(error.error, /at most 512 bytes/);
+});
