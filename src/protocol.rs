@@ -200,17 +200,21 @@ impl Frame {
         ])
     }
 
-    /// The published payload inside a frame built by [`Frame::message`] for `target`.
+    /// The published payload inside a frame built by [`Frame::message`] or
+    /// [`Frame::message_at`] for `target`.
     pub fn message_payload(&self, target: &Target) -> Option<&[u8]> {
-        let rest = match target {
-            Target::Channel(c) => self
-                .payload()
-                .strip_prefix(CHANNEL_HEAD.as_bytes())?
+        let mut rest = self.payload().strip_prefix(br#"{"type":"message","#)?;
+        if let Target::Channel(c) = target {
+            rest = rest
+                .strip_prefix(br#""channel":""#)?
                 .strip_prefix(c.as_str().as_bytes())?
-                .strip_prefix(CHANNEL_MIDDLE.as_bytes())?,
-            Target::User(_) | Target::All => self.payload().strip_prefix(DIRECT_HEAD.as_bytes())?,
-        };
-        rest.strip_suffix(b"}")
+                .strip_prefix(b"\",")?;
+        }
+        if let Some(after) = rest.strip_prefix(br#""offset":"#) {
+            let digits = after.iter().take_while(|b| b.is_ascii_digit()).count();
+            rest = after[digits..].strip_prefix(b",")?;
+        }
+        rest.strip_prefix(br#""message":"#)?.strip_suffix(b"}")
     }
 
     /// The frame a message for `target` is: [`Frame::direct`] for a user or a broadcast,
@@ -548,6 +552,26 @@ impl ClientMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_payload_reads_back_from_every_message_frame() {
+        let ch = Target::Channel(Channel::new("c").unwrap());
+        let user = Target::User(UserId::new("u").unwrap());
+        let payload = RawValue::from_string(r#"{"a":[1,"}"]}"#.into()).unwrap();
+        for target in [&ch, &user, &Target::All] {
+            let plain = Frame::message(target, &payload);
+            assert_eq!(
+                plain.message_payload(target),
+                Some(payload.get().as_bytes())
+            );
+        }
+        for target in [&ch, &user] {
+            let at = Frame::message_at(target, payload.get().as_bytes(), 42);
+            assert_eq!(at.message_payload(target), Some(payload.get().as_bytes()));
+        }
+        let other = Target::Channel(Channel::new("d").unwrap());
+        assert_eq!(Frame::message(&ch, &payload).message_payload(&other), None);
+    }
 
     fn raw(s: &str) -> Box<RawValue> {
         RawValue::from_string(s.to_string()).unwrap()

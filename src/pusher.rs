@@ -3,6 +3,10 @@
 //! of channel, and the frames of its WebSocket dialect. The dialect itself is
 //! `connection/pusher.rs`; its route `/app/{key}` is `http/pusher.rs`.
 //!
+//! Pusher's channels are fanfare's channels under [`NAMESPACE`]: the Pusher channel `news` is
+//! fanfare's `pusher:news`. So a Pusher socket, which has no token, reaches only that
+//! namespace, and a `/ws` client reaches it only where its token allows `pusher:…`.
+//!
 //! A Pusher event lives in fanfare as a channel message whose payload is
 //! `{"event":…,"data":…}` (plus the sender's `socket_id`, which it is not delivered to), so it
 //! travels through the bus, the bridge and history like any message, and each Pusher socket is
@@ -36,6 +40,19 @@ pub mod close {
     pub const PONG_NOT_RECEIVED: u16 = 4201;
     /// Client events faster than allowed.
     pub const RATE_LIMITED: u16 = 4301;
+}
+
+/// Where Pusher's channels live among fanfare's.
+pub const NAMESPACE: &str = "pusher:";
+
+/// The fanfare channel of the Pusher channel `name`.
+pub fn channel(name: &str) -> Result<Channel, crate::protocol::NameError> {
+    Channel::new(&format!("{NAMESPACE}{name}"))
+}
+
+/// The Pusher name of a fanfare channel, if it is one of Pusher's.
+pub fn name(channel: &Channel) -> Option<&str> {
+    channel.as_str().strip_prefix(NAMESPACE)
 }
 
 /// The application a server serves (`--pusher-app-id`, `--pusher-key`, `--pusher-secret`).
@@ -228,6 +245,7 @@ pub struct View {
 /// event as [`payload`] made it, or any other message as the event `message` with the
 /// payload as its data.
 pub fn view(channel: &Channel, payload: &[u8]) -> View {
+    let channel = name(channel).unwrap_or(channel.as_str());
     let parsed: Option<serde_json::Map<String, Value>> = serde_json::from_slice(payload).ok();
     let event_of = |m: &serde_json::Map<String, Value>| {
         let event = m.get("event")?.as_str()?.to_string();
@@ -243,14 +261,14 @@ pub fn view(channel: &Channel, payload: &[u8]) -> View {
         Some((event, data, except))
     };
     match parsed.as_ref().and_then(event_of) {
-        Some((name, data, except)) => View {
-            frame: event(&name, Some(channel.as_str()), &data),
+        Some((event_name, data, except)) => View {
+            frame: event(&event_name, Some(channel), &data),
             except,
         },
         None => View {
             frame: event(
                 "message",
-                Some(channel.as_str()),
+                Some(channel),
                 std::str::from_utf8(payload).unwrap_or("null"),
             ),
             except: None,
@@ -263,6 +281,7 @@ pub fn view(channel: &Channel, payload: &[u8]) -> View {
 pub fn member_event(join_or_leave: &Frame) -> Option<(Frame, String)> {
     let v: Value = serde_json::from_str(join_or_leave.as_str()).ok()?;
     let channel = v["channel"].as_str()?;
+    let channel = channel.strip_prefix(NAMESPACE).unwrap_or(channel);
     let user = v["user"].as_str()?;
     match v["type"].as_str()? {
         "join" => {
@@ -333,7 +352,8 @@ mod tests {
 
     #[test]
     fn events_are_seen_as_pusher_sends_them() {
-        let ch = Channel::new("private-a").unwrap();
+        let ch = channel("private-a").unwrap();
+        assert_eq!(name(&ch), Some("private-a"));
         let p = payload("client-x", &serde_json::json!({"n": 1}), Some("1.2"));
         let v = view(&ch, p.as_bytes());
         assert_eq!(v.except.as_deref(), Some("1.2"));

@@ -73,7 +73,7 @@ impl Connection {
             "pusher:unsubscribe" => {
                 if let Some(channel) = message["data"]["channel"]
                     .as_str()
-                    .and_then(|c| Channel::new(c).ok())
+                    .and_then(|c| wire::channel(c).ok())
                 {
                     let r = &self.registration;
                     hub::lock(&r.hub).unsubscribe(r.id, &channel);
@@ -95,7 +95,7 @@ impl Connection {
         let refuse = |kind: &str, error: &str, status| {
             self.pusher_refuse(wire::subscription_error(name, kind, error, status))
         };
-        let channel = match Channel::new(name) {
+        let channel = match wire::channel(name) {
             Ok(c) => c,
             Err(e) => return refuse("InvalidChannel", &e.to_string(), 400),
         };
@@ -176,8 +176,9 @@ impl Connection {
             if !members.iter().any(|(id, _)| id == me.0.as_str()) {
                 members.push((me.0.as_str().to_string(), me.1));
             }
+            let name = wire::name(&channel).unwrap_or(channel.as_str());
             Some(wire::subscription_succeeded(
-                channel.as_str(),
+                name,
                 &wire::presence_data(&members),
             ))
         }))
@@ -186,13 +187,11 @@ impl Connection {
     /// A `client-*` event: published on a private or presence channel this connection is
     /// subscribed to, to everyone there but itself.
     fn client_event(&self, socket: &Socket, event: &str, message: &Value) -> Step {
-        let Some(channel) = message["channel"]
-            .as_str()
-            .and_then(|c| Channel::new(c).ok())
-        else {
+        let name = message["channel"].as_str().unwrap_or_default();
+        let Ok(channel) = wire::channel(name) else {
             return self.pusher_refuse(wire::error(None, "a client event needs its channel"));
         };
-        if !Kind::of(channel.as_str()).is_private() {
+        if !Kind::of(name).is_private() {
             return self.pusher_refuse(wire::error(
                 None,
                 "client events are allowed on private and presence channels only",
@@ -200,10 +199,7 @@ impl Connection {
         }
         let r = &self.registration;
         if !hub::lock(&r.hub).is_subscribed(r.id, &channel) {
-            return self.pusher_refuse(wire::error(
-                None,
-                &format!("subscribe to {} first", channel.as_str()),
-            ));
+            return self.pusher_refuse(wire::error(None, &format!("subscribe to {name} first")));
         }
         if !socket.spend() {
             return self.pusher_refuse(wire::error(

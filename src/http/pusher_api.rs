@@ -105,12 +105,12 @@ async fn answer(
             let prefix = param("filter_by_prefix").unwrap_or_default();
             let mut channels = serde_json::Map::new();
             for channel in ctx.router.channels_here() {
-                if !channel.as_str().starts_with(&prefix) {
+                let Some(name) = wire::name(&channel).filter(|n| n.starts_with(&prefix)) else {
                     continue;
-                }
+                };
                 let mut v = serde_json::json!({});
                 if info.split(',').any(|i| i == "user_count") {
-                    if Kind::of(channel.as_str()) != Kind::Presence {
+                    if Kind::of(name) != Kind::Presence {
                         return Err(ApiError::BadRequest(
                             "user_count is for presence channels only (filter_by_prefix=presence-)"
                                 .into(),
@@ -118,7 +118,7 @@ async fn answer(
                     }
                     v["user_count"] = count(ctx, &channel).await?.0.into();
                 }
-                channels.insert(channel.as_str().to_string(), v);
+                channels.insert(name.to_string(), v);
             }
             Ok(serde_json::json!({ "channels": channels }))
         }
@@ -204,7 +204,7 @@ impl Event {
 }
 
 fn channel(name: &str) -> Result<Channel, ApiError> {
-    Channel::new(name).map_err(|e| ApiError::BadRequest(format!("channel {name}: {e}")))
+    wire::channel(name).map_err(|e| ApiError::BadRequest(format!("channel {name}: {e}")))
 }
 
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
@@ -253,14 +253,17 @@ async fn channels_info(ctx: &Shared, channels: &[Channel], info: &str) -> Result
         let mut v = serde_json::json!({});
         for i in &wanted {
             match *i {
-                "user_count" if Kind::of(channel.as_str()) == Kind::Presence => {
+                "user_count"
+                    if wire::name(channel).is_some_and(|n| Kind::of(n) == Kind::Presence) =>
+                {
                     v["user_count"] = users.into()
                 }
                 "subscription_count" => v["subscription_count"] = connections.into(),
                 _ => {}
             }
         }
-        out.insert(channel.as_str().to_string(), v);
+        let name = wire::name(channel).unwrap_or(channel.as_str());
+        out.insert(name.to_string(), v);
     }
     Ok(serde_json::json!({ "channels": out }))
 }

@@ -283,8 +283,9 @@ impl Hub {
         if pusher {
             // No history for Pusher sockets; a presence channel opens with its members.
             if let Topic::Channel(c) = topic {
-                if crate::pusher::Kind::of(c.as_str()) != crate::pusher::Kind::Presence {
-                    let opening = crate::pusher::subscription_succeeded(c.as_str(), "{}");
+                let name = crate::pusher::name(c).unwrap_or(c.as_str());
+                if crate::pusher::Kind::of(name) != crate::pusher::Kind::Presence {
+                    let opening = crate::pusher::subscription_succeeded(name, "{}");
                     writer.push_burst(Some(c), &[opening]);
                 }
             }

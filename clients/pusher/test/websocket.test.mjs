@@ -23,12 +23,24 @@ test("a public channel gets events in Pusher's shape, and fanfare's own messages
   assert.match(c.connection.socket_id, /^\d+\.\d+$/);
   const news = c.subscribe("news");
   await next(news, "pusher:subscription_succeeded");
+  // Pusher's channel `news` is fanfare's `pusher:news`.
   const greet = next(news, "greet");
-  await publish(server.port, "news", { event: "greet", data: JSON.stringify({ hi: 1 }) });
+  await publish(server.port, "pusher:news", { event: "greet", data: JSON.stringify({ hi: 1 }) });
   assert.deepEqual(await greet, { hi: 1 });
   const plain = next(news, "message");
-  await publish(server.port, "news", { text: "hello" });
+  await publish(server.port, "pusher:news", { text: "hello" });
   assert.deepEqual(await plain, { text: "hello" });
+});
+
+test("a Pusher socket, which has no token, reaches only Pusher's channels", async () => {
+  const c = await make();
+  const orders = c.subscribe("orders");
+  await next(orders, "pusher:subscription_succeeded");
+  let leaked = false;
+  orders.bind("message", () => (leaked = true));
+  await publish(server.port, "orders", { secret: true });
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(leaked, false, "fanfare's own channel `orders` is not Pusher's `orders`");
 });
 
 test("a private channel needs the app's signature; a wrong one gets subscription_error", async () => {
