@@ -225,12 +225,16 @@ pub fn presence_data(members: &[(String, Option<Arc<str>>)]) -> String {
     serde_json::json!({"presence": {"count": ids.len(), "ids": ids, "hash": hash}}).to_string()
 }
 
-/// The payload a Pusher event is published as: `{"event":…,"data":…[,"socket_id":…]}`, `data`
-/// kept as it came (a string, or any JSON a client event carries).
-pub fn payload(event: &str, data: &Value, except: Option<&str>) -> String {
+/// The payload a Pusher event is published as: `{"event":…,"data":…[,"socket_id":…]
+/// [,"user_id":…]}`, `data` kept as it came (a string, or any JSON a client event carries);
+/// `user_id` names the presence member a client event comes from.
+pub fn payload(event: &str, data: &Value, except: Option<&str>, user: Option<&str>) -> String {
     let mut v = serde_json::json!({"event": event, "data": data});
     if let Some(socket) = except {
         v["socket_id"] = Value::from(socket);
+    }
+    if let Some(user) = user {
+        v["user_id"] = Value::from(user);
     }
     v.to_string()
 }
@@ -254,17 +258,23 @@ pub fn view(channel: &Channel, payload: &[u8]) -> View {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        let except = m
-            .get("socket_id")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        Some((event, data, except))
+        let text = |key: &str| m.get(key).and_then(Value::as_str).map(str::to_string);
+        Some((event, data, text("socket_id"), text("user_id")))
     };
     match parsed.as_ref().and_then(event_of) {
-        Some((event_name, data, except)) => View {
+        Some((event_name, data, except, None)) => View {
             frame: event(&event_name, Some(channel), &data),
             except,
         },
+        Some((event_name, data, except, Some(user))) => {
+            let v = serde_json::json!({
+                "event": event_name, "channel": channel, "data": data, "user_id": user,
+            });
+            View {
+                frame: Frame::text_parts(&[&v.to_string()]),
+                except,
+            }
+        }
         None => View {
             frame: event(
                 "message",
@@ -354,7 +364,7 @@ mod tests {
     fn events_are_seen_as_pusher_sends_them() {
         let ch = channel("private-a").unwrap();
         assert_eq!(name(&ch), Some("private-a"));
-        let p = payload("client-x", &serde_json::json!({"n": 1}), Some("1.2"));
+        let p = payload("client-x", &serde_json::json!({"n": 1}), Some("1.2"), None);
         let v = view(&ch, p.as_bytes());
         assert_eq!(v.except.as_deref(), Some("1.2"));
         assert_eq!(
@@ -366,7 +376,12 @@ mod tests {
             plain.frame.as_str(),
             r#"{"event":"message","channel":"private-a","data":"{\"hello\":\"world\"}"}"#
         );
-        let s = payload("e", &Value::from("text"), None);
+        let s = payload("e", &Value::from("text"), None, None);
+        let from = payload("client-y", &Value::from("t"), Some("1.2"), Some("alice"));
+        assert_eq!(
+            view(&ch, from.as_bytes()).frame.as_str(),
+            r#"{"channel":"private-a","data":"t","event":"client-y","user_id":"alice"}"#
+        );
         assert_eq!(
             view(&ch, s.as_bytes()).frame.as_str(),
             r#"{"event":"e","channel":"private-a","data":"text"}"#

@@ -63,11 +63,15 @@ impl Server {
             &config.pusher_key,
             &config.pusher_secret,
         ) {
-            (Some(id), Some(key), Some(secret)) => Some(Arc::new(crate::pusher::App::new(
-                id.clone(),
-                key.clone(),
-                secret.clone(),
-            ))),
+            (Some(id), Some(key), Some(secret))
+                if !id.is_empty() && !key.is_empty() && !secret.is_empty() =>
+            {
+                Some(Arc::new(crate::pusher::App::new(
+                    id.clone(),
+                    key.clone(),
+                    secret.clone(),
+                )))
+            }
             (None, None, None) => None,
             _ => return Err(StartError::PusherPartial),
         };

@@ -39,3 +39,25 @@ fn pusher_js_and_the_pusher_sdk_work_unchanged() {
         &[("FANFARE_BIN", env!("CARGO_BIN_EXE_fanfare"))],
     );
 }
+
+#[test]
+fn the_three_pusher_flags_go_together_and_none_is_empty() {
+    let some = |s: &str| Some(s.to_string());
+    for (id, key, secret) in [
+        (some("1"), None, None),
+        (some("1"), some("key"), some("")),
+        (None, some("key"), some("secret")),
+    ] {
+        let mut config = fanfare::Config::new();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.token_secret = some("s");
+        config.api_key = some("k");
+        (
+            config.pusher_app_id,
+            config.pusher_key,
+            config.pusher_secret,
+        ) = (id, key, secret);
+        let refused = fanfare::Server::start(config).err().expect("refused");
+        assert!(refused.to_string().contains("all three"), "{refused}");
+    }
+}

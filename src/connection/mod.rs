@@ -223,9 +223,6 @@ impl Connection {
             // Unregister first: nothing more is pushed while the close goes out.
             drop(registration);
             let close = match end {
-                End::Close(reason) if self.pusher.is_some() => {
-                    Some(Frame::close(pusher::close_code(reason), reason.reason()))
-                }
                 End::Close(reason) => {
                     let counter = match reason {
                         CloseReason::SlowConsumer => Some(&metrics.slow_consumer_closes),
@@ -233,7 +230,11 @@ impl Connection {
                         _ => None,
                     };
                     counter.map(WorkerMetrics::inc);
-                    Some(Frame::close(reason.code(), reason.reason()))
+                    let code = match self.pusher {
+                        Some(_) => pusher::close_code(reason),
+                        None => reason.code(),
+                    };
+                    Some(Frame::close(code, reason.reason()))
                 }
                 End::Disconnect(why) => {
                     WorkerMetrics::inc(&metrics.disconnect_closes);

@@ -198,7 +198,14 @@ impl Connection {
             ));
         }
         let r = &self.registration;
-        if !hub::lock(&r.hub).is_subscribed(r.id, &channel) {
+        let (subscribed, member) = {
+            let hub = hub::lock(&r.hub);
+            (
+                hub.is_subscribed(r.id, &channel),
+                hub.present_as_in(r.id, &channel),
+            )
+        };
+        if !subscribed {
             return self.pusher_refuse(wire::error(None, &format!("subscribe to {name} first")));
         }
         if !socket.spend() {
@@ -207,7 +214,9 @@ impl Connection {
                 &format!("at most {CLIENT_EVENTS_PER_SECOND} client events a second"),
             ));
         }
-        let payload = wire::payload(event, &message["data"], Some(&socket.id));
+        // On a presence channel, who sent it (pusher-js gives it to the app as `user_id`).
+        let user = member.as_ref().map(UserId::as_str);
+        let payload = wire::payload(event, &message["data"], Some(&socket.id), user);
         let Ok(payload) = serde_json::value::RawValue::from_string(payload) else {
             return Step::Continue;
         };

@@ -27,6 +27,11 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>, key: 
         Err(e) => return e.into_response(),
     };
     if key != app.key {
+        // Told on the socket, as pusher-js expects; under the same limits as any socket.
+        let slot = match session::refusal_slot(ctx, req.headers()) {
+            Ok(slot) => slot,
+            Err(e) => return e.into_response(),
+        };
         let writer = Arc::new(Writer::new(
             ctx.shared.config.queue_limits(),
             ctx.worker_metrics.clone(),
@@ -37,6 +42,7 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>, key: 
         ));
         let closing = writer.clone();
         return switch(&mut req, ctx, &accept, writer, |mut ws| async move {
+            let _slot = slot;
             closing.close(&Frame::close(close::UNKNOWN_APP, "unknown app key"));
             let read_close = async { while let Some(Ok(_)) = ws.next().await {} };
             let drain = futures_util::future::join(closing.drain(), read_close);

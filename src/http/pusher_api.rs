@@ -75,8 +75,8 @@ async fn answer(
     match (&method, route) {
         (&Method::POST, ["events"]) => {
             let event: Event = parse(&body)?;
-            let channels = event.channels()?;
-            publish(ctx, &event, &channels).await?;
+            let (channels, data) = (event.channels()?, event.data()?);
+            publish(ctx, &event, &channels, &data).await?;
             channels_info(ctx, &channels, &event.info.unwrap_or_default()).await
         }
         (&Method::POST, ["batch_events"]) => {
@@ -86,12 +86,18 @@ async fn answer(
                     "at most {MAX_BATCH} events per batch"
                 )));
             }
+            // Every event checked before any is published: a refused batch delivered nothing,
+            // so it can be sent again whole.
+            let checked = batch
+                .batch
+                .iter()
+                .map(|event| Ok((event, event.channels()?, event.data()?)))
+                .collect::<Result<Vec<_>, ApiError>>()?;
             let mut infos = Vec::new();
-            for event in &batch.batch {
-                let channels = event.channels()?;
-                publish(ctx, event, &channels).await?;
+            for (event, channels, data) in &checked {
+                publish(ctx, event, channels, data).await?;
                 let info = event.info.clone().unwrap_or_default();
-                infos.push(channels_info(ctx, &channels, &info).await?);
+                infos.push(channels_info(ctx, channels, &info).await?);
             }
             match infos.iter().any(|i| i.get("channels").is_some()) {
                 true => Ok(serde_json::json!({ "batch": infos
@@ -203,6 +209,13 @@ impl Event {
     }
 }
 
+impl Event {
+    fn data(&self) -> Result<Value, ApiError> {
+        serde_json::from_str(self.data.get())
+            .map_err(|e| ApiError::BadRequest(format!("data: {e}")))
+    }
+}
+
 fn channel(name: &str) -> Result<Channel, ApiError> {
     wire::channel(name).map_err(|e| ApiError::BadRequest(format!("channel {name}: {e}")))
 }
@@ -216,10 +229,13 @@ fn unavailable() -> ApiError {
 }
 
 /// Publishes `event` on each of `channels`, all or none queued.
-async fn publish(ctx: &Shared, event: &Event, channels: &[Channel]) -> Result<(), ApiError> {
-    let data: Value = serde_json::from_str(event.data.get())
-        .map_err(|e| ApiError::BadRequest(format!("data: {e}")))?;
-    let payload = wire::payload(&event.name, &data, event.socket_id.as_deref());
+async fn publish(
+    ctx: &Shared,
+    event: &Event,
+    channels: &[Channel],
+    data: &Value,
+) -> Result<(), ApiError> {
+    let payload = wire::payload(&event.name, data, event.socket_id.as_deref(), None);
     let payload = RawValue::from_string(payload).expect("serde_json made it");
     let deliveries = channels
         .iter()

@@ -142,6 +142,29 @@ pub fn start_pusher(
     Ok((session, socket))
 }
 
+/// The origin check and a `--max-connections` slot, for a socket that is accepted only to be
+/// told why it is refused.
+///
+/// # Errors
+/// The origin is not allowed (403), or the server holds its maximum of connections (503).
+pub fn refusal_slot(
+    ctx: &WorkerContext,
+    headers: &HeaderMap,
+) -> Result<OwnedSemaphorePermit, ApiError> {
+    let shared = &ctx.shared;
+    check_origin(headers, &shared.config.allowed_origins)?;
+    shared
+        .connection_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::Unavailable(format!(
+                "this server holds its maximum of {} connections (--max-connections); retry later or elsewhere",
+                shared.config.max_connections()
+            ))
+        })
+}
+
 /// With an allow-list, a browser's `Origin` must be on it. Requests without `Origin` come from
 /// programs, not browsers, and the token alone decides for them.
 fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiError> {

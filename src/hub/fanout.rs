@@ -123,7 +123,7 @@ impl Hub {
                     let mut held = Vec::new();
                     for (id, member) in &self.members {
                         let n = frames.len() as u64;
-                        if member.pusher.is_some() {
+                        if member.pusher {
                             // Pusher has no broadcast to all connections.
                             continue;
                         } else if member.opening {
@@ -181,7 +181,7 @@ impl Hub {
                                     .present_as
                                     .as_ref()
                             });
-                            if me.is_some_and(|(me, _)| me.as_str() == user) {
+                            if me.is_some_and(|me| me.0.as_str() == user) {
                                 continue;
                             }
                             if let Some(r) = entry.active.get(id) {

@@ -29,9 +29,9 @@ struct Member {
     /// Its user's stream has not opened yet (the history read is pending): broadcasts are held
     /// with the user's direct messages, so `connected` stays the first frame.
     opening: bool,
-    /// Speaks the Pusher protocol, with this socket id: channel messages and presence events
-    /// reach it in Pusher's shape, broadcasts do not.
-    pusher: Option<Arc<str>>,
+    /// Speaks the Pusher protocol (its socket id is in [`Hub::pushers`]): channel messages and
+    /// presence events reach it in Pusher's shape, broadcasts do not.
+    pusher: bool,
 }
 
 /// One channel of a connection.
@@ -45,7 +45,8 @@ struct Membership {
     watches: bool,
     /// Who it is in the channel's presence when not the connection's user (a Pusher presence
     /// channel's `channel_data`), with its public info.
-    present_as: Option<(UserId, Option<Arc<str>>)>,
+    /// Boxed: a `/ws` subscription holds 8 bytes for it.
+    present_as: Option<Box<(UserId, Option<Arc<str>>)>>,
 }
 
 /// Subscribers of one channel on this worker.
@@ -214,8 +215,15 @@ impl Hub {
             .get_mut(&id)
             .and_then(|member| member.channels.iter_mut().find(|m| m.channel == *channel));
         if let Some(m) = m.filter(|m| !m.active) {
-            m.present_as = Some((user, info));
+            m.present_as = Some(Box::new((user, info)));
         }
+    }
+
+    /// Who a subscription is in its channel's presence when not the connection's user.
+    pub fn present_as_in(&self, id: ConnId, channel: &Channel) -> Option<UserId> {
+        let member = self.members.get(&id)?;
+        let m = member.channels.iter().find(|m| m.channel == *channel)?;
+        m.present_as.as_ref().map(|p| p.0.clone())
     }
 
     /// Adds a connection of `user` (`info`: its token's public `info`, shown in presence); from
@@ -228,7 +236,7 @@ impl Hub {
         writer: Arc<Writer>,
         info: Option<Arc<str>>,
     ) -> Started {
-        self.register_as(id, user, writer, info, None)
+        self.register_as(id, user, writer, info, false)
     }
 
     /// [`register`](Self::register) for a connection that speaks the Pusher protocol, as
@@ -240,8 +248,8 @@ impl Hub {
         writer: Arc<Writer>,
         socket: Arc<str>,
     ) {
-        self.pushers.insert(id, socket.clone());
-        self.register_as(id, user, writer, None, Some(socket));
+        self.pushers.insert(id, socket);
+        self.register_as(id, user, writer, None, true);
     }
 
     fn register_as(
@@ -250,12 +258,12 @@ impl Hub {
         user: UserId,
         writer: Arc<Writer>,
         info: Option<Arc<str>>,
-        pusher: Option<Arc<str>>,
+        pusher: bool,
     ) -> Started {
         let topic = Topic::User(user.clone());
-        let (recipient, started) = self.start(writer.clone(), &topic, pusher.is_some());
+        let (recipient, started) = self.start(writer.clone(), &topic, pusher);
         // A Pusher socket has no stream of its own: nothing is sent to its user.
-        if pusher.is_none() {
+        if !pusher {
             match self.users.entry(user.clone()) {
                 Entry::Occupied(mut e) => e.get_mut().push((id, recipient)),
                 Entry::Vacant(e) => {
@@ -315,7 +323,7 @@ impl Hub {
             return;
         };
         self.metrics.connections.fetch_sub(1, Relaxed);
-        if member.pusher.is_some() {
+        if member.pusher {
             self.pushers.remove(&id);
         }
         if let Entry::Occupied(mut e) = self.users.entry(member.user.clone()) {
@@ -326,7 +334,7 @@ impl Hub {
             }
         }
         for m in member.channels {
-            let user = m.present_as.map_or(member.user.clone(), |(u, _)| u);
+            let user = m.present_as.map_or(member.user.clone(), |p| p.0);
             self.leave(m.channel, id, &user, m.active);
         }
     }
@@ -418,11 +426,11 @@ impl Hub {
         m.active = true;
         let watches = m.watches;
         let writer = member.writer.clone();
-        let (user, info) = m
-            .present_as
-            .clone()
-            .unwrap_or_else(|| (member.user.clone(), member.info.clone()));
-        let pusher = member.pusher.is_some();
+        let (user, info) = match &m.present_as {
+            Some(p) => (p.0.clone(), p.1.clone()),
+            None => (member.user.clone(), member.info.clone()),
+        };
+        let pusher = member.pusher;
         let (recipient, started) = self.start(writer, &Topic::Channel(channel.clone()), pusher);
         let entry = self
             .channels
@@ -489,7 +497,7 @@ impl Hub {
             return false;
         };
         let m = member.channels.swap_remove(pos);
-        let user = m.present_as.clone().map_or(member.user.clone(), |(u, _)| u);
+        let user = m.present_as.map_or(member.user.clone(), |p| p.0);
         member.writer.end_burst(channel);
         self.leave(m.channel, id, &user, m.active);
         true

@@ -98,3 +98,18 @@ test("what is not signed right is refused, and the server goes on serving", asyn
   await api.trigger("one", "still", "serving");
   assert.equal(await got, "serving");
 });
+
+test("a batch with one bad event delivers none of it", async () => {
+  const c = await make();
+  const ch = c.subscribe("batched");
+  await next(ch, "pusher:subscription_succeeded");
+  let delivered = false;
+  ch.bind("first", () => (delivered = true));
+  const bad = await signed({
+    path: `/apps/${APP.appId}/batch_events`,
+    body: { batch: [{ channel: "batched", name: "first", data: "1" }, { channel: "no spaces", name: "second", data: "2" }] },
+  });
+  assert.equal(bad.status, 400);
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(delivered, false);
+});

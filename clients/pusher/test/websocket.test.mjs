@@ -116,3 +116,15 @@ test("a presence member's user_info is as small as a token's info, or the subscr
   assert.equal(error.status, 400);
   assert.match(error.error, /at most 512 bytes/);
 });
+
+test("a client event on a presence channel says which member sent it", async () => {
+  const alice = await make({ user: { id: "alice-ce", info: {} } });
+  const bob = await make({ user: { id: "bob-ce", info: {} } });
+  const [ca, cb] = [alice.subscribe("presence-ce"), bob.subscribe("presence-ce")];
+  await Promise.all([ca, cb].map((c) => next(c, "pusher:subscription_succeeded")));
+  const got = new Promise((resolve) => cb.bind("client-hi", (data, meta) => resolve({ data, meta })));
+  ca.trigger("client-hi", { n: 1 });
+  const { data, meta } = await got;
+  assert.deepEqual(data, { n: 1 });
+  assert.equal(meta?.user_id, "alice-ce");
+});
