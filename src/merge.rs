@@ -179,6 +179,20 @@ impl Recipient {
         Some(burst)
     }
 
+    /// Whether live messages are held for it now.
+    pub fn is_holding(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// Ends the wait of `start` without merging: what was held, for a recipient that sees
+    /// messages in another shape (a Pusher socket). `None` if it does not wait for `start`.
+    pub fn release(&mut self, start: u64) -> Option<Vec<Envelope>> {
+        if self.held.as_ref().map(|(s, _)| *s) != Some(start) {
+            return None;
+        }
+        self.held.take().map(|(_, held)| held)
+    }
+
     /// [`admit`](Self::admit) for any envelope, a replay's messages each in turn.
     fn admit_all(&mut self, envelope: &Envelope, out: &mut Vec<Frame>) {
         match envelope {

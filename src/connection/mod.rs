@@ -103,11 +103,22 @@ enum Step {
 }
 
 /// The answer to a client's question, on its way from Redis.
-/// Answered with a reply to send, or none.
-type Asking = Pin<Box<dyn Future<Output = Option<Frame>> + Send>>;
+type Asking = Pin<Box<dyn Future<Output = Answered> + Send>>;
+
+/// What a question Redis answered leads to.
+enum Answered {
+    /// A reply to send.
+    Reply(Frame),
+    /// A Pusher presence channel's members were read: it opens with `frame`
+    /// (`subscription_succeeded`), then what was held for it meanwhile.
+    Opened(Channel, u64, Frame),
+    /// A Pusher presence channel's members could not be read: it ends, and `frame` says so.
+    Refused(Channel, Frame),
+    Nothing,
+}
 
 /// The answer to the question in flight; cancel-safe (it is taken off only once answered).
-async fn answered(asking: &mut Option<Asking>) -> Option<Frame> {
+async fn answered(asking: &mut Option<Asking>) -> Answered {
     let frame = asking.as_mut().expect("polled only while asking").await;
     *asking = None;
     frame
@@ -311,9 +322,11 @@ impl Connection {
                     }
                     self.opened(pending, start, read)
                 }
-                frame = answered(&mut asking), if asking.is_some() => match frame {
-                    Some(frame) => self.reply(frame),
-                    None => Step::Continue,
+                answer = answered(&mut asking), if asking.is_some() => match answer {
+                    Answered::Reply(frame) => self.reply(frame),
+                    Answered::Opened(channel, start, frame) => self.pusher_opened(&channel, start, frame),
+                    Answered::Refused(channel, frame) => self.pusher_refused(&channel, frame),
+                    Answered::Nothing => Step::Continue,
                 },
                 item = ws.next(), if client_reads == 0 && asking.is_none() && !awaiting.iter().any(|a| a.1.asked == Asked::Client) => {
                     last_heard = Instant::now();
@@ -491,7 +504,7 @@ impl Connection {
                 .expect("presence in memory answers at once");
             return self.reply(frame);
         }
-        Step::Ask(Box::pin(async move { Some(answer.await) }))
+        Step::Ask(Box::pin(async move { Answered::Reply(answer.await) }))
     }
 
     fn subscribe(
@@ -557,11 +570,11 @@ impl Connection {
     fn start(&self, pending: Pending) -> Step {
         let r = &self.registration;
         match hub::lock(&r.hub).activate(r.id, &pending.channel) {
-            Started::Open => match pending.members_with {
-                Some(me) => self.pusher_members(pending.channel, me),
-                None => self.flushed(self.writer.flush()),
+            Started::Open => self.flushed(self.writer.flush()),
+            Started::Held(start) => match pending.members_with {
+                Some(me) => self.pusher_members(pending.channel, start, me),
+                None => Step::Read(pending, start),
             },
-            Started::Held(start) => Step::Read(pending, start),
             Started::Gone => Step::Continue,
         }
     }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::{Connection, Pending, Step};
+use super::{Answered, Connection, Pending, Step};
 use crate::bus::Delivery;
 use crate::error::CloseReason;
 use crate::hub::{self, Answer};
@@ -159,29 +159,53 @@ impl Connection {
         }
     }
 
-    /// A presence channel started: it opens with the fleet's members (this one among them,
-    /// though Redis may not have it yet), asked like any presence question.
-    pub(super) fn pusher_members(&self, channel: Channel, me: (UserId, Option<Arc<str>>)) -> Step {
+    /// A presence channel started, its messages and events held: it opens with the fleet's
+    /// members (this one among them, though Redis may not have it yet), asked like any
+    /// presence question, then what was held. Redis unreachable: refused with 503.
+    pub(super) fn pusher_members(
+        &self,
+        channel: Channel,
+        start: u64,
+        me: (UserId, Option<Arc<str>>),
+    ) -> Step {
         let router = self.router.clone();
         Step::Ask(Box::pin(async move {
-            let mut members: Vec<(String, Option<Arc<str>>)> =
-                match router.presence_page(&channel, None, MAX_PAGE).await {
-                    Ok(page) => page
-                        .members
-                        .into_iter()
-                        .map(|m| (m.user.as_str().to_string(), m.info))
-                        .collect(),
-                    Err(_) => Vec::new(),
-                };
+            let name = wire::name(&channel).unwrap_or(channel.as_str()).to_string();
+            let page = match router.presence_page(&channel, None, MAX_PAGE).await {
+                Ok(page) => page,
+                Err(_) => {
+                    let why = "presence cannot be read now (Redis is unreachable); subscribe again";
+                    let frame = wire::subscription_error(&name, "PresenceUnavailable", why, 503);
+                    return Answered::Refused(channel, frame);
+                }
+            };
+            let mut members: Vec<(String, Option<Arc<str>>)> = page
+                .members
+                .into_iter()
+                .map(|m| (m.user.as_str().to_string(), m.info))
+                .collect();
             if !members.iter().any(|(id, _)| id == me.0.as_str()) {
                 members.push((me.0.as_str().to_string(), me.1));
             }
-            let name = wire::name(&channel).unwrap_or(channel.as_str());
-            Some(wire::subscription_succeeded(
-                name,
-                &wire::presence_data(&members),
-            ))
+            let frame = wire::subscription_succeeded(&name, &wire::presence_data(&members));
+            Answered::Opened(channel, start, frame)
         }))
+    }
+
+    /// The members were read: `subscription_succeeded`, then what was held meanwhile.
+    pub(super) fn pusher_opened(&self, channel: &Channel, start: u64, frame: Frame) -> Step {
+        let r = &self.registration;
+        match hub::lock(&r.hub).open_pusher(r.id, channel, start, frame) {
+            true => self.flushed(self.writer.flush()),
+            false => Step::Continue,
+        }
+    }
+
+    /// The members could not be read: the subscription ends, and the client is told.
+    pub(super) fn pusher_refused(&self, channel: &Channel, frame: Frame) -> Step {
+        let r = &self.registration;
+        hub::lock(&r.hub).unsubscribe(r.id, channel);
+        self.reply(frame)
     }
 
     /// A `client-*` event: published on a private or presence channel this connection is
@@ -229,8 +253,13 @@ impl Connection {
         let router = self.router.clone();
         // In order with this connection's other client events: published before reading on.
         Step::Ask(Box::pin(async move {
-            let refused = router.publish(vec![delivery]).await.is_err();
-            refused.then(|| wire::error(None, "the event could not be published now; retry"))
+            match router.publish(vec![delivery]).await {
+                Ok(_) => Answered::Nothing,
+                Err(_) => Answered::Reply(wire::error(
+                    None,
+                    "the event could not be published now; retry",
+                )),
+            }
         }))
     }
 }

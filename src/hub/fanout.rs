@@ -167,7 +167,8 @@ impl Hub {
                     };
                     let mut member_event = None;
                     for id in &entry.watchers {
-                        if self.pushers.contains_key(id) {
+                        let holding = entry.active.get(id).is_some_and(Recipient::is_holding);
+                        if self.pushers.contains_key(id) && !holding {
                             let event =
                                 member_event.get_or_insert_with(|| pusher::member_event(frame));
                             let Some((event, user)) = event else {
@@ -234,7 +235,7 @@ impl Hub {
                 let subscribers = self.channels.get_mut(channel).map(|e| &mut e.active);
                 let mut view = None;
                 for (id, r) in subscribers.into_iter().flatten() {
-                    match self.pushers.get(id) {
+                    match self.pushers.get(id).filter(|_| !r.is_holding()) {
                         None => offer(dirty, overflowed, fanout, *id, r, envelope),
                         Some(socket) => {
                             let frames = pusher_frames(channel, envelope, socket, &mut view);
@@ -306,7 +307,7 @@ impl Hub {
 /// What a Pusher socket (`socket`) is sent of an envelope of `channel`: each message as a
 /// Pusher event (the view made once per envelope in `view`), except the sender's own; nothing
 /// of positions, which Pusher does not have.
-fn pusher_frames(
+pub(super) fn pusher_frames(
     channel: &Channel,
     envelope: &Envelope,
     socket: &str,

@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::auth::Permissions;
+use crate::bus::Envelope;
 use crate::merge::{Asked, Opening, Recipient};
 use crate::metrics::WorkerMetrics;
 use crate::protocol::{Channel, ConnId, ErrorCode, Frame, Topic, UserId, WorkerId};
@@ -289,13 +290,17 @@ impl Hub {
     /// history, holding live messages for a read with it.
     fn start(&mut self, writer: Arc<Writer>, topic: &Topic, pusher: bool) -> (Recipient, Started) {
         if pusher {
-            // No history for Pusher sockets; a presence channel opens with its members.
+            // No history for Pusher sockets; a presence channel opens with its members, its
+            // messages and events held until they are read (see `open_pusher`).
             if let Topic::Channel(c) = topic {
                 let name = crate::pusher::name(c).unwrap_or(c.as_str());
-                if crate::pusher::Kind::of(name) != crate::pusher::Kind::Presence {
-                    let opening = crate::pusher::subscription_succeeded(name, "{}");
-                    writer.push_burst(Some(c), &[opening]);
+                if crate::pusher::Kind::of(name) == crate::pusher::Kind::Presence {
+                    self.starts += 1;
+                    let holding = Recipient::holding(writer, self.starts);
+                    return (holding, Started::Held(self.starts));
                 }
+                let opening = crate::pusher::subscription_succeeded(name, "{}");
+                writer.push_burst(Some(c), &[opening]);
             }
             return (Recipient::open(writer, Default::default()), Started::Open);
         }
@@ -475,6 +480,48 @@ impl Hub {
         if let (Topic::User(_), Some(member)) = (topic, self.members.get_mut(&id)) {
             member.opening = false;
         }
+        self.metrics
+            .frames_pushed
+            .fetch_add(burst.len() as u64, Relaxed);
+        true
+    }
+
+    /// Opens a Pusher presence channel whose start `start` waited for its members: `opening`
+    /// (`subscription_succeeded`), then what was held meanwhile in Pusher's shape. False if
+    /// the subscription no longer waits for this start.
+    pub fn open_pusher(
+        &mut self,
+        id: ConnId,
+        channel: &Channel,
+        start: u64,
+        opening: Frame,
+    ) -> bool {
+        let Some(socket) = self.pushers.get(&id).cloned() else {
+            return false;
+        };
+        let me = self.present_as_in(id, channel);
+        let Some(r) = self
+            .channels
+            .get_mut(channel)
+            .and_then(|e| e.active.get_mut(&id))
+        else {
+            return false;
+        };
+        let Some(held) = r.release(start) else {
+            return false;
+        };
+        let mut burst = vec![opening];
+        for envelope in &held {
+            match envelope {
+                Envelope::Presence(_, frame) => {
+                    let event = crate::pusher::member_event(frame);
+                    let about_me = |user: &str| me.as_ref().is_some_and(|m| m.as_str() == user);
+                    burst.extend(event.filter(|(_, user)| !about_me(user)).map(|(f, _)| f));
+                }
+                other => burst.extend(fanout::pusher_frames(channel, other, &socket, &mut None)),
+            }
+        }
+        r.writer.push_burst(Some(channel), &burst);
         self.metrics
             .frames_pushed
             .fetch_add(burst.len() as u64, Relaxed);

@@ -32,6 +32,32 @@ test("an event sent to one machine reaches a client of the other", async () => {
   assert.deepEqual(await got, { from: "b" });
 });
 
+test("a presence channel opens with its members before any of its events", async () => {
+  const api = sdk(b.port);
+  let ticking = true;
+  const ticker = (async () => {
+    while (ticking) {
+      await api.trigger("presence-busy", "tick", 1);
+    }
+  })();
+  try {
+    for (let i = 0; i < 15; i++) {
+      const c = await make(a, { user: { id: `u${i}`, info: {} } });
+      const ch = c.subscribe("presence-busy");
+      const order = [];
+      // Recorded as pusher-js dispatches them (a promise would see them a tick later).
+      ch.bind("tick", () => order.push("tick"));
+      ch.bind("pusher:member_added", () => order.push("member_added"));
+      ch.bind("pusher:subscription_succeeded", () => order.push("succeeded"));
+      await next(ch, "pusher:subscription_succeeded");
+      assert.equal(order[0], "succeeded", `subscription ${i}: ${order.join(",")}`);
+    }
+  } finally {
+    ticking = false;
+    await ticker;
+  }
+});
+
 test("presence is the fleet's, and a killed machine's member is removed", async () => {
   const alice = await make(a, { user: { id: "alice", info: { on: "a" } } });
   const room = alice.subscribe("presence-fleet");
