@@ -49,9 +49,10 @@ export async function startRedis() {
   return { port, url: `redis://127.0.0.1:${port}`, stop: () => proc.kill("SIGKILL") };
 }
 
-/** `fanfare serve` with the Pusher front, ready when this resolves. */
-export async function startServer({ extra = [] } = {}) {
-  const port = await freePort();
+/** `fanfare serve` with the Pusher front (on `port`, a free one if not given), ready when this
+ * resolves; `stop` kills it, `term` stops it as an operator does (SIGTERM: it drains). */
+export async function startServer({ extra = [], port } = {}) {
+  port ??= await freePort();
   const args = [
     "serve", "--listen", `127.0.0.1:${port}`, "--workers", "2",
     "--token-secret", "unused", "--api-key", API_KEY,
@@ -60,7 +61,12 @@ export async function startServer({ extra = [] } = {}) {
   ];
   const proc = spawn(BIN, args, { stdio: ["ignore", "ignore", "inherit"] });
   await waitFor("fanfare", () => connects(port));
-  return { port, stop: () => proc.kill("SIGKILL") };
+  const exited = new Promise((resolve) => proc.once("exit", resolve));
+  return {
+    port,
+    stop: () => proc.kill("SIGKILL"),
+    term: async () => (proc.kill("SIGTERM"), await exited),
+  };
 }
 
 /** The official server SDK, pointed at `port`. */
