@@ -231,3 +231,80 @@ async fn connections_with_expiring_tokens_refresh_and_stay() {
     assert!(v["refreshes"].as_u64().unwrap() >= 1, "{v}");
     assert_eq!(s.metric("fanfare_token_expired_closes_total").await, 0.0);
 }
+
+/// `--protocol pusher`: the same run against the Pusher front, through `/app/{key}` and the
+/// signed `/apps/{id}/events`, with the same loss and duplicate accounting.
+#[tokio::test]
+async fn the_bench_speaks_pusher() {
+    let s = TestServer::start_with(|c| {
+        c.pusher_app_id = Some("77".into());
+        c.pusher_key = Some("bench-key".into());
+        c.pusher_secret = Some("bench-secret".into());
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_fanfare"))
+        .args([
+            "bench",
+            "--target",
+            &s.addr.to_string(),
+            "--protocol",
+            "pusher",
+        ])
+        .args([
+            "--app-id",
+            "77",
+            "--api-key",
+            "bench-key",
+            "--secret",
+            "bench-secret",
+        ])
+        .args([
+            "--scenario",
+            "channel",
+            "--connections",
+            "60",
+            "--channels",
+            "3",
+        ])
+        .args(["--messages", "300", "--json", "--drain", "10"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert!(out.status.success(), "{v}");
+    // 300 messages over 3 channels of 20 subscribers each.
+    assert_clean(&v, 300 * 20);
+    let wrong = Command::new(env!("CARGO_BIN_EXE_fanfare"))
+        .args([
+            "bench",
+            "--target",
+            &s.addr.to_string(),
+            "--protocol",
+            "pusher",
+        ])
+        .args([
+            "--app-id",
+            "77",
+            "--api-key",
+            "bench-key",
+            "--secret",
+            "wrong",
+        ])
+        .args([
+            "--scenario",
+            "channel",
+            "--connections",
+            "6",
+            "--channels",
+            "3",
+        ])
+        .args(["--messages", "30", "--json", "--drain", "1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&wrong.stdout);
+    let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
+    assert_eq!(
+        v["publish_errors"], 30,
+        "a wrong secret is refused, each request: {v}"
+    );
+}

@@ -30,6 +30,13 @@ use receiver::{Outcome, Report, Share};
 /// Connections one receiver process holds at most.
 const PER_PROCESS: u64 = 15_000;
 
+/// The protocol a run speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    Fanfare,
+    Pusher,
+}
+
 #[derive(Args, Clone, Debug)]
 pub struct BenchArgs {
     /// Server(s) the connections go to, as host:port; repeatable (connection g goes to target
@@ -44,12 +51,27 @@ pub struct BenchArgs {
     /// used round-robin by the publishing connections
     #[arg(long = "publish-to", value_delimiter = ',')]
     pub publish_to: Vec<String>,
-    /// The servers' --token-secret
-    #[arg(long, env = "FANFARE_TOKEN_SECRET", hide_env_values = true)]
+    /// The servers' --token-secret (not with --protocol pusher)
+    #[arg(
+        long,
+        env = "FANFARE_TOKEN_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub token_secret: String,
-    /// The servers' --api-key
+    /// The servers' --api-key; with --protocol pusher, the app key
     #[arg(long, env = "FANFARE_API_KEY", hide_env_values = true)]
     pub api_key: String,
+    /// The protocol the servers speak: fanfare's own (`/ws`), or Pusher Channels (`/app/{key}`
+    /// and the signed `/apps/{id}/events`: any Pusher-protocol server; channel scenario only)
+    #[arg(long, value_enum, default_value = "fanfare")]
+    pub protocol: Protocol,
+    /// With --protocol pusher: the app id
+    #[arg(long = "app-id", default_value = "")]
+    pub app_id: String,
+    /// With --protocol pusher: the app secret, which signs the events published
+    #[arg(long, hide_env_values = true, default_value = "")]
+    pub secret: String,
     #[arg(long, value_enum, default_value = "direct")]
     pub scenario: Scenario,
     /// WebSocket connections (C), one user each
@@ -115,6 +137,7 @@ impl BenchArgs {
             connections: self.connections.max(1),
             channels: self.channels.clamp(1, self.connections.max(1)),
             batch: self.batch_size.max(1),
+            pusher: self.protocol == Protocol::Pusher,
         }
     }
 
@@ -193,6 +216,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
             publishers: args.concurrency.max(1),
             churn: args.churn,
             token_ttl: args.token_ttl,
+            pusher_key: (args.protocol == Protocol::Pusher).then(|| args.api_key.clone()),
         })?;
         return Ok(0);
     }
@@ -250,6 +274,21 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
         args.churn == 0.0 || !matches!(args.scenario, plan::Scenario::Broadcast),
         "--churn needs messages with history to resume from; broadcasts have none"
     );
+    match args.protocol {
+        Protocol::Pusher => anyhow::ensure!(
+            plan.scenario == plan::Scenario::Channel
+                && args.churn == 0.0
+                && args.token_ttl.is_none()
+                && !args.app_id.is_empty()
+                && !args.secret.is_empty(),
+            "--protocol pusher runs the channel scenario, without --churn or --token-ttl, and \
+             needs --app-id, --api-key (the app key) and --secret"
+        ),
+        Protocol::Fanfare => anyhow::ensure!(
+            !args.token_secret.is_empty(),
+            "--token-secret is required (the servers' own)"
+        ),
+    }
     let processes = args.processes();
     eprintln!(
         "{:?}: {} connections over {} server(s) in {processes} receiver process(es)",
@@ -353,6 +392,13 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
         rate: args.rate,
         limit,
         pad: "x".repeat(args.payload_bytes),
+        pusher: (args.protocol == Protocol::Pusher).then(|| {
+            crate::pusher::App::new(
+                args.app_id.clone(),
+                args.api_key.clone(),
+                args.secret.clone(),
+            )
+        }),
     };
     let run = publisher::run(publishing, progress.clone());
     tokio::pin!(run);
@@ -478,6 +524,12 @@ fn receiver_args(args: &BenchArgs, i: u64) -> Vec<String> {
         format!("--source-addrs={}", args.source_addrs),
         format!("--processes={}", args.processes()),
         format!("--churn={}", args.churn),
+        format!(
+            "--protocol={}",
+            clap::ValueEnum::to_possible_value(&args.protocol)
+                .expect("every protocol has a name")
+                .get_name()
+        ),
         format!("--receiver={i}"),
     ]
     .into_iter()

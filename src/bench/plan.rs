@@ -26,6 +26,9 @@ pub struct Plan {
     pub connections: u64,
     pub channels: u64,
     pub batch: u64,
+    /// The servers speak the Pusher protocol: channels are `bench-<n>` (Pusher's names have
+    /// no `:`), published as the event `bench` through `POST /apps/{id}/events`.
+    pub pusher: bool,
 }
 
 impl Plan {
@@ -34,7 +37,14 @@ impl Plan {
     }
 
     pub fn channel_of(&self, g: u64) -> Option<String> {
-        (self.scenario == Scenario::Channel).then(|| format!("bench:{}", g % self.channels))
+        (self.scenario == Scenario::Channel).then(|| self.channel(g % self.channels))
+    }
+
+    fn channel(&self, n: u64) -> String {
+        match self.pusher {
+            true => format!("bench-{n}"),
+            false => format!("bench:{n}"),
+        }
     }
 
     /// Messages per HTTP request.
@@ -79,11 +89,20 @@ impl Plan {
                 let items: Vec<String> = (first..first + self.batch).map(to_user).collect();
                 ("/batch", format!("[{}]", items.join(",")))
             }
+            Scenario::Channel if self.pusher => (
+                "/events",
+                serde_json::json!({
+                    "name": "bench",
+                    "channel": self.channel(first % self.channels),
+                    "data": message(first),
+                })
+                .to_string(),
+            ),
             Scenario::Channel => (
                 "/publish",
                 format!(
-                    r#"{{"channel":"bench:{}","message":{}}}"#,
-                    first % self.channels,
+                    r#"{{"channel":"{}","message":{}}}"#,
+                    self.channel(first % self.channels),
                     message(first)
                 ),
             ),
@@ -102,6 +121,7 @@ mod tests {
             connections: 10,
             channels: 3,
             batch: 4,
+            pusher: false,
         }
     }
 

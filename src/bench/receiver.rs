@@ -40,6 +40,8 @@ pub struct Share {
     pub churn: f64,
     /// Tokens expire: connection g's lives this + (g mod this) seconds, and is refreshed.
     pub token_ttl: Option<u64>,
+    /// The servers speak Pusher's protocol: connect to `/app/{this key}`.
+    pub pusher_key: Option<String>,
 }
 
 /// Lines a receiver prints.
@@ -317,6 +319,9 @@ async fn open(
     }
     let stream = socket.connect(target).await.context("TCP connect")?;
     stream.set_nodelay(true)?;
+    if let Some(key) = &share.pusher_key {
+        return open_pusher(stream, target, key, channels.and_then(|mut c| c.pop())).await;
+    }
     let direct_resume = match (resume, channels.is_some()) {
         (Some((offset, epoch)), false) => format!("&since={offset}&epoch={epoch}"),
         _ => String::new(),
@@ -351,6 +356,57 @@ async fn open(
         }
     }
     Ok((ws, subscribed))
+}
+
+/// [`open`] for a Pusher-protocol server: `pusher:connection_established`, then the channel's
+/// `pusher:subscribe` (public: no signature) and its `subscription_succeeded`.
+async fn open_pusher(
+    stream: tokio::net::TcpStream,
+    target: SocketAddr,
+    key: &str,
+    channel: Option<String>,
+) -> anyhow::Result<(Ws, Option<String>)> {
+    let url = format!("ws://{target}/app/{key}?protocol=7&client=fanfare-bench&version=1.0");
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+        url.into_client_request()?,
+        stream,
+        Some(config),
+    )
+    .await
+    .context("WebSocket upgrade")?;
+    wait_for(&mut ws, "pusher:connection_established").await?;
+    if let Some(channel) = channel {
+        let subscribe =
+            serde_json::json!({"event": "pusher:subscribe", "data": {"channel": channel}});
+        ws.send(Message::text(subscribe.to_string())).await?;
+        wait_for(&mut ws, "subscription_succeeded").await?;
+    }
+    Ok((ws, None))
+}
+
+/// Reads until a frame naming `event`; a `pusher:error` before it is a refusal.
+async fn wait_for(ws: &mut Ws, event: &str) -> anyhow::Result<()> {
+    loop {
+        let reply = ws.next().await.context("closed before Pusher answered")??;
+        if let Message::Text(t) = reply {
+            anyhow::ensure!(!t.as_str().contains("pusher:error"), "refused: {t}");
+            if t.as_str().contains(event) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// A Pusher event of the bench (`bench`): its `data` is the payload's JSON text.
+fn pusher_payload(text: &str) -> Option<Payload> {
+    #[derive(Deserialize)]
+    struct Event<'a> {
+        event: &'a str,
+        data: String,
+    }
+    let e: Event = serde_json::from_str(text).ok()?;
+    (e.event == "bench").then(|| serde_json::from_str(&e.data).ok())?
 }
 
 /// Connection `g`'s token: it may subscribe to its channel, and with `--token-ttl` it expires,
@@ -406,43 +462,50 @@ async fn read(mut ws: Ws, i: usize, shared: Rc<Shared>, share: Rc<Share>, keys: 
             Some(Ok(Message::Close(_)) | Err(_)) | None => break,
             Some(Ok(_)) => continue,
         };
-        let Ok(frame) = serde_json::from_str::<Incoming>(text.as_str()) else {
-            continue;
-        };
-        let p = match frame {
-            Incoming {
-                kind: "message",
-                message: Some(p),
-                offset,
-                ..
-            } => {
-                if let (Some(offset), Some(resume)) =
-                    (offset, shared.conns.borrow_mut()[i].resume.as_mut())
-                {
-                    resume.0 = offset;
-                }
-                p
+        let p = if share.pusher_key.is_some() {
+            match pusher_payload(text.as_str()) {
+                Some(p) => p,
+                None => continue,
             }
-            Incoming {
-                kind: "connected", ..
-            } if !by_channel => {
-                note_position(&shared, i, text.as_str());
+        } else {
+            let Ok(frame) = serde_json::from_str::<Incoming>(text.as_str()) else {
                 continue;
-            }
-            Incoming {
-                kind: "expiring", ..
-            } => {
-                let refresh = token(&share, share.first + i as u64, &keys, true).map(|token| {
-                    serde_json::json!({"type": "refresh", "token": token}).to_string()
-                });
-                if let Ok(refresh) = refresh {
-                    if ws.send(Message::text(refresh)).await.is_ok() {
-                        shared.refreshes.set(shared.refreshes.get() + 1);
+            };
+            match frame {
+                Incoming {
+                    kind: "message",
+                    message: Some(p),
+                    offset,
+                    ..
+                } => {
+                    if let (Some(offset), Some(resume)) =
+                        (offset, shared.conns.borrow_mut()[i].resume.as_mut())
+                    {
+                        resume.0 = offset;
                     }
+                    p
                 }
-                continue;
+                Incoming {
+                    kind: "connected", ..
+                } if !by_channel => {
+                    note_position(&shared, i, text.as_str());
+                    continue;
+                }
+                Incoming {
+                    kind: "expiring", ..
+                } => {
+                    let refresh = token(&share, share.first + i as u64, &keys, true).map(|token| {
+                        serde_json::json!({"type": "refresh", "token": token}).to_string()
+                    });
+                    if let Ok(refresh) = refresh {
+                        if ws.send(Message::text(refresh)).await.is_ok() {
+                            shared.refreshes.set(shared.refreshes.get() + 1);
+                        }
+                    }
+                    continue;
+                }
+                _ => continue,
             }
-            _ => continue,
         };
         let now = now_ns();
         shared
