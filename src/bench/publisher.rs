@@ -109,8 +109,14 @@ pub async fn run(p: Publishing, progress: Arc<Progress>) -> anyhow::Result<Publi
                     Some(app) => signed(app, path, &body),
                     None => path.to_string(),
                 };
-                let ok = post(&mut sender, target, &path, body, &p.api_key).await;
-                if !ok {
+                let mut ok = post(&mut sender, target, &path, body.clone(), &p.api_key).await;
+                if ok.is_none() {
+                    // The server closed the connection before this request went out (some
+                    // close after each response): again on a new one; nothing was sent.
+                    sender = connect(target).await?;
+                    ok = post(&mut sender, target, &path, body, &p.api_key).await;
+                }
+                if ok != Some(true) {
                     progress.failed_requests.fetch_add(1, Relaxed);
                     if sender.is_closed() {
                         sender = connect(target).await?;
@@ -142,23 +148,26 @@ async fn connect(target: SocketAddr) -> anyhow::Result<http1::SendRequest<Full<B
     Ok(sender)
 }
 
-/// One POST; true when it was accepted (202).
+/// One POST: whether it was accepted (202, or Pusher's 200); `None` if the connection was
+/// closed before it could be sent.
 async fn post(
     sender: &mut http1::SendRequest<Full<Bytes>>,
     target: SocketAddr,
     path: &str,
     body: String,
     api_key: &str,
-) -> bool {
+) -> Option<bool> {
     let request = Request::post(path)
         .header("host", target.to_string())
         .header("authorization", format!("Bearer {api_key}"))
+        // Pusher-protocol servers (the SDKs send it) refuse a body without it.
+        .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
         .expect("a request from valid parts");
     if sender.ready().await.is_err() {
-        return false;
+        return None;
     }
-    match sender.send_request(request).await {
+    Some(match sender.send_request(request).await {
         Ok(resp) => {
             let status = resp.status().as_u16();
             let _ = resp.into_body().collect().await;
@@ -170,7 +179,7 @@ async fn post(
             accepted
         }
         Err(_) => false,
-    }
+    })
 }
 
 /// `/apps/{id}{path}` with the query Pusher's API checks: key, timestamp, the body's MD5, and
