@@ -241,68 +241,43 @@ async fn the_bench_speaks_pusher() {
         c.pusher_key = Some("bench-key".into());
         c.pusher_secret = Some("bench-secret".into());
     });
-    let out = Command::new(env!("CARGO_BIN_EXE_fanfare"))
-        .args([
-            "bench",
-            "--target",
-            &s.addr.to_string(),
-            "--protocol",
-            "pusher",
-        ])
-        .args([
-            "--app-id",
-            "77",
-            "--api-key",
-            "bench-key",
-            "--secret",
-            "bench-secret",
-        ])
-        .args([
-            "--scenario",
-            "channel",
-            "--connections",
-            "60",
-            "--channels",
-            "3",
-        ])
-        .args(["--messages", "300", "--json", "--drain", "10"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
-    assert!(out.status.success(), "{v}");
+    let run = |secret: &str, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_fanfare"))
+            .args([
+                "bench",
+                "--protocol",
+                "pusher",
+                "--target",
+                &s.addr.to_string(),
+            ])
+            .args([
+                "--app-id",
+                "77",
+                "--api-key",
+                "bench-key",
+                "--secret",
+                secret,
+            ])
+            .args(["--scenario", "channel", "--channels", "3", "--json"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.success(), v)
+    };
+    let (ok, v) = run(
+        "bench-secret",
+        &["--connections", "60", "--messages", "300", "--drain", "10"],
+    );
+    assert!(ok, "{v}");
     // 300 messages over 3 channels of 20 subscribers each.
     assert_clean(&v, 300 * 20);
-    let wrong = Command::new(env!("CARGO_BIN_EXE_fanfare"))
-        .args([
-            "bench",
-            "--target",
-            &s.addr.to_string(),
-            "--protocol",
-            "pusher",
-        ])
-        .args([
-            "--app-id",
-            "77",
-            "--api-key",
-            "bench-key",
-            "--secret",
-            "wrong",
-        ])
-        .args([
-            "--scenario",
-            "channel",
-            "--connections",
-            "6",
-            "--channels",
-            "3",
-        ])
-        .args(["--messages", "30", "--json", "--drain", "1"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&wrong.stdout);
-    let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
+    let (_, v) = run(
+        "wrong",
+        &["--connections", "6", "--messages", "30", "--drain", "1"],
+    );
     assert_eq!(
         v["publish_errors"], 30,
         "a wrong secret is refused, each request: {v}"

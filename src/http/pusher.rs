@@ -28,7 +28,7 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>, key: 
     };
     if key != app.key {
         // Told on the socket, as pusher-js expects; under the same limits as any socket.
-        let slot = match session::refusal_slot(ctx, req.headers()) {
+        let slot = match session::admit(ctx, req.headers()) {
             Ok(slot) => slot,
             Err(e) => return e.into_response(),
         };

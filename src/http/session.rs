@@ -50,20 +50,8 @@ pub async fn start(
     let identity = token(headers, query)
         .and_then(|t| shared.keys.verify(&t).map_err(|e| e.to_string()))
         .map_err(ApiError::Unauthorized)?;
-    let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
-        return Err(ApiError::Unavailable(format!(
-            "this server holds its maximum of {} connections (--max-connections); retry later or elsewhere",
-            shared.config.max_connections()
-        )));
-    };
-    let id = ConnId {
-        worker: ctx.id,
-        seq: ctx.next_conn.fetch_add(1, Relaxed),
-    };
-    let writer = Arc::new(Writer::new(
-        shared.config.queue_limits(),
-        ctx.worker_metrics.clone(),
-    ));
+    let slot = slot(ctx)?;
+    let (id, writer) = new_connection(ctx);
     let user = identity.user.clone();
     let started = hub::lock(&ctx.hub).register(id, user, writer.clone(), identity.info);
     let registration = Registration {
@@ -108,22 +96,8 @@ pub fn start_pusher(
     headers: &HeaderMap,
     app: &crate::pusher::App,
 ) -> Result<(Session, Arc<str>), ApiError> {
-    let shared = &ctx.shared;
-    check_origin(headers, &shared.config.allowed_origins)?;
-    let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
-        return Err(ApiError::Unavailable(format!(
-            "this server holds its maximum of {} connections (--max-connections); retry later or elsewhere",
-            shared.config.max_connections()
-        )));
-    };
-    let id = ConnId {
-        worker: ctx.id,
-        seq: ctx.next_conn.fetch_add(1, Relaxed),
-    };
-    let writer = Arc::new(Writer::new(
-        shared.config.queue_limits(),
-        ctx.worker_metrics.clone(),
-    ));
+    let slot = admit(ctx, headers)?;
+    let (id, writer) = new_connection(ctx);
     let socket: Arc<str> = app.socket_id(id).into();
     writer.push(&crate::pusher::connection_established(&socket));
     let user = UserId::new(&format!("pusher:{socket}")).expect("a short id");
@@ -142,27 +116,35 @@ pub fn start_pusher(
     Ok((session, socket))
 }
 
-/// The origin check and a `--max-connections` slot, for a socket that is accepted only to be
-/// told why it is refused.
+/// The origin check and a `--max-connections` slot, for a session without a token (a Pusher
+/// socket, or one accepted only to be told why it is refused).
 ///
 /// # Errors
 /// The origin is not allowed (403), or the server holds its maximum of connections (503).
-pub fn refusal_slot(
-    ctx: &WorkerContext,
-    headers: &HeaderMap,
-) -> Result<OwnedSemaphorePermit, ApiError> {
+pub fn admit(ctx: &WorkerContext, headers: &HeaderMap) -> Result<OwnedSemaphorePermit, ApiError> {
+    check_origin(headers, &ctx.shared.config.allowed_origins)?;
+    slot(ctx)
+}
+
+/// A place under `--max-connections`, or 503.
+fn slot(ctx: &WorkerContext) -> Result<OwnedSemaphorePermit, ApiError> {
     let shared = &ctx.shared;
-    check_origin(headers, &shared.config.allowed_origins)?;
-    shared
-        .connection_slots
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| {
-            ApiError::Unavailable(format!(
-                "this server holds its maximum of {} connections (--max-connections); retry later or elsewhere",
-                shared.config.max_connections()
-            ))
-        })
+    shared.connection_slots.clone().try_acquire_owned().map_err(|_| {
+        ApiError::Unavailable(format!(
+            "this server holds its maximum of {} connections (--max-connections); retry later or elsewhere",
+            shared.config.max_connections()
+        ))
+    })
+}
+
+/// A new connection's id on this worker, and its writer.
+fn new_connection(ctx: &WorkerContext) -> (ConnId, Arc<Writer>) {
+    let id = ConnId {
+        worker: ctx.id,
+        seq: ctx.next_conn.fetch_add(1, Relaxed),
+    };
+    let writer = Writer::new(ctx.shared.config.queue_limits(), ctx.worker_metrics.clone());
+    (id, Arc::new(writer))
 }
 
 /// With an allow-list, a browser's `Origin` must be on it. Requests without `Origin` come from
