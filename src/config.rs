@@ -119,6 +119,15 @@ pub struct Config {
     #[arg(long, env = "FANFARE_PUSHER_SECRET", hide_env_values = true)]
     pub pusher_secret: Option<String>,
 
+    /// Pusher webhooks: a URL (http or https) that receives channel_occupied, channel_vacated,
+    /// member_added, member_removed and client_event, once per fleet (repeatable)
+    #[arg(
+        long = "pusher-webhook",
+        env = "FANFARE_PUSHER_WEBHOOK",
+        value_delimiter = ','
+    )]
+    pub pusher_webhooks: Vec<String>,
+
     /// Also give each worker a private listener on 127.0.0.1:0, so tests can place a connection
     /// on a chosen worker (the kernel spreads the shared port by hash).
     #[arg(skip)]

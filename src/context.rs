@@ -31,6 +31,8 @@ pub struct Shared {
     pub connection_slots: Arc<Semaphore>,
     /// With `--pusher-app-id`: the application the Pusher front serves.
     pub pusher: Option<Arc<crate::pusher::App>>,
+    /// With `--pusher-webhook`: where client events are reported.
+    pub webhooks: Option<Arc<crate::webhooks::Webhooks>>,
 }
 
 /// One worker's own state beside what it shares: its hub, counters, shutdown and tasks. The

@@ -73,4 +73,6 @@ pub enum StartError {
         "--pusher-app-id, --pusher-key and --pusher-secret go together: give all three or none"
     )]
     PusherPartial,
+    #[error("--pusher-webhook {0:?}: {1}")]
+    Webhook(String, &'static str),
 }

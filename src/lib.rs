@@ -85,6 +85,7 @@ pub mod router;
 pub mod routes;
 pub mod server;
 pub mod subscriptions;
+pub mod webhooks;
 pub mod worker;
 pub mod writer;
 

@@ -138,6 +138,8 @@ pub struct Metrics {
     pub bridge: Option<Arc<BridgeMetrics>>,
     /// Present with `--history-size`.
     pub history: Option<Arc<crate::history::History>>,
+    /// Present with `--pusher-webhook`.
+    pub webhooks: Option<Arc<crate::webhooks::Webhooks>>,
     accepted: [AtomicU64; 3],
     rejected: [AtomicU64; REJECT_STATUSES.len()],
 }
@@ -152,9 +154,15 @@ impl Metrics {
             workers: (0..workers).map(|_| Arc::default()).collect(),
             bridge,
             history,
+            webhooks: None,
             accepted: Default::default(),
             rejected: Default::default(),
         }
+    }
+
+    pub fn with_webhooks(mut self, webhooks: Option<Arc<crate::webhooks::Webhooks>>) -> Self {
+        self.webhooks = webhooks;
+        self
     }
 
     /// A message the publish API accepted (once per message, not per recipient).
@@ -239,6 +247,25 @@ impl Snapshot {
             ("fanfare_rejected_requests", "HTTP requests refused, by status.", "status",
                 rejected.map(|(s, n)| (s.to_string(), n.load(Relaxed))).collect()),
         ];
+        if let Some(w) = &m.webhooks {
+            counters.extend([
+                (
+                    "fanfare_webhook_events_sent",
+                    "Webhook events the endpoints took (once per URL).",
+                    w.sent.load(Relaxed),
+                ),
+                (
+                    "fanfare_webhook_failures",
+                    "Webhook POSTs that failed (each retry counts).",
+                    w.failures.load(Relaxed),
+                ),
+                (
+                    "fanfare_webhook_events_dropped",
+                    "Webhook events given up on: older than 15 minutes, or pushed out of a full outbox or stream (once per URL).",
+                    w.dropped.load(Relaxed),
+                ),
+            ]);
+        }
         if let Some(h) = &m.history {
             let (bytes, topics) = h.usage();
             gauges.push((

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::bus::{Bus, Envelope};
 use crate::protocol::{Channel, Frame, UserId};
+use crate::webhooks::{Event, Webhooks};
 
 /// Longest `info` claim, as JSON text.
 pub const MAX_INFO_BYTES: usize = 512;
@@ -93,6 +94,9 @@ pub struct Presence {
     /// [`flush_events`](Self::flush_events), with whether the user was a member before and its
     /// info, so a storm of joins and leaves makes one event per user that really came or went.
     window: Mutex<HashMap<Channel, Changed>>,
+    /// In a process alone with `--pusher-webhook`: where what changed in Pusher's channels is
+    /// reported (with a fleet, the bridge reports what Redis decided).
+    webhooks: Option<Arc<Webhooks>>,
 }
 
 /// Users of one channel that came or went since the last flush: whether each was a member
@@ -111,7 +115,15 @@ impl Presence {
             missed: AtomicU64::new(0),
             dirty: None,
             window: Mutex::default(),
+            webhooks: None,
         }
+    }
+
+    /// A process alone reports to `webhooks` what its flushes find changed in Pusher's
+    /// channels.
+    pub fn with_webhooks(mut self, webhooks: Arc<Webhooks>) -> Self {
+        self.webhooks = Some(webhooks);
+        self
     }
 
     /// Presence for a fleet: the fleet's members and events come from Redis.
@@ -289,6 +301,9 @@ impl Presence {
     }
 
     fn announce(&self, shard: &HashMap<Channel, Members>, channel: &Channel, users: Changed) {
+        if let (Some(webhooks), Some(name)) = (&self.webhooks, crate::pusher::name(channel)) {
+            report(webhooks, name, shard.get(channel), &users);
+        }
         // No entry: nobody is left, and nobody watches.
         let Some(members) = shard.get(channel).filter(|m| m.watchers > 0) else {
             return;
@@ -392,6 +407,49 @@ impl Presence {
             members[limit - 1].user.clone()
         });
         Page { members, next }
+    }
+}
+
+/// What a flush found changed in the Pusher channel `name` (`members` now, `users` who came
+/// or went since the last flush), as webhooks: `channel_occupied` if it had nobody then,
+/// `member_added` / `member_removed` on a presence channel, `channel_vacated` if it has
+/// nobody now.
+fn report(webhooks: &Webhooks, name: &str, members: Option<&Members>, users: &Changed) {
+    let now = members.map_or(0, |m| m.users.len());
+    let is_member = |user: &UserId| members.is_some_and(|m| m.users.contains_key(user));
+    let came: Vec<&UserId> = users
+        .iter()
+        .filter(|(user, (was, _))| !was && is_member(user))
+        .map(|(user, _)| user)
+        .collect();
+    let went: Vec<&UserId> = users
+        .iter()
+        .filter(|(user, (was, _))| *was && !is_member(user))
+        .map(|(user, _)| user)
+        .collect();
+    let before = now + went.len() - came.len();
+    let channel = || name.to_string();
+    if before == 0 && now > 0 {
+        webhooks.push(&Event::Occupied { channel: channel() });
+    }
+    if crate::pusher::Kind::of(name) == crate::pusher::Kind::Presence {
+        for user in came {
+            let user = user.as_str().to_string();
+            webhooks.push(&Event::MemberAdded {
+                channel: channel(),
+                user,
+            });
+        }
+        for user in went {
+            let user = user.as_str().to_string();
+            webhooks.push(&Event::MemberRemoved {
+                channel: channel(),
+                user,
+            });
+        }
+    }
+    if before > 0 && now == 0 {
+        webhooks.push(&Event::Vacated { channel: channel() });
     }
 }
 

@@ -114,7 +114,7 @@ pub enum NameError {
     UserIdLength,
     #[error("channel name must be 1 to 200 bytes")]
     ChannelLength,
-    #[error("channel name may contain only A-Z a-z 0-9 _ - . : @ /")]
+    #[error("channel name may contain only A-Z a-z 0-9 _ - . : @ / = , ; #")]
     ChannelChars,
 }
 
@@ -140,7 +140,8 @@ impl fmt::Debug for UserId {
     }
 }
 
-/// A channel name: 1 to 200 bytes of `A-Z a-z 0-9 _ - . : @ /`. None of these needs escaping in
+/// A channel name: 1 to 200 bytes of `A-Z a-z 0-9 _ - . : @ / = , ; #` (every name Pusher
+/// allows, `#server-to-user-` too). None of these needs escaping in
 /// JSON, which [`Frame::channel`] relies on.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Channel(Arc<str>);
@@ -167,7 +168,11 @@ impl fmt::Debug for Channel {
 }
 
 fn is_channel_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@' | b'/')
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'_' | b'-' | b'.' | b':' | b'@' | b'/' | b'=' | b',' | b';' | b'#'
+        )
 }
 
 /// Who should receive a published message.
@@ -682,6 +687,8 @@ mod tests {
         assert!(Channel::new(&"a".repeat(200)).is_ok());
         assert_eq!(Channel::new("a b"), Err(NameError::ChannelChars));
         assert_eq!(Channel::new("a\"b"), Err(NameError::ChannelChars));
+        assert!(Channel::new("private-a=b,c;d").is_ok());
+        assert!(Channel::new("#server-to-user-42").is_ok());
     }
 
     #[test]

@@ -75,6 +75,7 @@ impl Server {
             (None, None, None) => None,
             _ => return Err(StartError::PusherPartial),
         };
+        let webhooks = webhooks(&config, pusher.as_ref())?;
         let workers = config.workers();
         let bridge_metrics = config
             .redis
@@ -132,7 +133,9 @@ impl Server {
                 .with_max_bytes(config.history_max_bytes()),
             )
         });
-        let metrics = Arc::new(Metrics::new(workers, bridge_metrics, history.clone()));
+        let metrics = Arc::new(
+            Metrics::new(workers, bridge_metrics, history.clone()).with_webhooks(webhooks.clone()),
+        );
         let (bus, inboxes) = Bus::new(routes.clone(), workers);
         let connection_slots = Arc::new(Semaphore::new(
             config.max_connections().min(Semaphore::MAX_PERMITS),
@@ -143,15 +146,33 @@ impl Server {
             threads: Vec::with_capacity(workers + 1),
             bridge_stop: drain.done.clone(),
         };
-        let presence = Arc::new(match prepared.is_some() {
-            true => crate::presence::Presence::new(bus.clone()).fleet(),
-            false => crate::presence::Presence::new(bus.clone()),
+        let presence = Arc::new(match (prepared.is_some(), &webhooks) {
+            (true, _) => crate::presence::Presence::new(bus.clone()).fleet(),
+            (false, Some(hooks)) => {
+                crate::presence::Presence::new(bus.clone()).with_webhooks(hooks.clone())
+            }
+            (false, None) => crate::presence::Presence::new(bus.clone()),
         });
+        if let (false, Some(hooks)) = (presence.is_fleet(), &webhooks) {
+            // Alone: the last leaves, once the workers have closed their connections, are
+            // delivered too.
+            let last = presence.clone();
+            let thread =
+                crate::webhooks::spawn_alone(hooks.clone(), drain.done.clone(), move || {
+                    last.flush_events()
+                })
+                .map_err(StartError::Thread)?;
+            started.threads.push(thread);
+        }
         let bridge = match prepared {
             Some(prepared) => {
                 // Stops once the workers have drained (see `Drain`), not with them.
-                let (bridge, thread) =
-                    prepared.spawn(bus.clone(), Some(presence.clone()), drain.done.clone())?;
+                let (bridge, thread) = prepared.spawn(
+                    bus.clone(),
+                    Some(presence.clone()),
+                    webhooks.clone(),
+                    drain.done.clone(),
+                )?;
                 started.threads.push(thread);
                 Some(bridge)
             }
@@ -172,6 +193,7 @@ impl Server {
             metrics: metrics.clone(),
             connection_slots,
             pusher,
+            webhooks,
         });
 
         let mut hubs = Vec::with_capacity(workers);
@@ -262,6 +284,34 @@ impl Server {
             });
         joiner.is_ok() && finished.recv_timeout(limit).is_ok()
     }
+}
+
+/// The webhooks `--pusher-webhook` asks for: absolute http(s) URLs, for the Pusher app.
+fn webhooks(
+    config: &Config,
+    app: Option<&Arc<crate::pusher::App>>,
+) -> Result<Option<Arc<crate::webhooks::Webhooks>>, StartError> {
+    if config.pusher_webhooks.is_empty() {
+        return Ok(None);
+    }
+    for url in &config.pusher_webhooks {
+        let valid = reqwest::Url::parse(url)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        if !valid {
+            return Err(StartError::Webhook(url.clone(), "not an http(s) URL"));
+        }
+    }
+    let Some(app) = app else {
+        let first = config.pusher_webhooks[0].clone();
+        return Err(StartError::Webhook(
+            first,
+            "needs --pusher-app-id, --pusher-key and --pusher-secret",
+        ));
+    };
+    Ok(Some(Arc::new(crate::webhooks::Webhooks::new(
+        app.clone(),
+        config.pusher_webhooks.clone(),
+    ))))
 }
 
 impl Drop for Server {

@@ -48,7 +48,9 @@ pub mod presence;
 mod publisher;
 pub(crate) mod pubsub;
 mod reconcile;
+mod registry;
 mod subscriber;
+mod webhooks;
 pub mod wire;
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -437,6 +439,7 @@ impl Prepared {
         self,
         bus: Bus,
         presence: Option<Arc<crate::presence::Presence>>,
+        webhooks: Option<Arc<crate::webhooks::Webhooks>>,
         shutdown: CancellationToken,
     ) -> Result<(Bridge, JoinHandle<()>), Error> {
         let Prepared {
@@ -454,15 +457,25 @@ impl Prepared {
         let presence_done = shutdown.clone();
         let shutdown_links = CancellationToken::new();
         let links = shutdown_links.clone();
+        let registry = Arc::new(registry::Registry::new(
+            deployment.clone(),
+            map.clone(),
+            bridge.names.clone(),
+        ));
         let presence_keeper = presence.map(|presence| presence::Keeper {
             presence,
             requests: bridge.publish_tx.clone(),
-            deployment: deployment.clone(),
-            map: map.clone(),
+            registry: registry.clone(),
             names: bridge.names.clone(),
             instance: bridge.instance,
             metrics: bridge.metrics.clone(),
+            webhooks: webhooks.clone(),
             shutdown: shutdown.clone(),
+        });
+        // Delivers until the keeper's last changes are in (their events too).
+        let webhooks = webhooks.map(|hooks| {
+            let store = webhooks::Fleet::new(hooks.clone(), registry.clone(), bridge.instance);
+            crate::webhooks::deliver(hooks, store, links.clone(), Duration::ZERO)
         });
         let shutdown = links;
         let keeper = deployment.cluster.then(|| cluster::Keeper {
@@ -530,11 +543,17 @@ impl Prepared {
                         }
                         shutdown_links.cancel();
                     };
+                    let webhooks = async {
+                        if let Some(webhooks) = webhooks {
+                            webhooks.await;
+                        }
+                    };
                     tokio::join!(
                         publisher.run(publish_rx, redirected),
                         subscriber.run(seeds),
                         keeper,
-                        presence
+                        presence,
+                        webhooks
                     );
                 });
             })

@@ -27,14 +27,17 @@ use std::time::Duration;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use bytes::Bytes;
+use redis::aio::MultiplexedConnection;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::cluster::Deployment;
+use super::registry::Registry;
 use super::wire::{self, Names};
 use super::Request;
 use crate::presence::{ChannelChanges, Count, Member, Page, Presence};
 use crate::protocol::{Channel, UserId};
+use crate::pusher::{self, Kind};
+use crate::webhooks::{Event, Webhooks};
 
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 pub const BEAT_EVERY: Duration = Duration::from_secs(1);
@@ -49,6 +52,7 @@ pub const MAX_PAGE_REPLY: usize = (crate::protocol::MAX_PAGE + 1)
 /// Sets one user's count for this process and keeps the totals, publishing `join`/`leave`
 /// while some subscription in the fleet receives them (KEYS[4] counts those).
 const CHANGE: &str = r#"
+local hooked, members_hooked = {}, false
 local function change(user, count, info)
   local field = ARGV[1] .. '|' .. user
   local had = tonumber(redis.call('HGET', KEYS[1], field) or '0')
@@ -78,6 +82,10 @@ local function change(user, count, info)
       event = 'join'
     end
   end
+  if event and members_hooked then
+    hooked[#hooked + 1] = event
+    hooked[#hooked + 1] = user
+  end
   if event and tonumber(redis.call('GET', KEYS[4]) or '0') > 0 then
     local e = '{"type":"' .. event .. '","channel":"' .. ARGV[5] .. '","user":' .. cjson.encode(user)
     if info ~= '' then e = e .. ',"info":' .. info end
@@ -97,24 +105,43 @@ local function watchers(count)
 end
 "#;
 
-/// KEYS: p, q, z, w. ARGV: instance, Redis channel, wire header, PUBLISH or SPUBLISH, channel
-/// name, watchers here ('' if unchanged), then (user, count here, info) for each user.
-pub fn write_script() -> String {
+/// Runs `body` and, when `hooks` (an ARGV) is `o` or `m`, returns what it did for webhooks
+/// as (kind, user) pairs: `occupied` first if the channel's connections rose from 0, `join`
+/// and `leave` of each user (with `m`), `vacated` last if they fell to 0. Otherwise 1.
+fn hooked(hooks: &str, body: &str) -> String {
     format!(
-        "{CHANGE}{WATCHERS}\nif ARGV[6] ~= '' then watchers(tonumber(ARGV[6])) end\n\
-         for i = 7, #ARGV, 3 do change(ARGV[i], tonumber(ARGV[i+1]), ARGV[i+2]) end\nreturn 1"
+        "{CHANGE}{WATCHERS}\nmembers_hooked = {hooks} == 'm'\n\
+         local before = tonumber(redis.call('HGET', KEYS[2], '') or '0')\n{body}\n\
+         if {hooks} == '' then return 1 end\n\
+         local after = tonumber(redis.call('HGET', KEYS[2], '') or '0')\nlocal out = {{}}\n\
+         if before == 0 and after > 0 then out = {{'occupied', ''}} end\n\
+         for _, v in ipairs(hooked) do out[#out + 1] = v end\n\
+         if before > 0 and after == 0 then out[#out + 1] = 'vacated'; out[#out + 1] = '' end\n\
+         return out"
+    )
+}
+
+/// KEYS: p, q, z, w. ARGV: instance, Redis channel, wire header, PUBLISH or SPUBLISH, channel
+/// name, watchers here ('' if unchanged), webhooks ('', `o` or `m`: see [`hooked`]), then
+/// (user, count here, info) for each user.
+pub fn write_script() -> String {
+    hooked(
+        "ARGV[7]",
+        "if ARGV[6] ~= '' then watchers(tonumber(ARGV[6])) end\n\
+         for i = 8, #ARGV, 3 do change(ARGV[i], tonumber(ARGV[i+1]), ARGV[i+2]) end",
     )
 }
 
 /// KEYS: p, q, z, w. ARGV: the dead instance, Redis channel, wire header, publish verb,
-/// channel name. Takes every member of that instance away (their `leave`s are sent while
-/// others still watch), then its watchers.
+/// channel name, webhooks (as [`write_script`]). Takes every member of that instance away
+/// (their `leave`s are sent while others still watch), then its watchers.
 pub fn purge_script() -> String {
-    format!(
-        "{CHANGE}{WATCHERS}\nlocal prefix = ARGV[1] .. '|'\nlocal fields = redis.call('HGETALL', KEYS[1])\n\
+    hooked(
+        "ARGV[6]",
+        "local prefix = ARGV[1] .. '|'\nlocal fields = redis.call('HGETALL', KEYS[1])\n\
          for i = 1, #fields, 2 do\n  local user = string.sub(fields[i], #prefix + 1)\n  \
          if string.sub(fields[i], 1, #prefix) == prefix and user ~= '' then change(user, 0, '') end\n\
-         end\nwatchers(0)\nreturn 1"
+         end\nwatchers(0)",
     )
 }
 
@@ -167,6 +194,59 @@ for _, instance in ipairs(dead) do
 end
 return out";
 
+/// What the presence scripts tell webhooks of a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hooks {
+    None,
+    /// Whether it became occupied or vacated.
+    Occupancy,
+    /// That, and each user who came or went.
+    Members,
+}
+
+impl Hooks {
+    fn arg(self) -> &'static [u8] {
+        match self {
+            Hooks::None => b"",
+            Hooks::Occupancy => b"o",
+            Hooks::Members => b"m",
+        }
+    }
+}
+
+/// A change of a channel that webhooks report, in the order the script made them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Occupied,
+    Vacated,
+    Joined(UserId),
+    Left(UserId),
+}
+
+impl Change {
+    /// The changes a script returned, as (kind, user) pairs.
+    fn parse(parts: &[Option<Bytes>]) -> Vec<Change> {
+        let text = |p: &Option<Bytes>| {
+            p.as_ref()
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .map(str::to_string)
+        };
+        parts
+            .chunks(2)
+            .filter_map(|pair| {
+                let user = || UserId::new(&text(pair.get(1)?)?).ok();
+                match text(&pair[0])?.as_str() {
+                    "occupied" => Some(Change::Occupied),
+                    "vacated" => Some(Change::Vacated),
+                    "join" => user().map(Change::Joined),
+                    "leave" => user().map(Change::Left),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+}
+
 /// What the publisher does for presence.
 pub enum PresenceRequest {
     /// This process's counts (0: gone) of some users of a channel.
@@ -175,14 +255,17 @@ pub enum PresenceRequest {
         /// This process's watchers of the channel, if that changed.
         watchers: Option<u32>,
         users: Vec<(UserId, u32, Option<Arc<str>>)>,
-        /// Told once Redis has it; dropped unanswered if it may not have.
-        done: oneshot::Sender<()>,
+        hooks: Hooks,
+        /// Told once Redis has it, with what webhooks report; dropped unanswered if it may not
+        /// have.
+        done: oneshot::Sender<Vec<Change>>,
     },
     /// Takes a dead instance's members of a channel away.
     Purge {
         channel: Channel,
         instance: String,
-        done: oneshot::Sender<()>,
+        hooks: Hooks,
+        done: oneshot::Sender<Vec<Change>>,
     },
     Page {
         channel: Channel,
@@ -221,7 +304,10 @@ impl PresenceRequest {
         let header = wire::presence_header(instance);
         match self {
             PresenceRequest::Write {
-                users, watchers, ..
+                users,
+                watchers,
+                hooks,
+                ..
             } => {
                 let me = format!("{instance:x}");
                 let counts: Vec<String> = users.iter().map(|(_, n, _)| n.to_string()).collect();
@@ -240,6 +326,7 @@ impl PresenceRequest {
                     publish,
                     channel.as_str().as_bytes(),
                     watchers.as_bytes(),
+                    hooks.arg(),
                 ];
                 for ((user, _, info), count) in users.iter().zip(&counts) {
                     args.push(user.as_str().as_bytes());
@@ -248,8 +335,12 @@ impl PresenceRequest {
                 }
                 super::pubsub::encode(out, &args);
             }
-            PresenceRequest::Purge { instance: dead, .. } => {
-                let args: [&[u8]; 12] = [
+            PresenceRequest::Purge {
+                instance: dead,
+                hooks,
+                ..
+            } => {
+                let args: [&[u8]; 13] = [
                     b"EVALSHA",
                     sha.purge.as_bytes(),
                     b"4",
@@ -262,6 +353,7 @@ impl PresenceRequest {
                     &header,
                     publish,
                     channel.as_str().as_bytes(),
+                    hooks.arg(),
                 ];
                 super::pubsub::encode(out, &args);
             }
@@ -328,7 +420,9 @@ impl PresenceRequest {
                     let _ = reply.send(Count { users, connections });
                 }
             }
-            PresenceRequest::Write { .. } | PresenceRequest::Purge { .. } => {}
+            PresenceRequest::Write { done, .. } | PresenceRequest::Purge { done, .. } => {
+                let _ = done.send(Change::parse(parts));
+            }
         }
     }
 
@@ -336,7 +430,7 @@ impl PresenceRequest {
     pub fn done(self) {
         match self {
             PresenceRequest::Write { done, .. } | PresenceRequest::Purge { done, .. } => {
-                let _ = done.send(());
+                let _ = done.send(Vec::new());
             }
             PresenceRequest::Page { .. } | PresenceRequest::Count { .. } => {}
         }
@@ -357,53 +451,93 @@ pub struct Scripts {
 pub(super) struct Keeper {
     pub presence: Arc<Presence>,
     pub requests: mpsc::Sender<Request>,
-    pub deployment: Deployment,
-    pub map: tokio::sync::watch::Receiver<Arc<super::cluster::Topology>>,
+    pub registry: Arc<Registry>,
     pub names: Names,
     pub instance: u64,
     pub metrics: Arc<crate::metrics::BridgeMetrics>,
+    /// With `--pusher-webhook`: where the changes of Pusher's channels are reported.
+    pub webhooks: Option<Arc<Webhooks>>,
     pub shutdown: CancellationToken,
 }
 
-/// What became of a write or purge sent to Redis.
+/// What became of a write or purge sent to Redis: what it changed, or `None` if it may not
+/// have been carried out.
 enum Ack {
-    Write(Channel, ChannelChanges, bool),
-    Purge(String, Channel, bool),
+    Write(Channel, ChannelChanges, Option<Vec<Change>>),
+    Purge(String, Channel, Option<Vec<Change>>),
 }
 
 type Acks = FuturesUnordered<Pin<Box<dyn Future<Output = Ack> + Send>>>;
 
-/// Waits for Redis to carry out a request (false: it may not have).
-async fn acked(done: oneshot::Receiver<()>) -> bool {
-    matches!(
-        tokio::time::timeout(super::RESPONSE_TIMEOUT * 2, done).await,
-        Ok(Ok(()))
-    )
+/// Waits for Redis to carry out a request (`None`: it may not have).
+async fn acked(done: oneshot::Receiver<Vec<Change>>) -> Option<Vec<Change>> {
+    match tokio::time::timeout(super::RESPONSE_TIMEOUT * 2, done).await {
+        Ok(Ok(changes)) => Some(changes),
+        _ => None,
+    }
 }
 
 impl Keeper {
+    /// What the scripts tell webhooks of `channel`: nothing unless it is one of Pusher's.
+    fn hooks(&self, channel: &Channel) -> Hooks {
+        match (&self.webhooks, pusher::name(channel)) {
+            (Some(_), Some(name)) if Kind::of(name) == Kind::Presence => Hooks::Members,
+            (Some(_), Some(_)) => Hooks::Occupancy,
+            _ => Hooks::None,
+        }
+    }
+
+    /// Hands what a write or purge changed to the webhooks.
+    fn report(&self, channel: &Channel, changed: Vec<Change>) {
+        let (Some(webhooks), Some(name)) = (&self.webhooks, pusher::name(channel)) else {
+            return;
+        };
+        let channel = name.to_string();
+        for change in changed {
+            webhooks.push(&match change {
+                Change::Occupied => Event::Occupied {
+                    channel: channel.clone(),
+                },
+                Change::Vacated => Event::Vacated {
+                    channel: channel.clone(),
+                },
+                Change::Joined(user) => Event::MemberAdded {
+                    channel: channel.clone(),
+                    user: user.as_str().to_string(),
+                },
+                Change::Left(user) => Event::MemberRemoved {
+                    channel: channel.clone(),
+                    user: user.as_str().to_string(),
+                },
+            });
+        }
+    }
+
     pub async fn run(self) {
         let mut flush = tokio::time::interval(FLUSH_EVERY);
         let mut beat = tokio::time::interval(BEAT_EVERY);
-        let mut registry: Option<redis::aio::MultiplexedConnection> = None;
         let mut state = KeeperState::default();
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => {
-                    self.leave(&mut registry, &mut state).await;
+                    self.leave(&mut state).await;
                     return;
                 }
                 Some(ack) = state.acks.next(), if !state.acks.is_empty() => match ack {
                     // Not carried out: written, or purged, with the next round.
-                    Ack::Write(channel, changes, false) => {
+                    Ack::Write(channel, changes, None) => {
                         self.presence.mark_again(HashMap::from([(channel, changes)]));
                     }
-                    Ack::Purge(instance, channel, false) => state.purges.push((instance, channel)),
-                    // Its last members here are gone from Redis: it may leave this process's set.
-                    Ack::Write(channel, _, true) if !self.presence.holds(&channel) => {
-                        state.leaving.insert(channel);
+                    Ack::Purge(instance, channel, None) => state.purges.push((instance, channel)),
+                    Ack::Write(channel, _, Some(changed)) => {
+                        self.report(&channel, changed);
+                        // Its last members here are gone from Redis: it may leave this
+                        // process's set.
+                        if !self.presence.holds(&channel) {
+                            state.leaving.insert(channel);
+                        }
                     }
-                    Ack::Write(..) | Ack::Purge(..) => {}
+                    Ack::Purge(_, channel, Some(changed)) => self.report(&channel, changed),
                 },
                 _ = flush.tick() => {
                     // A link that connected again may have a Redis that lost what it was told.
@@ -417,14 +551,14 @@ impl Keeper {
                         state.remark_at = None;
                         self.presence.mark_all();
                     }
-                    if let Err(why) = self.write(&mut registry, &mut state).await {
-                        registry = None;
+                    if let Err(why) = self.write(&mut state).await {
+                        self.registry.lost();
                         tracing::warn!("bridge: presence registry: {why}");
                     }
                 }
                 _ = beat.tick() => {
-                    if let Err(why) = self.beat(&mut registry, &mut state).await {
-                        registry = None;
+                    if let Err(why) = self.beat(&mut state).await {
+                        self.registry.lost();
                         tracing::warn!("bridge: presence registry: {why}");
                     }
                     self.purge(&mut state);
@@ -436,13 +570,9 @@ impl Keeper {
     /// Writes what changed here; a channel is registered first, so a process never has members
     /// in Redis that the survivors could not find to purge. What cannot be written now, or is
     /// not carried out, is written with a later round.
-    async fn write(
-        &self,
-        conn: &mut Option<redis::aio::MultiplexedConnection>,
-        state: &mut KeeperState,
-    ) -> Result<(), String> {
+    async fn write(&self, state: &mut KeeperState) -> Result<(), String> {
         let changes = self.presence.take_changes();
-        self.unregister(conn, &changes, state).await?;
+        self.unregister(&changes, state).await?;
         let new: Vec<String> = changes
             .keys()
             .filter(|c| !state.registered.contains(*c))
@@ -450,7 +580,7 @@ impl Keeper {
             .collect();
         if !new.is_empty() {
             let had = !state.registered.is_empty();
-            match self.register(conn, had, &new).await {
+            match self.register(had, &new).await {
                 Ok(added) => self.registered(added, state),
                 Err(why) => {
                     self.presence.mark_again(changes);
@@ -478,6 +608,7 @@ impl Keeper {
                     channel: channel.clone(),
                     watchers: part.watchers,
                     users: part.users.clone(),
+                    hooks: self.hooks(&channel),
                     done,
                 });
                 match self.requests.try_send(request) {
@@ -500,30 +631,33 @@ impl Keeper {
     /// members' leaves), waits for Redis to carry it out, and takes this process out of the
     /// registry, so its members are gone at once, not when survivors notice it stopped beating
     /// (nor never, with no survivor). What cannot be done in time is left to the survivors.
-    async fn leave(
-        &self,
-        conn: &mut Option<redis::aio::MultiplexedConnection>,
-        state: &mut KeeperState,
-    ) {
+    async fn leave(&self, state: &mut KeeperState) {
         let done = async {
-            self.write(conn, state).await?;
+            self.write(state).await?;
             while let Some(ack) = state.acks.next().await {
-                if let Ack::Write(_, _, false) | Ack::Purge(_, _, false) = ack {
-                    return Err("Redis did not carry out a write".to_string());
+                match ack {
+                    Ack::Write(_, _, None) | Ack::Purge(_, _, None) => {
+                        return Err("Redis did not carry out a write".to_string());
+                    }
+                    Ack::Write(channel, _, Some(changed))
+                    | Ack::Purge(_, channel, Some(changed)) => {
+                        self.report(&channel, changed);
+                    }
                 }
             }
             if !self.presence.channels().is_empty() {
                 return Err("members are still here".into());
             }
-            let (me, registry, mine) = self.connect(conn).await?;
-            let c = conn.as_mut().expect("connected above");
+            let (mut c, me, registry, mine) = self.connect().await?;
             let mut pipe = redis::pipe();
             pipe.cmd("ZREM")
                 .arg(&registry)
                 .arg(&me)
                 .cmd("DEL")
                 .arg(&mine);
-            pipe.query_async::<()>(c).await.map_err(|e| e.to_string())
+            pipe.query_async::<()>(&mut c)
+                .await
+                .map_err(|e| e.to_string())
         };
         match tokio::time::timeout(super::RESPONSE_TIMEOUT, done).await {
             Ok(Ok(())) => tracing::info!("bridge: this process's presence is gone from Redis"),
@@ -543,7 +677,6 @@ impl Keeper {
     /// never has members in Redis while missing from the set.
     async fn unregister(
         &self,
-        conn: &mut Option<redis::aio::MultiplexedConnection>,
         changes: &crate::presence::Changes,
         state: &mut KeeperState,
     ) -> Result<(), String> {
@@ -554,12 +687,11 @@ impl Keeper {
         if gone.is_empty() {
             return Ok(());
         }
-        let (_, _, mine) = self.connect(conn).await?;
-        let c = conn.as_mut().expect("connected above");
+        let (mut c, _, _, mine) = self.connect().await?;
         let mut cmd = redis::cmd("SREM");
         cmd.arg(&mine)
             .arg(gone.iter().map(Channel::as_str).collect::<Vec<_>>());
-        let call = cmd.query_async::<i64>(c);
+        let call = cmd.query_async::<i64>(&mut c);
         match tokio::time::timeout(super::RESPONSE_TIMEOUT, call).await {
             Ok(Ok(_)) => {
                 for channel in &gone {
@@ -584,6 +716,7 @@ impl Keeper {
             let request = Request::Presence(PresenceRequest::Purge {
                 channel: channel.clone(),
                 instance: instance.clone(),
+                hooks: self.hooks(&channel),
                 done,
             });
             match self.requests.try_send(request) {
@@ -595,43 +728,17 @@ impl Keeper {
         }
     }
 
-    async fn connect(
-        &self,
-        conn: &mut Option<redis::aio::MultiplexedConnection>,
-    ) -> Result<(String, String, String), String> {
+    /// The registry's connection, this process's instance, the registry and this process's set.
+    async fn connect(&self) -> Result<(MultiplexedConnection, String, String, String), String> {
         let me = format!("{:x}", self.instance);
         let (registry, mine) = self.names.presence_registry(&me);
-        if conn.is_none() {
-            let node = self
-                .map
-                .borrow()
-                .node_of(&registry)
-                .cloned()
-                .ok_or("no master serves the registry's slot")?;
-            let client = redis::Client::open(self.deployment.connection(&node))
-                .map_err(|e| e.to_string())?;
-            let c = tokio::time::timeout(
-                super::RESPONSE_TIMEOUT,
-                client.get_multiplexed_async_connection(),
-            )
-            .await
-            .map_err(|_| "no answer".to_string())?
-            .map_err(|e| e.to_string())?;
-            *conn = Some(c);
-        }
-        Ok((me, registry, mine))
+        Ok((self.registry.conn().await?, me, registry, mine))
     }
 
     /// Beats, and adds `channels` to this process's set. True if the registry did not have
     /// this process (its first beat, or survivors purged it).
-    async fn register(
-        &self,
-        conn: &mut Option<redis::aio::MultiplexedConnection>,
-        has_channels: bool,
-        channels: &[String],
-    ) -> Result<bool, String> {
-        let (me, registry, mine) = self.connect(conn).await?;
-        let c = conn.as_mut().expect("connected above");
+    async fn register(&self, has_channels: bool, channels: &[String]) -> Result<bool, String> {
+        let (mut c, me, registry, mine) = self.connect().await?;
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(BEAT)
             .arg(2)
@@ -640,7 +747,7 @@ impl Keeper {
             .arg(&me)
             .arg(if has_channels { "1" } else { "0" })
             .arg(channels);
-        let call = cmd.query_async::<i64>(c);
+        let call = cmd.query_async::<i64>(&mut c);
         let added = tokio::time::timeout(super::RESPONSE_TIMEOUT, call)
             .await
             .map_err(|_| "no answer".to_string())?
@@ -664,25 +771,18 @@ impl Keeper {
     }
 
     /// Says this process is alive; takes the dead out, their purges due.
-    async fn beat(
-        &self,
-        conn: &mut Option<redis::aio::MultiplexedConnection>,
-        state: &mut KeeperState,
-    ) -> Result<(), String> {
-        let added = self
-            .register(conn, !state.registered.is_empty(), &[])
-            .await?;
+    async fn beat(&self, state: &mut KeeperState) -> Result<(), String> {
+        let added = self.register(!state.registered.is_empty(), &[]).await?;
         self.registered(added, state);
-        let (_, registry, _) = self.connect(conn).await?;
+        let (mut c, _, registry, _) = self.connect().await?;
         let (_, sets) = self.names.presence_registry("");
-        let c = conn.as_mut().expect("connected above");
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(DEAD)
             .arg(1)
             .arg(&registry)
             .arg(DEAD_AFTER.as_millis() as u64)
             .arg(&sets);
-        let call = cmd.query_async::<Vec<String>>(c);
+        let call = cmd.query_async::<Vec<String>>(&mut c);
         let dead = tokio::time::timeout(super::RESPONSE_TIMEOUT, call)
             .await
             .map_err(|_| "no answer".to_string())?

@@ -143,6 +143,13 @@ impl Names {
         )
     }
 
+    /// The fleet's webhooks, in the registry's slot: the stream of events (this name), the
+    /// lease of the process that delivers them (`:lease`) and each URL's cursor (`:at:…`).
+    pub fn webhooks(&self) -> String {
+        let (registry, _) = self.presence_registry("");
+        format!("{registry}:webhooks")
+    }
+
     /// The key a process holds while it uses `node_id`.
     pub fn node_claim(&self, node_id: &str) -> String {
         format!("{}n:{node_id}", self.prefix)

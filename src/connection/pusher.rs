@@ -18,20 +18,24 @@ use crate::merge::Asked;
 use crate::metrics::WorkerMetrics;
 use crate::protocol::{Channel, Frame, Target, UserId, MAX_PAGE};
 use crate::pusher::{self as wire, close, App, Kind, CLIENT_EVENTS_PER_SECOND};
+use crate::webhooks::{Event, Webhooks};
 
 /// What a Pusher connection knows of itself.
 pub struct Socket {
     pub app: Arc<App>,
     pub id: Arc<str>,
+    /// With `--pusher-webhook`: where its client events are reported.
+    webhooks: Option<Arc<Webhooks>>,
     /// Client events this second: when the second began, how many.
     budget: Mutex<(Instant, u32)>,
 }
 
 impl Socket {
-    pub fn new(app: Arc<App>, id: Arc<str>) -> Self {
+    pub fn new(app: Arc<App>, id: Arc<str>, webhooks: Option<Arc<Webhooks>>) -> Self {
         Socket {
             app,
             id,
+            webhooks,
             budget: Mutex::new((Instant::now(), 0)),
         }
     }
@@ -251,10 +255,25 @@ impl Connection {
             position: None,
         };
         let router = self.router.clone();
+        let hook = socket.webhooks.clone().map(|webhooks| {
+            let event = Event::Client {
+                channel: name.to_string(),
+                event: event.to_string(),
+                data: message["data"].clone(),
+                socket_id: socket.id.to_string(),
+                user_id: user.map(str::to_string),
+            };
+            (webhooks, event)
+        });
         // In order with this connection's other client events: published before reading on.
         Step::Ask(Box::pin(async move {
             match router.publish(vec![delivery]).await {
-                Ok(_) => Answered::Nothing,
+                Ok(_) => {
+                    if let Some((webhooks, event)) = hook {
+                        webhooks.push(&event);
+                    }
+                    Answered::Nothing
+                }
                 Err(_) => Answered::Reply(wire::error(
                     None,
                     "the event could not be published now; retry",

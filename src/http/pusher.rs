@@ -53,7 +53,9 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>, key: 
         Ok(started) => started,
         Err(e) => return e.into_response(),
     };
-    let connection = connection(ctx, session, Some(Box::new(Socket::new(app, socket))));
+    let webhooks = ctx.shared.webhooks.clone();
+    let socket = Socket::new(app, socket, webhooks);
+    let connection = connection(ctx, session, Some(Box::new(socket)));
     let writer = connection.writer.clone();
     switch(&mut req, ctx, &accept, writer, |ws| connection.run(ws))
 }
