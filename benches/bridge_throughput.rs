@@ -132,7 +132,7 @@ fn main() {
         };
         let (bridge, _thread) = Bridge::prepare(config, log, metrics.clone())
             .unwrap()
-            .spawn(bus, None, shutdown.clone())
+            .spawn(bus, None, None, shutdown.clone())
             .unwrap();
         (bridge, metrics, inboxes.pop().unwrap())
     };

@@ -61,3 +61,28 @@ fn the_three_pusher_flags_go_together_and_none_is_empty() {
         assert!(refused.to_string().contains("all three"), "{refused}");
     }
 }
+
+#[test]
+fn a_webhook_needs_the_pusher_app_and_an_http_url() {
+    let some = |s: &str| Some(s.to_string());
+    for (app, url, why) in [
+        (false, "http://127.0.0.1:9/hooks", "needs --pusher-app-id"),
+        (true, "ftp://example.com/hooks", "not an http(s) URL"),
+        (true, "hooks", "not an http(s) URL"),
+    ] {
+        let mut config = fanfare::Config::new();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.token_secret = some("s");
+        config.api_key = some("k");
+        if app {
+            (
+                config.pusher_app_id,
+                config.pusher_key,
+                config.pusher_secret,
+            ) = (some("1"), some("key"), some("secret"));
+        }
+        config.pusher_webhooks = vec![url.to_string()];
+        let refused = fanfare::Server::start(config).err().expect("refused");
+        assert!(refused.to_string().contains(why), "{refused}");
+    }
+}

@@ -100,6 +100,7 @@ test("a fleet sends each event once; the delivering machine killed, its member i
 
   const alice = await connected(client(a.port, { user: { id: "alice" } }));
   const bob = await connected(client(b.port, { user: { id: "bob" } }));
+  cleanup.push(() => alice.disconnect());
   const open = alice.subscribe("private-news");
   await next(open, "pusher:subscription_succeeded");
   for (const c of [alice, bob]) {
