@@ -20,7 +20,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::frame::Frame;
-use crate::protocol::{Channel, ConnId};
+use crate::protocol::{Channel, ConnId, UserId};
 
 /// How long pusher-js may stay silent before it pings (`activity_timeout`, seconds).
 pub const ACTIVITY_TIMEOUT: u64 = 120;
@@ -40,10 +40,21 @@ pub mod close {
     pub const PONG_NOT_RECEIVED: u16 = 4201;
     /// Client events faster than allowed.
     pub const RATE_LIMITED: u16 = 4301;
+    /// The user's connections were terminated (`terminate_connections`): do not reconnect.
+    pub const TERMINATED: u16 = 4009;
 }
 
 /// Where Pusher's channels live among fanfare's.
 pub const NAMESPACE: &str = "pusher:";
+/// Where Pusher's users (`pusher:signin`) live among fanfare's: user `42` is `pusher:user:42`.
+pub const USERS: &str = "pusher:user:";
+/// The channel a signed-in user's events come on (`sendToUser`), and only that user may join.
+pub const SERVER_TO_USER: &str = "#server-to-user-";
+
+/// The fanfare user of the Pusher user `id`.
+pub fn user(id: &str) -> Result<UserId, crate::protocol::NameError> {
+    UserId::new(&format!("{USERS}{id}"))
+}
 
 /// The fanfare channel of the Pusher channel `name`.
 pub fn channel(name: &str) -> Result<Channel, crate::protocol::NameError> {
@@ -106,6 +117,15 @@ impl App {
             None => format!("{socket_id}:{channel}"),
         };
         let expected = self.hmac_hex(&text);
+        key == self.key && bool::from(signature.as_bytes().ct_eq(expected.as_bytes()))
+    }
+
+    /// Whether `auth` signs a user sign-in: `socket_id::user::user_data`.
+    pub fn signs_in(&self, auth: &str, socket_id: &str, user_data: &str) -> bool {
+        let Some((key, signature)) = auth.split_once(':') else {
+            return false;
+        };
+        let expected = self.hmac_hex(&format!("{socket_id}::user::{user_data}"));
         key == self.key && bool::from(signature.as_bytes().ct_eq(expected.as_bytes()))
     }
 
@@ -177,6 +197,11 @@ pub fn event(event: &str, channel: Option<&str>, data: &str) -> Frame {
 pub fn connection_established(socket_id: &str) -> Frame {
     let data = serde_json::json!({"socket_id": socket_id, "activity_timeout": ACTIVITY_TIMEOUT});
     event("pusher:connection_established", None, &data.to_string())
+}
+
+pub fn signin_success(user_data: &str) -> Frame {
+    let data = serde_json::json!({ "user_data": user_data });
+    event("pusher:signin_success", None, &data.to_string())
 }
 
 pub fn pong() -> Frame {

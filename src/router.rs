@@ -76,6 +76,22 @@ impl Router {
             .collect()
     }
 
+    /// The channels with subscribers whose names start with `prefix`: the fleet's with Redis
+    /// (those with members in its presence), this machine's alone.
+    ///
+    /// # Errors
+    /// Redis cannot be asked now.
+    pub async fn channels(&self, prefix: &str) -> Result<Vec<Channel>, Unreachable> {
+        match &self.bridge {
+            Some(bridge) => bridge.channels(prefix).await,
+            None => Ok(self
+                .channels_here()
+                .into_iter()
+                .filter(|c| c.as_str().starts_with(prefix))
+                .collect()),
+        }
+    }
+
     /// Whether presence questions are answered by Redis (the fleet's), not from memory.
     pub fn presence_in_redis(&self) -> bool {
         self.bridge.is_some()

@@ -104,6 +104,8 @@ const PING_EVERY: Duration = Duration::from_secs(1);
 pub const CLAIM_TTL: Duration = Duration::from_secs(5);
 /// Messages waiting for the publisher; past this they are dropped and counted.
 const PUBLISH_QUEUE: usize = 16 * 1024;
+/// Questions about the registry waiting at once (an admin API's; more are refused, 503).
+const QUESTIONS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -186,6 +188,8 @@ pub struct Bridge {
     node_id: Arc<str>,
     /// To the publisher task; closed when the bridge stops.
     publish_tx: mpsc::Sender<Request>,
+    /// Questions about the fleet's registry (its channels).
+    ask_registry: mpsc::Sender<registry::Question>,
     /// Topics have history, in Redis.
     history: Option<HistorySettings>,
     /// On a Redis Cluster: a master that is down refuses only its own slots' messages.
@@ -199,6 +203,7 @@ pub struct Prepared {
     bridge: Bridge,
     deployment: Deployment,
     publish_rx: mpsc::Receiver<Request>,
+    questions: mpsc::Receiver<registry::Question>,
     max_message_bytes: usize,
     /// The URL without its password, for logs.
     where_: String,
@@ -222,11 +227,13 @@ impl Bridge {
         let deployment = Deployment::parse(&config.url).map_err(Error::Url)?;
         let names = Names::new(&config.prefix, deployment.cluster).map_err(Error::Prefix)?;
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let (ask_registry, questions) = mpsc::channel(QUESTIONS);
         let bridge = Bridge {
             names,
             instance: rand::random(),
             node_id: config.node_id.as_str().into(),
             publish_tx,
+            ask_registry,
             history: config.history,
             cluster: deployment.cluster,
             log,
@@ -236,6 +243,7 @@ impl Bridge {
             bridge,
             deployment,
             publish_rx,
+            questions,
             max_message_bytes: config.max_message_bytes,
             where_: redact(&config.url),
         })
@@ -367,6 +375,28 @@ impl Bridge {
             .await
     }
 
+    /// The channels with members anywhere in the fleet whose names start with `prefix`.
+    pub async fn channels(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<crate::protocol::Channel>, Unreachable> {
+        let (reply, answer) = oneshot::channel();
+        let question = registry::Question::Channels {
+            prefix: prefix.to_string(),
+            reply,
+        };
+        self.ask_registry
+            .try_send(question)
+            .map_err(|_| Unreachable)?;
+        match tokio::time::timeout(RESPONSE_TIMEOUT * 2, answer).await {
+            Ok(Ok(names)) => Ok(names
+                .iter()
+                .filter_map(|n| crate::protocol::Channel::new(n).ok())
+                .collect()),
+            _ => Err(Unreachable),
+        }
+    }
+
     /// Queues a request at once (so requests keep their order in Redis); the future answers.
     fn ask<T>(
         &self,
@@ -446,6 +476,7 @@ impl Prepared {
             bridge,
             deployment,
             publish_rx,
+            questions,
             max_message_bytes,
             where_,
         } = self;
@@ -478,6 +509,7 @@ impl Prepared {
             crate::webhooks::deliver(hooks, store, links.clone(), Duration::ZERO)
         });
         let shutdown = links;
+        let shutdown_answers = shutdown.clone();
         let keeper = deployment.cluster.then(|| cluster::Keeper {
             deployment: deployment.clone(),
             map: map_tx,
@@ -548,12 +580,14 @@ impl Prepared {
                             webhooks.await;
                         }
                     };
+                    let answers = registry::answer(registry, questions, shutdown_answers);
                     tokio::join!(
                         publisher.run(publish_rx, redirected),
                         subscriber.run(seeds),
                         keeper,
                         presence,
-                        webhooks
+                        webhooks,
+                        answers
                     );
                 });
             })

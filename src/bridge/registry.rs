@@ -1,11 +1,14 @@
 //! The bridge's connection for the fleet's bookkeeping, all in one slot (the presence
 //! registry's): the registry of live processes and their channels (`presence`), and the
-//! webhooks' stream, cursors and lease (`webhooks`). One multiplexed connection, made when
-//! first needed and made again after a failure.
+//! webhooks' stream, cursors and lease (`webhooks`), and the questions asked of them
+//! ([`Question`]). One multiplexed connection, made when first needed and made again after a
+//! failure.
 
 use std::sync::{Arc, Mutex};
 
 use redis::aio::MultiplexedConnection;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::cluster::{Deployment, Topology};
 use super::wire::Names;
@@ -59,5 +62,55 @@ impl Registry {
     /// A call on the connection failed: the next one connects again (the slot may have moved).
     pub fn lost(&self) {
         *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// KEYS: the registry. ARGV: the prefix of each process's set, the prefix of the channels
+/// wanted. The channels any live process has members in.
+const CHANNELS: &str = "
+local out, seen = {}, {}
+for _, instance in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  for _, c in ipairs(redis.call('SMEMBERS', ARGV[1] .. instance)) do
+    if not seen[c] and string.sub(c, 1, #ARGV[2]) == ARGV[2] then
+      seen[c] = true
+      out[#out + 1] = c
+    end
+  end
+end
+return out";
+
+/// What the router asks of the registry.
+pub enum Question {
+    /// The fleet's channels with members, whose names start with `prefix`.
+    Channels {
+        prefix: String,
+        reply: oneshot::Sender<Vec<String>>,
+    },
+}
+
+/// Answers questions until `stop`; one that cannot be answered now is dropped unanswered.
+pub async fn answer(
+    registry: Arc<Registry>,
+    mut questions: mpsc::Receiver<Question>,
+    stop: CancellationToken,
+) {
+    while let Some(Some(question)) = stop.run_until_cancelled(questions.recv()).await {
+        match question {
+            Question::Channels { prefix, reply } => {
+                let (key, sets) = registry.names.presence_registry("");
+                let Ok(mut conn) = registry.conn().await else {
+                    continue;
+                };
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(CHANNELS).arg(1).arg(key).arg(sets).arg(prefix);
+                let call = cmd.query_async::<Vec<String>>(&mut conn);
+                match tokio::time::timeout(super::RESPONSE_TIMEOUT, call).await {
+                    Ok(Ok(channels)) => {
+                        let _ = reply.send(channels);
+                    }
+                    Ok(Err(_)) | Err(_) => registry.lost(),
+                }
+            }
+        }
     }
 }

@@ -249,7 +249,11 @@ impl Connection {
                 }
                 End::Disconnect(why) => {
                     WorkerMetrics::inc(&metrics.disconnect_closes);
-                    Some(Frame::close(DISCONNECT_CODE, &why))
+                    let code = match self.pusher {
+                        Some(_) => crate::pusher::close::TERMINATED,
+                        None => DISCONNECT_CODE,
+                    };
+                    Some(Frame::close(code, &why))
                 }
                 End::ClientClosed => {
                     // tungstenite queued the close reply; flushing hands it to the writer.

@@ -28,6 +28,8 @@ pub struct Socket {
     webhooks: Option<Arc<Webhooks>>,
     /// Client events this second: when the second began, how many.
     budget: Mutex<(Instant, u32)>,
+    /// The Pusher user id it signed in as (`pusher:signin`).
+    user: Mutex<Option<String>>,
 }
 
 impl Socket {
@@ -37,7 +39,12 @@ impl Socket {
             id,
             webhooks,
             budget: Mutex::new((Instant::now(), 0)),
+            user: Mutex::new(None),
         }
+    }
+
+    fn user(&self) -> Option<String> {
+        self.user.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Takes one client event from this second's budget; false when it is spent.
@@ -74,6 +81,7 @@ impl Connection {
             "pusher:ping" => self.reply(wire::pong()),
             "pusher:pong" => Step::Continue,
             "pusher:subscribe" => self.pusher_subscribe(socket, &message["data"]),
+            "pusher:signin" => self.sign_in(socket, &message["data"]),
             "pusher:unsubscribe" => {
                 if let Some(channel) = message["data"]["channel"]
                     .as_str()
@@ -103,6 +111,21 @@ impl Connection {
             Ok(c) => c,
             Err(e) => return refuse("InvalidChannel", &e.to_string(), 400),
         };
+        if let Some(user) = name.strip_prefix(wire::SERVER_TO_USER) {
+            if socket.user().as_deref() != Some(user) {
+                return refuse(
+                    "AuthError",
+                    "only the user signed in on this connection (pusher:signin) receives its events",
+                    403,
+                );
+            }
+        } else if name.starts_with('#') {
+            return refuse(
+                "InvalidChannel",
+                "channels starting with # are reserved",
+                400,
+            );
+        }
         let kind = Kind::of(name);
         let channel_data = data["channel_data"].as_str();
         if kind.is_private() {
@@ -161,6 +184,34 @@ impl Connection {
             // Subscribed already, or on its way: Pusher says nothing more.
             Answer::Reply(_) | Answer::Refuse(_) | Answer::Nothing => Step::Continue,
         }
+    }
+
+    /// `pusher:signin`: `user_data` (JSON with a string `id`) signed by the application's user
+    /// authentication endpoint. From then on the socket is that user's: it may join
+    /// `#server-to-user-<id>`, and `terminate_connections` closes it.
+    fn sign_in(&self, socket: &Socket, data: &Value) -> Step {
+        let auth = data["auth"].as_str().unwrap_or_default();
+        let user_data = data["user_data"].as_str().unwrap_or_default();
+        if !socket.app.signs_in(auth, &socket.id, user_data) {
+            return self.pusher_refuse(wire::error(
+                None,
+                "pusher:signin refused: the auth signature does not match this socket and user_data",
+            ));
+        }
+        let id = serde_json::from_str::<Value>(user_data)
+            .ok()
+            .and_then(|v| v["id"].as_str().map(str::to_string))
+            .filter(|id| !id.is_empty());
+        let Some((id, user)) = id.and_then(|id| Some((id.clone(), wire::user(&id).ok()?))) else {
+            return self.pusher_refuse(wire::error(
+                None,
+                "pusher:signin refused: user_data needs a string id (at most 244 bytes)",
+            ));
+        };
+        let r = &self.registration;
+        hub::lock(&r.hub).sign_in(r.id, user);
+        *socket.user.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
+        self.reply(wire::signin_success(user_data))
     }
 
     /// A presence channel started, its messages and events held: it opens with the fleet's

@@ -7,10 +7,12 @@
 //! - `GET /apps/{id}/channels` (`filter_by_prefix`, `info=user_count` for presence channels)
 //! - `GET /apps/{id}/channels/{name}` (`info=user_count,subscription_count`)
 //! - `GET /apps/{id}/channels/{name}/users` (presence channels)
+//! - `POST /apps/{id}/users/{user}/terminate_connections` (the sockets signed in as `user`)
 //!
 //! An event is published like any channel message ([`crate::pusher::payload`]), through the
 //! same router: with `--redis`, to the fleet.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hyper::body::Incoming;
@@ -27,7 +29,7 @@ use super::reject::{json, ApiError};
 use super::Response;
 use crate::bus::Delivery;
 use crate::context::Shared;
-use crate::protocol::{Channel, Frame, Target, MAX_PAGE};
+use crate::protocol::{Channel, Control, Frame, Target, MAX_PAGE};
 use crate::pusher::{self as wire, App, Kind};
 
 /// How far `auth_timestamp` may be from the server's clock.
@@ -110,8 +112,13 @@ async fn answer(
         (&Method::GET, ["channels"]) => {
             let prefix = param("filter_by_prefix").unwrap_or_default();
             let mut channels = serde_json::Map::new();
-            for channel in ctx.router.channels_here() {
-                let Some(name) = wire::name(&channel).filter(|n| n.starts_with(&prefix)) else {
+            let found = ctx
+                .router
+                .channels(&format!("{}{prefix}", wire::NAMESPACE))
+                .await
+                .map_err(|_| unavailable())?;
+            for channel in found {
+                let Some(name) = wire::name(&channel) else {
                     continue;
                 };
                 let mut v = serde_json::json!({});
@@ -162,7 +169,23 @@ async fn answer(
                 .collect();
             Ok(serde_json::json!({ "users": users }))
         }
-        (_, ["events" | "batch_events"]) => Err(ApiError::MethodNotAllowed("POST")),
+        (&Method::POST, ["users", user, "terminate_connections"]) => {
+            let user =
+                wire::user(user).map_err(|e| ApiError::BadRequest(format!("user id: {e}")))?;
+            let reason = Arc::from("terminated by the application");
+            ctx.router
+                .control(user, Control::Disconnect(reason))
+                .await
+                .map_err(|_| {
+                    ApiError::Unavailable(
+                        "Redis is unreachable: nothing was terminated; retry".into(),
+                    )
+                })?;
+            Ok(serde_json::json!({}))
+        }
+        (_, ["events" | "batch_events"] | ["users", _, "terminate_connections"]) => {
+            Err(ApiError::MethodNotAllowed("POST"))
+        }
         (_, ["channels", ..]) => Err(ApiError::MethodNotAllowed("GET")),
         _ => Err(ApiError::NotFound),
     }

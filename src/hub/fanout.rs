@@ -259,6 +259,15 @@ impl Hub {
         since: Option<&Since>,
         fanout: &mut Fanout,
     ) {
+        if let (Control::Disconnect(reason), Some(sockets)) = (control, self.signed_in.get(user)) {
+            // Pusher sockets signed in as the user (`terminate_connections`).
+            for id in sockets.clone() {
+                if let Some(member) = self.members.get(&id) {
+                    member.writer.command(Command::Disconnect(reason.clone()));
+                }
+                self.unregister(id);
+            }
+        }
         // Only ids and writers: a recipient's held messages are not copied for this.
         let Some(connections): Option<Vec<(ConnId, Arc<Writer>)>> = self
             .users

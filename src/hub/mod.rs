@@ -146,6 +146,11 @@ pub struct Hub {
     presence: Option<Arc<crate::presence::Presence>>,
     /// The connections that speak the Pusher protocol, with their socket ids.
     pushers: HashMap<ConnId, Arc<str>>,
+    /// Pusher sockets signed in as a user (`pusher:signin`), by that user's fanfare id: the
+    /// backend's word for the user (`terminate_connections`) reaches them.
+    signed_in: HashMap<UserId, Vec<ConnId>>,
+    /// Whom each signed-in Pusher socket signed in as.
+    signed_as: HashMap<ConnId, UserId>,
 }
 
 /// A worker's hub as its connections and bus task share it.
@@ -177,6 +182,8 @@ impl Hub {
             overflowed: Vec::new(),
             starts: 0,
             pushers: HashMap::new(),
+            signed_in: HashMap::new(),
+            signed_as: HashMap::new(),
             presence: None,
         }
     }
@@ -330,6 +337,7 @@ impl Hub {
         self.metrics.connections.fetch_sub(1, Relaxed);
         if member.pusher {
             self.pushers.remove(&id);
+            self.sign_out(id);
         }
         if let Entry::Occupied(mut e) = self.users.entry(member.user.clone()) {
             e.get_mut().retain(|(c, _)| *c != id);
@@ -341,6 +349,34 @@ impl Hub {
         for m in member.channels {
             let user = m.present_as.map_or(member.user.clone(), |p| p.0);
             self.leave(m.channel, id, &user, m.active);
+        }
+    }
+
+    /// A Pusher socket signed in as `user` (its fanfare id): the backend's word for that user
+    /// reaches it from now on, on any machine (the route makes the bridge listen).
+    pub fn sign_in(&mut self, id: ConnId, user: UserId) {
+        if !self.pushers.contains_key(&id) {
+            return;
+        }
+        self.sign_out(id);
+        let sockets = self.signed_in.entry(user.clone()).or_default();
+        if sockets.is_empty() {
+            self.routes.add(&Topic::User(user.clone()), self.worker);
+        }
+        sockets.push(id);
+        self.signed_as.insert(id, user);
+    }
+
+    fn sign_out(&mut self, id: ConnId) {
+        let Some(user) = self.signed_as.remove(&id) else {
+            return;
+        };
+        if let Entry::Occupied(mut e) = self.signed_in.entry(user) {
+            e.get_mut().retain(|c| *c != id);
+            if e.get().is_empty() {
+                let (user, _) = e.remove_entry();
+                self.routes.remove(&Topic::User(user), self.worker);
+            }
         }
     }
 
@@ -617,7 +653,7 @@ impl Hub {
 
     /// Entries of every map; zero once every connection has left (tests check for leaks).
     pub fn entries(&self) -> usize {
-        self.members.len() + self.users.len() + self.channels.len()
+        self.members.len() + self.users.len() + self.channels.len() + self.signed_in.len()
     }
 }
 

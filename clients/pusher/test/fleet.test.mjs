@@ -6,13 +6,15 @@ import { after, before, test } from "node:test";
 
 import { client, connected, next, sdk, startRedis, startServer, waitFor } from "./helpers.mjs";
 
-let redis, a, b;
+let redis, a, b, c;
 before(async () => {
   redis = await startRedis();
   const fleet = (node) => ["--redis", redis.url, "--node-id", node, "--redis-prefix", "pf:"];
   [a, b] = [await startServer({ extra: fleet("a") }), await startServer({ extra: fleet("b") })];
+  // The tests after a machine's death ask the third.
+  c = await startServer({ extra: fleet("c") });
 });
-after(() => [a, b, redis].forEach((p) => p.stop()));
+after(() => [a, b, c, redis].forEach((p) => p.stop()));
 
 const open = [];
 after(() => open.forEach((c) => c.disconnect()));
@@ -79,4 +81,46 @@ test("presence is the fleet's, and a killed machine's member is removed", async 
   b.stop();
   bob.disconnect();
   assert.equal((await removed).id, "bob");
+});
+
+test("a signed-in user gets its events on any machine, and is terminated from another", async () => {
+  const carol = await make(a, { signin: { id: "carol", name: "Carol" } });
+  const other = await make(a, { signin: { id: "dave" } });
+  for (const who of [carol, other]) who.signin();
+  await Promise.all([carol, other].map((who) => who.user.signinDonePromise));
+  const personal = carol.user.serverToUserChannel;
+  if (!personal.subscribed) await next(personal, "pusher:subscription_succeeded");
+  if (!other.user.serverToUserChannel.subscribed) {
+    await next(other.user.serverToUserChannel, "pusher:subscription_succeeded");
+  }
+  // The bridge relays the user's events once its subscription is in (written in batches).
+  const got = new Promise((resolve) => carol.user.bind("note", resolve));
+  await waitFor("carol's event", async () => {
+    await sdk(c.port).sendToUser("carol", "note", { for: "carol" });
+    return Promise.race([got.then(() => true), new Promise((r) => setTimeout(() => r(false), 200))]);
+  });
+  assert.deepEqual(await got, { for: "carol" });
+
+  const closed = new Promise((resolve) =>
+    carol.connection.bind("state_change", ({ current }) => current === "disconnected" && resolve()),
+  );
+  const r = await sdk(c.port).terminateUserConnections("carol");
+  assert.equal(r.status, 200);
+  await closed;
+  // 4009: pusher-js does not come back; dave, on the same machine, stays.
+  await new Promise((r) => setTimeout(r, 500));
+  assert.equal(carol.connection.state, "disconnected");
+  assert.equal(other.connection.state, "connected");
+});
+
+test("the channels listed are the fleet's", async () => {
+  const client = await make(a);
+  const ch = client.subscribe("private-only-on-a=1,x;y");
+  await next(ch, "pusher:subscription_succeeded");
+  const listed = async () =>
+    (await (await sdk(c.port).get({ path: "/channels", params: { filter_by_prefix: "private-only" } })).json())
+      .channels;
+  await waitFor("a's channel listed by b", async () => "private-only-on-a=1,x;y" in (await listed()));
+  ch.unsubscribe();
+  await waitFor("gone once unsubscribed", async () => !("private-only-on-a=1,x;y" in (await listed())));
 });

@@ -76,7 +76,7 @@ export function sdk(port) {
 
 /** pusher-js as an application configures it for a self-hosted server; channels are
  * authorised by the official SDK, as an application's auth endpoint does. */
-export function client(port, { user, key = APP.key, authorize } = {}) {
+export function client(port, { user, key = APP.key, authorize, signin } = {}) {
   const signer = sdk(port);
   authorize ??= (params, callback) => {
     const presence = user ? { user_id: user.id, user_info: user.info } : undefined;
@@ -94,6 +94,11 @@ export function client(port, { user, key = APP.key, authorize } = {}) {
     enabledTransports: ["ws"],
     disableStats: true,
     channelAuthorization: { customHandler: authorize },
+    // Signs in as `signin` (user data with an id), as an app's user authentication endpoint does.
+    userAuthentication: {
+      customHandler: (params, callback) =>
+        callback(null, signer.authenticateUser(params.socketId, signin)),
+    },
   });
 }
 

@@ -4,7 +4,9 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
-import { client, connected, next, publish, startServer } from "./helpers.mjs";
+import WebSocket from "ws";
+
+import { APP, client, connected, next, publish, sdk, startServer, waitFor } from "./helpers.mjs";
 
 let server;
 before(async () => (server = await startServer()));
@@ -127,4 +129,32 @@ test("a client event on a presence channel says which member sent it", async () 
   const { data, meta } = await got;
   assert.deepEqual(data, { n: 1 });
   assert.equal(meta?.user_id, "alice-ce");
+});
+
+test("a sign-in needs the app's signature, and only that user joins its own channel", async () => {
+  // pusher-js does not let an app subscribe to `#` channels itself: a raw socket does.
+  const ws = new WebSocket(`ws://127.0.0.1:${server.port}/app/${APP.key}?protocol=7`);
+  const frames = [];
+  ws.on("message", (m) => frames.push(JSON.parse(m)));
+  const frame = async (event) => {
+    await waitFor(event, () => frames.some((f) => f.event === event));
+    return frames.splice(frames.findIndex((f) => f.event === event), 1)[0];
+  };
+  const socket_id = JSON.parse((await frame("pusher:connection_established")).data).socket_id;
+  const send = (event, data) => ws.send(JSON.stringify({ event, data }));
+  const user_data = JSON.stringify({ id: "erin" });
+  send("pusher:signin", { auth: `${APP.key}:${"0".repeat(64)}`, user_data });
+  assert.match((await frame("pusher:error")).data.message, /signin refused/);
+  send("pusher:subscribe", { channel: "#server-to-user-erin", auth: "" });
+  assert.equal((await frame("pusher:subscription_error")).data.status, 403);
+
+  send("pusher:signin", sdk(server.port).authenticateUser(socket_id, { id: "erin" }));
+  assert.equal((await frame("pusher:signin_success")).data, JSON.stringify({ user_data }));
+  send("pusher:subscribe", { channel: "#server-to-user-erin", auth: "" });
+  await frame("pusher_internal:subscription_succeeded");
+  send("pusher:subscribe", { channel: "#server-to-user-frank", auth: "" });
+  assert.equal((await frame("pusher:subscription_error")).data.status, 403);
+  send("pusher:subscribe", { channel: "#anything", auth: "" });
+  assert.equal((await frame("pusher:subscription_error")).data.status, 400);
+  ws.close();
 });
