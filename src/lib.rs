@@ -21,6 +21,8 @@
 //!           bridge ─▶ subscription log (watch) ─▶ connection (`subscribed`, the session start)
 //! presence: hub (joins, leaves) ─▶ presence ─▶ bus (`join`/`leave` to watchers)
 //!                                      └─▶ bridge::presence ─▶ Redis (the fleet's members)
+//! webhooks: presence (alone) or bridge::presence (Redis's answer), client events ─▶ webhooks
+//!           outbox ─▶ store (memory, or the fleet's stream) ─▶ POST to each URL
 //! ```
 //!
 //! The modules from the top floor down: each imports only from modules further down this list
@@ -55,6 +57,8 @@
 //! - [`config`]: every `fanfare serve` flag, its environment variable and default.
 //! - [`subscriptions`]: the seam between hubs and bridge: what this process wants from Redis,
 //!   and how far the bridge got.
+//! - [`webhooks`]: Pusher webhooks: the events, this process's outbox, signed POSTs retried with
+//!   backoff, a cursor per URL over a store (memory alone, a Redis stream in a fleet).
 //! - [`pusher`]: the Pusher Channels protocol's app, signatures, socket ids and frames (its
 //!   WebSocket dialect is `connection/pusher.rs`, its routes `http/pusher*.rs`).
 //! - [`protocol`]: ids (`UserId`, `Channel`, `ConnId`), topics, client messages, and what each

@@ -32,6 +32,9 @@
 //!     who waits for what: pure) and catchup.rs (gaps filled from history: pure)
 //! features' commands and scripts: history.rs, presence.rs; their wire: wire.rs (payloads),
 //! pubsub.rs (RESP), cluster.rs (the map of masters and slots)
+//! the fleet's bookkeeping in one slot, on one connection (registry.rs): presence's registry
+//!   of live processes, the fleet's channel list, and the webhooks' stream and lease
+//!   (webhooks.rs, the fleet's [`crate::webhooks::Store`])
 //! ```
 //!
 //! Redis is trusted (it is the fleet's own), yet what comes from it is checked: a payload over
