@@ -438,3 +438,156 @@ async fn presence_lives_in_the_channels_slot_and_machines_agree() {
         json!({"type": "leave", "channel": "room", "user": "x"})
     );
 }
+
+/// A minimal webhook endpoint: answers 200 to every POST and keeps each body.
+async fn webhook_endpoint() -> (String, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0; 8192];
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                        continue;
+                    };
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if body.len() < len {
+                        continue;
+                    }
+                    let _ = tx.send(serde_json::from_str(&body[..len]).unwrap());
+                    buf.clear();
+                    let ok = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                    if s.write_all(ok.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test]
+async fn the_pusher_front_works_on_a_cluster_webhooks_sign_in_and_channels() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let cluster = RedisCluster::start();
+    let (hook_url, mut hooks) = webhook_endpoint().await;
+    let app = fanfare::pusher::App::new("1".into(), "key".into(), "secret".into());
+    let machine = |node: &str| {
+        let (url, node, hook_url) = (cluster.url(), node.to_string(), hook_url.clone());
+        TestServer::start_with(move |c| {
+            c.redis = Some(url);
+            c.redis_prefix = PREFIX.into();
+            c.node_id = Some(node);
+            (c.pusher_app_id, c.pusher_key, c.pusher_secret) =
+                (Some("1".into()), Some("key".into()), Some("secret".into()));
+            c.pusher_webhooks = vec![hook_url];
+        })
+    };
+    let (a, b) = (machine("a"), machine("b"));
+    a.wait_readyz(200).await;
+    b.wait_readyz(200).await;
+
+    let url = format!("ws://{}/app/key?protocol=7", a.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut next = async || -> Value {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+            match m.expect("a frame in time") {
+                Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
+                Some(Ok(_)) => continue,
+                other => panic!("socket ended: {other:?}"),
+            }
+        }
+    };
+    let established = next().await;
+    let data: Value = serde_json::from_str(established["data"].as_str().unwrap()).unwrap();
+    let socket = data["socket_id"].as_str().unwrap().to_string();
+    drop(next);
+    let member = r#"{"user_id":"ann"}"#;
+    let auth = app.hmac_hex(&format!("{socket}:presence-c:{member}"));
+    let user_data = r#"{"id":"ann"}"#;
+    let signin = app.hmac_hex(&format!("{socket}::user::{user_data}"));
+    for frame in [
+        json!({"event": "pusher:subscribe", "data": {"channel": "presence-c", "auth": format!("key:{auth}"), "channel_data": member}}),
+        json!({"event": "pusher:signin", "data": {"auth": format!("key:{signin}"), "user_data": user_data}}),
+    ] {
+        ws.send(Message::text(frame.to_string())).await.unwrap();
+    }
+
+    // Webhooks from the presence script, on whichever master holds the channel's slot.
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while events.len() < 2 && Instant::now() < deadline {
+        if let Ok(Some(body)) = tokio::time::timeout(Duration::from_secs(1), hooks.recv()).await {
+            events.extend(body["events"].as_array().unwrap().iter().map(|e| {
+                format!(
+                    "{} {}",
+                    e["name"].as_str().unwrap(),
+                    e["user_id"].as_str().unwrap_or("")
+                )
+            }));
+        }
+    }
+    assert_eq!(events, ["channel_occupied ", "member_added ann"]);
+
+    // Asked of machine b: the fleet's channels, then ann's sockets terminated.
+    let signed = |method: &str, path: &str, body: &str| {
+        let md5 = fanfare::pusher::hex(&<md5::Md5 as md5::Digest>::digest(body.as_bytes()));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let query = match body.is_empty() {
+            true => format!("auth_key=key&auth_timestamp={now}&auth_version=1.0"),
+            false => format!("auth_key=key&auth_timestamp={now}&auth_version=1.0&body_md5={md5}"),
+        };
+        let signature = app.hmac_hex(&format!("{method}\n{path}\n{query}"));
+        format!("{path}?{query}&auth_signature={signature}")
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = b.get(&signed("GET", "/apps/1/channels", "")).await;
+        assert_eq!(status, 200, "{body}");
+        if body.contains("presence-c") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b never listed a's channel: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let path = signed("POST", "/apps/1/users/ann/terminate_connections", "{}");
+    let (status, body) = b.post(&path, "{}").await;
+    assert_eq!(status, 200, "{body}");
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Close(Some(frame)) = m {
+                return u16::from(frame.code);
+            }
+        }
+        0
+    });
+    assert_eq!(closed.await.unwrap(), 4009);
+}
