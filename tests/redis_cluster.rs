@@ -510,20 +510,16 @@ async fn the_pusher_front_works_on_a_cluster_webhooks_sign_in_and_channels() {
 
     let url = format!("ws://{}/app/key?protocol=7", a.addr);
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let mut next = async || -> Value {
-        loop {
-            let m = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
-            match m.expect("a frame in time") {
-                Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
-                Some(Ok(_)) => continue,
-                other => panic!("socket ended: {other:?}"),
-            }
+    let established: Value = loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+        match m.expect("a frame in time") {
+            Some(Ok(Message::Text(t))) => break serde_json::from_str(&t).unwrap(),
+            Some(Ok(_)) => continue,
+            other => panic!("socket ended: {other:?}"),
         }
     };
-    let established = next().await;
     let data: Value = serde_json::from_str(established["data"].as_str().unwrap()).unwrap();
     let socket = data["socket_id"].as_str().unwrap().to_string();
-    drop(next);
     let member = r#"{"user_id":"ann"}"#;
     let auth = app.hmac_hex(&format!("{socket}:presence-c:{member}"));
     let user_data = r#"{"id":"ann"}"#;
