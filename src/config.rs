@@ -107,6 +107,14 @@ pub struct Config {
     )]
     pub allowed_origins: Vec<String>,
 
+    /// permessage-deflate on WebSocket fronts for clients that offer it (on or off)
+    #[arg(long, env = "FANFARE_COMPRESSION", default_value = "on", value_parser = on_off)]
+    pub compression: bool,
+
+    /// Text frames shorter than this go uncompressed even to clients with deflate
+    #[arg(long, env = "FANFARE_COMPRESSION_MIN_BYTES", default_value_t = 256)]
+    pub compression_min_bytes: u32,
+
     /// Pusher Channels protocol: the app id (with --pusher-key and --pusher-secret, all or none)
     #[arg(long, env = "FANFARE_PUSHER_APP_ID")]
     pub pusher_app_id: Option<String>,
@@ -251,6 +259,15 @@ impl Config {
     }
 }
 
+/// `on` or `off`.
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("{other:?}: say on or off")),
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self::new()
@@ -273,6 +290,13 @@ mod tests {
         let c = parse(&["--ping-interval", "86400", "--request-timeout", "3"]).unwrap();
         assert_eq!(c.request_timeout(), Duration::from_secs(3));
         let _ = tokio::time::Instant::now() + 3 * c.ping_interval();
+    }
+
+    #[test]
+    fn compression_is_on_or_off() {
+        assert!(Config::new().compression);
+        assert!(!parse(&["--compression", "off"]).unwrap().compression);
+        assert!(parse(&["--compression", "maybe"]).is_err());
     }
 
     #[test]

@@ -5,12 +5,24 @@
 //! one buffer that every recipient's socket is written from. Another framing of the same text
 //! (compressed, or another transport's) is built from [`Frame::payload`].
 
+use std::sync::{Arc, OnceLock};
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// One server → client WebSocket frame, encoded once (header and payload) and shared by every
-/// recipient: each gets a refcount bump, and the bytes go to the socket as they are.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame(Bytes);
+/// recipient: each gets a refcount bump, and the bytes go to the socket as they are. A text
+/// frame also carries the cell of its compressed form (permessage-deflate), made by the first
+/// recipient that negotiated it and shared by all.
+#[derive(Clone, Debug)]
+pub struct Frame(Bytes, Option<Arc<OnceLock<Option<Bytes>>>>);
+
+impl PartialEq for Frame {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Frame {}
 
 /// Opcodes of the frames a server sends.
 const OP_TEXT: u8 = 0x1;
@@ -62,14 +74,23 @@ impl Frame {
         for p in parts {
             buf.put_slice(p);
         }
-        Frame(buf.freeze())
+        let deflated = (opcode == OP_TEXT).then(Arc::default);
+        Frame(buf.freeze(), deflated)
     }
 
     /// A copy with a reference count of its own. A worker fanning one frame out to thousands
     /// of connections counts references on this one instead of the bus's, whose count the
     /// other workers' cores touch too.
     pub fn local_copy(&self) -> Frame {
-        Frame(Bytes::copy_from_slice(&self.0))
+        Frame(Bytes::copy_from_slice(&self.0), self.1.clone())
+    }
+
+    /// The compressed frame (RSV1), made once for every recipient; `None` for a frame that
+    /// compression does not make smaller, or that is not text.
+    pub fn deflated(&self) -> Option<&Bytes> {
+        let cell = self.1.as_ref()?;
+        cell.get_or_init(|| crate::deflate::compress(self.payload()))
+            .as_ref()
     }
 
     /// The whole frame as it goes on the wire.

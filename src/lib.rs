@@ -73,6 +73,7 @@ pub mod bus;
 pub mod config;
 pub mod connection;
 pub mod context;
+pub mod deflate;
 pub mod error;
 pub mod frame;
 pub mod fuzzing;

@@ -229,6 +229,11 @@ impl Snapshot {
             ("fanfare_token_expired_closes", "Connections closed at their token's exp (4001).", sum(|w| &w.expired_closes)),
             ("fanfare_disconnect_closes", "Connections closed by POST /disconnect (4003).", sum(|w| &w.disconnect_closes)),
         ];
+        counters.push((
+            "fanfare_deflate_compressions",
+            "Messages compressed for permessage-deflate: one per publication, shared by every recipient that negotiated it.",
+            crate::deflate::COMPRESSED.load(Relaxed),
+        ));
         let accepted = ["direct", "channel", "broadcast"].iter().zip(&m.accepted);
         let rejected = REJECT_STATUSES.iter().zip(&m.rejected);
         let mut families = vec![

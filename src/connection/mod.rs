@@ -30,6 +30,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Identity, Permissions, TokenKeys};
+use crate::deflate::{InflateError, Inflating};
 use crate::error::{CloseReason, DISCONNECT_CODE};
 use crate::history::Read;
 use crate::hub::{self, Answer, Registration, Started};
@@ -386,6 +387,13 @@ impl Connection {
             Some(Ok(m)) => m,
             None => return Step::Stop(End::Gone),
             Some(Err(WsError::Capacity(_))) => return self.refuse(CloseReason::TooBig),
+            // A compressed message that inflates past the limit, or does not inflate.
+            Some(Err(WsError::Io(e))) if inflate_error(&e).is_some() => {
+                return match inflate_error(&e) {
+                    Some(InflateError::TooBig) => self.refuse(CloseReason::TooBig),
+                    _ => self.refuse(CloseReason::InvalidPayload),
+                };
+            }
             Some(Err(WsError::Utf8(_))) => return self.refuse(CloseReason::InvalidPayload),
             // The peer vanished without a close frame: nothing to answer.
             Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
@@ -636,6 +644,9 @@ fn confirmed(
 pub struct SocketIo {
     pub read: OwnedReadHalf,
     pub writer: Arc<Writer>,
+    /// With permessage-deflate: compressed client messages made plain before tungstenite
+    /// reads them, held to `--max-message-bytes` (the second field).
+    pub inflating: Option<Box<(Inflating, usize)>>,
 }
 
 impl AsyncRead for SocketIo {
@@ -644,7 +655,25 @@ impl AsyncRead for SocketIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.read).poll_read(cx, buf)
+        let this = &mut *self;
+        let Some(inflating) = this.inflating.as_mut() else {
+            return Pin::new(&mut this.read).poll_read(cx, buf);
+        };
+        let (inflating, limit) = &mut **inflating;
+        loop {
+            if inflating.has_ready() {
+                let n = inflating.take(buf.initialize_unfilled());
+                buf.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 512];
+            let mut read = ReadBuf::new(&mut chunk);
+            std::task::ready!(Pin::new(&mut this.read).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            inflating.feed(read.filled(), *limit)?;
+        }
     }
 }
 
@@ -667,6 +696,10 @@ impl AsyncWrite for SocketIo {
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
+}
+
+fn inflate_error(e: &io::Error) -> Option<&InflateError> {
+    e.get_ref()?.downcast_ref::<InflateError>()
 }
 
 pub mod pusher;

@@ -85,6 +85,7 @@ async fn start_pinging(frames: usize, with_log: bool, ping_interval: Duration) -
     let io = SocketIo {
         read,
         writer: writer.clone(),
+        inflating: None,
     };
     let server_ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
     let task = connection.run(server_ws);

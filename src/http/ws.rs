@@ -4,7 +4,7 @@
 //! is already on its way to it.
 //!
 //! The upgrade is taken by hand (hyper's upgrade, then tungstenite over the raw socket halves)
-//! so the WebSocket gets a 512-byte read buffer (tungstenite's default 128 KiB, which
+//! so the WebSocket gets a 256-byte read buffer (tungstenite's default 128 KiB, which
 //! `warp::ws()` cannot change, measured ~134 KB per idle connection) and its frames go out
 //! through the connection's [`Writer`](crate::writer::Writer).
 
@@ -23,7 +23,8 @@ use super::reject::ApiError;
 use super::{response, session, Response};
 use crate::connection::{Connection, SocketIo};
 use crate::context::WorkerContext;
-use crate::writer::Writer;
+use crate::deflate::{self, Inflating};
+use crate::writer::{Deflate, Writer};
 
 /// Bytes read from the socket at a time. Client frames are small (subscribe, ping); a larger
 /// one (a refresh's token) grows the buffer as it comes. 4 KiB here measured ~3.8 KB more RSS
@@ -87,6 +88,19 @@ where
         .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(Some(shared.config.max_message_bytes))
         .max_frame_size(Some(shared.config.max_message_bytes));
+    let offers = req.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+    let deflate = shared
+        .config
+        .compression
+        .then(|| deflate::negotiate(offers.iter().filter_map(|v| v.to_str().ok())))
+        .flatten();
+    if let Some(agreed) = deflate {
+        writer.use_deflate(Deflate {
+            min_bytes: shared.config.compression_min_bytes,
+            max_payload: u32::try_from(agreed.max_payload).unwrap_or(u32::MAX),
+        });
+    }
+    let max_message_bytes = shared.config.max_message_bytes;
     let on_upgrade = hyper::upgrade::on(req);
     let request_timeout = shared.config.request_timeout();
     let tracker = ctx.tracker.clone();
@@ -107,7 +121,11 @@ where
         drop(parts.read_buf);
         let (read, write) = parts.io.into_inner().into_split();
         writer.attach(write);
-        let io = SocketIo { read, writer };
+        let io = SocketIo {
+            read,
+            writer,
+            inflating: deflate.map(|_| Box::new((Inflating::default(), max_message_bytes))),
+        };
         let ws = match early {
             None => WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await,
             Some(early) => {
@@ -129,6 +147,10 @@ where
         header::SEC_WEBSOCKET_ACCEPT,
         HeaderValue::from_str(key).expect("base64 is a valid header value"),
     );
+    if let Some(agreed) = deflate {
+        let value = HeaderValue::from_str(&agreed.header()).expect("ASCII");
+        h.insert(header::SEC_WEBSOCKET_EXTENSIONS, value);
+    }
     resp
 }
 

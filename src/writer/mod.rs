@@ -100,6 +100,17 @@ pub struct Writer {
     /// The worker's counters of writes and frames written (frames per write is the broadcast
     /// cost's lever: each write on loopback also runs the receiver's TCP input).
     metrics: Arc<WorkerMetrics>,
+    /// Set at the upgrade when the client negotiated permessage-deflate.
+    deflate: OnceLock<Deflate>,
+}
+
+/// Which text frames a connection that negotiated permessage-deflate gets compressed: those
+/// of at least `min_bytes` (`--compression-min-bytes`) and at most `max_payload` (what its
+/// `server_max_window_bits` allows).
+#[derive(Debug, Clone, Copy)]
+pub struct Deflate {
+    pub min_bytes: u32,
+    pub max_payload: u32,
 }
 
 #[derive(Default)]
@@ -155,7 +166,27 @@ impl Writer {
             limits,
             wake: Notify::new(),
             metrics,
+            deflate: OnceLock::new(),
         }
+    }
+
+    /// The connection negotiated permessage-deflate: from now on its text frames in range go
+    /// out compressed (each publication's compressed frame, shared).
+    pub fn use_deflate(&self, deflate: Deflate) {
+        let _ = self.deflate.set(deflate);
+    }
+
+    /// The bytes of `frame` as this connection takes them: compressed when it negotiated
+    /// deflate and the frame is in range (and smaller compressed), else as built.
+    fn wire<'f>(&self, frame: &'f Frame) -> &'f Bytes {
+        let Some(d) = self.deflate.get() else {
+            return frame.bytes();
+        };
+        let len = u32::try_from(frame.payload().len()).unwrap_or(u32::MAX);
+        if len < d.min_bytes || len > d.max_payload {
+            return frame.bytes();
+        }
+        frame.deflated().unwrap_or(frame.bytes())
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -183,7 +214,7 @@ impl Writer {
             return Pushed::Refused;
         }
         for frame in frames {
-            s.push(frame.bytes().clone());
+            s.push(self.wire(frame).clone());
         }
         match std::mem::replace(&mut s.dirty, true) {
             false => Pushed::First,
@@ -199,7 +230,7 @@ impl Writer {
         if s.status != Status::Open {
             return;
         }
-        let bytes = frames.iter().map(|f| f.bytes().len()).sum();
+        let bytes = frames.iter().map(|f| self.wire(f).len()).sum();
         s.bursts.retain(|b| b.topic.as_ref() != topic);
         s.bursts.push(Burst {
             topic: topic.cloned(),
@@ -207,7 +238,7 @@ impl Writer {
             bytes,
         });
         for frame in frames {
-            s.push(frame.bytes().clone());
+            s.push(self.wire(frame).clone());
         }
         s.dirty = true;
     }
@@ -247,15 +278,15 @@ impl Writer {
             .get()
             .filter(|_| s.queue.is_empty() && !frames.is_empty());
         if let Some(socket) = direct {
-            match write_some(socket, frames.iter().map(|f| &f.bytes()[..])) {
+            match write_some(socket, frames.iter().map(|f| &self.wire(f)[..])) {
                 Ok(0) => {}
                 Ok(mut written) => {
                     let mut whole = 0;
                     while let Some((frame, after)) = rest.split_first() {
-                        let len = frame.bytes().len();
+                        let len = self.wire(frame).len();
                         if written < len {
                             if written > 0 {
-                                s.push(frame.bytes().slice(written..));
+                                s.push(self.wire(frame).slice(written..));
                                 s.head_started = true;
                                 rest = after;
                             }
@@ -278,7 +309,7 @@ impl Writer {
             }
         }
         for frame in rest {
-            s.push(frame.bytes().clone());
+            s.push(self.wire(frame).clone());
         }
         Some(self.flush_locked(&mut s))
     }
