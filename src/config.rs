@@ -108,7 +108,7 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
 
     /// permessage-deflate on WebSocket fronts for clients that offer it (on or off)
-    #[arg(long, env = "FANFARE_COMPRESSION", default_value = "on", value_parser = on_off)]
+    #[arg(long, env = "FANFARE_COMPRESSION", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
     pub compression: bool,
 
     /// Text frames shorter than this go uncompressed even to clients with deflate
