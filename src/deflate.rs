@@ -94,7 +94,7 @@ thread_local! {
 }
 
 /// zlib's level: see BENCHMARKS.md "Compression" for why.
-pub const LEVEL: u32 = 6;
+pub const LEVEL: u32 = 1;
 
 /// Messages compressed in this process (one per publication that a deflate recipient got,
 /// however many there were).

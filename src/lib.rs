@@ -64,7 +64,10 @@
 //! - [`protocol`]: ids (`UserId`, `Channel`, `ConnId`), topics, client messages, and what each
 //!   server message says, encoded once.
 //! - [`listener`]: SO_REUSEPORT sockets, one per worker.
-//! - [`frame`]: the transport's framing: a WebSocket frame built once, shared by every recipient.
+//! - [`frame`]: the transport's framing: a WebSocket frame built once, shared by every recipient
+//!   (and its compressed form, made once).
+//! - [`deflate`]: permessage-deflate: what is agreed, one compression per message, client
+//!   messages inflated within the limit.
 
 pub mod auth;
 pub mod bench;

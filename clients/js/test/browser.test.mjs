@@ -61,3 +61,46 @@ test("the console page connects, publishes and recovers across a server restart"
   assert.equal(log.match(/while away/g).length, 1, log);
   assert.ok(!log.includes("lost"), log);
 });
+
+test("Chromium negotiates permessage-deflate and gets the compressed frames right", async () => {
+  const server = await startServer();
+  cleanup.push(server.stop);
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
+  cleanup.push(() => browser.close());
+  const page = await browser.newPage();
+  await page.goto(`${server.base}/`);
+  const url = `${server.ws}?token=${token("7", { channels: ["docs"] })}`;
+  // A 2 KB document (compressed: over --compression-min-bytes) and a small message (plain).
+  const doc = { rows: Array.from({ length: 40 }, (_, i) => ({ row: i, state: "unchanged" })) };
+  const compressions = async () => {
+    const m = await (await fetch(`${server.base}/metrics`, { headers: { authorization: `Bearer ${API_KEY}` } })).text();
+    return Number(m.match(/^fanfare_deflate_compressions_total (\d+)/m)?.[1] ?? 0);
+  };
+  const before = await compressions();
+  const received = page.evaluate(
+    (url) =>
+      new Promise((resolve, reject) => {
+        const ws = new WebSocket(url);
+        const got = [];
+        ws.onerror = reject;
+        ws.onopen = () =>
+          // Chromium compresses what it sends too: a compressed client frame.
+          ws.send(JSON.stringify({ type: "subscribe", channel: "docs", pad: "x".repeat(300) }));
+        ws.onmessage = (e) => {
+          const m = JSON.parse(e.data);
+          if (m.type === "subscribed") window.subscribed = true;
+          if (m.type === "message") got.push(m.message);
+          if (got.length === 2) resolve({ extensions: ws.extensions, got });
+        };
+      }),
+    url,
+  );
+  await page.waitForFunction(() => window.subscribed === true);
+  const backend = new FanfareBackend({ url: server.base, apiKey: API_KEY });
+  await backend.publish("docs", doc);
+  await backend.publish("docs", "small");
+  const { extensions, got } = await received;
+  assert.match(extensions, /permessage-deflate/);
+  assert.deepEqual(got, [doc, "small"]);
+  assert.equal((await compressions()) - before, 1, "the document, compressed once");
+});
