@@ -209,9 +209,19 @@ pub struct Inflating {
     taken: usize,
     /// The compressed message being gathered: its opcode and payload so far.
     message: Option<(u8, Vec<u8>)>,
+    /// On a client's side (`fanfare bench`): frames given on are unmasked, as a server's.
+    client: bool,
 }
 
 impl Inflating {
+    /// For a client reading a server's frames (unmasked).
+    pub fn for_client() -> Self {
+        Inflating {
+            client: true,
+            ..Inflating::default()
+        }
+    }
+
     /// Takes bytes read from the socket; parses what whole frames they complete.
     ///
     /// # Errors
@@ -249,7 +259,7 @@ impl Inflating {
                 if fin {
                     let (op, compressed) = self.message.take().expect("gathering");
                     let plain = inflate(&compressed, limit)?;
-                    write_plain(&mut self.ready, op, &plain);
+                    write_plain(&mut self.ready, op, &plain, !self.client);
                 }
             }
             at = end;
@@ -308,21 +318,25 @@ fn unmask(header: &[u8], payload: &mut [u8]) {
     }
 }
 
-/// One final client frame of `opcode`, masked with a zero key (so the payload is as it is).
-fn write_plain(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+/// One final frame of `opcode`; a client's is `masked` with a zero key (so the payload is as
+/// it is).
+fn write_plain(out: &mut Vec<u8>, opcode: u8, payload: &[u8], masked: bool) {
+    let mask = if masked { 0x80 } else { 0 };
     out.push(0x80 | opcode);
     match payload.len() {
-        0..=125 => out.push(0x80 | payload.len() as u8),
+        0..=125 => out.push(mask | payload.len() as u8),
         126..=0xFFFF => {
-            out.push(0x80 | 126);
+            out.push(mask | 126);
             out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
         }
         len => {
-            out.push(0x80 | 127);
+            out.push(mask | 127);
             out.extend_from_slice(&(len as u64).to_be_bytes());
         }
     }
-    out.extend_from_slice(&[0; 4]);
+    if masked {
+        out.extend_from_slice(&[0; 4]);
+    }
     out.extend_from_slice(payload);
 }
 

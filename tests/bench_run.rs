@@ -283,3 +283,29 @@ async fn the_bench_speaks_pusher() {
         "a wrong secret is refused, each request: {v}"
     );
 }
+
+#[test]
+fn the_bench_offers_deflate_and_counts_the_bytes_on_the_wire() {
+    let s = TestServer::start();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--scenario",
+            "broadcast",
+            "--connections",
+            "50",
+            "--messages",
+            "40",
+            "--payload-bytes",
+            "2000",
+        ];
+        args.extend_from_slice(extra);
+        let (ok, v) = bench(&[&s], &args);
+        assert!(ok, "{v}");
+        assert_clean(&v, 50 * 40);
+        v["wire_bytes_per_delivery"].as_f64().unwrap()
+    };
+    let plain = run(&[]);
+    let deflated = run(&["--compression"]);
+    assert!(plain > 2000.0, "the payload and its frame: {plain}");
+    assert!(deflated < plain * 0.5, "compressed: {deflated} of {plain}");
+}

@@ -96,7 +96,11 @@ pub struct BenchArgs {
     /// Publishing HTTP connections (requests in flight at most)
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
-    /// Padding added to each message's payload, in bytes
+    /// Offer permessage-deflate; the report says the bytes received per delivery either way
+    #[arg(long)]
+    pub compression: bool,
+    /// Padding added to each message's payload, in bytes: text of the kind a dashboard streams
+    /// (sensor rows), so compression sees what it would in production
     #[arg(long = "payload-bytes", default_value_t = 0)]
     pub payload_bytes: usize,
     /// Seconds to wait for stragglers after the last publish
@@ -217,6 +221,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
             churn: args.churn,
             token_ttl: args.token_ttl,
             pusher_key: (args.protocol == Protocol::Pusher).then(|| args.api_key.clone()),
+            compression: args.compression,
         })?;
         return Ok(0);
     }
@@ -391,7 +396,7 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
         concurrency: args.concurrency.max(1),
         rate: args.rate,
         limit,
-        pad: "x".repeat(args.payload_bytes),
+        pad: padding(args.payload_bytes),
         pusher: (args.protocol == Protocol::Pusher).then(|| {
             crate::pusher::App::new(
                 args.app_id.clone(),
@@ -497,6 +502,8 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
         "deliveries_per_server_cpu_second": server_cpu.map(|c| total.received as f64 / c.max(1e-9)),
         "server_rss_bytes_per_connection": rss_per_connection,
         "server_frames_per_write": frames_per_write,
+        "compression": args.compression,
+        "wire_bytes_per_delivery": total.wire_bytes as f64 / total.received.max(1) as f64,
     });
     print_summary(&summary);
     if args.json {
@@ -504,6 +511,20 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
     }
     let failed = total.lost > 0 || total.duplicated > 0 || published.failed_requests > 0;
     Ok(i32::from(failed))
+}
+
+/// `bytes` of text like a dashboard's rows (`sensor-017 ok 42.3 C; …`), numbers varying.
+fn padding(bytes: usize) -> String {
+    let mut pad = String::with_capacity(bytes + 40);
+    let mut i: u64 = 0;
+    while pad.len() < bytes {
+        let state = if i % 7 == 3 { "alert" } else { "ok" };
+        let value = (i * 37 % 1000) as f64 / 10.0;
+        pad.push_str(&format!("sensor-{i:03} {state} {value:.1} C; "));
+        i += 1;
+    }
+    pad.truncate(bytes);
+    pad
 }
 
 /// The arguments a receiver process gets: the coordinator's own, plus its number.
@@ -533,6 +554,7 @@ fn receiver_args(args: &BenchArgs, i: u64) -> Vec<String> {
         format!("--receiver={i}"),
     ]
     .into_iter()
+    .chain(args.compression.then(|| "--compression".to_string()))
     .chain(args.token_ttl.map(|t| format!("--token-ttl={t}")))
     .collect()
 }
@@ -562,6 +584,7 @@ fn merge(total: &mut Outcome, o: Outcome) {
     total.unrecovered += o.unrecovered;
     total.last_received_ns = total.last_received_ns.max(o.last_received_ns);
     total.cpu_seconds += o.cpu_seconds;
+    total.wire_bytes += o.wire_bytes;
 }
 
 fn print_summary(s: &serde_json::Value) {
@@ -610,6 +633,14 @@ fn print_summary(s: &serde_json::Value) {
     println!(
         "lost {}  duplicated {}  reordered {}",
         s["lost"], s["duplicated"], s["reordered"]
+    );
+    println!(
+        "on the wire    {:.0} bytes received per delivery{}",
+        f("wire_bytes_per_delivery"),
+        match s["compression"].as_bool() {
+            Some(true) => " (permessage-deflate offered)",
+            _ => "",
+        }
     );
     println!(
         "bench CPU      {:.2}s = {:.2} µs per delivery{}",

@@ -12,14 +12,20 @@ use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncBufReadExt;
-use tokio::net::TcpSocket;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::Poll;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::plan::Plan;
 use crate::auth::{claims, TokenKeys};
+use crate::deflate::Inflating;
 
 /// Connections being opened at once by one receiver process.
 const CONNECT_CONCURRENCY: usize = 128;
@@ -42,6 +48,8 @@ pub struct Share {
     pub token_ttl: Option<u64>,
     /// The servers speak Pusher's protocol: connect to `/app/{this key}`.
     pub pusher_key: Option<String>,
+    /// Offer permessage-deflate (`--compression`).
+    pub compression: bool,
 }
 
 /// Lines a receiver prints.
@@ -81,6 +89,10 @@ pub struct Outcome {
     pub cpu_seconds: f64,
     /// Latency histogram in microseconds, as (value, count) pairs.
     pub latency_us: Vec<(u64, u64)>,
+    /// Bytes read from the sockets once every connection was open (messages, pings, their
+    /// WebSocket headers; compressed where deflate was agreed).
+    #[serde(default)]
+    pub wire_bytes: u64,
 }
 
 /// What one connection received. Each publishing connection of the coordinator sends one
@@ -215,6 +227,7 @@ async fn receive(share: Share) -> anyhow::Result<()> {
         connected: shared.connected.get(),
         errors: shared.errors.get(),
     });
+    let wire_at_ready = WIRE_BYTES.load(Relaxed);
     let churning = (share.churn > 0.0).then(|| {
         let shared = shared.clone();
         let per_second = ((share.count as f64 * share.churn / 100.0).round() as usize).max(1);
@@ -276,6 +289,7 @@ async fn receive(share: Share) -> anyhow::Result<()> {
             .iter_recorded()
             .map(|v| (v.value_iterated_to(), v.count_at_value()))
             .collect(),
+        wire_bytes: WIRE_BYTES.load(Relaxed) - wire_at_ready,
         ..Outcome::default()
     };
     for (i, c) in shared.conns.borrow().iter().enumerate() {
@@ -291,7 +305,72 @@ async fn receive(share: Share) -> anyhow::Result<()> {
     Ok(())
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+type Ws = tokio_tungstenite::WebSocketStream<BenchIo>;
+
+/// Bytes read from this process's sockets.
+static WIRE_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// A connection's socket as tungstenite reads it: every byte counted, and with deflate agreed,
+/// the server's compressed messages made plain first.
+struct BenchIo {
+    stream: TcpStream,
+    inflating: Option<Box<Inflating>>,
+}
+
+impl AsyncRead for BenchIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let Some(inflating) = this.inflating.as_mut() else {
+            let before = buf.filled().len();
+            let read = Pin::new(&mut this.stream).poll_read(cx, buf);
+            WIRE_BYTES.fetch_add((buf.filled().len() - before) as u64, Relaxed);
+            return read;
+        };
+        loop {
+            if inflating.has_ready() {
+                let n = inflating.take(buf.initialize_unfilled());
+                buf.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 4096];
+            let mut read = ReadBuf::new(&mut chunk);
+            std::task::ready!(Pin::new(&mut this.stream).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            WIRE_BYTES.fetch_add(read.filled().len() as u64, Relaxed);
+            inflating.feed(read.filled(), usize::MAX / 2)?;
+        }
+    }
+}
+
+impl AsyncWrite for BenchIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
 
 /// Opens connection `g` (on target `(g + hop) % T`, from source address `127.0.0.(1 + g % N)`),
 /// and subscribes it to its channel when the scenario has one; with `resume`, from there.
@@ -319,6 +398,10 @@ async fn open(
     }
     let stream = socket.connect(target).await.context("TCP connect")?;
     stream.set_nodelay(true)?;
+    let stream = BenchIo {
+        stream,
+        inflating: None,
+    };
     if let Some(key) = &share.pusher_key {
         return open_pusher(stream, target, key, channels.and_then(|mut c| c.pop())).await;
     }
@@ -326,12 +409,28 @@ async fn open(
         (Some((offset, epoch)), false) => format!("&since={offset}&epoch={epoch}"),
         _ => String::new(),
     };
-    let request = format!("ws://{target}/ws?token={token}{direct_resume}").into_client_request()?;
+    let mut request =
+        format!("ws://{target}/ws?token={token}{direct_resume}").into_client_request()?;
+    if share.compression {
+        let offer = HeaderValue::from_static("permessage-deflate; client_max_window_bits");
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Extensions", offer);
+    }
     // Small buffers: the bench holds up to 15,000 connections per process.
     let config = WebSocketConfig::default().read_buffer_size(4096);
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
-        .await
-        .context("WebSocket upgrade")?;
+    let (mut ws, response) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(config))
+            .await
+            .context("WebSocket upgrade")?;
+    let agreed = response
+        .headers()
+        .get("Sec-WebSocket-Extensions")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("permessage-deflate"));
+    if agreed {
+        ws.get_mut().inflating = Some(Box::new(Inflating::for_client()));
+    }
     let mut subscribed = None;
     if let Some(channel) = channels.and_then(|mut c| c.pop()) {
         let mut subscribe = serde_json::json!({"type": "subscribe", "channel": channel});
@@ -361,7 +460,7 @@ async fn open(
 /// [`open`] for a Pusher-protocol server: `pusher:connection_established`, then the channel's
 /// `pusher:subscribe` (public: no signature) and its `subscription_succeeded`.
 async fn open_pusher(
-    stream: tokio::net::TcpStream,
+    stream: BenchIo,
     target: SocketAddr,
     key: &str,
     channel: Option<String>,
