@@ -107,6 +107,17 @@ pub struct Config {
     )]
     pub allowed_origins: Vec<String>,
 
+    /// Client frames per second per connection (burst twice that); over it each frame is
+    /// dropped with an `error` `rate_limited`, and 10 s over it closes the connection (1008).
+    /// 0: no limit
+    #[arg(long = "client-rate", env = "FANFARE_CLIENT_RATE", default_value_t = 0)]
+    pub client_rate: u32,
+
+    /// New WebSocket connections per second this process admits (burst one second's); beyond
+    /// it the upgrade gets 503 with Retry-After. 0: no limit
+    #[arg(long = "accept-rate", env = "FANFARE_ACCEPT_RATE", default_value_t = 0)]
+    pub accept_rate: u32,
+
     /// permessage-deflate on WebSocket fronts for clients that offer it (on or off)
     #[arg(long, env = "FANFARE_COMPRESSION", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
     pub compression: bool,

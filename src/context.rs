@@ -31,6 +31,8 @@ pub struct Shared {
     pub connection_slots: Arc<Semaphore>,
     /// With `--pusher-app-id`: the application the Pusher front serves.
     pub pusher: Option<Arc<crate::pusher::App>>,
+    /// With `--accept-rate`: the new connections this process may still admit this second.
+    pub accept: Option<std::sync::Mutex<crate::rate::Bucket>>,
     /// With `--pusher-webhook`: where client events are reported.
     pub webhooks: Option<Arc<crate::webhooks::Webhooks>>,
 }

@@ -22,13 +22,15 @@ pub enum CloseReason {
     InvalidPayload,
     /// The token's `exp` passed without a refresh.
     TokenExpired,
+    /// Over `--client-rate` for 10 s.
+    RateLimited,
 }
 
 impl CloseReason {
     pub fn code(self) -> u16 {
         match self {
             CloseReason::GoingAway | CloseReason::PingTimeout => 1001,
-            CloseReason::SlowConsumer => 1008,
+            CloseReason::SlowConsumer | CloseReason::RateLimited => 1008,
             CloseReason::Unsupported => 1003,
             CloseReason::TooBig => 1009,
             CloseReason::ProtocolError => 1002,
@@ -47,6 +49,7 @@ impl CloseReason {
             CloseReason::ProtocolError => "protocol error",
             CloseReason::InvalidPayload => "text frame is not valid UTF-8",
             CloseReason::TokenExpired => "token expired",
+            CloseReason::RateLimited => "over --client-rate for 10 s",
         }
     }
 }

@@ -64,6 +64,7 @@
 //! - [`protocol`]: ids (`UserId`, `Channel`, `ConnId`), topics, client messages, and what each
 //!   server message says, encoded once.
 //! - [`listener`]: SO_REUSEPORT sockets, one per worker.
+//! - [`rate`]: token buckets for `--client-rate` and `--accept-rate`.
 //! - [`frame`]: the transport's framing: a WebSocket frame built once, shared by every recipient
 //!   (and its compressed form, made once).
 //! - [`deflate`]: permessage-deflate: what is agreed, one compression per message, client
@@ -89,6 +90,7 @@ pub mod metrics;
 pub mod presence;
 pub mod protocol;
 pub mod pusher;
+pub mod rate;
 pub mod router;
 pub mod routes;
 pub mod server;

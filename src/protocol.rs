@@ -425,6 +425,8 @@ pub enum ErrorCode {
     Forbidden,
     /// What was asked needs Redis, which cannot be reached now.
     Unavailable,
+    /// Over `--client-rate`: the frame was dropped.
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -433,6 +435,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 }

@@ -194,6 +194,12 @@ impl Server {
             connection_slots,
             pusher,
             webhooks,
+            accept: (config.accept_rate > 0).then(|| {
+                std::sync::Mutex::new(crate::rate::Bucket::new(
+                    config.accept_rate,
+                    config.accept_rate,
+                ))
+            }),
         });
 
         let mut hubs = Vec::with_capacity(workers);

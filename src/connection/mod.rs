@@ -37,6 +37,7 @@ use crate::hub::{self, Answer, Registration, Started};
 use crate::merge::{Asked, Opening};
 use crate::metrics::WorkerMetrics;
 use crate::protocol::{Channel, ClientMessage, ErrorCode, Frame, Since, Topic, UserId};
+use crate::rate::{ClientRate, Verdict};
 use crate::router::{Router, Unreachable};
 use crate::subscriptions::{SubscriptionLog, Ticket};
 use crate::writer::{Command, Flushed, Writer, WriterEvent};
@@ -73,6 +74,8 @@ pub struct Connection {
     /// Speaks the Pusher protocol (`/app/{key}`) instead of fanfare's (boxed: a `/ws`
     /// connection holds 8 bytes for it).
     pub pusher: Option<Box<pusher::Socket>>,
+    /// With `--client-rate`: its client frames' budget.
+    pub rate: Option<Box<std::sync::Mutex<ClientRate>>>,
 }
 
 /// How the loop ended.
@@ -402,6 +405,26 @@ impl Connection {
             Some(Err(WsError::Protocol(_))) => return self.refuse(CloseReason::ProtocolError),
             Some(Err(_)) => return Step::Stop(End::Gone),
         };
+        if let (Message::Text(_), Some(rate)) = (&message, &self.rate) {
+            let verdict = rate.lock().unwrap_or_else(|e| e.into_inner()).judge();
+            match verdict {
+                Verdict::Take => {}
+                Verdict::Refuse => {
+                    WorkerMetrics::inc(&self.metrics.client_errors);
+                    return self.reply(match self.pusher {
+                        Some(_) => crate::pusher::error(
+                            Some(crate::pusher::close::RATE_LIMITED),
+                            "over --client-rate: this frame was dropped",
+                        ),
+                        None => Frame::error(
+                            ErrorCode::RateLimited,
+                            "over --client-rate: this frame was dropped",
+                        ),
+                    });
+                }
+                Verdict::Close => return self.refuse(CloseReason::RateLimited),
+            }
+        }
         match message {
             Message::Text(text) => match &self.pusher {
                 Some(socket) => self.on_pusher_text(socket, text.as_str()),

@@ -67,6 +67,8 @@ pub fn close_code(reason: CloseReason) -> u16 {
         CloseReason::PingTimeout => close::PONG_NOT_RECEIVED,
         // Come back after a while.
         CloseReason::SlowConsumer => close::OVER_CAPACITY,
+        // Over --client-rate for long: as Pusher closes a client too fast.
+        CloseReason::RateLimited => close::RATE_LIMITED,
         other => other.code(),
     }
 }

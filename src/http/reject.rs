@@ -30,6 +30,8 @@ pub enum ApiError {
     HeadersTooLarge(String),
     /// 503: the server cannot take this now (`--max-connections` reached).
     Unavailable(String),
+    /// 503 with `Retry-After: 1`: over `--accept-rate`; a second later it can.
+    TryLater(String),
 }
 
 impl ApiError {
@@ -45,18 +47,20 @@ impl ApiError {
             ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::TryLater(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     pub fn into_response(self) -> Response {
         let status = self.status();
+        let retry_after = matches!(self, ApiError::TryLater(_));
         let text = match self {
             ApiError::BadRequest(m)
             | ApiError::Unauthorized(m)
             | ApiError::Forbidden(m)
             | ApiError::HeadersTooLarge(m)
-            | ApiError::Unavailable(m) => m,
+            | ApiError::Unavailable(m)
+            | ApiError::TryLater(m) => m,
             ApiError::NotFound => "no such endpoint".into(),
             ApiError::MethodNotAllowed(method) => format!("use {method} here"),
             ApiError::Timeout => "the request body did not arrive in time".into(),
@@ -65,6 +69,10 @@ impl ApiError {
             ApiError::UpgradeRequired => "WebSocket version 13 only".into(),
         };
         let mut resp = json(status, serde_json::json!({ "error": text }).to_string());
+        if retry_after {
+            let h = resp.headers_mut();
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if status == StatusCode::UPGRADE_REQUIRED {
             resp.headers_mut().insert(
                 header::SEC_WEBSOCKET_VERSION,

@@ -126,9 +126,17 @@ pub fn admit(ctx: &WorkerContext, headers: &HeaderMap) -> Result<OwnedSemaphoreP
     slot(ctx)
 }
 
-/// A place under `--max-connections`, or 503.
+/// A place under `--max-connections` and `--accept-rate`, or 503.
 fn slot(ctx: &WorkerContext) -> Result<OwnedSemaphorePermit, ApiError> {
     let shared = &ctx.shared;
+    if let Some(accept) = &shared.accept {
+        if !accept.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(ApiError::TryLater(format!(
+                "this server admits {} new connections a second (--accept-rate); retry in a second",
+                shared.config.accept_rate
+            )));
+        }
+    }
     shared.connection_slots.clone().try_acquire_owned().map_err(|_| {
         ApiError::Unavailable(format!(
             "this server holds its maximum of {} connections (--max-connections); retry later or elsewhere",

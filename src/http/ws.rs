@@ -24,6 +24,7 @@ use super::{response, session, Response};
 use crate::connection::{Connection, SocketIo};
 use crate::context::WorkerContext;
 use crate::deflate::{self, Inflating};
+use crate::rate::ClientRate;
 use crate::writer::{Deflate, Writer};
 
 /// Bytes read from the socket at a time. Client frames are small (subscribe, ping); a larger
@@ -66,6 +67,11 @@ pub fn connection(
         metrics: ctx.worker_metrics.clone(),
         slot: session.slot,
         pusher,
+        rate: (shared.config.client_rate > 0).then(|| {
+            Box::new(std::sync::Mutex::new(ClientRate::new(
+                shared.config.client_rate,
+            )))
+        }),
     }
 }
 
