@@ -6,8 +6,8 @@ pub const DISCONNECT_CODE: u16 = 4003;
 /// Why the server closes a WebSocket; each has its code and reason text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
-    /// The server shuts down (SIGTERM/SIGINT).
-    GoingAway,
+    /// The server shuts down (SIGTERM/SIGINT): each connection at its own moment of the drain.
+    Restart,
     /// The client was silent for twice the ping interval.
     PingTimeout,
     /// The outbound queue went over `--queue-limit`.
@@ -29,7 +29,8 @@ pub enum CloseReason {
 impl CloseReason {
     pub fn code(self) -> u16 {
         match self {
-            CloseReason::GoingAway | CloseReason::PingTimeout => 1001,
+            CloseReason::Restart => 1012,
+            CloseReason::PingTimeout => 1001,
             CloseReason::SlowConsumer | CloseReason::RateLimited => 1008,
             CloseReason::Unsupported => 1003,
             CloseReason::TooBig => 1009,
@@ -41,7 +42,7 @@ impl CloseReason {
 
     pub fn reason(self) -> &'static str {
         match self {
-            CloseReason::GoingAway => "server shutting down",
+            CloseReason::Restart => "server restarting",
             CloseReason::PingTimeout => "ping timeout",
             CloseReason::SlowConsumer => "slow consumer",
             CloseReason::Unsupported => "binary frames are not supported",

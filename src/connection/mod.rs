@@ -74,6 +74,8 @@ pub struct Connection {
     /// Speaks the Pusher protocol (`/app/{key}`) instead of fanfare's (boxed: a `/ws`
     /// connection holds 8 bytes for it).
     pub pusher: Option<Box<pusher::Socket>>,
+    /// On SIGTERM it closes at a random moment within this (most of `--shutdown-timeout`).
+    pub restart_spread: Duration,
     /// With `--client-rate`: its client frames' budget.
     pub rate: Option<Box<std::sync::Mutex<ClientRate>>>,
 }
@@ -307,10 +309,21 @@ impl Connection {
         let shutting_down = self.shutdown.cancelled();
         let timer = sleep_until(deadlines.next());
         tokio::pin!(shutting_down, timer);
+        // Once the server drains: when this connection's turn to close comes (served until then).
+        let mut restart: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
             let step = tokio::select! {
                 biased;
-                () = &mut shutting_down => Step::Stop(End::Close(CloseReason::GoingAway)),
+                () = &mut shutting_down, if restart.is_none() => {
+                    // Spread over the drain, so the clients do not all come back at once.
+                    let spread = self.restart_spread.as_millis() as u64;
+                    let at = Duration::from_millis(rand::random_range(0..=spread));
+                    restart = Some(Box::pin(tokio::time::sleep(at)));
+                    Step::Continue
+                }
+                () = async { restart.as_mut().expect("set").await }, if restart.is_some() => {
+                    Step::Stop(End::Close(CloseReason::Restart))
+                }
                 event = self.writer.next_event() => match event {
                     WriterEvent::SlowConsumer => Step::Stop(End::Close(CloseReason::SlowConsumer)),
                     WriterEvent::Broken => Step::Stop(End::Gone),

@@ -63,7 +63,7 @@ impl Socket {
 pub fn close_code(reason: CloseReason) -> u16 {
     match reason {
         // Reconnect at once (elsewhere, while this one drains).
-        CloseReason::GoingAway => close::RECONNECT,
+        CloseReason::Restart => close::RECONNECT,
         CloseReason::PingTimeout => close::PONG_NOT_RECEIVED,
         // Come back after a while.
         CloseReason::SlowConsumer => close::OVER_CAPACITY,

@@ -79,6 +79,7 @@ async fn start_pinging(frames: usize, with_log: bool, ping_interval: Duration) -
         metrics: metrics.clone(),
         pusher: None,
         rate: None,
+        restart_spread: Duration::ZERO,
         slot: Arc::new(tokio::sync::Semaphore::new(1))
             .try_acquire_owned()
             .unwrap(),
@@ -271,8 +272,8 @@ async fn the_warning_comes_30_s_before_exp_or_at_once() {
 }
 
 #[tokio::test]
-async fn shutdown_closes_with_1001() {
+async fn shutdown_closes_with_1012() {
     let mut c = start(8, false).await;
     c.shutdown.cancel();
-    assert_eq!(c.close().await, 1001);
+    assert_eq!(c.close().await, 1012);
 }

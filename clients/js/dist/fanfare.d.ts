@@ -68,6 +68,9 @@ export interface Options {
     pingTimeout?: number;
     /** A connection not open within this is given up and tried again, in ms (default 10,000). */
     connectTimeout?: number;
+    /** After the server closes for a restart (1012), reconnect after a random delay up to this,
+     * in ms (default 5,000), so a fleet's clients do not all come back in the same second. */
+    restartReconnectDelay?: number;
 }
 /** Where a topic (a channel, or the user's direct messages) stands for this client. */
 export interface Position {

@@ -20,6 +20,7 @@ const NORMAL = 1000;
 const SLOW_CONSUMER = 1008;
 const TOKEN_EXPIRED = 4001;
 const DISCONNECTED_BY_BACKEND = 4003;
+const SERVICE_RESTART = 1012;
 /** Ours: the connection stopped answering pings. */
 const DEAD = 4000;
 export class FanfareClient {
@@ -67,6 +68,7 @@ export class FanfareClient {
             pingInterval: options.pingInterval ?? 20_000,
             pingTimeout: options.pingTimeout ?? 10_000,
             connectTimeout: options.connectTimeout ?? 10_000,
+            restartReconnectDelay: options.restartReconnectDelay ?? 5_000,
         };
         for (const channel of options.channels ?? []) {
             this.channels.set(channel, {});
@@ -319,6 +321,13 @@ export class FanfareClient {
             // It worked a while: start the backoff over (a fresh token for 4001; the resume fills
             // the gap of a 1008 or a dead connection).
             this.attempts = 0;
+        }
+        if (code === SERVICE_RESTART) {
+            // The server drains: come back at a moment of our own (the resume fills the gap).
+            clearTimeout(this.reconnectTimer);
+            const delay = Math.random() * this.options.restartReconnectDelay;
+            this.reconnectTimer = setTimeout(() => void this.open(), delay);
+            return;
         }
         this.scheduleReconnect();
     }

@@ -89,6 +89,9 @@ export interface Options {
   pingTimeout?: number;
   /** A connection not open within this is given up and tried again, in ms (default 10,000). */
   connectTimeout?: number;
+  /** After the server closes for a restart (1012), reconnect after a random delay up to this,
+   * in ms (default 5,000), so a fleet's clients do not all come back in the same second. */
+  restartReconnectDelay?: number;
 }
 
 /** Where a topic (a channel, or the user's direct messages) stands for this client. */
@@ -115,6 +118,7 @@ const NORMAL = 1000;
 const SLOW_CONSUMER = 1008;
 const TOKEN_EXPIRED = 4001;
 const DISCONNECTED_BY_BACKEND = 4003;
+const SERVICE_RESTART = 1012;
 /** Ours: the connection stopped answering pings. */
 const DEAD = 4000;
 
@@ -164,6 +168,7 @@ export class FanfareClient {
       pingInterval: options.pingInterval ?? 20_000,
       pingTimeout: options.pingTimeout ?? 10_000,
       connectTimeout: options.connectTimeout ?? 10_000,
+      restartReconnectDelay: options.restartReconnectDelay ?? 5_000,
     };
     for (const channel of options.channels ?? []) {
       this.channels.set(channel, {});
@@ -405,6 +410,13 @@ export class FanfareClient {
       // It worked a while: start the backoff over (a fresh token for 4001; the resume fills
       // the gap of a 1008 or a dead connection).
       this.attempts = 0;
+    }
+    if (code === SERVICE_RESTART) {
+      // The server drains: come back at a moment of our own (the resume fills the gap).
+      clearTimeout(this.reconnectTimer);
+      const delay = Math.random() * this.options.restartReconnectDelay;
+      this.reconnectTimer = setTimeout(() => void this.open(), delay);
+      return;
     }
     this.scheduleReconnect();
   }

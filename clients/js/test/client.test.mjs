@@ -101,6 +101,37 @@ test("a server restart: the client reconnects and recovers from the history in R
   assert.equal(rec.of("lost").length, 0);
 });
 
+test("a rolling restart (1012): the client comes back at a moment of its own and misses nothing", async () => {
+  const redis = await startRedis();
+  cleanup.push(redis.stop);
+  const a = await startServer({ redis, node: "a", extra: ["--shutdown-timeout", "1"] });
+  cleanup.push(a.stop);
+  const b = await server({ redis, node: "b" });
+  const c = new FanfareClient({
+    url: a.ws,
+    token: token("11", { channels: ["news"] }),
+    channels: ["news"],
+    restartReconnectDelay: 300,
+    minReconnectDelay: 50,
+  });
+  cleanup.push(() => c.close());
+  const rec = record(c);
+  c.connect();
+  await rec.until("subscribed", (e) => e.some((x) => x.event === "subscribed"));
+  await backend(b).publish("news", 0);
+  await received(rec, 1);
+  const drained = a.term();
+  for (let n = 1; n <= 10; n++) await backend(b).publish("news", n);
+  await drained;
+  const again = await server({ redis, node: "a", port: a.port });
+  await received(rec, 11);
+  await backend(again).publish("news", "live");
+  await received(rec, 12);
+  assert.deepEqual(messages(rec).map((m) => m[2]), [...range(0, 10), "live"]);
+  assert.equal(rec.of("lost").length, 0);
+  assert.equal(rec.of("closed").length, 0, "a restart does not end the client");
+});
+
 test("what the history no longer has is a lost event, and live messages go on", async () => {
   const s = await server({ history: 5 });
   const proxy = await startProxy(s.port);

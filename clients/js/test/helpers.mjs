@@ -80,6 +80,13 @@ export async function startServer({ port, redis, node, history = 100, extra = []
     base,
     ws: `ws://127.0.0.1:${port}/ws`,
     log: () => log,
+    /** SIGTERM, as an operator restarts it: it drains (1012, spread), then exits. */
+    term: () =>
+      new Promise((resolve) => {
+        if (proc.exitCode !== null || proc.signalCode !== null) return resolve();
+        proc.once("exit", resolve);
+        proc.kill("SIGTERM");
+      }),
     stop: () =>
       new Promise((resolve) => {
         // Already gone (killed by a signal leaves exitCode null and sets signalCode).
