@@ -44,6 +44,12 @@ use crate::writer::{Command, Flushed, Writer, WriterEvent};
 
 /// How long a closing connection may take to flush its close frame and hear the client's.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Over how long a drain of `shutdown_timeout` spreads its connections' closes: all of it but
+/// the last close's handshake and a margin, so every close completes within the drain.
+pub fn restart_spread(shutdown_timeout: Duration) -> Duration {
+    shutdown_timeout.saturating_sub(CLOSE_TIMEOUT + Duration::from_millis(500))
+}
 /// How long before its token's `exp` a connection is sent `expiring` (at least; see
 /// [`WARNING_SPREAD`]).
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(30);
@@ -74,7 +80,7 @@ pub struct Connection {
     /// Speaks the Pusher protocol (`/app/{key}`) instead of fanfare's (boxed: a `/ws`
     /// connection holds 8 bytes for it).
     pub pusher: Option<Box<pusher::Socket>>,
-    /// On SIGTERM it closes at a random moment within this (most of `--shutdown-timeout`).
+    /// On SIGTERM it closes at a random moment within this ([`restart_spread`]).
     pub restart_spread: Duration,
     /// With `--client-rate`: its client frames' budget.
     pub rate: Option<Box<std::sync::Mutex<ClientRate>>>,

@@ -67,8 +67,7 @@ pub fn connection(
         metrics: ctx.worker_metrics.clone(),
         slot: session.slot,
         pusher,
-        // The rest of the drain lets the last ones close cleanly.
-        restart_spread: shared.config.shutdown_timeout() * 4 / 5,
+        restart_spread: crate::connection::restart_spread(shared.config.shutdown_timeout()),
         rate: (shared.config.client_rate > 0).then(|| {
             Box::new(std::sync::Mutex::new(ClientRate::new(
                 shared.config.client_rate,
