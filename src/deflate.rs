@@ -16,10 +16,13 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// What a connection agreed to: the longest message its shared compressed frame may carry
 /// (2^`server_max_window_bits`).
@@ -286,6 +289,35 @@ impl Inflating {
 
     pub fn has_ready(&self) -> bool {
         self.taken < self.ready.len()
+    }
+
+    /// `AsyncRead::poll_read` through this: fills `buf` with what `socket` sent, compressed
+    /// messages made plain (each read from the socket is told to `seen`, in bytes), at most
+    /// `limit` bytes inflated per message.
+    pub fn poll_read<R: AsyncRead + Unpin>(
+        &mut self,
+        socket: &mut R,
+        limit: usize,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+        mut seen: impl FnMut(usize),
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if self.has_ready() {
+                let n = self.take(buf.initialize_unfilled());
+                buf.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            // On the stack for this call only: a connection keeps no read buffer of its own here.
+            let mut chunk = [0u8; 4096];
+            let mut read = ReadBuf::new(&mut chunk);
+            std::task::ready!(Pin::new(&mut *socket).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            seen(read.filled().len());
+            self.feed(read.filled(), limit)?;
+        }
     }
 }
 

@@ -330,21 +330,10 @@ impl AsyncRead for BenchIo {
             WIRE_BYTES.fetch_add((buf.filled().len() - before) as u64, Relaxed);
             return read;
         };
-        loop {
-            if inflating.has_ready() {
-                let n = inflating.take(buf.initialize_unfilled());
-                buf.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            let mut chunk = [0u8; 4096];
-            let mut read = ReadBuf::new(&mut chunk);
-            std::task::ready!(Pin::new(&mut this.stream).poll_read(cx, &mut read))?;
-            if read.filled().is_empty() {
-                return Poll::Ready(Ok(()));
-            }
-            WIRE_BYTES.fetch_add(read.filled().len() as u64, Relaxed);
-            inflating.feed(read.filled(), usize::MAX / 2)?;
-        }
+        let seen = |n: usize| {
+            WIRE_BYTES.fetch_add(n as u64, Relaxed);
+        };
+        inflating.poll_read(&mut this.stream, usize::MAX / 2, cx, buf, seen)
     }
 }
 

@@ -702,20 +702,7 @@ impl AsyncRead for SocketIo {
             return Pin::new(&mut this.read).poll_read(cx, buf);
         };
         let (inflating, limit) = &mut **inflating;
-        loop {
-            if inflating.has_ready() {
-                let n = inflating.take(buf.initialize_unfilled());
-                buf.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            let mut chunk = [0u8; 512];
-            let mut read = ReadBuf::new(&mut chunk);
-            std::task::ready!(Pin::new(&mut this.read).poll_read(cx, &mut read))?;
-            if read.filled().is_empty() {
-                return Poll::Ready(Ok(()));
-            }
-            inflating.feed(read.filled(), *limit)?;
-        }
+        inflating.poll_read(&mut this.read, *limit, cx, buf, |_| {})
     }
 }
 
