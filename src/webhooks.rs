@@ -285,6 +285,8 @@ struct Url {
     backoff: Option<Duration>,
     retry_at: Option<tokio::time::Instant>,
     busy: bool,
+    /// At shutdown: it has nothing left to send, or it failed (no retry in the time left).
+    done: bool,
 }
 
 type Posted = (usize, Vec<Entry>, Result<(), String>);
@@ -340,6 +342,7 @@ pub async fn deliver<S: Store>(
                         );
                         u.backoff = Some(backoff);
                         u.retry_at = Some(tokio::time::Instant::now() + backoff);
+                        u.done = deadline.is_some();
                     }
                 }
             }
@@ -347,7 +350,7 @@ pub async fn deliver<S: Store>(
             () = hooks.pushed.notified() => {}
         }
         let finishing = deadline.is_some();
-        if finishing && posts.is_empty() && urls.iter().all(|u| u.retry_at.is_some()) {
+        if finishing && posts.is_empty() && urls.iter().all(|u| u.done) {
             return;
         }
         if !finishing && !store.lead().await {
@@ -355,7 +358,7 @@ pub async fn deliver<S: Store>(
         }
         let now = tokio::time::Instant::now();
         for (i, u) in urls.iter_mut().enumerate() {
-            if u.busy || u.retry_at.is_some_and(|at| at > now) {
+            if u.busy || u.done || u.retry_at.is_some_and(|at| at > now) {
                 continue;
             }
             let batch = match store.read(i, MAX_BATCH).await {
@@ -371,9 +374,7 @@ pub async fn deliver<S: Store>(
                 let _ = store.advance(i, last.0).await;
             }
             if batch.is_empty() {
-                if finishing && old.is_none() {
-                    u.retry_at = Some(now + MAX_AGE);
-                }
+                u.done = finishing && old.is_none();
                 continue;
             }
             u.busy = true;

@@ -4,29 +4,16 @@
 //! the one entry point. Also checks that the committed build (clients/js/dist, which the server
 //! serves at /fanfare.js) is the build of the committed source.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn js() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/js")
 }
 
-/// Runs `program args` in clients/js; panics with its output unless it succeeds.
 fn run(program: &str, args: &[&str], env: &[(&str, &str)]) {
-    let out = Command::new(program)
-        .args(args)
-        .envs(env.iter().copied())
-        .current_dir(js())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {program} ({e}): install Node.js 20 or later with npm")
-        });
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_in(&js(), program, args, env);
 }
 
 #[test]

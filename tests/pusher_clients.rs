@@ -3,29 +3,16 @@
 //! (`npm test`, Node's test runner against real `fanfare serve` processes), run from here so
 //! `cargo nextest run` stays the one entry point.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/pusher")
 }
 
-/// Runs `program args` in clients/pusher; panics with its output unless it succeeds.
 fn run(program: &str, args: &[&str], env: &[(&str, &str)]) {
-    let out = Command::new(program)
-        .args(args)
-        .envs(env.iter().copied())
-        .current_dir(dir())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {program} ({e}): install Node.js 20 or later with npm")
-        });
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_in(&dir(), program, args, env);
 }
 
 #[test]

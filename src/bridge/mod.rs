@@ -47,6 +47,7 @@
 mod catchup;
 pub mod cluster;
 pub mod history;
+mod lease;
 pub mod presence;
 mod publisher;
 pub(crate) mod pubsub;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use super::lease;
 use super::registry::Registry;
 use crate::webhooks::{Entry, Store, Webhooks};
 
@@ -58,25 +59,9 @@ fn start_script() -> String {
     format!("{TOP}for i = 2, #KEYS do redis.call('SET', KEYS[i], n, 'NX') end\nreturn n")
 }
 
-/// KEYS: lease. ARGV: instance, ms. 1 if this instance holds the lease now.
-const LEASE_SCRIPT: &str = "
-local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0";
-
-/// KEYS: lease, cursor. ARGV: instance, n. Moves the cursor while the lease is this
-/// instance's.
 const ADVANCE: &str = "
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2])
-return 1";
-
-/// KEYS: lease. ARGV: instance.
-const RELEASE: &str = "
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1";
 
 pub struct Fleet {
@@ -92,8 +77,17 @@ pub struct Fleet {
     started: bool,
     leading: bool,
     renew_at: tokio::time::Instant,
+    scripts: Scripts,
+}
+
+/// Each script made once (its SHA1 computed once).
+struct Scripts {
     add: redis::Script,
     read: redis::Script,
+    start: redis::Script,
+    lease: redis::Script,
+    advance: redis::Script,
+    release: redis::Script,
 }
 
 impl Fleet {
@@ -118,8 +112,14 @@ impl Fleet {
             started: false,
             leading: false,
             renew_at: tokio::time::Instant::now(),
-            add: redis::Script::new(&add_script()),
-            read: redis::Script::new(&read_script()),
+            scripts: Scripts {
+                add: redis::Script::new(&add_script()),
+                read: redis::Script::new(&read_script()),
+                start: redis::Script::new(&start_script()),
+                lease: redis::Script::new(lease::TAKE),
+                advance: redis::Script::new(ADVANCE),
+                release: redis::Script::new(lease::GIVE_BACK),
+            },
         }
     }
 
@@ -147,7 +147,7 @@ impl Fleet {
             if events.is_empty() {
                 return Ok(());
             }
-            let mut add = self.add.prepare_invoke();
+            let mut add = self.scripts.add.prepare_invoke();
             add.key(&self.stream).arg(MAX_LEN);
             for (at, json) in &events {
                 add.arg(*at).arg(&**json);
@@ -160,8 +160,7 @@ impl Fleet {
     }
 
     async fn start(&mut self) -> Result<(), String> {
-        let script = redis::Script::new(&start_script());
-        let mut start = script.prepare_invoke();
+        let mut start = self.scripts.start.prepare_invoke();
         start.key(&self.stream);
         for key in &self.cursor_keys {
             start.key(key);
@@ -173,8 +172,7 @@ impl Fleet {
 
     /// Takes or renews the lease; reads the cursors when it was just taken.
     async fn renew(&mut self) -> Result<bool, String> {
-        let script = redis::Script::new(LEASE_SCRIPT);
-        let mut lease = script.prepare_invoke();
+        let mut lease = self.scripts.lease.prepare_invoke();
         lease
             .key(&self.lease)
             .arg(&self.me)
@@ -219,7 +217,7 @@ impl Store for Fleet {
 
     async fn read(&mut self, url: usize, max: usize) -> Result<Vec<Entry>, String> {
         let after = self.cursors[url];
-        let mut read = self.read.prepare_invoke();
+        let mut read = self.scripts.read.prepare_invoke();
         read.key(&self.stream).arg(after).arg(max);
         let reply: Vec<String> = self.call(read).await?;
         let mut parts = reply.into_iter();
@@ -246,8 +244,7 @@ impl Store for Fleet {
 
     async fn advance(&mut self, url: usize, id: u64) -> Result<(), String> {
         self.cursors[url] = id;
-        let script = redis::Script::new(ADVANCE);
-        let mut advance = script.prepare_invoke();
+        let mut advance = self.scripts.advance.prepare_invoke();
         advance
             .key(&self.lease)
             .key(&self.cursor_keys[url])
@@ -263,8 +260,7 @@ impl Store for Fleet {
     async fn finish(&mut self) -> bool {
         let done = async {
             self.move_outbox().await?;
-            let script = redis::Script::new(RELEASE);
-            let mut release = script.prepare_invoke();
+            let mut release = self.scripts.release.prepare_invoke();
             release.key(&self.lease).arg(&self.me);
             self.call::<u64>(release).await
         };

@@ -509,3 +509,22 @@ impl TestServer {
         }
     }
 }
+
+/// Runs `program args` in `dir` (a JavaScript suite under clients/); panics with its output
+/// unless it succeeds.
+pub fn run_in(dir: &std::path::Path, program: &str, args: &[&str], env: &[(&str, &str)]) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program} ({e}): install Node.js 20 or later with npm")
+        });
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -6,23 +6,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use super::super::cluster::Node;
+use super::super::lease::{GIVE_BACK, TAKE};
 use super::super::pubsub::Reply;
 use super::super::{within, LinkDown, CLAIM_TTL};
 use super::{Conn, Publisher};
-
-/// Takes or renews the claim if it is free or ours; 1 if we hold it now, 0 if another does.
-const CLAIM: &str = r"
-local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0";
-
-/// Gives the claim back at shutdown, if it is still ours.
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0";
 
 impl Publisher {
     /// Whether the link to `node` holds the node id claim: the master of its key's slot does.
@@ -37,7 +24,7 @@ impl Publisher {
         let ttl = (CLAIM_TTL.as_millis() as u64).to_string();
         let args: [&[u8]; 6] = [
             b"EVAL",
-            CLAIM.as_bytes(),
+            TAKE.as_bytes(),
             b"1",
             self.claim_key.as_bytes(),
             instance.as_bytes(),
@@ -76,7 +63,7 @@ impl Publisher {
         let instance = self.instance.to_string();
         let args: [&[u8]; 5] = [
             b"EVAL",
-            RELEASE.as_bytes(),
+            GIVE_BACK.as_bytes(),
             b"1",
             self.claim_key.as_bytes(),
             instance.as_bytes(),
