@@ -310,6 +310,14 @@ impl Router {
         Ok(())
     }
 
+    /// Resolves when this process may accept connections: at once alone, with Redis once the
+    /// bridge reaches it (bounded; see [`Bridge::started`]).
+    pub async fn started(&self) {
+        if let Some(bridge) = &self.bridge {
+            bridge.started().await;
+        }
+    }
+
     /// Why a message accepted now might not reach every recipient in the cluster; `None` when
     /// it will: always without Redis, and with it while the bridge is up and the node id ours.
     pub fn not_ready(&self) -> Option<String> {

@@ -45,12 +45,16 @@ pub fn run(
                 }
             });
         }
-        for listener in listeners {
-            match TcpListener::from_std(listener) {
-                Ok(l) => {
-                    tokio::spawn(accept_loop(l, ctx.clone()));
+        // Until Redis answers (bounded), connections wait in the listen backlog.
+        let started = ctx.shared.router.started();
+        if ctx.shutdown.run_until_cancelled(started).await.is_some() {
+            for listener in listeners {
+                match TcpListener::from_std(listener) {
+                    Ok(l) => {
+                        tokio::spawn(accept_loop(l, ctx.clone()));
+                    }
+                    Err(e) => tracing::error!(worker = ctx.id.0, "cannot register listener: {e}"),
                 }
-                Err(e) => tracing::error!(worker = ctx.id.0, "cannot register listener: {e}"),
             }
         }
         ctx.shutdown.cancelled().await;

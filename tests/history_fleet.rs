@@ -11,7 +11,7 @@ async fn machine(redis: &RedisServer, node: &str) -> TestServer {
     machine_with(redis, node, 200).await
 }
 
-/// A machine of the fleet, once it reaches Redis (before, a client would get no position).
+/// A machine of the fleet, once it reaches Redis and holds its node id.
 async fn machine_with(redis: &RedisServer, node: &str, size: u32) -> TestServer {
     let (url, node) = (redis.url(), node.to_string());
     let s = TestServer::start_with(move |c| {
@@ -166,6 +166,45 @@ async fn what_the_history_no_longer_has_is_not_recovered_and_says_where_it_stand
 async fn hello_epoch(s: &TestServer, user: &str) -> String {
     let (_, hello) = connected(s, user, &[]).await;
     hello["epoch"].as_str().unwrap().to_string()
+}
+
+/// A machine restarted in a rolling restart: its clients come back at once, before its Redis
+/// links are up (here Redis is slow to answer). It answers them once it reaches Redis, so a
+/// resume is recovered, not told that something was lost (which would make every such client
+/// reload).
+#[tokio::test]
+async fn a_machine_just_started_answers_a_resuming_client_once_it_reaches_redis() {
+    let redis = RedisServer::start();
+    let a = machine(&redis, "a").await;
+    let epoch = hello_epoch(&a, "42").await;
+    post_offset(&a, "/message", json!({"userId": "42", "message": 1})).await;
+    drop(a);
+    redis.freeze(true);
+    let url = redis.url();
+    let again = TestServer::start_with(move |c| {
+        c.redis = Some(url);
+        c.redis_prefix = "hf:".into();
+        c.node_id = Some("a".into());
+        c.history_size = 200;
+    });
+    let path = format!("/ws?token={}&since=0&epoch={epoch}", again.token("42", &[]));
+    let back = async {
+        let mut back = TestClient::try_connect(again.addr, &path, &[])
+            .await
+            .unwrap();
+        let hello = back.recv_json().await;
+        (back, hello)
+    };
+    let thaw = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        redis.freeze(false);
+    };
+    let ((mut back, hello), ()) = tokio::join!(back, thaw);
+    assert_eq!(
+        hello,
+        json!({"type": "connected", "recovered": true, "offset": 1, "epoch": epoch})
+    );
+    assert_eq!(next_messages(&mut back, 1).await, [(1, json!(1))]);
 }
 
 #[tokio::test]

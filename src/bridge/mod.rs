@@ -106,6 +106,9 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const PING_EVERY: Duration = Duration::from_secs(1);
 /// How long a node id claim lasts without renewal: a process that died frees its id after this.
 pub const CLAIM_TTL: Duration = Duration::from_secs(5);
+/// Longest a starting process waits for Redis before it accepts connections (and serves
+/// degraded, as in an outage).
+pub const STARTUP_WAIT: Duration = RESPONSE_TIMEOUT;
 /// Messages waiting for the publisher; past this they are dropped and counted.
 const PUBLISH_QUEUE: usize = 16 * 1024;
 /// Questions about the registry waiting at once (an admin API's; more are refused, 503).
@@ -431,6 +434,17 @@ impl Bridge {
             .is_err()
         {
             self.metrics.dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Resolves once both links are up, or after [`STARTUP_WAIT`] if Redis does not answer
+    /// by then. A starting process accepts nobody before (see `worker::run`): a client that
+    /// comes back at once in a rolling restart is answered from Redis, not told that what it
+    /// missed is lost. Polled: it runs once per worker, at startup.
+    pub async fn started(&self) {
+        let deadline = tokio::time::Instant::now() + STARTUP_WAIT;
+        while !self.metrics.is_up() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 

@@ -98,7 +98,7 @@ test("a server restart: the client reconnects and recovers from the history in R
     messages(rec).map((m) => m[2]),
     [...range(0, 20), "live"],
   );
-  assert.equal(rec.of("lost").length, 0);
+  assert.deepEqual(rec.of("lost"), [], `${JSON.stringify(rec.events)}\n${again.log()}`);
 });
 
 test("a rolling restart (1012): the client comes back at a moment of its own and misses nothing", async () => {
