@@ -11,10 +11,19 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 /// One server → client WebSocket frame, encoded once (header and payload) and shared by every
 /// recipient: each gets a refcount bump, and the bytes go to the socket as they are. A text
-/// frame also carries the cell of its compressed form (permessage-deflate), made by the first
-/// recipient that negotiated it and shared by all.
+/// frame also carries the cells of its other forms, each made by the first recipient that
+/// needs it and shared by all.
 #[derive(Clone, Debug)]
-pub struct Frame(Bytes, Option<Arc<OnceLock<Option<Bytes>>>>);
+pub struct Frame(Bytes, Option<Arc<Forms>>);
+
+/// The other forms of one text frame.
+#[derive(Debug, Default)]
+struct Forms {
+    /// Compressed (permessage-deflate).
+    deflated: OnceLock<Option<Bytes>>,
+    /// A message as a delta against its topic's previous message.
+    delta: OnceLock<Option<Frame>>,
+}
 
 impl PartialEq for Frame {
     fn eq(&self, other: &Self) -> bool {
@@ -88,9 +97,18 @@ impl Frame {
     /// The compressed frame (RSV1), made once for every recipient; `None` for a frame that
     /// compression does not make smaller, or that is not text.
     pub fn deflated(&self) -> Option<&Bytes> {
-        let cell = self.1.as_ref()?;
-        cell.get_or_init(|| crate::deflate::compress(self.payload()))
+        let forms = self.1.as_ref()?;
+        forms
+            .deflated
+            .get_or_init(|| crate::deflate::compress(self.payload()))
             .as_ref()
+    }
+
+    /// This message as a delta, made by `make` for the first recipient that asks and shared by
+    /// all: every caller must make the same one (against the same previous message). `None`
+    /// for a frame with no delta form.
+    pub fn delta(&self, make: impl FnOnce() -> Option<Frame>) -> Option<&Frame> {
+        self.1.as_ref()?.delta.get_or_init(make).as_ref()
     }
 
     /// The whole frame as it goes on the wire.

@@ -11,7 +11,7 @@ use crate::protocol::{Channel, ClientMessage, Control, Frame, Target, UserId};
 /// A client's text frame: decoded or refused, never a panic.
 pub fn client_frame(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(ClientMessage::Subscribe(c, _, _) | ClientMessage::Unsubscribe(c)) =
+        if let Ok(ClientMessage::Subscribe { channel: c, .. } | ClientMessage::Unsubscribe(c)) =
             ClientMessage::decode(text)
         {
             assert!(Channel::new(c.as_str()).is_ok());

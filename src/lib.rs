@@ -43,6 +43,8 @@
 //!   read of a topic's history wherever it is kept, presence questions, the backend's controls.
 //! - [`merge`]: how one recipient's topic opens: its live messages held while its history is
 //!   read, merged by offset, nothing missed or twice.
+//! - [`delta`]: fossil deltas: a channel message as the change from the one before, made once
+//!   per publication.
 //! - [`auth`]: client tokens (HS256) and channel permissions.
 //! - [`bridge`]: one Redis link per process: publishes, keeps history and presence in Redis,
 //!   and subscribes to what has local recipients; what other machines publish goes to the bus.
@@ -78,6 +80,7 @@ pub mod config;
 pub mod connection;
 pub mod context;
 pub mod deflate;
+pub mod delta;
 pub mod error;
 pub mod frame;
 pub mod fuzzing;

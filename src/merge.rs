@@ -65,11 +65,18 @@ impl Opening {
     /// opening has no position and a resume is not recovered). `since`: whether a resume was
     /// asked for. Only a client is told `recovered: true`; a backend subscribe resumes
     /// silently unless that failed.
-    pub fn read(topic: &Topic, read: Option<Read>, since: bool, asked: Asked) -> Opening {
+    /// `deltas`: the subscription takes deltas, and `subscribed` says so.
+    pub fn read(
+        topic: &Topic,
+        read: Option<Read>,
+        since: bool,
+        asked: Asked,
+        deltas: bool,
+    ) -> Opening {
         let Some(read) = read else {
             let recovered = since.then_some(false);
             let frame = match topic {
-                Topic::Channel(c) => Frame::subscribed_unpositioned(c, recovered),
+                Topic::Channel(c) => Frame::subscribed_unpositioned(c, recovered, deltas),
                 Topic::User(_) => Frame::connected_unpositioned(recovered),
             };
             return Opening {
@@ -85,6 +92,9 @@ impl Opening {
         let p = &read.position;
         let mut frames = Vec::with_capacity(1 + read.missed.len());
         frames.push(match topic {
+            Topic::Channel(c) if deltas => {
+                Frame::subscribed_at_with_deltas(c, &p.epoch, p.offset, recovered)
+            }
             Topic::Channel(c) => Frame::subscribed_at(c, &p.epoch, p.offset, recovered),
             Topic::User(_) => Frame::connected(&p.epoch, p.offset, recovered),
         });
@@ -111,6 +121,17 @@ pub struct Recipient {
     /// While the connection reads where it stands: which start waits (a later one must not take
     /// an earlier one's answer), and what arrived meanwhile.
     held: Option<(u64, Vec<Envelope>)>,
+    deltas: Deltas,
+}
+
+/// Whether a subscription takes deltas, and against which message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Deltas {
+    Off,
+    /// On; the next message comes whole (after `subscribed`, a replay or a gap).
+    Whole,
+    /// On; the client has the text of message (generation, offset).
+    After(u64, u64),
 }
 
 /// What a recipient makes of one envelope.
@@ -133,6 +154,7 @@ impl Recipient {
             writer,
             seen,
             held: None,
+            deltas: Deltas::Off,
         }
     }
 
@@ -142,11 +164,19 @@ impl Recipient {
             writer,
             seen: Seen::default(),
             held: Some((start, Vec::new())),
+            deltas: Deltas::Off,
         }
     }
 
-    /// Holds `envelope` while the opening is pending, admits it otherwise.
-    pub fn take<'a>(&mut self, envelope: &'a Envelope) -> Admitted<'a> {
+    /// Its messages may come as deltas (a channel with history whose subscriber asked).
+    pub fn with_deltas(mut self) -> Self {
+        self.deltas = Deltas::Whole;
+        self
+    }
+
+    /// Holds `envelope` while the opening is pending, admits it otherwise. `prev`: the
+    /// channel's message delivered before this one here, if kept (the base of a delta).
+    pub fn take<'a>(&mut self, envelope: &'a Envelope, prev: Option<&Delivery>) -> Admitted<'a> {
         if let Some((_, held)) = &mut self.held {
             if held.len() >= MAX_HELD {
                 return Admitted::Overflow;
@@ -159,7 +189,7 @@ impl Recipient {
             self.admit_all(envelope, &mut burst);
             return Admitted::Burst(burst);
         }
-        let (notice, frame) = self.admit(envelope);
+        let (notice, frame) = self.admit(envelope, prev);
         Admitted::Frames(notice, frame)
     }
 
@@ -172,11 +202,17 @@ impl Recipient {
         }
         let (_, held) = self.held.take().expect("checked above");
         self.seen = opening.seen;
+        self.restart_deltas();
         let mut burst = opening.frames;
         for envelope in &held {
             self.admit_all(envelope, &mut burst);
         }
         Some(burst)
+    }
+
+    /// Whether its messages may come as deltas.
+    pub fn takes_deltas(&self) -> bool {
+        self.deltas != Deltas::Off
     }
 
     /// Whether live messages are held for it now.
@@ -198,28 +234,40 @@ impl Recipient {
         match envelope {
             Envelope::Replay(_, deliveries) => {
                 for d in deliveries.iter() {
-                    let (notice, frame) = self.admit_message(d);
+                    let (notice, frame) = self.admit_message(d, None);
                     out.extend(notice);
                     out.extend(frame.cloned());
                 }
             }
             other => {
-                let (notice, frame) = self.admit(other);
+                let (notice, frame) = self.admit(other, None);
                 out.extend(notice);
                 out.extend(frame.cloned());
             }
         }
     }
 
-    fn admit<'a>(&mut self, envelope: &'a Envelope) -> (Option<Frame>, Option<&'a Frame>) {
+    /// The next message comes whole, if deltas are on.
+    fn restart_deltas(&mut self) {
+        if self.deltas != Deltas::Off {
+            self.deltas = Deltas::Whole;
+        }
+    }
+
+    fn admit<'a>(
+        &mut self,
+        envelope: &'a Envelope,
+        prev: Option<&Delivery>,
+    ) -> (Option<Frame>, Option<&'a Frame>) {
         match envelope {
-            Envelope::Message(d) => self.admit_message(d),
+            Envelope::Message(d) => self.admit_message(d, prev),
             Envelope::Lost(target, p) => {
                 // Only a recipient not already past the lost stretch (by its own read) is told.
                 if self.seen.generation == p.generation && self.seen.next_offset > p.offset {
                     return (None, None);
                 }
                 self.seen = Seen::after(p);
+                self.restart_deltas();
                 (Some(lost_position(target, p)), None)
             }
             Envelope::Presence(_, frame) => (None, Some(frame)),
@@ -227,7 +275,11 @@ impl Recipient {
         }
     }
 
-    fn admit_message<'a>(&mut self, d: &'a Delivery) -> (Option<Frame>, Option<&'a Frame>) {
+    fn admit_message<'a>(
+        &mut self,
+        d: &'a Delivery,
+        prev: Option<&Delivery>,
+    ) -> (Option<Frame>, Option<&'a Frame>) {
         let Some(p) = &d.position else {
             return (None, Some(&d.frame));
         };
@@ -247,7 +299,21 @@ impl Recipient {
             lost_position(&d.target, &before)
         });
         self.seen = Seen::after(p);
-        (notice, Some(&d.frame))
+        let frame = match self.deltas {
+            Deltas::Off => &d.frame,
+            had => {
+                self.deltas = Deltas::After(p.generation, p.offset);
+                let base = Deltas::After(p.generation, p.offset.wrapping_sub(1));
+                // Only a `prev` that is this client's base may make the shared delta.
+                let delta = prev
+                    .filter(|prev| {
+                        notice.is_none() && had == base && crate::delta::follows(prev, d)
+                    })
+                    .and_then(|prev| d.frame.delta(|| crate::delta::between(prev, d)));
+                delta.unwrap_or(&d.frame)
+            }
+        };
+        (notice, Some(frame))
     }
 }
 
@@ -319,9 +385,15 @@ mod tests {
         // Published around the read: 4 and 5 are in it, 6 and 7 came after.
         let held: Vec<Envelope> = (4..=7).map(|o| at(&target, o, 1)).collect();
         for e in &held {
-            assert!(matches!(r.take(e), Admitted::Held));
+            assert!(matches!(r.take(e, None), Admitted::Held));
         }
-        let opening = Opening::read(&topic, Some(read(5, Some(true), 2)), true, Asked::Client);
+        let opening = Opening::read(
+            &topic,
+            Some(read(5, Some(true), 2)),
+            true,
+            Asked::Client,
+            false,
+        );
         assert!(r.opened(6, Opening::default()).is_none(), "another start's");
         let burst = r.opened(7, opening).unwrap();
         assert_eq!(
@@ -337,13 +409,81 @@ mod tests {
         assert!(r.opened(7, Opening::default()).is_none(), "once");
         // Live from now on: an old one is dropped, a skipped offset is said.
         assert!(matches!(
-            r.take(&at(&target, 7, 1)),
+            r.take(&at(&target, 7, 1), None),
             Admitted::Frames(None, None)
         ));
-        let Admitted::Frames(Some(notice), Some(_)) = r.take(&at(&target, 9, 1)) else {
+        let Admitted::Frames(Some(notice), Some(_)) = r.take(&at(&target, 9, 1), None) else {
             panic!("a gap is said before the message after it");
         };
         assert_eq!(offsets(&[notice]), ["subscribed:8"]);
+    }
+
+    /// Message `offset` of channel `c` in generation 1: a document whose one field changes.
+    fn document(offset: u64) -> Delivery {
+        let target = Target::Channel(Channel::new("c").unwrap());
+        let rows = r#"{"name":"a row of the document","ok":true}"#.repeat(20);
+        let payload = format!(r#"{{"n":{offset},"rows":"{}"}}"#, rows.replace('"', "'"));
+        Delivery {
+            frame: Frame::message_at(&target, payload.as_bytes(), offset),
+            target,
+            position: Some(Position {
+                epoch: "e1".into(),
+                generation: 1,
+                offset,
+            }),
+        }
+    }
+
+    fn is_delta(admitted: Admitted) -> bool {
+        match admitted {
+            Admitted::Frames(None, Some(f)) => f.as_str().contains(r#""delta":true"#),
+            _ => panic!("one frame, no notice"),
+        }
+    }
+
+    #[test]
+    fn deltas_follow_the_message_the_client_has_and_restart_whole() {
+        let mut r = Recipient::holding(writer(), 1).with_deltas();
+        let ch = Topic::Channel(Channel::new("c").unwrap());
+        let opening = Opening::read(&ch, Some(read(3, None, 0)), false, Asked::Client, true);
+        assert!(opening.frames[0].as_str().contains(r#""delta":"fossil""#));
+        r.opened(1, opening).unwrap();
+        let m: Vec<Envelope> = (4..=8).map(|o| Envelope::Message(document(o))).collect();
+        let d = |o: u64| match &m[o as usize - 4] {
+            Envelope::Message(d) => d,
+            _ => unreachable!(),
+        };
+        assert!(
+            !is_delta(r.take(&m[0], Some(&document(3)))),
+            "the first after subscribed"
+        );
+        assert!(is_delta(r.take(&m[1], Some(d(4)))));
+        assert!(!is_delta(r.take(&m[2], None)), "no base kept here");
+        assert!(
+            !is_delta(r.take(&m[3], Some(d(5)))),
+            "not the message before"
+        );
+        assert!(is_delta(r.take(&m[4], Some(d(7)))));
+        // The delta is made once and shared: another recipient gets the same bytes.
+        let seen = Seen {
+            generation: 1,
+            next_offset: 8,
+        };
+        let mut other = Recipient::open(writer(), seen).with_deltas();
+        other.deltas = Deltas::After(1, 7);
+        let Admitted::Frames(None, Some(shared)) = other.take(&m[4], Some(d(7))) else {
+            panic!("one frame");
+        };
+        assert!(std::ptr::eq(shared, d(8).frame.delta(|| None).unwrap()));
+        // A plain subscription beside it gets the whole message.
+        let mut plain = Recipient::open(writer(), seen);
+        assert!(!is_delta(plain.take(&m[4], Some(d(7)))));
+        // A gap: said, and the message after it comes whole.
+        let after_gap = Envelope::Message(document(10));
+        let Admitted::Frames(Some(_), Some(f)) = r.take(&after_gap, Some(d(8))) else {
+            panic!("a gap is said");
+        };
+        assert!(!f.as_str().contains("delta"));
     }
 
     #[test]
@@ -356,16 +496,16 @@ mod tests {
                 next_offset: 3,
             },
         );
-        let Admitted::Frames(Some(notice), Some(_)) = r.take(&at(&target, 1, 2)) else {
+        let Admitted::Frames(Some(notice), Some(_)) = r.take(&at(&target, 1, 2), None) else {
             panic!("a new epoch is said");
         };
         assert!(notice.as_str().contains(r#""recovered":false"#));
         let mut r = Recipient::holding(writer(), 1);
         let e = at(&target, 1, 1);
         for _ in 0..MAX_HELD {
-            assert!(matches!(r.take(&e), Admitted::Held));
+            assert!(matches!(r.take(&e, None), Admitted::Held));
         }
-        assert!(matches!(r.take(&e), Admitted::Overflow));
+        assert!(matches!(r.take(&e, None), Admitted::Overflow));
     }
 
     #[test]
@@ -378,6 +518,7 @@ mod tests {
             Some(read(3, Some(true), 1)),
             true,
             Asked::Client,
+            false,
         ));
         assert!(client.contains(r#""recovered":true"#), "{client}");
         let backend = text(Opening::read(
@@ -385,6 +526,7 @@ mod tests {
             Some(read(3, Some(true), 1)),
             true,
             Asked::Backend,
+            false,
         ));
         assert!(!backend.contains("recovered"), "{backend}");
         let unusable = text(Opening::read(
@@ -392,9 +534,10 @@ mod tests {
             Some(read(3, None, 0)),
             true,
             Asked::Client,
+            false,
         ));
         assert!(unusable.contains(r#""recovered":false"#), "{unusable}");
-        let down = text(Opening::read(&user, None, true, Asked::Client));
+        let down = text(Opening::read(&user, None, true, Asked::Client, false));
         assert!(down.contains(r#""recovered":false"#) && !down.contains("offset"));
         assert!(Opening::fresh(&user).frames.is_empty());
         assert_eq!(

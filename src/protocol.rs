@@ -260,6 +260,36 @@ impl Frame {
         Frame::with_position(&head, epoch, offset, recovered)
     }
 
+    /// [`subscribed_at`](Self::subscribed_at) for a subscription whose messages may come as
+    /// deltas: `"delta":"fossil"` says so.
+    pub fn subscribed_at_with_deltas(
+        channel: &Channel,
+        epoch: &str,
+        offset: u64,
+        recovered: Option<bool>,
+    ) -> Self {
+        let head = format!(
+            r#"{{"type":"subscribed","channel":"{}","delta":"fossil""#,
+            channel.as_str()
+        );
+        Frame::with_position(&head, epoch, offset, recovered)
+    }
+
+    /// Message `offset` of `channel` as a fossil delta (`delta`, a JSON string's text, quotes
+    /// included) against the channel's message before it.
+    pub fn message_delta(channel: &Channel, offset: u64, delta: &str) -> Self {
+        let offset = offset.to_string();
+        Frame::text_parts(&[
+            r#"{"type":"message","channel":""#,
+            channel.as_str(),
+            r#"","offset":"#,
+            &offset,
+            r#","delta":true,"message":"#,
+            delta,
+            "}",
+        ])
+    }
+
     /// The first frame of a connection when history is on: where the user's direct messages
     /// stand, and whether a resume worked.
     pub fn connected(epoch: &str, offset: u64, recovered: Option<bool>) -> Self {
@@ -279,10 +309,16 @@ impl Frame {
 
     /// `subscribed` for a channel with history whose position cannot be read now (Redis
     /// unreachable): no offset, no epoch, and a resume is not recovered.
-    pub fn subscribed_unpositioned(channel: &Channel, recovered: Option<bool>) -> Self {
+    /// `deltas`: the subscription takes deltas (`"delta":"fossil"`).
+    pub fn subscribed_unpositioned(
+        channel: &Channel,
+        recovered: Option<bool>,
+        deltas: bool,
+    ) -> Self {
+        let deltas = if deltas { r#","delta":"fossil""# } else { "" };
         let tail = match recovered {
-            Some(r) => format!(r#"","recovered":{r}}}"#),
-            None => r#""}"#.to_string(),
+            Some(r) => format!(r#""{deltas},"recovered":{r}}}"#),
+            None => format!(r#""{deltas}}}"#),
         };
         Frame::text_parts(&[
             r#"{"type":"subscribed","channel":""#,
@@ -443,9 +479,15 @@ impl ErrorCode {
 /// A client → server text frame, decoded.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientMessage {
-    /// Subscribe; with `since`, resume after that offset (section 7); with `presence: true`,
-    /// also receive the channel's `join` and `leave` events.
-    Subscribe(Channel, Option<Since>, bool),
+    /// Subscribe; with `since`, resume after that offset (section 7); with `presence`, also
+    /// receive the channel's `join` and `leave` events; with `delta` (`"delta":"fossil"`), its
+    /// messages may come as deltas (section 10).
+    Subscribe {
+        channel: Channel,
+        since: Option<Since>,
+        presence: bool,
+        delta: bool,
+    },
     /// The members of a subscribed channel, a page at a time.
     Presence {
         channel: Channel,
@@ -477,6 +519,8 @@ pub enum DecodeError {
     BadSince,
     #[error("\"limit\" must be an integer from 1 to {}", MAX_PAGE)]
     BadLimit,
+    #[error("\"delta\" must be \"fossil\"")]
+    BadDelta,
 }
 
 impl ClientMessage {
@@ -497,6 +541,8 @@ impl ClientMessage {
             after: Option<std::borrow::Cow<'a, str>>,
             #[serde(borrow, default)]
             limit: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            delta: Option<&'a RawValue>,
         }
         #[derive(Deserialize)]
         struct RawSince {
@@ -535,7 +581,17 @@ impl ClientMessage {
                     offset: s.offset,
                     epoch: s.epoch,
                 });
-                Ok(ClientMessage::Subscribe(channel()?, since, raw.presence))
+                let delta = match raw.delta.map(RawValue::get) {
+                    None | Some("null") => false,
+                    Some(r#""fossil""#) => true,
+                    Some(_) => return Err(DecodeError::BadDelta),
+                };
+                Ok(ClientMessage::Subscribe {
+                    channel: channel()?,
+                    since,
+                    presence: raw.presence,
+                    delta,
+                })
             }
             "presence" => Ok(ClientMessage::Presence {
                 channel: channel()?,
@@ -699,8 +755,26 @@ mod tests {
         let c = Channel::new("news").unwrap();
         assert_eq!(
             ClientMessage::decode(r#"{"type":"subscribe","channel":"news"}"#),
-            Ok(ClientMessage::Subscribe(c.clone(), None, false))
+            Ok(ClientMessage::Subscribe {
+                channel: c.clone(),
+                since: None,
+                presence: false,
+                delta: false
+            })
         );
+        assert_eq!(
+            ClientMessage::decode(r#"{"type":"subscribe","channel":"news","delta":"fossil"}"#),
+            Ok(ClientMessage::Subscribe {
+                channel: c.clone(),
+                since: None,
+                presence: false,
+                delta: true
+            })
+        );
+        for bad in [r#""xdelta""#, "true", "1"] {
+            let frame = format!(r#"{{"type":"subscribe","channel":"n","delta":{bad}}}"#);
+            assert_eq!(ClientMessage::decode(&frame), Err(DecodeError::BadDelta));
+        }
         let since = Since {
             offset: 41,
             epoch: "e1".into(),
@@ -709,7 +783,12 @@ mod tests {
             ClientMessage::decode(
                 r#"{"type":"subscribe","channel":"news","since":{"offset":41,"epoch":"e1"}}"#
             ),
-            Ok(ClientMessage::Subscribe(c.clone(), Some(since), false))
+            Ok(ClientMessage::Subscribe {
+                channel: c.clone(),
+                since: Some(since),
+                presence: false,
+                delta: false
+            })
         );
         assert_eq!(
             ClientMessage::decode(r#"{"type":"unsubscribe","channel":"news"}"#),
@@ -760,7 +839,7 @@ mod tests {
         let null = r#"{"type":"subscribe","channel":"n","since":null}"#;
         assert!(matches!(
             ClientMessage::decode(null),
-            Ok(ClientMessage::Subscribe(_, None, _))
+            Ok(ClientMessage::Subscribe { since: None, .. })
         ));
         for bad in ["-1", "0", "1001", "1.5", "\"10\""] {
             let frame = format!(r#"{{"type":"presence","channel":"n","limit":{bad}}}"#);

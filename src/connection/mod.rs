@@ -144,6 +144,8 @@ struct Pending {
     /// Where a resume starts.
     since: Option<Since>,
     asked: Asked,
+    /// Takes deltas (a client's `"delta":"fossil"` on a channel with history).
+    deltas: bool,
 }
 
 /// What a read of a channel's history answers, with what it was for.
@@ -335,7 +337,7 @@ impl Connection {
                     WriterEvent::Broken => Step::Stop(End::Gone),
                     WriterEvent::Command(Command::Disconnect(why)) => Step::Stop(End::Disconnect(why)),
                     WriterEvent::Command(Command::Activate(channel, since)) => {
-                        self.when_confirmed(Pending { channel, since, asked: Asked::Backend, members_with: None })
+                        self.when_confirmed(Pending { channel, since, asked: Asked::Backend, members_with: None, deltas: false })
                     }
                 },
                 () = confirmed(self.log.as_deref(), awaiting.front().map(|a| a.0)) => {
@@ -463,9 +465,12 @@ impl Connection {
 
     fn on_text(&self, text: &str, token: &mut Token) -> Step {
         match ClientMessage::decode(text) {
-            Ok(ClientMessage::Subscribe(channel, since, presence)) => {
-                self.subscribe(channel, since, presence, &token.permissions)
-            }
+            Ok(ClientMessage::Subscribe {
+                channel,
+                since,
+                presence,
+                delta,
+            }) => self.subscribe(channel, since, (presence, delta), &token.permissions),
             Ok(ClientMessage::Presence {
                 channel,
                 after,
@@ -565,7 +570,7 @@ impl Connection {
         &self,
         channel: Channel,
         since: Option<Since>,
-        presence: bool,
+        (presence, deltas): (bool, bool),
         permissions: &Permissions,
     ) -> Step {
         let refused = if !permissions.allows(&channel) {
@@ -589,6 +594,10 @@ impl Connection {
         if matches!(answer, Answer::Start | Answer::Reply(_)) {
             hub.watch(r.id, &channel, presence);
         }
+        if deltas {
+            hub.want_deltas(r.id, &channel);
+        }
+        let deltas = deltas && hub.has_history();
         drop(hub);
         match answer {
             Answer::Start => self.when_confirmed(Pending {
@@ -596,6 +605,7 @@ impl Connection {
                 since,
                 asked: Asked::Client,
                 members_with: None,
+                deltas,
             }),
             Answer::Reply(frame) => self.reply(frame),
             Answer::Refuse(frame) => {
@@ -638,7 +648,13 @@ impl Connection {
     /// (Redis unreachable) `subscribed` has no position and a resume is not recovered.
     fn opened(&self, pending: Pending, start: u64, read: Result<Read, Unreachable>) -> Step {
         let topic = Topic::Channel(pending.channel);
-        let opening = Opening::read(&topic, read.ok(), pending.since.is_some(), pending.asked);
+        let opening = Opening::read(
+            &topic,
+            read.ok(),
+            pending.since.is_some(),
+            pending.asked,
+            pending.deltas,
+        );
         let r = &self.registration;
         match hub::lock(&r.hub).open(r.id, &topic, start, opening) {
             true => self.flushed(self.writer.flush()),

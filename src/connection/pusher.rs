@@ -173,6 +173,7 @@ impl Connection {
                     since: None,
                     asked: Asked::Client,
                     members_with: me,
+                    deltas: false,
                 })
             }
             Answer::Refuse(_) if matches!(reservation, hub::Reservation::TooMany) => {

@@ -72,7 +72,7 @@ pub async fn start(
             .router
             .read_history(topic.clone(), since.clone().flatten())
             .await;
-        let opening = Opening::read(&topic, read.ok(), since.is_some(), Asked::Client);
+        let opening = Opening::read(&topic, read.ok(), since.is_some(), Asked::Client, false);
         hub::lock(&ctx.hub).open(id, &topic, start, opening);
     }
     Ok(Session {

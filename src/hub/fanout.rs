@@ -57,8 +57,9 @@ fn offer(
     id: ConnId,
     r: &mut Recipient,
     envelope: &Envelope,
+    prev: Option<&Delivery>,
 ) {
-    match r.take(envelope) {
+    match r.take(envelope, prev) {
         Admitted::Held => {}
         Admitted::Overflow => {
             r.writer.cut();
@@ -150,6 +151,7 @@ impl Hub {
                                     id,
                                     r,
                                     envelope,
+                                    None,
                                 );
                             }
                         }
@@ -197,6 +199,7 @@ impl Hub {
                                 *id,
                                 r,
                                 envelope,
+                                None,
                             );
                         }
                     }
@@ -228,15 +231,22 @@ impl Hub {
         match target {
             Target::User(user) => {
                 for (id, r) in self.users.get_mut(user).into_iter().flatten() {
-                    offer(dirty, overflowed, fanout, *id, r, envelope);
+                    offer(dirty, overflowed, fanout, *id, r, envelope, None);
                 }
             }
             Target::Channel(channel) => {
-                let subscribers = self.channels.get_mut(channel).map(|e| &mut e.active);
+                let Some(entry) = self.channels.get_mut(channel) else {
+                    return;
+                };
                 let mut view = None;
-                for (id, r) in subscribers.into_iter().flatten() {
+                let mut deltas = false;
+                for (id, r) in entry.active.iter_mut() {
                     match self.pushers.get(id).filter(|_| !r.is_holding()) {
-                        None => offer(dirty, overflowed, fanout, *id, r, envelope),
+                        None => {
+                            deltas |= r.takes_deltas();
+                            let prev = entry.last.as_ref();
+                            offer(dirty, overflowed, fanout, *id, r, envelope, prev);
+                        }
                         Some(socket) => {
                             let frames = pusher_frames(channel, envelope, socket, &mut view);
                             if !frames.is_empty() {
@@ -244,6 +254,9 @@ impl Hub {
                             }
                         }
                     }
+                }
+                if let Envelope::Message(d) = envelope {
+                    entry.last = (deltas && d.position.is_some()).then(|| d.clone());
                 }
             }
             // Broadcast messages are sent by `deliver_batch`, and have no position to lose.

@@ -44,6 +44,8 @@ struct Membership {
     by_server: bool,
     /// Receives the channel's `join` and `leave` events.
     watches: bool,
+    /// Asked for deltas (`"delta":"fossil"`): they come when the channel has history.
+    deltas: bool,
     /// Who it is in the channel's presence when not the connection's user (a Pusher presence
     /// channel's `channel_data`), with its public info.
     /// Boxed: a `/ws` subscription holds 8 bytes for it.
@@ -59,6 +61,9 @@ struct ChannelEntry {
     reserved: usize,
     /// Active subscribers that receive `join` and `leave`.
     watchers: std::collections::BTreeSet<ConnId>,
+    /// The last message delivered here, the base of the next one's delta; kept only while a
+    /// subscriber here takes deltas.
+    last: Option<crate::bus::Delivery>,
 }
 
 /// The outcome of [`Hub::reserve`].
@@ -206,6 +211,22 @@ impl Hub {
         m.watches = watches;
         if let (true, Some(entry)) = (m.active, self.channels.get_mut(channel)) {
             set_watching(&self.presence, entry, channel, id, watches);
+        }
+    }
+
+    /// Topics keep history here (or in Redis): subscriptions may resume and take deltas.
+    pub fn has_history(&self) -> bool {
+        self.history
+    }
+
+    /// A pending subscription asked for deltas.
+    pub fn want_deltas(&mut self, id: ConnId, channel: &Channel) {
+        let m = self
+            .members
+            .get_mut(&id)
+            .and_then(|member| member.channels.iter_mut().find(|m| m.channel == *channel));
+        if let Some(m) = m.filter(|m| !m.active) {
+            m.deltas = true;
         }
     }
 
@@ -401,6 +422,7 @@ impl Hub {
             active: false,
             by_server,
             watches: false,
+            deltas: false,
             present_as: None,
         });
         self.channels
@@ -466,13 +488,17 @@ impl Hub {
         };
         m.active = true;
         let watches = m.watches;
+        let deltas = m.deltas && self.history;
         let writer = member.writer.clone();
         let (user, info) = match &m.present_as {
             Some(p) => (p.0.clone(), p.1.clone()),
             None => (member.user.clone(), member.info.clone()),
         };
         let pusher = member.pusher;
-        let (recipient, started) = self.start(writer, &Topic::Channel(channel.clone()), pusher);
+        let (mut recipient, started) = self.start(writer, &Topic::Channel(channel.clone()), pusher);
+        if deltas {
+            recipient = recipient.with_deltas();
+        }
         let entry = self
             .channels
             .get_mut(channel)

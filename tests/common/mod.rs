@@ -262,6 +262,11 @@ impl TestClient {
 
     /// The next text frame as JSON (pings and pongs skipped).
     pub async fn recv_json(&mut self) -> Value {
+        serde_json::from_str(&self.recv_text().await).unwrap()
+    }
+
+    /// The next text frame, as it came.
+    pub async fn recv_text(&mut self) -> String {
         loop {
             let msg = tokio::time::timeout(PATIENCE, self.ws.next())
                 .await
@@ -269,7 +274,7 @@ impl TestClient {
                 .expect("connection ended")
                 .expect("read error");
             match msg {
-                Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+                Message::Text(t) => return t.as_str().to_string(),
                 Message::Ping(_) | Message::Pong(_) => {}
                 other => panic!("expected a text frame, got {other:?}"),
             }
