@@ -71,6 +71,9 @@ export interface Options {
     /** After the server closes for a restart (1012), reconnect after a random delay up to this,
      * in ms (default 5,000), so a fleet's clients do not all come back in the same second. */
     restartReconnectDelay?: number;
+    /** Ask for channel messages as deltas against the previous one (`"delta":"fossil"`; the
+     * server sends them for channels with history when smaller). Default false. */
+    deltas?: boolean;
 }
 /** Where a topic (a channel, or the user's direct messages) stands for this client. */
 export interface Position {
@@ -124,7 +127,9 @@ export declare class FanfareClient {
     private onFrame;
     /** `connected` or `subscribed`: where a topic stands, and whether a resume worked. */
     private onPosition;
+    /** `text`: the frame as it came (a delta's base is the message's own text). */
     private onMessage;
+    private subscribeFrame;
     /** Done with `ws` (closed, dead, or never opened): close it without waiting for it to
      * confirm, and decide what next. Once per socket. */
     private abandon;
@@ -143,6 +148,10 @@ export declare class FanfareClient {
     private setState;
     private emit;
 }
+/** Fossil's delta format (https://fossil-scm.org/home/doc/tip/www/delta_format.wiki): the
+ * target rebuilt from `source`; throws on a delta that does not apply or whose checksum
+ * differs. */
+export declare function applyDelta(source: Uint8Array, delta: Uint8Array): Uint8Array;
 /** A refused call of the publish or control API: its HTTP status and the server's words. */
 export declare class FanfareError extends Error {
     readonly status: number;

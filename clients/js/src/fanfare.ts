@@ -9,7 +9,10 @@
 // - a gap the server cannot fill is an explicit `lost` event: the application reloads;
 // - it notices a dead connection (a ping the server does not answer in time) and reconnects;
 // - it refreshes its token when the server says it is expiring, and asks for a new one when
-//   the server refuses an expired one.
+//   the server refuses an expired one;
+// - with `deltas`, it rebuilds channel messages sent as fossil deltas (section 10) and checks
+//   each; one that does not apply makes it subscribe again from its offset, never show a wrong
+//   message.
 //
 // No runtime dependency: it uses the platform's WebSocket (or the one given).
 
@@ -92,6 +95,9 @@ export interface Options {
   /** After the server closes for a restart (1012), reconnect after a random delay up to this,
    * in ms (default 5,000), so a fleet's clients do not all come back in the same second. */
   restartReconnectDelay?: number;
+  /** Ask for channel messages as deltas against the previous one (`"delta":"fossil"`; the
+   * server sends them for channels with history when smaller). Default false. */
+  deltas?: boolean;
 }
 
 /** Where a topic (a channel, or the user's direct messages) stands for this client. */
@@ -105,6 +111,10 @@ interface Topic extends Position {
   /** Received on an earlier connection: a reconnect without a position may have missed
    * messages, which is said (`lost`), not hidden. */
   live?: boolean;
+  /** With deltas: the JSON text of the last message, the base of the next delta. */
+  base?: string;
+  /** A delta did not apply: its messages are dropped until it is subscribed again. */
+  broken?: boolean;
 }
 
 /** A connection that lasted this long resets the backoff; shorter ones count as failures, so a
@@ -169,6 +179,7 @@ export class FanfareClient {
       pingTimeout: options.pingTimeout ?? 10_000,
       connectTimeout: options.connectTimeout ?? 10_000,
       restartReconnectDelay: options.restartReconnectDelay ?? 5_000,
+      deltas: options.deltas ?? false,
     };
     for (const channel of options.channels ?? []) {
       this.channels.set(channel, {});
@@ -215,7 +226,7 @@ export class FanfareClient {
   subscribe(channel: string): void {
     if (this.channels.has(channel)) return;
     this.channels.set(channel, {});
-    this.send({ type: "subscribe", channel });
+    this.send(this.subscribeFrame(channel, {}));
   }
 
   unsubscribe(channel: string): void {
@@ -271,7 +282,9 @@ export class FanfareClient {
       this.direct.live = true;
       for (const [channel, at] of this.channels) {
         if (at.live && at.epoch === undefined) this.emit("lost", { channel });
-        this.send(subscribeFrame(channel, at));
+        at.base = undefined;
+        at.broken = false;
+        this.send(this.subscribeFrame(channel, at));
       }
       this.startPings();
     };
@@ -295,7 +308,7 @@ export class FanfareClient {
     }
     switch (frame.type) {
       case "message":
-        return this.onMessage(frame);
+        return this.onMessage(frame, text);
       case "connected":
         return this.onPosition(undefined, frame, this.direct);
       case "subscribed": {
@@ -308,6 +321,9 @@ export class FanfareClient {
           this.channels.set(channel, at);
         }
         at.live = true;
+        // What comes next is whole: the server keeps no base for this subscription yet.
+        at.base = undefined;
+        at.broken = false;
         this.onPosition(channel, frame, at);
         this.emit("subscribed", {
           channel,
@@ -359,16 +375,44 @@ export class FanfareClient {
     }
   }
 
-  private onMessage(frame: Record<string, unknown>): void {
+  /** `text`: the frame as it came (a delta's base is the message's own text). */
+  private onMessage(frame: Record<string, unknown>, text: string): void {
     const channel = frame.channel as string | undefined;
     const at = channel === undefined ? this.direct : this.channels.get(channel);
-    if (!at) return; // a channel unsubscribed meanwhile
+    if (!at || at.broken) return; // unsubscribed meanwhile, or waiting to start again
     const offset = frame.offset as number | undefined;
-    if (offset !== undefined) {
-      if (at.offset !== undefined && offset <= at.offset) return; // already delivered
-      at.offset = offset;
+    if (offset !== undefined && at.offset !== undefined && offset <= at.offset) {
+      return; // already delivered
     }
-    this.emit("message", { channel, offset, message: frame.message });
+    let message = frame.message;
+    if (frame.delta === true && channel !== undefined) {
+      const rebuilt = rebuild(at, offset, frame.message);
+      if (rebuilt === undefined) {
+        // Never a wrong message: subscribe again from the last one delivered.
+        at.broken = true;
+        this.emit("error", { code: "bad_delta", detail: `${channel} at offset ${offset}` });
+        if (this.send({ type: "unsubscribe", channel })) {
+          this.unsubscribing.set(channel, (this.unsubscribing.get(channel) ?? 0) + 1);
+          this.send(this.subscribeFrame(channel, at));
+        }
+        return;
+      }
+      at.base = rebuilt.text;
+      message = rebuilt.message;
+    } else if (this.options.deltas && channel !== undefined) {
+      at.base = messageText(text);
+    }
+    if (offset !== undefined) at.offset = offset;
+    this.emit("message", { channel, offset, message });
+  }
+
+  private subscribeFrame(channel: string, at: Position): object {
+    const frame: Record<string, unknown> = { type: "subscribe", channel };
+    if (at.offset !== undefined && at.epoch !== undefined) {
+      frame.since = { offset: at.offset, epoch: at.epoch };
+    }
+    if (this.options.deltas) frame.delta = "fossil";
+    return frame;
   }
 
   /** Done with `ws` (closed, dead, or never opened): close it without waiting for it to
@@ -498,10 +542,98 @@ function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
-function subscribeFrame(channel: string, at: Position): object {
-  return at.offset !== undefined && at.epoch !== undefined
-    ? { type: "subscribe", channel, since: { offset: at.offset, epoch: at.epoch } }
-    : { type: "subscribe", channel };
+/** The text of a message frame's `message` as it came: the frame's last field. */
+function messageText(frame: string): string | undefined {
+  const at = frame.indexOf('"message":');
+  return at < 0 ? undefined : frame.slice(at + 10, -1);
+}
+
+/** A delta message rebuilt against `at`'s base: its text and value, or undefined if it does
+ * not follow the message the base is, or does not apply. */
+function rebuild(
+  at: Topic,
+  offset: number | undefined,
+  delta: unknown,
+): { text: string; message: unknown } | undefined {
+  if (at.base === undefined || typeof delta !== "string") return undefined;
+  if (offset === undefined || at.offset === undefined || offset !== at.offset + 1) return undefined;
+  try {
+    const bytes = applyDelta(utf8.encode(at.base), utf8.encode(delta));
+    const text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    return { text, message: JSON.parse(text) };
+  } catch {
+    return undefined;
+  }
+}
+
+const utf8 = new TextEncoder();
+
+/** Fossil's delta format (https://fossil-scm.org/home/doc/tip/www/delta_format.wiki): the
+ * target rebuilt from `source`; throws on a delta that does not apply or whose checksum
+ * differs. */
+export function applyDelta(source: Uint8Array, delta: Uint8Array): Uint8Array {
+  let pos = 0;
+  const int = (): number => {
+    let value = 0;
+    let digits = 0;
+    while (pos < delta.length) {
+      const d = DIGIT[delta[pos]];
+      if (d < 0) break;
+      value = value * 64 + d;
+      pos += 1;
+      digits += 1;
+    }
+    if (digits === 0 || value > 0xffffffff) throw new Error("bad delta: a number expected");
+    return value;
+  };
+  const limit = int();
+  if (delta[pos++] !== 0x0a) throw new Error("bad delta: no size line");
+  const out = new Uint8Array(limit);
+  let total = 0;
+  while (pos < delta.length) {
+    const count = int();
+    const op = delta[pos++];
+    if (op === 0x40 /* @ copy */) {
+      const offset = int();
+      if (delta[pos++] !== 0x2c) throw new Error("bad delta: ',' expected");
+      if (offset + count > source.length || total + count > limit) throw new Error("bad delta: copy out of range");
+      out.set(source.subarray(offset, offset + count), total);
+      total += count;
+    } else if (op === 0x3a /* : insert */) {
+      if (pos + count > delta.length || total + count > limit) throw new Error("bad delta: insert out of range");
+      out.set(delta.subarray(pos, pos + count), total);
+      total += count;
+      pos += count;
+    } else if (op === 0x3b /* ; end */) {
+      if (total !== limit) throw new Error("bad delta: size differs");
+      if (count !== checksum(out)) throw new Error("bad delta: checksum differs");
+      return out;
+    } else {
+      throw new Error("bad delta: unknown operator");
+    }
+  }
+  throw new Error("bad delta: unterminated");
+}
+
+const DIGIT = (() => {
+  const table = new Int8Array(256).fill(-1);
+  const alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz~";
+  for (let i = 0; i < alphabet.length; i++) table[alphabet.charCodeAt(i)] = i;
+  return table;
+})();
+
+/** Fossil's checksum: the bytes summed as big-endian 32-bit words, modulo 2^32. */
+function checksum(bytes: Uint8Array): number {
+  let sum = 0;
+  const whole = bytes.length - (bytes.length % 4);
+  for (let i = 0; i < whole; i += 4) {
+    sum = (sum + ((bytes[i] << 24) | (bytes[i + 1] << 16) | (bytes[i + 2] << 8) | bytes[i + 3])) >>> 0;
+  }
+  const rest = bytes.length - whole;
+  if (rest >= 3) sum = (sum + (bytes[whole + 2] << 8)) >>> 0;
+  if (rest >= 2) sum = (sum + (bytes[whole + 1] << 16)) >>> 0;
+  if (rest >= 1) sum = (sum + ((bytes[whole] << 24) >>> 0)) >>> 0;
+  return sum;
 }
 
 /** A refused call of the publish or control API: its HTTP status and the server's words. */

@@ -104,3 +104,49 @@ test("Chromium negotiates permessage-deflate and gets the compressed frames righ
   assert.deepEqual(got, [doc, "small"]);
   assert.equal((await compressions()) - before, 1, "the document, compressed once");
 });
+
+test("through the JavaScript client in Chromium, deltas over deflate rebuild every message", async () => {
+  const server = await startServer();
+  cleanup.push(server.stop);
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
+  cleanup.push(() => browser.close());
+  const page = await browser.newPage();
+  await page.goto(`${server.base}/`);
+  const doc = (n) => ({
+    seq: n,
+    rows: Array.from({ length: 40 }, (_, i) => ({ row: i, state: i === n ? "changed" : "unchanged" })),
+  });
+  const received = page.evaluate(
+    async ({ url, token, n }) => {
+      const { FanfareClient } = await import("/fanfare.js");
+      const seen = { deltas: 0, extensions: "" };
+      class Watched extends WebSocket {
+        set onmessage(handler) {
+          super.onmessage = (e) => {
+            seen.extensions = this.extensions;
+            if (e.data.includes('"delta":true')) seen.deltas += 1;
+            handler(e);
+          };
+        }
+      }
+      const c = new FanfareClient({ url, token, channels: ["docs"], deltas: true, WebSocket: Watched });
+      const got = [];
+      c.on("subscribed", () => (window.subscribed = true));
+      return new Promise((resolve) => {
+        c.on("message", (m) => {
+          got.push(m.message);
+          if (got.length === n) resolve({ got, ...seen });
+        });
+        c.connect();
+      });
+    },
+    { url: server.ws, token: token("7", { channels: ["docs"] }), n: 5 },
+  );
+  await page.waitForFunction(() => window.subscribed === true);
+  const backend = new FanfareBackend({ url: server.base, apiKey: API_KEY });
+  for (let n = 1; n <= 5; n++) await backend.publish("docs", doc(n));
+  const { got, deltas, extensions } = await received;
+  assert.match(extensions, /permessage-deflate/);
+  assert.deepEqual(got, [1, 2, 3, 4, 5].map(doc));
+  assert.equal(deltas, 4, "all but the first");
+});
