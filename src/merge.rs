@@ -119,8 +119,9 @@ pub struct Recipient {
     pub writer: Arc<Writer>,
     seen: Seen,
     /// While the connection reads where it stands: which start waits (a later one must not take
-    /// an earlier one's answer), and what arrived meanwhile.
-    held: Option<(u64, Vec<Envelope>)>,
+    /// an earlier one's answer), and what arrived meanwhile. Boxed: every idle connection holds
+    /// a recipient, and this is needed only while a topic opens.
+    held: Option<Box<(u64, Vec<Envelope>)>>,
     deltas: Deltas,
 }
 
@@ -130,8 +131,9 @@ enum Deltas {
     Off,
     /// On; the next message comes whole (after `subscribed`, a replay or a gap).
     Whole,
-    /// On; the client has the text of message (generation, offset).
-    After(u64, u64),
+    /// On; the client has the text of message `offset` of the epoch it has seen (a new epoch
+    /// or a gap sets `Whole`).
+    After(u64),
 }
 
 /// What a recipient makes of one envelope.
@@ -163,7 +165,7 @@ impl Recipient {
         Recipient {
             writer,
             seen: Seen::default(),
-            held: Some((start, Vec::new())),
+            held: Some(Box::new((start, Vec::new()))),
             deltas: Deltas::Off,
         }
     }
@@ -177,7 +179,7 @@ impl Recipient {
     /// Holds `envelope` while the opening is pending, admits it otherwise. `prev`: the
     /// channel's message delivered before this one here, if kept (the base of a delta).
     pub fn take<'a>(&mut self, envelope: &'a Envelope, prev: Option<&Delivery>) -> Admitted<'a> {
-        if let Some((_, held)) = &mut self.held {
+        if let Some((_, held)) = self.held.as_deref_mut() {
             if held.len() >= MAX_HELD {
                 return Admitted::Overflow;
             }
@@ -197,10 +199,10 @@ impl Recipient {
     /// cover, to go out as one burst (a replay never cuts a client that reads). `None` if this
     /// recipient does not wait for `start` (it started again since).
     pub fn opened(&mut self, start: u64, opening: Opening) -> Option<Vec<Frame>> {
-        if self.held.as_ref().map(|(s, _)| *s) != Some(start) {
+        if self.held.as_ref().map(|h| h.0) != Some(start) {
             return None;
         }
-        let (_, held) = self.held.take().expect("checked above");
+        let (_, held) = *self.held.take().expect("checked above");
         self.seen = opening.seen;
         self.restart_deltas();
         let mut burst = opening.frames;
@@ -223,10 +225,10 @@ impl Recipient {
     /// Ends the wait of `start` without merging: what was held, for a recipient that sees
     /// messages in another shape (a Pusher socket). `None` if it does not wait for `start`.
     pub fn release(&mut self, start: u64) -> Option<Vec<Envelope>> {
-        if self.held.as_ref().map(|(s, _)| *s) != Some(start) {
+        if self.held.as_ref().map(|h| h.0) != Some(start) {
             return None;
         }
-        self.held.take().map(|(_, held)| held)
+        self.held.take().map(|h| h.1)
     }
 
     /// [`admit`](Self::admit) for any envelope, a replay's messages each in turn.
@@ -302,8 +304,8 @@ impl Recipient {
         let frame = match self.deltas {
             Deltas::Off => &d.frame,
             had => {
-                self.deltas = Deltas::After(p.generation, p.offset);
-                let base = Deltas::After(p.generation, p.offset.wrapping_sub(1));
+                self.deltas = Deltas::After(p.offset);
+                let base = Deltas::After(p.offset.wrapping_sub(1));
                 // Only a `prev` that is this client's base may make the shared delta.
                 let delta = prev
                     .filter(|prev| {
@@ -470,7 +472,7 @@ mod tests {
             next_offset: 8,
         };
         let mut other = Recipient::open(writer(), seen).with_deltas();
-        other.deltas = Deltas::After(1, 7);
+        other.deltas = Deltas::After(7);
         let Admitted::Frames(None, Some(shared)) = other.take(&m[4], Some(d(7))) else {
             panic!("one frame");
         };
@@ -484,6 +486,13 @@ mod tests {
             panic!("a gap is said");
         };
         assert!(!f.as_str().contains("delta"));
+    }
+
+    #[test]
+    fn a_recipient_stays_small() {
+        // Every idle connection holds one (its direct messages): what opens a topic is boxed,
+        // so deltas cost it nothing (56 bytes before them).
+        assert_eq!(std::mem::size_of::<Recipient>(), 48);
     }
 
     #[test]

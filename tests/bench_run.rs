@@ -309,3 +309,33 @@ fn the_bench_offers_deflate_and_counts_the_bytes_on_the_wire() {
     assert!(plain > 2000.0, "the payload and its frame: {plain}");
     assert!(deflated < plain * 0.5, "compressed: {deflated} of {plain}");
 }
+
+#[test]
+fn the_bench_asks_for_deltas_and_rebuilds_every_message() {
+    let s = TestServer::start_with(|c| c.history_size = 100);
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--scenario",
+            "channel",
+            "--connections",
+            "20",
+            "--channels",
+            "2",
+            "--messages",
+            "40",
+            "--payload-bytes",
+            "2000",
+        ];
+        args.extend_from_slice(extra);
+        let (ok, v) = bench(&[&s], &args);
+        assert!(ok, "{v}");
+        // Each message checked against the plan: a delta rebuilt wrong would be lost.
+        assert_clean(&v, 10 * 40);
+        v["wire_bytes_per_delivery"].as_f64().unwrap()
+    };
+    let plain = run(&[]);
+    let deltas = run(&["--delta"]);
+    assert!(deltas < plain * 0.5, "deltas: {deltas} of {plain}");
+    let chat = run(&["--delta", "--payload", "chat"]);
+    assert!(chat > 2000.0, "chat lines come whole: {chat}");
+}

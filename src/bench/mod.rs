@@ -22,8 +22,8 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use plan::Plan;
 pub use plan::Scenario;
+use plan::{Padding, PayloadKind, Plan};
 use publisher::{Limit, Progress, Publishing};
 use receiver::{Outcome, Report, Share};
 
@@ -99,10 +99,18 @@ pub struct BenchArgs {
     /// Offer permessage-deflate; the report says the bytes received per delivery either way
     #[arg(long)]
     pub compression: bool,
-    /// Padding added to each message's payload, in bytes: text of the kind a dashboard streams
-    /// (sensor rows), so compression sees what it would in production
+    /// Ask for channel messages as deltas (`"delta":"fossil"`; the servers need
+    /// --history-size); the receivers rebuild each one
+    #[arg(long)]
+    pub delta: bool,
+    /// Padding added to each message's payload, in bytes, of the --payload kind, so
+    /// compression and deltas see what they would in production
     #[arg(long = "payload-bytes", default_value_t = 0)]
     pub payload_bytes: usize,
+    /// What the padding is like: a document whose values change a little per message, or
+    /// chat lines that are new each time
+    #[arg(long, value_enum, default_value = "document")]
+    pub payload: PayloadKind,
     /// Seconds to wait for stragglers after the last publish
     #[arg(long, default_value_t = 10.0)]
     pub drain: f64,
@@ -222,6 +230,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
             token_ttl: args.token_ttl,
             pusher_key: (args.protocol == Protocol::Pusher).then(|| args.api_key.clone()),
             compression: args.compression,
+            delta: args.delta,
         })?;
         return Ok(0);
     }
@@ -396,7 +405,10 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
         concurrency: args.concurrency.max(1),
         rate: args.rate,
         limit,
-        pad: padding(args.payload_bytes),
+        pad: Padding {
+            kind: args.payload,
+            bytes: args.payload_bytes,
+        },
         pusher: (args.protocol == Protocol::Pusher).then(|| {
             crate::pusher::App::new(
                 args.app_id.clone(),
@@ -503,6 +515,7 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
         "server_rss_bytes_per_connection": rss_per_connection,
         "server_frames_per_write": frames_per_write,
         "compression": args.compression,
+        "delta": args.delta,
         "wire_bytes_per_delivery": total.wire_bytes as f64 / total.received.max(1) as f64,
     });
     print_summary(&summary);
@@ -511,20 +524,6 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
     }
     let failed = total.lost > 0 || total.duplicated > 0 || published.failed_requests > 0;
     Ok(i32::from(failed))
-}
-
-/// `bytes` of text like a dashboard's rows (`sensor-017 ok 42.3 C; …`), numbers varying.
-fn padding(bytes: usize) -> String {
-    let mut pad = String::with_capacity(bytes + 40);
-    let mut i: u64 = 0;
-    while pad.len() < bytes {
-        let state = if i % 7 == 3 { "alert" } else { "ok" };
-        let value = (i * 37 % 1000) as f64 / 10.0;
-        pad.push_str(&format!("sensor-{i:03} {state} {value:.1} C; "));
-        i += 1;
-    }
-    pad.truncate(bytes);
-    pad
 }
 
 /// The arguments a receiver process gets: the coordinator's own, plus its number.
@@ -555,6 +554,7 @@ fn receiver_args(args: &BenchArgs, i: u64) -> Vec<String> {
     ]
     .into_iter()
     .chain(args.compression.then(|| "--compression".to_string()))
+    .chain(args.delta.then(|| "--delta".to_string()))
     .chain(args.token_ttl.map(|t| format!("--token-ttl={t}")))
     .collect()
 }
@@ -637,8 +637,10 @@ fn print_summary(s: &serde_json::Value) {
     println!(
         "on the wire    {:.0} bytes received per delivery{}",
         f("wire_bytes_per_delivery"),
-        match s["compression"].as_bool() {
-            Some(true) => " (permessage-deflate offered)",
+        match (s["compression"].as_bool(), s["delta"].as_bool()) {
+            (Some(true), Some(true)) => " (permessage-deflate offered, deltas asked)",
+            (Some(true), _) => " (permessage-deflate offered)",
+            (_, Some(true)) => " (deltas asked)",
             _ => "",
         }
     );

@@ -20,6 +20,56 @@ pub enum Scenario {
     Broadcast,
 }
 
+/// What each message's padding is like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PayloadKind {
+    /// A dashboard's document (sensor rows) of which each message changes a few values
+    Document,
+    /// Chat lines: each message's text is new
+    Chat,
+}
+
+/// The padding of each message: `bytes` of text of one kind.
+#[derive(Clone, Copy, Debug)]
+pub struct Padding {
+    pub kind: PayloadKind,
+    pub bytes: usize,
+}
+
+impl Padding {
+    /// The padding of message `seq`.
+    pub fn of(&self, seq: u64) -> String {
+        let mut pad = String::with_capacity(self.bytes + 40);
+        let mut i: u64 = 0;
+        while pad.len() < self.bytes {
+            match self.kind {
+                PayloadKind::Document => {
+                    let state = if i % 7 == 3 { "alert" } else { "ok" };
+                    // One row in 32 changes with each message.
+                    let moved = if i % 32 == seq % 32 { seq % 100 } else { 0 };
+                    let value = ((i * 37 + moved) % 1000) as f64 / 10.0;
+                    pad.push_str(&format!("sensor-{i:03} {state} {value:.1} C; "));
+                }
+                PayloadKind::Chat => {
+                    let n = seq
+                        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                        .rotate_left(i as u32 * 7);
+                    pad.push_str(WORDS[(n % WORDS.len() as u64) as usize]);
+                    pad.push(' ');
+                }
+            }
+            i += 1;
+        }
+        pad.truncate(self.bytes);
+        pad
+    }
+}
+
+const WORDS: [&str; 16] = [
+    "hello", "anyone", "seen", "the", "release", "notes", "yet", "deploy", "looks", "fine",
+    "lunch", "at", "noon", "thanks", "shipping", "today",
+];
+
 #[derive(Clone, Copy, Debug)]
 pub struct Plan {
     pub scenario: Scenario,
@@ -72,10 +122,12 @@ impl Plan {
         first: u64,
         publisher: usize,
         sent_at_ns: u64,
-        pad: &str,
+        pad: &Padding,
     ) -> (&'static str, String) {
-        let message =
-            |s: u64| format!(r#"{{"seq":{s},"p":{publisher},"t":{sent_at_ns},"pad":"{pad}"}}"#);
+        let message = |s: u64| {
+            let pad = pad.of(s);
+            format!(r#"{{"seq":{s},"p":{publisher},"t":{sent_at_ns},"pad":"{pad}"}}"#)
+        };
         let to_user = |s: u64| {
             format!(
                 r#"{{"userId":"{}","message":{}}}"#,
@@ -152,9 +204,24 @@ mod tests {
             Scenario::Channel,
             Scenario::Broadcast,
         ] {
-            let (_, body) = plan(s).request(8, 2, 123, "xx");
-            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-            assert!(body.contains(r#""seq":8"#), "{v}");
+            for kind in [PayloadKind::Document, PayloadKind::Chat] {
+                let pad = Padding { kind, bytes: 300 };
+                let (_, body) = plan(s).request(8, 2, 123, &pad);
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert!(body.contains(r#""seq":8"#), "{v}");
+            }
         }
+    }
+
+    #[test]
+    fn a_document_changes_a_little_per_message_and_a_chat_line_all_over() {
+        let same = |kind, a, b| {
+            let pad = Padding { kind, bytes: 2000 };
+            let (a, b) = (pad.of(a), pad.of(b));
+            assert_eq!(a.len(), 2000);
+            a.bytes().zip(b.bytes()).filter(|(x, y)| x == y).count()
+        };
+        assert!(same(PayloadKind::Document, 1, 2) > 1900);
+        assert!(same(PayloadKind::Chat, 1, 2) < 1000);
     }
 }

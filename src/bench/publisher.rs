@@ -32,7 +32,7 @@ pub struct Publishing {
     /// Messages per second; `None` is closed loop.
     pub rate: Option<f64>,
     pub limit: Limit,
-    pub pad: String,
+    pub pad: super::plan::Padding,
     /// The Pusher app whose HTTP API the events go to, signed.
     pub pusher: Option<crate::pusher::App>,
 }

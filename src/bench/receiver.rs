@@ -50,6 +50,8 @@ pub struct Share {
     pub pusher_key: Option<String>,
     /// Offer permessage-deflate (`--compression`).
     pub compression: bool,
+    /// Ask for deltas (`--delta`) and rebuild each message.
+    pub delta: bool,
 }
 
 /// Lines a receiver prints.
@@ -108,6 +110,8 @@ struct ConnState {
     reordered: u64,
     /// Where this connection stands in its topic (offset, epoch), to resume from.
     resume: Option<(u64, String)>,
+    /// With deltas: the text of the last message, the base of the next delta.
+    base: Option<String>,
 }
 
 struct Shared {
@@ -130,7 +134,10 @@ struct Shared {
 struct Incoming<'a> {
     #[serde(borrow, rename = "type")]
     kind: &'a str,
-    message: Option<Payload>,
+    #[serde(borrow)]
+    message: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    delta: bool,
     offset: Option<u64>,
     epoch: Option<String>,
     recovered: Option<bool>,
@@ -423,6 +430,9 @@ async fn open(
     let mut subscribed = None;
     if let Some(channel) = channels.and_then(|mut c| c.pop()) {
         let mut subscribe = serde_json::json!({"type": "subscribe", "channel": channel});
+        if share.delta {
+            subscribe["delta"] = serde_json::json!("fossil");
+        }
         if let Some((offset, epoch)) = resume {
             subscribe["since"] = serde_json::json!({"offset": offset, "epoch": epoch});
         }
@@ -562,14 +572,27 @@ async fn read(mut ws: Ws, i: usize, shared: Rc<Shared>, share: Rc<Share>, keys: 
             match frame {
                 Incoming {
                     kind: "message",
-                    message: Some(p),
+                    message: Some(raw),
                     offset,
+                    delta,
                     ..
                 } => {
-                    if let (Some(offset), Some(resume)) =
-                        (offset, shared.conns.borrow_mut()[i].resume.as_mut())
-                    {
+                    let mut conns = shared.conns.borrow_mut();
+                    let c = &mut conns[i];
+                    if let (Some(offset), Some(resume)) = (offset, c.resume.as_mut()) {
                         resume.0 = offset;
+                    }
+                    let text = match delta {
+                        true => rebuild(c.base.as_deref(), raw.get()),
+                        false => Some(raw.get().to_string()),
+                    };
+                    let Some(p) = text.as_deref().and_then(|t| serde_json::from_str(t).ok()) else {
+                        // Not rebuilt: it counts as lost.
+                        c.base = None;
+                        continue;
+                    };
+                    if share.delta {
+                        c.base = text;
                     }
                     p
                 }
@@ -617,6 +640,13 @@ async fn read(mut ws: Ws, i: usize, shared: Rc<Shared>, share: Rc<Share>, keys: 
         }
     }
     shared.disconnects.set(shared.disconnects.get() + 1);
+}
+
+/// A delta message's text: `delta` (a JSON string) applied to `base`.
+fn rebuild(base: Option<&str>, delta: &str) -> Option<String> {
+    let delta: String = serde_json::from_str(delta).ok()?;
+    let text = fossil_delta::apply(base?, delta).ok()?;
+    String::from_utf8(text).ok()
 }
 
 /// Records where a `subscribed` or `connected` says the connection stands, and counts a resume
