@@ -337,5 +337,6 @@ fn the_bench_asks_for_deltas_and_rebuilds_every_message() {
     let deltas = run(&["--delta"]);
     assert!(deltas < plain * 0.5, "deltas: {deltas} of {plain}");
     let chat = run(&["--delta", "--payload", "chat"]);
-    assert!(chat > 2000.0, "chat lines come whole: {chat}");
+    // A chat line shares little with the one before: most come whole.
+    assert!(chat > plain * 0.8, "chat lines: {chat} of {plain}");
 }
