@@ -86,7 +86,19 @@ impl RedisCluster {
 
     pub fn master_of_slot(&self, slot: u16) -> u16 {
         let port = self.alive().next().expect("a live node");
-        let slots: Vec<redis::Value> = self.on(port, &["CLUSTER", "SLOTS"]).unwrap();
+        // A node in the middle of a failover may not answer within the timeout on a loaded
+        // machine: asked again.
+        let mut tries = 0;
+        let slots: Vec<redis::Value> = loop {
+            match self.on(port, &["CLUSTER", "SLOTS"]) {
+                Ok(slots) => break slots,
+                Err(e) if tries < 20 && e.is_io_error() => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("CLUSTER SLOTS on {port}: {e}"),
+            }
+        };
         for range in slots {
             let redis::Value::Array(parts) = range else {
                 continue;
