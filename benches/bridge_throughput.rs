@@ -129,6 +129,7 @@ fn main() {
             node_id: node.into(),
             max_message_bytes: 65536,
             history,
+            tls: Default::default(),
         };
         let (bridge, _thread) = Bridge::prepare(config, log, metrics.clone())
             .unwrap()

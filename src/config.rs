@@ -23,9 +23,27 @@ pub struct Config {
     pub workers: Option<u8>,
 
     /// Redis to relay through: redis://host:port/db, or a Redis Cluster as
-    /// redis+cluster://host:port[,host:port…] (sharded pub/sub); none: single-machine mode
+    /// redis+cluster://host:port[,host:port…] (sharded pub/sub); rediss:// and
+    /// rediss+cluster:// over TLS; none: single-machine mode
     #[arg(long, env = "FANFARE_REDIS")]
     pub redis: Option<String>,
+
+    /// With rediss://: the CA (PEM) that signs Redis's certificate, instead of the system's
+    /// roots
+    #[arg(long = "redis-ca", env = "FANFARE_REDIS_CA")]
+    pub redis_ca: Option<std::path::PathBuf>,
+
+    /// With rediss://: a client certificate (PEM) for Redis servers that ask for one
+    #[arg(
+        long = "redis-cert",
+        env = "FANFARE_REDIS_CERT",
+        requires = "redis_key"
+    )]
+    pub redis_cert: Option<std::path::PathBuf>,
+
+    /// With rediss://: the client certificate's private key (PEM)
+    #[arg(long = "redis-key", env = "FANFARE_REDIS_KEY", requires = "redis_cert")]
+    pub redis_key: Option<std::path::PathBuf>,
 
     /// Prefix of every Redis channel and key
     #[arg(long, env = "FANFARE_REDIS_PREFIX", default_value = "fanfare:")]

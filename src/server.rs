@@ -92,6 +92,11 @@ impl Server {
                     prefix: config.redis_prefix.clone(),
                     node_id: config.node_id(),
                     max_message_bytes: config.max_message_bytes,
+                    tls: crate::bridge::tls::TlsFiles {
+                        ca: config.redis_ca.clone(),
+                        cert: config.redis_cert.clone(),
+                        key: config.redis_key.clone(),
+                    },
                     history: (config.history_size > 0).then(|| HistorySettings {
                         size: config.history_size,
                         ttl_ms: config.history_ttl().as_millis() as u64,

@@ -16,6 +16,9 @@ use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Value};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::pubsub::{self, Reader, Writer};
+use super::tls::Tls;
+
 /// Slots of a Redis Cluster.
 pub const SLOTS: usize = 16384;
 /// How often the map is checked when nothing asked.
@@ -72,6 +75,9 @@ pub struct Deployment {
     seeds: Vec<Node>,
     /// A Redis Cluster: sharded pub/sub, hash-tagged names, a map of slots.
     pub cluster: bool,
+    /// `rediss`: every connection is TLS (set by [`with_tls`](Self::with_tls) once loaded).
+    pub tls: bool,
+    tls_setup: Option<Arc<Tls>>,
 }
 
 impl Deployment {
@@ -82,18 +88,30 @@ impl Deployment {
     /// # Errors
     /// A URL that does not parse, or that is not over TCP.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let Some(rest) = url.strip_prefix("redis+cluster://") else {
+        let cluster = url
+            .strip_prefix("redis+cluster://")
+            .map(|rest| (rest, false))
+            .or_else(|| {
+                url.strip_prefix("rediss+cluster://")
+                    .map(|rest| (rest, true))
+            });
+        let Some((rest, tls)) = cluster else {
             let template = url.into_connection_info().map_err(|e| e.to_string())?;
-            let ConnectionAddr::Tcp(host, port) = template.addr().clone() else {
-                return Err(
-                    "only redis://host:port URLs over TCP are supported (no TLS, no Unix socket)"
-                        .into(),
-                );
-            };
+            let (host, port, tls) =
+                match template.addr().clone() {
+                    ConnectionAddr::Tcp(host, port) => (host, port, false),
+                    ConnectionAddr::TcpTls { host, port, .. } => (host, port, true),
+                    _ => return Err(
+                        "only redis:// and rediss:// URLs over TCP are supported (no Unix socket)"
+                            .into(),
+                    ),
+                };
             return Ok(Deployment {
                 template,
                 seeds: vec![Node { host, port }],
                 cluster: false,
+                tls,
+                tls_setup: None,
             });
         };
         let (credentials, hosts) = match rest.rsplit_once('@') {
@@ -110,6 +128,15 @@ impl Deployment {
             let ConnectionAddr::Tcp(h, port) = info.addr().clone() else {
                 return Err(format!("{host:?}: not a host:port"));
             };
+            let info = match tls {
+                false => info,
+                true => info.set_addr(ConnectionAddr::TcpTls {
+                    host: h.clone(),
+                    port,
+                    insecure: false,
+                    tls_params: None,
+                }),
+            };
             seeds.push(Node { host: h, port });
             template.get_or_insert(info);
         }
@@ -117,14 +144,54 @@ impl Deployment {
             template: template.ok_or("redis+cluster:// names no node")?,
             seeds,
             cluster: true,
+            tls,
+            tls_setup: None,
         })
+    }
+
+    /// Every connection of a `rediss` deployment is made with `tls`.
+    pub fn with_tls(mut self, tls: Arc<Tls>) -> Self {
+        self.tls_setup = Some(tls);
+        self
     }
 
     /// How to connect to `node`, with this deployment's credentials.
     pub fn connection(&self, node: &Node) -> ConnectionInfo {
-        self.template
-            .clone()
-            .set_addr(ConnectionAddr::Tcp(node.host.clone(), node.port))
+        let addr = match self.tls {
+            false => ConnectionAddr::Tcp(node.host.clone(), node.port),
+            true => ConnectionAddr::TcpTls {
+                host: node.host.clone(),
+                port: node.port,
+                insecure: false,
+                tls_params: None,
+            },
+        };
+        self.template.clone().set_addr(addr)
+    }
+
+    /// A redis-rs client for `node` (TLS as the deployment says).
+    ///
+    /// # Errors
+    /// redis-rs refuses the address.
+    pub fn client(&self, node: &Node) -> Result<redis::Client, String> {
+        let info = self.connection(node);
+        match &self.tls_setup {
+            Some(tls) => tls.client(info),
+            None => redis::Client::open(info).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// One of the bridge's own connections to `node` (see [`pubsub::connect`]).
+    ///
+    /// # Errors
+    /// As [`pubsub::connect`]; a `rediss` deployment without its TLS settings.
+    pub async fn open(&self, node: &Node, max_bulk: usize) -> Result<(Reader, Writer), String> {
+        let tls = match (self.tls, &self.tls_setup) {
+            (false, _) => None,
+            (true, Some(tls)) => Some(tls.as_ref()),
+            (true, None) => return Err("rediss:// without its TLS settings".into()),
+        };
+        pubsub::connect(&self.connection(node), tls, max_bulk).await
     }
 
     /// The map to start from: the one server, or, on a cluster, no slot served yet.
@@ -275,7 +342,7 @@ impl Keeper {
         let known = self.map.borrow().masters.clone();
         let mut last = String::from("no node to ask");
         for node in known.iter().chain(&self.deployment.seeds) {
-            match ask(&self.deployment.connection(node), node).await {
+            match ask(&self.deployment, node).await {
                 Ok(map) => return Ok(map),
                 Err(why) => last = format!("{node}: {why}"),
             }
@@ -284,9 +351,9 @@ impl Keeper {
     }
 }
 
-async fn ask(info: &ConnectionInfo, node: &Node) -> Result<Topology, String> {
+async fn ask(deployment: &Deployment, node: &Node) -> Result<Topology, String> {
     let call = async {
-        let client = redis::Client::open(info.clone()).map_err(|e| e.to_string())?;
+        let client = deployment.client(node)?;
         let mut conn = client
             .get_multiplexed_async_connection()
             .await

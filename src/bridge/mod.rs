@@ -54,6 +54,7 @@ pub(crate) mod pubsub;
 mod reconcile;
 mod registry;
 mod subscriber;
+pub mod tls;
 mod webhooks;
 pub mod wire;
 
@@ -118,6 +119,8 @@ const QUESTIONS: usize = 64;
 pub enum Error {
     #[error("invalid --redis URL: {0}")]
     Url(String),
+    #[error("Redis TLS: {0}")]
+    Tls(String),
     #[error("--node-id must be 1 to {} bytes", wire::MAX_NODE_ID_BYTES)]
     NodeId,
     #[error("--redis-prefix {0}")]
@@ -136,6 +139,8 @@ pub struct BridgeConfig {
     pub max_message_bytes: usize,
     /// With `--history-size`: topics have history, kept in Redis.
     pub history: Option<HistorySettings>,
+    /// `--redis-ca`, `--redis-cert`, `--redis-key` (for a `rediss` URL).
+    pub tls: tls::TlsFiles,
 }
 
 /// What the publisher link does for the rest of the process. A request whose sender is
@@ -231,7 +236,18 @@ impl Bridge {
         if config.node_id.is_empty() || config.node_id.len() > wire::MAX_NODE_ID_BYTES {
             return Err(Error::NodeId);
         }
-        let deployment = Deployment::parse(&config.url).map_err(Error::Url)?;
+        let mut deployment = Deployment::parse(&config.url).map_err(Error::Url)?;
+        match (deployment.tls, config.tls.is_empty()) {
+            (true, _) => {
+                deployment = deployment.with_tls(tls::Tls::load(&config.tls).map_err(Error::Tls)?)
+            }
+            (false, false) => {
+                return Err(Error::Tls(
+                    "--redis-ca, --redis-cert and --redis-key need a rediss:// URL".into(),
+                ))
+            }
+            (false, true) => {}
+        }
         let names = Names::new(&config.prefix, deployment.cluster).map_err(Error::Prefix)?;
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (ask_registry, questions) = mpsc::channel(QUESTIONS);

@@ -13,9 +13,10 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use redis::{ConnectionAddr, ConnectionInfo};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use super::tls::Tls;
 
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 64 * 1024;
@@ -41,7 +42,7 @@ pub enum Push {
 
 /// Reads pushes; the other half of [`connect`].
 pub struct Reader {
-    read: OwnedReadHalf,
+    read: Box<dyn AsyncRead + Send + Unpin>,
     buf: BytesMut,
     /// Longest bulk string held; a longer message is skipped as it streams by.
     max_bulk: usize,
@@ -51,25 +52,44 @@ pub struct Reader {
 
 /// Sends commands; the other half of [`connect`].
 pub struct Writer {
-    write: OwnedWriteHalf,
+    write: Box<dyn AsyncWrite + Send + Unpin>,
 }
 
-/// Connects to the Redis of `info` (TCP), authenticates if it has credentials, and returns the
-/// two halves.
+/// Connects to the Redis of `info` (TCP, through `tls` for a `rediss` address),
+/// authenticates if it has credentials, and returns the two halves.
 ///
 /// # Errors
-/// The address is not TCP (TLS and Unix sockets are not supported here), the connection fails,
-/// or Redis refuses the credentials.
-pub async fn connect(info: &ConnectionInfo, max_bulk: usize) -> Result<(Reader, Writer), String> {
-    let (host, port) = match info.addr() {
-        ConnectionAddr::Tcp(host, port) => (host.as_str(), *port),
-        other => return Err(format!("{other:?}: only redis:// over TCP is supported")),
+/// The address is not TCP (Unix sockets are not supported here), a TLS address comes without
+/// `tls`, the connection or its TLS handshake fails, or Redis refuses the credentials.
+pub async fn connect(
+    info: &ConnectionInfo,
+    tls: Option<&Tls>,
+    max_bulk: usize,
+) -> Result<(Reader, Writer), String> {
+    let (host, port, secure) = match info.addr() {
+        ConnectionAddr::Tcp(host, port) => (host.as_str(), *port, false),
+        ConnectionAddr::TcpTls { host, port, .. } => (host.as_str(), *port, true),
+        other => return Err(format!("{other:?}: only TCP is supported")),
     };
     let stream = TcpStream::connect((host, port))
         .await
         .map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
-    let (read, write) = stream.into_split();
+    type Halves = (
+        Box<dyn AsyncRead + Send + Unpin>,
+        Box<dyn AsyncWrite + Send + Unpin>,
+    );
+    let (read, write): Halves = match (secure, tls) {
+        (false, _) => {
+            let (read, write) = stream.into_split();
+            (Box::new(read), Box::new(write))
+        }
+        (true, Some(tls)) => {
+            let (read, write) = tokio::io::split(tls.connect(host, stream).await?);
+            (Box::new(read), Box::new(write))
+        }
+        (true, None) => return Err("a rediss:// address without TLS settings".into()),
+    };
     let mut reader = Reader {
         read,
         buf: BytesMut::with_capacity(READ_CHUNK),
@@ -584,7 +604,7 @@ mod tests {
         let info: ConnectionInfo =
             redis::IntoConnectionInfo::into_connection_info(format!("redis://127.0.0.1:{port}"))
                 .unwrap();
-        let (mut reader, _writer) = connect(&info, 0).await.unwrap();
+        let (mut reader, _writer) = connect(&info, None, 0).await.unwrap();
         assert_eq!(reader.integer().await, Ok(2));
         assert_eq!(reader.integer().await, Ok(0));
         assert_eq!(reader.integer().await, Err("Redis: ERR wrong type".into()));
@@ -619,7 +639,7 @@ mod tests {
         let info: ConnectionInfo =
             redis::IntoConnectionInfo::into_connection_info(format!("redis://127.0.0.1:{port}"))
                 .unwrap();
-        let (mut reader, _writer) = connect(&info, 1024).await.unwrap();
+        let (mut reader, _writer) = connect(&info, None, 1024).await.unwrap();
         assert_eq!(reader.next().await.unwrap(), Push::Subscribed);
         assert_eq!(reader.next().await.unwrap(), Push::Oversize);
         for i in 0..100 {

@@ -46,8 +46,7 @@ impl Registry {
             .node_of(&registry)
             .cloned()
             .ok_or("no master serves the registry's slot")?;
-        let client =
-            redis::Client::open(self.deployment.connection(&node)).map_err(|e| e.to_string())?;
+        let client = self.deployment.client(&node)?;
         let c = tokio::time::timeout(
             super::RESPONSE_TIMEOUT,
             client.get_multiplexed_async_connection(),

@@ -296,14 +296,14 @@ impl Subscriber {
                 link.retry_at = None;
                 let attempt = state.reconciler.attempt(i);
                 let node = link.node.clone();
-                let info = self.deployment.connection(&node);
+                let deployment = self.deployment.clone();
                 // Room for the largest message plus the wire header.
                 let max_bulk = self.max_message_bytes + 64;
                 state.connecting.push(Box::pin(async move {
                     // A PING answered, not just a TCP handshake: the kernel of a frozen Redis
                     // still accepts connections.
                     let connected = within(async {
-                        let (mut reader, mut writer) = pubsub::connect(&info, max_bulk).await?;
+                        let (mut reader, mut writer) = deployment.open(&node, max_bulk).await?;
                         writer
                             .command(&[b"PING"])
                             .await

@@ -15,6 +15,11 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Three masters and three replicas, every slot served, replicas in sync.
     pub fn start() -> RedisCluster {
+        Self::start_with(|_| Vec::new())
+    }
+
+    /// [`start`](Self::start), each node given `more(its port)` as more arguments.
+    pub fn start_with(more: impl Fn(u16) -> Vec<String>) -> RedisCluster {
         static N: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "fanfare-cluster-{}-{}",
@@ -24,7 +29,10 @@ impl RedisCluster {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let nodes: Vec<RedisServer> = (0..6)
-            .map(|_| RedisServer::cluster_node(cluster_port(), &dir))
+            .map(|_| {
+                let port = cluster_port();
+                RedisServer::cluster_node_with(port, &dir, &more(port))
+            })
             .collect();
         let addrs: Vec<String> = nodes
             .iter()

@@ -396,6 +396,11 @@ impl RedisServer {
     /// A node of a Redis Cluster (not yet part of one): its cluster state lives in `dir`,
     /// and a master silent for 2 s is failed over.
     pub fn cluster_node(port: u16, dir: &std::path::Path) -> RedisServer {
+        Self::cluster_node_with(port, dir, &[])
+    }
+
+    /// [`cluster_node`](Self::cluster_node) with more arguments.
+    pub fn cluster_node_with(port: u16, dir: &std::path::Path, more: &[String]) -> RedisServer {
         let conf = dir.join(format!("nodes-{port}.conf"));
         let args = [
             "--save",
@@ -411,6 +416,28 @@ impl RedisServer {
             "--dir",
             dir.to_str().unwrap(),
         ];
+        let more: Vec<&str> = more.iter().map(String::as_str).collect();
+        Self::spawn(port, "127.0.0.1", &[&args[..], &more].concat())
+    }
+
+    /// A Redis answering plain text on `port` (for the test's own checks) and TLS on
+    /// `tls_port` with the certificate and key in `dir` (`redis.crt`, `redis.key`), trusting
+    /// client certificates signed by `ca.crt` there, and asking for one if `clients`.
+    pub fn with_tls(port: u16, tls_port: u16, dir: &std::path::Path, clients: bool) -> RedisServer {
+        let file = |name: &str| dir.join(name).to_str().unwrap().to_string();
+        let args = [
+            "--tls-port".to_string(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            file("redis.crt"),
+            "--tls-key-file".into(),
+            file("redis.key"),
+            "--tls-ca-cert-file".into(),
+            file("ca.crt"),
+            "--tls-auth-clients".into(),
+            if clients { "yes" } else { "no" }.into(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Self::spawn(port, "127.0.0.1", &args)
     }
 

@@ -289,13 +289,12 @@ impl Publisher {
         shard: &ShardMetrics,
         stop: &CancellationToken,
     ) {
-        let connection = self.deployment.connection(node);
         let mut backoff = Backoff::new();
         let mut batch = Vec::with_capacity(BATCH);
         let mut connected_before = false;
         loop {
             // Replies are integers; no bulk string is ever read here.
-            let connecting = within(pubsub::connect(&connection, 0));
+            let connecting = within(self.deployment.open(node, 0));
             let mut conn = tokio::select! {
                 () = stop.cancelled() => return,
                 r = connecting => match r {
