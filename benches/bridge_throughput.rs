@@ -44,6 +44,7 @@ fn main() {
         size: 100,
         ttl_ms: 300_000,
         ack,
+        once_ttl_ms: 300_000,
     });
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -130,6 +131,7 @@ fn main() {
             max_message_bytes: 65536,
             history,
             tls: Default::default(),
+            once_ttl_ms: 300_000,
         };
         let (bridge, _thread) = Bridge::prepare(config, log, metrics.clone())
             .unwrap()
@@ -188,7 +190,7 @@ fn main() {
         }
         match history {
             // The answer (its offset) is not awaited: the bench counts what B receives.
-            Some(_) => drop(a.append(Topic::User(user.clone()), payload_bytes.clone())),
+            Some(_) => drop(a.append(Topic::User(user.clone()), payload_bytes.clone(), None)),
             None => a.publish(&delivery),
         }
     }
@@ -209,7 +211,7 @@ fn main() {
             let mut took = Vec::with_capacity(2000);
             for _ in 0..2000 {
                 let t = Instant::now();
-                let answer = a.append(Topic::User(user.clone()), payload_bytes.clone());
+                let answer = a.append(Topic::User(user.clone()), payload_bytes.clone(), None);
                 let fate = answer.expect("queued").await;
                 assert!(matches!(fate, fanfare::bridge::Fate::Taken(..)), "{fate:?}");
                 took.push(t.elapsed());

@@ -103,6 +103,11 @@ pub struct Config {
     #[arg(long, env = "FANFARE_HISTORY_TTL", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
     pub history_ttl: u64,
 
+    /// Seconds a publish's idempotencyKey is remembered: a repeat within it is answered as
+    /// the first was and delivered nowhere
+    #[arg(long, env = "FANFARE_IDEMPOTENCY_TTL", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
+    pub idempotency_ttl: u64,
+
     /// Most bytes of messages the history keeps in this process, all topics together; past
     /// it the oldest go. Default: an eighth of the machine's memory (at least 64 MiB)
     #[arg(long, env = "FANFARE_HISTORY_MAX_BYTES", value_parser = clap::value_parser!(u64).range(1..))]

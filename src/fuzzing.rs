@@ -28,7 +28,10 @@ pub fn publish_body(data: &[u8]) {
         api::parse_broadcast,
         api::parse_batch,
     ] {
-        for d in parse(data).into_iter().flatten() {
+        for d in parse(data)
+            .into_iter()
+            .flat_map(|(deliveries, _)| deliveries)
+        {
             assert!(is_json(d.frame.payload()), "a frame is JSON");
             assert!(d.frame.payload().starts_with(br#"{"type":"message","#));
             let payload = d.frame.message_payload(&d.target).expect("payload inside");

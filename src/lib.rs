@@ -55,6 +55,8 @@
 //! - [`bus`]: one bounded inbox per worker; hands each message to the workers the routes name.
 //! - [`history`]: offsets, epochs and the messages kept for recovery (one machine), and what a
 //!   read of any history finds.
+//! - [`idempotency`]: publish keys: a repeat is answered as the first was, delivered nowhere
+//!   (remembered here alone; in Redis in a fleet).
 //! - [`routes`]: the routing table: which workers have a recipient for each user and channel.
 //! - [`config`]: every `fanfare serve` flag, its environment variable and default.
 //! - [`subscriptions`]: the seam between hubs and bridge: what this process wants from Redis,
@@ -87,6 +89,7 @@ pub mod fuzzing;
 pub mod history;
 pub mod http;
 pub mod hub;
+pub mod idempotency;
 pub mod listener;
 pub mod merge;
 pub mod metrics;

@@ -183,6 +183,17 @@ pub enum Target {
     All,
 }
 
+impl Target {
+    /// `u:<user>`, `c:<channel>` or `all`: one name per target.
+    pub fn name(&self) -> String {
+        match self {
+            Target::User(u) => format!("u:{}", u.as_str()),
+            Target::Channel(c) => format!("c:{}", c.as_str()),
+            Target::All => "all".to_string(),
+        }
+    }
+}
+
 const DIRECT_HEAD: &str = r#"{"type":"message","message":"#;
 const CHANNEL_HEAD: &str = r#"{"type":"message","channel":""#;
 const CHANNEL_MIDDLE: &str = r#"","message":"#;

@@ -11,6 +11,7 @@ pub use crate::bridge::Unreachable;
 use crate::bridge::{Bridge, Fate};
 use crate::bus::{Bus, Delivery, Envelope};
 use crate::history::{History, Read};
+use crate::idempotency::{Claim, Key, Remembered};
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::protocol::Since;
@@ -23,6 +24,19 @@ use crate::subscriptions::SubscriptionLog;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotTaken {
     pub fates: Vec<Fate>,
+}
+
+/// Why a publish with idempotency keys was not (wholly) done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// Redis did not take the messages with history whole (see [`NotTaken`]).
+    NotTaken(NotTaken),
+    /// A key's first publication is still on its way: nothing was published.
+    InFlight(Key),
+    /// Redis could not be asked about the key of message `at`: those before it were
+    /// published (a retry with the same keys does not publish them again), it and those after
+    /// were not.
+    Unchecked { at: usize },
 }
 
 /// Where a message with history was taken: its offset in its topic's epoch.
@@ -41,6 +55,8 @@ pub struct Router {
     metrics: Arc<Metrics>,
     /// Who is in each channel here.
     presence: Arc<Presence>,
+    /// Alone: the idempotency keys of recent publications.
+    remembered: Remembered,
 }
 
 impl Router {
@@ -57,7 +73,14 @@ impl Router {
             bridge,
             history,
             metrics,
+            remembered: Remembered::new(std::time::Duration::from_secs(300)),
         }
+    }
+
+    /// Idempotency keys are remembered for `ttl` (`--idempotency-ttl`; alone, here).
+    pub fn with_idempotency_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.remembered = Remembered::new(ttl);
+        self
     }
 
     /// Who is in each channel here: the hubs report to it.
@@ -136,11 +159,98 @@ impl Router {
     /// taken, or unknown when the link broke while it was on its way).
     pub async fn publish(&self, deliveries: Vec<Delivery>) -> Result<Vec<Taken>, NotTaken> {
         if let Some(bridge) = self.bridge.as_ref().filter(|b| b.has_history()) {
-            return self.append_all(bridge, deliveries).await;
+            return self.append_all(bridge, deliveries, Vec::new()).await;
         }
         let mut offsets = Vec::new();
         for delivery in deliveries {
             offsets.extend(self.publish_one(delivery).await);
+        }
+        Ok(offsets)
+    }
+
+    /// [`publish`](Self::publish), each message with its idempotency key if it has one (in
+    /// `keys`, by index): a message whose key was published to its target within the TTL is
+    /// answered as it was then and published nowhere.
+    ///
+    /// # Errors
+    /// See [`Refused`].
+    pub async fn publish_once(
+        &self,
+        deliveries: Vec<Delivery>,
+        keys: Vec<Option<Key>>,
+    ) -> Result<Vec<Taken>, Refused> {
+        if keys.iter().all(Option::is_none) {
+            return self.publish(deliveries).await.map_err(Refused::NotTaken);
+        }
+        let Some(bridge) = &self.bridge else {
+            return self.once_here(deliveries, keys).await;
+        };
+        let all_topics = deliveries.iter().all(|d| Topic::of(&d.target).is_some());
+        if bridge.has_history() && all_topics {
+            // The append script keeps each key beside its message, in one step.
+            return self
+                .append_all(bridge, deliveries, keys)
+                .await
+                .map_err(Refused::NotTaken);
+        }
+        // Without history: each key claimed in Redis, then its message published.
+        let mut offsets = Vec::new();
+        let mut keys = keys.into_iter();
+        for (at, delivery) in deliveries.into_iter().enumerate() {
+            if let Some(key) = keys.next().flatten() {
+                match bridge.claim_once(&delivery.target, &key).await {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(Unreachable) => return Err(Refused::Unchecked { at }),
+                }
+            }
+            offsets.extend(self.publish_one(delivery).await);
+        }
+        Ok(offsets)
+    }
+
+    /// Alone: every key claimed here first (one still on its way refuses the whole request),
+    /// then what is new published and its answer kept.
+    async fn once_here(
+        &self,
+        deliveries: Vec<Delivery>,
+        keys: Vec<Option<Key>>,
+    ) -> Result<Vec<Taken>, Refused> {
+        let names: Vec<String> = deliveries.iter().map(|d| d.target.name()).collect();
+        let key = |i: usize| keys.get(i).and_then(Option::as_ref);
+        let mut claims: Vec<Option<Claim>> = Vec::with_capacity(deliveries.len());
+        for (i, name) in names.iter().enumerate() {
+            let claim = key(i).map(|k| self.remembered.claim(name, k));
+            if let (Some(Claim::InFlight), Some(k)) = (&claim, key(i)) {
+                // Nothing is published: the keys claimed so far are given back.
+                for (j, c) in claims.iter().enumerate() {
+                    if let (Some(Claim::New), Some(earlier)) = (c, key(j)) {
+                        self.remembered.forget(&names[j], earlier);
+                    }
+                }
+                return Err(Refused::InFlight(k.clone()));
+            }
+            claims.push(claim);
+        }
+        let mut offsets = Vec::new();
+        for (i, delivery) in deliveries.into_iter().enumerate() {
+            match &claims[i] {
+                Some(Claim::Repeat(answer)) => {
+                    offsets.extend(
+                        answer
+                            .clone()
+                            .map(|(offset, epoch)| Taken { offset, epoch }),
+                    );
+                }
+                claim => {
+                    let taken = self.publish_one(delivery).await;
+                    if let (Some(Claim::New), Some(k)) = (claim, key(i)) {
+                        let answer = taken.as_ref().map(|t| (t.offset, t.epoch.clone()));
+                        self.remembered.answer(&names[i], k, answer);
+                    }
+                    offsets.extend(taken);
+                }
+            }
         }
         Ok(offsets)
     }
@@ -168,9 +278,12 @@ impl Router {
         &self,
         bridge: &Bridge,
         deliveries: Vec<Delivery>,
+        keys: Vec<Option<Key>>,
     ) -> Result<Vec<Taken>, NotTaken> {
         let mut pending = Vec::with_capacity(deliveries.len());
+        let mut keys = keys.into_iter();
         for delivery in deliveries {
+            let key = keys.next().flatten();
             let Some(topic) = Topic::of(&delivery.target) else {
                 self.publish_one(delivery).await;
                 continue;
@@ -184,7 +297,7 @@ impl Router {
             // unless Redis itself refuses one in the middle (said per message).
             let answer = match pending.last() {
                 Some((_, None)) => None,
-                _ => bridge.append(topic, payload).ok(),
+                _ => bridge.append(topic, payload, key).ok(),
             };
             pending.push((delivery.target, answer));
         }

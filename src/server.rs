@@ -92,6 +92,7 @@ impl Server {
                     prefix: config.redis_prefix.clone(),
                     node_id: config.node_id(),
                     max_message_bytes: config.max_message_bytes,
+                    once_ttl_ms: config.idempotency_ttl * 1000,
                     tls: crate::bridge::tls::TlsFiles {
                         ca: config.redis_ca.clone(),
                         cert: config.redis_cert.clone(),
@@ -100,6 +101,7 @@ impl Server {
                     history: (config.history_size > 0).then(|| HistorySettings {
                         size: config.history_size,
                         ttl_ms: config.history_ttl().as_millis() as u64,
+                        once_ttl_ms: config.idempotency_ttl * 1000,
                         ack: (config.history_ack_replicas > 0).then_some(Acknowledged {
                             replicas: config.history_ack_replicas,
                             timeout_ms: config.history_ack_timeout,
@@ -183,13 +185,16 @@ impl Server {
             }
             None => None,
         };
-        let router = Arc::new(Router::new(
-            bus,
-            bridge,
-            history.clone(),
-            presence.clone(),
-            metrics.clone(),
-        ));
+        let router = Arc::new(
+            Router::new(
+                bus,
+                bridge,
+                history.clone(),
+                presence.clone(),
+                metrics.clone(),
+            )
+            .with_idempotency_ttl(Duration::from_secs(config.idempotency_ttl)),
+        );
         let shared = Arc::new(Shared {
             config: config.clone(),
             keys,

@@ -82,10 +82,17 @@ end
 /// five arguments of `position` (see [`lineage!`]), and "1" when every replica of this master
 /// must confirm the message (acknowledged mode with no more replicas than it waits for): only
 /// then may a promoted replica continue the topic, so only then is `t` written (any other
-/// append clears it). Returns `<offset> <epoch>`.
+/// append clears it), then `--idempotency-ttl` in ms. With a third key (the publication's
+/// idempotency key, in the topic's slot): a key already kept answers what it kept, followed by
+/// ` again`, and nothing is appended; otherwise the key keeps this append's answer. Returns
+/// `<offset> <epoch>`.
 pub const APPEND: &str = concat!(
     lineage!(),
     r"
+if #KEYS == 3 then
+  local done = redis.call('GET', KEYS[3])
+  if done then return done .. ' again' end
+end
 local epoch, _, written = position(ARGV[4], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12])
 local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
 local t = redis.call('TIME')
@@ -100,6 +107,9 @@ elseif written then
 end
 if ARGV[7] ~= '' then
   redis.call(ARGV[7], ARGV[1], ARGV[2] .. offset .. ' ' .. epoch .. ' ' .. ARGV[3])
+end
+if #KEYS == 3 then
+  redis.call('SET', KEYS[3], offset .. ' ' .. epoch, 'PX', ARGV[14])
 end
 return offset .. ' ' .. epoch"
 );

@@ -141,6 +141,8 @@ pub struct BridgeConfig {
     pub history: Option<HistorySettings>,
     /// `--redis-ca`, `--redis-cert`, `--redis-key` (for a `rediss` URL).
     pub tls: tls::TlsFiles,
+    /// `--idempotency-ttl` in milliseconds.
+    pub once_ttl_ms: u64,
 }
 
 /// What the publisher link does for the rest of the process. A request whose sender is
@@ -152,6 +154,8 @@ enum Request {
     Append {
         topic: Topic,
         payload: Bytes,
+        /// Its idempotency key: a repeat is answered as the first was, not appended.
+        once: Option<crate::idempotency::Key>,
         /// What became of it. Dropped unanswered: unknown.
         reply: oneshot::Sender<Fate>,
     },
@@ -208,6 +212,8 @@ pub struct Bridge {
     cluster: bool,
     log: Arc<SubscriptionLog>,
     metrics: Arc<BridgeMetrics>,
+    /// `--idempotency-ttl` in milliseconds.
+    once_ttl_ms: u64,
 }
 
 /// What the bridge thread runs, checked before the thread starts.
@@ -261,6 +267,7 @@ impl Bridge {
             cluster: deployment.cluster,
             log,
             metrics,
+            once_ttl_ms: config.once_ttl_ms,
         };
         Ok(Prepared {
             bridge,
@@ -333,10 +340,12 @@ impl Bridge {
         &self,
         topic: Topic,
         payload: Bytes,
+        once: Option<crate::idempotency::Key>,
     ) -> Result<impl std::future::Future<Output = Fate>, Unreachable> {
         let answer = self.ask(|reply| Request::Append {
             topic,
             payload,
+            once,
             reply,
         })?;
         Ok(async move {
@@ -396,6 +405,32 @@ impl Bridge {
     ) -> Result<crate::presence::Count, Unreachable> {
         self.ask(|reply| Request::Presence(presence::PresenceRequest::Count { channel, reply }))?
             .await
+    }
+
+    /// Claims the idempotency key `key` of a publication without history to `target` for the
+    /// fleet: true if it is new (publish it), false if it was claimed before (a repeat).
+    ///
+    /// # Errors
+    /// Redis is unreachable: nothing is known, nothing must be published.
+    pub async fn claim_once(
+        &self,
+        target: &Target,
+        key: &crate::idempotency::Key,
+    ) -> Result<bool, Unreachable> {
+        let (reply, answer) = oneshot::channel();
+        let name = self.names.target(target);
+        let question = registry::Question::Once {
+            key: self.names.once_in_registry(&name, key.as_str()),
+            ttl_ms: self.once_ttl_ms,
+            reply,
+        };
+        self.ask_registry
+            .try_send(question)
+            .map_err(|_| Unreachable)?;
+        match tokio::time::timeout(RESPONSE_TIMEOUT * 2, answer).await {
+            Ok(Ok(new)) => Ok(new),
+            _ => Err(Unreachable),
+        }
     }
 
     /// The channels with members anywhere in the fleet whose names start with `prefix`.

@@ -85,6 +85,12 @@ pub enum Question {
         prefix: String,
         reply: oneshot::Sender<Vec<String>>,
     },
+    /// Claims an idempotency key for `ttl_ms` (`SET NX`): true if it was free.
+    Once {
+        key: String,
+        ttl_ms: u64,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// Answers questions until `stop`; one that cannot be answered now is dropped unanswered.
@@ -106,6 +112,20 @@ pub async fn answer(
                 match tokio::time::timeout(super::RESPONSE_TIMEOUT, call).await {
                     Ok(Ok(channels)) => {
                         let _ = reply.send(channels);
+                    }
+                    Ok(Err(_)) | Err(_) => registry.lost(),
+                }
+            }
+            Question::Once { key, ttl_ms, reply } => {
+                let Ok(mut conn) = registry.conn().await else {
+                    continue;
+                };
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(key).arg(1).arg("NX").arg("PX").arg(ttl_ms);
+                let call = cmd.query_async::<Option<String>>(&mut conn);
+                match tokio::time::timeout(super::RESPONSE_TIMEOUT, call).await {
+                    Ok(Ok(set)) => {
+                        let _ = reply.send(set.is_some());
                     }
                     Ok(Err(_)) | Err(_) => registry.lost(),
                 }

@@ -108,6 +108,19 @@ impl Names {
         )
     }
 
+    /// Where the idempotency key `key` of a publication to `topic` is kept: beside the topic's
+    /// history (its slot), so the append script sees it.
+    pub fn once_in_topic(&self, topic: &Topic, key: &str) -> String {
+        format!("{}i:{}:{key}", self.prefix, self.tail(topic))
+    }
+
+    /// Where the idempotency key `key` of a publication without history to `target` (its
+    /// channel's name) is kept: in the registry's slot.
+    pub fn once_in_registry(&self, target: &str, key: &str) -> String {
+        let (registry, _) = self.presence_registry("");
+        format!("{registry}:i:{target}:{key}")
+    }
+
     /// `u:<user>` or `c:<channel>`, in braces on a cluster.
     fn tail(&self, topic: &Topic) -> String {
         let (kind, name) = match topic {

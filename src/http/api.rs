@@ -19,14 +19,17 @@ use crate::auth::{bearer, keys_match};
 use crate::bridge::Fate;
 use crate::bus::Delivery;
 use crate::context::Shared;
+use crate::idempotency::Key;
 use crate::protocol::{Channel, Control, Frame, Target, UserId, MAX_DISCONNECT_REASON_BYTES};
-use crate::router::NotTaken;
+use crate::router::{NotTaken, Refused};
 
 /// What an accepted request asks for.
 enum Accepted {
-    /// Messages; `batch` answers with the offsets in a list.
+    /// Messages, each with its idempotency key if it has one; `batch` answers with the
+    /// offsets in a list.
     Publish {
         deliveries: Vec<Delivery>,
+        keys: Vec<Option<Key>>,
         batch: bool,
     },
     Control(UserId, Control),
@@ -35,10 +38,29 @@ enum Accepted {
 /// `POST /message | /publish | /broadcast | /batch | /disconnect | /subscribe | /unsubscribe`.
 pub async fn handle(req: Request<Incoming>, ctx: &Shared) -> Response {
     match accept(req, ctx).await {
-        Ok(Accepted::Publish { deliveries, batch }) => {
-            let offsets = match ctx.router.publish(deliveries).await {
+        Ok(Accepted::Publish {
+            deliveries,
+            keys,
+            batch,
+        }) => {
+            let offsets = match ctx.router.publish_once(deliveries, keys).await {
                 Ok(offsets) => offsets,
-                Err(NotTaken { fates }) => return not_taken(&fates, batch),
+                Err(Refused::NotTaken(NotTaken { fates })) => return not_taken(&fates, batch),
+                Err(Refused::InFlight(key)) => {
+                    let error = format!(
+                        "a publication with idempotencyKey {:?} is still on its way: nothing was published; retry",
+                        key.as_str()
+                    );
+                    let body = serde_json::json!({ "error": error });
+                    return json(StatusCode::CONFLICT, body.to_string());
+                }
+                Err(Refused::Unchecked { at }) => {
+                    let error = format!(
+                        "Redis is unreachable: the idempotencyKey of message {at} could not be checked, so it and those after it were not published (those before were); retry with the same keys"
+                    );
+                    let body = serde_json::json!({ "error": error, "published": at });
+                    return json(StatusCode::SERVICE_UNAVAILABLE, body.to_string());
+                }
             };
             // With history, where each was taken: `{"ok":true,"offset":42,"epoch":"…"}`, or for
             // a batch `{"ok":true,"offsets":[…],"epochs":[…]}` in item order.
@@ -124,7 +146,11 @@ async fn accept(req: Request<Incoming>, ctx: &Shared) -> Result<Accepted, ApiErr
         }
     };
     let batch = path == "/batch";
-    publish(&body).map(|deliveries| Accepted::Publish { deliveries, batch })
+    publish(&body).map(|(deliveries, keys)| Accepted::Publish {
+        deliveries,
+        keys,
+        batch,
+    })
 }
 
 /// 401 unless the request carries the API key.
@@ -174,6 +200,8 @@ struct DirectBody<'a> {
     user_id: Cow<'a, str>,
     #[serde(borrow)]
     message: &'a RawValue,
+    #[serde(borrow, default, rename = "idempotencyKey")]
+    key: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -182,12 +210,16 @@ struct ChannelBody<'a> {
     channel: Cow<'a, str>,
     #[serde(borrow)]
     message: &'a RawValue,
+    #[serde(borrow, default, rename = "idempotencyKey")]
+    key: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct BroadcastBody<'a> {
     #[serde(borrow)]
     message: &'a RawValue,
+    #[serde(borrow, default, rename = "idempotencyKey")]
+    key: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -198,6 +230,8 @@ struct BatchItem<'a> {
     channel: Option<Cow<'a, str>>,
     #[serde(borrow)]
     message: &'a RawValue,
+    #[serde(borrow, default, rename = "idempotencyKey")]
+    key: Option<Cow<'a, str>>,
 }
 
 /// The body of `/disconnect`, `/subscribe` or `/unsubscribe` (`path`); errors name the field.
@@ -260,26 +294,38 @@ fn on_channel(channel: &str, message: &RawValue) -> Result<Delivery, String> {
     Ok(delivery(Target::Channel(channel), message))
 }
 
-pub fn parse_message(body: &[u8]) -> Result<Vec<Delivery>, ApiError> {
+/// What a publish body asks for: its messages, each with its idempotency key if it has one.
+pub type Publications = (Vec<Delivery>, Vec<Option<Key>>);
+
+fn key(key: Option<&Cow<str>>) -> Result<Option<Key>, String> {
+    key.map(|k| Key::new(k)).transpose()
+}
+
+pub fn parse_message(body: &[u8]) -> Result<Publications, ApiError> {
     let b: DirectBody = parse_object(body)?;
-    Ok(vec![
-        direct(&b.user_id, b.message).map_err(ApiError::BadRequest)?
-    ])
+    let d = direct(&b.user_id, b.message).map_err(ApiError::BadRequest)?;
+    Ok((
+        vec![d],
+        vec![key(b.key.as_ref()).map_err(ApiError::BadRequest)?],
+    ))
 }
 
-pub fn parse_publish(body: &[u8]) -> Result<Vec<Delivery>, ApiError> {
+pub fn parse_publish(body: &[u8]) -> Result<Publications, ApiError> {
     let b: ChannelBody = parse_object(body)?;
-    Ok(vec![
-        on_channel(&b.channel, b.message).map_err(ApiError::BadRequest)?
-    ])
+    let d = on_channel(&b.channel, b.message).map_err(ApiError::BadRequest)?;
+    Ok((
+        vec![d],
+        vec![key(b.key.as_ref()).map_err(ApiError::BadRequest)?],
+    ))
 }
 
-pub fn parse_broadcast(body: &[u8]) -> Result<Vec<Delivery>, ApiError> {
+pub fn parse_broadcast(body: &[u8]) -> Result<Publications, ApiError> {
     let b: BroadcastBody = parse_object(body)?;
-    Ok(vec![delivery(Target::All, b.message)])
+    let k = key(b.key.as_ref()).map_err(ApiError::BadRequest)?;
+    Ok((vec![delivery(Target::All, b.message)], vec![k]))
 }
 
-pub fn parse_batch(body: &[u8]) -> Result<Vec<Delivery>, ApiError> {
+pub fn parse_batch(body: &[u8]) -> Result<Publications, ApiError> {
     let items: Vec<&RawValue> = parse_json(body)?;
     items
         .iter()
@@ -290,7 +336,7 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<Delivery>, ApiError> {
                 ApiError::BadRequest(m) => in_item(m),
                 other => other,
             })?;
-            match (&item.user_id, &item.channel) {
+            let d = match (&item.user_id, &item.channel) {
                 (Some(user), None) => direct(user, item.message),
                 (None, Some(channel)) => on_channel(channel, item.message),
                 _ => Err(
@@ -298,9 +344,11 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<Delivery>, ApiError> {
                         .to_string(),
                 ),
             }
-            .map_err(in_item)
+            .map_err(in_item)?;
+            Ok((d, key(item.key.as_ref()).map_err(in_item)?))
         })
-        .collect()
+        .collect::<Result<Vec<_>, ApiError>>()
+        .map(|items| items.into_iter().unzip())
 }
 
 #[cfg(test)]
@@ -310,7 +358,7 @@ mod tests {
     #[test]
     fn batch_is_validated_whole() {
         let ok = parse_batch(br#"[{"userId":"1","message":1},{"channel":"c","message":null}]"#);
-        assert_eq!(ok.unwrap().len(), 2);
+        assert_eq!(ok.unwrap().0.len(), 2);
         let bad = parse_batch(br#"[{"userId":"1","message":1},{"channel":"a b","message":2}]"#);
         assert!(matches!(bad, Err(ApiError::BadRequest(m)) if m.starts_with("item 1:")));
         let both = parse_batch(br#"[{"userId":"1","channel":"c","message":1}]"#);

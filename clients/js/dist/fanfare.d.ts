@@ -164,15 +164,27 @@ export interface BackendOptions {
     apiKey: string;
     /** Defaults to the global fetch. */
     fetch?: typeof fetch;
+    /** A publish that fails on the way (no answer, 503, or 409 while its first try is still on
+     * its way) is sent again this many times (default 3), with the same `idempotencyKey`, so it
+     * is delivered once whatever happened to the tries before. 0: never. */
+    retries?: number;
+    /** First delay between tries, in ms (default 200); doubles each time. */
+    retryDelay?: number;
+}
+/** A publish's own options. */
+export interface PublishOptions {
+    /** Names this publication for `--idempotency-ttl` (1 to 64 bytes): the server answers a
+     * repeat as it answered the first and delivers it nowhere. Made up when retries are on. */
+    idempotencyKey?: string;
 }
 /** One item of `batch`: a direct message or a channel message. */
-export type BatchItem = {
+export type BatchItem = ({
     userId: string;
     message: unknown;
 } | {
     channel: string;
     message: unknown;
-};
+}) & PublishOptions;
 /** The answer to a publish: with history, where each message was taken (offset and epoch). */
 export interface Published {
     ok: true;
@@ -187,13 +199,17 @@ export declare class FanfareBackend {
     private readonly fetchImpl;
     constructor(options: BackendOptions);
     /** To every connection of `userId`. */
-    message(userId: string, message: unknown): Promise<Published>;
+    message(userId: string, message: unknown, options?: PublishOptions): Promise<Published>;
     /** To every subscriber of `channel`. */
-    publish(channel: string, message: unknown): Promise<Published>;
+    publish(channel: string, message: unknown, options?: PublishOptions): Promise<Published>;
     /** To every connection. */
-    broadcast(message: unknown): Promise<Published>;
+    broadcast(message: unknown, options?: PublishOptions): Promise<Published>;
     /** Several at once, in order. */
     batch(items: BatchItem[]): Promise<Published>;
+    /** `body` with an idempotency key when retries are on and it has none. */
+    private keyed;
+    /** POSTs a publication, again (same body, same keys) after a failure a retry may mend. */
+    private publishing;
     /** Closes every connection of `userId` (code 4003): a logout. */
     disconnect(userId: string, reason?: string): Promise<Published>;
     subscribe(userId: string, channel: string): Promise<Published>;

@@ -434,6 +434,13 @@ export class FanfareClient {
         }
     }
 }
+/** A fresh idempotency key. */
+function newKey() {
+    const c = globalThis.crypto;
+    if (c?.randomUUID)
+        return c.randomUUID();
+    return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}-${Math.random().toString(36).slice(2)}`;
+}
 /** `promise`, or a rejection after `ms`. */
 function withTimeout(promise, ms) {
     let timer;
@@ -563,20 +570,43 @@ export class FanfareBackend {
         this.fetchImpl = options.fetch ?? fetch;
     }
     /** To every connection of `userId`. */
-    message(userId, message) {
-        return this.post("/message", { userId, message });
+    message(userId, message, options = {}) {
+        return this.publishing("/message", this.keyed({ userId, message, ...options }));
     }
     /** To every subscriber of `channel`. */
-    publish(channel, message) {
-        return this.post("/publish", { channel, message });
+    publish(channel, message, options = {}) {
+        return this.publishing("/publish", this.keyed({ channel, message, ...options }));
     }
     /** To every connection. */
-    broadcast(message) {
-        return this.post("/broadcast", { message });
+    broadcast(message, options = {}) {
+        return this.publishing("/broadcast", this.keyed({ message, ...options }));
     }
     /** Several at once, in order. */
     batch(items) {
-        return this.post("/batch", items);
+        return this.publishing("/batch", items.map((item) => this.keyed(item)));
+    }
+    /** `body` with an idempotency key when retries are on and it has none. */
+    keyed(body) {
+        if (body.idempotencyKey !== undefined || (this.options.retries ?? 3) === 0)
+            return body;
+        return { ...body, idempotencyKey: newKey() };
+    }
+    /** POSTs a publication, again (same body, same keys) after a failure a retry may mend. */
+    async publishing(path, body) {
+        const retries = this.options.retries ?? 3;
+        let delay = this.options.retryDelay ?? 200;
+        for (let attempt = 0;; attempt++) {
+            try {
+                return await this.post(path, body);
+            }
+            catch (e) {
+                const again = !(e instanceof FanfareError) || e.status === 503 || e.status === 409;
+                if (!again || attempt >= retries)
+                    throw e;
+            }
+            await new Promise((resolve) => setTimeout(resolve, delay));
+            delay *= 2;
+        }
     }
     /** Closes every connection of `userId` (code 4003): a logout. */
     disconnect(userId, reason) {

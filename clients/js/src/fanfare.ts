@@ -533,6 +533,13 @@ export class FanfareClient {
   }
 }
 
+/** A fresh idempotency key. */
+function newKey(): string {
+  const c = (globalThis as { crypto?: { randomUUID?: () => string } }).crypto;
+  if (c?.randomUUID) return c.randomUUID();
+  return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}-${Math.random().toString(36).slice(2)}`;
+}
+
 /** `promise`, or a rejection after `ms`. */
 function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
@@ -652,10 +659,24 @@ export interface BackendOptions {
   apiKey: string;
   /** Defaults to the global fetch. */
   fetch?: typeof fetch;
+  /** A publish that fails on the way (no answer, 503, or 409 while its first try is still on
+   * its way) is sent again this many times (default 3), with the same `idempotencyKey`, so it
+   * is delivered once whatever happened to the tries before. 0: never. */
+  retries?: number;
+  /** First delay between tries, in ms (default 200); doubles each time. */
+  retryDelay?: number;
+}
+
+/** A publish's own options. */
+export interface PublishOptions {
+  /** Names this publication for `--idempotency-ttl` (1 to 64 bytes): the server answers a
+   * repeat as it answered the first and delivers it nowhere. Made up when retries are on. */
+  idempotencyKey?: string;
 }
 
 /** One item of `batch`: a direct message or a channel message. */
-export type BatchItem = { userId: string; message: unknown } | { channel: string; message: unknown };
+export type BatchItem = ({ userId: string; message: unknown } | { channel: string; message: unknown }) &
+  PublishOptions;
 
 /** The answer to a publish: with history, where each message was taken (offset and epoch). */
 export interface Published {
@@ -675,23 +696,48 @@ export class FanfareBackend {
   }
 
   /** To every connection of `userId`. */
-  message(userId: string, message: unknown): Promise<Published> {
-    return this.post("/message", { userId, message });
+  message(userId: string, message: unknown, options: PublishOptions = {}): Promise<Published> {
+    return this.publishing("/message", this.keyed({ userId, message, ...options }));
   }
 
   /** To every subscriber of `channel`. */
-  publish(channel: string, message: unknown): Promise<Published> {
-    return this.post("/publish", { channel, message });
+  publish(channel: string, message: unknown, options: PublishOptions = {}): Promise<Published> {
+    return this.publishing("/publish", this.keyed({ channel, message, ...options }));
   }
 
   /** To every connection. */
-  broadcast(message: unknown): Promise<Published> {
-    return this.post("/broadcast", { message });
+  broadcast(message: unknown, options: PublishOptions = {}): Promise<Published> {
+    return this.publishing("/broadcast", this.keyed({ message, ...options }));
   }
 
   /** Several at once, in order. */
   batch(items: BatchItem[]): Promise<Published> {
-    return this.post("/batch", items);
+    return this.publishing(
+      "/batch",
+      items.map((item) => this.keyed(item)),
+    );
+  }
+
+  /** `body` with an idempotency key when retries are on and it has none. */
+  private keyed<T extends PublishOptions>(body: T): T {
+    if (body.idempotencyKey !== undefined || (this.options.retries ?? 3) === 0) return body;
+    return { ...body, idempotencyKey: newKey() };
+  }
+
+  /** POSTs a publication, again (same body, same keys) after a failure a retry may mend. */
+  private async publishing(path: string, body: unknown): Promise<Published> {
+    const retries = this.options.retries ?? 3;
+    let delay = this.options.retryDelay ?? 200;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.post<Published>(path, body);
+      } catch (e) {
+        const again = !(e instanceof FanfareError) || e.status === 503 || e.status === 409;
+        if (!again || attempt >= retries) throw e;
+      }
+      await new Promise((resolve) => setTimeout(resolve, delay));
+      delay *= 2;
+    }
   }
 
   /** Closes every connection of `userId` (code 4003): a logout. */

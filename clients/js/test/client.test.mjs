@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { after, test } from "node:test";
 
 import { FanfareBackend, FanfareClient } from "../dist/fanfare.js";
-import { fixtures, record, startProxy, startRedis, startServer, token, waitFor } from "./helpers.mjs";
+import { API_KEY, fixtures, record, startProxy, startRedis, startServer, token, waitFor } from "./helpers.mjs";
 
 const { cleanup, server, backend, client } = fixtures(after);
 
@@ -224,4 +224,33 @@ test("the backend helper says why a call was refused", async () => {
   assert.deepEqual(batch.offsets, [1, 1]);
   assert.equal(batch.epochs.length, 2);
   assert.deepEqual(await api.broadcast("all"), { ok: true });
+});
+
+test("a publish whose answer is lost is sent again with its idempotency key and delivered once", async () => {
+  const s = await server();
+  const c = client(s.ws, "42");
+  const rec = record(c);
+  c.connect();
+  await rec.until("subscribed", (e) => e.some((x) => x.event === "subscribed"));
+  // The first answer is lost on the way back (the server did publish it).
+  let lost = 0;
+  const flaky = async (url, init) => {
+    const response = await fetch(url, init);
+    if (lost++ === 0) throw new TypeError("fetch failed: connection reset");
+    return response;
+  };
+  const api = new FanfareBackend({ url: s.base, apiKey: API_KEY, fetch: flaky, retryDelay: 10 });
+  const published = await api.publish("news", "once");
+  assert.equal(published.offset, 1);
+  assert.equal(lost, 2, "sent twice");
+  await backend(s).publish("news", "next");
+  await received(rec, 2);
+  assert.deepEqual(messages(rec), [
+    ["news", 1, "once"],
+    ["news", 2, "next"],
+  ]);
+  // With retries off, nothing is made up and a failure is the caller's.
+  lost = 0;
+  const once = new FanfareBackend({ url: s.base, apiKey: API_KEY, fetch: flaky, retries: 0 });
+  await assert.rejects(once.publish("news", "x"), /connection reset/);
 });

@@ -61,22 +61,41 @@ impl Publisher {
             size: 0,
             ttl_ms: 0,
             ack: None,
+            once_ttl_ms: 0,
         });
         match request {
-            Request::Append { topic, payload, .. } => {
+            Request::Append {
+                topic,
+                payload,
+                once,
+                ..
+            } => {
                 let (position, stream) = self.names.history(topic);
+                let once = once
+                    .as_ref()
+                    .map(|k| self.names.once_in_topic(topic, k.as_str()));
+                let once_ttl = settings.once_ttl_ms.to_string();
                 let channel = self.names.topic(topic);
                 let header = wire::positioned_header(self.instance);
                 let (size, ttl) = (settings.size.to_string(), settings.ttl_ms.to_string());
                 let new_epoch = random_hex(6);
                 let publish: &[u8] = if self.ack().is_some() { b"" } else { publish };
                 let l = &lineage.0;
-                let args: [&[u8]; 18] = [
+                let (keys, once): (&[u8], &[u8]) = match &once {
+                    Some(key) => (b"3", key.as_bytes()),
+                    None => (b"2", b""),
+                };
+                let mut args: Vec<&[u8]> = vec![
                     b"EVALSHA",
                     conn.append.as_bytes(),
-                    b"2",
+                    keys,
                     position.as_bytes(),
                     stream.as_bytes(),
+                ];
+                if !once.is_empty() {
+                    args.push(once);
+                }
+                args.extend_from_slice(&[
                     channel.as_bytes(),
                     &header,
                     payload,
@@ -90,7 +109,8 @@ impl Publisher {
                     l[3].as_bytes(),
                     l[4].as_bytes(),
                     l[5].as_bytes(),
-                ];
+                    once_ttl.as_bytes(),
+                ]);
                 pubsub::encode(out, &args);
             }
             Request::Touch(topic) => {
@@ -147,15 +167,27 @@ impl Publisher {
                     topic,
                     payload,
                     reply,
+                    ..
                 },
                 Reply::Bulks(parts),
             ) => {
-                let taken = parts.first().and_then(|p| {
-                    let text = std::str::from_utf8(p.as_deref()?).ok()?;
+                let text = parts
+                    .first()
+                    .and_then(|p| std::str::from_utf8(p.as_deref()?).ok());
+                // `<offset> <epoch>`, and ` again` for a key's repeat (nothing was appended).
+                let (text, again) = match text.and_then(|t| t.strip_suffix(" again")) {
+                    Some(first) => (Some(first), true),
+                    None => (text, false),
+                };
+                let taken = text.and_then(|text| {
                     let (offset, epoch) = text.split_once(' ')?;
                     let offset: u64 = offset.parse().ok()?;
                     wire::is_epoch(epoch).then(|| (offset, Arc::<str>::from(epoch)))
                 });
+                if let (true, Some((offset, epoch))) = (again, &taken) {
+                    let _ = reply.send(Fate::Taken(*offset, epoch.clone()));
+                    return;
+                }
                 match (taken, ack) {
                     // Acknowledged mode: published and answered once replicas hold it.
                     (Some((offset, epoch)), Some(_)) => held.appends.push(HeldAppend {

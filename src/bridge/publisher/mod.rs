@@ -77,6 +77,8 @@ pub struct HistorySettings {
     pub ttl_ms: u64,
     /// `--history-ack-replicas`: a message is answered and published only once replicas hold it.
     pub ack: Option<Acknowledged>,
+    /// `--idempotency-ttl` in milliseconds: how long an append's key is kept.
+    pub once_ttl_ms: u64,
 }
 
 /// How many replicas must hold a history write before it counts, and how long to wait for them.
