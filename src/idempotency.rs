@@ -60,8 +60,9 @@ pub struct Remembered {
 
 #[derive(Default)]
 struct Inner {
-    /// (target, key) → the answer, `None` while the first is on its way.
-    answers: HashMap<(String, Key), Option<Answer>>,
+    /// (target, key) → when it was claimed, and the answer (`None` while the first is on
+    /// its way).
+    answers: HashMap<(String, Key), (Instant, Option<Answer>)>,
     /// When each was claimed, oldest first: what expires, or is forgotten when full.
     order: VecDeque<(Instant, (String, Key))>,
 }
@@ -82,15 +83,18 @@ impl Remembered {
             if now.duration_since(*at) < self.ttl && inner.order.len() < MAX_REMEMBERED {
                 break;
             }
-            let (_, old) = inner.order.pop_front().expect("checked");
-            inner.answers.remove(&old);
+            let (at, old) = inner.order.pop_front().expect("checked");
+            // Only that claim: a key forgotten and claimed again since is a newer one.
+            if inner.answers.get(&old).is_some_and(|(claimed, _)| *claimed == at) {
+                inner.answers.remove(&old);
+            }
         }
         let id = (target.to_string(), key.clone());
         match inner.answers.get(&id) {
-            Some(Some(answer)) => Claim::Repeat(answer.clone()),
-            Some(None) => Claim::InFlight,
+            Some((_, Some(answer))) => Claim::Repeat(answer.clone()),
+            Some((_, None)) => Claim::InFlight,
             None => {
-                inner.answers.insert(id.clone(), None);
+                inner.answers.insert(id.clone(), (now, None));
                 inner.order.push_back((now, id));
                 Claim::New
             }
@@ -100,7 +104,7 @@ impl Remembered {
     /// What the publication that claimed `key` was answered.
     pub fn answer(&self, target: &str, key: &Key, answer: Answer) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = inner.answers.get_mut(&(target.to_string(), key.clone())) {
+        if let Some((_, slot)) = inner.answers.get_mut(&(target.to_string(), key.clone())) {
             *slot = Some(answer);
         }
     }
@@ -129,6 +133,17 @@ mod tests {
         assert_eq!(r.claim("c:news", &k), Claim::New, "expired");
         r.forget("c:news", &k);
         assert_eq!(r.claim("c:news", &k), Claim::New, "forgotten");
+        r.answer("c:news", &k, None);
+        // The forgotten claim's expiry does not take the newer one with it.
+        let r = Remembered::new(Duration::from_millis(50));
+        assert_eq!(r.claim("c:a", &k), Claim::New);
+        r.forget("c:a", &k);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(r.claim("c:a", &k), Claim::New);
+        r.answer("c:a", &k, None);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(r.claim("c:b", &k), Claim::New);
+        assert_eq!(r.claim("c:a", &k), Claim::Repeat(None));
     }
 
     #[test]
