@@ -24,7 +24,8 @@ pub struct Config {
 
     /// Redis to relay through: redis://host:port/db, or a Redis Cluster as
     /// redis+cluster://host:port[,host:port…] (sharded pub/sub); rediss:// and
-    /// rediss+cluster:// over TLS; none: single-machine mode
+    /// rediss+cluster:// over TLS; redis+sentinel://host:port[,host:port…]/MASTER through
+    /// Redis Sentinel; none: single-machine mode
     #[arg(long, env = "FANFARE_REDIS")]
     pub redis: Option<String>,
 

@@ -85,7 +85,11 @@ impl Remembered {
             }
             let (at, old) = inner.order.pop_front().expect("checked");
             // Only that claim: a key forgotten and claimed again since is a newer one.
-            if inner.answers.get(&old).is_some_and(|(claimed, _)| *claimed == at) {
+            if inner
+                .answers
+                .get(&old)
+                .is_some_and(|(claimed, _)| *claimed == at)
+            {
                 inner.answers.remove(&old);
             }
         }

@@ -78,6 +78,9 @@ pub struct Deployment {
     /// `rediss`: every connection is TLS (set by [`with_tls`](Self::with_tls) once loaded).
     pub tls: bool,
     tls_setup: Option<Arc<Tls>>,
+    /// Through Redis Sentinel: the master's name; the seeds are the sentinels. The bridge runs
+    /// as on a cluster whose one master the sentinels name (its map follows a failover).
+    pub sentinel: Option<String>,
 }
 
 impl Deployment {
@@ -88,6 +91,9 @@ impl Deployment {
     /// # Errors
     /// A URL that does not parse, or that is not over TCP.
     pub fn parse(url: &str) -> Result<Self, String> {
+        if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+            return Self::sentinels(rest);
+        }
         let cluster = url
             .strip_prefix("redis+cluster://")
             .map(|rest| (rest, false))
@@ -112,6 +118,7 @@ impl Deployment {
                 cluster: false,
                 tls,
                 tls_setup: None,
+                sentinel: None,
             });
         };
         let (credentials, hosts) = match rest.rsplit_once('@') {
@@ -146,6 +153,44 @@ impl Deployment {
             cluster: true,
             tls,
             tls_setup: None,
+            sentinel: None,
+        })
+    }
+
+    /// `[user:password@]host:port[,host:port…]/MASTER[/db]` after `redis+sentinel://`: the
+    /// sentinels, the name of the master they watch, and the master's credentials and database.
+    fn sentinels(rest: &str) -> Result<Self, String> {
+        let (credentials, rest) = match rest.rsplit_once('@') {
+            Some((c, r)) => (format!("{c}@"), r),
+            None => (String::new(), rest),
+        };
+        let mut parts = rest.splitn(3, '/');
+        let hosts = parts.next().unwrap_or_default();
+        let master = parts
+            .next()
+            .filter(|m| !m.is_empty())
+            .ok_or("redis+sentinel:// needs the master's name: …/MASTER")?;
+        let db = parts.next().filter(|d| !d.is_empty()).unwrap_or("0");
+        let template = format!("redis://{credentials}127.0.0.1/{db}")
+            .into_connection_info()
+            .map_err(|e| e.to_string())?;
+        let mut seeds = Vec::new();
+        for host in hosts.split(',') {
+            let info = format!("redis://{host}")
+                .into_connection_info()
+                .map_err(|e| format!("{host:?}: {e}"))?;
+            let ConnectionAddr::Tcp(h, port) = info.addr().clone() else {
+                return Err(format!("{host:?}: not a host:port"));
+            };
+            seeds.push(Node { host: h, port });
+        }
+        Ok(Deployment {
+            template,
+            seeds,
+            cluster: true,
+            tls: false,
+            tls_setup: None,
+            sentinel: Some(master.to_string()),
         })
     }
 
@@ -339,12 +384,65 @@ impl Keeper {
     }
 
     async fn discover(&self) -> Result<Topology, String> {
+        if let Some(master) = &self.deployment.sentinel {
+            return self.ask_sentinels(master).await;
+        }
         let known = self.map.borrow().masters.clone();
         let mut last = String::from("no node to ask");
         for node in known.iter().chain(&self.deployment.seeds) {
             match ask(&self.deployment, node).await {
                 Ok(map) => return Ok(map),
                 Err(why) => last = format!("{node}: {why}"),
+            }
+        }
+        Err(last)
+    }
+}
+
+impl Keeper {
+    /// The master the sentinels name now (the first that answers), checked to be one: a
+    /// sentinel that has not yet seen a failover names the old master, which answers as a
+    /// replica if it is back.
+    async fn ask_sentinels(&self, master: &str) -> Result<Topology, String> {
+        let mut last = String::from("no sentinel to ask");
+        for sentinel in &self.deployment.seeds {
+            let call = async {
+                let client = redis::Client::open(format!("redis://{sentinel}"))
+                    .map_err(|e| e.to_string())?;
+                let mut conn = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let named: Option<(String, u16)> = redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(master)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let (host, port) = named.ok_or(format!("it knows no master {master:?}"))?;
+                let node = Node { host, port };
+                let role: Value = {
+                    let client = self.deployment.client(&node)?;
+                    let mut conn = client
+                        .get_multiplexed_async_connection()
+                        .await
+                        .map_err(|e| format!("{node}: {e}"))?;
+                    redis::cmd("ROLE")
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| format!("{node}: {e}"))?
+                };
+                match role {
+                    Value::Array(parts) if matches!(parts.first(), Some(Value::BulkString(r)) if r == b"master") => {
+                        Ok(Topology::single(node))
+                    }
+                    _ => Err(format!("{node} is not a master (yet)")),
+                }
+            };
+            match tokio::time::timeout(ASK_TIMEOUT, call).await {
+                Ok(Ok(map)) => return Ok(map),
+                Ok(Err(why)) => last = format!("sentinel {sentinel}: {why}"),
+                Err(_) => last = format!("sentinel {sentinel}: no answer"),
             }
         }
         Err(last)
@@ -373,6 +471,23 @@ async fn ask(deployment: &Deployment, node: &Node) -> Result<Topology, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sentinel_url_names_the_sentinels_the_master_and_its_credentials() {
+        let d = Deployment::parse("redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26380/main/2")
+            .unwrap();
+        assert_eq!(d.sentinel.as_deref(), Some("main"));
+        assert_eq!(d.seeds.len(), 2);
+        assert_eq!(d.seeds[1].to_string(), "10.0.0.2:26380");
+        let master = d.connection(&Node {
+            host: "10.0.0.9".into(),
+            port: 6379,
+        });
+        assert_eq!(master.redis_settings().password(), Some("pw"));
+        assert_eq!(master.redis_settings().db(), 2);
+        assert!(Deployment::parse("redis+sentinel://10.0.0.1:26379").is_err());
+        assert!(Deployment::parse("redis+sentinel://10.0.0.1:26379/").is_err());
+    }
 
     #[test]
     fn slots_follow_the_cluster_spec() {

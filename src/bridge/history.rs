@@ -84,7 +84,9 @@ end
 /// then may a promoted replica continue the topic, so only then is `t` written (any other
 /// append clears it), then `--idempotency-ttl` in ms. With a third key (the publication's
 /// idempotency key, in the topic's slot): a key already kept answers what it kept, followed by
-/// ` again`, and nothing is appended; otherwise the key keeps this append's answer. Returns
+/// ` again`, and nothing is appended; otherwise the key keeps this append's answer, with ` p`
+/// when the script published it (in acknowledged mode the bridge publishes after `WAIT`, so a
+/// repeat waits and publishes again: recipients drop an offset they had). Returns
 /// `<offset> <epoch>`.
 pub const APPEND: &str = concat!(
     lineage!(),
@@ -109,7 +111,9 @@ if ARGV[7] ~= '' then
   redis.call(ARGV[7], ARGV[1], ARGV[2] .. offset .. ' ' .. epoch .. ' ' .. ARGV[3])
 end
 if #KEYS == 3 then
-  redis.call('SET', KEYS[3], offset .. ' ' .. epoch, 'PX', ARGV[14])
+  local published = ''
+  if ARGV[7] ~= '' then published = ' p' end
+  redis.call('SET', KEYS[3], offset .. ' ' .. epoch .. published, 'PX', ARGV[14])
 end
 return offset .. ' ' .. epoch"
 );

@@ -267,8 +267,17 @@ impl TestClient {
 
     /// The next text frame, as it came.
     pub async fn recv_text(&mut self) -> String {
+        self.recv_text_within(PATIENCE).await
+    }
+
+    /// [`recv_json`](Self::recv_json), waiting up to `wait` (a failover, say).
+    pub async fn recv_json_within(&mut self, wait: Duration) -> Value {
+        serde_json::from_str(&self.recv_text_within(wait).await).unwrap()
+    }
+
+    async fn recv_text_within(&mut self, wait: Duration) -> String {
         loop {
-            let msg = tokio::time::timeout(PATIENCE, self.ws.next())
+            let msg = tokio::time::timeout(wait, self.ws.next())
                 .await
                 .expect("timed out waiting for a frame")
                 .expect("connection ended")
@@ -383,6 +392,22 @@ impl RedisServer {
             "always",
         ];
         Self::spawn(port, "127.0.0.1", &[&args[..], &["--dir", dir]].concat())
+    }
+
+    /// Redis whose files (a replica's copy of its master's data, say) go to a directory of
+    /// its own, never the working directory, where a later Redis would load them.
+    pub fn apart(port: u16) -> RedisServer {
+        let dir = std::env::temp_dir().join(format!("fanfare-redis-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let args = [
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            dir.to_str().unwrap(),
+        ];
+        Self::spawn(port, "127.0.0.1", &args)
     }
 
     /// Redis that keeps only what `SAVE` snapshots into `dir`: started again after a kill, it

@@ -174,8 +174,13 @@ impl Publisher {
                 let text = parts
                     .first()
                     .and_then(|p| std::str::from_utf8(p.as_deref()?).ok());
-                // `<offset> <epoch>`, and ` again` for a key's repeat (nothing was appended).
+                // `<offset> <epoch>`; for a key's repeat (nothing appended) ` again`, after ` p`
+                // if the first was published by the script.
                 let (text, again) = match text.and_then(|t| t.strip_suffix(" again")) {
+                    Some(first) => (Some(first), true),
+                    None => (text, false),
+                };
+                let (text, published) = match text.and_then(|t| t.strip_suffix(" p")) {
                     Some(first) => (Some(first), true),
                     None => (text, false),
                 };
@@ -184,7 +189,9 @@ impl Publisher {
                     let offset: u64 = offset.parse().ok()?;
                     wire::is_epoch(epoch).then(|| (offset, Arc::<str>::from(epoch)))
                 });
-                if let (true, Some((offset, epoch))) = (again, &taken) {
+                // A repeat the script did not publish (acknowledged mode) waits and is published
+                // like a new append: its first may never have been confirmed.
+                if let (true, true, Some((offset, epoch))) = (again, published, &taken) {
                     let _ = reply.send(Fate::Taken(*offset, epoch.clone()));
                     return;
                 }
