@@ -130,6 +130,12 @@ pub struct BenchArgs {
     /// spread over TTL seconds, and each connection refreshes it when told `expiring`
     #[arg(long = "token-ttl")]
     pub token_ttl: Option<u64>,
+    /// A connection the server closes (a restart's 1012, a lost server) opens again after a
+    /// random delay up to this many seconds (0: at once), on the next target, resuming where
+    /// it was (the servers need --history-size); the report gives the most connections any
+    /// target took in one second. Without it, such a connection ends
+    #[arg(long = "reconnect-within")]
+    pub reconnect_within: Option<f64>,
     /// PID of a server process to measure (repeatable): reports server CPU per delivery and RSS
     /// per connection
     #[arg(long = "server-pid", value_delimiter = ',')]
@@ -150,6 +156,7 @@ impl BenchArgs {
             channels: self.channels.clamp(1, self.connections.max(1)),
             batch: self.batch_size.max(1),
             pusher: self.protocol == Protocol::Pusher,
+            keyed: self.reconnect_within.is_some(),
         }
     }
 
@@ -227,6 +234,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
             drain: Duration::from_secs_f64(args.drain),
             publishers: args.concurrency.max(1),
             churn: args.churn,
+            reconnect_within: args.reconnect_within.map(Duration::from_secs_f64),
             token_ttl: args.token_ttl,
             pusher_key: (args.protocol == Protocol::Pusher).then(|| args.api_key.clone()),
             compression: args.compression,
@@ -491,6 +499,7 @@ async fn coordinate(args: BenchArgs, targets: Vec<SocketAddr>) -> anyhow::Result
         "reconnects": total.reconnects,
         "refreshes": total.refreshes,
         "resume_ms": resume_ms(&mut total.resume_us),
+        "peak_reconnects_per_second": total.arrivals.iter().map(|(_, n)| *n).max().unwrap_or(0),
         "unrecovered": total.unrecovered,
         "published": published.messages,
         "publish_errors": published.failed_requests,
@@ -555,6 +564,10 @@ fn receiver_args(args: &BenchArgs, i: u64) -> Vec<String> {
     .into_iter()
     .chain(args.compression.then(|| "--compression".to_string()))
     .chain(args.delta.then(|| "--delta".to_string()))
+    .chain(
+        args.reconnect_within
+            .map(|s| format!("--reconnect-within={s}")),
+    )
     .chain(args.token_ttl.map(|t| format!("--token-ttl={t}")))
     .collect()
 }
@@ -581,6 +594,12 @@ fn merge(total: &mut Outcome, o: Outcome) {
     total.reconnects += o.reconnects;
     total.refreshes += o.refreshes;
     total.resume_us.extend(o.resume_us);
+    for (at, n) in o.arrivals {
+        match total.arrivals.iter_mut().find(|(a, _)| *a == at) {
+            Some((_, m)) => *m += n,
+            None => total.arrivals.push((at, n)),
+        }
+    }
     total.unrecovered += o.unrecovered;
     total.last_received_ns = total.last_received_ns.max(o.last_received_ns);
     total.cpu_seconds += o.cpu_seconds;
@@ -599,6 +618,12 @@ fn print_summary(s: &serde_json::Value) {
         s["connect_errors"],
         s["disconnects"]
     );
+    if s["peak_reconnects_per_second"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "reconnects     at most {} in one second on one target (after the servers closed them)",
+            s["peak_reconnects_per_second"]
+        );
+    }
     if s["reconnects"].as_u64().unwrap_or(0) > 0 {
         println!(
             "churn          {} reconnects resumed, {} not recovered; resume ms p50 {:.2}  p99 {:.2}  max {:.2}",

@@ -79,6 +79,9 @@ pub struct Plan {
     /// The servers speak the Pusher protocol: channels are `bench-<n>` (Pusher's names have
     /// no `:`), published as the event `bench` through `POST /apps/{id}/events`.
     pub pusher: bool,
+    /// Each message carries an idempotency key (`s<seq>`), so a failed request may be sent
+    /// again to another server without delivering anything twice.
+    pub keyed: bool,
 }
 
 impl Plan {
@@ -128,11 +131,16 @@ impl Plan {
             let pad = pad.of(s);
             format!(r#"{{"seq":{s},"p":{publisher},"t":{sent_at_ns},"pad":"{pad}"}}"#)
         };
+        let key = |s: u64| match self.keyed {
+            true => format!(r#","idempotencyKey":"s{s}""#),
+            false => String::new(),
+        };
         let to_user = |s: u64| {
             format!(
-                r#"{{"userId":"{}","message":{}}}"#,
+                r#"{{"userId":"{}","message":{}{}}}"#,
                 Self::user(s % self.connections),
-                message(s)
+                message(s),
+                key(s)
             )
         };
         match self.scenario {
@@ -153,12 +161,16 @@ impl Plan {
             Scenario::Channel => (
                 "/publish",
                 format!(
-                    r#"{{"channel":"{}","message":{}}}"#,
+                    r#"{{"channel":"{}","message":{}{}}}"#,
                     self.channel(first % self.channels),
-                    message(first)
+                    message(first),
+                    key(first)
                 ),
             ),
-            Scenario::Broadcast => ("/broadcast", format!(r#"{{"message":{}}}"#, message(first))),
+            Scenario::Broadcast => (
+                "/broadcast",
+                format!(r#"{{"message":{}{}}}"#, message(first), key(first)),
+            ),
         }
     }
 }
@@ -174,6 +186,7 @@ mod tests {
             channels: 3,
             batch: 4,
             pusher: false,
+            keyed: true,
         }
     }
 

@@ -73,8 +73,9 @@ pub async fn run(p: Publishing, progress: Arc<Progress>) -> anyhow::Result<Publi
     let mut tasks = Vec::new();
     for j in 0..p.concurrency {
         let (p, next, progress) = (p.clone(), next.clone(), progress.clone());
-        let target = p.targets[j % p.targets.len()];
+        let mut at = j % p.targets.len();
         tasks.push(tokio::spawn(async move {
+            let mut target = p.targets[at];
             let mut sender = connect(target).await?;
             let mut k = 0u64;
             loop {
@@ -110,16 +111,49 @@ pub async fn run(p: Publishing, progress: Arc<Progress>) -> anyhow::Result<Publi
                     None => path.to_string(),
                 };
                 let mut ok = post(&mut sender, target, &path, body.clone(), &p.api_key).await;
-                if ok.is_none() {
-                    // The server closed the connection before this request went out (some
-                    // close after each response): again on a new one; nothing was sent.
-                    sender = connect(target).await?;
-                    ok = post(&mut sender, target, &path, body, &p.api_key).await;
+                // The server closed the connection before this request went out (some close
+                // after each response; a restarting one stops): again on a new one, on the
+                // next target if this one is gone; nothing was sent.
+                for attempt in 0..p.targets.len() * 2 {
+                    if ok.is_some() {
+                        break;
+                    }
+                    if attempt > 0 {
+                        // A stopping server may take the connection and close it unanswered.
+                        at = (at + 1) % p.targets.len();
+                        target = p.targets[at];
+                    }
+                    sender = match connect(target).await {
+                        Ok(s) => s,
+                        Err(_) => {
+                            at = (at + 1) % p.targets.len();
+                            target = p.targets[at];
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                    };
+                    ok = post(&mut sender, target, &path, body.clone(), &p.api_key).await;
+                }
+                // Refused (a server draining for a restart): with keys, again on the next server
+                // until one takes it; a repeat is delivered nowhere.
+                for _ in 0..p.targets.len() * 20 {
+                    if ok != Some(false) || !p.plan.keyed {
+                        break;
+                    }
+                    at = (at + 1) % p.targets.len();
+                    target = p.targets[at];
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if let Ok(s) = connect(target).await {
+                        sender = s;
+                        ok = post(&mut sender, target, &path, body.clone(), &p.api_key).await;
+                    }
                 }
                 if ok != Some(true) {
                     progress.failed_requests.fetch_add(1, Relaxed);
                     if sender.is_closed() {
-                        sender = connect(target).await?;
+                        if let Ok(s) = connect(target).await {
+                            sender = s;
+                        }
                     }
                 }
                 progress.messages.fetch_add(per_request, Relaxed);
@@ -178,7 +212,10 @@ async fn post(
             }
             accepted
         }
-        Err(_) => false,
+        Err(e) => {
+            eprintln!("bench: {path} failed: {e}");
+            false
+        }
     })
 }
 

@@ -52,6 +52,8 @@ pub struct Share {
     pub compression: bool,
     /// Ask for deltas (`--delta`) and rebuild each message.
     pub delta: bool,
+    /// A connection the server closes opens again after a random delay up to this.
+    pub reconnect_within: Option<Duration>,
 }
 
 /// Lines a receiver prints.
@@ -86,6 +88,10 @@ pub struct Outcome {
     /// (the upgrade for direct messages, `subscribed` for a channel), in microseconds.
     #[serde(default)]
     pub resume_us: Vec<u64>,
+    /// Reconnects after a server's close, per (target, wall-clock second): how fast a restart
+    /// sends its connections to the others.
+    #[serde(default)]
+    pub arrivals: Vec<((usize, u64), u64)>,
     /// Wall-clock time of the last message received (ns since the epoch).
     pub last_received_ns: u64,
     pub cpu_seconds: f64,
@@ -126,6 +132,7 @@ struct Shared {
     refreshes: Cell<u64>,
     unrecovered: Cell<u64>,
     resume_us: RefCell<Vec<u64>>,
+    arrivals: RefCell<std::collections::HashMap<(usize, u64), u64>>,
     /// One per connection: notified to drop and resume it (`--churn`).
     churn: Vec<Rc<tokio::sync::Notify>>,
 }
@@ -191,6 +198,7 @@ async fn receive(share: Share) -> anyhow::Result<()> {
         refreshes: Cell::new(0),
         unrecovered: Cell::new(0),
         resume_us: RefCell::default(),
+        arrivals: RefCell::default(),
         churn: (0..share.count).map(|_| Rc::default()).collect(),
     });
     let progress = {
@@ -286,6 +294,7 @@ async fn receive(share: Share) -> anyhow::Result<()> {
         refreshes: shared.refreshes.get(),
         unrecovered: shared.unrecovered.get(),
         resume_us: shared.resume_us.take(),
+        arrivals: shared.arrivals.take().into_iter().collect(),
         expected,
         received: shared.received.get(),
         last_received_ns: shared.last_received_ns.get(),
@@ -557,7 +566,16 @@ async fn read(mut ws: Ws, i: usize, shared: Rc<Shared>, share: Rc<Share>, keys: 
         };
         let text = match msg {
             Some(Ok(Message::Text(t))) => t,
-            Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+            Some(Ok(Message::Close(_)) | Err(_)) | None => match share.reconnect_within {
+                Some(within) => match reopen(&share, i, &shared, &keys, within, &mut hops).await {
+                    Some(again) => {
+                        ws = again;
+                        continue;
+                    }
+                    None => break,
+                },
+                None => break,
+            },
             Some(Ok(_)) => continue,
         };
         let p = if share.pusher_key.is_some() {
@@ -647,6 +665,47 @@ fn rebuild(base: Option<&str>, delta: &str) -> Option<String> {
     let delta: String = serde_json::from_str(delta).ok()?;
     let text = fossil_delta::apply(base?, delta).ok()?;
     String::from_utf8(text).ok()
+}
+
+/// After the server closed connection `i`: waits a random moment within `within`, then opens
+/// it again on the next target (a restarting one refuses: the one after), resuming; `None`
+/// if no target takes it within a few tries.
+async fn reopen(
+    share: &Share,
+    i: usize,
+    shared: &Shared,
+    keys: &TokenKeys,
+    within: Duration,
+    hops: &mut u64,
+) -> Option<Ws> {
+    shared.disconnects.set(shared.disconnects.get() + 1);
+    tokio::time::sleep(within.mul_f64(rand::random::<f64>())).await;
+    let dropped = Instant::now();
+    for _ in 0..(share.targets.len() * 3) {
+        *hops += 1;
+        let resume = shared.conns.borrow()[i].resume.clone();
+        let g = share.first + i as u64;
+        match open(share, g, keys, resume.as_ref(), *hops).await {
+            Ok((ws, reply)) => {
+                shared.reconnects.set(shared.reconnects.get() + 1);
+                let took = dropped.elapsed().as_micros() as u64;
+                shared.resume_us.borrow_mut().push(took);
+                if let Some(reply) = reply {
+                    note_position(shared, i, &reply);
+                }
+                let target = ((g + *hops) % share.targets.len() as u64) as usize;
+                let second = now_ns() / 1_000_000_000;
+                *shared
+                    .arrivals
+                    .borrow_mut()
+                    .entry((target, second))
+                    .or_default() += 1;
+                return Some(ws);
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    None
 }
 
 /// Records where a `subscribed` or `connected` says the connection stands, and counts a resume

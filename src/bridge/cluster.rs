@@ -474,8 +474,8 @@ mod tests {
 
     #[test]
     fn a_sentinel_url_names_the_sentinels_the_master_and_its_credentials() {
-        let d = Deployment::parse("redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26380/main/2")
-            .unwrap();
+        let d =
+            Deployment::parse("redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26380/main/2").unwrap();
         assert_eq!(d.sentinel.as_deref(), Some("main"));
         assert_eq!(d.seeds.len(), 2);
         assert_eq!(d.seeds[1].to_string(), "10.0.0.2:26380");
