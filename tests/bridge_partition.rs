@@ -48,7 +48,10 @@ impl IsolatedHost {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = std::process::id() % 10_000 * 10 + n % 10;
         let (ns, outer, inner) = (format!("ff{id}"), format!("ffh{id}"), format!("ffn{id}"));
-        let net = format!("10.251.{}", id % 250);
+        // A subnet per process and test: two of them sharing one would route each other's
+        // connections (nextest runs the tests of this file in two processes at once).
+        let x = std::process::id() * 10 + n % 10;
+        let net = format!("10.{}.{}", 100 + (x >> 8) % 150, x & 0xff);
         let _ = Command::new("ip").args(["netns", "del", &ns]).output();
         sh(&["ip", "netns", "add", &ns]);
         let host = IsolatedHost {
