@@ -98,12 +98,17 @@ async fn sigterm_closes_websockets_with_1012_spread_over_the_drain_and_exits_0()
     clients[0].subscribe("room:1").await;
     let started = Instant::now();
     signal(&child, libc::SIGTERM);
-    let closes = clients.into_iter().map(|mut c| {
-        tokio::spawn(async move {
-            let close = c.recv_close().await;
-            (close, Instant::now())
+    // Every client reads from now on (a lazy iterator would start each one only after the
+    // one before had its close, and time it late).
+    let closes: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let close = c.recv_close().await;
+                (close, Instant::now())
+            })
         })
-    });
+        .collect();
     let mut at = Vec::new();
     for close in closes {
         let (close, when) = close.await.unwrap();
