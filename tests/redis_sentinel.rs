@@ -10,7 +10,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, RedisServer, TestServer, PATIENCE};
+use common::{free_port, redis_query, RedisServer, TestServer, PATIENCE};
 use serde_json::json;
 
 /// Sentinels, killed with the test.
@@ -28,16 +28,6 @@ impl Drop for Sentinels {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn query<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> redis::RedisResult<T> {
-    let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}"))?
-        .get_connection_with_timeout(Duration::from_secs(1))?;
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query(&mut c)
 }
 
 /// Waits until `check` holds, or fails saying `what`.
@@ -83,7 +73,7 @@ fn sentinels(master: u16) -> Sentinels {
     for &port in &s.ports {
         until("the sentinels never saw each other and the replica", || {
             let info: Vec<String> =
-                query(port, &["SENTINEL", "MASTER", "main"]).unwrap_or_default();
+                redis_query(port, &["SENTINEL", "MASTER", "main"]).unwrap_or_default();
             let field = |name: &str| {
                 let at = info.iter().position(|f| f == name)?;
                 info.get(at + 1).cloned()
@@ -109,9 +99,10 @@ async fn a_failover_found_through_sentinels_loses_no_accepted_message() {
     let replicas_started = Instant::now();
     for replica in &replicas {
         let master = master.port.to_string();
-        let () = query(replica.port, &["REPLICAOF", "127.0.0.1", &master]).unwrap();
+        let () = redis_query(replica.port, &["REPLICAOF", "127.0.0.1", &master]).unwrap();
         until("a replica never synced", || {
-            let info: String = query(replica.port, &["INFO", "replication"]).unwrap_or_default();
+            let info: String =
+                redis_query(replica.port, &["INFO", "replication"]).unwrap_or_default();
             info.contains("master_link_status:up")
         });
     }

@@ -71,13 +71,7 @@ impl RedisCluster {
 
     /// Runs a command on the node at `port`.
     pub fn on<T: redis::FromRedisValue>(&self, port: u16, args: &[&str]) -> redis::RedisResult<T> {
-        let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}"))?
-            .get_connection_with_timeout(Duration::from_secs(1))?;
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        cmd.query(&mut c)
+        super::redis_query(port, args)
     }
 
     /// Ports of the nodes still running.

@@ -342,6 +342,18 @@ pub struct RedisServer {
     child: Option<std::process::Child>,
 }
 
+/// Runs a command on the Redis (or sentinel) at `port` of this host, waiting at most a second
+/// to connect.
+pub fn redis_query<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> redis::RedisResult<T> {
+    let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}"))?
+        .get_connection_with_timeout(Duration::from_secs(1))?;
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query(&mut c)
+}
+
 /// A port nothing listens on now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
