@@ -23,6 +23,17 @@ struct Forms {
     deflated: OnceLock<Option<Bytes>>,
     /// A message as a delta against its topic's previous message.
     delta: OnceLock<Option<Frame>>,
+    /// As a server-sent event: `data: <payload>\n\n`.
+    event: OnceLock<Bytes>,
+}
+
+/// What a frame is, for a transport that frames messages its own way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    Ping,
+    Close,
+    Other,
 }
 
 impl PartialEq for Frame {
@@ -111,6 +122,37 @@ impl Frame {
         self.1.as_ref()?.delta.get_or_init(make).as_ref()
     }
 
+    /// What the frame is.
+    pub fn kind(&self) -> Kind {
+        match self.0.first().map(|b| b & 0x0F) {
+            Some(OP_TEXT) => Kind::Text,
+            Some(OP_PING) => Kind::Ping,
+            Some(OP_CLOSE) => Kind::Close,
+            _ => Kind::Other,
+        }
+    }
+
+    /// A text frame as a server-sent event (`data: <payload>`, then the blank line that ends
+    /// it), made once for every recipient; `None` for a frame that is not text. A line break
+    /// in the JSON can only be whitespace between its tokens (a string holds it escaped), so
+    /// it becomes a space: the event stays one `data:` line and means the same JSON.
+    pub fn event(&self) -> Option<&Bytes> {
+        let make = || {
+            let payload = self.payload();
+            let mut event = BytesMut::with_capacity(payload.len() + 8);
+            event.put_slice(b"data: ");
+            event.put_slice(payload);
+            for b in &mut event[6..] {
+                if matches!(*b, b'\r' | b'\n') {
+                    *b = b' ';
+                }
+            }
+            event.put_slice(b"\n\n");
+            event.freeze()
+        };
+        Some(self.1.as_ref()?.event.get_or_init(make))
+    }
+
     /// The whole frame as it goes on the wire.
     pub fn bytes(&self) -> &Bytes {
         &self.0
@@ -157,5 +199,14 @@ mod tests {
         let close = Frame::close(1000, &"é".repeat(100));
         assert_eq!(close.bytes()[1] as usize, close.payload().len());
         assert!(close.payload().len() <= 125, "a control frame's limit");
+    }
+
+    #[test]
+    fn an_event_is_one_data_line_of_the_same_json() {
+        let f = Frame::text_parts(&["{\"a\":\r\n [1,\n2]}"]);
+        assert_eq!(&f.event().unwrap()[..], b"data: {\"a\":   [1, 2]}\n\n");
+        assert_eq!(f.kind(), Kind::Text);
+        assert_eq!(Frame::ping().event(), None);
+        assert_eq!(Frame::close(1000, "").kind(), Kind::Close);
     }
 }

@@ -84,6 +84,7 @@ pub mod context;
 pub mod deflate;
 pub mod delta;
 pub mod error;
+pub mod event_stream;
 pub mod frame;
 pub mod fuzzing;
 pub mod history;

@@ -80,6 +80,9 @@ pub struct Connection {
     /// Speaks the Pusher protocol (`/app/{key}`) instead of fanfare's (boxed: a `/ws`
     /// connection holds 8 bytes for it).
     pub pusher: Option<Box<pusher::Socket>>,
+    /// Carries server-sent events: the client only listens, so it answers no pings (the
+    /// socket's end is its goodbye) and its close is not waited for.
+    pub event_stream: bool,
     /// On SIGTERM it closes at a random moment within this ([`restart_spread`]).
     pub restart_spread: Duration,
     /// With `--client-rate`: its client frames' budget.
@@ -277,12 +280,19 @@ impl Connection {
                 }
                 End::Gone => None,
             };
-            if let Some(close) = close {
-                writer.close(&close);
-                // Wait for the client's close frame too, so the TCP connection ends cleanly.
-                let read_close = async { while let Some(Ok(_)) = ws.next().await {} };
-                let drain = futures_util::future::join(writer.drain(), read_close);
-                let _ = timeout(CLOSE_TIMEOUT, drain).await;
+            match close {
+                Some(close) if self.event_stream => {
+                    writer.close(&close);
+                    let _ = timeout(CLOSE_TIMEOUT, writer.drain()).await;
+                }
+                Some(close) => {
+                    writer.close(&close);
+                    // Wait for the client's close frame too, so the TCP connection ends cleanly.
+                    let read_close = async { while let Some(Ok(_)) = ws.next().await {} };
+                    let drain = futures_util::future::join(writer.drain(), read_close);
+                    let _ = timeout(CLOSE_TIMEOUT, drain).await;
+                }
+                None => {}
             }
             metrics
                 .dropped_closed
@@ -374,7 +384,7 @@ impl Connection {
                     } else if deadlines.warn.is_some_and(|at| at <= now) {
                         deadlines.warn = None;
                         self.reply(Frame::expiring(token.exp.expect("a warning needs an exp")))
-                    } else if last_heard.elapsed() >= 2 * self.ping_interval {
+                    } else if !self.event_stream && last_heard.elapsed() >= 2 * self.ping_interval {
                         WorkerMetrics::inc(&self.metrics.ping_timeouts);
                         Step::Stop(End::Close(CloseReason::PingTimeout))
                     } else {

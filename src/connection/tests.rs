@@ -78,6 +78,7 @@ async fn start_pinging(frames: usize, with_log: bool, ping_interval: Duration) -
         ping_interval,
         metrics: metrics.clone(),
         pusher: None,
+        event_stream: false,
         rate: None,
         restart_spread: Duration::ZERO,
         slot: Arc::new(tokio::sync::Semaphore::new(1))

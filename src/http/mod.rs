@@ -1,5 +1,6 @@
 //! HTTP: one hyper connection per accepted socket, and one route table ([`routes`], warp) that
-//! sends each path to its handler: `/ws` to [`ws`] (which starts a [`session`]), the publish
+//! sends each path to its handler: `/ws` to [`ws`] (which starts a [`session`]), `/sse` to
+//! [`sse`] (a session too, on a socket it takes from hyper), the publish
 //! API to [`api`], presence to [`presence`], the operator endpoints to [`ops`]. Every refusal is
 //! an [`ApiError`] turned into JSON in one place, and every 4xx and 503 is counted here, once.
 //!
@@ -17,6 +18,7 @@ pub mod query;
 pub mod reject;
 pub mod routes;
 pub mod session;
+pub mod sse;
 pub mod ws;
 
 use std::convert::Infallible;
@@ -55,8 +57,11 @@ where
     let metrics = ctx.shared.metrics.clone();
     let request_timeout = ctx.shared.config.request_timeout();
     let routes = warp::service(routes);
-    let service = service_fn(move |req: Request<Incoming>| {
+    let door = Arc::new(sse::Door::new(&stream));
+    let taken = door.clone();
+    let service = service_fn(move |mut req: Request<Incoming>| {
         let (ctx, mut routes) = (ctx.clone(), routes.clone());
+        req.extensions_mut().insert(door.clone());
         async move {
             let resp = match check_size(&req) {
                 Err(e) => warp::Reply::into_response(e.into_response()),
@@ -83,11 +88,16 @@ where
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);
+    // An event stream took the socket: hyper's side is dropped, with nothing more written.
     let result = tokio::select! {
         r = conn.as_mut() => r,
+        () = taken.taken() => return,
         () = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            conn.await
+            tokio::select! {
+                r = conn => r,
+                () = taken.taken() => return,
+            }
         }
     };
     // Requests hyper refused before they reached `dispatch` (unparseable, or past its own

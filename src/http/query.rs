@@ -9,6 +9,17 @@ pub fn param<'a>(query: Option<&'a str>, name: &str) -> Option<Cow<'a, str>> {
         .map(|(_, v)| v)
 }
 
+/// Every value of `name` in `query`, in order, percent-decoded.
+pub fn params<'a>(query: Option<&'a str>, name: &str) -> Vec<Cow<'a, str>> {
+    let Some(query) = query else {
+        return Vec::new();
+    };
+    form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -20,5 +31,7 @@ mod tests {
         assert_eq!(param(q, "b").as_deref(), Some(""));
         assert_eq!(param(q, "c"), None);
         assert_eq!(param(None, "a"), None);
+        assert_eq!(params(q, "channel"), ["news/sport", "x"]);
+        assert!(params(None, "channel").is_empty());
     }
 }

@@ -16,7 +16,7 @@ use warp::path::FullPath;
 use warp::{path, Filter, Rejection};
 
 use super::reject::ApiError;
-use super::{api, ops, presence, pusher, pusher_api, ws, Response};
+use super::{api, ops, presence, pusher, pusher_api, sse, ws, Response};
 use crate::context::WorkerContext;
 
 /// The request as hyper read it, riding on the copy warp routes; taken once by its handler.
@@ -52,6 +52,11 @@ pub fn routes(
         .and(request())
         .and(context())
         .then(|req, ctx: Arc<WorkerContext>| async move { ws::upgrade(req, &ctx).await });
+
+    let sse = path!("sse")
+        .and(request())
+        .and(context())
+        .then(|req, ctx: Arc<WorkerContext>| async move { sse::stream(req, &ctx).await });
 
     let pusher = path!("app" / String).and(request()).and(context()).then(
         |key: String, req, ctx: Arc<WorkerContext>| async move {
@@ -113,7 +118,9 @@ pub fn routes(
             ops::handle(&method, path.as_str(), &ctx.shared)
         });
 
-    ws.or(pusher)
+    ws.or(sse)
+        .unify()
+        .or(pusher)
         .unify()
         .or(pusher_api)
         .unify()

@@ -18,7 +18,7 @@ use super::reject::ApiError;
 use crate::auth::{bearer, Permissions};
 use crate::context::WorkerContext;
 use crate::hub::{self, Registration, Started};
-use crate::merge::{Asked, Opening};
+use crate::merge::{Asked, Opening, Resume};
 use crate::protocol::{ConnId, Since, Topic, UserId};
 use crate::writer::Writer;
 
@@ -35,7 +35,16 @@ pub struct Session {
     pub slot: OwnedSemaphorePermit,
 }
 
-/// Starts a session for a request with these headers and query (`?token=`, `?since=&epoch=`).
+/// What carries a session's frames.
+#[derive(Debug)]
+pub enum Transport {
+    WebSocket,
+    /// Server-sent events ([`crate::event_stream`]), the stream standing where it resumes.
+    EventStream(crate::event_stream::Positions),
+}
+
+/// Starts a session for a request with these headers and query (`?token=`), its user's stream
+/// resuming from `resume` (a WebSocket's `?since=&epoch=`: [`since`]).
 ///
 /// # Errors
 /// The origin is not allowed (403), the token is missing or bad (401), or the server holds
@@ -44,6 +53,8 @@ pub async fn start(
     ctx: &WorkerContext,
     headers: &HeaderMap,
     query: Option<&str>,
+    resume: Resume,
+    transport: Transport,
 ) -> Result<Session, ApiError> {
     let shared = &ctx.shared;
     check_origin(headers, &shared.config.allowed_origins)?;
@@ -52,6 +63,9 @@ pub async fn start(
         .map_err(ApiError::Unauthorized)?;
     let slot = slot(ctx)?;
     let (id, writer) = new_connection(ctx);
+    if let Transport::EventStream(positions) = transport {
+        writer.use_event_stream(positions);
+    }
     let user = identity.user.clone();
     let started = hub::lock(&ctx.hub).register(id, user, writer.clone(), identity.info);
     let registration = Registration {
@@ -67,12 +81,11 @@ pub async fn start(
     }
     if let Started::Held(start) = started {
         let topic = Topic::User(identity.user.clone());
-        let since = since(query);
         let read = shared
             .router
-            .read_history(topic.clone(), since.clone().flatten())
+            .read_history(topic.clone(), resume.clone().flatten())
             .await;
-        let opening = Opening::read(&topic, read.ok(), since.is_some(), Asked::Client, false);
+        let opening = Opening::read(&topic, read.ok(), resume.is_some(), Asked::Client, false);
         hub::lock(&ctx.hub).open(id, &topic, start, opening);
     }
     Ok(Session {
@@ -173,7 +186,7 @@ fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiError>
 
 /// `?since=41&epoch=…`: absent (None), present but unusable (Some(None): not recovered), or a
 /// position to resume from.
-fn since(query: Option<&str>) -> Option<Option<Since>> {
+pub fn since(query: Option<&str>) -> Resume {
     let offset = query::param(query, "since")?;
     let epoch = query::param(query, "epoch").filter(|e| !e.is_empty());
     // An offset is decimal digits only (`+0` is not).

@@ -37,7 +37,10 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
-    let session = match session::start(ctx, req.headers(), req.uri().query()).await {
+    let query = req.uri().query();
+    let resume = session::since(query);
+    let transport = session::Transport::WebSocket;
+    let session = match session::start(ctx, req.headers(), query, resume, transport).await {
         Ok(session) => session,
         Err(e) => return e.into_response(),
     };
@@ -67,6 +70,7 @@ pub fn connection(
         metrics: ctx.worker_metrics.clone(),
         slot: session.slot,
         pusher,
+        event_stream: false,
         restart_spread: crate::connection::restart_spread(shared.config.shutdown_timeout()),
         rate: (shared.config.client_rate > 0).then(|| {
             Box::new(std::sync::Mutex::new(ClientRate::new(

@@ -24,6 +24,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
 use crate::config::QueueLimits;
+use crate::event_stream::Positions;
 use crate::metrics::WorkerMetrics;
 use crate::protocol::{Channel, Frame};
 
@@ -133,6 +134,8 @@ struct State {
     /// gives it back), so a client that resubscribes in a loop without reading is cut instead
     /// of holding every replay again.
     bursts: Vec<Burst>,
+    /// A stream of server-sent events: frames go out as events, and where the stream stands.
+    events: Option<Box<Positions>>,
 }
 
 /// The room one topic's replay has above the limits.
@@ -189,6 +192,20 @@ impl Writer {
         frame.deflated().unwrap_or(frame.bytes())
     }
 
+    /// Frames go out as server-sent events ([`crate::event_stream`]) from now on, the stream
+    /// standing at `positions`.
+    pub fn use_event_stream(&self, positions: Positions) {
+        self.state().events = Some(Box::new(positions));
+    }
+
+    /// The bytes of `frame` for this connection: [`wire`](Self::wire)'s, or its event.
+    fn bytes_of(&self, s: &mut State, frame: &Frame) -> Bytes {
+        match s.events.as_deref_mut() {
+            Some(events) => events.event(frame),
+            None => self.wire(frame).clone(),
+        }
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic elsewhere leaves a queue that is still a valid queue.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -198,6 +215,17 @@ impl Writer {
     pub fn attach(&self, socket: OwnedWriteHalf) -> Flushed {
         let _ = self.socket.set(socket);
         self.flush()
+    }
+
+    /// [`attach`](Self::attach) for a transport that writes its own response `head` first
+    /// (an event stream's), ahead of the frames queued meanwhile.
+    pub fn attach_after(&self, head: Bytes, socket: OwnedWriteHalf) -> Flushed {
+        {
+            let mut s = self.state();
+            s.queued_bytes += head.len();
+            s.queue.push_front(head);
+        }
+        self.attach(socket)
     }
 
     /// Queues a frame behind everything pushed before; the caller then [`flush`](Self::flush)es
@@ -214,7 +242,8 @@ impl Writer {
             return Pushed::Refused;
         }
         for frame in frames {
-            s.push(self.wire(frame).clone());
+            let bytes = self.bytes_of(&mut s, frame);
+            s.push(bytes);
         }
         match std::mem::replace(&mut s.dirty, true) {
             false => Pushed::First,
@@ -230,15 +259,15 @@ impl Writer {
         if s.status != Status::Open {
             return;
         }
-        let bytes = frames.iter().map(|f| self.wire(f).len()).sum();
+        let frames: Vec<Bytes> = frames.iter().map(|f| self.bytes_of(&mut s, f)).collect();
         s.bursts.retain(|b| b.topic.as_ref() != topic);
         s.bursts.push(Burst {
             topic: topic.cloned(),
             frames: frames.len(),
-            bytes,
+            bytes: frames.iter().map(Bytes::len).sum(),
         });
-        for frame in frames {
-            s.push(self.wire(frame).clone());
+        for bytes in frames {
+            s.push(bytes);
         }
         s.dirty = true;
     }
@@ -273,10 +302,11 @@ impl Writer {
             return None;
         }
         let mut rest = frames;
+        // An event stream's events are its own (their ids): they go through the queue.
         let direct = self
             .socket
             .get()
-            .filter(|_| s.queue.is_empty() && !frames.is_empty());
+            .filter(|_| s.queue.is_empty() && !frames.is_empty() && s.events.is_none());
         if let Some(socket) = direct {
             match write_some(socket, frames.iter().map(|f| &self.wire(f)[..])) {
                 Ok(0) => {}
@@ -309,7 +339,8 @@ impl Writer {
             }
         }
         for frame in rest {
-            s.push(self.wire(frame).clone());
+            let bytes = self.bytes_of(&mut s, frame);
+            s.push(bytes);
         }
         Some(self.flush_locked(&mut s))
     }
@@ -371,7 +402,8 @@ impl Writer {
         if s.status == Status::Broken {
             return;
         }
-        s.push(frame.bytes().clone());
+        let bytes = self.bytes_of(&mut s, frame);
+        s.push(bytes);
         s.status = Status::Closing;
         drop(s);
         self.flush();

@@ -1,0 +1,122 @@
+// Server-Sent Events (PROTOCOL section 12) in headless Chromium with a plain `EventSource`, no
+// library: the browser reconnects by itself and its Last-Event-ID resumes the stream, across a
+// server restart and on another machine of the fleet; a gap older than history says so.
+
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { after, test } from "node:test";
+
+import { chromium } from "playwright-core";
+
+import { FanfareBackend } from "../dist/fanfare.js";
+import { API_KEY, startRedis, startServer, token, waitFor } from "./helpers.mjs";
+
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+
+const cleanup = [];
+after(async () => {
+  for (const stop of cleanup.reverse()) await stop();
+});
+
+/** A page of `origin` holding `window.streams`: each EventSource opened there, with every
+ * event it got (`data` parsed, `close` events as `{close: data}`) and how often it opened. */
+async function page(origin) {
+  assert.ok(existsSync(CHROMIUM), `no browser at ${CHROMIUM}: apt-get install -y chromium (or set CHROMIUM)`);
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
+  cleanup.push(() => browser.close());
+  const p = await browser.newPage();
+  p.on("pageerror", (e) => console.error("page error:", e));
+  await p.goto(`${origin}/`);
+  await p.evaluate(() => {
+    window.streams = [];
+    window.listen = (url) => {
+      const stream = { events: [], opens: 0, lastEventId: "" };
+      const es = new EventSource(url);
+      stream.es = es;
+      es.onopen = () => stream.opens++;
+      es.onmessage = (e) => {
+        stream.events.push(JSON.parse(e.data));
+        stream.lastEventId = e.lastEventId;
+      };
+      es.addEventListener("close", (e) => stream.events.push({ close: JSON.parse(e.data) }));
+      window.streams.push(stream);
+      return window.streams.length - 1;
+    };
+  });
+  return p;
+}
+
+const events = (p, i) => p.evaluate((i) => window.streams[i].events, i);
+const messages = async (p, i) => (await events(p, i)).filter((e) => e.type === "message").map((e) => e.message);
+
+test("a plain EventSource resumes by itself across a restart, and on another machine", async () => {
+  const redis = await startRedis();
+  cleanup.push(redis.stop);
+  const a = await startServer({ redis, node: "a", extra: ["--shutdown-timeout", "3"] });
+  cleanup.push(() => a.stop());
+  const b = await startServer({ redis, node: "b" });
+  cleanup.push(b.stop);
+  const backend = new FanfareBackend({ url: b.base, apiKey: API_KEY });
+  const p = await page(a.base);
+  const query = `token=${token("42", { channels: ["news"] })}&channel=news`;
+  const first = await p.evaluate((url) => window.listen(url), `${a.base}/sse?${query}`);
+  await waitFor("subscribed", async () => (await events(p, first)).some((e) => e.type === "subscribed"));
+
+  for (let n = 0; n < 60; n++) await backend.publish("news", n);
+  await waitFor("60 messages", async () => (await messages(p, first)).length === 60);
+  // The server restarts in the middle of the stream: it closes with 1012, the browser comes
+  // back by itself (after the stream's retry) to the server that replaces it.
+  const stopping = a.term();
+  for (let n = 60; n < 100; n++) await backend.publish("news", n);
+  await stopping;
+  const again = await startServer({ redis, node: "a", port: a.port });
+  cleanup.push(again.stop);
+  for (let n = 100; n < 140; n++) await backend.publish("news", n);
+  await waitFor("140 messages", async () => (await messages(p, first)).length >= 140, 20_000);
+  const got = await events(p, first);
+  assert.deepEqual(got.find((e) => e.close)?.close.code, 1012);
+  assert.ok(
+    got.filter((e) => e.type === "subscribed").slice(1).every((e) => e.recovered === true),
+    JSON.stringify(got.filter((e) => e.type !== "message")),
+  );
+  assert.equal(await p.evaluate((i) => window.streams[i].opens, first), 2);
+
+  // Another machine takes over: a stream there resumes from the id the browser holds.
+  const id = await p.evaluate((i) => (window.streams[i].es.close(), window.streams[i].lastEventId), first);
+  for (let n = 140; n < 170; n++) await backend.publish("news", n);
+  const url = `${b.base}/sse?${query}&lastEventId=${encodeURIComponent(id)}`;
+  const second = await p.evaluate((url) => window.listen(url), url);
+  for (let n = 170; n < 200; n++) await backend.publish("news", n);
+  await waitFor("the rest", async () => (await messages(p, second)).length >= 60);
+  const all = [...(await messages(p, first)), ...(await messages(p, second))];
+  assert.deepEqual(all, Array.from({ length: 200 }, (_, n) => n), "every message once, in order");
+  assert.equal((await events(p, second)).find((e) => e.type === "subscribed").recovered, true);
+});
+
+test("a gap older than history is said: recovered false", async () => {
+  const redis = await startRedis();
+  cleanup.push(redis.stop);
+  const a = await startServer({ redis, node: "a", history: 5 });
+  cleanup.push(() => a.stop());
+  const b = await startServer({ redis, node: "b", history: 5 });
+  cleanup.push(b.stop);
+  const backend = new FanfareBackend({ url: b.base, apiKey: API_KEY });
+  const p = await page(a.base);
+  const url = `${a.base}/sse?token=${token("42", { channels: ["news"] })}&channel=news`;
+  const stream = await p.evaluate((url) => window.listen(url), url);
+  await waitFor("subscribed", async () => (await events(p, stream)).some((e) => e.type === "subscribed"));
+  await backend.publish("news", "before");
+  await waitFor("the first message", async () => (await messages(p, stream)).length === 1);
+  await a.stop();
+  // Redis trims a topic's history by whole stream nodes (100 entries): well past 5.
+  for (let n = 0; n < 250; n++) await backend.publish("news", n);
+  const again = await startServer({ redis, node: "a", port: a.port, history: 5 });
+  cleanup.push(again.stop);
+  await waitFor("a second subscribed", async () =>
+    (await events(p, stream)).filter((e) => e.type === "subscribed").length === 2, 20_000);
+  const subscribed = (await events(p, stream)).filter((e) => e.type === "subscribed")[1];
+  assert.equal(subscribed.recovered, false, JSON.stringify(subscribed));
+  await backend.publish("news", "after");
+  await waitFor("the next message", async () => (await messages(p, stream)).includes("after"));
+  assert.deepEqual(await messages(p, stream), ["before", "after"]);
+});
