@@ -9,9 +9,10 @@
 //! of a topic with history its next offset, `unsubscribed` ends a channel.
 //!
 //! The id: topics separated by spaces, the user's own stream `u<offset>.<epoch>`, each channel
-//! `c<offset>.<epoch>.<name>` (epochs are hex, names have no space). Only topics with a known
-//! position are in it; on a resume every other topic is "not recovered" (`recovered:false`
-//! where it has history).
+//! `c<offset>.<epoch>.<name>` (epochs are hex, names have no space); a topic whose position
+//! the server could not say (Redis unreachable) is `u` or `c.<name>`. On a resume a topic with
+//! a position resumes from it, one without is not recovered (`recovered:false` where it has
+//! history), and one the id does not name starts afresh: its stream had not opened yet.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
@@ -26,21 +27,33 @@ struct Mark {
     epoch: Box<str>,
 }
 
-/// One connection's position on each of its topics, as its events told it.
-#[derive(Debug, Default)]
-pub struct Positions {
-    /// The user's own stream (direct messages), once positioned.
-    direct: Option<Mark>,
-    /// Each channel with a known position, in the order they were subscribed.
-    channels: Vec<(Channel, Mark)>,
+impl Mark {
+    fn of(since: &Since) -> Mark {
+        Mark {
+            offset: since.offset,
+            epoch: since.epoch.as_str().into(),
+        }
+    }
 }
 
-/// Where a reconnecting client stood, from its `Last-Event-ID`.
+/// One connection's position on each of its topics, as its events told it: absent until the
+/// topic opened, then a mark, or `None` while the server could not say where it stands.
+#[derive(Debug)]
+pub struct Positions {
+    /// Off on a server without history: no topic can resume, so no event carries an id.
+    ids: bool,
+    /// The user's own stream (direct messages).
+    direct: Option<Option<Mark>>,
+    /// Each open channel, in the order they were subscribed.
+    channels: Vec<(Channel, Option<Mark>)>,
+}
+
+/// Where a reconnecting client stood, from its `Last-Event-ID`: each topic as a resume point
+/// (`None`: a fresh start; `Some(None)`: not recovered; else where it resumes from).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Resume {
-    /// The user's stream: `None` when the id has no position for it (not recovered).
-    pub direct: Option<Since>,
-    channels: Vec<(Channel, Since)>,
+    pub direct: Option<Option<Since>>,
+    channels: Vec<(Channel, Option<Since>)>,
 }
 
 impl Resume {
@@ -50,32 +63,42 @@ impl Resume {
         let mut resume = Resume::default();
         for part in id.split(' ').filter(|p| !p.is_empty()) {
             let (kind, rest) = part.split_at_checked(1)?;
-            let (offset, rest) = rest.split_once('.')?;
-            let offset = Some(offset)
-                .filter(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_digit()))?
-                .parse()
-                .ok()?;
-            let (epoch, name) = match kind {
-                "u" => (rest, None),
-                "c" => {
-                    let (epoch, name) = rest.split_once('.')?;
-                    (epoch, Some(Channel::new(name).ok()?))
+            let (since, name) = match (kind, rest) {
+                ("u", "") => (None, None),
+                ("c", rest) if rest.starts_with('.') => (None, Some(&rest[1..])),
+                ("u" | "c", rest) => {
+                    let (offset, rest) = rest.split_once('.')?;
+                    let offset = Some(offset)
+                        .filter(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_digit()))?
+                        .parse()
+                        .ok()?;
+                    let (epoch, name) = match kind {
+                        "u" => (rest, None),
+                        _ => rest.split_once('.').map(|(e, n)| (e, Some(n)))?,
+                    };
+                    if epoch.is_empty() || !epoch.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                        return None;
+                    }
+                    let epoch = epoch.to_string();
+                    (Some(Since { offset, epoch }), name)
                 }
                 _ => return None,
             };
-            if epoch.is_empty() || !epoch.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                return None;
-            }
-            let since = Since {
-                offset,
-                epoch: epoch.to_string(),
-            };
             match name {
-                None => resume.direct = Some(since),
-                Some(c) => resume.channels.push((c, since)),
+                None if kind == "u" => resume.direct = Some(since),
+                None => return None,
+                Some(name) => resume.channels.push((Channel::new(name).ok()?, since)),
             }
         }
         Some(resume)
+    }
+
+    /// Where every topic stands when the client's id could not be read: nowhere known.
+    pub fn unknown(channels: &[Channel]) -> Resume {
+        Resume {
+            direct: Some(None),
+            channels: channels.iter().map(|c| (c.clone(), None)).collect(),
+        }
     }
 
     /// Forgets the channels not among `channels` (the stream's own, from its URL).
@@ -83,8 +106,8 @@ impl Resume {
         self.channels.retain(|(c, _)| channels.contains(c));
     }
 
-    /// Where `channel` resumes from: `None` when the id has no position for it.
-    pub fn channel(&self, channel: &Channel) -> Option<Since> {
+    /// Where `channel` resumes from.
+    pub fn channel(&self, channel: &Channel) -> Option<Option<Since>> {
         self.channels
             .iter()
             .find(|(c, _)| c == channel)
@@ -92,22 +115,34 @@ impl Resume {
     }
 }
 
+impl Default for Positions {
+    /// A new stream.
+    fn default() -> Positions {
+        Positions::resuming(&Resume::default())
+    }
+}
+
 impl Positions {
+    /// A stream on a server without history.
+    pub fn without_ids() -> Positions {
+        Positions {
+            ids: false,
+            ..Positions::default()
+        }
+    }
+
     /// A stream resuming from `resume`: its topics stand where the client stood until the
     /// frames say otherwise. A recovered topic's `connected`/`subscribed` gives where the
     /// topic stands *after* the missed messages that follow it, so the stream moves only with
     /// each of them: an id never promises what has not been sent.
     pub fn resuming(resume: &Resume) -> Positions {
-        let mark = |s: &Since| Mark {
-            offset: s.offset,
-            epoch: s.epoch.as_str().into(),
-        };
         Positions {
-            direct: resume.direct.as_ref().map(mark),
+            ids: true,
+            direct: resume.direct.as_ref().map(|s| s.as_ref().map(Mark::of)),
             channels: resume
                 .channels
                 .iter()
-                .map(|(c, s)| (c.clone(), mark(s)))
+                .map(|(c, s)| (c.clone(), s.as_ref().map(Mark::of)))
                 .collect(),
         }
     }
@@ -121,7 +156,7 @@ impl Positions {
                 let Some(data) = frame.event() else {
                     return Bytes::new();
                 };
-                if !self.moved_by(frame.payload()) {
+                if !self.ids || !self.moved_by(frame.payload()) {
                     return data.clone();
                 }
                 let id = self.id();
@@ -150,14 +185,21 @@ impl Positions {
     fn id(&self) -> String {
         use std::fmt::Write;
         let mut id = String::new();
-        if let Some(m) = &self.direct {
-            let _ = write!(id, "u{}.{}", m.offset, m.epoch);
+        match &self.direct {
+            Some(Some(m)) => {
+                let _ = write!(id, "u{}.{}", m.offset, m.epoch);
+            }
+            Some(None) => id.push('u'),
+            None => {}
         }
         for (channel, m) in &self.channels {
             if !id.is_empty() {
                 id.push(' ');
             }
-            let _ = write!(id, "c{}.{}.{}", m.offset, m.epoch, channel.as_str());
+            let _ = match m {
+                Some(m) => write!(id, "c{}.{}.{}", m.offset, m.epoch, channel.as_str()),
+                None => write!(id, "c.{}", channel.as_str()),
+            };
         }
         id
     }
@@ -198,15 +240,15 @@ impl Positions {
                     .is_some_and(|(m, new)| m.epoch == new.epoch)
         };
         match (o.r#type, channel) {
-            ("connected", _) if had(self.direct.as_ref()) => false,
+            ("connected", _) if had(self.direct.as_ref().and_then(Option::as_ref)) => false,
             ("connected", _) => {
-                let moved = self.direct != mark;
-                self.direct = mark;
+                let moved = self.direct.as_ref() != Some(&mark);
+                self.direct = Some(mark);
                 moved
             }
             ("subscribed", Some(c)) if had(self.mark(&c)) => false,
             ("subscribed", Some(c)) => self.set(c, mark),
-            ("unsubscribed", Some(c)) => self.set(c, None),
+            ("unsubscribed", Some(c)) => self.forget(&c),
             _ => false,
         }
     }
@@ -219,7 +261,7 @@ impl Positions {
                     return false;
                 };
                 let name = &rest[..end];
-                let Some((_, mark)) = self
+                let Some((_, Some(mark))) = self
                     .channels
                     .iter_mut()
                     .find(|(c, _)| c.as_str().as_bytes() == name)
@@ -229,8 +271,8 @@ impl Positions {
                 (mark, rest[end..].strip_prefix(b"\",").unwrap_or_default())
             }
             None => match &mut self.direct {
-                Some(mark) => (mark, rest),
-                None => return false,
+                Some(Some(mark)) => (mark, rest),
+                _ => return false,
             },
         };
         let Some(digits) = rest.strip_prefix(br#""offset":"#) else {
@@ -253,28 +295,30 @@ impl Positions {
         self.channels
             .iter()
             .find(|(c, _)| c == channel)
-            .map(|(_, m)| m)
+            .and_then(|(_, m)| m.as_ref())
     }
 
-    /// Sets (or with `None` forgets) where `channel` stands; whether that moved the stream.
+    /// Sets where `channel` stands (`None`: open, its position unknown); whether that moved
+    /// the stream.
     fn set(&mut self, channel: Channel, mark: Option<Mark>) -> bool {
-        let at = self.channels.iter().position(|(c, _)| *c == channel);
-        match (at, mark) {
-            (Some(i), Some(mark)) if self.channels[i].1 == mark => false,
-            (Some(i), Some(mark)) => {
-                self.channels[i].1 = mark;
+        match self.channels.iter_mut().find(|(c, _)| *c == channel) {
+            Some((_, m)) if *m == mark => false,
+            Some((_, m)) => {
+                *m = mark;
                 true
             }
-            (None, Some(mark)) => {
+            None => {
                 self.channels.push((channel, mark));
                 true
             }
-            (Some(i), None) => {
-                self.channels.remove(i);
-                true
-            }
-            (None, None) => false,
         }
+    }
+
+    /// `channel` ended; whether that moved the stream.
+    fn forget(&mut self, channel: &Channel) -> bool {
+        let before = self.channels.len();
+        self.channels.retain(|(c, _)| c != channel);
+        self.channels.len() != before
     }
 }
 
@@ -321,11 +365,16 @@ mod tests {
         // What does not move the stream keeps the browser's last id.
         assert!(text(&mut p, &Frame::pong()).starts_with("data: "));
         let plain = Channel::new("plain").unwrap();
-        assert!(text(&mut p, &Frame::subscribed(&plain)).starts_with("data: "));
+        let unpositioned = text(&mut p, &Frame::subscribed(&plain));
+        assert!(unpositioned.starts_with("id: u5.e1 c10.f2.news.a:b c.plain\n"));
         let raw = serde_json::value::RawValue::from_string("1".into()).unwrap();
         assert!(text(&mut p, &Frame::channel(&plain, &raw)).starts_with("data: "));
         assert!(text(&mut p, &Frame::message_at(&on_news, b"[1]", 10)).starts_with("data: "));
-        assert!(text(&mut p, &Frame::unsubscribed(&news)).starts_with("id: u5.e1\n"));
+        let unsubscribed = text(&mut p, &Frame::unsubscribed(&news));
+        assert!(unsubscribed.starts_with("id: u5.e1 c.plain\n"));
+        // A server without history sends no ids: there is nothing to resume.
+        let mut none = Positions::without_ids();
+        assert!(text(&mut none, &Frame::subscribed(&plain)).starts_with("data: "));
         assert_eq!(text(&mut p, &Frame::ping()), ":\n\n");
         assert_eq!(
             text(&mut p, &Frame::close(4001, "token expired")),
@@ -344,8 +393,8 @@ mod tests {
             offset: 4,
             epoch: "e1".into(),
         };
-        assert_eq!(resume.direct, Some(e1));
-        assert_eq!(resume.channel(&news).unwrap().offset, 9);
+        assert_eq!(resume.direct, Some(Some(e1)));
+        assert_eq!(resume.channel(&news).unwrap().unwrap().offset, 9);
         assert_eq!(resume.channel(&Channel::new("other").unwrap()), None);
         assert_eq!(Resume::parse(""), Some(Resume::default()));
         // Resumed: recovered openings do not move the stream, each missed message does.

@@ -13,7 +13,7 @@
 //! publish (history in Redis: the only path for a topic with history):
 //!   http::api ─▶ router ─▶ bridge ─▶ Redis script (offset, kept, PUBLISH)
 //!                                      └─▶ bridge (every machine, this one too) ─▶ bus ─▶ hub ─▶ …
-//! a session starts (http::session; `/ws` calls it, then connection runs it):
+//! a session starts (http::session; `/ws` and `/sse` call it, then connection runs it):
 //!   token, slot ─▶ hub.register (held) ─▶ bridge subscribed ─▶ router.read_history ─▶ hub.open
 //! a topic starts (the user's stream, a channel, a backend /subscribe; one way, merge.rs):
 //!   hub holds its live messages ─▶ router.read_history (here or Redis) ─▶ merge: opening + held
@@ -31,11 +31,13 @@
 //! - [`server`]: starts N workers on one port and stops them.
 //! - [`worker`]: one thread with its own runtime, listener, hub and bus task.
 //! - [`fuzzing`]: entry points of the fuzz targets in `fuzz/`.
-//! - [`http`]: hyper connections and one route table (warp): `/ws` upgrades, the session start
-//!   every front shares, the Pusher front (`/app/{key}`, `/apps/{id}/…`), the publish API,
-//!   presence, health and metrics; limits at the door.
+//! - [`http`]: hyper connections and one route table (warp): `/ws` upgrades, `/sse` event
+//!   streams (on a socket taken from hyper), the session start every front shares, the Pusher
+//!   front (`/app/{key}`, `/apps/{id}/…`), the publish API, presence, health and metrics;
+//!   limits at the door.
 //! - [`context`]: what a worker and its handlers share (settings, router, hub, shutdown).
-//! - [`connection`]: one WebSocket: reads, replies, pings, closes, starts its subscriptions.
+//! - [`connection`]: one client connection (a WebSocket, or an event stream that only
+//!   listens): reads, replies, pings, closes, starts its subscriptions.
 //! - [`hub`]: a worker's registry (user → connections, channel → subscribers) and fan-out.
 //! - [`bench`]: `fanfare bench`, the load generator (a client of all the above).
 //! - [`error`]: close reasons and start-up errors.
@@ -49,7 +51,7 @@
 //! - [`bridge`]: one Redis link per process: publishes, keeps history and presence in Redis,
 //!   and subscribes to what has local recipients; what other machines publish goes to the bus.
 //! - [`writer`]: one connection's outgoing frames: straight to the socket, queued only when
-//!   it is full, bounded.
+//!   it is full, bounded; as WebSocket frames or as server-sent events.
 //! - [`presence`]: who is in each channel, and their `join`/`leave` events.
 //! - [`metrics`]: counters rendered for Prometheus.
 //! - [`bus`]: one bounded inbox per worker; hands each message to the workers the routes name.
@@ -69,6 +71,8 @@
 //!   server message says, encoded once.
 //! - [`listener`]: SO_REUSEPORT sockets, one per worker.
 //! - [`rate`]: token buckets for `--client-rate` and `--accept-rate`.
+//! - [`event_stream`]: Server-Sent Events as a transport: one event per frame, and the id that
+//!   says where every topic of the stream stands (a browser's `Last-Event-ID` resumes them).
 //! - [`frame`]: the transport's framing: a WebSocket frame built once, shared by every recipient
 //!   (and its compressed form, made once).
 //! - [`deflate`]: permessage-deflate: what is agreed, one compression per message, client

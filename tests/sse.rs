@@ -647,3 +647,33 @@ async fn the_readmes_curl_line_works_as_shown() {
     let got: Vec<&str> = lines.iter().map(String::as_str).collect();
     assert_eq!(events(&got), events(&shown), "{lines:?}");
 }
+
+/// A channel the id does not name had not opened on the stream before: it starts afresh (no
+/// `recovered`), while the channels the id names resume. Without history no event has an id.
+#[tokio::test]
+async fn a_channel_the_id_does_not_name_starts_afresh_and_without_history_there_are_no_ids() {
+    let s = history_server().await;
+    let token = s.token("42", &["news", "sport"]);
+    let mut es = EventStream::open(s.addr, &query(&token, &["news"]), None)
+        .await
+        .unwrap();
+    es.next().await.unwrap();
+    es.next().await.unwrap();
+    let id = es.last_id.clone().unwrap();
+    let both = query(&token, &["news", "sport"]);
+    let mut es = EventStream::open(s.addr, &both, Some(&id)).await.unwrap();
+    assert_eq!(es.json().await["recovered"], true);
+    assert_eq!(es.json().await["recovered"], true);
+    let sport = es.json().await;
+    assert_eq!(sport["channel"], "sport");
+    assert_eq!(sport.get("recovered"), None, "{sport}");
+
+    let plain = TestServer::start();
+    let q = query(&plain.token("42", &["news"]), &["news"]);
+    let mut es = EventStream::open(plain.addr, &q, None).await.unwrap();
+    assert_eq!(es.next().await.unwrap().id, None);
+    plain
+        .publish("/publish", json!({"channel": "news", "message": 1}))
+        .await;
+    assert_eq!(es.next().await.unwrap().id, None);
+}

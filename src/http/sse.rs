@@ -1,12 +1,12 @@
 //! `GET /sse?channel=a&channel=b`: the client's stream as server-sent events (PROTOCOL section
 //! 12). It starts the same [`session`] as `/ws` (origin, token, slot, the user's stream opened
 //! where `Last-Event-ID` says it stood), then takes the socket from hyper and serves it as a
-//! [`Connection`] whose client only listens: its subscriptions come from the URL, each resuming
+//! [`Connection`](crate::connection::Connection) whose client only listens: its subscriptions come from the URL, each resuming
 //! from the id, and go through the same path as a WebSocket client's `subscribe`.
 //!
 //! Taking the socket: hyper answers a request with a response it writes itself, and keeps the
 //! connection's buffers (~8 KiB) for as long as a response streams. An event stream lives for
-//! hours, so the handler takes its own handle on the socket ([`Door::take_over`]), the hyper
+//! hours, so the handler takes its own handle on the socket (`Door::take_over`), the hyper
 //! connection is dropped without a word written, and the stream is written by the connection's
 //! [`Writer`](crate::writer::Writer) like a WebSocket's: the same limits, no read buffer.
 
@@ -109,12 +109,16 @@ async fn start(
         .map(str::to_string)
         .or_else(|| query::param(query, "lastEventId").map(|v| v.into_owned()));
     let resume: Option<Resume> = id.map(|id| {
-        let mut resume = Resume::parse(&id).unwrap_or_default();
+        let mut resume = Resume::parse(&id).unwrap_or_else(|| Resume::unknown(&channels));
         resume.keep(&channels);
         resume
     });
-    let direct = resume.as_ref().map(|r| r.direct.clone());
-    let positions = resume.as_ref().map(Positions::resuming).unwrap_or_default();
+    let direct = resume.as_ref().and_then(|r| r.direct.clone());
+    let positions = match (ctx.shared.config.history_size, &resume) {
+        (0, _) => Positions::without_ids(),
+        (_, Some(resume)) => Positions::resuming(resume),
+        (_, None) => Positions::default(),
+    };
     let transport = Transport::EventStream(positions);
     let session = session::start(ctx, req.headers(), query, direct, transport).await?;
     if let Some(c) = channels.iter().find(|c| !session.permissions.allows(c)) {
@@ -127,13 +131,12 @@ async fn start(
         .iter()
         .map(|c| {
             // Not recovered: an offset no epoch matches.
-            let unknown = || Since {
-                offset: 0,
-                epoch: String::new(),
-            };
-            let since = resume
-                .as_ref()
-                .map(|r| r.channel(c).unwrap_or_else(unknown));
+            let since = resume.as_ref().and_then(|r| r.channel(c)).map(|since| {
+                since.unwrap_or(Since {
+                    offset: 0,
+                    epoch: String::new(),
+                })
+            });
             serde_json::json!({
                 "type": "subscribe",
                 "channel": c.as_str(),

@@ -47,6 +47,10 @@ export interface Events {
 }
 /** The constructor of a WebSocket implementation (the browser's, Node's, or the `ws` package). */
 export type WebSocketLike = new (url: string) => WebSocket;
+/** The constructor of an EventSource implementation (the browser's, or a package's). */
+export type EventSourceLike = new (url: string) => EventSource;
+/** What carries the client's connection: a WebSocket (`/ws`), or Server-Sent Events (`/sse`). */
+export type Transport = "websocket" | "sse";
 export interface Options {
     /** The server's WebSocket endpoint, e.g. `wss://push.example.com/ws`. */
     url: string;
@@ -74,6 +78,13 @@ export interface Options {
     /** Ask for channel messages as deltas against the previous one (`"delta":"fossil"`; the
      * server sends them for channels with history when smaller). Default false. */
     deltas?: boolean;
+    /** What to connect with, in order (default `["websocket"]`). After an attempt that never
+     * opened, the next one is tried; one that opened is kept. On `"sse"` the client only
+     * listens: a subscribe, an unsubscribe or a token refresh opens a new stream that resumes
+     * where the old one stood. */
+    transports?: Transport[];
+    /** Defaults to the global EventSource (for `transports` with `"sse"`). */
+    EventSource?: EventSourceLike;
 }
 /** Where a topic (a channel, or the user's direct messages) stands for this client. */
 export interface Position {
@@ -87,6 +98,9 @@ export declare class FanfareClient {
     /** A `getToken` was given: an expired token can be replaced. */
     private readonly refreshable;
     private readonly WebSocketImpl;
+    private readonly EventSourceImpl?;
+    /** Which of `options.transports` the next attempt uses. */
+    private transportAt;
     private readonly listeners;
     /** Wanted channels, each with where the application is in it. */
     private readonly channels;
@@ -96,7 +110,7 @@ export declare class FanfareClient {
     private direct;
     /** Numbers connection attempts: an attempt overtaken (by `close()`, a newer one) stops. */
     private attempt;
-    private ws?;
+    private link?;
     private current;
     /** Failed attempts in a row (reset once a connection opens). */
     private attempts;
@@ -111,6 +125,8 @@ export declare class FanfareClient {
     /** Listens to an event; returns a function that stops listening. */
     on<K extends keyof Events>(event: K, listener: Listener<Events[K]>): () => void;
     get state(): State;
+    /** What carries the connection now (undefined while not connected). */
+    get transport(): Transport | undefined;
     /** Connects, and keeps connecting until `close()`. */
     connect(): void;
     /** Closes for good (no reconnect). */
@@ -124,14 +140,29 @@ export declare class FanfareClient {
         channels: Record<string, Position>;
     };
     private open;
+    /** A WebSocket to `/ws`, resuming the direct messages in its URL and each channel by a
+     * `subscribe` once open. */
+    private openSocket;
+    /** A stream of Server-Sent Events from `/sse` (beside `/ws` on the same server), its
+     * channels in the URL and every topic resuming from the positions it carries. The client
+     * does its own reconnecting: the EventSource's is stopped at the first error. */
+    private openStream;
+    /** Where every topic stands, as an event stream's id says it (PROTOCOL section 12). */
+    private streamId;
+    private onStream;
+    /** A new stream in place of this one (its channels or token changed); it resumes. */
+    private reopen;
+    private opened;
+    private received;
     private onFrame;
     /** `connected` or `subscribed`: where a topic stands, and whether a resume worked. */
     private onPosition;
     /** `text`: the frame as it came (a delta's base is the message's own text). */
     private onMessage;
     private subscribeFrame;
-    /** Done with `ws` (closed, dead, or never opened): close it without waiting for it to
-     * confirm, and decide what next. Once per socket. */
+    /** Done with `link` (closed, dead, or never opened): close it without waiting for it to
+     * confirm, and decide what next. Once per link. An attempt that never opened moves on to
+     * the next transport. */
     private abandon;
     /** `stable`: the connection had lasted (a failure otherwise, for the backoff). */
     private onClose;

@@ -14,7 +14,11 @@
 //   each; one that does not apply makes it subscribe again from its offset, never show a wrong
 //   message.
 //
-// No runtime dependency: it uses the platform's WebSocket (or the one given).
+// - with `transports: ["websocket", "sse"]`, a WebSocket that cannot connect (a proxy that
+//   breaks them) is followed by a Server-Sent Events stream (section 12) carrying the same
+//   events, resumed from the same positions.
+//
+// No runtime dependency: it uses the platform's WebSocket and EventSource (or the ones given).
 /** A connection that lasted this long resets the backoff; shorter ones count as failures, so a
  * server that accepts and drops at once is not hammered. */
 const STABLE_MS = 5_000;
@@ -32,6 +36,9 @@ export class FanfareClient {
     /** A `getToken` was given: an expired token can be replaced. */
     refreshable;
     WebSocketImpl;
+    EventSourceImpl;
+    /** Which of `options.transports` the next attempt uses. */
+    transportAt = 0;
     listeners = new Map();
     /** Wanted channels, each with where the application is in it. */
     channels = new Map();
@@ -41,7 +48,7 @@ export class FanfareClient {
     direct = {};
     /** Numbers connection attempts: an attempt overtaken (by `close()`, a newer one) stops. */
     attempt = 0;
-    ws;
+    link;
     current = "disconnected";
     /** Failed attempts in a row (reset once a connection opens). */
     attempts = 0;
@@ -59,11 +66,18 @@ export class FanfareClient {
         }
         this.getToken = options.getToken ?? (() => token);
         this.refreshable = options.getToken !== undefined;
+        const transports = options.transports ?? ["websocket"];
         const Impl = options.WebSocket ?? globalThis.WebSocket;
-        if (!Impl) {
+        if (!Impl && transports.includes("websocket")) {
             throw new Error("fanfare: no WebSocket here; pass one as options.WebSocket");
         }
         this.WebSocketImpl = Impl;
+        this.EventSourceImpl = options.EventSource ?? globalThis.EventSource;
+        if (!this.EventSourceImpl && transports.includes("sse")) {
+            throw new Error("fanfare: no EventSource here; pass one as options.EventSource");
+        }
+        if (transports.length === 0)
+            throw new Error("fanfare: no transport");
         this.options = {
             url: options.url,
             minReconnectDelay: options.minReconnectDelay ?? 250,
@@ -73,6 +87,7 @@ export class FanfareClient {
             connectTimeout: options.connectTimeout ?? 10_000,
             restartReconnectDelay: options.restartReconnectDelay ?? 5_000,
             deltas: options.deltas ?? false,
+            transports,
         };
         for (const channel of options.channels ?? []) {
             this.channels.set(channel, {});
@@ -90,6 +105,10 @@ export class FanfareClient {
     get state() {
         return this.current;
     }
+    /** What carries the connection now (undefined while not connected). */
+    get transport() {
+        return this.current === "connected" ? this.link?.transport : undefined;
+    }
     /** Connects, and keeps connecting until `close()`. */
     connect() {
         if (!this.stopped)
@@ -104,12 +123,9 @@ export class FanfareClient {
         clearTimeout(this.reconnectTimer);
         clearTimeout(this.openDeadline);
         this.stopTimers();
-        const ws = this.ws;
-        this.ws = undefined;
-        if (ws) {
-            ws.onopen = ws.onmessage = ws.onclose = null;
-            ws.close(NORMAL);
-        }
+        const link = this.link;
+        this.link = undefined;
+        link?.close(NORMAL);
         this.setState("closed");
     }
     /** Subscribes to a channel, now if connected and after every reconnect. */
@@ -117,11 +133,18 @@ export class FanfareClient {
         if (this.channels.has(channel))
             return;
         this.channels.set(channel, {});
+        if (this.onStream())
+            return this.reopen();
         this.send(this.subscribeFrame(channel, {}));
     }
     unsubscribe(channel) {
         if (!this.channels.delete(channel))
             return;
+        if (this.onStream()) {
+            this.reopen();
+            this.emit("unsubscribed", { channel });
+            return;
+        }
         if (this.send({ type: "unsubscribe", channel })) {
             this.unsubscribing.set(channel, (this.unsubscribing.get(channel) ?? 0) + 1);
         }
@@ -151,6 +174,18 @@ export class FanfareClient {
         }
         if (this.stopped || attempt !== this.attempt)
             return;
+        const transports = this.options.transports;
+        const transport = transports[this.transportAt % transports.length];
+        const link = transport === "sse" ? this.openStream(token) : this.openSocket(token);
+        this.link = link;
+        this.openedAt = undefined;
+        // A handshake that never ends (a lost SYN; some WebSocket implementations also never say
+        // when the server hangs up during it) is given up.
+        this.openDeadline = setTimeout(() => this.abandon(link, 1006, "connect timeout"), this.options.connectTimeout);
+    }
+    /** A WebSocket to `/ws`, resuming the direct messages in its URL and each channel by a
+     * `subscribe` once open. */
+    openSocket(token) {
         const url = new URL(this.options.url);
         url.searchParams.set("token", token);
         if (this.direct.offset !== undefined && this.direct.epoch !== undefined) {
@@ -158,42 +193,125 @@ export class FanfareClient {
             url.searchParams.set("epoch", this.direct.epoch);
         }
         const ws = new this.WebSocketImpl(url.toString());
-        this.ws = ws;
-        this.openedAt = undefined;
-        // A handshake that never ends (a lost SYN; some WebSocket implementations also never say
-        // when the server hangs up during it) is given up.
-        this.openDeadline = setTimeout(() => this.abandon(ws, 1006, "connect timeout"), this.options.connectTimeout);
-        ws.onopen = () => {
-            if (this.ws !== ws)
-                return;
-            clearTimeout(this.openDeadline);
-            this.openedAt = Date.now();
-            this.unsubscribing.clear();
-            this.setState("connected");
-            // Without a position to resume from, what was published while away cannot be asked
-            // for: said, so the application reloads.
-            if (this.direct.live && this.direct.epoch === undefined)
-                this.emit("lost", {});
-            this.direct.live = true;
-            for (const [channel, at] of this.channels) {
-                if (at.live && at.epoch === undefined)
-                    this.emit("lost", { channel });
-                at.base = undefined;
-                at.broken = false;
-                this.send(this.subscribeFrame(channel, at));
-            }
-            this.startPings();
+        const link = {
+            transport: "websocket",
+            send: (text) => {
+                if (ws.readyState !== 1)
+                    return false;
+                ws.send(text);
+                return true;
+            },
+            close: (code) => {
+                ws.onopen = ws.onmessage = ws.onclose = null;
+                try {
+                    ws.close(code >= 3000 && code < 5000 ? code : NORMAL);
+                }
+                catch {
+                    // Already closing.
+                }
+            },
         };
+        ws.onopen = () => this.opened(link);
         ws.onmessage = (e) => {
-            if (this.ws !== ws)
-                return;
-            this.alive();
             if (typeof e.data === "string")
-                this.onFrame(e.data);
+                this.received(link, e.data);
         };
-        ws.onclose = (e) => this.abandon(ws, e.code, e.reason);
+        ws.onclose = (e) => this.abandon(link, e.code, e.reason);
         // An error is always followed by a close, which decides what happens next.
         ws.onerror = () => { };
+        return link;
+    }
+    /** A stream of Server-Sent Events from `/sse` (beside `/ws` on the same server), its
+     * channels in the URL and every topic resuming from the positions it carries. The client
+     * does its own reconnecting: the EventSource's is stopped at the first error. */
+    openStream(token) {
+        const url = new URL(this.options.url);
+        url.protocol = url.protocol === "wss:" ? "https:" : url.protocol === "ws:" ? "http:" : url.protocol;
+        url.pathname = url.pathname.replace(/\/ws$/, "") + "/sse";
+        url.search = "";
+        url.searchParams.set("token", token);
+        for (const channel of this.channels.keys())
+            url.searchParams.append("channel", channel);
+        const id = this.streamId();
+        if (id)
+            url.searchParams.set("lastEventId", id);
+        const es = new this.EventSourceImpl(url.toString());
+        let opened = false;
+        const onClose = (e) => {
+            const { code, reason } = JSON.parse(e.data);
+            this.abandon(link, code, reason);
+        };
+        const link = {
+            transport: "sse",
+            send: () => false,
+            close: () => {
+                es.onopen = es.onmessage = es.onerror = null;
+                es.removeEventListener("close", onClose);
+                es.close();
+            },
+        };
+        es.onopen = () => {
+            opened = true;
+            this.opened(link);
+        };
+        es.onmessage = (e) => this.received(link, e.data);
+        es.addEventListener("close", onClose);
+        es.onerror = () => this.abandon(link, 1006, opened ? "stream broken" : "stream refused");
+        return link;
+    }
+    /** Where every topic stands, as an event stream's id says it (PROTOCOL section 12). */
+    streamId() {
+        const parts = [];
+        const { offset, epoch } = this.direct;
+        if (offset !== undefined && epoch !== undefined)
+            parts.push(`u${offset}.${epoch}`);
+        for (const [channel, at] of this.channels) {
+            if (at.offset !== undefined && at.epoch !== undefined)
+                parts.push(`c${at.offset}.${at.epoch}.${channel}`);
+        }
+        return parts.join(" ");
+    }
+    onStream() {
+        return this.link?.transport === "sse" && this.current === "connected";
+    }
+    /** A new stream in place of this one (its channels or token changed); it resumes. */
+    reopen() {
+        const link = this.link;
+        if (!link)
+            return;
+        this.link = undefined;
+        clearTimeout(this.openDeadline);
+        this.stopTimers();
+        link.close(NORMAL);
+        void this.open();
+    }
+    opened(link) {
+        if (this.link !== link)
+            return;
+        clearTimeout(this.openDeadline);
+        this.openedAt = Date.now();
+        this.unsubscribing.clear();
+        this.setState("connected");
+        // Without a position to resume from, what was published while away cannot be asked
+        // for: said, so the application reloads.
+        if (this.direct.live && this.direct.epoch === undefined)
+            this.emit("lost", {});
+        this.direct.live = true;
+        for (const [channel, at] of this.channels) {
+            if (at.live && at.epoch === undefined)
+                this.emit("lost", { channel });
+            at.base = undefined;
+            at.broken = false;
+            this.send(this.subscribeFrame(channel, at));
+        }
+        if (link.transport === "websocket")
+            this.startPings();
+    }
+    received(link, text) {
+        if (this.link !== link)
+            return;
+        this.alive();
+        this.onFrame(text);
     }
     onFrame(text) {
         let frame;
@@ -250,6 +368,9 @@ export class FanfareClient {
                 return;
             }
             case "expiring":
+                // A stream cannot send `refresh`: a new one, with a new token, resumes it.
+                if (this.link?.transport === "sse")
+                    return this.reopen();
                 return void this.refresh();
             case "error":
                 this.emit("error", { code: String(frame.error), detail: String(frame.detail ?? "") });
@@ -318,22 +439,19 @@ export class FanfareClient {
             frame.delta = "fossil";
         return frame;
     }
-    /** Done with `ws` (closed, dead, or never opened): close it without waiting for it to
-     * confirm, and decide what next. Once per socket. */
-    abandon(ws, code, reason) {
-        if (this.ws !== ws)
+    /** Done with `link` (closed, dead, or never opened): close it without waiting for it to
+     * confirm, and decide what next. Once per link. An attempt that never opened moves on to
+     * the next transport. */
+    abandon(link, code, reason) {
+        if (this.link !== link)
             return;
         const stable = this.openedAt !== undefined && Date.now() - this.openedAt >= STABLE_MS;
-        this.ws = undefined;
+        if (this.openedAt === undefined)
+            this.transportAt += 1;
+        this.link = undefined;
         clearTimeout(this.openDeadline);
         this.stopTimers();
-        ws.onopen = ws.onmessage = ws.onclose = null;
-        try {
-            ws.close(code >= 3000 && code < 5000 ? code : NORMAL);
-        }
-        catch {
-            // Already closing.
-        }
+        link.close(code);
         this.onClose(code, reason, stable);
     }
     /** `stable`: the connection had lasted (a failure otherwise, for the backoff). */
@@ -395,8 +513,8 @@ export class FanfareClient {
         this.pingTimer = setInterval(() => {
             this.send({ type: "ping" });
             if (this.pongDeadline === undefined) {
-                const ws = this.ws;
-                this.pongDeadline = setTimeout(() => ws && this.abandon(ws, DEAD, "no pong"), this.options.pingTimeout);
+                const link = this.link;
+                this.pongDeadline = setTimeout(() => link && this.abandon(link, DEAD, "no pong"), this.options.pingTimeout);
             }
         }, this.options.pingInterval);
     }
@@ -411,10 +529,7 @@ export class FanfareClient {
     }
     /** Sends now if connected; true if sent. */
     send(frame) {
-        if (!this.ws || this.ws.readyState !== 1)
-            return false;
-        this.ws.send(JSON.stringify(frame));
-        return true;
+        return this.link?.send(JSON.stringify(frame)) ?? false;
     }
     setState(state) {
         if (this.current === state)

@@ -14,7 +14,11 @@
 //   each; one that does not apply makes it subscribe again from its offset, never show a wrong
 //   message.
 //
-// No runtime dependency: it uses the platform's WebSocket (or the one given).
+// - with `transports: ["websocket", "sse"]`, a WebSocket that cannot connect (a proxy that
+//   breaks them) is followed by a Server-Sent Events stream (section 12) carrying the same
+//   events, resumed from the same positions.
+//
+// No runtime dependency: it uses the platform's WebSocket and EventSource (or the ones given).
 
 /** Where the connection stands. */
 export type State = "connecting" | "connected" | "disconnected" | "closed";
@@ -71,6 +75,12 @@ export interface Events {
 /** The constructor of a WebSocket implementation (the browser's, Node's, or the `ws` package). */
 export type WebSocketLike = new (url: string) => WebSocket;
 
+/** The constructor of an EventSource implementation (the browser's, or a package's). */
+export type EventSourceLike = new (url: string) => EventSource;
+
+/** What carries the client's connection: a WebSocket (`/ws`), or Server-Sent Events (`/sse`). */
+export type Transport = "websocket" | "sse";
+
 export interface Options {
   /** The server's WebSocket endpoint, e.g. `wss://push.example.com/ws`. */
   url: string;
@@ -98,6 +108,13 @@ export interface Options {
   /** Ask for channel messages as deltas against the previous one (`"delta":"fossil"`; the
    * server sends them for channels with history when smaller). Default false. */
   deltas?: boolean;
+  /** What to connect with, in order (default `["websocket"]`). After an attempt that never
+   * opened, the next one is tried; one that opened is kept. On `"sse"` the client only
+   * listens: a subscribe, an unsubscribe or a token refresh opens a new stream that resumes
+   * where the old one stood. */
+  transports?: Transport[];
+  /** Defaults to the global EventSource (for `transports` with `"sse"`). */
+  EventSource?: EventSourceLike;
 }
 
 /** Where a topic (a channel, or the user's direct messages) stands for this client. */
@@ -117,6 +134,15 @@ interface Topic extends Position {
   broken?: boolean;
 }
 
+/** One connection, whatever carries it. */
+interface Link {
+  readonly transport: Transport;
+  /** Sends a frame now; false if it cannot (not open, or a stream, which only listens). */
+  send(text: string): boolean;
+  /** Closes it without waiting; nothing of it is heard after. */
+  close(code: number): void;
+}
+
 /** A connection that lasted this long resets the backoff; shorter ones count as failures, so a
  * server that accepts and drops at once is not hammered. */
 const STABLE_MS = 5_000;
@@ -133,11 +159,16 @@ const SERVICE_RESTART = 1012;
 const DEAD = 4000;
 
 export class FanfareClient {
-  private readonly options: Required<Omit<Options, "token" | "getToken" | "channels" | "WebSocket">>;
+  private readonly options: Required<
+    Omit<Options, "token" | "getToken" | "channels" | "WebSocket" | "EventSource">
+  >;
   private readonly getToken: () => string | Promise<string>;
   /** A `getToken` was given: an expired token can be replaced. */
   private readonly refreshable: boolean;
   private readonly WebSocketImpl: WebSocketLike;
+  private readonly EventSourceImpl?: EventSourceLike;
+  /** Which of `options.transports` the next attempt uses. */
+  private transportAt = 0;
   private readonly listeners = new Map<keyof Events, Set<Listener<never>>>();
   /** Wanted channels, each with where the application is in it. */
   private readonly channels = new Map<string, Topic>();
@@ -147,7 +178,7 @@ export class FanfareClient {
   private direct: Topic = {};
   /** Numbers connection attempts: an attempt overtaken (by `close()`, a newer one) stops. */
   private attempt = 0;
-  private ws?: WebSocket;
+  private link?: Link;
   private current: State = "disconnected";
   /** Failed attempts in a row (reset once a connection opens). */
   private attempts = 0;
@@ -166,11 +197,17 @@ export class FanfareClient {
     }
     this.getToken = options.getToken ?? (() => token as string);
     this.refreshable = options.getToken !== undefined;
+    const transports = options.transports ?? ["websocket"];
     const Impl = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketLike }).WebSocket;
-    if (!Impl) {
+    if (!Impl && transports.includes("websocket")) {
       throw new Error("fanfare: no WebSocket here; pass one as options.WebSocket");
     }
-    this.WebSocketImpl = Impl;
+    this.WebSocketImpl = Impl as WebSocketLike;
+    this.EventSourceImpl = options.EventSource ?? (globalThis as { EventSource?: EventSourceLike }).EventSource;
+    if (!this.EventSourceImpl && transports.includes("sse")) {
+      throw new Error("fanfare: no EventSource here; pass one as options.EventSource");
+    }
+    if (transports.length === 0) throw new Error("fanfare: no transport");
     this.options = {
       url: options.url,
       minReconnectDelay: options.minReconnectDelay ?? 250,
@@ -180,6 +217,7 @@ export class FanfareClient {
       connectTimeout: options.connectTimeout ?? 10_000,
       restartReconnectDelay: options.restartReconnectDelay ?? 5_000,
       deltas: options.deltas ?? false,
+      transports,
     };
     for (const channel of options.channels ?? []) {
       this.channels.set(channel, {});
@@ -199,6 +237,11 @@ export class FanfareClient {
     return this.current;
   }
 
+  /** What carries the connection now (undefined while not connected). */
+  get transport(): Transport | undefined {
+    return this.current === "connected" ? this.link?.transport : undefined;
+  }
+
   /** Connects, and keeps connecting until `close()`. */
   connect(): void {
     if (!this.stopped) return;
@@ -213,12 +256,9 @@ export class FanfareClient {
     clearTimeout(this.reconnectTimer);
     clearTimeout(this.openDeadline);
     this.stopTimers();
-    const ws = this.ws;
-    this.ws = undefined;
-    if (ws) {
-      ws.onopen = ws.onmessage = ws.onclose = null;
-      ws.close(NORMAL);
-    }
+    const link = this.link;
+    this.link = undefined;
+    link?.close(NORMAL);
     this.setState("closed");
   }
 
@@ -226,11 +266,17 @@ export class FanfareClient {
   subscribe(channel: string): void {
     if (this.channels.has(channel)) return;
     this.channels.set(channel, {});
+    if (this.onStream()) return this.reopen();
     this.send(this.subscribeFrame(channel, {}));
   }
 
   unsubscribe(channel: string): void {
     if (!this.channels.delete(channel)) return;
+    if (this.onStream()) {
+      this.reopen();
+      this.emit("unsubscribed", { channel });
+      return;
+    }
     if (this.send({ type: "unsubscribe", channel })) {
       this.unsubscribing.set(channel, (this.unsubscribing.get(channel) ?? 0) + 1);
     }
@@ -258,6 +304,19 @@ export class FanfareClient {
       return;
     }
     if (this.stopped || attempt !== this.attempt) return;
+    const transports = this.options.transports;
+    const transport = transports[this.transportAt % transports.length];
+    const link = transport === "sse" ? this.openStream(token) : this.openSocket(token);
+    this.link = link;
+    this.openedAt = undefined;
+    // A handshake that never ends (a lost SYN; some WebSocket implementations also never say
+    // when the server hangs up during it) is given up.
+    this.openDeadline = setTimeout(() => this.abandon(link, 1006, "connect timeout"), this.options.connectTimeout);
+  }
+
+  /** A WebSocket to `/ws`, resuming the direct messages in its URL and each channel by a
+   * `subscribe` once open. */
+  private openSocket(token: string): Link {
     const url = new URL(this.options.url);
     url.searchParams.set("token", token);
     if (this.direct.offset !== undefined && this.direct.epoch !== undefined) {
@@ -265,37 +324,118 @@ export class FanfareClient {
       url.searchParams.set("epoch", this.direct.epoch);
     }
     const ws = new this.WebSocketImpl(url.toString());
-    this.ws = ws;
-    this.openedAt = undefined;
-    // A handshake that never ends (a lost SYN; some WebSocket implementations also never say
-    // when the server hangs up during it) is given up.
-    this.openDeadline = setTimeout(() => this.abandon(ws, 1006, "connect timeout"), this.options.connectTimeout);
-    ws.onopen = () => {
-      if (this.ws !== ws) return;
-      clearTimeout(this.openDeadline);
-      this.openedAt = Date.now();
-      this.unsubscribing.clear();
-      this.setState("connected");
-      // Without a position to resume from, what was published while away cannot be asked
-      // for: said, so the application reloads.
-      if (this.direct.live && this.direct.epoch === undefined) this.emit("lost", {});
-      this.direct.live = true;
-      for (const [channel, at] of this.channels) {
-        if (at.live && at.epoch === undefined) this.emit("lost", { channel });
-        at.base = undefined;
-        at.broken = false;
-        this.send(this.subscribeFrame(channel, at));
-      }
-      this.startPings();
+    const link: Link = {
+      transport: "websocket",
+      send: (text) => {
+        if (ws.readyState !== 1) return false;
+        ws.send(text);
+        return true;
+      },
+      close: (code) => {
+        ws.onopen = ws.onmessage = ws.onclose = null;
+        try {
+          ws.close(code >= 3000 && code < 5000 ? code : NORMAL);
+        } catch {
+          // Already closing.
+        }
+      },
     };
+    ws.onopen = () => this.opened(link);
     ws.onmessage = (e: MessageEvent) => {
-      if (this.ws !== ws) return;
-      this.alive();
-      if (typeof e.data === "string") this.onFrame(e.data);
+      if (typeof e.data === "string") this.received(link, e.data);
     };
-    ws.onclose = (e: CloseEvent) => this.abandon(ws, e.code, e.reason);
+    ws.onclose = (e: CloseEvent) => this.abandon(link, e.code, e.reason);
     // An error is always followed by a close, which decides what happens next.
     ws.onerror = () => {};
+    return link;
+  }
+
+  /** A stream of Server-Sent Events from `/sse` (beside `/ws` on the same server), its
+   * channels in the URL and every topic resuming from the positions it carries. The client
+   * does its own reconnecting: the EventSource's is stopped at the first error. */
+  private openStream(token: string): Link {
+    const url = new URL(this.options.url);
+    url.protocol = url.protocol === "wss:" ? "https:" : url.protocol === "ws:" ? "http:" : url.protocol;
+    url.pathname = url.pathname.replace(/\/ws$/, "") + "/sse";
+    url.search = "";
+    url.searchParams.set("token", token);
+    for (const channel of this.channels.keys()) url.searchParams.append("channel", channel);
+    const id = this.streamId();
+    if (id) url.searchParams.set("lastEventId", id);
+    const es = new (this.EventSourceImpl as EventSourceLike)(url.toString());
+    let opened = false;
+    const onClose = (e: Event) => {
+      const { code, reason } = JSON.parse((e as MessageEvent).data);
+      this.abandon(link, code, reason);
+    };
+    const link: Link = {
+      transport: "sse",
+      send: () => false,
+      close: () => {
+        es.onopen = es.onmessage = es.onerror = null;
+        es.removeEventListener("close", onClose);
+        es.close();
+      },
+    };
+    es.onopen = () => {
+      opened = true;
+      this.opened(link);
+    };
+    es.onmessage = (e: MessageEvent) => this.received(link, e.data);
+    es.addEventListener("close", onClose);
+    es.onerror = () => this.abandon(link, 1006, opened ? "stream broken" : "stream refused");
+    return link;
+  }
+
+  /** Where every topic stands, as an event stream's id says it (PROTOCOL section 12). */
+  private streamId(): string {
+    const parts: string[] = [];
+    const { offset, epoch } = this.direct;
+    if (offset !== undefined && epoch !== undefined) parts.push(`u${offset}.${epoch}`);
+    for (const [channel, at] of this.channels) {
+      if (at.offset !== undefined && at.epoch !== undefined) parts.push(`c${at.offset}.${at.epoch}.${channel}`);
+    }
+    return parts.join(" ");
+  }
+
+  private onStream(): boolean {
+    return this.link?.transport === "sse" && this.current === "connected";
+  }
+
+  /** A new stream in place of this one (its channels or token changed); it resumes. */
+  private reopen(): void {
+    const link = this.link;
+    if (!link) return;
+    this.link = undefined;
+    clearTimeout(this.openDeadline);
+    this.stopTimers();
+    link.close(NORMAL);
+    void this.open();
+  }
+
+  private opened(link: Link): void {
+    if (this.link !== link) return;
+    clearTimeout(this.openDeadline);
+    this.openedAt = Date.now();
+    this.unsubscribing.clear();
+    this.setState("connected");
+    // Without a position to resume from, what was published while away cannot be asked
+    // for: said, so the application reloads.
+    if (this.direct.live && this.direct.epoch === undefined) this.emit("lost", {});
+    this.direct.live = true;
+    for (const [channel, at] of this.channels) {
+      if (at.live && at.epoch === undefined) this.emit("lost", { channel });
+      at.base = undefined;
+      at.broken = false;
+      this.send(this.subscribeFrame(channel, at));
+    }
+    if (link.transport === "websocket") this.startPings();
+  }
+
+  private received(link: Link, text: string): void {
+    if (this.link !== link) return;
+    this.alive();
+    this.onFrame(text);
   }
 
   private onFrame(text: string): void {
@@ -348,6 +488,8 @@ export class FanfareClient {
         return;
       }
       case "expiring":
+        // A stream cannot send `refresh`: a new one, with a new token, resumes it.
+        if (this.link?.transport === "sse") return this.reopen();
         return void this.refresh();
       case "error":
         this.emit("error", { code: String(frame.error), detail: String(frame.detail ?? "") });
@@ -415,20 +557,17 @@ export class FanfareClient {
     return frame;
   }
 
-  /** Done with `ws` (closed, dead, or never opened): close it without waiting for it to
-   * confirm, and decide what next. Once per socket. */
-  private abandon(ws: WebSocket, code: number, reason: string): void {
-    if (this.ws !== ws) return;
+  /** Done with `link` (closed, dead, or never opened): close it without waiting for it to
+   * confirm, and decide what next. Once per link. An attempt that never opened moves on to
+   * the next transport. */
+  private abandon(link: Link, code: number, reason: string): void {
+    if (this.link !== link) return;
     const stable = this.openedAt !== undefined && Date.now() - this.openedAt >= STABLE_MS;
-    this.ws = undefined;
+    if (this.openedAt === undefined) this.transportAt += 1;
+    this.link = undefined;
     clearTimeout(this.openDeadline);
     this.stopTimers();
-    ws.onopen = ws.onmessage = ws.onclose = null;
-    try {
-      ws.close(code >= 3000 && code < 5000 ? code : NORMAL);
-    } catch {
-      // Already closing.
-    }
+    link.close(code);
     this.onClose(code, reason, stable);
   }
 
@@ -491,8 +630,8 @@ export class FanfareClient {
     this.pingTimer = setInterval(() => {
       this.send({ type: "ping" });
       if (this.pongDeadline === undefined) {
-        const ws = this.ws;
-        this.pongDeadline = setTimeout(() => ws && this.abandon(ws, DEAD, "no pong"), this.options.pingTimeout);
+        const link = this.link;
+        this.pongDeadline = setTimeout(() => link && this.abandon(link, DEAD, "no pong"), this.options.pingTimeout);
       }
     }, this.options.pingInterval);
   }
@@ -510,9 +649,7 @@ export class FanfareClient {
 
   /** Sends now if connected; true if sent. */
   private send(frame: object): boolean {
-    if (!this.ws || this.ws.readyState !== 1) return false;
-    this.ws.send(JSON.stringify(frame));
-    return true;
+    return this.link?.send(JSON.stringify(frame)) ?? false;
   }
 
   private setState(state: State): void {

@@ -254,3 +254,19 @@ test("a publish whose answer is lost is sent again with its idempotency key and 
   const once = new FanfareBackend({ url: s.base, apiKey: API_KEY, fetch: flaky, retries: 0 });
   await assert.rejects(once.publish("news", "x"), /connection reset/);
 });
+
+test("a client asked for a transport this platform lacks says so at once", () => {
+  const had = globalThis.EventSource;
+  delete globalThis.EventSource;
+  try {
+    assert.throws(
+      () => new FanfareClient({ url: "ws://127.0.0.1:1/ws", token: "t", transports: ["websocket", "sse"] }),
+      /no EventSource here/,
+    );
+    assert.throws(() => new FanfareClient({ url: "ws://127.0.0.1:1/ws", token: "t", transports: [] }), /no transport/);
+    const plain = new FanfareClient({ url: "ws://127.0.0.1:1/ws", token: "t" });
+    assert.equal(plain.transport, undefined, "not connected");
+  } finally {
+    if (had) globalThis.EventSource = had;
+  }
+});

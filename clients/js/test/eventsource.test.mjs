@@ -1,9 +1,11 @@
 // Server-Sent Events (PROTOCOL section 12) in headless Chromium with a plain `EventSource`, no
 // library: the browser reconnects by itself and its Last-Event-ID resumes the stream, across a
-// server restart and on another machine of the fleet; a gap older than history says so.
+// server restart and on another machine of the fleet; a gap older than history says so. Then
+// the JavaScript client behind a proxy that breaks WebSockets: it falls back to a stream.
 
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
+import http from "node:http";
 import { after, test } from "node:test";
 
 import { chromium } from "playwright-core";
@@ -119,4 +121,85 @@ test("a gap older than history is said: recovered false", async () => {
   await backend.publish("news", "after");
   await waitFor("the next message", async () => (await messages(p, stream)).includes("after"));
   assert.deepEqual(await messages(p, stream), ["before", "after"]);
+});
+
+/** An HTTP proxy to `port` that breaks WebSockets, as some corporate proxies do: plain
+ * requests (an event stream too) pass, upgrades are dropped. */
+async function proxyWithoutWebSockets(port) {
+  const proxy = http.createServer((req, res) => {
+    const upstream = http.request({ host: "127.0.0.1", port, path: req.url, method: req.method, headers: req.headers }, (r) => {
+      res.writeHead(r.statusCode, r.headers);
+      r.pipe(res);
+    });
+    upstream.on("error", () => res.destroy());
+    res.on("close", () => upstream.destroy());
+    req.pipe(upstream);
+  });
+  proxy.on("upgrade", (_, socket) => socket.destroy());
+  await new Promise((r) => proxy.listen(0, "127.0.0.1", r));
+  cleanup.push(() => new Promise((r) => (proxy.closeAllConnections(), proxy.close(r))));
+  return `ws://127.0.0.1:${proxy.address().port}/ws`;
+}
+
+test("the JavaScript client falls back to an event stream where WebSockets break, and keeps its guarantees", async () => {
+  const redis = await startRedis();
+  cleanup.push(redis.stop);
+  const a = await startServer({ redis, node: "a", extra: ["--shutdown-timeout", "3"] });
+  cleanup.push(() => a.stop());
+  const b = await startServer({ redis, node: "b" });
+  cleanup.push(b.stop);
+  const backend = new FanfareBackend({ url: b.base, apiKey: API_KEY });
+  const url = await proxyWithoutWebSockets(a.port);
+  const p = await page(a.base);
+  await p.evaluate(
+    async ({ url, token }) => {
+      const { FanfareClient } = await import("/fanfare.js");
+      window.got = [];
+      window.said = [];
+      const client = new FanfareClient({
+        url,
+        token,
+        channels: ["news"],
+        transports: ["websocket", "sse"],
+        minReconnectDelay: 50,
+        maxReconnectDelay: 500,
+        connectTimeout: 2000,
+        restartReconnectDelay: 500,
+      });
+      client.on("message", (m) => window.got.push(`${m.channel}:${m.message}`));
+      for (const e of ["lost", "subscribed", "closed"]) client.on(e, (v) => window.said.push({ [e]: v }));
+      client.connect();
+      window.client = client;
+    },
+    { url, token: token("42", { channels: ["news", "sport"] }) },
+  );
+  const said = () => p.evaluate(() => window.said);
+  const got = () => p.evaluate(() => window.got);
+  await waitFor("subscribed over an event stream", async () =>
+    (await p.evaluate(() => window.client.transport)) === "sse" && (await said()).some((e) => e.subscribed));
+
+  for (let n = 0; n < 50; n++) await backend.publish("news", n);
+  await waitFor("50 messages", async () => (await got()).length === 50);
+  // The server behind the proxy restarts: the client comes back on a stream and resumes.
+  const stopping = a.term();
+  for (let n = 50; n < 80; n++) await backend.publish("news", n);
+  await stopping;
+  const again = await startServer({ redis, node: "a", port: a.port });
+  cleanup.push(again.stop);
+  await waitFor("resumed", async () => (await said()).filter((e) => e.subscribed).length === 2, 20_000);
+  for (let n = 80; n < 100; n++) await backend.publish("news", n);
+  await waitFor("100 messages", async () => (await got()).length >= 100);
+  // A subscribe while on a stream: a new stream with both channels, resuming news.
+  await p.evaluate(() => window.client.subscribe("sport"));
+  await waitFor("sport subscribed", async () => (await said()).some((e) => e.subscribed?.channel === "sport"));
+  await backend.publish("sport", "goal");
+  await backend.publish("news", 100);
+  await waitFor("both", async () => (await got()).length >= 102);
+  const expected = [...Array.from({ length: 101 }, (_, n) => `news:${n}`), "sport:goal"];
+  assert.deepEqual((await got()).sort(), expected.sort());
+  assert.deepEqual((await got()).filter((m) => m.startsWith("news:")), Array.from({ length: 101 }, (_, n) => `news:${n}`));
+  const resumed = (await said()).filter((e) => e.subscribed?.channel === "news").slice(1);
+  assert.ok(resumed.every((e) => e.subscribed.recovered === true), JSON.stringify(await said()));
+  assert.ok(!(await said()).some((e) => e.lost || e.closed), JSON.stringify(await said()));
+  assert.equal(await p.evaluate(() => window.client.transport), "sse");
 });
