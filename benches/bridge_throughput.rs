@@ -14,6 +14,11 @@
 //!     cargo bench --bench bridge_throughput -- 200000 history
 //!     cargo bench --bench bridge_throughput -- 200000 history replica
 //!     cargo bench --bench bridge_throughput -- 200000 history ack
+//!
+//! It also prints what each relayed message cost in CPU, from the threads' and the process's
+//! own counters over the run: both bridges' threads (publish side and receive side) beside
+//! `redis-server`, in one line:
+//! `bridge: N msg/s; fanfare bridge CPU X us/msg; redis-server CPU Y us/msg`.
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
@@ -181,6 +186,11 @@ fn main() {
         position: None,
     };
     let payload_bytes = bytes::Bytes::from(payload.get().to_string());
+    let redis_pid = _redis.0.id();
+    let cpu_before = (
+        bridge_cpu(),
+        fanfare::bench::cpu_seconds(redis_pid).unwrap_or(0.0),
+    );
     let started = Instant::now();
     for i in 0..n {
         // Stay under the publisher's queue (16,384): the bridge drops, never waits, by design.
@@ -195,12 +205,23 @@ fn main() {
         }
     }
     let (got, done) = counted.join().unwrap();
+    let cpu_after = (
+        bridge_cpu(),
+        fanfare::bench::cpu_seconds(redis_pid).unwrap_or(0.0),
+    );
     let secs = done.duration_since(started).as_secs_f64();
     println!(
         "bridge: {n} published, {got} relayed to the other process's bus in {secs:.2}s = {:.0} msg/s (dropped by the publisher {}, by a full inbox {})",
         got as f64 / secs,
         a_metrics.dropped.load(Relaxed),
         b_metrics.inbox_full.load(Relaxed)
+    );
+    let per_message = |before: f64, after: f64| (after - before) * 1e6 / got.max(1) as f64;
+    println!(
+        "bridge: {:.0} msg/s; fanfare bridge CPU {:.2} us/msg; redis-server CPU {:.2} us/msg",
+        got as f64 / secs,
+        per_message(cpu_before.0, cpu_after.0),
+        per_message(cpu_before.1, cpu_after.1),
     );
     if history.is_some() {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -271,6 +292,30 @@ fn main() {
             println!("redis-benchmark -P 64, {what}: {}", last.trim());
         }
     }
+}
+
+/// CPU seconds the bridges' threads (`fanfare-bridge`, both of this process's bridges) have
+/// used so far (each thread's own `/proc/self/task/<tid>/stat`: `/proc/<tid>/stat` would
+/// count the whole process).
+fn bridge_cpu() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks = |stat: String| -> Option<u64> {
+        let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.starts_with("fanfare-bridge"))
+        })
+        .filter_map(|t| ticks(std::fs::read_to_string(t.path().join("stat")).ok()?))
+        .map(|t| t as f64 / per_second)
+        .sum()
 }
 
 /// `redis-cli` on the private Redis; its one-line answer.

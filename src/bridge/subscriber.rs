@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::{interval, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -46,10 +47,16 @@ struct Relay {
     catchup: Catchup,
     fills: FuturesUnordered<Fill>,
     steps: Vec<Step>,
+    /// What this turn of the loop relays, handed to the bus at its end: a worker is woken
+    /// once for a burst, not once per message.
+    outbox: Vec<Envelope>,
 }
 
 /// Channels per SUBSCRIBE / UNSUBSCRIBE command.
 const CHUNK: usize = 1000;
+/// Most pushes taken from the links in one turn of the relay loop (its other branches wait
+/// meanwhile: a shutdown, a map change, a ping).
+const PUSHES_PER_TURN: usize = 256;
 /// Most topic positions kept alive per second (see [`Catchup::due`]).
 const TOUCH_PER_SECOND: usize = 2000;
 
@@ -134,6 +141,16 @@ impl Subscriber {
                 () = self.shutdown.cancelled() => return,
                 (i, push) = std::future::poll_fn(|cx| read_any(links, next_read, cx)) => {
                     self.on_push(&mut state, i, push).await;
+                    // What the links hold already is taken in the same turn: one pass of this
+                    // loop (its timers and futures) per read from Redis, not per message.
+                    for _ in 1..PUSHES_PER_TURN {
+                        let State { links, next_read, .. } = &mut state;
+                        let ready = std::future::poll_fn(|cx| read_any(links, next_read, cx));
+                        let Some((i, push)) = ready.now_or_never() else {
+                            break;
+                        };
+                        self.on_push(&mut state, i, push).await;
+                    }
                 }
                 Some((node, attempt, connected)) = connecting.next(), if !connecting.is_empty() => {
                     self.on_connected(&mut state, node, attempt, connected).await;
@@ -154,6 +171,7 @@ impl Subscriber {
                 () = retry, if retry_at.is_some() => self.connect_due(&mut state),
                 _ = tick.tick() => self.on_tick(&mut state).await,
             }
+            self.deliver(&mut state.relay);
         }
     }
 
@@ -540,13 +558,19 @@ impl Subscriber {
                 relay.catchup.control(&topic, envelope, &mut relay.steps);
                 self.run_steps(relay);
             }
-            _ => self.deliver(envelope),
+            _ => relay.outbox.push(envelope),
         }
     }
 
-    fn deliver(&self, envelope: Envelope) {
-        let missed = self.bus.try_deliver(envelope);
-        self.metrics.inbox_full.fetch_add(missed, Relaxed);
+    /// Hands what this turn relayed to the bus, in order.
+    fn deliver(&self, relay: &mut Relay) {
+        let mut missed = 0;
+        for envelope in relay.outbox.drain(..) {
+            missed += self.bus.try_deliver(envelope);
+        }
+        if missed > 0 {
+            self.metrics.inbox_full.fetch_add(missed, Relaxed);
+        }
     }
 
     /// Relays what the catch-up let through and sends the reads it asks for.
@@ -557,7 +581,7 @@ impl Subscriber {
                     if let Envelope::Lost(..) = envelope {
                         self.metrics.gaps_lost.fetch_add(1, Relaxed);
                     }
-                    self.deliver(envelope)
+                    relay.outbox.push(envelope)
                 }
                 Step::Fill(topic, since, id) => {
                     self.metrics.gap_reads.fetch_add(1, Relaxed);
