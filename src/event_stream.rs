@@ -87,7 +87,13 @@ impl Resume {
             match name {
                 None if kind == "u" => resume.direct = Some(since),
                 None => return None,
-                Some(name) => resume.channels.push((Channel::new(name).ok()?, since)),
+                Some(name) => {
+                    let channel = Channel::new(name).ok()?;
+                    // A channel named twice resumes from its first place.
+                    if resume.channels.iter().all(|(c, _)| *c != channel) {
+                        resume.channels.push((channel, since));
+                    }
+                }
             }
         }
         Some(resume)

@@ -677,3 +677,55 @@ async fn a_channel_the_id_does_not_name_starts_afresh_and_without_history_there_
         .await;
     assert_eq!(es.next().await.unwrap().id, None);
 }
+
+/// What an event stream refuses, before it takes a place: a body (it would be lost with hyper's
+/// buffers), more channels than an id can name, a forbidden channel even when the server is
+/// full; and an id for its most channels is read beside a browser's other headers.
+#[tokio::test]
+async fn an_event_streams_own_limits() {
+    let s = TestServer::start_with(|c| {
+        c.history_size = 10;
+        c.max_connections = Some(1);
+    });
+    let names: Vec<String> = (0..32)
+        .map(|i| format!("{i:02}{}", "x".repeat(150)))
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let token = s.token("42", &["*"]);
+    let many = query(&token, &refs);
+    let mut es = EventStream::open(s.addr, &many, None).await.unwrap();
+    for _ in 0..33 {
+        es.next().await.unwrap();
+    }
+    let id = es.last_id.clone().unwrap();
+    assert!(id.len() > 5_000, "{}", id.len());
+    // The server is full: a forbidden channel is still told it is forbidden.
+    let narrow = s.token("42", &["0*"]);
+    let (status, body) = EventStream::open(s.addr, &query(&narrow, &["secret"]), None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status, 403, "{body}");
+    drop(es);
+    s.eventually("the place given back", |s| s.registry_entries() == 0)
+        .await;
+    // The id comes back beside 12 KB of cookies: more than the headers' budget with it.
+    let cookie = format!("Cookie: c={}\r\n", "y".repeat(12_000));
+    let request =
+        format!("GET /sse?{many} HTTP/1.1\r\nHost: x\r\n{cookie}Last-Event-ID: {id}\r\n\r\n");
+    let head = raw_head(s.addr, &request).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.eventually("the place given back again", |s| s.registry_entries() == 0)
+        .await;
+    let mut more = refs.clone();
+    more.push("one-more");
+    let (status, body) = EventStream::open(s.addr, &query(&token, &more), None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    let with_body =
+        format!("GET /sse?token={token} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+    let head = raw_head(s.addr, &with_body).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+}

@@ -122,8 +122,10 @@ fn check_size(req: &Request<Incoming>) -> Result<(), ApiError> {
             "more than {MAX_HEADERS} headers"
         )));
     }
+    // An event stream's `Last-Event-ID` (bounded by its channels) has a budget of its own.
     let bytes: usize = headers
         .iter()
+        .filter(|(k, v)| k.as_str() != sse::LAST_EVENT_ID || v.len() > MAX_HEADER_BYTES)
         .map(|(k, v)| k.as_str().len() + v.len())
         .sum();
     if bytes > MAX_HEADER_BYTES {

@@ -19,7 +19,7 @@ use crate::auth::{bearer, Permissions};
 use crate::context::WorkerContext;
 use crate::hub::{self, Registration, Started};
 use crate::merge::{Asked, Opening, Resume};
-use crate::protocol::{ConnId, Since, Topic, UserId};
+use crate::protocol::{Channel, ConnId, Since, Topic, UserId};
 use crate::writer::Writer;
 
 /// A started session: registered, its user's stream opened.
@@ -44,23 +44,31 @@ pub enum Transport {
 }
 
 /// Starts a session for a request with these headers and query (`?token=`), its user's stream
-/// resuming from `resume` (a WebSocket's `?since=&epoch=`: [`since`]).
+/// resuming from `resume` (a WebSocket's `?since=&epoch=`: [`since`]). `channels`: what the
+/// session subscribes to from its start (an event stream's), each to be allowed by the token.
 ///
 /// # Errors
-/// The origin is not allowed (403), the token is missing or bad (401), or the server holds
-/// its maximum of connections (503).
+/// The origin is not allowed (403), the token is missing or bad (401), a channel is not
+/// allowed (403), or the server holds its maximum of connections (503).
 pub async fn start(
     ctx: &WorkerContext,
     headers: &HeaderMap,
     query: Option<&str>,
     resume: Resume,
     transport: Transport,
+    channels: &[Channel],
 ) -> Result<Session, ApiError> {
     let shared = &ctx.shared;
     check_origin(headers, &shared.config.allowed_origins)?;
     let identity = token(headers, query)
         .and_then(|t| shared.keys.verify(&t).map_err(|e| e.to_string()))
         .map_err(ApiError::Unauthorized)?;
+    if let Some(c) = channels.iter().find(|c| !identity.permissions.allows(c)) {
+        return Err(ApiError::Forbidden(format!(
+            "token does not allow channel {}",
+            c.as_str()
+        )));
+    }
     let slot = slot(ctx)?;
     let (id, writer) = new_connection(ctx);
     if let Transport::EventStream(positions) = transport {

@@ -34,6 +34,13 @@ use crate::context::WorkerContext;
 use crate::event_stream::{self, Positions, Resume};
 use crate::protocol::{Channel, Since};
 
+/// Most channels one event stream carries: every event that moves the stream names each in
+/// its id, which the browser sends back as a header.
+pub const MAX_CHANNELS: usize = 32;
+
+/// The header a reconnecting `EventSource` sends.
+pub const LAST_EVENT_ID: &str = "last-event-id";
+
 /// The accepted socket, as a handler of one of its requests can take it from hyper.
 pub struct Door {
     fd: RawFd,
@@ -84,6 +91,17 @@ async fn start(
     if req.method() != Method::GET {
         return Err(ApiError::MethodNotAllowed("GET"));
     }
+    // What follows the request on the connection would be lost with hyper's buffers.
+    let has_body = |name| {
+        req.headers()
+            .get(name)
+            .is_some_and(|v| v.as_bytes() != b"0")
+    };
+    if has_body(header::CONTENT_LENGTH) || req.headers().contains_key(header::TRANSFER_ENCODING) {
+        return Err(ApiError::BadRequest(
+            "an event stream's request has no body".into(),
+        ));
+    }
     let query = req.uri().query();
     let mut channels: Vec<Channel> = Vec::new();
     for name in query::params(query, "channel") {
@@ -93,21 +111,19 @@ async fn start(
             channels.push(channel);
         }
     }
-    let most = ctx.shared.config.max_subscriptions as usize;
+    let most = (ctx.shared.config.max_subscriptions as usize).min(MAX_CHANNELS);
     if channels.len() > most {
         return Err(ApiError::BadRequest(format!(
-            "at most {most} channels per connection (--max-subscriptions)"
+            "at most {most} channels per event stream (each event's id names them all)"
         )));
     }
     // Where the client stood: the header a browser resends, or the query for a first connect
     // (an `EventSource` cannot set headers). An id it cannot read resumes nothing: every topic
     // is then not recovered.
-    let id = req
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| query::param(query, "lastEventId").map(|v| v.into_owned()));
+    let id = match req.headers().get(LAST_EVENT_ID) {
+        Some(v) => Some(v.to_str().unwrap_or("\u{0}").to_string()),
+        None => query::param(query, "lastEventId").map(|v| v.into_owned()),
+    };
     let resume: Option<Resume> = id.map(|id| {
         let mut resume = Resume::parse(&id).unwrap_or_else(|| Resume::unknown(&channels));
         resume.keep(&channels);
@@ -120,13 +136,7 @@ async fn start(
         (_, None) => Positions::default(),
     };
     let transport = Transport::EventStream(positions);
-    let session = session::start(ctx, req.headers(), query, direct, transport).await?;
-    if let Some(c) = channels.iter().find(|c| !session.permissions.allows(c)) {
-        return Err(ApiError::Forbidden(format!(
-            "token does not allow channel {}",
-            c.as_str()
-        )));
-    }
+    let session = session::start(ctx, req.headers(), query, direct, transport, &channels).await?;
     let subscribe = channels
         .iter()
         .map(|c| {
@@ -163,6 +173,10 @@ async fn start(
     let mut connection = ws::connection(ctx, session, None);
     connection.event_stream = true;
     connection.rate = None;
+    // Nothing comes from a listening client, so a peer gone without a word shows as its
+    // keep-alives left unacknowledged: given up after two ping intervals, as a silent socket.
+    let unacknowledged = 2 * ctx.shared.config.ping_interval();
+    let _ = socket2::SockRef::from(&socket).set_tcp_user_timeout(Some(unacknowledged));
     let (read, write) = socket.into_split();
     connection
         .writer

@@ -40,7 +40,7 @@ pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Re
     let query = req.uri().query();
     let resume = session::since(query);
     let transport = session::Transport::WebSocket;
-    let session = match session::start(ctx, req.headers(), query, resume, transport).await {
+    let session = match session::start(ctx, req.headers(), query, resume, transport, &[]).await {
         Ok(session) => session,
         Err(e) => return e.into_response(),
     };
