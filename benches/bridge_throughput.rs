@@ -211,7 +211,7 @@ fn main() {
     );
     let secs = done.duration_since(started).as_secs_f64();
     println!(
-        "bridge: {n} published, {got} relayed to the other process's bus in {secs:.2}s = {:.0} msg/s (dropped by the publisher {}, by a full inbox {})",
+        "relay: {n} published, {got} relayed to the other process's bus in {secs:.2}s = {:.0} msg/s (dropped by the publisher {}, by a full inbox {})",
         got as f64 / secs,
         a_metrics.dropped.load(Relaxed),
         b_metrics.inbox_full.load(Relaxed)
