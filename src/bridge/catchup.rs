@@ -20,6 +20,10 @@ use crate::protocol::Topic;
 /// (and said).
 const MAX_HELD: usize = 10_000;
 
+/// Longest live messages are held while the reads of their gap fail (a Redis that answers,
+/// but not those reads): then the gap is given up (and said), and they go on.
+pub const GAP_PATIENCE: Duration = Duration::from_secs(30);
+
 /// What the subscriber does next.
 #[derive(Debug)]
 pub enum Step {
@@ -44,16 +48,25 @@ struct Track {
     held: Option<Vec<Envelope>>,
     /// The read in flight for the gap, if any.
     asking: Option<u64>,
+    /// Since when messages are held.
+    holding_since: Instant,
     /// When its position's expiry in Redis was last pushed back.
     touched: Instant,
 }
 
 impl Track {
+    /// Live messages are held from now on, while the gap is read.
+    fn hold(&mut self) {
+        self.held = Some(Vec::new());
+        self.holding_since = Instant::now();
+    }
+
     fn new(position: Position, touched: Instant) -> Self {
         Track {
             position,
             held: None,
             asking: None,
+            holding_since: touched,
             touched,
         }
     }
@@ -88,7 +101,7 @@ impl Catchup {
             return;
         }
         if t.held.is_none() && p.offset > t.position.offset + 1 {
-            t.held = Some(Vec::new());
+            t.hold();
             self.fills += 1;
             t.asking = Some(self.fills);
             out.push(Step::Fill(topic, t.since(), self.fills));
@@ -97,21 +110,9 @@ impl Catchup {
             Some(held) if held.len() < MAX_HELD => held.push(Envelope::Message(d)),
             Some(held) => {
                 // The history did not answer in time: the gap is given up, and said.
-                let held = std::mem::take(held);
-                let first = held.iter().find_map(|h| match h {
-                    Envelope::Message(m) => m.position.as_ref().map(|p| p.offset),
-                    _ => None,
-                });
-                let lost = Position {
-                    offset: first.unwrap_or(p.offset).saturating_sub(1),
-                    ..p
-                };
-                out.push(Step::Relay(Envelope::Lost(d.target.clone(), lost)));
-                t.held = None;
-                t.asking = None;
-                for h in held.into_iter().chain([Envelope::Message(d)]) {
-                    relay(t, h, out);
-                }
+                let target = d.target.clone();
+                held.push(Envelope::Message(d));
+                give_up(t, &target, out);
             }
             None => relay(t, Envelope::Message(d), out),
         }
@@ -200,21 +201,30 @@ impl Catchup {
     /// run before the link came back: asked again).
     pub fn reconnected(&mut self, which: impl Fn(&Topic) -> bool, out: &mut Vec<Step>) {
         for (topic, t) in self.topics.iter_mut().filter(|(topic, _)| which(topic)) {
-            t.held.get_or_insert_with(Vec::new);
+            if t.held.is_none() {
+                t.hold();
+            }
             self.fills += 1;
             t.asking = Some(self.fills);
             out.push(Step::Fill(topic.clone(), t.since(), self.fills));
         }
     }
 
-    /// Asks again for every gap whose read failed.
-    pub fn retry(&mut self, out: &mut Vec<Step>) {
+    /// Asks again for every gap whose read failed; one whose messages have waited
+    /// [`GAP_PATIENCE`] is given up instead (and said).
+    pub fn retry(&mut self, now: Instant, out: &mut Vec<Step>) {
         for (topic, t) in &mut self.topics {
-            if t.held.is_some() && t.asking.is_none() {
-                self.fills += 1;
-                t.asking = Some(self.fills);
-                out.push(Step::Fill(topic.clone(), t.since(), self.fills));
+            if t.held.is_none() || t.asking.is_some() {
+                continue;
             }
+            let waited = now.saturating_duration_since(t.holding_since) >= GAP_PATIENCE;
+            if waited && t.held.as_ref().is_some_and(|h| !h.is_empty()) {
+                give_up(t, &topic.target(), out);
+                continue;
+            }
+            self.fills += 1;
+            t.asking = Some(self.fills);
+            out.push(Step::Fill(topic.clone(), t.since(), self.fills));
         }
     }
 
@@ -247,6 +257,27 @@ impl Catchup {
 
 /// Relays in order: a duplicate message too (a recipient that read its own position may still
 /// need it; the hub drops what each recipient already has).
+/// The gap is given up: its recipients are told where the topic stands (everything before the
+/// first message held is behind them), then what was held goes on.
+fn give_up(t: &mut Track, target: &crate::protocol::Target, out: &mut Vec<Step>) {
+    let held = t.held.take().unwrap_or_default();
+    t.asking = None;
+    let first = held.iter().find_map(|h| match h {
+        Envelope::Message(m) => m.position.clone(),
+        _ => None,
+    });
+    if let Some(first) = first {
+        let lost = Position {
+            offset: first.offset.saturating_sub(1),
+            ..first
+        };
+        out.push(Step::Relay(Envelope::Lost(target.clone(), lost)));
+    }
+    for h in held {
+        relay(t, h, out);
+    }
+}
+
 fn relay(t: &mut Track, envelope: Envelope, out: &mut Vec<Step>) {
     if let Envelope::Message(Delivery {
         position: Some(p), ..
@@ -356,7 +387,7 @@ mod tests {
         c.message(topic(), msg("0a", 20), &mut out);
         assert!(out.is_empty(), "held while the gap is read");
         c.filled(&topic(), fills[0].1, &since(7), None, &mut out);
-        c.retry(&mut out);
+        c.retry(Instant::now(), &mut out);
         let (_, fills) = seen(std::mem::take(&mut out));
         assert_eq!(fills.len(), 1);
         c.filled(
@@ -367,6 +398,27 @@ mod tests {
             &mut out,
         );
         assert_eq!(seen(out), (vec![(20, true), (20, false)], vec![]));
+    }
+
+    /// A Redis that answers, but never the gap's reads (a master that cannot confirm them to
+    /// its replicas): the held messages go on after GAP_PATIENCE, the gap said before them.
+    #[test]
+    fn messages_held_while_reads_keep_failing_go_on_after_the_patience() {
+        let mut c = Catchup::default();
+        let mut out = Vec::new();
+        c.message(topic(), msg("0a", 1), &mut out);
+        c.message(topic(), msg("0a", 4), &mut out);
+        c.message(topic(), msg("0a", 5), &mut out);
+        let (relayed, fills) = seen(std::mem::take(&mut out));
+        assert_eq!((relayed, fills.len()), (vec![(1, false)], 1));
+        c.filled(&topic(), fills[0].1, &since(1), None, &mut out);
+        let started = Instant::now();
+        c.retry(started + GAP_PATIENCE / 2, &mut out);
+        let (relayed, fills) = seen(std::mem::take(&mut out));
+        assert!(relayed.is_empty(), "still held, asked again");
+        c.filled(&topic(), fills[0].1, &since(1), None, &mut out);
+        c.retry(started + GAP_PATIENCE, &mut out);
+        assert_eq!(seen(out), (vec![(3, true), (4, false), (5, false)], vec![]));
     }
 
     #[test]

@@ -447,7 +447,7 @@ impl Subscriber {
     /// keeps history positions alive, retries failed reads, and subscribes what moved.
     async fn on_tick(&self, state: &mut State) {
         let relay = &mut state.relay;
-        relay.catchup.retry(&mut relay.steps);
+        relay.catchup.retry(Instant::now(), &mut relay.steps);
         if let Some(every) = self.touch_every {
             // Spread over the TTL, a bounded number a second; best effort (a position lasts
             // ten rounds).
