@@ -113,6 +113,9 @@ test("a rolling restart (1012): the client comes back at a moment of its own and
     channels: ["news"],
     restartReconnectDelay: 300,
     minReconnectDelay: 50,
+    // While the server is down its attempts fail: keep them frequent, so its return is seen
+    // within the test's patience however slowly it starts (a loaded machine).
+    maxReconnectDelay: 500,
   });
   cleanup.push(() => c.close());
   const rec = record(c);
