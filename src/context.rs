@@ -53,6 +53,8 @@ pub struct WorkerContext {
     pub next_conn: AtomicU64,
     /// Told when this worker's drain is over (the bridge stops after the last one).
     pub drain: Arc<Drain>,
+    /// What each of its connections shares.
+    pub connections: Arc<crate::connection::Surroundings>,
 }
 
 /// Counts the workers still draining: the last one to finish cancels `done`, which stops the

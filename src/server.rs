@@ -230,12 +230,24 @@ impl Server {
             .with_presence(presence.clone());
             let hub: SharedHub = Arc::new(std::sync::Mutex::new(hub));
             let listeners = std::iter::once(listener).chain(private.next()).collect();
+            let shutdown = started.shutdown.child_token();
+            let config = &shared.config;
+            let connections = Arc::new(crate::connection::Surroundings {
+                log: shared.router.subscription_log(),
+                keys: shared.keys.clone(),
+                router: shared.router.clone(),
+                shutdown: shutdown.clone(),
+                ping_interval: config.ping_interval(),
+                metrics: worker_metrics.clone(),
+                restart_spread: crate::connection::restart_spread(config.shutdown_timeout()),
+            });
             let ctx = Arc::new(WorkerContext {
                 id,
                 shared: shared.clone(),
                 hub: hub.clone(),
                 worker_metrics,
-                shutdown: started.shutdown.child_token(),
+                connections,
+                shutdown,
                 tracker: TaskTracker::new(),
                 next_conn: Default::default(),
                 drain: drain.clone(),

@@ -59,22 +59,13 @@ pub struct Connection {
     pub registration: Registration,
     /// Where this connection's frames go; the hub holds a clone.
     pub writer: Arc<Writer>,
-    /// With Redis: to wait, after subscribing, until other machines' messages for the channel
-    /// reach this process.
-    pub log: Option<Arc<SubscriptionLog>>,
-    /// Verifies the tokens of `refresh`.
-    pub keys: Arc<TokenKeys>,
-    /// Reads where channels stand, and what a resume missed; answers presence questions.
-    pub router: Arc<Router>,
+    /// What every connection of its worker shares (one pointer, not seven fields each).
+    pub worker: Arc<Surroundings>,
     /// Who connected: a refresh must name the same `sub`.
     pub user: UserId,
     /// The token's channels and lifetime at the start; a refresh replaces them.
     pub permissions: Permissions,
     pub exp: Option<u64>,
-    /// The worker's shutdown token: close with 1001.
-    pub shutdown: CancellationToken,
-    pub ping_interval: Duration,
-    pub metrics: Arc<WorkerMetrics>,
     /// Its place under `--max-connections`, given back when the connection ends.
     pub slot: tokio::sync::OwnedSemaphorePermit,
     /// Speaks the Pusher protocol (`/app/{key}`) instead of fanfare's (boxed: a `/ws`
@@ -83,10 +74,25 @@ pub struct Connection {
     /// Carries server-sent events: the client only listens, so it answers no pings (the
     /// socket's end is its goodbye) and its close is not waited for.
     pub event_stream: bool,
-    /// On SIGTERM it closes at a random moment within this ([`restart_spread`]).
-    pub restart_spread: Duration,
     /// With `--client-rate`: its client frames' budget.
     pub rate: Option<Box<std::sync::Mutex<ClientRate>>>,
+}
+
+/// What every connection of a worker shares.
+pub struct Surroundings {
+    /// With Redis: to wait, after subscribing, until other machines' messages for the channel
+    /// reach this process.
+    pub log: Option<Arc<SubscriptionLog>>,
+    /// Verifies the tokens of `refresh`.
+    pub keys: Arc<TokenKeys>,
+    /// Reads where channels stand, and what a resume missed; answers presence questions.
+    pub router: Arc<Router>,
+    /// The worker's shutdown token: close with 1001.
+    pub shutdown: CancellationToken,
+    pub ping_interval: Duration,
+    pub metrics: Arc<WorkerMetrics>,
+    /// On SIGTERM a connection closes at a random moment within this ([`restart_spread`]).
+    pub restart_spread: Duration,
 }
 
 /// How the loop ended.
@@ -240,14 +246,15 @@ impl Connection {
         S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
     {
         async move {
-            WorkerMetrics::inc(&self.metrics.connections_opened);
+            WorkerMetrics::inc(&self.worker.metrics.connections_opened);
             let end = self.serve(&mut ws).await;
             let Connection {
                 registration,
                 writer,
-                metrics,
+                worker,
                 ..
             } = self;
+            let metrics = &worker.metrics;
             // Unregister first: nothing more is pushed while the close goes out.
             drop(registration);
             let close = match end {
@@ -280,19 +287,15 @@ impl Connection {
                 }
                 End::Gone => None,
             };
-            match close {
-                Some(close) if self.event_stream => {
-                    writer.close(&close);
-                    let _ = timeout(CLOSE_TIMEOUT, writer.drain()).await;
-                }
-                Some(close) => {
-                    writer.close(&close);
-                    // Wait for the client's close frame too, so the TCP connection ends cleanly.
-                    let read_close = async { while let Some(Ok(_)) = ws.next().await {} };
-                    let drain = futures_util::future::join(writer.drain(), read_close);
-                    let _ = timeout(CLOSE_TIMEOUT, drain).await;
-                }
-                None => {}
+            if let Some(close) = close {
+                writer.close(&close);
+                // Wait for the client's close frame too, so the TCP connection ends cleanly (a
+                // listening stream has none to send: its end is ours).
+                let listens = self.event_stream;
+                let read_close =
+                    async { while !listens && matches!(ws.next().await, Some(Ok(_))) {} };
+                let drain = futures_util::future::join(writer.drain(), read_close);
+                let _ = timeout(CLOSE_TIMEOUT, drain).await;
             }
             metrics
                 .dropped_closed
@@ -311,7 +314,11 @@ impl Connection {
             permissions: self.permissions.clone(),
             exp: self.exp,
         };
-        let mut deadlines = Deadlines::new(self.ping_interval, self.exp, self.registration.id.seq);
+        let mut deadlines = Deadlines::new(
+            self.worker.ping_interval,
+            self.exp,
+            self.registration.id.seq,
+        );
         let mut last_heard = Instant::now();
         // Subscriptions waiting for the bridge, oldest first (tickets only grow), each with
         // whether it pauses reading (a client's does).
@@ -324,7 +331,7 @@ impl Connection {
         // A client's question Redis has not answered yet: reading the client pauses meanwhile.
         let mut asking: Option<Asking> = None;
         // Made once, not at every wake-up.
-        let shutting_down = self.shutdown.cancelled();
+        let shutting_down = self.worker.shutdown.cancelled();
         let timer = sleep_until(deadlines.next());
         tokio::pin!(shutting_down, timer);
         // Once the server drains: when this connection's turn to close comes (served until then).
@@ -334,7 +341,7 @@ impl Connection {
                 biased;
                 () = &mut shutting_down, if restart.is_none() => {
                     // Spread over the drain, so the clients do not all come back at once.
-                    let spread = self.restart_spread.as_millis() as u64;
+                    let spread = self.worker.restart_spread.as_millis() as u64;
                     let at = Duration::from_millis(rand::random_range(0..=spread));
                     restart = Some(Box::pin(tokio::time::sleep(at)));
                     Step::Continue
@@ -350,7 +357,7 @@ impl Connection {
                         self.when_confirmed(Pending { channel, since, asked: Asked::Backend, members_with: None, deltas: false })
                     }
                 },
-                () = confirmed(self.log.as_deref(), awaiting.front().map(|a| a.0)) => {
+                () = confirmed(self.worker.log.as_deref(), awaiting.front().map(|a| a.0)) => {
                     let (_, pending) = awaiting.pop_front().expect("only awaited while set");
                     last_heard = Instant::now();
                     self.start(pending)
@@ -384,11 +391,11 @@ impl Connection {
                     } else if deadlines.warn.is_some_and(|at| at <= now) {
                         deadlines.warn = None;
                         self.reply(Frame::expiring(token.exp.expect("a warning needs an exp")))
-                    } else if !self.event_stream && last_heard.elapsed() >= 2 * self.ping_interval {
-                        WorkerMetrics::inc(&self.metrics.ping_timeouts);
+                    } else if !self.event_stream && last_heard.elapsed() >= 2 * self.worker.ping_interval {
+                        WorkerMetrics::inc(&self.worker.metrics.ping_timeouts);
                         Step::Stop(End::Close(CloseReason::PingTimeout))
                     } else {
-                        deadlines.ping = now + self.ping_interval;
+                        deadlines.ping = now + self.worker.ping_interval;
                         self.reply(Frame::ping())
                     };
                     timer.as_mut().reset(deadlines.next());
@@ -402,7 +409,7 @@ impl Connection {
                     if pending.asked == Asked::Client {
                         client_reads += 1;
                     }
-                    let router = self.router.clone();
+                    let router = self.worker.router.clone();
                     let topic = Topic::Channel(pending.channel.clone());
                     let since = pending.since.clone();
                     reads.push_back(Box::pin(async move {
@@ -441,7 +448,7 @@ impl Connection {
             match verdict {
                 Verdict::Take => {}
                 Verdict::Refuse => {
-                    WorkerMetrics::inc(&self.metrics.client_errors);
+                    WorkerMetrics::inc(&self.worker.metrics.client_errors);
                     return self.reply(match self.pusher {
                         Some(_) => crate::pusher::error(
                             Some(crate::pusher::close::RATE_LIMITED),
@@ -469,7 +476,7 @@ impl Connection {
     }
 
     fn refuse(&self, reason: CloseReason) -> Step {
-        WorkerMetrics::inc(&self.metrics.client_errors);
+        WorkerMetrics::inc(&self.worker.metrics.client_errors);
         Step::Stop(End::Close(reason))
     }
 
@@ -497,7 +504,7 @@ impl Connection {
             Ok(ClientMessage::Ping) => self.reply(Frame::pong()),
             Ok(ClientMessage::Refresh(jwt)) => self.refresh(&jwt, token),
             Err(e) => {
-                WorkerMetrics::inc(&self.metrics.client_errors);
+                WorkerMetrics::inc(&self.worker.metrics.client_errors);
                 self.reply(Frame::error(ErrorCode::BadRequest, &e.to_string()))
             }
         }
@@ -506,7 +513,7 @@ impl Connection {
     /// A new token: same `sub`, verified; its channels and `exp` replace the old ones, and
     /// subscriptions it no longer allows end (the backend's own stay).
     fn refresh(&self, jwt: &str, token: &mut Token) -> Step {
-        let identity = match self.keys.verify(jwt) {
+        let identity = match self.worker.keys.verify(jwt) {
             Ok(Identity { user, .. }) if user != self.user => {
                 Err("the token is for another user".to_string())
             }
@@ -516,11 +523,11 @@ impl Connection {
         let identity = match identity {
             Ok(identity) => identity,
             Err(why) => {
-                WorkerMetrics::inc(&self.metrics.refreshes_refused);
+                WorkerMetrics::inc(&self.worker.metrics.refreshes_refused);
                 return self.reply(Frame::error(ErrorCode::Forbidden, &why));
             }
         };
-        WorkerMetrics::inc(&self.metrics.refreshes_accepted);
+        WorkerMetrics::inc(&self.worker.metrics.refreshes_accepted);
         token.permissions = identity.permissions;
         token.exp = identity.exp;
         self.writer.push(&Frame::refreshed(token.exp));
@@ -545,10 +552,10 @@ impl Connection {
             None
         };
         if let Some(detail) = refused {
-            WorkerMetrics::inc(&self.metrics.client_errors);
+            WorkerMetrics::inc(&self.worker.metrics.client_errors);
             return self.reply(Frame::error(ErrorCode::Forbidden, &detail));
         }
-        let router = self.router.clone();
+        let router = self.worker.router.clone();
         let answer = async move {
             let answer = match question {
                 Question::Page(after, limit) => router
@@ -568,7 +575,7 @@ impl Connection {
                 ),
             }
         };
-        if !self.router.presence_in_redis() {
+        if !self.worker.router.presence_in_redis() {
             let frame = futures_util::FutureExt::now_or_never(answer)
                 .expect("presence in memory answers at once");
             return self.reply(frame);
@@ -594,7 +601,7 @@ impl Connection {
             None
         };
         if let Some(detail) = refused {
-            WorkerMetrics::inc(&self.metrics.client_errors);
+            WorkerMetrics::inc(&self.worker.metrics.client_errors);
             return self.reply(Frame::error(ErrorCode::Forbidden, &detail));
         }
         let r = &self.registration;
@@ -619,7 +626,7 @@ impl Connection {
             }),
             Answer::Reply(frame) => self.reply(frame),
             Answer::Refuse(frame) => {
-                WorkerMetrics::inc(&self.metrics.client_errors);
+                WorkerMetrics::inc(&self.worker.metrics.client_errors);
                 self.reply(frame)
             }
             Answer::Nothing => Step::Continue,
@@ -630,7 +637,7 @@ impl Connection {
     /// starts once the bridge has it (at once without a bridge). A client's wait holds its
     /// reading meanwhile, so its `subscribed` keeps its place among the replies.
     fn when_confirmed(&self, pending: Pending) -> Step {
-        if let Some(log) = &self.log {
+        if let Some(log) = &self.worker.log {
             let ticket = log.ticket();
             if !log.is_applied(ticket) {
                 return Step::Await(ticket, pending);

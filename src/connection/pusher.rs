@@ -100,7 +100,7 @@ impl Connection {
     }
 
     fn pusher_refuse(&self, frame: Frame) -> Step {
-        WorkerMetrics::inc(&self.metrics.client_errors);
+        WorkerMetrics::inc(&self.worker.metrics.client_errors);
         self.reply(frame)
     }
 
@@ -226,7 +226,7 @@ impl Connection {
         start: u64,
         me: (UserId, Option<Arc<str>>),
     ) -> Step {
-        let router = self.router.clone();
+        let router = self.worker.router.clone();
         Step::Ask(Box::pin(async move {
             let name = wire::name(&channel).unwrap_or(channel.as_str()).to_string();
             let page = match router.presence_page(&channel, None, MAX_PAGE).await {
@@ -308,7 +308,7 @@ impl Connection {
             target,
             position: None,
         };
-        let router = self.router.clone();
+        let router = self.worker.router.clone();
         let hook = socket.webhooks.clone().map(|webhooks| {
             let event = Event::Client {
                 channel: name.to_string(),

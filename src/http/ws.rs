@@ -55,26 +55,19 @@ pub fn connection(
     session: session::Session,
     pusher: Option<Box<crate::connection::pusher::Socket>>,
 ) -> Connection {
-    let shared = &ctx.shared;
     Connection {
         registration: session.registration,
         writer: session.writer,
-        log: shared.router.subscription_log(),
-        keys: shared.keys.clone(),
-        router: shared.router.clone(),
+        worker: ctx.connections.clone(),
         user: session.user,
         permissions: session.permissions,
         exp: session.exp,
-        shutdown: ctx.shutdown.clone(),
-        ping_interval: shared.config.ping_interval(),
-        metrics: ctx.worker_metrics.clone(),
         slot: session.slot,
         pusher,
         event_stream: false,
-        restart_spread: crate::connection::restart_spread(shared.config.shutdown_timeout()),
-        rate: (shared.config.client_rate > 0).then(|| {
+        rate: (ctx.shared.config.client_rate > 0).then(|| {
             Box::new(std::sync::Mutex::new(ClientRate::new(
-                shared.config.client_rate,
+                ctx.shared.config.client_rate,
             )))
         }),
     }

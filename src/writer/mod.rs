@@ -124,8 +124,15 @@ struct State {
     status: Status,
     /// Pushed since the last flush: the hub flushes each such writer once per batch.
     dirty: bool,
+    /// What an idle connection does not need, allocated only while it does: every connection
+    /// holds a writer, most of the time empty.
+    rare: Option<Box<Rare>>,
+}
+
+#[derive(Default)]
+struct Rare {
     /// For the connection task, oldest first.
-    commands: std::collections::VecDeque<Command>,
+    commands: VecDeque<Command>,
     /// Frames dropped when the writer was cut; counted once, when the connection ends.
     cut_dropped: u64,
     /// Room above the limits for the replays pushed at once (resumes), until the queue empties:
@@ -135,7 +142,7 @@ struct State {
     /// of holding every replay again.
     bursts: Vec<Burst>,
     /// A stream of server-sent events: frames go out as events, and where the stream stands.
-    events: Option<Box<Positions>>,
+    events: Option<Positions>,
 }
 
 /// The room one topic's replay has above the limits.
@@ -195,12 +202,12 @@ impl Writer {
     /// Frames go out as server-sent events ([`crate::event_stream`]) from now on, the stream
     /// standing at `positions`.
     pub fn use_event_stream(&self, positions: Positions) {
-        self.state().events = Some(Box::new(positions));
+        self.state().rare().events = Some(positions);
     }
 
     /// The bytes of `frame` for this connection: [`wire`](Self::wire)'s, or its event.
     fn bytes_of(&self, s: &mut State, frame: &Frame) -> Bytes {
-        match s.events.as_deref_mut() {
+        match s.rare.as_mut().and_then(|r| r.events.as_mut()) {
             Some(events) => events.event(frame),
             None => self.wire(frame).clone(),
         }
@@ -260,8 +267,9 @@ impl Writer {
             return;
         }
         let frames: Vec<Bytes> = frames.iter().map(|f| self.bytes_of(&mut s, f)).collect();
-        s.bursts.retain(|b| b.topic.as_ref() != topic);
-        s.bursts.push(Burst {
+        let bursts = &mut s.rare().bursts;
+        bursts.retain(|b| b.topic.as_ref() != topic);
+        bursts.push(Burst {
             topic: topic.cloned(),
             frames: frames.len(),
             bytes: frames.iter().map(Bytes::len).sum(),
@@ -274,9 +282,11 @@ impl Writer {
 
     /// `channel` was unsubscribed: its replay, if still waiting, has no more room of its own.
     pub fn end_burst(&self, channel: &Channel) {
-        self.state()
-            .bursts
-            .retain(|b| b.topic.as_ref() != Some(channel));
+        let mut s = self.state();
+        if let Some(rare) = s.rare.as_mut() {
+            rare.bursts.retain(|b| b.topic.as_ref() != Some(channel));
+        }
+        s.tidy();
     }
 
     /// [`push`](Self::push) then [`flush`](Self::flush): for single frames (replies, pings).
@@ -306,7 +316,7 @@ impl Writer {
         let direct = self
             .socket
             .get()
-            .filter(|_| s.queue.is_empty() && !frames.is_empty() && s.events.is_none());
+            .filter(|_| s.queue.is_empty() && !frames.is_empty() && !s.is_event_stream());
         if let Some(socket) = direct {
             match write_some(socket, frames.iter().map(|f| &self.wire(f)[..])) {
                 Ok(0) => {}
@@ -361,14 +371,18 @@ impl Writer {
         // Before the upgrade completes nothing can be written, so nothing is judged yet: what
         // waits then is bounded by the time an upgrade may take (`--request-timeout`).
         if s.queue.is_empty() {
-            s.bursts.clear();
+            if let Some(rare) = s.rare.as_mut() {
+                rare.bursts.clear();
+            }
+            s.tidy();
             return Flushed::Ok;
         }
         if self.socket.get().is_none() {
             return Flushed::Ok;
         }
-        let burst_frames: usize = s.bursts.iter().map(|b| b.frames).sum();
-        let burst_bytes: usize = s.bursts.iter().map(|b| b.bytes).sum();
+        let bursts = s.rare.as_ref().map_or(&[][..], |r| &r.bursts[..]);
+        let burst_frames: usize = bursts.iter().map(|b| b.frames).sum();
+        let burst_bytes: usize = bursts.iter().map(|b| b.bytes).sum();
         let burst_bytes = burst_bytes.min(MAX_BURST_BYTES);
         let over = s.queue.len() > self.limits.frames.saturating_add(burst_frames)
             || (s.queue.len() > 1
@@ -426,12 +440,12 @@ impl Writer {
     /// Hands a command to the connection task.
     pub fn command(&self, command: Command) {
         let mut s = self.state();
-        if s.commands.len() >= MAX_COMMANDS {
+        if s.rare().commands.len() >= MAX_COMMANDS {
             if s.status == Status::Open {
                 s.cut();
             }
         } else {
-            s.commands.push_back(command);
+            s.rare().commands.push_back(command);
         }
         drop(s);
         self.wake.notify_one();
@@ -448,7 +462,8 @@ impl Writer {
                     Status::Broken => return WriterEvent::Broken,
                     Status::Open | Status::Closing => {}
                 }
-                if let Some(command) = s.commands.pop_front() {
+                if let Some(command) = s.rare.as_mut().and_then(|r| r.commands.pop_front()) {
+                    s.tidy();
                     return WriterEvent::Command(command);
                 }
                 !s.queue.is_empty()
@@ -508,11 +523,29 @@ impl Writer {
 
     /// Frames dropped because the writer was cut as a slow consumer.
     pub fn cut_dropped(&self) -> u64 {
-        self.state().cut_dropped
+        self.state().rare.as_ref().map_or(0, |r| r.cut_dropped)
     }
 }
 
 impl State {
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Gives the rare parts back once they hold nothing.
+    fn tidy(&mut self) {
+        let empty = self.rare.as_ref().is_some_and(|r| {
+            r.commands.is_empty() && r.bursts.is_empty() && r.cut_dropped == 0 && r.events.is_none()
+        });
+        if empty {
+            self.rare = None;
+        }
+    }
+
+    fn is_event_stream(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.events.is_some())
+    }
+
     fn push(&mut self, bytes: Bytes) {
         self.queued_bytes += bytes.len();
         self.queue.push_back(bytes);
@@ -527,7 +560,7 @@ impl State {
             self.queued_bytes -= b.len();
         }
         self.status = Status::Cut;
-        self.cut_dropped += dropped;
+        self.rare().cut_dropped += dropped;
         dropped
     }
 

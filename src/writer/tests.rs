@@ -240,3 +240,34 @@ async fn after_our_close_frame_nothing_else_goes_out() {
         "the partly written head, then the close"
     );
 }
+
+/// Every connection holds a writer: what only a few need (commands, a burst's room, the
+/// count of what a cut dropped) is allocated while needed and given back once empty.
+#[tokio::test]
+async fn an_idle_writer_holds_nothing_for_what_it_rarely_needs() {
+    assert!(
+        std::mem::size_of::<Writer>() <= 168,
+        "the writer grew to {} bytes",
+        std::mem::size_of::<Writer>()
+    );
+    let writer = Writer::new(
+        QueueLimits {
+            frames: 64,
+            bytes: usize::MAX,
+        },
+        Default::default(),
+    );
+    let (_client, _read) = attach_and_write(&writer).await;
+    writer.push_burst(None, &[text("replayed"), text("too")]);
+    writer.command(Command::Disconnect("bye".into()));
+    assert!(writer.state().rare.is_some());
+    assert_eq!(writer.flush(), Flushed::Ok);
+    assert!(
+        matches!(writer.next_event().await, WriterEvent::Command(_)),
+        "the command is heard"
+    );
+    assert!(
+        writer.state().rare.is_none(),
+        "given back once written and heard"
+    );
+}

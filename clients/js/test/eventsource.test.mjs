@@ -48,17 +48,22 @@ async function page(origin) {
   return p;
 }
 
+/** Two machines on one Redis, `a` with `extra` flags, and a backend publishing through `b`. */
+async function fleet({ history = 100, extra = [] } = {}) {
+  const redis = await startRedis();
+  cleanup.push(redis.stop);
+  const a = await startServer({ redis, node: "a", history, extra });
+  cleanup.push(() => a.stop());
+  const b = await startServer({ redis, node: "b", history });
+  cleanup.push(b.stop);
+  return { redis, a, b, backend: new FanfareBackend({ url: b.base, apiKey: API_KEY }) };
+}
+
 const events = (p, i) => p.evaluate((i) => window.streams[i].events, i);
 const messages = async (p, i) => (await events(p, i)).filter((e) => e.type === "message").map((e) => e.message);
 
 test("a plain EventSource resumes by itself across a restart, and on another machine", async () => {
-  const redis = await startRedis();
-  cleanup.push(redis.stop);
-  const a = await startServer({ redis, node: "a", extra: ["--shutdown-timeout", "3"] });
-  cleanup.push(() => a.stop());
-  const b = await startServer({ redis, node: "b" });
-  cleanup.push(b.stop);
-  const backend = new FanfareBackend({ url: b.base, apiKey: API_KEY });
+  const { redis, a, b, backend } = await fleet({ extra: ["--shutdown-timeout", "3"] });
   const p = await page(a.base);
   const query = `token=${token("42", { channels: ["news"] })}&channel=news`;
   const first = await p.evaluate((url) => window.listen(url), `${a.base}/sse?${query}`);
@@ -96,13 +101,7 @@ test("a plain EventSource resumes by itself across a restart, and on another mac
 });
 
 test("a gap older than history is said: recovered false", async () => {
-  const redis = await startRedis();
-  cleanup.push(redis.stop);
-  const a = await startServer({ redis, node: "a", history: 5 });
-  cleanup.push(() => a.stop());
-  const b = await startServer({ redis, node: "b", history: 5 });
-  cleanup.push(b.stop);
-  const backend = new FanfareBackend({ url: b.base, apiKey: API_KEY });
+  const { redis, a, backend } = await fleet({ history: 5 });
   const p = await page(a.base);
   const url = `${a.base}/sse?token=${token("42", { channels: ["news"] })}&channel=news`;
   const stream = await p.evaluate((url) => window.listen(url), url);
@@ -142,13 +141,7 @@ async function proxyWithoutWebSockets(port) {
 }
 
 test("the JavaScript client falls back to an event stream where WebSockets break, and keeps its guarantees", async () => {
-  const redis = await startRedis();
-  cleanup.push(redis.stop);
-  const a = await startServer({ redis, node: "a", extra: ["--shutdown-timeout", "3"] });
-  cleanup.push(() => a.stop());
-  const b = await startServer({ redis, node: "b" });
-  cleanup.push(b.stop);
-  const backend = new FanfareBackend({ url: b.base, apiKey: API_KEY });
+  const { redis, a, backend } = await fleet({ extra: ["--shutdown-timeout", "3"] });
   const url = await proxyWithoutWebSockets(a.port);
   const p = await page(a.base);
   await p.evaluate(
