@@ -825,3 +825,27 @@ async fn a_redis_out_of_memory_is_said_by_the_503_and_by_readyz() {
     a.wait_readyz(200).await;
     post_offset(&a, "/publish", json!({"channel": "news", "message": 2})).await;
 }
+
+/// A topic's stream gone while its position stays (evicted under `maxmemory`, or deleted): the
+/// next append makes it again, with an expiry, although the position's was pushed back just
+/// before (appends push expiries back only when the stream has less than the TTL left).
+#[tokio::test]
+async fn a_stream_made_again_by_an_append_expires_like_any_other() {
+    let redis = RedisServer::start();
+    let a = machine(&redis, "a").await;
+    let publish = |n: u64| post_offset(&a, "/publish", json!({"channel": "kept", "message": n}));
+    assert_eq!(publish(1).await, 1);
+    let ttl_ms = |key: &str| -> i64 { common::redis_query(redis.port, &["PTTL", key]).unwrap() };
+    let (stream, position) = ("hf:h:c:kept", "hf:o:c:kept");
+    // The default --history-ttl, 300 s.
+    let ttl = 300_000;
+    assert!(
+        ttl_ms(stream) > ttl,
+        "pushed back a tenth more than the TTL"
+    );
+    assert!(ttl_ms(position) > 10 * ttl, "the position too");
+    assert_eq!(publish(2).await, 2);
+    redis_cmd(redis.port, &["DEL", stream]);
+    assert_eq!(publish(3).await, 3);
+    assert!(ttl_ms(stream) > 0, "the stream made again expires");
+}

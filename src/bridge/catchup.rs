@@ -95,7 +95,13 @@ impl Catchup {
             Entry::Occupied(e) => e.into_mut(),
         };
         if t.position.generation != p.generation {
-            // A new epoch: the recipients are told by the hub; nothing to read.
+            // A new epoch: the recipients are told by the hub; nothing to read. The backend's
+            // word held meanwhile still goes, before the new epoch's messages.
+            for held in t.held.take().into_iter().flatten() {
+                if !matches!(held, Envelope::Message(_)) {
+                    out.push(Step::Relay(held));
+                }
+            }
             *t = Track::new(p, t.touched);
             out.push(Step::Relay(Envelope::Message(d)));
             return;
@@ -218,7 +224,9 @@ impl Catchup {
                 continue;
             }
             let waited = now.saturating_duration_since(t.holding_since) >= GAP_PATIENCE;
-            if waited && t.held.as_ref().is_some_and(|h| !h.is_empty()) {
+            // Only held messages are given up: a control alone waits for the gap before it.
+            let messages = |h: &Vec<Envelope>| h.iter().any(|e| matches!(e, Envelope::Message(_)));
+            if waited && t.held.as_ref().is_some_and(messages) {
                 give_up(t, &topic.target(), out);
                 continue;
             }
@@ -398,6 +406,24 @@ mod tests {
             &mut out,
         );
         assert_eq!(seen(out), (vec![(20, true), (20, false)], vec![]));
+    }
+
+    /// The backend's word held while a gap was read is not dropped when a new epoch begins.
+    #[test]
+    fn a_held_control_goes_on_when_a_new_epoch_begins() {
+        let mut c = Catchup::default();
+        let mut out = Vec::new();
+        c.message(topic(), msg("0a", 1), &mut out);
+        c.message(topic(), msg("0a", 4), &mut out);
+        let control = Envelope::Control(
+            crate::protocol::UserId::new("u").unwrap(),
+            crate::protocol::Control::Disconnect("bye".into()),
+            None,
+        );
+        c.control(&topic(), control, &mut out);
+        out.clear();
+        c.message(topic(), msg("0b", 1), &mut out);
+        assert_eq!(seen(out), (vec![(0, false), (1, false)], vec![]));
     }
 
     /// A Redis that answers, but never the gap's reads (a master that cannot confirm them to

@@ -9,8 +9,9 @@
 //! messages when Redis echoes them, not before (so two machines publishing to one topic cannot
 //! deliver in two orders). The stream expires `--history-ttl` after its last message, the hash
 //! 10 × that after its last message or read (2 × before its first message); an append pushes
-//! both back only once a tenth of the TTL has passed since it last did (`x` in the hash), by
-//! a tenth more, so most appends skip two calls and no message is kept less. A topic with a
+//! both back only when the stream has less than the TTL left (`PTTL`, -1 for a stream made
+//! again without one), by a tenth more than the TTL, and a read or a touch keeps the position
+//! that tenth more too: most appends skip two calls, and nothing is kept less. A topic with a
 //! recipient on some machine is touched by that machine's bridge every TTL, so its position
 //! lasts however quiet it is. A hash that is gone (expired, or a Redis that lost its data)
 //! starts a new epoch.
@@ -52,11 +53,11 @@ macro_rules! lineage {
     () => {
         r"
 local function position(new, lineage, predecessor, started, acknowledged, others)
-  local h = redis.call('HMGET', KEYS[1], 'e', 'l', 't', 'o', 'x')
+  local h = redis.call('HMGET', KEYS[1], 'e', 'l', 't', 'o')
   if not h[1] then
     redis.call('DEL', KEYS[2])
     redis.call('HSET', KEYS[1], 'e', new, 'l', lineage)
-    return new, 0, false, false
+    return new, 0, false
   end
   local epoch = h[1]
   if h[2] ~= lineage then
@@ -71,7 +72,7 @@ local function position(new, lineage, predecessor, started, acknowledged, others
     end
     redis.call('HSET', KEYS[1], 'l', lineage)
   end
-  return epoch, tonumber(h[4] or '0'), h[3], h[5]
+  return epoch, tonumber(h[4] or '0'), h[3]
 end
 "
     };
@@ -97,16 +98,15 @@ if #KEYS == 3 then
   local done = redis.call('GET', KEYS[3])
   if done then return done .. ' again' end
 end
-local epoch, _, written, pushed = position(ARGV[4], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12])
+local epoch, _, written = position(ARGV[4], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12])
 local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
 local t = redis.call('TIME')
 local ms = t[1] * 1000 + math.floor(t[2] / 1000)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '0-' .. offset, 't', ms, 'd', ARGV[3])
 local ttl = tonumber(ARGV[6])
-if not pushed or ms - tonumber(pushed) >= ttl / 10 then
+if redis.call('PTTL', KEYS[2]) < ttl then
   redis.call('PEXPIRE', KEYS[2], ttl + math.floor(ttl / 10))
   redis.call('PEXPIRE', KEYS[1], ttl * 10 + math.floor(ttl / 10))
-  redis.call('HSET', KEYS[1], 'x', ms)
 end
 if ARGV[13] == '1' then
   redis.call('HSET', KEYS[1], 't', ms)
@@ -142,9 +142,9 @@ pub const READ: &str = concat!(
     lineage!(),
     r"
 local epoch, last = position(ARGV[3], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
-local memory = 10
-if last == 0 then memory = 2 end
-redis.call('PEXPIRE', KEYS[1], ARGV[4] * memory)
+local memory = ARGV[4] * 10 + math.floor(ARGV[4] / 10)
+if last == 0 then memory = ARGV[4] * 2 end
+redis.call('PEXPIRE', KEYS[1], memory)
 local out = {epoch, tostring(last)}
 if ARGV[1] == '' then return out end
 local since = tonumber(ARGV[1])

@@ -115,7 +115,9 @@ impl Publisher {
             }
             Request::Touch(topic) => {
                 let (position, _) = self.names.history(topic);
-                let memory = (settings.ttl_ms * history::POSITION_MEMORY).to_string();
+                // A tenth more, as a read and an append keep it (see `history`).
+                let ttl = settings.ttl_ms;
+                let memory = (ttl * history::POSITION_MEMORY + ttl / 10).to_string();
                 pubsub::encode(out, &[b"PEXPIRE", position.as_bytes(), memory.as_bytes()]);
             }
             Request::Read {
