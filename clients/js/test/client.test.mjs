@@ -13,9 +13,13 @@ function messages(rec) {
   return rec.of("message").map((m) => [m.channel ?? "direct", m.offset, m.message]);
 }
 
-/** Waits for `n` messages in all. */
-function received(rec, n) {
-  return rec.until(`${n} messages`, (events) => events.filter((e) => e.event === "message").length >= n);
+/** Waits for `n` messages in all, at most `ms`; on a timeout the error tells what came. */
+async function received(rec, n, ms = 10_000) {
+  try {
+    await rec.until(`${n} messages`, (events) => events.filter((e) => e.event === "message").length >= n, ms);
+  } catch (e) {
+    throw new Error(`${e.message}; got ${JSON.stringify(rec.events.filter((x) => x.event !== "message"))} and ${messages(rec).length} messages`);
+  }
 }
 
 /** Each topic's offsets, in the order they arrived. */
@@ -127,7 +131,8 @@ test("a rolling restart (1012): the client comes back at a moment of its own and
   for (let n = 1; n <= 10; n++) await backend(b).publish("news", n);
   await drained;
   const again = await server({ redis, node: "a", port: a.port });
-  await received(rec, 11);
+  // A loaded machine (the whole suite at once) has taken more than 10 s here.
+  await received(rec, 11, 30_000);
   await backend(again).publish("news", "live");
   await received(rec, 12);
   assert.deepEqual(messages(rec).map((m) => m[2]), [...range(0, 10), "live"]);
