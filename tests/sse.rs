@@ -504,11 +504,7 @@ async fn a_slow_reader_is_cut_like_a_slow_websocket_and_others_keep_receiving() 
         c.queue_limit = 16;
         c.max_message_bytes = 1 << 20;
     });
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&s.addr.into()).unwrap();
-    socket.set_nonblocking(true).unwrap();
-    let socket = TcpStream::from_std(socket.into()).unwrap();
+    let socket = common::small_buffer_socket(s.addr);
     let q = query(&s.token("slow", &[]), &[]);
     let _slow = EventStream::open_on(socket, &q, None).await.unwrap();
     let mut fast = EventStream::open(s.addr, &query(&s.token("fast", &[]), &[]), None)
@@ -605,15 +601,22 @@ async fn the_readmes_curl_line_works_as_shown() {
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("curl runs");
+        .expect("sh runs");
     let mut out = BufReader::new(curl.stdout.take().unwrap());
-    let mut lines = Vec::new();
-    let mut line = String::new();
-    while !line.contains("subscribed") {
-        line.clear();
-        out.read_line(&mut line).await.unwrap();
+    let mut lines: Vec<String> = Vec::new();
+    // Reads curl's output up to a line with `until`; curl ending first (not installed, or
+    // refused) fails the test.
+    let mut read_until = async |until: &str| loop {
+        let mut line = String::new();
+        let read = tokio::time::timeout(PATIENCE, out.read_line(&mut line)).await;
+        let n = read.expect("curl prints within the patience").unwrap();
+        assert!(n > 0, "curl ended after {lines:?}: is curl installed?");
         lines.push(line.trim_end().to_string());
-    }
+        if line.contains(until) {
+            return;
+        }
+    };
+    read_until("subscribed").await;
     s.publish(
         "/message",
         json!({"userId": "42", "message": {"hello": "world"}}),
@@ -621,14 +624,7 @@ async fn the_readmes_curl_line_works_as_shown() {
     .await;
     s.publish("/publish", json!({"channel": "news", "message": "extra!"}))
         .await;
-    while !line.contains("extra!") {
-        line.clear();
-        tokio::time::timeout(PATIENCE, out.read_line(&mut line))
-            .await
-            .unwrap()
-            .unwrap();
-        lines.push(line.trim_end().to_string());
-    }
+    read_until("extra!").await;
     let shown: Vec<&str> = readme
         .lines()
         .skip_while(|l| !l.trim().starts_with("curl -N "))

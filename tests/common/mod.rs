@@ -200,6 +200,16 @@ pub async fn http(
     (status, body)
 }
 
+/// A socket to `addr` whose receive buffer is tiny, so a server's writes back up quickly when
+/// the client stops reading.
+pub fn small_buffer_socket(addr: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    TcpStream::from_std(socket.into()).unwrap()
+}
+
 pub struct TestClient {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }
@@ -214,12 +224,7 @@ impl TestClient {
     /// A client whose socket receive buffer is tiny, so a server's writes back up quickly
     /// when it stops reading.
     pub async fn connect_small_buffer(addr: SocketAddr, token: &str) -> TestClient {
-        let socket =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        socket.connect(&addr.into()).unwrap();
-        socket.set_nonblocking(true).unwrap();
-        let stream = TcpStream::from_std(socket.into()).unwrap();
+        let stream = small_buffer_socket(addr);
         let req = format!("ws://{addr}/ws?token={token}")
             .into_client_request()
             .unwrap();
