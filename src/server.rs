@@ -236,7 +236,6 @@ impl Server {
                 log: shared.router.subscription_log(),
                 keys: shared.keys.clone(),
                 router: shared.router.clone(),
-                shutdown: shutdown.clone(),
                 ping_interval: config.ping_interval(),
                 metrics: worker_metrics.clone(),
                 restart_spread: crate::connection::restart_spread(config.shutdown_timeout()),

@@ -58,6 +58,7 @@ pub fn run(
             }
         }
         ctx.shutdown.cancelled().await;
+        crate::hub::lock(&ctx.hub).drain();
         ctx.tracker.close();
         let drain = ctx.shared.config.shutdown_timeout();
         if tokio::time::timeout(drain, ctx.tracker.wait())

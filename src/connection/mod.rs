@@ -3,9 +3,9 @@
 //! only to that worker's hub; its frames go out through its [`Writer`], which the hub writes to
 //! as well.
 //!
-//! One task per connection, one `select!`: shutdown, the writer (frames the socket refused, a
-//! cut, the backend's commands), client frames, one timer (ping, `expiring`, expiry: whichever
-//! comes first), and subscriptions waiting for the bridge. No branch awaits anything but its
+//! One task per connection, one `select!`: the writer (frames the socket refused, a cut, the
+//! backend's commands, the server's drain), its moment to close in a drain, client frames, one
+//! timer (ping, `expiring`, expiry: whichever comes first), and subscriptions waiting for the bridge. No branch awaits anything but its
 //! own future, so a subscription that waits for Redis stops nothing else; only reading pauses
 //! meanwhile, so replies keep the order of the client's frames. With history, a subscription
 //! then reads where its channel stands (and what a resume missed), its live messages held by
@@ -27,7 +27,6 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Identity, Permissions, TokenKeys};
 use crate::deflate::{InflateError, Inflating};
@@ -87,8 +86,6 @@ pub struct Surroundings {
     pub keys: Arc<TokenKeys>,
     /// Reads where channels stand, and what a resume missed; answers presence questions.
     pub router: Arc<Router>,
-    /// The worker's shutdown token: close with 1001.
-    pub shutdown: CancellationToken,
     pub ping_interval: Duration,
     pub metrics: Arc<WorkerMetrics>,
     /// On SIGTERM a connection closes at a random moment within this ([`restart_spread`]).
@@ -330,22 +327,13 @@ impl Connection {
         let mut client_reads = 0usize;
         // A client's question Redis has not answered yet: reading the client pauses meanwhile.
         let mut asking: Option<Asking> = None;
-        // Made once, not at every wake-up.
-        let shutting_down = self.worker.shutdown.cancelled();
         let timer = sleep_until(deadlines.next());
-        tokio::pin!(shutting_down, timer);
+        tokio::pin!(timer);
         // Once the server drains: when this connection's turn to close comes (served until then).
         let mut restart: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
             let step = tokio::select! {
                 biased;
-                () = &mut shutting_down, if restart.is_none() => {
-                    // Spread over the drain, so the clients do not all come back at once.
-                    let spread = self.worker.restart_spread.as_millis() as u64;
-                    let at = Duration::from_millis(rand::random_range(0..=spread));
-                    restart = Some(Box::pin(tokio::time::sleep(at)));
-                    Step::Continue
-                }
                 () = async { restart.as_mut().expect("set").await }, if restart.is_some() => {
                     Step::Stop(End::Close(CloseReason::Restart))
                 }
@@ -353,6 +341,13 @@ impl Connection {
                     WriterEvent::SlowConsumer => Step::Stop(End::Close(CloseReason::SlowConsumer)),
                     WriterEvent::Broken => Step::Stop(End::Gone),
                     WriterEvent::Command(Command::Disconnect(why)) => Step::Stop(End::Disconnect(why)),
+                    WriterEvent::Command(Command::Drain) => {
+                        // Spread over the drain, so the clients do not all come back at once.
+                        let spread = self.worker.restart_spread.as_millis() as u64;
+                        let at = Duration::from_millis(rand::random_range(0..=spread));
+                        restart.get_or_insert_with(|| Box::pin(tokio::time::sleep(at)));
+                        Step::Continue
+                    }
                     WriterEvent::Command(Command::Activate(channel, since)) => {
                         self.when_confirmed(Pending { channel, since, asked: Asked::Backend, members_with: None, deltas: false })
                     }

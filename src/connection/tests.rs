@@ -16,7 +16,6 @@ struct Client {
     ws: WebSocketStream<TcpStream>,
     hub: SharedHub,
     writer: Arc<Writer>,
-    shutdown: CancellationToken,
     log: Arc<SubscriptionLog>,
     metrics: Arc<WorkerMetrics>,
 }
@@ -61,7 +60,6 @@ async fn start_pinging(frames: usize, with_log: bool, ping_interval: Duration) -
     let (client, server) = crate::writer::small_buffer_pair().await;
     let (read, write) = server.into_split();
     writer.attach(write);
-    let shutdown = CancellationToken::new();
     let connection = Connection {
         registration: Registration {
             id,
@@ -72,7 +70,6 @@ async fn start_pinging(frames: usize, with_log: bool, ping_interval: Duration) -
             log: with_log.then(|| log.clone()),
             keys: Arc::new(TokenKeys::new("test").unwrap()),
             router,
-            shutdown: shutdown.clone(),
             ping_interval,
             metrics: metrics.clone(),
             restart_spread: Duration::ZERO,
@@ -95,17 +92,16 @@ async fn start_pinging(frames: usize, with_log: bool, ping_interval: Duration) -
     let server_ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
     let task = connection.run(server_ws);
     // What every idle connection holds: the task is most of its memory (BENCHMARKS.md,
-    // "Memory, and a million connections"): 1,240 bytes in a debug build on rustc 1.95; the
-    // bound leaves a little room for other compilers, not for another way to close (+48) or
-    // the connection's handles one by one again (+64).
+    // "Memory, and a million connections"): 1,032 bytes in a debug build on rustc 1.95; the
+    // bound leaves a little room for other compilers, not for a wait of the writer's own
+    // (+120) or on the worker's shutdown (+80) again.
     let size = std::mem::size_of_val(&task);
-    assert!(size <= 1_280, "the connection task grew to {size} bytes");
+    assert!(size <= 1_072, "the connection task grew to {size} bytes");
     tokio::spawn(task);
     Client {
         ws: WebSocketStream::from_raw_socket(client, Role::Client, None).await,
         hub,
         writer,
-        shutdown,
         log,
         metrics,
     }
@@ -277,6 +273,6 @@ async fn the_warning_comes_30_s_before_exp_or_at_once() {
 #[tokio::test]
 async fn shutdown_closes_with_1012() {
     let mut c = start(8, false).await;
-    c.shutdown.cancel();
+    crate::hub::lock(&c.hub).drain();
     assert_eq!(c.close().await, 1012);
 }

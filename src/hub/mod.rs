@@ -19,7 +19,7 @@ use crate::merge::{Asked, Opening, Recipient};
 use crate::metrics::WorkerMetrics;
 use crate::protocol::{Channel, ConnId, ErrorCode, Frame, Topic, UserId, WorkerId};
 use crate::routes::Routes;
-use crate::writer::Writer;
+use crate::writer::{Command, Writer};
 
 struct Member {
     user: UserId,
@@ -156,6 +156,9 @@ pub struct Hub {
     signed_in: HashMap<UserId, Vec<ConnId>>,
     /// Whom each signed-in Pusher socket signed in as.
     signed_as: HashMap<ConnId, UserId>,
+    /// The server drains: every connection has been told, and one that registers now is told
+    /// at once.
+    draining: bool,
 }
 
 /// A worker's hub as its connections and bus task share it.
@@ -186,6 +189,7 @@ impl Hub {
             dirty: Vec::new(),
             overflowed: Vec::new(),
             starts: 0,
+            draining: false,
             pushers: HashMap::new(),
             signed_in: HashMap::new(),
             signed_as: HashMap::new(),
@@ -300,6 +304,9 @@ impl Hub {
                     e.insert(vec![(id, recipient)]);
                 }
             }
+        }
+        if self.draining {
+            writer.command(Command::Drain);
         }
         let member = Member {
             user,
@@ -671,6 +678,15 @@ impl Hub {
 
     pub fn max_subscriptions(&self) -> usize {
         self.max_subscriptions
+    }
+
+    /// The server drains: tells every connection, and from now on every new one, to close
+    /// (each at its own moment within the drain).
+    pub fn drain(&mut self) {
+        self.draining = true;
+        for member in self.members.values() {
+            member.writer.command(Command::Drain);
+        }
     }
 
     pub fn connections(&self) -> usize {

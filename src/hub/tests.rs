@@ -321,3 +321,19 @@ async fn a_queue_over_the_limit_cuts_only_that_connection() {
     assert_eq!(fast.queued(), 1);
     assert_eq!(slow.cut_dropped(), 1);
 }
+
+#[tokio::test]
+async fn a_drain_reaches_every_connection_and_those_that_register_during_it() {
+    use crate::writer::WriterEvent;
+    let mut h = hub();
+    let u = UserId::new("u").unwrap();
+    let (before, after) = (writer(8), writer(8));
+    h.register(id(1), u.clone(), before.clone(), None);
+    h.drain();
+    // Accepted while the listeners were closing: it is told too, not left to the drain's end.
+    h.register(id(2), u, after.clone(), None);
+    for w in [before, after] {
+        let told = tokio::time::timeout(std::time::Duration::from_secs(5), w.next_event());
+        assert_eq!(told.await, Ok(WriterEvent::Command(Command::Drain)));
+    }
+}

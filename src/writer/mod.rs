@@ -14,14 +14,16 @@
 //! judges what the kernel's send buffer could not take, not how the server batches.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
+use futures_util::task::AtomicWaker;
 use tokio::io::Interest;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::Notify;
 
 use crate::config::QueueLimits;
 use crate::event_stream::Positions;
@@ -73,6 +75,10 @@ pub enum Command {
     /// and let the channel's messages in once the bridge has it; with history, from where the
     /// channel stood when the backend asked.
     Activate(Channel, Option<crate::protocol::Since>),
+    /// The server drains (SIGTERM): close with 1012 at a moment of the connection's own within
+    /// the drain. A command, not a wait on the worker's shutdown token: an idle connection's
+    /// task then holds no wait of its own for it.
+    Drain,
 }
 
 /// What the connection task hears from its writer.
@@ -97,7 +103,9 @@ pub struct Writer {
     state: Mutex<State>,
     limits: QueueLimits,
     /// Wakes the connection task: frames wait for the socket, or the writer was cut or broke.
-    wake: Notify,
+    /// A waker, not a `Notify`: the task polls [`Writer::poll_next_event`] in place, so an idle
+    /// connection's task holds no wait of its own for it (a `Notified` is 64 bytes).
+    wake: AtomicWaker,
     /// The worker's counters of writes and frames written (frames per write is the broadcast
     /// cost's lever: each write on loopback also runs the receiver's TCP input).
     metrics: Arc<WorkerMetrics>,
@@ -174,7 +182,7 @@ impl Writer {
             socket: OnceLock::new(),
             state: Mutex::default(),
             limits,
-            wake: Notify::new(),
+            wake: AtomicWaker::new(),
             metrics,
             deflate: OnceLock::new(),
         }
@@ -343,7 +351,7 @@ impl Writer {
                 Err(e) => {
                     tracing::debug!("write failed: {e}");
                     s.status = Status::Broken;
-                    self.wake.notify_one();
+                    self.wake.wake();
                     return Some(Flushed::Gone);
                 }
             }
@@ -364,7 +372,7 @@ impl Writer {
             if let Err(e) = s.write_to(socket, &self.metrics) {
                 tracing::debug!("write failed: {e}");
                 s.status = Status::Broken;
-                self.wake.notify_one();
+                self.wake.wake();
                 return Flushed::Gone;
             }
         }
@@ -389,10 +397,10 @@ impl Writer {
                 && s.queued_bytes > self.limits.bytes.saturating_add(burst_bytes));
         if s.status == Status::Open && over {
             let dropped = s.cut();
-            self.wake.notify_one();
+            self.wake.wake();
             return Flushed::Cut(dropped);
         }
-        self.wake.notify_one();
+        self.wake.wake();
         match s.status {
             Status::Open | Status::Closing => Flushed::Ok,
             Status::Cut | Status::Broken => Flushed::Gone,
@@ -405,7 +413,7 @@ impl Writer {
         let mut s = self.state();
         if s.status == Status::Open {
             s.cut();
-            self.wake.notify_one();
+            self.wake.wake();
         }
     }
 
@@ -448,44 +456,46 @@ impl Writer {
             s.rare().commands.push_back(command);
         }
         drop(s);
-        self.wake.notify_one();
+        self.wake.wake();
     }
 
     /// The next thing the connection task must act on; meanwhile writes whatever waits as the
     /// socket becomes writable. Cancel-safe: for the connection task's `select!`.
-    pub async fn next_event(&self) -> WriterEvent {
+    pub fn next_event(&self) -> impl Future<Output = WriterEvent> + '_ {
+        std::future::poll_fn(|cx| self.poll_next_event(cx))
+    }
+
+    /// [`next_event`](Self::next_event) as a poll: it holds no state between polls.
+    pub fn poll_next_event(&self, cx: &mut Context<'_>) -> Poll<WriterEvent> {
         loop {
+            // Registered before looking, so a wake between the look and the return is not lost.
+            self.wake.register(cx.waker());
             let pending = {
                 let mut s = self.state();
                 match s.status {
-                    Status::Cut => return WriterEvent::SlowConsumer,
-                    Status::Broken => return WriterEvent::Broken,
+                    Status::Cut => return Poll::Ready(WriterEvent::SlowConsumer),
+                    Status::Broken => return Poll::Ready(WriterEvent::Broken),
                     Status::Open | Status::Closing => {}
                 }
                 if let Some(command) = s.rare.as_mut().and_then(|r| r.commands.pop_front()) {
                     s.tidy();
-                    return WriterEvent::Command(command);
+                    return Poll::Ready(WriterEvent::Command(command));
                 }
                 !s.queue.is_empty()
             };
-            match self.socket.get() {
-                Some(socket) if pending => {
-                    // A cut or a command must be heard while the socket stays full. Boxed: only
-                    // a socket that refused frames waits for this, and every idle connection's
-                    // task would otherwise hold room for it (~200 bytes).
-                    let writable = Box::pin(socket.writable());
-                    tokio::select! {
-                        writable = writable => {
-                            if writable.is_err() {
-                                self.state().status = Status::Broken;
-                                return WriterEvent::Broken;
-                            }
-                            self.flush();
-                        }
-                        () = self.wake.notified() => {}
-                    }
+            // Frames wait: write them as the socket takes more (a cut or a command is heard
+            // meanwhile through the waker).
+            let Some(socket) = self.socket.get().filter(|_| pending) else {
+                return Poll::Pending;
+            };
+            match ready!(socket.as_ref().poll_write_ready(cx)) {
+                Ok(()) => {
+                    self.flush();
                 }
-                _ => self.wake.notified().await,
+                Err(_) => {
+                    self.state().status = Status::Broken;
+                    return Poll::Ready(WriterEvent::Broken);
+                }
             }
         }
     }

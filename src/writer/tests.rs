@@ -246,7 +246,7 @@ async fn after_our_close_frame_nothing_else_goes_out() {
 #[tokio::test]
 async fn an_idle_writer_holds_nothing_for_what_it_rarely_needs() {
     assert!(
-        std::mem::size_of::<Writer>() <= 168,
+        std::mem::size_of::<Writer>() <= 152,
         "the writer grew to {} bytes",
         std::mem::size_of::<Writer>()
     );
