@@ -165,6 +165,76 @@ async fn oldest(reads: &mut VecDeque<Reading>) -> ReadAnswer {
     answer
 }
 
+/// What a connection waits for besides its client, its writer and its timer. Boxed while it
+/// holds anything: an idle connection's task holds a pointer for all of it.
+#[derive(Default)]
+struct Waits {
+    /// Subscriptions waiting for the bridge, oldest first (tickets only grow).
+    awaiting: VecDeque<(Ticket, Pending)>,
+    /// Reads of the history: answered in order (one Redis pipeline, or at once), so only the
+    /// oldest is polled.
+    reads: VecDeque<Reading>,
+    /// Reads a client's subscribe waits for: reading the client pauses meanwhile.
+    client_reads: usize,
+    /// A client's question Redis has not answered yet: reading the client pauses meanwhile.
+    asking: Option<Asking>,
+}
+
+/// What came of a wait.
+enum Waited {
+    Confirmed(Pending),
+    Read(ReadAnswer),
+    Answered(Answered),
+}
+
+impl Waits {
+    fn is_empty(&self) -> bool {
+        self.awaiting.is_empty() && self.reads.is_empty() && self.asking.is_none()
+    }
+
+    /// The client's frames wait: a reply it asked for comes first.
+    fn pauses_reading(&self) -> bool {
+        self.client_reads > 0
+            || self.asking.is_some()
+            || self.awaiting.iter().any(|a| a.1.asked == Asked::Client)
+    }
+
+    /// The first of the waits to end, in this order; cancel-safe (each is taken off only once
+    /// it has ended).
+    async fn next(&mut self, log: Option<&SubscriptionLog>) -> Waited {
+        tokio::select! {
+            biased;
+            () = confirmed(log, self.awaiting.front().map(|a| a.0)) => {
+                let (_, pending) = self.awaiting.pop_front().expect("only awaited while set");
+                Waited::Confirmed(pending)
+            }
+            answer = oldest(&mut self.reads), if !self.reads.is_empty() => {
+                if answer.0.asked == Asked::Client {
+                    self.client_reads -= 1;
+                }
+                Waited::Read(answer)
+            }
+            answer = answered(&mut self.asking), if self.asking.is_some() => Waited::Answered(answer),
+        }
+    }
+}
+
+/// [`Waits::next`] when there are waits, boxed (the `select!` holds a pointer); never
+/// otherwise.
+fn waited<'a>(
+    waits: &'a mut Option<Box<Waits>>,
+    log: Option<&'a SubscriptionLog>,
+) -> futures_util::future::Either<
+    Pin<Box<dyn Future<Output = Waited> + Send + 'a>>,
+    std::future::Pending<Waited>,
+> {
+    use futures_util::future::Either;
+    match waits {
+        Some(waits) => Either::Left(Box::pin(waits.next(log))),
+        None => Either::Right(std::future::pending()),
+    }
+}
+
 /// What a refresh can change: the channels allowed and the end of the connection's life.
 struct Token {
     permissions: Permissions,
@@ -279,7 +349,9 @@ impl Connection {
                 End::ClientClosed => {
                     // tungstenite queued the close reply; flushing hands it to the writer.
                     let _ = ws.flush().await;
-                    let _ = timeout(CLOSE_TIMEOUT, writer.drain()).await;
+                    // Boxed, like the close's waits below: the task would hold room for them
+                    // for the connection's whole life (~300 B).
+                    let _ = timeout(CLOSE_TIMEOUT, Box::pin(writer.drain())).await;
                     None
                 }
                 End::Gone => None,
@@ -292,7 +364,7 @@ impl Connection {
                 let read_close =
                     async { while !listens && matches!(ws.next().await, Some(Ok(_))) {} };
                 let drain = futures_util::future::join(writer.drain(), read_close);
-                let _ = timeout(CLOSE_TIMEOUT, drain).await;
+                let _ = Box::pin(timeout(CLOSE_TIMEOUT, drain)).await;
             }
             metrics
                 .dropped_closed
@@ -317,16 +389,7 @@ impl Connection {
             self.registration.id.seq,
         );
         let mut last_heard = Instant::now();
-        // Subscriptions waiting for the bridge, oldest first (tickets only grow), each with
-        // whether it pauses reading (a client's does).
-        let mut awaiting: VecDeque<(Ticket, Pending)> = VecDeque::new();
-        // Reads of the history: answered in order (one Redis pipeline, or at once), so only the
-        // oldest is polled (and an idle connection allocates nothing for them).
-        let mut reads: VecDeque<Reading> = VecDeque::new();
-        // Reads a client's subscribe waits for: reading the client pauses meanwhile.
-        let mut client_reads = 0usize;
-        // A client's question Redis has not answered yet: reading the client pauses meanwhile.
-        let mut asking: Option<Asking> = None;
+        let mut waits: Option<Box<Waits>> = None;
         let timer = sleep_until(deadlines.next());
         tokio::pin!(timer);
         // Once the server drains: when this connection's turn to close comes (served until then).
@@ -352,24 +415,18 @@ impl Connection {
                         self.when_confirmed(Pending { channel, since, asked: Asked::Backend, members_with: None, deltas: false })
                     }
                 },
-                () = confirmed(self.worker.log.as_deref(), awaiting.front().map(|a| a.0)) => {
-                    let (_, pending) = awaiting.pop_front().expect("only awaited while set");
-                    last_heard = Instant::now();
-                    self.start(pending)
-                }
-                (pending, start, read) = oldest(&mut reads), if !reads.is_empty() => {
-                    if pending.asked == Asked::Client {
-                        client_reads -= 1;
+                end = waited(&mut waits, self.worker.log.as_deref()) => match end {
+                    Waited::Confirmed(pending) => {
+                        last_heard = Instant::now();
+                        self.start(pending)
                     }
-                    self.opened(pending, start, read)
-                }
-                answer = answered(&mut asking), if asking.is_some() => match answer {
-                    Answered::Reply(frame) => self.reply(frame),
-                    Answered::Opened(channel, start, frame) => self.pusher_opened(&channel, start, frame),
-                    Answered::Refused(channel, frame) => self.pusher_refused(&channel, frame),
-                    Answered::Nothing => Step::Continue,
+                    Waited::Read((pending, start, read)) => self.opened(pending, start, read),
+                    Waited::Answered(Answered::Reply(frame)) => self.reply(frame),
+                    Waited::Answered(Answered::Opened(channel, start, frame)) => self.pusher_opened(&channel, start, frame),
+                    Waited::Answered(Answered::Refused(channel, frame)) => self.pusher_refused(&channel, frame),
+                    Waited::Answered(Answered::Nothing) => Step::Continue,
                 },
-                item = ws.next(), if client_reads == 0 && asking.is_none() && !awaiting.iter().any(|a| a.1.asked == Asked::Client) => {
+                item = ws.next(), if !waits.as_ref().is_some_and(|w| w.pauses_reading()) => {
                     last_heard = Instant::now();
                     let exp = token.exp;
                     let step = self.on_frame(item, &mut token);
@@ -399,21 +456,28 @@ impl Connection {
             };
             match step {
                 Step::Continue => {}
-                Step::Await(ticket, pending) => awaiting.push_back((ticket, pending)),
+                Step::Await(ticket, pending) => waits
+                    .get_or_insert_default()
+                    .awaiting
+                    .push_back((ticket, pending)),
                 Step::Read(pending, start) => {
+                    let waits = waits.get_or_insert_default();
                     if pending.asked == Asked::Client {
-                        client_reads += 1;
+                        waits.client_reads += 1;
                     }
                     let router = self.worker.router.clone();
                     let topic = Topic::Channel(pending.channel.clone());
                     let since = pending.since.clone();
-                    reads.push_back(Box::pin(async move {
+                    waits.reads.push_back(Box::pin(async move {
                         let read = router.read_history(topic, since).await;
                         (pending, start, read)
                     }));
                 }
-                Step::Ask(question) => asking = Some(question),
+                Step::Ask(question) => waits.get_or_insert_default().asking = Some(question),
                 Step::Stop(end) => return end,
+            }
+            if waits.as_ref().is_some_and(|w| w.is_empty()) {
+                waits = None;
             }
         }
     }

@@ -27,10 +27,12 @@ use crate::deflate::{self, Inflating};
 use crate::rate::ClientRate;
 use crate::writer::{Deflate, Writer};
 
-/// Bytes read from the socket at a time. Client frames are small (subscribe, ping); a larger
-/// one (a refresh's token) grows the buffer as it comes. 4 KiB here measured ~3.8 KB more RSS
-/// per idle connection, 512 B ~200 B more than this.
-const READ_BUFFER_BYTES: usize = 256;
+/// Bytes read from the socket at a time, and the read buffer every connection holds from its
+/// start. Client frames are small (subscribe, ping); a larger one (a refresh's token, a Pusher
+/// presence subscribe) grows the buffer as it comes and takes several reads. 4 KiB here
+/// measured ~3.8 KB more RSS per idle connection, 512 B ~200 B more than 256, and 256 ~125 B
+/// more than this (paired, BENCHMARKS.md "Memory").
+const READ_BUFFER_BYTES: usize = 128;
 
 pub async fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WorkerContext>) -> Response {
     let key = match handshake(&req) {
