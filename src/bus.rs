@@ -2,10 +2,16 @@
 //! and only the workers the routing table names for it. Every message goes through an inbox,
 //! even to the worker that accepted it, so two messages accepted one after the other reach each
 //! recipient in that order.
+//!
+//! An inbox is woken by its senders, not by each envelope: the bridge hands a burst of what it
+//! read from Redis and wakes each worker once (a worker's runtime parked in `epoll` costs an
+//! `eventfd` write and a context switch to wake, and a worker that keeps up parks between two
+//! envelopes).
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{mpsc, Notify};
 
 use crate::history::Position;
 use crate::protocol::Since;
@@ -66,14 +72,78 @@ pub struct Bus {
     /// One per worker; the receiver is that worker's bus task, which hands each delivery to its
     /// hub. Closed when the worker stops.
     inbox_tx: Vec<mpsc::Sender<Envelope>>,
+    /// One per worker: what wakes its [`Inbox`].
+    wakes: Vec<Arc<Notify>>,
     routes: Arc<Routes>,
 }
 
+/// A worker's inbox, in the order its envelopes were sent.
+pub struct Inbox {
+    rx: mpsc::Receiver<Envelope>,
+    /// Its senders' wake-up: it never waits on the channel itself, so a send alone wakes
+    /// nobody.
+    wake: Arc<Notify>,
+}
+
+impl Inbox {
+    /// Waits until envelopes are there and takes up to `limit` of them into `buf`, oldest
+    /// first; 0 once every sender is gone and the inbox is empty.
+    pub async fn recv_many(&mut self, buf: &mut Vec<Envelope>, limit: usize) -> usize {
+        loop {
+            let mut taken = 0;
+            while taken < limit {
+                match self.rx.try_recv() {
+                    Ok(envelope) => {
+                        buf.push(envelope);
+                        taken += 1;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return taken,
+                }
+            }
+            if taken > 0 {
+                return taken;
+            }
+            // A wake given while nobody waited is kept (one permit), so none is lost between
+            // the look above and this wait.
+            self.wake.notified().await;
+        }
+    }
+
+    /// The oldest envelope, if there is one (for tests and benches).
+    pub fn try_recv(&mut self) -> Result<Envelope, TryRecvError> {
+        self.rx.try_recv()
+    }
+
+    /// Envelopes waiting.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+}
+
 impl Bus {
-    /// Makes the bus and the inbox receivers, one per worker, in worker order.
-    pub fn new(routes: Arc<Routes>, workers: usize) -> (Bus, Vec<mpsc::Receiver<Envelope>>) {
-        let (inbox_tx, inbox_rx) = (0..workers).map(|_| mpsc::channel(INBOX_CAPACITY)).unzip();
-        (Bus { inbox_tx, routes }, inbox_rx)
+    /// Makes the bus and the inboxes, one per worker, in worker order.
+    pub fn new(routes: Arc<Routes>, workers: usize) -> (Bus, Vec<Inbox>) {
+        let mut inbox_tx = Vec::with_capacity(workers);
+        let mut wakes = Vec::with_capacity(workers);
+        let mut inboxes = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
+            let wake = Arc::new(Notify::new());
+            inbox_tx.push(tx);
+            wakes.push(wake.clone());
+            inboxes.push(Inbox { rx, wake });
+        }
+        let bus = Bus {
+            inbox_tx,
+            wakes,
+            routes,
+        };
+        (bus, inboxes)
     }
 
     pub fn routes(&self) -> &Arc<Routes> {
@@ -86,6 +156,7 @@ impl Bus {
     pub async fn deliver(&self, envelope: Envelope) {
         for worker in self.routes.workers_for(&envelope.target()).iter() {
             let _ = self.inbox(worker).send(envelope.clone()).await;
+            self.wake(worker);
         }
     }
 
@@ -93,21 +164,33 @@ impl Bus {
     /// get it. Returns how many workers missed it, for the caller to count. For the bridge,
     /// which must not stall every worker behind one.
     pub fn try_deliver(&self, envelope: Envelope) -> u64 {
-        let workers = self.routes.workers_for(&envelope.target());
-        let Some(last) = workers.iter().last() else {
-            return 0;
-        };
+        self.try_deliver_burst([envelope])
+    }
+
+    /// [`try_deliver`](Self::try_deliver) for each of `envelopes` in order, each worker that
+    /// got any woken once, at the end.
+    pub fn try_deliver_burst(&self, envelopes: impl IntoIterator<Item = Envelope>) -> u64 {
         let mut missed = 0;
-        let mut send = |worker, envelope| {
-            if let Err(mpsc::error::TrySendError::Full(_)) = self.inbox(worker).try_send(envelope) {
-                missed += 1;
+        let mut sent = WorkerSet::default();
+        for envelope in envelopes {
+            let workers = self.routes.workers_for(&envelope.target());
+            let Some(last) = workers.iter().last() else {
+                continue;
+            };
+            let mut send = |worker, envelope| match self.inbox(worker).try_send(envelope) {
+                Ok(()) => sent = sent.with(worker),
+                Err(mpsc::error::TrySendError::Full(_)) => missed += 1,
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            };
+            for worker in workers.without(last).iter() {
+                send(worker, envelope.clone());
             }
-        };
-        for worker in workers.without(last).iter() {
-            send(worker, envelope.clone());
+            // The last one takes it: no clone (and no reference count touched) for one worker.
+            send(last, envelope);
         }
-        // The last one takes it: no clone (and no reference count touched) for one worker.
-        send(last, envelope);
+        for worker in sent.iter() {
+            self.wake(worker);
+        }
         missed
     }
 
@@ -147,12 +230,17 @@ impl Bus {
         for (worker, permit) in reserved.permits {
             if now.contains(worker) {
                 permit.send(envelope.clone());
+                self.wake(worker);
             }
         }
     }
 
     fn inbox(&self, worker: WorkerId) -> &mpsc::Sender<Envelope> {
         &self.inbox_tx[usize::from(worker.0)]
+    }
+
+    fn wake(&self, worker: WorkerId) {
+        self.wakes[usize::from(worker.0)].notify_one();
     }
 }
 
@@ -181,5 +269,37 @@ mod tests {
         assert_eq!(bus.try_deliver(delivery.clone()), 1);
         assert_eq!(inboxes[1].len(), 1);
         assert_eq!(inboxes[0].len(), INBOX_CAPACITY);
+    }
+
+    #[tokio::test]
+    async fn a_burst_wakes_a_waiting_inbox_and_arrives_whole() {
+        let routes = Arc::new(Routes::new(1, None));
+        let user = UserId::new("u").unwrap();
+        routes.add(&Topic::User(user.clone()), WorkerId(0));
+        let (bus, mut inboxes) = Bus::new(routes, 1);
+        let mut inbox = inboxes.remove(0);
+        let waiting = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let n = inbox.recv_many(&mut got, 1000).await;
+            (n, inbox)
+        });
+        // The inbox's task waits before the burst is sent.
+        tokio::task::yield_now().await;
+        let delivery = Envelope::Message(Delivery {
+            target: Target::User(user),
+            frame: Frame::pong(),
+            position: None,
+        });
+        let burst = std::iter::repeat_n(delivery, 100);
+        assert_eq!(bus.try_deliver_burst(burst), 0);
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(5), waiting);
+        let (n, mut inbox) = woken.await.expect("the burst woke it").unwrap();
+        assert_eq!(n, 100, "taken in one go");
+        drop(bus);
+        assert_eq!(
+            inbox.recv_many(&mut Vec::new(), 10).await,
+            0,
+            "senders gone"
+        );
     }
 }

@@ -491,7 +491,7 @@ mod tests {
     use crate::protocol::WorkerId;
     use crate::routes::Routes;
 
-    fn presence() -> (Presence, tokio::sync::mpsc::Receiver<Envelope>) {
+    fn presence() -> (Presence, crate::bus::Inbox) {
         let routes = Arc::new(Routes::new(1, None));
         let channel = Channel::new("room").unwrap();
         routes.add(&Topic::Channel(channel), WorkerId(0));
@@ -499,7 +499,7 @@ mod tests {
         (Presence::new(bus), inboxes.remove(0))
     }
 
-    fn events(rx: &mut tokio::sync::mpsc::Receiver<Envelope>) -> Vec<String> {
+    fn events(rx: &mut crate::bus::Inbox) -> Vec<String> {
         let mut out = Vec::new();
         while let Ok(Envelope::Presence(_, frame)) = rx.try_recv() {
             out.push(frame.as_str().to_string());

@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 
-use crate::bus::Envelope;
+use crate::bus::Inbox;
 use crate::context::WorkerContext;
 use crate::http;
 use crate::hub::{self, SharedHub};
@@ -18,11 +17,7 @@ use crate::metrics::WorkerMetrics;
 const BUS_BATCH: usize = 64;
 
 /// Runs the worker on the current thread until shutdown and the drain are done.
-pub fn run(
-    ctx: Arc<WorkerContext>,
-    listeners: Vec<std::net::TcpListener>,
-    inbox_rx: mpsc::Receiver<Envelope>,
-) {
+pub fn run(ctx: Arc<WorkerContext>, listeners: Vec<std::net::TcpListener>, inbox_rx: Inbox) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -77,11 +72,7 @@ pub fn run(
 
 /// Hands every delivery from this worker's inbox to its hub, a batch per lock (and per flush of
 /// each connection it touches).
-async fn bus_task(
-    mut inbox_rx: mpsc::Receiver<Envelope>,
-    hub: SharedHub,
-    metrics: Arc<WorkerMetrics>,
-) {
+async fn bus_task(mut inbox_rx: Inbox, hub: SharedHub, metrics: Arc<WorkerMetrics>) {
     let mut batch = Vec::with_capacity(BUS_BATCH);
     while inbox_rx.recv_many(&mut batch, BUS_BATCH).await > 0 {
         metrics

@@ -564,10 +564,7 @@ impl Subscriber {
 
     /// Hands what this turn relayed to the bus, in order.
     fn deliver(&self, relay: &mut Relay) {
-        let mut missed = 0;
-        for envelope in relay.outbox.drain(..) {
-            missed += self.bus.try_deliver(envelope);
-        }
+        let missed = self.bus.try_deliver_burst(relay.outbox.drain(..));
         if missed > 0 {
             self.metrics.inbox_full.fetch_add(missed, Relaxed);
         }
