@@ -10,6 +10,8 @@
 
 use std::sync::Arc;
 
+use std::task::{Context, Poll, Waker};
+
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, Notify};
 
@@ -87,26 +89,25 @@ pub struct Inbox {
 
 impl Inbox {
     /// Waits until envelopes are there and takes up to `limit` of them into `buf`, oldest
-    /// first; 0 once every sender is gone and the inbox is empty.
+    /// first; 0 once every sender is gone and the inbox is empty (seen at the next look: a
+    /// worker's bus task ends with its runtime anyway).
     pub async fn recv_many(&mut self, buf: &mut Vec<Envelope>, limit: usize) -> usize {
         loop {
-            let mut taken = 0;
-            while taken < limit {
-                match self.rx.try_recv() {
-                    Ok(envelope) => {
-                        buf.push(envelope);
-                        taken += 1;
-                    }
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => return taken,
-                }
+            // Polled with a waker that does nothing: the channel then wakes nobody per send,
+            // while the poll still spends the task's budget (a worker whose inbox never
+            // empties still lets its connections run) and never parks the thread behind a
+            // send in progress (as `try_recv` would).
+            let polled =
+                self.rx
+                    .poll_recv_many(&mut Context::from_waker(Waker::noop()), buf, limit);
+            match polled {
+                Poll::Ready(n) => return n,
+                // Out of budget, or a send not yet complete: come back after the others.
+                Poll::Pending if !self.rx.is_empty() => tokio::task::yield_now().await,
+                // A wake given while nobody waited is kept (one permit), so none is lost
+                // between the look above and this wait.
+                Poll::Pending => self.wake.notified().await,
             }
-            if taken > 0 {
-                return taken;
-            }
-            // A wake given while nobody waited is kept (one permit), so none is lost between
-            // the look above and this wait.
-            self.wake.notified().await;
         }
     }
 
@@ -300,6 +301,47 @@ mod tests {
             inbox.recv_many(&mut Vec::new(), 10).await,
             0,
             "senders gone"
+        );
+    }
+
+    /// A worker whose inbox never empties still runs its other tasks: the bus task spends the
+    /// runtime's budget like any channel receiver.
+    #[test]
+    fn an_inbox_that_never_empties_still_lets_other_tasks_run() {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let routes = Arc::new(Routes::new(1, None));
+                let user = UserId::new("u").unwrap();
+                routes.add(&Topic::User(user.clone()), WorkerId(0));
+                let (bus, mut inboxes) = Bus::new(routes, 1);
+                let mut inbox = inboxes.remove(0);
+                bus.try_deliver(Envelope::Message(Delivery {
+                    target: Target::User(user),
+                    frame: Frame::pong(),
+                    position: None,
+                }));
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    loop {
+                        inbox.recv_many(&mut got, 1).await;
+                        // Sent again at once: the inbox is never empty.
+                        for envelope in got.drain(..) {
+                            bus.try_deliver(envelope);
+                        }
+                    }
+                });
+                tokio::task::yield_now().await;
+                done_tx.send(()).unwrap();
+            });
+        });
+        let ran = done_rx.recv_timeout(std::time::Duration::from_secs(10));
+        assert!(
+            ran.is_ok(),
+            "the bus task never let the runtime's other tasks run"
         );
     }
 }

@@ -116,6 +116,8 @@ pub use server::Server;
 /// jemalloc, for every binary built on this crate (the server, `fanfare bench`, the tests and
 /// benches, so they measure what runs): an idle connection is many small allocations, and
 /// jemalloc's size classes hold them in ~120 B less than glibc's malloc (paired runs,
-/// BENCHMARKS.md "Memory").
+/// BENCHMARKS.md "Memory"). Not under `cargo fuzz` (`--cfg fuzzing`), whose sanitizer
+/// watches the system allocator.
+#[cfg(not(fuzzing))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -448,7 +448,9 @@ impl Writer {
     /// Hands a command to the connection task.
     pub fn command(&self, command: Command) {
         let mut s = self.state();
-        if s.rare().commands.len() >= MAX_COMMANDS {
+        // A drain is always heard: a connection the backend flooded with commands still closes
+        // with 1012 in its turn, not as a slow consumer.
+        if s.rare().commands.len() >= MAX_COMMANDS && command != Command::Drain {
             if s.status == Status::Open {
                 s.cut();
             }

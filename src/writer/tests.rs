@@ -271,3 +271,31 @@ async fn an_idle_writer_holds_nothing_for_what_it_rarely_needs() {
         "given back once written and heard"
     );
 }
+
+/// A backend that floods a connection with commands cannot turn its drain into a slow
+/// consumer's cut: the drain is heard after them.
+#[tokio::test]
+async fn a_drain_is_heard_past_the_commands_limit() {
+    let writer = Writer::new(
+        QueueLimits {
+            frames: 64,
+            bytes: usize::MAX,
+        },
+        Default::default(),
+    );
+    for _ in 0..MAX_COMMANDS {
+        writer.command(Command::Disconnect("x".into()));
+    }
+    writer.command(Command::Drain);
+    for _ in 0..MAX_COMMANDS {
+        let event = writer.next_event().await;
+        assert!(matches!(
+            event,
+            WriterEvent::Command(Command::Disconnect(_))
+        ));
+    }
+    assert_eq!(
+        writer.next_event().await,
+        WriterEvent::Command(Command::Drain)
+    );
+}
