@@ -202,17 +202,17 @@ impl Frame {
     /// `{"type":"message","message":<payload>}`; the payload's text is copied as it came, so
     /// numbers keep every digit.
     pub fn direct(payload: &RawValue) -> Self {
-        Frame::text_parts(&[DIRECT_HEAD, payload.get(), "}"])
+        Frame::text_bytes(&[DIRECT_HEAD.as_bytes(), payload.get().as_bytes(), b"}"])
     }
 
     /// `{"type":"message","channel":"<c>","message":<payload>}`.
     pub fn channel(channel: &Channel, payload: &RawValue) -> Self {
-        Frame::text_parts(&[
-            CHANNEL_HEAD,
-            channel.as_str(),
-            CHANNEL_MIDDLE,
-            payload.get(),
-            "}",
+        Frame::text_bytes(&[
+            CHANNEL_HEAD.as_bytes(),
+            channel.as_str().as_bytes(),
+            CHANNEL_MIDDLE.as_bytes(),
+            payload.get().as_bytes(),
+            b"}",
         ])
     }
 
@@ -245,19 +245,22 @@ impl Frame {
     /// A message of a topic with history: `{"type":"message",("channel":"<c>",)"offset":N,
     /// "message":<payload>}`. `payload` is JSON text already checked.
     pub fn message_at(target: &Target, payload: &[u8], offset: u64) -> Self {
-        let offset = offset.to_string();
-        let mut parts: Vec<&[u8]> = vec![br#"{"type":"message","#];
-        if let Target::Channel(c) = target {
-            parts.extend([br#""channel":""#.as_slice(), c.as_str().as_bytes(), b"\","]);
+        // On the stack: one of these is made for every message relayed with history.
+        let mut digits = itoa::Buffer::new();
+        let offset = digits.format(offset).as_bytes();
+        let tail: [&[u8]; 5] = [br#""offset":"#, offset, br#","message":"#, payload, b"}"];
+        let head: &[u8] = br#"{"type":"message","#;
+        match target {
+            Target::Channel(c) => {
+                let [a, b, c_, d, e] = tail;
+                let channel = c.as_str().as_bytes();
+                Frame::text_bytes(&[head, br#""channel":""#, channel, b"\",", a, b, c_, d, e])
+            }
+            Target::User(_) | Target::All => {
+                let [a, b, c, d, e] = tail;
+                Frame::text_bytes(&[head, a, b, c, d, e])
+            }
         }
-        parts.extend([
-            br#""offset":"#.as_slice(),
-            offset.as_bytes(),
-            br#","message":"#,
-            payload,
-            b"}",
-        ]);
-        Frame::text_bytes(&parts)
     }
 
     /// `subscribed` for a channel with history: where it stands, and whether a resume worked.
