@@ -32,7 +32,7 @@ use crate::history::Position;
 use crate::history::Read;
 use crate::metrics::{BridgeMetrics, ShardMetrics};
 use crate::protocol::Since;
-use crate::protocol::Topic;
+use crate::protocol::{Target, Topic};
 use crate::subscriptions::SubscriptionLog;
 
 /// A read of a gap in flight, answered with what it asked.
@@ -50,6 +50,9 @@ struct Relay {
     /// What this turn of the loop relays, handed to the bus at its end: a worker is woken
     /// once for a burst, not once per message.
     outbox: Vec<Envelope>,
+    /// The last Redis channel relayed and what it names: a burst is mostly one topic's, and a
+    /// name parsed is a name checked and allocated.
+    last_channel: (Vec<u8>, Option<Target>),
 }
 
 /// Channels per SUBSCRIBE / UNSUBSCRIBE command.
@@ -484,10 +487,15 @@ impl Subscriber {
     /// Hands a message from another machine to the workers that have recipients, without
     /// waiting: a worker whose inbox is full misses it (counted), the others do not wait.
     fn relay(&self, channel: &[u8], payload: &[u8], relay: &mut Relay) {
-        let Some(target) = std::str::from_utf8(channel)
-            .ok()
-            .and_then(|c| self.names.parse(c))
-        else {
+        let (last, named) = &mut relay.last_channel;
+        if last.as_slice() != channel {
+            last.clear();
+            last.extend_from_slice(channel);
+            *named = std::str::from_utf8(channel)
+                .ok()
+                .and_then(|c| self.names.parse(c));
+        }
+        let Some(target) = named.clone() else {
             return;
         };
         let Some(decoded) = wire::decode(payload) else {
