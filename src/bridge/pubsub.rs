@@ -235,19 +235,26 @@ impl Reader {
     pub async fn reply(&mut self, max: usize) -> Result<Reply, String> {
         loop {
             if let Some((len, shape)) = reply_frame(&self.buf, max)? {
-                let frame = self.buf.split_to(len).freeze();
-                let text =
-                    |(a, b): (usize, usize)| String::from_utf8_lossy(&frame[a..b]).into_owned();
+                // Most replies are a PUBLISH's count: nothing of them is kept, so the buffer
+                // is not split for them (a split shares it, with a reference count to keep).
                 return Ok(match shape {
-                    ReplyShape::Integer(n) => Reply::Integer(n),
-                    ReplyShape::Status => Reply::Status,
-                    ReplyShape::Error(range) => Reply::Error(text(range)),
-                    ReplyShape::Bulks(parts) => Reply::Bulks(
-                        parts
-                            .into_iter()
-                            .map(|p| p.map(|(a, b)| frame.slice(a..b)))
-                            .collect(),
-                    ),
+                    ReplyShape::Integer(n) => {
+                        self.buf.advance(len);
+                        Reply::Integer(n)
+                    }
+                    ReplyShape::Status => {
+                        self.buf.advance(len);
+                        Reply::Status
+                    }
+                    ReplyShape::Error((a, b)) => {
+                        let frame = self.buf.split_to(len);
+                        Reply::Error(String::from_utf8_lossy(&frame[a..b]).into_owned())
+                    }
+                    ReplyShape::Bulks(parts) => {
+                        let frame = self.buf.split_to(len).freeze();
+                        let bulk = |p: Option<(usize, usize)>| p.map(|(a, b)| frame.slice(a..b));
+                        Reply::Bulks(parts.into_iter().map(bulk).collect())
+                    }
                 });
             }
             self.fill().await?;
