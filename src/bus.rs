@@ -173,8 +173,19 @@ impl Bus {
     pub fn try_deliver_burst(&self, envelopes: impl IntoIterator<Item = Envelope>) -> u64 {
         let mut missed = 0;
         let mut sent = WorkerSet::default();
+        // A burst is mostly one topic's: its route is looked up once for the envelopes in a
+        // row that share it (two hashes and a lock each).
+        let mut route: Option<(Target, WorkerSet)> = None;
         for envelope in envelopes {
-            let workers = self.routes.workers_for(&envelope.target());
+            let target = envelope.target();
+            let workers = match &route {
+                Some((t, workers)) if *t == target => *workers,
+                _ => {
+                    let workers = self.routes.workers_for(&target);
+                    route = Some((target, workers));
+                    workers
+                }
+            };
             let Some(last) = workers.iter().last() else {
                 continue;
             };
