@@ -174,7 +174,8 @@ impl Bus {
         let mut missed = 0;
         let mut sent = WorkerSet::default();
         // A burst is mostly one topic's: its route is looked up once for the envelopes in a
-        // row that share it (two hashes and a lock each).
+        // row that share it (two hashes and a lock each). The bridge hands a burst over after
+        // reading all of it, so no lookup is older than what it delivers.
         let mut route: Option<(Target, WorkerSet)> = None;
         for envelope in envelopes {
             let target = envelope.target();
