@@ -606,14 +606,14 @@ async fn the_readmes_curl_line_works_as_shown() {
     let mut lines: Vec<String> = Vec::new();
     // Reads curl's output up to a line with `until`; curl ending first (not installed, or
     // refused) fails the test.
-    let mut read_until = async |until: &str| loop {
+    let mut read_until = async |until: &str| {
         let mut line = String::new();
-        let read = tokio::time::timeout(PATIENCE, out.read_line(&mut line)).await;
-        let n = read.expect("curl prints within the patience").unwrap();
-        assert!(n > 0, "curl ended after {lines:?}: is curl installed?");
-        lines.push(line.trim_end().to_string());
-        if line.contains(until) {
-            return;
+        while !line.contains(until) {
+            line.clear();
+            let read = tokio::time::timeout(PATIENCE, out.read_line(&mut line)).await;
+            let n = read.expect("curl prints within the patience").unwrap();
+            assert!(n > 0, "curl ended after {lines:?}: is curl installed?");
+            lines.push(line.trim_end().to_string());
         }
     };
     read_until("subscribed").await;

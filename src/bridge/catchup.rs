@@ -263,8 +263,6 @@ impl Catchup {
     }
 }
 
-/// Relays in order: a duplicate message too (a recipient that read its own position may still
-/// need it; the hub drops what each recipient already has).
 /// The gap is given up: its recipients are told where the topic stands (everything before the
 /// first message held is behind them), then what was held goes on.
 fn give_up(t: &mut Track, target: &crate::protocol::Target, out: &mut Vec<Step>) {
@@ -286,6 +284,8 @@ fn give_up(t: &mut Track, target: &crate::protocol::Target, out: &mut Vec<Step>)
     }
 }
 
+/// Relays in order: a duplicate message too (a recipient that read its own position may still
+/// need it; the hub drops what each recipient already has).
 fn relay(t: &mut Track, envelope: Envelope, out: &mut Vec<Step>) {
     if let Envelope::Message(Delivery {
         position: Some(p), ..
