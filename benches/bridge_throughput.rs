@@ -3,7 +3,8 @@
 //! message to its bus. Compare with `redis-benchmark -P 64 PUBLISH` on the same Redis, which
 //! this prints too. With `history`, A appends each message to the topic's history in Redis
 //! (the append script, which publishes it with its offset) and the comparison is
-//! `redis-benchmark -P 64` running that same script call.
+//! `redis-benchmark -P 64` running that script with one message a call (the bridge sends a
+//! pipeline's appends in one call).
 //!
 //! `replica` gives that Redis a replica; `ack` (with `history`) also waits for it
 //! (`--history-ack-replicas 1`). With history, it then times appends one at a time, each
@@ -263,9 +264,6 @@ fn main() {
                 "2",
                 "tp:o:u:x",
                 "tp:h:u:x",
-                "tp:u:x",
-                "0123456789",
-                payload.get(),
                 "0a0b0c0d0e0f",
                 &h.size.to_string(),
                 &h.ttl_ms.to_string(),
@@ -275,6 +273,12 @@ fn main() {
                 "0",
                 "",
                 ",",
+                "",
+                "60000",
+                "0123456789",
+                "tp:u:x",
+                payload.get(),
+                "2",
             ];
             (
                 "the append script",

@@ -459,16 +459,16 @@ fn only_a_write_every_replica_confirmed_lets_a_promoted_replica_continue() {
         .unwrap();
     let append = |c: &mut redis::Connection, confirmed: bool| -> String {
         let publish = if confirmed { "" } else { "PUBLISH" };
-        redis::cmd("EVAL")
+        let answers: Vec<String> = redis::cmd("EVAL")
             .arg(fanfare::bridge::history::APPEND)
             .arg(2)
-            .arg(&[
-                "o:t", "h:t", "chan", "hdr", "{}", "0e0e", "100", "60000", publish,
-            ])
+            .arg(&["o:t", "h:t", "0e0e", "100", "60000", publish])
             .arg(&["old", "", "0", "1", ","])
             .arg(if confirmed { "1" } else { "" })
+            .arg(&["60000", "hdr", "chan", "{}", "2"])
             .query(c)
-            .unwrap()
+            .unwrap();
+        answers[0].clone()
     };
     // The master's data moves to a replica promoted long after it started ("old" is what it
     // continued); the read tells whether the epoch holds.

@@ -739,6 +739,42 @@ async fn a_batch_redis_takes_in_part_says_which_messages_were_taken() {
     );
 }
 
+/// Appends waiting together go to Redis in one call of the append script (the call, not its
+/// commands, was most of what an append cost Redis), and each is still answered and delivered
+/// as itself, in order.
+#[tokio::test]
+async fn appends_waiting_together_take_one_script_call() {
+    let redis = RedisServer::start();
+    let a = machine(&redis, "a").await;
+    let (mut c, _) = connected(&a, "7", &["many"]).await;
+    subscribe_since(&mut c, "many", None).await;
+    let calls = || -> u64 {
+        let stats: String = common::redis_query(redis.port, &["INFO", "commandstats"]).unwrap();
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = calls();
+    let batch: Vec<Value> = (1..=50)
+        .map(|n| json!({"channel": "many", "message": n}))
+        .collect();
+    let (status, text) = a.post("/batch", &Value::from(batch).to_string()).await;
+    assert_eq!(status, 202, "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        body["offsets"],
+        json!((1..=50).collect::<Vec<u64>>()),
+        "{text}"
+    );
+    let made = calls() - before;
+    assert!(made < 25, "{made} script calls for 50 appends");
+    let got = next_messages(&mut c, 50).await;
+    let want: Vec<(u64, Value)> = (1..=50u64).map(|n| (n, json!(n))).collect();
+    assert_eq!(got, want);
+}
+
 /// A 202 says where its message was taken: the offset and the epoch it belongs to (an offset
 /// alone means nothing once the epoch changes), for one message and for a batch.
 #[tokio::test]
@@ -848,4 +884,30 @@ async fn a_stream_made_again_by_an_append_expires_like_any_other() {
     redis_cmd(redis.port, &["DEL", stream]);
     assert_eq!(publish(3).await, 3);
     assert!(ttl_ms(stream) > 0, "the stream made again expires");
+}
+
+/// An append pushes the expiries back only when due (the hash's `x`, a tenth of the TTL after
+/// the last push), yet after every append the stream still has at least the TTL left.
+#[tokio::test]
+async fn after_every_append_the_stream_has_at_least_the_ttl_left() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let a = TestServer::start_with(move |c| {
+        c.redis = Some(url);
+        c.redis_prefix = "hf:".into();
+        c.node_id = Some("a".into());
+        c.history_size = 10;
+        c.history_ttl = 5;
+    });
+    a.wait_readyz(200).await;
+    let ttl_ms = |key: &str| -> i64 { common::redis_query(redis.port, &["PTTL", key]).unwrap() };
+    for n in 1..=3u64 {
+        let offset = post_offset(&a, "/publish", json!({"channel": "due", "message": n})).await;
+        assert_eq!(offset, n);
+        let left = ttl_ms("hf:h:c:due");
+        assert!(left > 5_000, "append {n}: {left} ms left");
+        assert!(ttl_ms("hf:o:c:due") > 50_000, "append {n}: the position");
+        // Past the tenth of the TTL after which the next append must push them back.
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    }
 }

@@ -45,74 +45,93 @@ pub(super) struct HeldAppend {
 }
 
 impl Publisher {
-    /// Encodes a history request (append, read, touch); `publish` is the link's PUBLISH verb.
+    /// History requests come only with history; a plain PUBLISH (the hot path) makes none of
+    /// their arguments.
+    fn settings(&self) -> HistorySettings {
+        self.history.unwrap_or(HistorySettings {
+            size: 0,
+            ttl_ms: 0,
+            ack: None,
+            once_ttl_ms: 0,
+        })
+    }
+
+    /// Encodes a run of appends as one call of the append script ([`history::APPEND`]), whose
+    /// reply answers each in order; `publish` is the link's PUBLISH verb.
+    pub(super) fn encode_appends(
+        &self,
+        conn: &Conn,
+        appends: &[Request],
+        publish: &[u8],
+        lineage: &LineageArgs,
+        out: &mut Vec<u8>,
+    ) {
+        let settings = self.settings();
+        let mut keys = Vec::with_capacity(appends.len() * 2);
+        let mut messages: Vec<(String, &[u8], &[u8])> = Vec::with_capacity(appends.len());
+        for request in appends {
+            let Request::Append {
+                topic,
+                payload,
+                once,
+                ..
+            } = request
+            else {
+                continue;
+            };
+            let (position, stream) = self.names.history(topic);
+            keys.push(position);
+            keys.push(stream);
+            let count: &[u8] = match once {
+                Some(key) => {
+                    keys.push(self.names.once_in_topic(topic, key.as_str()));
+                    b"3"
+                }
+                None => b"2",
+            };
+            messages.push((self.names.topic(topic), payload, count));
+        }
+        let (size, ttl) = (settings.size.to_string(), settings.ttl_ms.to_string());
+        let (once_ttl, key_count) = (settings.once_ttl_ms.to_string(), keys.len().to_string());
+        let new_epoch = random_hex(6);
+        let header = wire::positioned_header(self.instance);
+        let publish: &[u8] = if self.ack().is_some() { b"" } else { publish };
+        let l = &lineage.0;
+        let mut args: Vec<&[u8]> = Vec::with_capacity(15 + keys.len() + messages.len() * 3);
+        args.extend_from_slice(&[b"EVALSHA", conn.append.as_bytes(), key_count.as_bytes()]);
+        args.extend(keys.iter().map(String::as_bytes));
+        args.extend_from_slice(&[
+            new_epoch.as_bytes(),
+            size.as_bytes(),
+            ttl.as_bytes(),
+            publish,
+            l[0].as_bytes(),
+            l[1].as_bytes(),
+            l[2].as_bytes(),
+            l[3].as_bytes(),
+            l[4].as_bytes(),
+            l[5].as_bytes(),
+            once_ttl.as_bytes(),
+            &header,
+        ]);
+        for (channel, payload, count) in &messages {
+            args.extend_from_slice(&[channel.as_bytes(), payload, count]);
+        }
+        pubsub::encode(out, &args);
+    }
+
+    /// Encodes a history request other than an append (read, touch); `publish` is the link's
+    /// PUBLISH verb.
     /// What the history scripts are told of the data they write in is `lineage`.
     pub(super) fn encode_history(
         &self,
         conn: &Conn,
         request: &Request,
-        publish: &[u8],
         lineage: &LineageArgs,
         out: &mut Vec<u8>,
     ) {
-        // History requests come only with history; a plain PUBLISH (the hot path) makes none
-        // of their arguments.
-        let settings = self.history.unwrap_or(HistorySettings {
-            size: 0,
-            ttl_ms: 0,
-            ack: None,
-            once_ttl_ms: 0,
-        });
+        let settings = self.settings();
         match request {
-            Request::Append {
-                topic,
-                payload,
-                once,
-                ..
-            } => {
-                let (position, stream) = self.names.history(topic);
-                let once = once
-                    .as_ref()
-                    .map(|k| self.names.once_in_topic(topic, k.as_str()));
-                let once_ttl = settings.once_ttl_ms.to_string();
-                let channel = self.names.topic(topic);
-                let header = wire::positioned_header(self.instance);
-                let (size, ttl) = (settings.size.to_string(), settings.ttl_ms.to_string());
-                let new_epoch = random_hex(6);
-                let publish: &[u8] = if self.ack().is_some() { b"" } else { publish };
-                let l = &lineage.0;
-                let (keys, once): (&[u8], &[u8]) = match &once {
-                    Some(key) => (b"3", key.as_bytes()),
-                    None => (b"2", b""),
-                };
-                let mut args: Vec<&[u8]> = vec![
-                    b"EVALSHA",
-                    conn.append.as_bytes(),
-                    keys,
-                    position.as_bytes(),
-                    stream.as_bytes(),
-                ];
-                if !once.is_empty() {
-                    args.push(once);
-                }
-                args.extend_from_slice(&[
-                    channel.as_bytes(),
-                    &header,
-                    payload,
-                    new_epoch.as_bytes(),
-                    size.as_bytes(),
-                    ttl.as_bytes(),
-                    publish,
-                    l[0].as_bytes(),
-                    l[1].as_bytes(),
-                    l[2].as_bytes(),
-                    l[3].as_bytes(),
-                    l[4].as_bytes(),
-                    l[5].as_bytes(),
-                    once_ttl.as_bytes(),
-                ]);
-                pubsub::encode(out, &args);
-            }
             Request::Touch(topic) => {
                 let (position, _) = self.names.history(topic);
                 // A tenth more, as a read and an append keep it (see `history`).
