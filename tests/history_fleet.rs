@@ -739,24 +739,25 @@ async fn a_batch_redis_takes_in_part_says_which_messages_were_taken() {
     );
 }
 
-/// Appends waiting together go to Redis in one call of the append script (the call, not its
-/// commands, was most of what an append cost Redis), and each is still answered and delivered
-/// as itself, in order.
+/// Appends waiting together go to Redis in one call of the append script (what a call costs
+/// beside its commands was most of what an append cost Redis), which reads a topic's position
+/// once, and each is still answered and delivered as itself, in order.
 #[tokio::test]
 async fn appends_waiting_together_take_one_script_call() {
     let redis = RedisServer::start();
     let a = machine(&redis, "a").await;
     let (mut c, _) = connected(&a, "7", &["many"]).await;
     subscribe_since(&mut c, "many", None).await;
-    let calls = || -> u64 {
+    let calls = |command: &str| -> u64 {
         let stats: String = common::redis_query(redis.port, &["INFO", "commandstats"]).unwrap();
+        let prefix = format!("cmdstat_{command}:calls=");
         stats
             .lines()
-            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
             .and_then(|rest| rest.split(',').next()?.parse().ok())
             .unwrap_or(0)
     };
-    let before = calls();
+    let (before, reads_before) = (calls("evalsha"), calls("hmget"));
     let batch: Vec<Value> = (1..=50)
         .map(|n| json!({"channel": "many", "message": n}))
         .collect();
@@ -768,8 +769,11 @@ async fn appends_waiting_together_take_one_script_call() {
         json!((1..=50).collect::<Vec<u64>>()),
         "{text}"
     );
-    let made = calls() - before;
+    let made = calls("evalsha") - before;
     assert!(made < 25, "{made} script calls for 50 appends");
+    // One topic: its position is read once a call.
+    let reads = calls("hmget") - reads_before;
+    assert!(reads <= made, "{reads} position reads in {made} calls");
     let got = next_messages(&mut c, 50).await;
     let want: Vec<(u64, Value)> = (1..=50u64).map(|n| (n, json!(n))).collect();
     assert_eq!(got, want);

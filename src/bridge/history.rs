@@ -110,7 +110,8 @@ end
 /// nothing appended. A message whose commands failed (an `OOM`, a key of another type) is
 /// answered with Redis's error text, which starts with a letter, and the others are still
 /// appended: a message is answered "taken" only if it was, and a failure is no reason to
-/// refuse the rest. All the messages of a call share one `TIME`.
+/// refuse the rest. All the messages of a call share one `TIME`, and a topic's position is
+/// read once a call: what the call writes to it, it keeps track of.
 pub const APPEND: &str = concat!(
     lineage!(),
     r"
@@ -118,27 +119,39 @@ local t = redis.call('TIME')
 local ms = t[1] .. string.sub('00000' .. t[2], -6, -4)
 local now = tonumber(ms)
 local ttl = tonumber(ARGV[3])
+local topics = {}
 local function append(hash, stream, once, channel, payload)
   if once then
     local done = redis.call('GET', once)
     if done then return done .. ' again' end
   end
-  local epoch, _, written, due = position(hash, stream, ARGV[1], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+  local topic = topics[hash]
+  if not topic then
+    local epoch, _, written, due = position(hash, stream, ARGV[1], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+    topic = {epoch = epoch, written = written, due = due}
+    topics[hash] = topic
+  end
+  local epoch = topic.epoch
   local offset = string.format('%d', redis.call('HINCRBY', hash, 'o', '1'))
   local id = '0-' .. offset
   local made = not redis.call('XADD', stream, 'NOMKSTREAM', 'MAXLEN', '~', ARGV[2], id, 't', ms, 'd', payload)
   if made then
     redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], id, 't', ms, 'd', payload)
   end
-  if made or not due or tonumber(due) <= now then
+  if made or not topic.due or tonumber(topic.due) <= now then
     redis.call('PEXPIRE', stream, ttl + math.floor(ttl / 10))
     redis.call('PEXPIRE', hash, ttl * 10 + math.floor(ttl / 10))
-    redis.call('HSET', hash, 'x', string.format('%d', now + math.floor(ttl / 10)))
+    topic.due = now + math.floor(ttl / 10)
+    redis.call('HSET', hash, 'x', string.format('%d', topic.due))
   end
   if ARGV[10] == '1' then
-    redis.call('HSET', hash, 't', ms)
-  elseif written then
+    if topic.written ~= ms then
+      redis.call('HSET', hash, 't', ms)
+      topic.written = ms
+    end
+  elseif topic.written then
     redis.call('HDEL', hash, 't')
+    topic.written = false
   end
   local published = ''
   if ARGV[4] ~= '' then
