@@ -835,9 +835,9 @@ async fn a_position_nobody_published_to_is_kept_briefly_in_redis() {
     assert!(busy > 2 * ttl_ms, "{busy}");
 }
 
-/// A Redis at `maxmemory` (no eviction) refuses history writes: the 503 says so, `/readyz`
-/// says 503 too (it used to say 200 while every history publish failed), and both recover
-/// once Redis has room again.
+/// A Redis at `maxmemory` (no eviction) refuses history writes, a new topic's too: the 503
+/// says so, `/readyz` says 503 too (it used to say 200 while every history publish failed),
+/// and both recover once Redis has room again.
 #[tokio::test]
 async fn a_redis_out_of_memory_is_said_by_the_503_and_by_readyz() {
     let redis = RedisServer::start();
@@ -861,6 +861,17 @@ async fn a_redis_out_of_memory_is_said_by_the_503_and_by_readyz() {
     a.wait_readyz(503).await;
     let (_, why) = a.get("/readyz").await;
     assert!(why.contains("out of memory"), "{why}");
+    // A topic Redis has never seen, among others in one call: nothing of it gets past the
+    // limit either (its stream's DEL must not come first: a write that frees the rest).
+    let batch = json!([
+        {"channel": "news", "message": 3},
+        {"channel": "fresh", "message": 4},
+        {"channel": "news", "message": 5},
+    ]);
+    let (status, text) = a.post("/batch", &batch.to_string()).await;
+    assert_eq!(status, 503, "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["offsets"], json!([null, null, null]), "{text}");
     redis_cmd(redis.port, &["CONFIG", "SET", "maxmemory", "0"]);
     a.wait_readyz(200).await;
     post_offset(&a, "/publish", json!({"channel": "news", "message": 2})).await;
@@ -914,4 +925,22 @@ async fn after_every_append_the_stream_has_at_least_the_ttl_left() {
         // Past the tenth of the TTL after which the next append must push them back.
         tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     }
+}
+
+/// The due time `x` is of the clock of the master that wrote it: a position from another
+/// lineage (a failover, a restart, a slot move, where the stream's expiry may have moved onto
+/// another clock) has its expiries pushed back at its next append, whatever `x` says.
+#[tokio::test]
+async fn an_append_after_a_change_of_master_pushes_the_expiries_back() {
+    let redis = RedisServer::start();
+    let a = machine(&redis, "a").await;
+    let publish = |n: u64| post_offset(&a, "/publish", json!({"channel": "moved", "message": n}));
+    publish(1).await;
+    let ttl_ms = |key: &str| -> i64 { common::redis_query(redis.port, &["PTTL", key]).unwrap() };
+    // Written by another master whose clock put the stream's expiry closer than this one's.
+    redis_cmd(redis.port, &["HSET", "hf:o:c:moved", "l", "another"]);
+    redis_cmd(redis.port, &["PEXPIRE", "hf:h:c:moved", "10000"]);
+    publish(2).await;
+    let left = ttl_ms("hf:h:c:moved");
+    assert!(left > 300_000, "{left} ms left");
 }

@@ -54,7 +54,12 @@ pub const POSITION_MEMORY: u64 = 10;
 /// is needed, this master's replication id, the one it continued (`master_replid2`, or empty),
 /// the ms it started at, "1" in acknowledged mode, and the other masters' ids as `,id,id,`. It
 /// returns the epoch, the last offset as Redis keeps it (a string), `t`, and `x`: when the
-/// expiries are due to be pushed back (Redis time in ms).
+/// expiries are due to be pushed back (Redis time in ms). `x` is of the clock of the master
+/// that wrote it, so a hash of another lineage forgets it: the next append pushes them back.
+///
+/// A new hash is written before the stream is deleted: Redis refuses a command that may grow
+/// its memory past `maxmemory` only while a script has written nothing, and a `DEL` first
+/// would let the rest of an append call past that limit.
 ///
 /// The scripts keep numbers as the strings Redis gives them where they can: a Lua number
 /// becomes a string through `printf("%.14g")`, and these conversions were ~11 % of Redis's CPU
@@ -65,8 +70,8 @@ macro_rules! lineage {
 local function position(hash, stream, new, lineage, predecessor, started, acknowledged, others)
   local h = redis.call('HMGET', hash, 'e', 'l', 't', 'o', 'x')
   if not h[1] then
-    redis.call('DEL', stream)
     redis.call('HSET', hash, 'e', new, 'l', lineage)
+    redis.call('DEL', stream)
     return new, '0', false, false
   end
   local epoch = h[1]
@@ -81,6 +86,8 @@ local function position(hash, stream, new, lineage, predecessor, started, acknow
       redis.call('HSET', hash, 'e', epoch)
     end
     redis.call('HSET', hash, 'l', lineage)
+    redis.call('HDEL', hash, 'x')
+    h[5] = false
   end
   return epoch, h[4] or '0', h[3], h[5]
 end
