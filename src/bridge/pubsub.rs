@@ -26,7 +26,7 @@ const READ_CHUNK: usize = 64 * 1024;
 pub enum Push {
     /// A message published on a channel we subscribe to (`message`, or `smessage` for a shard
     /// channel).
-    Message { channel: Bytes, payload: Bytes },
+    Message(Message),
     /// One channel of a (S)SUBSCRIBE took effect (one per channel named).
     Subscribed,
     /// One channel of an (S)UNSUBSCRIBE took effect — or, for a shard channel nobody asked to
@@ -38,6 +38,26 @@ pub enum Push {
     Oversize,
     /// An error reply to a command (on a cluster, `-MOVED` to a SSUBSCRIBE whose slot moved).
     Refused(String),
+}
+
+/// A message as read: its frame, and where its channel and payload lie in it. One reference
+/// to the read buffer, taken and dropped once, where a `Bytes` for each part took three (and
+/// their drops, on the buffer's one counter, were ~3 % of the bridge's CPU).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Message {
+    frame: BytesMut,
+    channel: (usize, usize),
+    payload: (usize, usize),
+}
+
+impl Message {
+    pub fn channel(&self) -> &[u8] {
+        &self.frame[self.channel.0..self.channel.1]
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        &self.frame[self.payload.0..self.payload.1]
+    }
 }
 
 /// Reads pushes; the other half of [`connect`].
@@ -284,19 +304,16 @@ impl Reader {
             self.skip = len;
             return Ok(None);
         }
-        let mut frame = self.buf.split_to(len).freeze();
+        let mut frame = self.buf.split_to(len);
         Ok(Some(match shape {
-            Shape::Message { channel, payload } => {
-                let channel_bytes = frame.slice(channel.0..channel.1);
-                let payload = frame.slice(payload.0..payload.1);
-                Push::Message {
-                    channel: channel_bytes,
-                    payload,
-                }
-            }
+            Shape::Message { channel, payload } => Push::Message(Message {
+                frame,
+                channel,
+                payload,
+            }),
             Shape::Subscribed => Push::Subscribed,
             Shape::Unsubscribed { channel } => Push::Unsubscribed {
-                channel: frame.slice(channel.0..channel.1),
+                channel: frame.freeze().slice(channel.0..channel.1),
             },
             Shape::Pong => Push::Pong,
             Shape::Oversize => unreachable!("skipped above"),
@@ -650,11 +667,11 @@ mod tests {
         assert_eq!(reader.next().await.unwrap(), Push::Subscribed);
         assert_eq!(reader.next().await.unwrap(), Push::Oversize);
         for i in 0..100 {
-            let Push::Message { channel, payload } = reader.next().await.unwrap() else {
+            let Push::Message(message) = reader.next().await.unwrap() else {
                 panic!("a message");
             };
-            assert_eq!(&channel[..], b"a");
-            assert_eq!(payload, format!("payload {i}").as_bytes());
+            assert_eq!(message.channel(), b"a");
+            assert_eq!(message.payload(), format!("payload {i}").as_bytes());
         }
         drop(server.await.unwrap());
         assert!(reader.next().await.is_err());

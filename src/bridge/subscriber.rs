@@ -379,9 +379,9 @@ impl Subscriber {
     async fn on_push(&self, state: &mut State, i: usize, push: Result<Push, String>) {
         let link = &mut state.links[i];
         match push {
-            Ok(Push::Message { channel, payload }) => {
+            Ok(Push::Message(message)) => {
                 link.shard.received.fetch_add(1, Relaxed);
-                self.relay(&channel, &payload, &mut state.relay);
+                self.relay(message.channel(), message.payload(), &mut state.relay);
                 return;
             }
             Ok(Push::Pong) => link.ping_sent = None,

@@ -538,14 +538,18 @@ impl Publisher {
         let mut requests = batch.drain(..);
         for call in calls {
             let reply = conn.reader.reply(max_reply).await?;
-            let replies = match *call {
-                Call::One => vec![reply],
-                Call::Appends(n) => each_append(reply, n),
-            };
-            let n = replies.len();
-            for (request, reply) in requests.by_ref().take(n).zip(replies) {
-                *answered += usize::from(request.is_publish());
-                self.answer(conn, shard, request, reply, ack, &mut held)?;
+            match *call {
+                Call::One => {
+                    if let Some(request) = requests.next() {
+                        *answered += usize::from(request.is_publish());
+                        self.answer(conn, shard, request, reply, ack, &mut held)?;
+                    }
+                }
+                Call::Appends(n) => {
+                    for (request, reply) in requests.by_ref().take(n).zip(each_append(reply, n)) {
+                        self.answer(conn, shard, request, reply, ack, &mut held)?;
+                    }
+                }
             }
         }
         drop(requests);
