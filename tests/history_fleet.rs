@@ -13,12 +13,20 @@ async fn machine(redis: &RedisServer, node: &str) -> TestServer {
 
 /// A machine of the fleet, once it reaches Redis and holds its node id.
 async fn machine_with(redis: &RedisServer, node: &str, size: u32) -> TestServer {
+    machine_kept(redis, node, size, None).await
+}
+
+/// [`machine_with`], keeping history `ttl` seconds when given.
+async fn machine_kept(redis: &RedisServer, node: &str, size: u32, ttl: Option<u64>) -> TestServer {
     let (url, node) = (redis.url(), node.to_string());
     let s = TestServer::start_with(move |c| {
         c.redis = Some(url);
         c.redis_prefix = "hf:".into();
         c.node_id = Some(node);
         c.history_size = size;
+        if let Some(ttl) = ttl {
+            c.history_ttl = ttl;
+        }
     });
     s.wait_readyz(200).await;
     s
@@ -546,15 +554,7 @@ async fn the_backends_word_comes_in_order_with_the_messages_before_it() {
 #[tokio::test]
 async fn a_quiet_topic_with_a_recipient_keeps_its_position_in_redis() {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let a = TestServer::start_with(move |c| {
-        c.redis = Some(url);
-        c.redis_prefix = "hf:".into();
-        c.node_id = Some("a".into());
-        c.history_size = 10;
-        c.history_ttl = 1;
-    });
-    a.wait_readyz(200).await;
+    let a = machine_kept(&redis, "a", 10, Some(1)).await;
     let (mut c, _) = connected(&a, "1", &["quiet"]).await;
     subscribe_since(&mut c, "quiet", None).await;
     post_offset(&a, "/publish", json!({"channel": "quiet", "message": 1})).await;
@@ -906,15 +906,7 @@ async fn a_stream_made_again_by_an_append_expires_like_any_other() {
 #[tokio::test]
 async fn after_every_append_the_stream_has_at_least_the_ttl_left() {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let a = TestServer::start_with(move |c| {
-        c.redis = Some(url);
-        c.redis_prefix = "hf:".into();
-        c.node_id = Some("a".into());
-        c.history_size = 10;
-        c.history_ttl = 5;
-    });
-    a.wait_readyz(200).await;
+    let a = machine_kept(&redis, "a", 10, Some(5)).await;
     let ttl_ms = |key: &str| -> i64 { common::redis_query(redis.port, &["PTTL", key]).unwrap() };
     for n in 1..=3u64 {
         let offset = post_offset(&a, "/publish", json!({"channel": "due", "message": n})).await;
