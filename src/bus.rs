@@ -6,14 +6,18 @@
 //! An inbox is woken by its senders, not by each envelope: the bridge hands a burst of what it
 //! read from Redis and wakes each worker once (a worker's runtime parked in `epoll` costs an
 //! `eventfd` write and a context switch to wake, and a worker that keeps up parks between two
-//! envelopes).
+//! envelopes). A burst also goes into each inbox as one item, its room taken at once: a send
+//! per envelope, each with its own place to take in a bounded channel, was a fifth of the
+//! bridge's CPU. The bound is still in envelopes: an inbox's room is a semaphore of
+//! [`INBOX_CAPACITY`] permits, taken before a send and given back as the worker takes them out.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use std::task::{Context, Poll, Waker};
 
 use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, Notify, Semaphore, SemaphorePermit, TryAcquireError};
 
 use crate::history::Position;
 use crate::protocol::Since;
@@ -65,7 +69,14 @@ impl Envelope {
 /// Places in some inboxes, from [`Bus::reserve`].
 pub struct Reserved<'a> {
     workers: WorkerSet,
-    permits: Vec<(WorkerId, mpsc::Permit<'a, Envelope>)>,
+    permits: Vec<(WorkerId, SemaphorePermit<'a>)>,
+}
+
+/// What one send puts in an inbox.
+enum Item {
+    One(Envelope),
+    /// Several envelopes for one worker, in order, their room taken together.
+    Burst(Vec<Envelope>),
 }
 
 /// The sending side, shared by the router and the bridge.
@@ -73,7 +84,9 @@ pub struct Reserved<'a> {
 pub struct Bus {
     /// One per worker; the receiver is that worker's bus task, which hands each delivery to its
     /// hub. Closed when the worker stops.
-    inbox_tx: Vec<mpsc::Sender<Envelope>>,
+    inbox_tx: Vec<mpsc::UnboundedSender<Item>>,
+    /// One per worker: room in its inbox, in envelopes (closed when the worker stops).
+    room: Vec<Arc<Semaphore>>,
     /// One per worker: what wakes its [`Inbox`].
     wakes: Vec<Arc<Notify>>,
     routes: Arc<Routes>,
@@ -81,10 +94,15 @@ pub struct Bus {
 
 /// A worker's inbox, in the order its envelopes were sent.
 pub struct Inbox {
-    rx: mpsc::Receiver<Envelope>,
+    rx: mpsc::UnboundedReceiver<Item>,
+    room: Arc<Semaphore>,
     /// Its senders' wake-up: it never waits on the channel itself, so a send alone wakes
     /// nobody.
     wake: Arc<Notify>,
+    /// Envelopes out of the channel and not yet taken (the rest of a burst); they still hold
+    /// their room.
+    rest: VecDeque<Envelope>,
+    items: Vec<Item>,
 }
 
 impl Inbox {
@@ -93,15 +111,28 @@ impl Inbox {
     /// worker's bus task ends with its runtime anyway).
     pub async fn recv_many(&mut self, buf: &mut Vec<Envelope>, limit: usize) -> usize {
         loop {
+            if !self.rest.is_empty() {
+                return self.take(buf, limit);
+            }
             // Polled with a waker that does nothing: the channel then wakes nobody per send,
             // while the poll still spends the task's budget (a worker whose inbox never
             // empties still lets its connections run) and never parks the thread behind a
             // send in progress (as `try_recv` would).
-            let polled =
-                self.rx
-                    .poll_recv_many(&mut Context::from_waker(Waker::noop()), buf, limit);
+            let polled = self.rx.poll_recv_many(
+                &mut Context::from_waker(Waker::noop()),
+                &mut self.items,
+                limit,
+            );
             match polled {
-                Poll::Ready(n) => return n,
+                Poll::Ready(0) => return 0,
+                Poll::Ready(_) => {
+                    for item in self.items.drain(..) {
+                        match item {
+                            Item::One(envelope) => self.rest.push_back(envelope),
+                            Item::Burst(envelopes) => self.rest.extend(envelopes),
+                        }
+                    }
+                }
                 // Out of budget, or a send not yet complete: come back after the others.
                 Poll::Pending if !self.rx.is_empty() => tokio::task::yield_now().await,
                 // A wake given while nobody waited is kept (one permit), so none is lost
@@ -111,18 +142,41 @@ impl Inbox {
         }
     }
 
+    /// Up to `limit` of the envelopes out of the channel into `buf`, their room given back.
+    fn take(&mut self, buf: &mut Vec<Envelope>, limit: usize) -> usize {
+        let n = self.rest.len().min(limit);
+        buf.extend(self.rest.drain(..n));
+        self.room.add_permits(n);
+        n
+    }
+
     /// The oldest envelope, if there is one (for tests and benches).
     pub fn try_recv(&mut self) -> Result<Envelope, TryRecvError> {
-        self.rx.try_recv()
+        if self.rest.is_empty() {
+            match self.rx.try_recv()? {
+                Item::One(envelope) => self.rest.push_back(envelope),
+                Item::Burst(envelopes) => self.rest.extend(envelopes),
+            }
+        }
+        let envelope = self.rest.pop_front().ok_or(TryRecvError::Empty)?;
+        self.room.add_permits(1);
+        Ok(envelope)
     }
 
     /// Envelopes waiting.
     pub fn len(&self) -> usize {
-        self.rx.len()
+        INBOX_CAPACITY.saturating_sub(self.room.available_permits())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rx.is_empty()
+        self.len() == 0
+    }
+}
+
+impl Drop for Inbox {
+    /// A stopped worker's inbox has no room: a sender waiting for some is let go.
+    fn drop(&mut self) {
+        self.room.close();
     }
 }
 
@@ -132,15 +186,25 @@ impl Bus {
         let mut inbox_tx = Vec::with_capacity(workers);
         let mut wakes = Vec::with_capacity(workers);
         let mut inboxes = Vec::with_capacity(workers);
+        let mut room = Vec::with_capacity(workers);
         for _ in 0..workers {
-            let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
+            let (tx, rx) = mpsc::unbounded_channel();
             let wake = Arc::new(Notify::new());
+            let space = Arc::new(Semaphore::new(INBOX_CAPACITY));
             inbox_tx.push(tx);
+            room.push(space.clone());
             wakes.push(wake.clone());
-            inboxes.push(Inbox { rx, wake });
+            inboxes.push(Inbox {
+                rx,
+                room: space,
+                wake,
+                rest: VecDeque::new(),
+                items: Vec::new(),
+            });
         }
         let bus = Bus {
             inbox_tx,
+            room,
             wakes,
             routes,
         };
@@ -156,8 +220,13 @@ impl Bus {
     /// worker that has stopped (shutdown) is skipped: its connections are closing anyway.
     pub async fn deliver(&self, envelope: Envelope) {
         for worker in self.routes.workers_for(&envelope.target()).iter() {
-            let _ = self.inbox(worker).send(envelope.clone()).await;
-            self.wake(worker);
+            let Ok(place) = self.room(worker).acquire().await else {
+                continue;
+            };
+            place.forget();
+            if self.inbox(worker).send(Item::One(envelope.clone())).is_ok() {
+                self.wake(worker);
+            }
         }
     }
 
@@ -168,11 +237,11 @@ impl Bus {
         self.try_deliver_burst([envelope])
     }
 
-    /// [`try_deliver`](Self::try_deliver) for each of `envelopes` in order, each worker that
-    /// got any woken once, at the end.
+    /// [`try_deliver`](Self::try_deliver) for each of `envelopes` in order: each worker gets
+    /// its share as one item, as much of it as its inbox has room for (the rest is missed), and
+    /// is woken once.
     pub fn try_deliver_burst(&self, envelopes: impl IntoIterator<Item = Envelope>) -> u64 {
-        let mut missed = 0;
-        let mut sent = WorkerSet::default();
+        let mut shares: Vec<Vec<Envelope>> = (0..self.inbox_tx.len()).map(|_| Vec::new()).collect();
         // A burst is mostly one topic's: its route is looked up once for the envelopes in a
         // row that share it (two hashes and a lock each). The bridge hands a burst over after
         // reading all of it, so no lookup is older than what it delivers.
@@ -190,21 +259,56 @@ impl Bus {
             let Some(last) = workers.iter().last() else {
                 continue;
             };
-            let mut send = |worker, envelope| match self.inbox(worker).try_send(envelope) {
-                Ok(()) => sent = sent.with(worker),
-                Err(mpsc::error::TrySendError::Full(_)) => missed += 1,
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
-            };
             for worker in workers.without(last).iter() {
-                send(worker, envelope.clone());
+                shares[usize::from(worker.0)].push(envelope.clone());
             }
             // The last one takes it: no clone (and no reference count touched) for one worker.
-            send(last, envelope);
+            shares[usize::from(last.0)].push(envelope);
         }
-        for worker in sent.iter() {
-            self.wake(worker);
+        let mut missed = 0;
+        for (i, mut share) in shares.into_iter().enumerate() {
+            if share.is_empty() {
+                continue;
+            }
+            let worker = WorkerId(i as u8);
+            // A stopped worker (shutdown) is skipped: its connections are closing anyway.
+            let Some(room) = self.take_room(worker, share.len()) else {
+                continue;
+            };
+            missed += (share.len() - room) as u64;
+            share.truncate(room);
+            let item = match share.len() {
+                0 => continue,
+                1 => Item::One(share.pop().expect("one")),
+                _ => Item::Burst(share),
+            };
+            if self.inbox(worker).send(item).is_ok() {
+                self.wake(worker);
+            }
         }
         missed
+    }
+
+    /// Takes room for up to `wanted` envelopes in `worker`'s inbox, without waiting: how many;
+    /// `None` once the worker has stopped.
+    fn take_room(&self, worker: WorkerId, wanted: usize) -> Option<usize> {
+        let room = self.room(worker);
+        // Another sender may take some between the look and the take: look again.
+        for _ in 0..4 {
+            let n = wanted.min(room.available_permits());
+            if n == 0 {
+                break;
+            }
+            match room.try_acquire_many(n as u32) {
+                Ok(place) => {
+                    place.forget();
+                    return Some(n);
+                }
+                Err(TryAcquireError::NoPermits) => continue,
+                Err(TryAcquireError::Closed) => return None,
+            }
+        }
+        (!room.is_closed()).then_some(0)
     }
 
     /// A place in the inbox of each of `workers`, taken in worker order (so two callers cannot
@@ -213,7 +317,7 @@ impl Bus {
     pub async fn reserve(&self, workers: WorkerSet) -> Reserved<'_> {
         let mut permits = Vec::with_capacity(self.inbox_tx.len());
         for worker in workers.iter() {
-            if let Ok(permit) = self.inbox(worker).reserve().await {
+            if let Ok(permit) = self.room(worker).acquire().await {
                 permits.push((worker, permit));
             }
         }
@@ -242,14 +346,20 @@ impl Bus {
         let now = self.routes.workers_for(&envelope.target());
         for (worker, permit) in reserved.permits {
             if now.contains(worker) {
-                permit.send(envelope.clone());
-                self.wake(worker);
+                permit.forget();
+                if self.inbox(worker).send(Item::One(envelope.clone())).is_ok() {
+                    self.wake(worker);
+                }
             }
         }
     }
 
-    fn inbox(&self, worker: WorkerId) -> &mpsc::Sender<Envelope> {
+    fn inbox(&self, worker: WorkerId) -> &mpsc::UnboundedSender<Item> {
         &self.inbox_tx[usize::from(worker.0)]
+    }
+
+    fn room(&self, worker: WorkerId) -> &Semaphore {
+        &self.room[usize::from(worker.0)]
     }
 
     fn wake(&self, worker: WorkerId) {
@@ -282,6 +392,70 @@ mod tests {
         assert_eq!(bus.try_deliver(delivery.clone()), 1);
         assert_eq!(inboxes[1].len(), 1);
         assert_eq!(inboxes[0].len(), INBOX_CAPACITY);
+    }
+
+    /// A burst goes into an inbox as one item, but its bound is still in envelopes: as many as
+    /// there is room for arrive, in order, and the rest are counted missed.
+    #[tokio::test]
+    async fn a_burst_takes_only_the_room_its_inbox_has() {
+        let routes = Arc::new(Routes::new(1, None));
+        let user = UserId::new("u").unwrap();
+        routes.add(&Topic::User(user.clone()), WorkerId(0));
+        let (bus, mut inboxes) = Bus::new(routes, 1);
+        let envelope = |n: u64| {
+            Envelope::Lost(
+                Target::User(user.clone()),
+                Position {
+                    epoch: "e".into(),
+                    generation: 1,
+                    offset: n,
+                },
+            )
+        };
+        assert_eq!(
+            bus.try_deliver_burst((0..INBOX_CAPACITY as u64 - 10).map(envelope)),
+            0
+        );
+        let burst = (0..100).map(|n| envelope(1_000_000 + n));
+        assert_eq!(bus.try_deliver_burst(burst), 90);
+        assert_eq!(inboxes[0].len(), INBOX_CAPACITY);
+        let mut got = Vec::new();
+        while inboxes[0].recv_many(&mut got, 1000).await > 0 && got.len() < INBOX_CAPACITY {}
+        let tail: Vec<u64> = got[INBOX_CAPACITY - 10..]
+            .iter()
+            .map(|e| match e {
+                Envelope::Lost(_, p) => p.offset,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(tail, (1_000_000..1_000_010).collect::<Vec<_>>());
+        assert!(inboxes[0].is_empty());
+        assert_eq!(bus.try_deliver(envelope(7)), 0, "the room was given back");
+    }
+
+    /// A worker that stopped lets go of a sender waiting for room in its full inbox.
+    #[tokio::test]
+    async fn a_stopped_workers_full_inbox_lets_a_waiting_sender_go() {
+        let routes = Arc::new(Routes::new(1, None));
+        let user = UserId::new("u").unwrap();
+        routes.add(&Topic::User(user.clone()), WorkerId(0));
+        let (bus, mut inboxes) = Bus::new(routes, 1);
+        let delivery = Envelope::Message(Delivery {
+            target: Target::User(user),
+            frame: Frame::pong(),
+            position: None,
+        });
+        for _ in 0..INBOX_CAPACITY {
+            bus.try_deliver(delivery.clone());
+        }
+        let waiting = tokio::spawn(async move { bus.deliver(delivery).await });
+        tokio::task::yield_now().await;
+        drop(inboxes.remove(0));
+        let let_go = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
+        assert!(
+            let_go.is_ok(),
+            "the sender still waits for a stopped worker"
+        );
     }
 
     #[tokio::test]
