@@ -126,12 +126,23 @@ impl Inbox {
             match polled {
                 Poll::Ready(0) => return 0,
                 Poll::Ready(_) => {
+                    // Straight into `buf` while it has room; only the rest of a burst waits.
+                    let start = buf.len();
                     for item in self.items.drain(..) {
                         match item {
+                            Item::One(envelope) if buf.len() - start < limit => buf.push(envelope),
                             Item::One(envelope) => self.rest.push_back(envelope),
-                            Item::Burst(envelopes) => self.rest.extend(envelopes),
+                            Item::Burst(envelopes) => {
+                                let room = limit.saturating_sub(buf.len() - start);
+                                let mut envelopes = envelopes.into_iter();
+                                buf.extend(envelopes.by_ref().take(room));
+                                self.rest.extend(envelopes);
+                            }
                         }
                     }
+                    let taken = buf.len() - start;
+                    self.room.add_permits(taken);
+                    return taken;
                 }
                 // Out of budget, or a send not yet complete: come back after the others.
                 Poll::Pending if !self.rx.is_empty() => tokio::task::yield_now().await,
