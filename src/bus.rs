@@ -174,7 +174,8 @@ impl Inbox {
         Ok(envelope)
     }
 
-    /// Envelopes waiting.
+    /// Envelopes waiting, with the places senders have taken for envelopes not yet sent (a
+    /// reservation, a send in progress).
     pub fn len(&self) -> usize {
         INBOX_CAPACITY.saturating_sub(self.room.available_permits())
     }
@@ -288,6 +289,11 @@ impl Bus {
             };
             missed += (share.len() - room) as u64;
             share.truncate(room);
+            // The room is counted in envelopes: a share cut short (or grown far past its
+            // length) must not keep the memory of more than it holds.
+            if share.capacity() > 2 * share.len() {
+                share.shrink_to_fit();
+            }
             let item = match share.len() {
                 0 => continue,
                 1 => Item::One(share.pop().expect("one")),
@@ -304,22 +310,22 @@ impl Bus {
     /// `None` once the worker has stopped.
     fn take_room(&self, worker: WorkerId, wanted: usize) -> Option<usize> {
         let room = self.room(worker);
-        // Another sender may take some between the look and the take: look again.
-        for _ in 0..4 {
+        loop {
             let n = wanted.min(room.available_permits());
             if n == 0 {
-                break;
+                return (!room.is_closed()).then_some(0);
             }
             match room.try_acquire_many(n as u32) {
                 Ok(place) => {
                     place.forget();
                     return Some(n);
                 }
+                // Another sender took some between the look and the take: look again (each
+                // time round, someone else made progress).
                 Err(TryAcquireError::NoPermits) => continue,
                 Err(TryAcquireError::Closed) => return None,
             }
         }
-        (!room.is_closed()).then_some(0)
     }
 
     /// A place in the inbox of each of `workers`, taken in worker order (so two callers cannot
@@ -442,6 +448,36 @@ mod tests {
         assert_eq!(tail, (1_000_000..1_000_010).collect::<Vec<_>>());
         assert!(inboxes[0].is_empty());
         assert_eq!(bus.try_deliver(envelope(7)), 0, "the room was given back");
+    }
+
+    /// The room is counted in envelopes, so a burst cut short by it keeps no memory for the
+    /// envelopes that did not fit.
+    #[tokio::test]
+    async fn a_burst_cut_short_holds_only_what_it_carries() {
+        let routes = Arc::new(Routes::new(1, None));
+        let user = UserId::new("u").unwrap();
+        routes.add(&Topic::User(user.clone()), WorkerId(0));
+        let (bus, mut inboxes) = Bus::new(routes, 1);
+        let delivery = Envelope::Message(Delivery {
+            target: Target::User(user),
+            frame: Frame::pong(),
+            position: None,
+        });
+        for _ in 0..INBOX_CAPACITY - 10 {
+            bus.try_deliver(delivery.clone());
+        }
+        assert_eq!(
+            bus.try_deliver_burst(std::iter::repeat_n(delivery, 1000)),
+            990
+        );
+        let burst = std::iter::from_fn(|| inboxes[0].rx.try_recv().ok())
+            .find_map(|item| match item {
+                Item::Burst(envelopes) => Some(envelopes),
+                Item::One(_) => None,
+            })
+            .expect("the burst");
+        assert_eq!(burst.len(), 10);
+        assert!(burst.capacity() <= 20, "capacity {}", burst.capacity());
     }
 
     /// A worker that stopped lets go of a sender waiting for room in its full inbox.
