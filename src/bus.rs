@@ -389,6 +389,23 @@ mod tests {
     use super::*;
     use crate::protocol::Topic;
 
+    /// A bus of one worker, whose inbox it returns, with a recipient of user `u` there.
+    fn one_worker() -> (Bus, Inbox, Target) {
+        let routes = Arc::new(Routes::new(1, None));
+        let user = UserId::new("u").unwrap();
+        routes.add(&Topic::User(user.clone()), WorkerId(0));
+        let (bus, mut inboxes) = Bus::new(routes, 1);
+        (bus, inboxes.remove(0), Target::User(user))
+    }
+
+    fn pong_to(target: Target) -> Envelope {
+        Envelope::Message(Delivery {
+            target,
+            frame: Frame::pong(),
+            position: None,
+        })
+    }
+
     #[tokio::test]
     async fn a_full_inbox_is_skipped_and_counted_not_waited_for() {
         let routes = Arc::new(Routes::new(2, None));
@@ -396,11 +413,7 @@ mod tests {
         routes.add(&Topic::User(user.clone()), WorkerId(0));
         routes.add(&Topic::User(user.clone()), WorkerId(1));
         let (bus, mut inboxes) = Bus::new(routes, 2);
-        let delivery = Envelope::Message(Delivery {
-            target: Target::User(user),
-            frame: Frame::pong(),
-            position: None,
-        });
+        let delivery = pong_to(Target::User(user));
         for _ in 0..INBOX_CAPACITY {
             assert_eq!(bus.try_deliver(delivery.clone()), 0);
         }
@@ -415,13 +428,10 @@ mod tests {
     /// there is room for arrive, in order, and the rest are counted missed.
     #[tokio::test]
     async fn a_burst_takes_only_the_room_its_inbox_has() {
-        let routes = Arc::new(Routes::new(1, None));
-        let user = UserId::new("u").unwrap();
-        routes.add(&Topic::User(user.clone()), WorkerId(0));
-        let (bus, mut inboxes) = Bus::new(routes, 1);
+        let (bus, mut inbox, user) = one_worker();
         let envelope = |n: u64| {
             Envelope::Lost(
-                Target::User(user.clone()),
+                user.clone(),
                 Position {
                     epoch: "e".into(),
                     generation: 1,
@@ -435,9 +445,9 @@ mod tests {
         );
         let burst = (0..100).map(|n| envelope(1_000_000 + n));
         assert_eq!(bus.try_deliver_burst(burst), 90);
-        assert_eq!(inboxes[0].len(), INBOX_CAPACITY);
+        assert_eq!(inbox.len(), INBOX_CAPACITY);
         let mut got = Vec::new();
-        while inboxes[0].recv_many(&mut got, 1000).await > 0 && got.len() < INBOX_CAPACITY {}
+        while inbox.recv_many(&mut got, 1000).await > 0 && got.len() < INBOX_CAPACITY {}
         let tail: Vec<u64> = got[INBOX_CAPACITY - 10..]
             .iter()
             .map(|e| match e {
@@ -446,7 +456,7 @@ mod tests {
             })
             .collect();
         assert_eq!(tail, (1_000_000..1_000_010).collect::<Vec<_>>());
-        assert!(inboxes[0].is_empty());
+        assert!(inbox.is_empty());
         assert_eq!(bus.try_deliver(envelope(7)), 0, "the room was given back");
     }
 
@@ -454,15 +464,8 @@ mod tests {
     /// envelopes that did not fit.
     #[tokio::test]
     async fn a_burst_cut_short_holds_only_what_it_carries() {
-        let routes = Arc::new(Routes::new(1, None));
-        let user = UserId::new("u").unwrap();
-        routes.add(&Topic::User(user.clone()), WorkerId(0));
-        let (bus, mut inboxes) = Bus::new(routes, 1);
-        let delivery = Envelope::Message(Delivery {
-            target: Target::User(user),
-            frame: Frame::pong(),
-            position: None,
-        });
+        let (bus, mut inbox, user) = one_worker();
+        let delivery = pong_to(user);
         for _ in 0..INBOX_CAPACITY - 10 {
             bus.try_deliver(delivery.clone());
         }
@@ -470,7 +473,7 @@ mod tests {
             bus.try_deliver_burst(std::iter::repeat_n(delivery, 1000)),
             990
         );
-        let burst = std::iter::from_fn(|| inboxes[0].rx.try_recv().ok())
+        let burst = std::iter::from_fn(|| inbox.rx.try_recv().ok())
             .find_map(|item| match item {
                 Item::Burst(envelopes) => Some(envelopes),
                 Item::One(_) => None,
@@ -483,21 +486,14 @@ mod tests {
     /// A worker that stopped lets go of a sender waiting for room in its full inbox.
     #[tokio::test]
     async fn a_stopped_workers_full_inbox_lets_a_waiting_sender_go() {
-        let routes = Arc::new(Routes::new(1, None));
-        let user = UserId::new("u").unwrap();
-        routes.add(&Topic::User(user.clone()), WorkerId(0));
-        let (bus, mut inboxes) = Bus::new(routes, 1);
-        let delivery = Envelope::Message(Delivery {
-            target: Target::User(user),
-            frame: Frame::pong(),
-            position: None,
-        });
+        let (bus, inbox, user) = one_worker();
+        let delivery = pong_to(user);
         for _ in 0..INBOX_CAPACITY {
             bus.try_deliver(delivery.clone());
         }
         let waiting = tokio::spawn(async move { bus.deliver(delivery).await });
         tokio::task::yield_now().await;
-        drop(inboxes.remove(0));
+        drop(inbox);
         let let_go = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
         assert!(
             let_go.is_ok(),
@@ -507,11 +503,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_burst_wakes_a_waiting_inbox_and_arrives_whole() {
-        let routes = Arc::new(Routes::new(1, None));
-        let user = UserId::new("u").unwrap();
-        routes.add(&Topic::User(user.clone()), WorkerId(0));
-        let (bus, mut inboxes) = Bus::new(routes, 1);
-        let mut inbox = inboxes.remove(0);
+        let (bus, mut inbox, user) = one_worker();
         let waiting = tokio::spawn(async move {
             let mut got = Vec::new();
             let n = inbox.recv_many(&mut got, 1000).await;
@@ -519,12 +511,7 @@ mod tests {
         });
         // The inbox's task waits before the burst is sent.
         tokio::task::yield_now().await;
-        let delivery = Envelope::Message(Delivery {
-            target: Target::User(user),
-            frame: Frame::pong(),
-            position: None,
-        });
-        let burst = std::iter::repeat_n(delivery, 100);
+        let burst = std::iter::repeat_n(pong_to(user), 100);
         assert_eq!(bus.try_deliver_burst(burst), 0);
         let woken = tokio::time::timeout(std::time::Duration::from_secs(5), waiting);
         let (n, mut inbox) = woken.await.expect("the burst woke it").unwrap();
@@ -547,16 +534,8 @@ mod tests {
                 .build()
                 .unwrap();
             runtime.block_on(async {
-                let routes = Arc::new(Routes::new(1, None));
-                let user = UserId::new("u").unwrap();
-                routes.add(&Topic::User(user.clone()), WorkerId(0));
-                let (bus, mut inboxes) = Bus::new(routes, 1);
-                let mut inbox = inboxes.remove(0);
-                bus.try_deliver(Envelope::Message(Delivery {
-                    target: Target::User(user),
-                    frame: Frame::pong(),
-                    position: None,
-                }));
+                let (bus, mut inbox, user) = one_worker();
+                bus.try_deliver(pong_to(user));
                 tokio::spawn(async move {
                     let mut got = Vec::new();
                     loop {

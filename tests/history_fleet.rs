@@ -54,6 +54,13 @@ async fn channel_reset(c: &mut TestClient) -> Value {
     }
 }
 
+/// A `/batch` that gets 503: its body, and its text for messages.
+async fn batch_refused(s: &TestServer, batch: Value) -> (Value, String) {
+    let (status, text) = s.post("/batch", &batch.to_string()).await;
+    assert_eq!(status, 503, "{text}");
+    (serde_json::from_str(&text).unwrap(), text)
+}
+
 /// The next `n` messages, as (offset, message) pairs.
 async fn next_messages(c: &mut TestClient, n: usize) -> Vec<(u64, Value)> {
     let mut got = Vec::with_capacity(n);
@@ -724,9 +731,7 @@ async fn a_batch_redis_takes_in_part_says_which_messages_were_taken() {
         {"channel": "broken", "message": 2},
         {"channel": "good", "message": 3},
     ]);
-    let (status, text) = a.post("/batch", &batch.to_string()).await;
-    assert_eq!(status, 503, "{text}");
-    let body: Value = serde_json::from_str(&text).unwrap();
+    let (body, text) = batch_refused(&a, batch).await;
     assert_eq!(body["offsets"], json!([1, null, 2]), "{text}");
     assert_eq!(body["unknown"], json!([]), "{text}");
     assert!(
@@ -868,9 +873,7 @@ async fn a_redis_out_of_memory_is_said_by_the_503_and_by_readyz() {
         {"channel": "fresh", "message": 4},
         {"channel": "news", "message": 5},
     ]);
-    let (status, text) = a.post("/batch", &batch.to_string()).await;
-    assert_eq!(status, 503, "{text}");
-    let body: Value = serde_json::from_str(&text).unwrap();
+    let (body, text) = batch_refused(&a, batch).await;
     assert_eq!(body["offsets"], json!([null, null, null]), "{text}");
     redis_cmd(redis.port, &["CONFIG", "SET", "maxmemory", "0"]);
     a.wait_readyz(200).await;

@@ -57,12 +57,11 @@ impl Publisher {
     }
 
     /// Encodes a run of appends as one call of the append script ([`history::APPEND`]), whose
-    /// reply answers each in order; `publish` is the link's PUBLISH verb.
+    /// reply answers each in order.
     pub(super) fn encode_appends(
         &self,
         conn: &Conn,
         appends: &[Request],
-        publish: &[u8],
         lineage: &LineageArgs,
         out: &mut Vec<u8>,
     ) {
@@ -95,7 +94,11 @@ impl Publisher {
         let (once_ttl, key_count) = (settings.once_ttl_ms.to_string(), keys.len().to_string());
         let new_epoch = random_hex(6);
         let header = wire::positioned_header(self.instance);
-        let publish: &[u8] = if self.ack().is_some() { b"" } else { publish };
+        let publish: &[u8] = if self.ack().is_some() {
+            b""
+        } else {
+            self.publish_verb()
+        };
         let l = &lineage.0;
         let mut args: Vec<&[u8]> = Vec::with_capacity(15 + keys.len() + messages.len() * 3);
         args.extend_from_slice(&[b"EVALSHA", conn.append.as_bytes(), key_count.as_bytes()]);
@@ -120,9 +123,8 @@ impl Publisher {
         pubsub::encode(out, &args);
     }
 
-    /// Encodes a history request other than an append (read, touch); `publish` is the link's
-    /// PUBLISH verb.
-    /// What the history scripts are told of the data they write in is `lineage`.
+    /// Encodes a history request other than an append (read, touch). What the history scripts
+    /// are told of the data they write in is `lineage`.
     pub(super) fn encode_history(
         &self,
         conn: &Conn,

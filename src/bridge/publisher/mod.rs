@@ -443,13 +443,7 @@ impl Publisher {
         while at < batch.len() {
             let run = self.appends_at(&batch[at..]);
             if run > 0 {
-                self.encode_appends(
-                    conn,
-                    &batch[at..at + run],
-                    self.publish_verb(),
-                    lineage,
-                    out,
-                );
+                self.encode_appends(conn, &batch[at..at + run], lineage, out);
                 calls.push(Call::Appends(run));
                 at += run;
             } else {
@@ -480,7 +474,8 @@ impl Publisher {
             .count()
     }
 
-    fn publish_verb(&self) -> &'static [u8] {
+    /// `PUBLISH`, or on a cluster `SPUBLISH` (a shard channel, in its topic's slot).
+    pub(super) fn publish_verb(&self) -> &'static [u8] {
         match self.deployment.cluster {
             false => b"PUBLISH",
             true => b"SPUBLISH",
@@ -505,7 +500,7 @@ impl Publisher {
                 pubsub::encode(out, &[publish, channel.as_bytes(), payload]);
             }
             Request::Append { .. } => {
-                self.encode_appends(conn, std::slice::from_ref(request), publish, lineage, out);
+                self.encode_appends(conn, std::slice::from_ref(request), lineage, out);
                 return Call::Appends(1);
             }
             Request::Read { .. } | Request::Touch(_) => {
